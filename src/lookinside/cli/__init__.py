@@ -1,0 +1,1 @@
+"""The command line: Typer only. Parse options, make one core call, print one view."""

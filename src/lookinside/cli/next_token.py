@@ -1,0 +1,33 @@
+"""`llm next-token`: the top-k next-token table for a prompt."""
+
+from typing import Annotated
+
+import typer
+
+from lookinside.cli.options import ChatOpt, JsonOpt, PromptArg, model_options
+from lookinside.core.spec import LoadSpec
+
+
+@model_options
+def next_token(
+    prompt: PromptArg,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many candidates to list.")] = 10,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", "-t", help="Also show the probabilities at this temperature.", show_default=False)] = None,
+    chat: ChatOpt = False,
+    json: JsonOpt = False,
+    *,
+    spec: LoadSpec,
+) -> None:
+    """Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes."""
+    from lookinside.core.predict import check_request, next_token
+    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.next_token import next_token_json, next_token_view
+    from lookinside.ui.progress import load_with_progress
+
+    check_request(prompt, top_k, temperature)
+    result = next_token(load_with_progress(spec), prompt, top_k=top_k, temperature=temperature, chat=chat)
+    if json:
+        print_json(next_token_json(result))
+    else:
+        stdout_console().print(next_token_view(result))

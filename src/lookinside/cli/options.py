@@ -1,0 +1,90 @@
+"""Option types shared by the commands, and `model_options`, which adds the loading options.
+
+A command decorated with `model_options` declares `spec: LoadSpec` and receives the
+--model/--device/--dtype/--attn/--device-map/--max-memory/--trust-remote-code
+options already checked and bundled.
+"""
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lookinside.core.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
+
+MODEL_PANEL = "Model"
+SAMPLING_PANEL = "Sampling"
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the view.")]
+ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template first.")]
+PromptArg = Annotated[str, typer.Argument(help="The text to run through the model.", show_default=False)]
+TemperatureOpt = Annotated[
+    Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.",
+                                  rich_help_panel=SAMPLING_PANEL, show_default=False)
+]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Keep only the k most likely tokens (0: off).",
+                                                rich_help_panel=SAMPLING_PANEL, show_default=False)]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Keep the smallest set with this much probability.",
+                                                  rich_help_panel=SAMPLING_PANEL, show_default=False)]
+MinPOpt = Annotated[Optional[float], typer.Option("--min-p", help="Drop tokens below min-p times the top probability.",
+                                                  rich_help_panel=SAMPLING_PANEL, show_default=False)]
+RepetitionOpt = Annotated[Optional[float], typer.Option("--repetition-penalty", help="Penalise tokens already seen (1: off).",
+                                                        rich_help_panel=SAMPLING_PANEL, show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling (shown so a run can be repeated).",
+                                                rich_help_panel=SAMPLING_PANEL, show_default=False)]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.",
+                                              rich_help_panel=SAMPLING_PANEL)]
+
+
+def _choice(values: tuple[str, ...]) -> str:
+    return "|".join(values)
+
+
+def _load_parameters() -> list[inspect.Parameter]:
+    def option(name: str, default: Any, annotation: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+    return [
+        option("model", DEFAULT_MODEL, Annotated[str, typer.Option(
+            "--model", "-m", envvar="LOOKINSIDE_MODEL", rich_help_panel=MODEL_PANEL,
+            help="A Hub id, a local directory, or `tiny` (built in, works offline).")]),
+        option("device", "auto", Annotated[str, typer.Option(
+            "--device", metavar=_choice(DEVICES), rich_help_panel=MODEL_PANEL,
+            help="auto: CUDA if available, else MPS, else CPU.")]),
+        option("dtype", "auto", Annotated[str, typer.Option(
+            "--dtype", metavar=_choice(DTYPES), rich_help_panel=MODEL_PANEL,
+            help="auto: bfloat16 on GPUs that have it, float16 on older GPUs, float32 on CPU.")]),
+        option("attn", "sdpa", Annotated[str, typer.Option(
+            "--attn", metavar=_choice(ATTENTIONS), rich_help_panel=MODEL_PANEL,
+            help="Attention implementation.")]),
+        option("device_map", None, Annotated[Optional[str], typer.Option(
+            "--device-map", rich_help_panel=MODEL_PANEL, show_default=False,
+            help="accelerate placement, e.g. auto: spread a large model over GPUs and CPU.")]),
+        option("max_memory", None, Annotated[Optional[str], typer.Option(
+            "--max-memory", rich_help_panel=MODEL_PANEL, show_default=False,
+            help="Per-device limits for --device-map, e.g. 0=20GiB,cpu=64GiB.")]),
+        option("trust_remote_code", False, Annotated[bool, typer.Option(
+            "--trust-remote-code", rich_help_panel=MODEL_PANEL,
+            help="Run the model repository's own Python code (only for repos you trust).")]),
+    ]
+
+
+LOAD_NAMES = tuple(p.name for p in _load_parameters())
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the loading options; it receives them as `spec: LoadSpec`."""
+    signature = inspect.signature(fn)
+    own = [p for p in signature.parameters.values() if p.name != "spec"]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        chosen = {name: kwargs.pop(name) for name in LOAD_NAMES}
+        max_memory = chosen.pop("max_memory")
+        spec = LoadSpec(**chosen, max_memory=parse_max_memory(max_memory) if max_memory else None)
+        return fn(*args, spec=spec, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + _load_parameters())  # type: ignore[attr-defined]
+    return wrapper

@@ -1,0 +1,50 @@
+"""Typed errors for the mistakes a user can make; the CLI turns each into one line.
+
+Nothing here imports torch, so the CLI edge can catch these cheaply.
+"""
+
+from __future__ import annotations
+
+
+class LookinsideError(Exception):
+    """An expected failure with a message meant for the user."""
+
+    exit_code = 1
+
+
+class BadInput(LookinsideError):
+    """An option or argument value that cannot be used."""
+
+    exit_code = 2
+
+
+class EmptyPrompt(BadInput):
+    """The prompt has no text."""
+
+
+class ContextOverflow(BadInput):
+    """The prompt (plus what should be generated) does not fit the model's context."""
+
+
+class ModelNotFound(LookinsideError):
+    """No model by that name: not `tiny`, not a directory, not on the Hub."""
+
+
+class ModelUnavailable(LookinsideError):
+    """The model exists on the Hub, but it cannot be reached and is not cached."""
+
+
+class NotACausalLM(LookinsideError):
+    """The model loads, but it is not a text-generating (causal) language model."""
+
+
+class CorruptWeights(LookinsideError):
+    """A weights file is damaged or truncated."""
+
+
+class DeviceUnavailable(LookinsideError):
+    """The device asked for (CUDA, MPS) is not there."""
+
+
+class OutOfMemory(LookinsideError):
+    """The model or its activations do not fit in memory."""

@@ -1,0 +1,280 @@
+"""Turn a `LoadSpec` (model name, device, dtype, attention) into a loaded `LM`.
+
+A model is `tiny` (the built-in one), a local directory, or a Hugging Face Hub id.
+Every expected failure becomes a typed error from `lookinside.core.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import torch
+
+from lookinside.core import errors
+from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+from lookinside.tiny import ASSETS as TINY_ASSETS
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# Configs the project carries, so that meta-device views and random-weight benches work offline.
+CARRIED_CONFIGS = {DEFAULT_MODEL: CONFIGS / "phi-3-mini-4k-instruct"}
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class LM:
+    """A loaded causal LM with its tokenizer, and where it lives."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    source: str = field(default="")
+
+    @property
+    def config(self) -> PretrainedConfig:
+        """The model's config."""
+        return self.model.config
+
+    @property
+    def context_length(self) -> int:
+        """How many positions the model attends over."""
+        return context_length(self.config, self.tokenizer)
+
+    @property
+    def end_token_ids(self) -> list[int]:
+        """Token ids that end a reply: the generation config's eos ids, else the tokenizer's."""
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        return sorted(set(ids))
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention implementation transformers is using."""
+        return str(getattr(self.config, "_attn_implementation", None) or "eager")
+
+
+def context_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
+    """The model's context length, from its config (or its tokenizer as a fallback)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 10**9 else 2048
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` is CUDA if available, else MPS, else CPU; an absent device is an error."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise errors.DeviceUnavailable(
+            f"--device {requested} asked for CUDA, but torch {torch.__version__} ({build}) sees no CUDA GPU; "
+            "use --device cpu or --device auto"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise errors.DeviceUnavailable(f"--device {requested}: there are only {torch.cuda.device_count()} CUDA GPUs")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise errors.DeviceUnavailable(f"--device {requested} asked for Apple MPS, which is not available here")
+    return device
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on GPUs that have it (Ampere and newer), float16 on older ones, float32 on CPU."""
+    if requested != "auto":
+        return TORCH_DTYPES[requested]
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def resolve_source(name: str) -> str:
+    """The directory or Hub id to load `name` from; fails fast when the Hub is out of reach."""
+    if name == "tiny":
+        return str(TINY_ASSETS)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name.startswith((".", "/", "~")) or path.suffix or name.count("/") > 1:
+        raise errors.ModelNotFound(f"model {name!r}: no such directory (and it is not a Hub id like owner/name)")
+    if _cached_on_disk(name) or _hub_reachable():
+        return name
+    raise errors.ModelUnavailable(
+        f"cannot reach the Hugging Face Hub to download {name!r} and no local copy is cached; "
+        "use --model tiny (built in) or --model /path/to/a/local/model"
+    )
+
+
+def load_config(spec: LoadSpec) -> tuple[str, PretrainedConfig]:
+    """The source and config for `spec.model`, without reading any weights."""
+    from transformers import AutoConfig
+
+    source = CARRIED_CONFIGS.get(spec.model) if spec.random_weights else None
+    source = str(source) if source and not _cached_on_disk(spec.model) else resolve_source(spec.model)
+    with _hub_errors(spec.model):
+        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    check_causal_lm(spec.model, config)
+    return source, config
+
+
+def load_config_offline(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """A config for views that need no weights: a carried copy first, then the usual sources."""
+    carried = CARRIED_CONFIGS.get(name)
+    spec = LoadSpec(model=name, trust_remote_code=trust_remote_code, random_weights=carried is not None)
+    return load_config(spec)[1]
+
+
+def check_causal_lm(name: str, config: PretrainedConfig) -> None:
+    """Refuse configs that transformers cannot load as a causal LM."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING or getattr(config, "auto_map", {}).get("AutoModelForCausalLM"):
+        return
+    raise errors.NotACausalLM(
+        f"{name!r} is a {config.model_type!r} model, not a causal (text-generating) language model"
+    )
+
+
+def load(spec: LoadSpec) -> LM:
+    """Load model and tokenizer as `spec` says, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    source, config = load_config(spec)
+    with _hub_errors(spec.model):
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    with _hub_errors(spec.model), _memory_errors(spec.model, device):
+        if spec.random_weights:
+            model = _random_model(config, spec, device, dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **_load_kwargs(spec, device, dtype))
+    model.eval()
+    return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source)
+
+
+def _load_kwargs(spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": spec.attn,
+        "trust_remote_code": spec.trust_remote_code,
+    }
+    if spec.device_map:
+        kwargs["device_map"] = spec.device_map
+        if spec.max_memory:
+            kwargs["max_memory"] = spec.max_memory
+    elif device.type != "cpu":
+        kwargs["device_map"] = {"": device}  # weights go straight to the GPU, no CPU copy
+    return kwargs
+
+
+def _random_model(config: PretrainedConfig, spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    """The architecture from its config alone, with random weights, built on the target device."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=spec.attn, trust_remote_code=spec.trust_remote_code
+        )
+
+
+def _cached_on_disk(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an invalid repo id: let transformers say so
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hub, instead of transformers' 20 s of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_errors(name: str) -> Iterator[None]:
+    """Map transformers' and the Hub's loading exceptions to typed errors."""
+    try:
+        yield
+    except errors.LookinsideError:
+        raise
+    except Exception as exc:
+        raise _translate(name, exc) from exc
+
+
+def _translate(name: str, exc: Exception) -> errors.LookinsideError:
+    from huggingface_hub import errors as hub
+
+    chain = [exc, exc.__cause__, exc.__context__]
+    text = " ".join(str(e) for e in chain if e is not None)
+    if any(isinstance(e, hub.GatedRepoError) for e in chain):
+        return errors.ModelUnavailable(f"{name!r} is gated on the Hub: accept its licence and run `hf auth login`")
+    if any(isinstance(e, (hub.RepositoryNotFoundError, hub.HFValidationError)) for e in chain) or (
+        "not a valid model identifier" in text
+    ):
+        return errors.ModelNotFound(f"unknown model {name!r}: not `tiny`, not a local directory, not a Hub model id")
+    if any(isinstance(e, hub.LocalEntryNotFoundError) for e in chain) or "couldn't connect" in text:
+        return errors.ModelUnavailable(
+            f"cannot download {name!r} (no network?) and no complete local copy is cached; "
+            "use --model tiny or a local path"
+        )
+    if "deserializ" in text or "SafetensorError" in type(exc).__name__ or "Unable to load weights" in text:
+        return errors.CorruptWeights(f"the weights of {name!r} are damaged or incomplete: {_first_line(exc)}")
+    if "Unrecognized configuration class" in text or "Unrecognized model" in text:
+        return errors.NotACausalLM(f"{name!r} is not a causal language model transformers can load")
+    if isinstance(exc, (ValueError, OSError, KeyError)):
+        return errors.LookinsideError(f"cannot load {name!r}: {_first_line(exc)}")
+    raise exc
+
+
+@contextmanager
+def _memory_errors(name: str, device: torch.device) -> Iterator[None]:
+    """Map out-of-memory during loading to a typed error that says what to try."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise errors.OutOfMemory(
+            f"{name!r} does not fit in {device.type} memory; "
+            "try --dtype bfloat16/float16, --device-map auto, or a smaller model"
+        ) from exc
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's CUDA/MPS out-of-memory errors and a plain MemoryError."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,49 @@
+"""What to load, as plain data: no torch here, so the CLI can build it for free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lookinside.core.errors import BadInput
+
+DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to load and where: the model, device, dtype and attention implementation."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    attn: str = "sdpa"
+    device_map: str | None = None
+    max_memory: dict[int | str, str] | None = None
+    trust_remote_code: bool = False
+    random_weights: bool = False
+
+    def __post_init__(self) -> None:
+        base, _, index = self.device.partition(":")
+        if base not in DEVICES or (index and not (base == "cuda" and index.isdigit())):
+            raise BadInput(f"--device must be one of {', '.join(DEVICES)} or cuda:N, not {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise BadInput(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.attn not in ATTENTIONS:
+            raise BadInput(f"--attn must be one of {', '.join(ATTENTIONS)}, not {self.attn!r}")
+        if not self.model.strip():
+            raise BadInput("--model is empty: give a Hub id, a local directory, or tiny")
+
+
+def parse_max_memory(text: str) -> dict[int | str, str]:
+    """`0=20GiB,cpu=64GiB` -> {0: '20GiB', 'cpu': '64GiB'}, accelerate's max_memory."""
+    limits: dict[int | str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise BadInput(f"--max-memory wants DEVICE=SIZE pairs such as 0=20GiB,cpu=64GiB, not {part!r}")
+        key = key.strip()
+        limits[int(key) if key.isdigit() else key] = value.strip()
+    return limits

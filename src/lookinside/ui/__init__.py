@@ -1,0 +1,1 @@
+"""The terminal side: Rich views (data -> renderable), consoles, the REPL."""

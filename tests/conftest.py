@@ -1,0 +1,58 @@
+"""Shared fixtures: the built-in tiny model, small random models, the Phi-3 tokenizer if present."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lookinside.tiny import ASSETS
+
+PHI3_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "phi3-tokenizer"
+TINY_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The built-in tiny model, loaded once on the CPU."""
+    from lookinside.core.loading import load
+    from lookinside.core.spec import LoadSpec
+
+    return load(LoadSpec(model="tiny", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def phi3_tokenizer_dir() -> Path:
+    """../shared/phi3-tokenizer, or skip where this checkout has no shared/ beside it."""
+    if not (PHI3_TOKENIZER / "tokenizer.json").exists():
+        pytest.skip("../shared/phi3-tokenizer is not here")
+    return PHI3_TOKENIZER
+
+
+def random_model_dir(path: Path, config, tokenizer_dir: Path = ASSETS, files=TINY_TOKENIZER_FILES) -> Path:
+    """A local model directory: `config` with random weights, and a copy of a tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    for name in files:
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, path / name)
+    return path
+
+
+def small_config(kind: str, vocab_size: int = 1024):
+    """Small configs of three families: Phi-3 with GQA, Phi-3 with MHA, Llama with GQA."""
+    from transformers import LlamaConfig, Phi3Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if kind == "phi3-gqa":
+        return Phi3Config(**common, num_key_value_heads=2)
+    if kind == "phi3-mha":
+        return Phi3Config(**common, num_key_value_heads=4)
+    if kind == "llama":
+        return LlamaConfig(**common, num_key_value_heads=2)
+    raise ValueError(kind)
