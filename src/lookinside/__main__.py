@@ -1,6 +1,6 @@
-"""`python -m lookinside` runs the CLI."""
+"""`python -m lookinside` runs the CLI under its long name."""
 
-from lookinside.cli.app import main
+from lookinside.cli.app import app
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="lookinside")

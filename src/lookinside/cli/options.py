@@ -48,22 +48,22 @@ def _load_parameters() -> list[inspect.Parameter]:
 
     return [
         option("model", DEFAULT_MODEL, Annotated[str, typer.Option(
-            "--model", "-m", envvar="LOOKINSIDE_MODEL", rich_help_panel=MODEL_PANEL,
+            "--model", "-m", envvar="LOOKINSIDE_MODEL", metavar="NAME", rich_help_panel=MODEL_PANEL,
             help="A Hub id, a local directory, or `tiny` (built in, works offline).")]),
         option("device", "auto", Annotated[str, typer.Option(
-            "--device", metavar=_choice(DEVICES), rich_help_panel=MODEL_PANEL,
-            help="auto: CUDA if available, else MPS, else CPU.")]),
+            "--device", metavar="DEVICE", rich_help_panel=MODEL_PANEL,
+            help=f"{_choice(DEVICES)}|cuda:N. auto: CUDA if available, else MPS, else CPU.")]),
         option("dtype", "auto", Annotated[str, typer.Option(
-            "--dtype", metavar=_choice(DTYPES), rich_help_panel=MODEL_PANEL,
-            help="auto: bfloat16 on GPUs that have it, float16 on older GPUs, float32 on CPU.")]),
+            "--dtype", metavar="DTYPE", rich_help_panel=MODEL_PANEL,
+            help=f"{_choice(DTYPES)}. auto: bfloat16 on GPUs that have it, float16 on older ones, float32 on CPU.")]),
         option("attn", "sdpa", Annotated[str, typer.Option(
-            "--attn", metavar=_choice(ATTENTIONS), rich_help_panel=MODEL_PANEL,
-            help="Attention implementation.")]),
+            "--attn", metavar="IMPL", rich_help_panel=MODEL_PANEL,
+            help=f"Attention implementation: {_choice(ATTENTIONS)}.")]),
         option("device_map", None, Annotated[Optional[str], typer.Option(
-            "--device-map", rich_help_panel=MODEL_PANEL, show_default=False,
+            "--device-map", metavar="MAP", rich_help_panel=MODEL_PANEL, show_default=False,
             help="accelerate placement, e.g. auto: spread a large model over GPUs and CPU.")]),
         option("max_memory", None, Annotated[Optional[str], typer.Option(
-            "--max-memory", rich_help_panel=MODEL_PANEL, show_default=False,
+            "--max-memory", metavar="LIMITS", rich_help_panel=MODEL_PANEL, show_default=False,
             help="Per-device limits for --device-map, e.g. 0=20GiB,cpu=64GiB.")]),
         option("trust_remote_code", False, Annotated[bool, typer.Option(
             "--trust-remote-code", rich_help_panel=MODEL_PANEL,

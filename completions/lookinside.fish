@@ -1,0 +1,1 @@
+complete --command lookinside --no-files --arguments "(env _LOOKINSIDE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) lookinside)" --condition "env _LOOKINSIDE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) lookinside"
