@@ -17,7 +17,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: message` on stderr and exit with `code`."""
     console = stderr_console()
     console.print("[bold red]error:[/] ", end="")
-    console.print(message, markup=False, highlight=False)
+    console.print(message, markup=False, highlight=False, soft_wrap=True)  # one line, however long
     raise typer.Exit(code)
 
 

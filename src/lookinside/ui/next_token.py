@@ -8,7 +8,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lookinside.ui.text import bar, prob_style, visible
+from lookinside.ui.text import bar, fmt_prob, prob_style, visible
 
 if TYPE_CHECKING:
     from lookinside.core.predict import NextToken
@@ -49,9 +49,9 @@ def top_table(result: NextToken) -> Table:
     table.add_column("", min_width=20)
     for c in result.top:
         style = prob_style(c.prob)
-        row = [str(c.rank), visible(c.token), str(c.id), Text(f"{c.prob:.4f}", style=style)]
+        row = [str(c.rank), visible(c.token), str(c.id), Text(fmt_prob(c.prob), style=style)]
         if c.prob_at_temperature is not None:
-            row.append(Text(f"{c.prob_at_temperature:.4f}", style=prob_style(c.prob_at_temperature)))
+            row.append(Text(fmt_prob(c.prob_at_temperature), style=prob_style(c.prob_at_temperature)))
         row += [f"{c.logit:.2f}", Text(bar(c.prob), style=style)]
         table.add_row(*row)
     return table

@@ -27,3 +27,8 @@ def bar(fraction: float, width: int = 20) -> str:
     eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
     full, part = divmod(eighths, 8)
     return ("█" * full + (BLOCKS[part] if part else "")).ljust(width)
+
+
+def fmt_prob(prob: float) -> str:
+    """A probability in four decimals, or in scientific notation when smaller than that shows."""
+    return f"{prob:.4f}" if prob >= 1e-4 or prob == 0 else f"{prob:.1e}"
