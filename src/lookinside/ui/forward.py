@@ -19,7 +19,11 @@ def shape_text(shape: tuple[int, ...] | None) -> str:
     return "" if shape is None else str(list(shape))
 
 
-HEAD_LABELS = {"queries": "Q per head", "keys, values": "K, V per head", "scores, weights": "scores per head"}
+HEAD_LABELS = {  # (stage, operation): these shapes exist inside attention's forward, not as module outputs
+    "queries": ("Q per head", "view"),
+    "keys, values": ("K, V per head", "view"),
+    "scores, weights": ("weights per head", "softmax(QKᵀ)"),
+}
 
 
 def _add_stage(table: Table, stage: Stage, indent: int, name: str | None = None) -> None:
@@ -33,7 +37,8 @@ def _add_stage(table: Table, stage: Stage, indent: int, name: str | None = None)
 
 def _add_heads(table: Table, result: ForwardPass, indent: int) -> None:
     for label, shape in result.head_shapes.items():
-        table.add_row(Text("  " * indent + HEAD_LABELS[label], style="italic"), Text("split into heads", style="dim"),
+        stage, operation = HEAD_LABELS[label]
+        table.add_row(Text("  " * indent + stage, style="italic"), Text(operation, style="dim"),
                       "", Text(shape_text(shape), style="italic"))
 
 
@@ -55,7 +60,7 @@ def _add_run(table: Table, run: LayerRun, result: ForwardPass) -> None:
 def forward_view(result: ForwardPass) -> RenderableType:
     """The whole `forward` screen: the tokens, then a table of stages, repeated blocks once."""
     table = Table(expand=False, title="one forward pass, stage by stage (read with forward hooks)", title_justify="left")
-    table.add_column("stage", no_wrap=True, min_width=28)
+    table.add_column("stage", no_wrap=True, min_width=26)
     table.add_column("module")
     table.add_column("in", justify="right")
     table.add_column("out", justify="right")
