@@ -55,6 +55,12 @@ class AttentionMaps:
         """MHA, MQA or GQA."""
         return attention_kind(self.heads, self.kv_heads)
 
+    @property
+    def uniform_entropy(self) -> float:
+        """The summaries' entropy if every query spread evenly over the keys it can see (bits)."""
+        n = len(self.tokens)
+        return sum(math.log2(q + 1) for q in range(1, n)) / (n - 1) if n > 1 else 0.0
+
     def masked(self, query: int, key: int) -> bool:
         """True where the causal (or sliding-window) mask hides `key` from `query`."""
         return key > query or (self.sliding_window is not None and query - key >= self.sliding_window)
@@ -119,7 +125,3 @@ def summarize_head(head: int, weights: torch.Tensor) -> HeadSummary:
         self_token=float(rows[index - 1, index].mean()),
     )
 
-
-def max_entropy(keys: int) -> float:
-    """The entropy of a uniform spread over `keys` keys, in bits."""
-    return math.log2(keys) if keys > 1 else 0.0
