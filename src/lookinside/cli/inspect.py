@@ -82,6 +82,10 @@ def attention(
     from lookinside.ui.progress import load_with_progress
 
     check_prompt(prompt)
+    if png is not None:
+        from lookinside.ui.attention_png import require_pillow
+
+        require_pillow()  # before loading: a missing library should not cost a model load
     if spec.attn != "eager":
         stderr_console().print(f"[dim]note: using eager attention instead of {spec.attn}: "
                                "only eager attention forms the weights matrix[/]")

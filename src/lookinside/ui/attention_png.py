@@ -20,7 +20,8 @@ INK = (30, 30, 30)
 TOP = 64  # room for the title and the head labels
 
 
-def _pillow() -> Any:
+def require_pillow() -> Any:
+    """Pillow's modules, or one clear error naming the extra that installs it."""
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
@@ -44,7 +45,7 @@ def _draw_map(draw: Any, maps: AttentionMaps, head: int, left: int, top: int, ce
 
 def render_png(maps: AttentionMaps) -> Any:
     """One head with token labels, or every head in a grid; returns a PIL image."""
-    image_mod, draw_mod, font_mod = _pillow()
+    image_mod, draw_mod, font_mod = require_pillow()
     font = font_mod.load_default(size=12) if hasattr(font_mod, "load_default") else None
     n = len(maps.tokens)
     names = [f"{i} {label(t.piece)}" for i, t in enumerate(maps.tokens)]
