@@ -80,10 +80,10 @@ def lens_view(result: LogitLens) -> RenderableType:
     at = result.tokens[result.position]
     header = Text.assemble(
         ("model ", "dim"), (result.model, "bold"),
-        (f"   predicting after position {result.position} ({shown(at)})", "dim"),
-        (f"   each layer → {result.norm or 'no final norm found'} → LM head   #n: rank", "dim"),
+        (f"   the next token after position {result.position} ({shown(at)}), read at every layer", "dim"),
     )
-    note = Text("layer 0 is the embeddings; layer i is the residual stream after block i-1 (hidden_states[i])",
+    note = Text(f"each layer → {result.norm or 'no final norm found'} → LM head → softmax;  #n: rank\n"
+                "layer 0 is the embeddings; layer i is the residual stream after block i-1 (hidden_states[i])",
                 style="dim")
     parts: list[RenderableType] = [header, lens_table(result), note, verdict(result)]
     if result.grid is not None:
