@@ -56,9 +56,9 @@ def lens_grid(result: LogitLens) -> Table:
     table = Table(expand=False, title="top-1 next token by layer (rows) and position (columns)", title_justify="left")
     table.add_column("layer", justify="right", no_wrap=True, min_width=5)
     for token in result.tokens:
-        table.add_column(Text(f"{token.index} {shown(token)[:8]}", style="dim"), no_wrap=True, max_width=10)
+        table.add_column(Text(f"{token.index} {shown(token)[:10]}", style="dim"), no_wrap=True, max_width=12)
     for layer, guesses in enumerate(result.grid):
-        table.add_row(str(layer), *(Text(visible(g.token)[:10], style=prob_style(g.prob)) for g in guesses))
+        table.add_row(str(layer), *(Text(visible(g.token)[:12], style=prob_style(g.prob)) for g in guesses))
     return table
 
 
