@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -40,8 +41,8 @@ def llama_sdpa(tmp_path_factory):
 def test_weights_are_causal_distributions(tiny_eager):
     maps = attention_maps(tiny_eager, PROMPT, layer=1)
     n = len(maps.tokens)
-    assert n == 6 and len(maps.weights) == 4 and maps.attention == "GQA"
-    for head in maps.weights:
+    assert n == 6 and sorted(maps.weights) == [0, 1, 2, 3] and maps.attention == "GQA"
+    for head in maps.weights.values():
         for q, row in enumerate(head):
             assert len(row) == n and sum(row) == pytest.approx(1.0, abs=1e-4)
             assert all(row[k] == 0.0 for k in range(q + 1, n))  # the future is masked
@@ -49,9 +50,9 @@ def test_weights_are_causal_distributions(tiny_eager):
 
 
 def test_summaries_match_the_weights(tiny_eager):
-    maps = attention_maps(tiny_eager, PROMPT, layer=0, head=2)
-    assert maps.head == 2
-    for summary, head in zip(maps.summaries, maps.weights):
+    maps = attention_maps(tiny_eager, PROMPT, layer=0)
+    for summary in maps.summaries:
+        head = maps.weights[summary.head]
         rows = head[1:]
         assert summary.first_token == pytest.approx(sum(r[0] for r in rows) / len(rows), abs=1e-5)
         assert summary.previous_token == pytest.approx(sum(head[q][q - 1] for q in range(1, 6)) / 5, abs=1e-5)
@@ -69,6 +70,26 @@ def test_summarize_known_patterns():
     uniform = uniform / uniform.sum(-1, keepdim=True)
     expected = sum(math.log2(q + 1) for q in range(1, n)) / (n - 1)
     assert summarize_head(1, uniform).entropy == pytest.approx(expected, abs=1e-5)
+
+
+def test_long_prompts_keep_summaries_not_every_map(tiny_eager, monkeypatch):
+    import lookinside.core.attention as core
+    import lookinside.ui.attention as view
+    from rich.console import Console
+
+    monkeypatch.setattr(core, "KEEP_ALL_HEADS_UP_TO", 4)
+    monkeypatch.setattr(view, "HEAT_MAP_UP_TO", 3)
+    everything = attention_maps(tiny_eager, PROMPT, layer=0)
+    assert everything.weights == {} and len(everything.summaries) == 4
+    one = attention_maps(tiny_eager, PROMPT, layer=0, head=1)
+    assert list(one.weights) == [1] and len(one.weights[1]) == 6
+    console = Console(width=100, record=True, file=io.StringIO())
+    console.print(view.attention_view(everything))
+    console.print(view.attention_view(one))
+    text = console.export_text()
+    assert "too many for small maps" in text and "showing the last 3 of 6 tokens" in text
+    rows = [line.split()[:2] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert ["3", "␣of"] in rows and ["2", "␣capital"] not in rows  # only the last three query rows
 
 
 def test_choice_checks():
@@ -113,9 +134,14 @@ def test_cli_json_only_the_asked_head():
     assert data["attention"] == "GQA" and len(data["summaries"]) == 4 and data["layer"] == 2
 
 
-def test_cli_bad_layer_is_one_line():
+def test_cli_bad_layer_is_refused_before_loading(monkeypatch):
+    import lookinside.core.loading as loading
+
+    monkeypatch.setattr(loading, "load", lambda spec: pytest.fail("loaded the model for a bad --layer"))
     result = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "9"])
     assert result.exit_code == 2 and "--layer must be between 0 and 3" in result.stderr
+    result = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--head", "4"])
+    assert result.exit_code == 2 and "--head must be between 0 and 3" in result.stderr
 
 
 def test_cli_png(tmp_path):

@@ -75,13 +75,14 @@ def attention(
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec,
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
-    from lookinside.core.attention import attention_maps
+    from lookinside.core.attention import attention_maps, precheck
     from lookinside.core.tokens import check_prompt
     from lookinside.ui.attention import attention_json, attention_view, write_png
     from lookinside.ui.console import print_json, stderr_console, stdout_console
     from lookinside.ui.progress import load_with_progress
 
     check_prompt(prompt)
+    precheck(spec, layer, head)
     if png is not None:
         from lookinside.ui.attention_png import require_pillow
 

@@ -231,30 +231,38 @@ def _kv_heads(config: Any, heads: int) -> int:
     return kv if kv else heads
 
 
+GATED_NAMES = {"silu": "SwiGLU", "swish": "SwiGLU"}  # gelu* -> GeGLU
+GATE_NAMES = ("gate_proj", "w1", "wi_0")  # Llama/Mistral/Qwen, Mixtral experts, T5-style
+
+
+def _activation(config: Any) -> str | None:
+    for name in ("hidden_activation", "hidden_act", "activation_function"):  # Gemma names its real one first
+        value = getattr(config, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def _ffn(model: nn.Module, config: Any) -> tuple[str, str | None]:
     """SwiGLU/GeGLU when the MLP has a gate projection (fused with up when gate_up_proj exists)."""
-    activation = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None)
-    activation = activation if isinstance(activation, str) else None
+    activation = _activation(config)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    gated_name = {"silu": "SwiGLU", "swish": "SwiGLU"}.get(activation or "", None)
-    if gated_name is None and activation and activation.startswith("gelu"):
-        gated_name = "GeGLU"
-    gated_name = gated_name or f"gated {activation or 'MLP'}"
+    gated = GATED_NAMES.get(activation or "") or ("GeGLU" if (activation or "").startswith("gelu") else None)
+    gated = gated or f"gated {activation or 'MLP'}"
     if "gate_up_proj" in names:
-        return f"{gated_name} (fused gate/up)", activation
-    if "gate_proj" in names or "w1" in names and "w3" in names:
-        return gated_name, activation
-    return f"MLP ({activation})" if activation else "MLP", activation
+        return f"{gated} (fused gate/up)", activation
+    if any(name in names for name in GATE_NAMES):
+        return gated, activation
+    return (f"MLP ({activation})" if activation else "MLP"), activation
 
 
 def _norm(model: nn.Module, config: Any) -> tuple[str, float | None]:
-    """The normalisation class family and its epsilon."""
-    kinds = [type(m).__name__ for m in model.modules()]
-    norm = next((k for k in kinds if "RMSNorm" in k), None) and "RMSNorm"
-    norm = norm or (next((k for k in kinds if "LayerNorm" in k), None) and "LayerNorm") or "none found"
-    eps = getattr(config, "rms_norm_eps", None) or getattr(config, "layer_norm_eps", None)
-    eps = eps or getattr(config, "layer_norm_epsilon", None)
-    return norm, float(eps) if isinstance(eps, (int, float)) else None
+    """The normalisation family (RMSNorm or LayerNorm, from the module classes) and its epsilon."""
+    kinds = {type(m).__name__ for m in model.modules()}
+    norm = next((family for family in ("RMSNorm", "LayerNorm") if any(family in k for k in kinds)), "none found")
+    eps = next((getattr(config, n) for n in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
+                if isinstance(getattr(config, n, None), (int, float))), None)
+    return norm, None if eps is None else float(eps)
 
 
 def _positions(model: nn.Module, config: Any) -> tuple[str, dict[str, Any]]:

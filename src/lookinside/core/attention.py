@@ -21,6 +21,11 @@ from lookinside.core.tokens import Piece, pieces
 
 if TYPE_CHECKING:
     from lookinside.core.loading import LM
+    from lookinside.core.spec import LoadSpec
+
+# Every head's map is kept (for the grid, --json and --png) only for prompts this short:
+# 32 heads of a 2,000-token prompt would be 128 million numbers; the summaries are always kept.
+KEEP_ALL_HEADS_UP_TO = 64
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class AttentionMaps:
     heads: int
     kv_heads: int
     head: int | None  # the head asked for, None for all
-    weights: tuple[tuple[tuple[float, ...], ...], ...]  # (heads, queries, keys)
+    weights: dict[int, tuple[tuple[float, ...], ...]]  # head -> (queries, keys); see KEEP_ALL_HEADS_UP_TO
     summaries: tuple[HeadSummary, ...]
     sliding_window: int | None
 
@@ -75,6 +80,14 @@ def check_choice(layer: int, head: int | None, layers: int, heads: int) -> tuple
     return layer % layers, None if head is None else head % heads
 
 
+def precheck(spec: LoadSpec, layer: int, head: int | None) -> None:
+    """Check --layer and --head against the config before the weights are loaded."""
+    from lookinside.core.loading import load_config_offline
+
+    config = load_config_offline(spec.model, trust_remote_code=spec.trust_remote_code)
+    check_choice(layer, head, config.num_hidden_layers, config.num_attention_heads)
+
+
 def use_eager(lm: LM) -> None:
     """Make the model form its attention weights (a no-op when it already does)."""
     if lm.attn_implementation != "eager":
@@ -93,6 +106,7 @@ def attention_maps(lm: LM, prompt: str, layer: int, head: int | None = None, cha
     with torch.inference_mode():
         out = lm.model(input_ids=input_ids, output_attentions=True, use_cache=False)
     weights = out.attentions[layer][0].float().cpu()  # (heads, n, n)
+    kept = [head] if head is not None else range(heads) if len(ids) <= KEEP_ALL_HEADS_UP_TO else []
     return AttentionMaps(
         model=lm.name,
         prompt=prompt,
@@ -102,7 +116,7 @@ def attention_maps(lm: LM, prompt: str, layer: int, head: int | None = None, cha
         heads=heads,
         kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head=head,
-        weights=tuple(tuple(tuple(row) for row in h.tolist()) for h in weights),
+        weights={h: tuple(tuple(row) for row in weights[h].tolist()) for h in kept},
         summaries=tuple(summarize_head(i, weights[i]) for i in range(weights.shape[0])),
         sliding_window=getattr(config, "sliding_window", None),
     )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lookinside.core import errors
-from lookinside.core.anatomy import SILENT
+from lookinside.core.anatomy import SILENT, architecture_card
 from lookinside.core.prompting import check_fits, encode_prompt
 from lookinside.core.tokens import Piece, pieces
 
@@ -125,8 +125,6 @@ def first_tensor(value: Any) -> torch.Tensor | None:
 
 def trace_forward(lm: LM, prompt: str, chat: bool = False) -> ForwardPass:
     """Run the prompt once with a hook on every module and keep each call's shapes."""
-    from lookinside.core.anatomy import architecture_card
-
     ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
     check_fits(len(ids), lm.context_length)
     input_ids = torch.tensor([ids], device=lm.device)  # (1, n)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SHADES = ((0.0, " "), (0.02, "░"), (0.1, "▒"), (0.3, "▓"), (0.6, "█"))
 MASKED = "·"
 SMALL_MAPS_UP_TO = 24  # tokens; past this the grid of small maps is too wide to read
+HEAT_MAP_UP_TO = 40  # tokens in one head's map; a longer prompt shows its last 40
 LOW, HIGH = (40, 40, 90), (255, 220, 60)  # dark blue to warm yellow
 
 
@@ -54,17 +55,18 @@ def _cell(weight: float, masked: bool, width: int) -> Text:
 def heat_map(maps: AttentionMaps, head: int) -> Table:
     """One head at full size: a row per query token, a column per key (numbered), the top key at the end."""
     n = len(maps.tokens)
+    shown_range = range(max(0, n - HEAT_MAP_UP_TO), n)
     table = Table.grid(padding=(0, 0))
     table.add_column(no_wrap=True)
-    for _ in range(n):
+    for _ in shown_range:
         table.add_column(width=3, no_wrap=True)
     table.add_column(no_wrap=True)
-    table.add_row(Text("query ↓   key →", style="dim"), *(Text(f"{k:>2} ", style="dim") for k in range(n)), "")
+    table.add_row(Text("query ↓   key →", style="dim"), *(Text(f"{k:>2} ", style="dim") for k in shown_range), "")
     weights = maps.weights[head]
-    for q, token in enumerate(maps.tokens):
-        row = weights[q]
+    for q in shown_range:
+        token, row = maps.tokens[q], weights[q]
         top = max(range(q + 1), key=lambda k: row[k])
-        cells = [_cell(row[k], maps.masked(q, k), 2) + Text(" ") for k in range(n)]
+        cells = [_cell(row[k], maps.masked(q, k), 2) + Text(" ") for k in shown_range]
         table.add_row(Text(f"{q:>2} {shown(token)[:12]}".ljust(16)), *cells,
                       Text(f" → {top} {shown(maps.tokens[top])} {row[top]:.2f}", style="dim"))
     return table
@@ -141,9 +143,13 @@ def attention_view(maps: AttentionMaps) -> RenderableType:
     if maps.head is not None:
         title = Text(f"head {maps.head} (shares KV head {maps.head // (maps.heads // maps.kv_heads)}): "
                      "rows are queries, columns keys", style="bold")
-        return Group(header, title, heat_map(maps, maps.head), legend())
-    parts: list[RenderableType] = [header]
-    if len(maps.tokens) <= SMALL_MAPS_UP_TO:
+        parts: list[RenderableType] = [header, title, heat_map(maps, maps.head), legend()]
+        if len(maps.tokens) > HEAT_MAP_UP_TO:
+            parts.append(Text(f"showing the last {HEAT_MAP_UP_TO} of {len(maps.tokens)} tokens; "
+                              "--png or --json has the whole map", style="dim"))
+        return Group(*parts)
+    parts = [header]
+    if len(maps.tokens) <= SMALL_MAPS_UP_TO and len(maps.weights) == maps.heads:
         parts += [token_key(maps), Columns([small_map(maps, h) for h in range(maps.heads)], padding=(1, 3)), legend()]
     else:
         parts.append(Text(f"{len(maps.tokens)} tokens: too many for small maps; pick one with --head", style="dim"))
@@ -153,7 +159,6 @@ def attention_view(maps: AttentionMaps) -> RenderableType:
 
 def attention_json(maps: AttentionMaps) -> dict[str, Any]:
     """The maps as JSON: weights[head][query][key] for the heads shown, and every head's summary."""
-    heads = range(maps.heads) if maps.head is None else [maps.head]
     return {
         "model": maps.model,
         "prompt": maps.prompt,
@@ -164,7 +169,7 @@ def attention_json(maps: AttentionMaps) -> dict[str, Any]:
         "attention": maps.attention,
         "head": maps.head,
         "tokens": [{"id": t.id, "piece": t.piece} for t in maps.tokens],
-        "weights": {str(h): [list(row) for row in maps.weights[h]] for h in heads},
+        "weights": {str(h): [list(row) for row in rows] for h, rows in maps.weights.items()},
         "summaries": [
             {"head": s.head, "entropy_bits": s.entropy, "first_token": s.first_token,
              "previous_token": s.previous_token, "self": s.self_token}

@@ -50,7 +50,9 @@ def render_png(maps: AttentionMaps) -> Any:
     n = len(maps.tokens)
     names = [f"{i} {label(t.piece)}" for i, t in enumerate(maps.tokens)]
     margin = 8 + 7 * max(len(s) for s in names)
-    heads = [maps.head] if maps.head is not None else list(range(maps.heads))
+    heads = sorted(maps.weights)
+    if not heads:
+        raise LookinsideError(f"{n} tokens are too many to draw every head: pick one with --head")
     cell = max(6, min(36, 640 // max(n, 1))) if maps.head is not None else max(3, min(16, 160 // max(n, 1)))
     cols = 1 if maps.head is not None else min(len(heads), 8)
     rows = -(-len(heads) // cols)
