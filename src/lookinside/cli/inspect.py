@@ -93,7 +93,7 @@ def attention(
     maps = attention_maps(load_with_progress(replace(spec, attn="eager")), prompt, layer, head, chat=chat)
     if png is not None:
         write_png(maps, png)
-        stderr_console().print(f"[dim]wrote {png}[/]")
+        stderr_console().print(f"wrote {png}", style="dim", markup=False)
     if json:
         print_json(attention_json(maps))
     else:
@@ -106,13 +106,12 @@ def lens(
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec,
 ) -> None:
     """The logit lens: each layer's residual stream through the final norm and LM head."""
-    from lookinside.core.lens import logit_lens
-    from lookinside.core.tokens import check_prompt
+    from lookinside.core.lens import check_request, logit_lens
     from lookinside.ui.console import print_json, stdout_console
     from lookinside.ui.lens import lens_json, lens_view
     from lookinside.ui.progress import load_with_progress
 
-    check_prompt(prompt)
+    check_request(prompt, top_k)
     result = logit_lens(load_with_progress(spec), prompt, top_k=top_k, position=position, all_positions=all_positions,
                         chat=chat)
     if json:

@@ -18,7 +18,7 @@ from lookinside.core import errors
 from lookinside.core.detokenize import token_text
 from lookinside.core.hooks import find_final_norm, find_lm_head, residual_stream
 from lookinside.core.prompting import check_fits, encode_prompt
-from lookinside.core.tokens import Piece, pieces
+from lookinside.core.tokens import Piece, check_prompt, pieces
 
 if TYPE_CHECKING:
     from torch import nn
@@ -74,12 +74,18 @@ class LogitLens:
         return settled
 
 
+def check_request(prompt: str, top_k: int) -> None:
+    """Refuse an empty prompt or a bad --top-k before any model is loaded."""
+    check_prompt(prompt)
+    if top_k < 1:
+        raise errors.BadInput(f"--top-k must be a positive number, not {top_k}")
+
+
 def logit_lens(
     lm: LM, prompt: str, top_k: int = 3, position: int = -1, all_positions: bool = False, chat: bool = False
 ) -> LogitLens:
     """Run the prompt once and read every depth's residual stream through the final norm and LM head."""
-    if top_k < 1:
-        raise errors.BadInput(f"--top-k must be a positive number, not {top_k}")
+    check_request(prompt, top_k)
     ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
     check_fits(len(ids), lm.context_length)
     if not -len(ids) <= position < len(ids):
