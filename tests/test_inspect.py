@@ -182,3 +182,20 @@ def _repo_root() -> str:
     from pathlib import Path
 
     return str(Path(__file__).resolve().parents[1])
+
+
+def test_unbuildable_config_is_a_typed_error(monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from lookinside.core.errors import LookinsideError
+
+    calls = []
+
+    def broken(config, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Cannot copy out of meta tensor\nmore detail")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", broken)
+    with pytest.raises(LookinsideError, match="cannot build LlamaConfig without weights: Cannot copy out of meta"):
+        anatomy_from_config("broken", small_config("llama"))
+    assert len(calls) == 2  # torch's meta device, then accelerate's init_empty_weights

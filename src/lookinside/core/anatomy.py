@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from lookinside.core import errors
 from lookinside.core.loading import context_length, load_config_offline
 
 if TYPE_CHECKING:
@@ -94,10 +95,20 @@ def anatomy_from_config(name: str, config: PretrainedConfig, trust_remote_code: 
 
 def meta_model(config: PretrainedConfig, trust_remote_code: bool = False) -> PreTrainedModel:
     """The model's modules with meta tensors: every shape is real, no memory is used."""
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # some remote-code models compute at init; accelerate patches only parameter creation
+        pass
+    try:
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise errors.LookinsideError(f"cannot build {type(config).__name__} without weights: {first}") from exc
 
 
 def anatomy_of(name: str, model: nn.Module) -> Anatomy:
