@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -112,3 +113,19 @@ def test_cli_grid_view():
     result = runner.invoke(app, ["lens", PROMPT, "--model", "tiny", "--all-positions"])
     assert result.exit_code == 0, result.output
     assert "by layer (rows) and position (columns)" in result.stdout and "␣France" in result.stdout
+
+
+def test_soft_capped_logits_are_capped_in_the_lens_too(tiny, monkeypatch):
+    from lookinside.core.hooks import find_final_norm
+    from lookinside.core.lens import lens_probs
+
+    states = torch.randn(2, 3, tiny.config.hidden_size)  # (depths, n, d_model)
+    norm = find_final_norm(tiny.model)
+    with torch.inference_mode():
+        plain = lens_probs(tiny.model, norm, states)
+        monkeypatch.setattr(tiny.model.config, "final_logit_softcapping", 1.0, raising=False)
+        capped = lens_probs(tiny.model, norm, states)
+    vocab = tiny.config.vocab_size
+    assert capped.shape == plain.shape == (2, 3, vocab)
+    # logits squashed into [-1, 1] leave no token more than e^2 times likelier than another
+    assert float(capped.max() / capped.min()) <= math.e**2 + 1e-3 < float(plain.max() / plain.min())
