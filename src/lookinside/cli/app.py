@@ -10,6 +10,7 @@ import typer
 
 from lookinside import __version__
 from lookinside.cli.edge import friendly
+from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
 
 app = typer.Typer(
@@ -37,6 +38,11 @@ def root(
 
 
 app.command("next-token")(friendly(next_token))
+app.command("inspect")(friendly(inspect_command))
+app.command("tokens")(friendly(tokens))
+app.command("forward")(friendly(forward))
+app.command("attention")(friendly(attention))
+app.command("lens")(friendly(lens))
 
 
 def main() -> None:

@@ -1,0 +1,120 @@
+"""Looking inside: `llm inspect`, `tokens`, `forward`, `attention`, `lens`.
+
+Each command parses its options, makes one core call and prints one view;
+torch and transformers are imported inside the bodies so `llm --help` stays fast.
+"""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lookinside.cli.options import ChatOpt, JsonOpt, PromptArg, model_options
+from lookinside.core.spec import LoadSpec
+
+TextArg = Annotated[str, typer.Argument(help="The text to cut into tokens.", show_default=False)]
+LayerOpt = Annotated[int, typer.Option("--layer", "-l", help="Which decoder block (0 is the first, -1 the last).")]
+HeadOpt = Annotated[Optional[int], typer.Option(
+    "--head", help="One head as a large heat map (default: all heads, small maps and a summary).", show_default=False)]
+PngOpt = Annotated[Optional[Path], typer.Option(
+    "--png", help="Also write the heat map(s) to this PNG file (needs Pillow).", show_default=False, dir_okay=False)]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Candidates to show per layer.")]
+PositionOpt = Annotated[int, typer.Option("--position", help="Which prompt position to read (-1: the last).")]
+AllPositionsOpt = Annotated[bool, typer.Option("--all-positions", help="A layer-by-position grid of top tokens.")]
+
+
+@model_options
+def inspect_command(json: JsonOpt = False, *, spec: LoadSpec) -> None:
+    """The module tree and architecture card, built from the config alone (no weights read)."""
+    from lookinside.core.anatomy import inspect_model
+    from lookinside.ui.anatomy import anatomy_json, anatomy_view
+    from lookinside.ui.console import print_json, stdout_console
+
+    anatomy = inspect_model(spec)
+    if json:
+        print_json(anatomy_json(anatomy))
+    else:
+        stdout_console().print(anatomy_view(anatomy))
+
+
+@model_options
+def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec) -> None:
+    """Each token of TEXT with its id and piece (loads only the tokenizer)."""
+    from lookinside.core.tokens import load_tokenizer, tokenize
+    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.tokens import tokens_json, tokens_view
+
+    result = tokenize(spec.model, load_tokenizer(spec), text, chat=chat)
+    if json:
+        print_json(tokens_json(result))
+    else:
+        stdout_console().print(tokens_view(result))
+
+
+@model_options
+def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec) -> None:
+    """The shapes through one forward pass, stage by stage, read with hooks."""
+    from lookinside.core.hooks import trace_forward
+    from lookinside.core.tokens import check_prompt
+    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.forward import forward_json, forward_view
+    from lookinside.ui.progress import load_with_progress
+
+    check_prompt(prompt)
+    result = trace_forward(load_with_progress(spec), prompt, chat=chat)
+    if json:
+        print_json(forward_json(result))
+    else:
+        stdout_console().print(forward_view(result))
+
+
+@model_options
+def attention(
+    prompt: PromptArg, layer: LayerOpt = 0, head: HeadOpt = None, png: PngOpt = None,
+    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec,
+) -> None:
+    """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
+    from lookinside.core.attention import attention_maps, precheck
+    from lookinside.core.tokens import check_prompt
+    from lookinside.ui.attention import attention_json, attention_view, write_png
+    from lookinside.ui.console import print_json, stderr_console, stdout_console
+    from lookinside.ui.progress import load_with_progress
+
+    check_prompt(prompt)
+    precheck(spec, layer, head)
+    if png is not None:
+        from lookinside.ui.attention_png import require_pillow
+
+        require_pillow()  # before loading: a missing library should not cost a model load
+    if spec.attn != "eager":
+        stderr_console().print(f"[dim]note: using eager attention instead of {spec.attn}: "
+                               "only eager attention forms the weights matrix[/]")
+    maps = attention_maps(load_with_progress(replace(spec, attn="eager")), prompt, layer, head, chat=chat)
+    if png is not None:
+        write_png(maps, png)
+        stderr_console().print(f"wrote {png}", style="dim", markup=False)
+    if json:
+        print_json(attention_json(maps))
+    else:
+        stdout_console().print(attention_view(maps))
+
+
+@model_options
+def lens(
+    prompt: PromptArg, top_k: TopKOpt = 3, position: PositionOpt = -1, all_positions: AllPositionsOpt = False,
+    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec,
+) -> None:
+    """The logit lens: each layer's residual stream through the final norm and LM head."""
+    from lookinside.core.lens import check_request, logit_lens
+    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.lens import lens_json, lens_view
+    from lookinside.ui.progress import load_with_progress
+
+    check_request(prompt, top_k)
+    result = logit_lens(load_with_progress(spec), prompt, top_k=top_k, position=position, all_positions=all_positions,
+                        chat=chat)
+    if json:
+        print_json(lens_json(result))
+    else:
+        stdout_console().print(lens_view(result))

@@ -1,0 +1,141 @@
+"""Attention weights of one layer: the (query x key) maps per head, and what each head does.
+
+Only eager attention forms the weights matrix (SDPA and flash kernels never write it
+out), so `attention_maps` switches a model to eager first; the CLI loads it that way.
+The summaries name the book's patterns: how spread out a head is (entropy), how much
+it parks on the first token (an attention sink), how much it looks one token back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from lookinside.core import errors
+from lookinside.core.anatomy import attention_kind
+from lookinside.core.prompting import check_fits, encode_prompt
+from lookinside.core.tokens import Piece, pieces
+
+if TYPE_CHECKING:
+    from lookinside.core.loading import LM
+    from lookinside.core.spec import LoadSpec
+
+# Every head's map is kept (for the grid, --json and --png) only for prompts this short:
+# 32 heads of a 2,000-token prompt would be 128 million numbers; the summaries are always kept.
+KEEP_ALL_HEADS_UP_TO = 64
+
+
+@dataclass(frozen=True)
+class HeadSummary:
+    """One head's habits, averaged over the query rows that can see more than one key."""
+
+    head: int
+    entropy: float  # bits; 0 = always one key, log2(keys) = uniform
+    first_token: float  # mean weight on key 0
+    previous_token: float  # mean weight on the key just before the query
+    self_token: float  # mean weight on the query's own position
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    """One layer's attention weights, [head][query][key], with the mask that shaped them."""
+
+    model: str
+    prompt: str
+    tokens: tuple[Piece, ...]
+    layer: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head: int | None  # the head asked for, None for all
+    weights: dict[int, tuple[tuple[float, ...], ...]]  # head -> (queries, keys); see KEEP_ALL_HEADS_UP_TO
+    summaries: tuple[HeadSummary, ...]
+    sliding_window: int | None
+
+    @property
+    def attention(self) -> str:
+        """MHA, MQA or GQA."""
+        return attention_kind(self.heads, self.kv_heads)
+
+    @property
+    def uniform_entropy(self) -> float:
+        """The summaries' entropy if every query spread evenly over the keys it can see (bits)."""
+        n = len(self.tokens)
+        return sum(math.log2(q + 1) for q in range(1, n)) / (n - 1) if n > 1 else 0.0
+
+    def masked(self, query: int, key: int) -> bool:
+        """True where the causal (or sliding-window) mask hides `key` from `query`."""
+        return key > query or (self.sliding_window is not None and query - key >= self.sliding_window)
+
+
+def check_choice(layer: int, head: int | None, layers: int, heads: int) -> tuple[int, int | None]:
+    """A valid (layer, head); negative numbers count from the end, as in Python."""
+    if not -layers <= layer < layers:
+        raise errors.BadInput(f"--layer must be between 0 and {layers - 1} (or -1 for the last), not {layer}")
+    if head is not None and not -heads <= head < heads:
+        raise errors.BadInput(f"--head must be between 0 and {heads - 1}, not {head}")
+    return layer % layers, None if head is None else head % heads
+
+
+def precheck(spec: LoadSpec, layer: int, head: int | None) -> None:
+    """Check --layer and --head against the config before the weights are loaded."""
+    from lookinside.core.loading import load_config_offline
+
+    config = load_config_offline(spec.model, trust_remote_code=spec.trust_remote_code)
+    check_choice(layer, head, config.num_hidden_layers, config.num_attention_heads)
+
+
+def use_eager(lm: LM) -> None:
+    """Make the model form its attention weights (a no-op when it already does)."""
+    if lm.attn_implementation != "eager":
+        lm.model.set_attn_implementation("eager")
+
+
+def attention_maps(lm: LM, prompt: str, layer: int, head: int | None = None, chat: bool = False) -> AttentionMaps:
+    """Run the prompt once with eager attention and keep one layer's weights."""
+    config = lm.config
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    layer, head = check_choice(layer, head, layers, heads)
+    ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
+    check_fits(len(ids), lm.context_length)
+    use_eager(lm)
+    input_ids = torch.tensor([ids], device=lm.device)  # (1, n)
+    with torch.inference_mode():
+        out = lm.model(input_ids=input_ids, output_attentions=True, use_cache=False)
+    weights = out.attentions[layer][0].float().cpu()  # (heads, n, n)
+    kept = [head] if head is not None else range(heads) if len(ids) <= KEEP_ALL_HEADS_UP_TO else []
+    return AttentionMaps(
+        model=lm.name,
+        prompt=prompt,
+        tokens=tuple(pieces(lm.tokenizer, ids)),
+        layer=layer,
+        layers=layers,
+        heads=heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head=head,
+        weights={h: tuple(tuple(row) for row in weights[h].tolist()) for h in kept},
+        summaries=tuple(summarize_head(i, weights[i]) for i in range(weights.shape[0])),
+        sliding_window=getattr(config, "sliding_window", None),
+    )
+
+
+def summarize_head(head: int, weights: torch.Tensor) -> HeadSummary:
+    """Entropy, first-token, previous-token and self shares of one head's (n, n) map."""
+    n = weights.shape[0]
+    if n < 2:
+        return HeadSummary(head, 0.0, 1.0, 0.0, 1.0)
+    rows = weights[1:]  # (n-1, n): row 0 can only see itself, so it tells nothing
+    plogp = torch.where(rows > 0, rows * torch.log2(rows.clamp_min(1e-30)), torch.zeros_like(rows))
+    entropy = float(-plogp.sum(-1).mean())
+    index = torch.arange(1, n)
+    return HeadSummary(
+        head=head,
+        entropy=entropy,
+        first_token=float(rows[:, 0].mean()),
+        previous_token=float(rows[index - 1, index - 1].mean()),
+        self_token=float(rows[index - 1, index].mean()),
+    )
+

@@ -1,0 +1,143 @@
+"""The logit lens: read the residual stream after every block as if it were the last.
+
+Block i's output goes through the model's own final norm and LM head, giving the
+next-token distribution the model "has in mind" at that depth (nostalgebraist, 2020).
+The stream is read with hooks (the input of block 0, then each block's output), not
+from `hidden_states`: transformers returns the last of those after the final norm,
+and norming it twice would be wrong. The last row therefore equals the real logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from lookinside.core import errors
+from lookinside.core.detokenize import token_text
+from lookinside.core.hooks import find_final_norm, find_lm_head, residual_stream
+from lookinside.core.prompting import check_fits, encode_prompt
+from lookinside.core.tokens import Piece, check_prompt, pieces
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from lookinside.core.loading import LM
+
+
+@dataclass(frozen=True)
+class Guess:
+    """A token the lens reads out, and its probability."""
+
+    id: int
+    token: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class LensRow:
+    """What one depth predicts at the chosen position (layer 0 = the embeddings)."""
+
+    layer: int
+    top: tuple[Guess, ...]
+    answer_prob: float  # the final answer's probability at this depth
+    answer_rank: int  # its rank (1 = top)
+
+
+@dataclass(frozen=True)
+class LogitLens:
+    """The lens at one position, and optionally the top token at every (depth, position)."""
+
+    model: str
+    prompt: str
+    tokens: tuple[Piece, ...]
+    position: int
+    answer: Guess  # the model's real top-1 next token at `position`
+    rows: tuple[LensRow, ...]  # depths 0..layers
+    grid: tuple[tuple[Guess, ...], ...] | None  # [depth][position] top-1, with --all-positions
+    norm: str | None  # the final norm's class, None if the model has none we could find
+
+    @property
+    def first_top1(self) -> int | None:
+        """The first depth at which the final answer is the top token."""
+        return next((r.layer for r in self.rows if r.top[0].id == self.answer.id), None)
+
+    @property
+    def settled(self) -> int | None:
+        """The depth from which the final answer stays the top token to the end."""
+        settled = None
+        for row in reversed(self.rows):
+            if row.top[0].id != self.answer.id:
+                break
+            settled = row.layer
+        return settled
+
+
+def check_request(prompt: str, top_k: int) -> None:
+    """Refuse an empty prompt or a bad --top-k before any model is loaded."""
+    check_prompt(prompt)
+    if top_k < 1:
+        raise errors.BadInput(f"--top-k must be a positive number, not {top_k}")
+
+
+def logit_lens(
+    lm: LM, prompt: str, top_k: int = 3, position: int = -1, all_positions: bool = False, chat: bool = False
+) -> LogitLens:
+    """Run the prompt once and read every depth's residual stream through the final norm and LM head."""
+    check_request(prompt, top_k)
+    ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
+    check_fits(len(ids), lm.context_length)
+    if not -len(ids) <= position < len(ids):
+        raise errors.BadInput(f"--position must be between 0 and {len(ids) - 1} (or -1 for the last), not {position}")
+    position %= len(ids)
+    input_ids = torch.tensor([ids], device=lm.device)  # (1, n)
+    with residual_stream(lm.model) as stream, torch.inference_mode():
+        lm.model(input_ids=input_ids, use_cache=False)
+    norm = find_final_norm(lm.model)
+    with torch.inference_mode():
+        device = find_lm_head(lm.model).weight.device  # blocks may sit on several devices (--device-map)
+        states = torch.stack([s[0].to(device) for s in stream])  # (layers + 1, n, d_model)
+        probs = lens_probs(lm.model, norm, states if all_positions else states[:, position : position + 1])
+    at = probs[:, position if all_positions else 0]  # (layers + 1, vocab)
+    answer_id = int(at[-1].argmax())
+    rows = tuple(_row(lm, depth, dist, answer_id, top_k) for depth, dist in enumerate(at))
+    return LogitLens(
+        model=lm.name,
+        prompt=prompt,
+        tokens=tuple(pieces(lm.tokenizer, ids)),
+        position=position,
+        answer=Guess(answer_id, token_text(lm.tokenizer, answer_id), float(at[-1, answer_id])),
+        rows=rows,
+        grid=_grid(lm, probs) if all_positions else None,
+        norm=type(norm).__name__ if norm is not None else None,
+    )
+
+
+def lens_probs(model: nn.Module, norm: nn.Module | None, states: torch.Tensor) -> torch.Tensor:
+    """Residual states (depths, n, d_model) -> next-token probabilities (depths, n, vocab)."""
+    normed = norm(states) if norm is not None else states  # (depths, n, d_model)
+    logits = find_lm_head(model)(normed).float()  # (depths, n, vocab)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma-2 style: the model squashes its logits after the head, so the lens must too
+        logits = torch.tanh(logits / cap) * cap
+    return torch.softmax(logits, dim=-1)
+
+
+def _row(lm: LM, depth: int, dist: torch.Tensor, answer_id: int, top_k: int) -> LensRow:
+    top = torch.topk(dist, top_k)
+    answer_prob = dist[answer_id]
+    return LensRow(
+        layer=depth,
+        top=tuple(Guess(int(i), token_text(lm.tokenizer, int(i)), float(p)) for p, i in zip(top.values, top.indices)),
+        answer_prob=float(answer_prob),
+        answer_rank=int((dist > answer_prob).sum()) + 1,
+    )
+
+
+def _grid(lm: LM, probs: torch.Tensor) -> tuple[tuple[Guess, ...], ...]:
+    best = probs.max(dim=-1)  # values and indices, each (depths, n)
+    return tuple(
+        tuple(Guess(int(i), token_text(lm.tokenizer, int(i)), float(p)) for p, i in zip(vals, idx))
+        for vals, idx in zip(best.values, best.indices)
+    )

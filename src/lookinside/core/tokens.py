@@ -1,0 +1,111 @@
+"""Text -> tokens as the model sees them: id, piece, and what kind of token it is.
+
+`llm tokens` needs only the tokenizer, so `load_tokenizer` reads no weights: it
+resolves the model's source the way loading does and loads just the tokenizer.
+Byte-fallback pieces (`<0xF0>`) are reported as bytes, and a run of them is
+decoded together, since one emoji is four tokens and none of them is a character.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from lookinside.core.errors import EmptyPrompt
+from lookinside.core.detokenize import BYTE_PIECE, token_text
+from lookinside.core.prompting import chat_messages, encode_prompt, render_chat
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lookinside.core.spec import LoadSpec
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One token: its id, the tokenizer's piece for it, its text, and its kind."""
+
+    index: int
+    id: int
+    piece: str  # as the vocabulary spells it: "▁Paris", "<0xF0>", "<|user|>"
+    text: str  # the text it stands for, with its leading space
+    kind: str  # "special", "byte" or "text"
+    byte: int | None = None  # the byte value of a byte-fallback piece
+    joined: str | None = None  # on the last byte of a run: the characters the run decodes to
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """A text cut into tokens, with the chat template's rendering when it was used."""
+
+    model: str
+    text: str
+    chat: bool
+    rendered: str | None  # the chat template's output, None without --chat
+    tokens: tuple[Piece, ...]
+    vocab_size: int
+
+
+def check_prompt(text: str) -> None:
+    """Refuse an empty prompt before anything is loaded."""
+    if not text.strip():
+        raise EmptyPrompt('the prompt is empty: give some text, e.g. "The capital of France is"')
+
+
+def load_tokenizer(spec: LoadSpec) -> PreTrainedTokenizerBase:
+    """Only the tokenizer of `spec.model`: no config check, no weights."""
+    from transformers import AutoTokenizer
+
+    from lookinside.core.loading import _hub_errors, resolve_source
+
+    source = resolve_source(spec.model)
+    with _hub_errors(spec.model):
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+
+
+def tokenize(name: str, tokenizer: PreTrainedTokenizerBase, text: str, chat: bool = False) -> Tokenization:
+    """The tokens a prompt becomes (the tokenizer's BOS included; with `chat`, the template's tokens)."""
+    ids = encode_prompt(tokenizer, text, chat=chat)
+    rendered = render_chat(tokenizer, chat_messages(text)) if chat else None
+    return Tokenization(
+        model=name, text=text, chat=chat, rendered=rendered,
+        tokens=tuple(pieces(tokenizer, ids)), vocab_size=len(tokenizer),
+    )
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Ids of special tokens: BOS/EOS/UNK/PAD and added control tokens such as <|user|>."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return ids | {i for i, added in decoder.items() if getattr(added, "special", False)}
+
+
+def pieces(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[Piece]:
+    """Describe each id; byte runs get the text they decode to on their last piece."""
+    special = special_ids(tokenizer)
+    raw = tokenizer.convert_ids_to_tokens(ids)
+    out: list[Piece] = []
+    for index, (token_id, piece) in enumerate(zip(ids, raw)):
+        piece = str(piece)
+        if BYTE_PIECE.match(piece):
+            out.append(Piece(index, token_id, piece, piece, "byte", byte=int(piece[3:5], 16)))
+        else:
+            kind = "special" if token_id in special else "text"
+            out.append(Piece(index, token_id, piece, token_text(tokenizer, token_id), kind))
+    return _join_byte_runs(out)
+
+
+def _join_byte_runs(tokens: list[Piece]) -> list[Piece]:
+    """Decode each maximal run of byte pieces as UTF-8 and put the result on its last piece."""
+    result = list(tokens)
+    start = None
+    for i, token in enumerate([*tokens, None]):
+        if token is not None and token.kind == "byte":
+            start = i if start is None else start
+            continue
+        if start is not None:
+            run = bytes(t.byte or 0 for t in tokens[start:i])
+            result[i - 1] = replace(result[i - 1], joined=run.decode("utf-8", errors="replace"))
+            start = None
+    return result
+
