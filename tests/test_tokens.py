@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core.spec import LoadSpec
-from lookinside.core.tokens import load_tokenizer, tokenize
+from lookinside.core.loading import load_tokenizer
+from lookinside.core.tokens import tokenize
 
 runner = CliRunner()
 EMOJI = "🙂"  # not in the tiny vocabulary: four byte-fallback pieces

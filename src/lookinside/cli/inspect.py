@@ -41,7 +41,8 @@ def inspect_command(json: JsonOpt = False, *, spec: LoadSpec) -> None:
 @model_options
 def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec) -> None:
     """Each token of TEXT with its id and piece (loads only the tokenizer)."""
-    from lookinside.core.tokens import load_tokenizer, tokenize
+    from lookinside.core.loading import load_tokenizer
+    from lookinside.core.tokens import tokenize
     from lookinside.ui.console import print_json, stdout_console
     from lookinside.ui.tokens import tokens_json, tokens_view
 

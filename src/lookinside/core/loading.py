@@ -157,15 +157,22 @@ def check_causal_lm(name: str, config: PretrainedConfig) -> None:
     )
 
 
+def load_tokenizer(spec: LoadSpec, source: str | None = None) -> PreTrainedTokenizerBase:
+    """Only the tokenizer of `spec.model`: no config check, no weights."""
+    from transformers import AutoTokenizer
+
+    with _hub_errors(spec.model):
+        return AutoTokenizer.from_pretrained(source or resolve_source(spec.model), trust_remote_code=spec.trust_remote_code)
+
+
 def load(spec: LoadSpec) -> LM:
     """Load model and tokenizer as `spec` says, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     source, config = load_config(spec)
-    with _hub_errors(spec.model):
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    tokenizer = load_tokenizer(spec, source)
     with _hub_errors(spec.model), _memory_errors(spec.model, device):
         if spec.random_weights:
             model = _random_model(config, spec, device, dtype)

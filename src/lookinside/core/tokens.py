@@ -1,7 +1,6 @@
 """Text -> tokens as the model sees them: id, piece, and what kind of token it is.
 
-`llm tokens` needs only the tokenizer, so `load_tokenizer` reads no weights: it
-resolves the model's source the way loading does and loads just the tokenizer.
+`llm tokens` needs only the tokenizer (`loading.load_tokenizer`), so it reads no weights.
 Byte-fallback pieces (`<0xF0>`) are reported as bytes, and a run of them is
 decoded together, since one emoji is four tokens and none of them is a character.
 """
@@ -17,8 +16,6 @@ from lookinside.core.prompting import chat_messages, encode_prompt, render_chat
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from lookinside.core.spec import LoadSpec
 
 
 @dataclass(frozen=True)
@@ -50,17 +47,6 @@ def check_prompt(text: str) -> None:
     """Refuse an empty prompt before anything is loaded."""
     if not text.strip():
         raise EmptyPrompt('the prompt is empty: give some text, e.g. "The capital of France is"')
-
-
-def load_tokenizer(spec: LoadSpec) -> PreTrainedTokenizerBase:
-    """Only the tokenizer of `spec.model`: no config check, no weights."""
-    from transformers import AutoTokenizer
-
-    from lookinside.core.loading import _hub_errors, resolve_source
-
-    source = resolve_source(spec.model)
-    with _hub_errors(spec.model):
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
 
 
 def tokenize(name: str, tokenizer: PreTrainedTokenizerBase, text: str, chat: bool = False) -> Tokenization:
