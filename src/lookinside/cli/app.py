@@ -10,6 +10,7 @@ import typer
 
 from lookinside import __version__
 from lookinside.cli.edge import friendly
+from lookinside.cli.chat import chat
 from lookinside.cli.next_token import next_token
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ def root(
 
 
 app.command("next-token")(friendly(next_token))
+app.command("chat")(friendly(chat))
 
 
 def main() -> None:

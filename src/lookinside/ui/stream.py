@@ -1,0 +1,122 @@
+"""Print a reply as its tokens arrive.
+
+Three modes. `markdown`: each finished block (text up to a blank line outside a code
+fence) is printed once, permanently, as Rich Markdown; the unfinished block is shown in
+a transient Live region cut to its last lines, so the newest text is always on screen
+and nothing is printed twice into the scrollback. `probs`: each token coloured by its
+probability. `plain`: the raw text, flushed as it comes (pipes, `--plain`).
+A reply's leading whitespace (SentencePiece's "▁" after the assistant header) is dropped
+unless the printer continues an earlier reply.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.segment import Segment
+from rich.text import Text
+
+from lookinside.ui.text import prob_style
+
+Mode = Literal["markdown", "probs", "plain"]
+FENCE = "```"
+
+
+def split_finished(text: str) -> tuple[str, str]:
+    """(finished blocks, the unfinished rest): cut at the last blank line that is outside a code fence."""
+    cut = 0
+    fenced = False
+    position = 0
+    for line in text.splitlines(keepends=True):
+        position += len(line)
+        if line.lstrip().startswith(FENCE):
+            fenced = not fenced
+        elif not fenced and not line.strip() and line.endswith("\n") and position < len(text):
+            cut = position
+    return text[:cut], text[cut:]
+
+
+class Tail:
+    """A renderable that shows only the last `height` lines of another, so the bottom never hides."""
+
+    def __init__(self, renderable: object, height: int) -> None:
+        self.renderable = renderable
+        self.height = max(1, height)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(self.renderable, options, pad=False)
+        for line in lines[-self.height :]:
+            yield from line
+            yield Segment.line()
+
+
+class StreamPrinter:
+    """Feed it text deltas (with their probabilities); call `close()` when the reply ends."""
+
+    def __init__(self, console: Console, mode: Mode = "markdown", strip_leading: bool = True) -> None:
+        self.console = console
+        self.mode = mode
+        self.strip_leading = strip_leading  # off when continuing a reply: its first space matters
+        self.text = ""  # the reply so far, leading whitespace dropped
+        self._printed = 0  # how much of `text` is printed for good (markdown mode)
+        self._live: Live | None = None
+        self._blocks = 0  # markdown blocks printed for good
+
+    def push(self, delta: str, prob: float = 1.0) -> None:
+        """Show one more piece of the reply."""
+        if not self.text and self.strip_leading:
+            delta = delta.lstrip()
+        if not delta:
+            return
+        self.text += delta
+        if self.mode == "plain":
+            self.console.file.write(delta)
+            self.console.file.flush()
+        elif self.mode == "probs":
+            self.console.print(Text(delta, style=prob_style(prob)), end="")
+        else:
+            self._update_markdown()
+
+    def close(self, note: str | None = None) -> str:
+        """End the reply (with an optional dim note such as "cut"); return its text."""
+        if self.mode == "markdown":
+            self._stop_live()
+            rest = self.text[self._printed :]
+            if rest.strip():
+                self._print_block(rest)
+            self._printed = len(self.text)
+        elif self.text and not self.text.endswith("\n"):
+            self.console.file.write("\n") if self.mode == "plain" else self.console.print()
+        if note:
+            self.console.print(f"[dim]{note}[/]" if self.mode != "plain" else note, highlight=False)
+        return self.text
+
+    def _update_markdown(self) -> None:
+        done, rest = split_finished(self.text[self._printed :])
+        if done.strip():
+            self._stop_live()
+            self._print_block(done)
+        self._printed += len(done)
+        if rest:
+            self._live_view(Tail(Markdown(rest), self.console.size.height - 2))
+
+    def _print_block(self, text: str) -> None:
+        if self._blocks:
+            self.console.print()  # Markdown drops the blank line that ended the previous block
+        self.console.print(Markdown(text))
+        self._blocks += 1
+
+    def _live_view(self, renderable: Tail) -> None:
+        if self._live is None:
+            self._live = Live(renderable, console=self.console, transient=True, auto_refresh=False,
+                              vertical_overflow="visible")
+            self._live.start()
+        self._live.update(renderable, refresh=True)
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
