@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +47,13 @@ from lookinside.ui.stream import Mode, StreamPrinter
 if TYPE_CHECKING:
     from lookinside.core.generate import Step
     from lookinside.core.loading import LM
+    from lookinside.core.sampling import SamplingParams
 
 GenerateFn = Callable[..., Iterator["Step"]]
 QUOTES = '"""'
 PROMPT = ">>> "
 LEAVE_HINT = "To leave, press Ctrl-D or type /exit."
+CUT_NOTE = "[reply cut by Ctrl-C; kept in the history, marked as cut]"
 
 # name -> (usage, what it does); the order is /help's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -205,7 +208,7 @@ class ChatRepl:
             return False
         if name not in COMMANDS:
             close = difflib.get_close_matches(name, COMMANDS, n=1)
-            self.hint(f"unknown command {name}" + (f": did you mean {close[0]}?" if close else "") + " /help lists them")
+            self.hint(f"unknown command {name}" + (f"; did you mean {close[0]}?" if close else "; /help lists the commands"))
             return True
         getattr(self, "_cmd_" + name[1:])(argument)
         return True
@@ -231,7 +234,6 @@ class ChatRepl:
 
     def reply(self, continuation: bool = False) -> None:
         """Generate (or continue) the assistant's reply to the conversation, streaming it."""
-        from lookinside.core.generate import GenerationConfig, generate
         from lookinside.core.timing import peak_memory_bytes, reset_peak_memory
 
         conversation, settings = self.conversation, self.conversation.settings
@@ -247,22 +249,31 @@ class ChatRepl:
             reset_peak_memory(self.lm.device)
         printer = StreamPrinter(self.console, "probs" if self.probs and self.mode != "plain" else self.mode,
                                 strip_leading=not continuation)
-        steps: list[Step] = []
-        cut = False
-        try:
-            for step in (self.generate_fn or generate)(
-                    self.lm, fitted.ids, params, GenerationConfig(max_new_tokens=settings.max_new_tokens)):
-                steps.append(step)
-                printer.push(step.text, step.prob)
-        except KeyboardInterrupt:
-            cut = True
-        text = printer.close("[reply cut by Ctrl-C; kept in the history, marked as cut]" if cut else None)
+        steps, cut = self._stream(fitted.ids, params, printer)
+        text = printer.close(CUT_NOTE if cut else None)
+        if previous is not None and not text.strip() and not cut:
+            self.note("the reply had already ended: the model's next token is its end token")
         self._keep(text, cut, previous)
         self.last_steps = (self.last_steps if previous else []) + steps
         if self.show_stats and steps:
             stats = reply_stats(steps, len(fitted.ids), self.lm.context_length, None if params.greedy else params.seed,
                                 peak_memory_bytes(self.lm.device) if cuda else None)
             self.console.print(stats_line(stats), highlight=False)
+
+    def _stream(self, ids: list[int], params: SamplingParams, printer: StreamPrinter) -> tuple[list[Step], bool]:
+        """Feed the generated steps to the printer; Ctrl-C stops them (True: the reply was cut)."""
+        from lookinside.core.generate import GenerationConfig, generate
+
+        steps: list[Step] = []
+        config = GenerationConfig(max_new_tokens=self.conversation.settings.max_new_tokens)
+        try:
+            with quiet_keys():
+                for step in (self.generate_fn or generate)(self.lm, ids, params, config):
+                    steps.append(step)
+                    printer.push(step.text, step.prob)
+        except KeyboardInterrupt:
+            return steps, True
+        return steps, False
 
     def _keep(self, text: str, cut: bool, previous: dict[str, Any] | None) -> None:
         if previous is None:
@@ -394,6 +405,31 @@ class ChatRepl:
         rows = [(token_text(tokenizer, s.token_id), s.prob, [(token_text(tokenizer, i), p) for i, p in s.top])
                 for s in self.last_steps]
         self.console.print(why_view(rows))
+
+
+@contextmanager
+def quiet_keys() -> Iterator[None]:
+    """While a reply streams, keys typed ahead are not echoed into it; they wait for the next prompt.
+
+    Only echo and line buffering go off: Ctrl-C still sends SIGINT, which stops the reply.
+    """
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    except (ImportError, OSError, ValueError, AttributeError):
+        saved = None
+    if saved is None:
+        yield  # not a terminal (pipes, tests) or not POSIX
+        return
+    quiet = list(saved)
+    quiet[3] &= ~(termios.ECHO | termios.ICANON)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def edit_in_editor(initial: str = "") -> str:

@@ -40,17 +40,35 @@ def split_finished(text: str) -> tuple[str, str]:
 
 
 class Tail:
-    """A renderable that shows only the last `height` lines of another, so the bottom never hides."""
+    """A renderable drawn without trailing padding, and (with `height`) only its last lines.
 
-    def __init__(self, renderable: object, height: int) -> None:
+    Showing the last lines keeps the newest text on screen in a Live region; trimming the
+    padding keeps copied text clean.
+    """
+
+    def __init__(self, renderable: object, height: int | None = None) -> None:
         self.renderable = renderable
-        self.height = max(1, height)
+        self.height = None if height is None else max(1, height)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        lines = console.render_lines(self.renderable, options, pad=False)
-        for line in lines[-self.height :]:
-            yield from line
+        # One column short of the edge: a full-width line leaves some terminals in a pending wrap,
+        # and a Live region that miscounts its height leaves a stale copy in the scrollback.
+        lines = console.render_lines(self.renderable, options.update_width(options.max_width - 1), pad=False)
+        for line in lines[-self.height :] if self.height else lines:
+            yield from _rstrip(line)
             yield Segment.line()
+
+
+def _rstrip(line: list[Segment]) -> list[Segment]:
+    """The line without its trailing plain spaces (spaces on a background colour stay)."""
+    line = list(line)
+    while line and not line[-1].control and (line[-1].style is None or line[-1].style.bgcolor is None):
+        text = line[-1].text.rstrip(" ")
+        if text:
+            line[-1] = Segment(text, line[-1].style)
+            break
+        line.pop()
+    return line
 
 
 class StreamPrinter:
@@ -91,7 +109,7 @@ class StreamPrinter:
         elif self.text and not self.text.endswith("\n"):
             self.console.file.write("\n") if self.mode == "plain" else self.console.print()
         if note:
-            self.console.print(f"[dim]{note}[/]" if self.mode != "plain" else note, highlight=False)
+            self.console.print(Text(note, style="dim" if self.mode != "plain" else ""))
         return self.text
 
     def _update_markdown(self) -> None:
@@ -106,7 +124,7 @@ class StreamPrinter:
     def _print_block(self, text: str) -> None:
         if self._blocks:
             self.console.print()  # Markdown drops the blank line that ended the previous block
-        self.console.print(Markdown(text))
+        self.console.print(Tail(Markdown(text)))
         self._blocks += 1
 
     def _live_view(self, renderable: Tail) -> None:
