@@ -208,8 +208,8 @@ def _drop_oldest_turn(conversation: Conversation, keep: int) -> bool:
 
 def _overflow(n: int, conversation: Conversation, context: int, why: str) -> str:
     new = conversation.settings.max_new_tokens
-    return (f"the conversation is {n} tokens, and with max_new_tokens {new} it does not fit the context of "
-            f"{context}; {why}. Try /undo, /clear or /set max_new_tokens")
+    return (f"the conversation is {n} tokens + {new} new, more than the context of {context}; {why}: "
+            f"try /undo, /clear or /set max_new_tokens")
 
 
 @dataclass(frozen=True)

@@ -215,11 +215,11 @@ class ChatRepl:
 
     def hint(self, message: str) -> None:
         """One line about a mistake."""
-        self.console.print(f"[yellow]{escape(message)}[/]", highlight=False)
+        self.console.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
     def note(self, message: str) -> None:
         """One dim line of information."""
-        self.console.print(f"[dim]{escape(message)}[/]", highlight=False)
+        self.console.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
     # ---- replies
 
@@ -334,7 +334,7 @@ class ChatRepl:
     def _cmd_tokens(self, argument: str) -> None:
         used = count_tokens(self.lm.tokenizer, self.conversation)
         self.console.print(context_meter(used, self.lm.context_length, self.conversation.settings.max_new_tokens,
-                                         self.conversation.window))
+                                         self.conversation.window), soft_wrap=True)
 
     def _cmd_retry(self, argument: str) -> None:
         if not self.conversation.pop_reply():

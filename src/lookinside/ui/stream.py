@@ -53,9 +53,14 @@ class Tail:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         # One column short of the edge: a full-width line leaves some terminals in a pending wrap,
         # and a Live region that miscounts its height leaves a stale copy in the scrollback.
-        lines = console.render_lines(self.renderable, options.update_width(options.max_width - 1), pad=False)
+        rendered = console.render_lines(self.renderable, options.update_width(options.max_width - 1), pad=False)
+        lines = [_rstrip(line) for line in rendered]
+        while lines and not lines[0]:
+            lines.pop(0)  # blocks are printed apart, so each one's own edge blank lines would double up
+        while lines and not lines[-1]:
+            lines.pop()
         for line in lines[-self.height :] if self.height else lines:
-            yield from _rstrip(line)
+            yield from line
             yield Segment.line()
 
 
