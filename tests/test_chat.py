@@ -146,6 +146,8 @@ def test_multiline_input_esc_enter_paste_and_triple_quotes(tiny):
     run = chat(tiny, keys, generate_fn=fake)
     users = [m["content"] for m in run.messages if m["role"] == "user"]
     assert users == ["first line\nsecond line", "pasted one\npasted two", "quoted one\nquoted two", "inline"]
+    history = run.repl.session.history.get_strings()
+    assert history[2] == '"""\nquoted one\nquoted two\n"""'  # a block is one history entry
 
 
 def test_history_is_kept_across_sessions_and_up_recalls_it(tiny, tmp_path, monkeypatch):

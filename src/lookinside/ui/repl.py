@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import get_app
 from prompt_toolkit.completion import Completer, Completion, ThreadedCompleter
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from rich.console import Console
@@ -114,13 +116,29 @@ class SlashCompleter(Completer):
                 yield Completion(name, start_position=-len(text), display=usage, display_meta=what)
 
 
+def is_open_block(text: str) -> bool:
+    """True while the input starts a \"\"\" block that is not closed yet."""
+    text = text.strip()
+    return text.startswith(QUOTES) and not is_block(text)
+
+
+def is_block(text: str) -> bool:
+    """True for a whole \"\"\" block: opening and closing quotes."""
+    text = text.strip()
+    return len(text) >= 2 * len(QUOTES) and text.startswith(QUOTES) and text.endswith(QUOTES)
+
+
 def key_bindings() -> KeyBindings:
-    """Esc-Enter / Alt-Enter add a line; Ctrl-C clears a line, or at an empty prompt hints how to leave."""
+    """Esc-Enter / Alt-Enter (and Enter in an open \"\"\" block) add a line; Ctrl-C clears, or hints how to leave."""
     bindings = KeyBindings()
 
     @bindings.add("escape", "enter")
     def _newline(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
+
+    @bindings.add("enter", filter=Condition(lambda: is_open_block(get_app().current_buffer.text)))
+    def _block_line(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")  # inside a \"\"\" block Enter adds a line, until the closing quotes
 
     @bindings.add("c-c")
     def _interrupt(event: KeyPressEvent) -> None:
@@ -140,6 +158,7 @@ def make_session(keep_history: bool = True, **kwargs: Any) -> PromptSession[str]
         complete_while_typing=True,
         key_bindings=key_bindings(),
         enable_history_search=False,  # Up/Down walk the history; Ctrl-R searches it
+        prompt_continuation="... ",
         **kwargs,
     )
 
@@ -176,16 +195,12 @@ class ChatRepl:
                 return 0
 
     def read(self) -> str:
-        """One message: a line, several lines (Esc-Enter, a paste), or a \"\"\" block."""
+        """One message: a line, several lines (Esc-Enter, a paste), or a \"\"\" block without its quotes."""
         assert self.session is not None
         text = self.session.prompt(PROMPT)
-        if not text.lstrip().startswith(QUOTES):
-            return text
-        lines = [text.lstrip()[len(QUOTES):]]
-        while not (lines[-1].rstrip().endswith(QUOTES) and (len(lines) > 1 or lines[0].strip() != "")):
-            lines.append(self.session.prompt("... "))
-        lines[-1] = lines[-1].rstrip()[: -len(QUOTES)]
-        return "\n".join(lines).strip("\n")
+        if is_block(text):
+            return text.strip()[len(QUOTES) : -len(QUOTES)].strip("\n")
+        return text
 
     def handle(self, line: str) -> bool:
         """Act on one input; False means leave."""
