@@ -218,3 +218,19 @@ def test_reply_stats_keep_the_prefill_out_of_the_decode_speed():
     assert (stats.ttft_s, stats.generated_tokens, stats.context_used) == (0.5, 3, 13)
     assert stats.decode_tokens_per_s == pytest.approx(10.0)
     assert conv.reply_stats(steps[:1], 10, 512, None).decode_tokens_per_s is None
+
+
+def test_phi3_defaults_and_template(phi3_tokenizer_dir):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from lookinside.core.loading import CONFIGS
+
+    params, source = chat_defaults(GenerationConfig.from_pretrained(CONFIGS / "phi-3-mini-4k-instruct"))
+    assert params == conv.CHAT_DEFAULT and "sets none" in source  # Phi-3 sets no sampling: /retry must vary
+    tokenizer = AutoTokenizer.from_pretrained(phi3_tokenizer_dir)
+    chat = long_chat(30, max_new_tokens=64)
+    fitted = fit(tokenizer, chat, context=400)
+    text = tokenizer.decode(fitted.ids)
+    assert fitted.dropped_turns > 0 and len(fitted.ids) + 64 <= 400
+    assert text.startswith("<|system|>") and "Answer briefly." in text
+    assert text.replace("\n", "").endswith("What is the capital of Japan?<|end|><|assistant|>")

@@ -83,22 +83,39 @@ def show_view(facts: ModelFacts, settings: ChatSettings, system: str | None) -> 
     return Group(table, Text("chat template", style="bold"), Syntax(template, "jinja", word_wrap=True))
 
 
-def why_view(tokens: Sequence[tuple[str, float, Sequence[tuple[str, float]]]]) -> Table:
+@dataclass(frozen=True)
+class WhyRow:
+    """One position of a reply: the token chosen, its probability and rank, and the other candidates."""
+
+    chosen: str
+    prob: float
+    rank: int
+    alternatives: Sequence[tuple[str, float]]
+
+
+def why_view(rows: Sequence[WhyRow]) -> Table:
     """/why: for each position of the last reply, the token chosen, its probability, and the alternatives."""
     table = Table(title="why these tokens: the last reply, position by position", title_justify="left")
     table.add_column("#", justify="right", style="dim")
     table.add_column("chosen")
     table.add_column("prob", justify="right")
-    table.add_column("top alternatives (probability)")
-    for position, (chosen, prob, top) in enumerate(tokens):
+    table.add_column("rank", justify="right")
+    table.add_column("other candidates (probability)")
+    for position, row in enumerate(rows):
         alternatives = Text()
-        for text, p in top:
+        for text, p in row.alternatives:
             if alternatives:
                 alternatives.append("  ")
             alternatives.append(visible(text), style=prob_style(p))
-            alternatives.append(f" {p:.2f}", style="dim")
-        table.add_row(str(position), Text(visible(chosen), style=prob_style(prob)), f"{prob:.3f}", alternatives)
+            alternatives.append(f" {probability(p)}", style="dim")
+        table.add_row(str(position), Text(visible(row.chosen), style=prob_style(row.prob)), probability(row.prob),
+                      str(row.rank), alternatives)
     return table
+
+
+def probability(p: float) -> str:
+    """A probability that stays readable when tiny: 0.997, 0.042, 3.1e-05."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def help_view(commands: Sequence[tuple[str, str]]) -> Table:
@@ -118,6 +135,6 @@ KEYS = (
     ("Enter", "send the message"),
     ("Esc Enter / Alt-Enter", "new line; a paste is sent as one message; or wrap lines in \"\"\" … \"\"\""),
     ("Up / Down, Ctrl-R", "earlier messages; search them"),
-    ("Ctrl-C", "stop the reply (it is kept, marked as cut); at an empty prompt, nothing"),
+    ("Ctrl-C", "stop the reply (it is kept, marked as cut); clear the line; at an empty prompt, how to leave"),
     ("Ctrl-D", "leave"),
 )

@@ -43,7 +43,7 @@ from lookinside.core.conversation import (
     reply_stats,
     save,
 )
-from lookinside.ui.chat_views import ModelFacts, context_meter, help_view, show_view, stats_line, why_view
+from lookinside.ui.chat_views import ModelFacts, WhyRow, context_meter, help_view, show_view, stats_line, why_view
 from lookinside.ui.stream import Mode, StreamPrinter
 
 if TYPE_CHECKING:
@@ -417,7 +417,8 @@ class ChatRepl:
             self.hint("no reply to explain yet: /why looks at the last reply")
             return
         tokenizer = self.lm.tokenizer
-        rows = [(token_text(tokenizer, s.token_id), s.prob, [(token_text(tokenizer, i), p) for i, p in s.top])
+        rows = [WhyRow(token_text(tokenizer, s.token_id), s.prob, s.rank,
+                       [(token_text(tokenizer, i), p) for i, p in s.top if i != s.token_id][:4])
                 for s in self.last_steps]
         self.console.print(why_view(rows))
 
