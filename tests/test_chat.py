@@ -486,7 +486,7 @@ def test_end_to_end_in_a_real_terminal(tmp_path):
         pane = _wait_for(session, r"generated tokens")
         assert pane.count("Tokyo") == 1  # streamed live, printed once: no stale copy in the scrollback
         subprocess.run(["tmux", "send-keys", "-t", session, "/why", "Enter"], check=True)
-        pane = _wait_for(session, r"top alternatives")
+        pane = _wait_for(session, r"other candidates")
         assert "␣Tokyo" in pane
         subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
         _wait_for(session, re.escape(LEAVE_HINT))
