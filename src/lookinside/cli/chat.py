@@ -42,12 +42,13 @@ def chat(
     from lookinside.ui.progress import load_with_progress
     from lookinside.ui.repl import ChatRepl, make_session
 
+    overrides = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                     repetition_penalty=repetition_penalty, seed=seed)
+    chat_settings(None, overrides, max_new_tokens)  # refuse bad values before the model loads
     piped = None if sys.stdin.isatty() else sys.stdin.read()
     if piped is not None and not piped.strip():
         return  # nothing to answer
     lm = load_with_progress(spec)
-    overrides = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                     repetition_penalty=repetition_penalty, seed=seed)
     settings = chat_settings(lm.model.generation_config, overrides, max_new_tokens, trim=not no_trim)
     conversation = Conversation(system=system, settings=settings)
     console = stdout_console()

@@ -42,7 +42,7 @@ class ChatSettings:
     params: SamplingParams = CHAT_DEFAULT
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     trim: bool = True
-    source: str = "lookinside's chat default"  # where the sampling defaults came from
+    source: str = "lookinside's chat default"  # where the sampling defaults came from, for /show
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -89,7 +89,7 @@ def chat_defaults(generation_config: GenerationConfig | None) -> tuple[SamplingP
     do_sample = getattr(generation_config, "do_sample", None)
     penalty = getattr(generation_config, "repetition_penalty", None) or 1.0
     if do_sample is None:
-        return CHAT_DEFAULT.updated(repetition_penalty=penalty), "lookinside's chat default (the model sets none)"
+        return CHAT_DEFAULT.updated(repetition_penalty=penalty), "lookinside's chat default, as the model's generation config sets none"
     if not do_sample:
         return SamplingParams(temperature=0, repetition_penalty=penalty), "the model's generation config (greedy)"
     found = {name: getattr(generation_config, name, None) for name in ("temperature", "top_k", "top_p", "min_p")}

@@ -72,7 +72,7 @@ def show_view(facts: ModelFacts, settings: ChatSettings, system: str | None) -> 
         ("attention", facts.attention),
         ("context length", f"{facts.context_length} tokens"),
         ("end tokens", ", ".join(f"{tid} {visible(text)}" for tid, text in facts.end_tokens) or "none"),
-        ("sampling", settings.params.describe() + f"  [dim](defaults from {settings.source})[/]"),
+        ("sampling", settings.params.describe() + f"  [dim](defaults: {escape(settings.source)})[/]"),
         ("max_new_tokens", str(settings.max_new_tokens)),
         ("trimming", "on: the oldest turns are dropped to fit" if settings.trim else "off (--no-trim): refuse"),
         ("system prompt", escape(system) if system else "[dim]none[/]"),
