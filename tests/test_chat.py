@@ -495,3 +495,33 @@ def test_end_to_end_in_a_real_terminal(tmp_path):
         assert "What is the capital of Japan?" in (tmp_path / "chat_history").read_text()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+STREAM_SCRIPT = """
+from lookinside.ui.console import stdout_console
+from lookinside.ui.stream import StreamPrinter
+printer = StreamPrinter(stdout_console())
+text = " Intro.\\n\\n" + "\\n".join(f"- item {i:02d} of a long list" for i in range(60)) + "\\n\\nDone."
+for i in range(0, len(text), 7):
+    printer.push(text[i : i + 7])
+printer.close()
+print("END")
+"""
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_reply_taller_than_the_terminal_lands_in_the_scrollback_once(tmp_path):
+    script = tmp_path / "stream.py"
+    script.write_text(STREAM_SCRIPT)
+    session = f"llm-stream-{uuid.uuid4().hex[:8]}"
+    command = f"PYTHONPATH={SRC} {sys.executable} {script}; sleep 30"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "20", command], check=True)
+    try:
+        _wait_for(session, r"(?m)^END")
+        scrollback = subprocess.run(["tmux", "capture-pane", "-p", "-S", "-", "-t", session],
+                                    capture_output=True, text=True).stdout
+        for i in range(60):
+            assert scrollback.count(f"item {i:02d} of a long list") == 1, i
+        assert scrollback.count("Intro.") == 1 and scrollback.count("Done.") == 1
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

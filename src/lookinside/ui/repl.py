@@ -191,8 +191,11 @@ class ChatRepl:
                 continue
             except EOFError:
                 return 0
-            if not self.handle(line):
-                return 0
+            try:
+                if not self.handle(line):
+                    return 0
+            except KeyboardInterrupt:  # during a slash command: stop it, keep the session
+                self.note("interrupted")
 
     def read(self) -> str:
         """One message: a line, several lines (Esc-Enter, a paste), or a \"\"\" block without its quotes."""
