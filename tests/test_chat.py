@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
@@ -232,6 +232,10 @@ def test_system_shows_sets_and_removes(tiny):
                        "system prompt: You are a pirate.\nsystem prompt removed\nno system prompt\n")
 
 
+USAGE = ("usage: /set NAME VALUE, NAME one of temperature, top_k, top_p, min_p, max_new_tokens, seed, "
+         "repetition_penalty  (now: temperature=0.5, top_k=40, seed=3, max_new_tokens=40)")
+
+
 def test_set_changes_settings_and_refuses_bad_values_in_one_line(tiny):
     run = chat(tiny, f"/set temperature 0.5{ENTER}/set top_k 40{ENTER}/set seed 3{ENTER}/set temperature hot{ENTER}"
                      f"/set top_p 2{ENTER}/set{ENTER}/set colour blue{ENTER}/set min_p{ENTER}")
@@ -241,11 +245,9 @@ def test_set_changes_settings_and_refuses_bad_values_in_one_line(tiny):
         "seed set: temperature=0.5, top_k=40, seed=3, max_new_tokens=40",
         "temperature takes a number, not 'hot'",
         "top_p must be in (0, 1]",
-        "usage: /set NAME VALUE, NAME one of temperature, top_k, top_p, min_p, max_new_tokens, seed, "
-        "repetition_penalty  (now: temperature=0.5, top_k=40, seed=3, max_new_tokens=40)",
+        USAGE,
         "unknown setting 'colour': one of temperature, top_k, top_p, min_p, max_new_tokens, seed, repetition_penalty",
-        "usage: /set NAME VALUE, NAME one of temperature, top_k, top_p, min_p, max_new_tokens, seed, "
-        "repetition_penalty  (now: temperature=0.5, top_k=40, seed=3, max_new_tokens=40)",
+        USAGE,
     ]
     assert run.repl.conversation.settings.params == SamplingParams(temperature=0.5, top_k=40, seed=3)
 
@@ -453,7 +455,7 @@ def test_no_trim_refuses_a_piped_message_that_does_not_fit():
 
 def test_chat_help_does_not_import_torch():
     code = "import sys; from lookinside.cli.app import app; import lookinside.cli.chat; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
     assert out.stdout.strip() == "False"
 
 
@@ -461,7 +463,8 @@ def test_chat_help_does_not_import_torch():
 
 
 def _pane(session: str) -> str:
-    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], check=False, capture_output=True,
+                          text=True).stdout
 
 
 def _wait_for(session: str, pattern: str, deadline_s: float = 60) -> str:
@@ -494,7 +497,7 @@ def test_end_to_end_in_a_real_terminal(tmp_path):
         _wait_for(session, r"EXITED=0")
         assert "What is the capital of Japan?" in (tmp_path / "chat_history").read_text()
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
 
 
 STREAM_SCRIPT = """
@@ -519,9 +522,9 @@ def test_a_reply_taller_than_the_terminal_lands_in_the_scrollback_once(tmp_path)
     try:
         _wait_for(session, r"(?m)^END")
         scrollback = subprocess.run(["tmux", "capture-pane", "-p", "-S", "-", "-t", session],
-                                    capture_output=True, text=True).stdout
+                                    check=False, capture_output=True, text=True).stdout
         for i in range(60):
             assert scrollback.count(f"item {i:02d} of a long list") == 1, i
         assert scrollback.count("Intro.") == 1 and scrollback.count("Done.") == 1
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)

@@ -1,7 +1,7 @@
 """`llm chat`: talk to the model in a REPL, or answer one piped message."""
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ from lookinside.core.spec import LoadSpec
 
 @model_options
 def chat(
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="A system prompt for the conversation.",
+    system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt for the conversation.",
                                                   show_default=False)] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Print replies as raw text, not rendered markdown.")] = False,
     no_history: Annotated[bool, typer.Option("--no-history", help="Keep no input history on disk.")] = False,
@@ -42,8 +42,8 @@ def chat(
     from lookinside.ui.progress import load_with_progress
     from lookinside.ui.repl import ChatRepl, make_session
 
-    overrides = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                     repetition_penalty=repetition_penalty, seed=seed)
+    overrides = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                 "repetition_penalty": repetition_penalty, "seed": seed}
     chat_settings(None, overrides, max_new_tokens)  # refuse bad values before the model loads
     piped = None if sys.stdin.isatty() else sys.stdin.read()
     if piped is not None and not piped.strip():

@@ -300,8 +300,8 @@ def _is_message(m: object) -> bool:
 
 def to_markdown(conversation: Conversation, model: str) -> str:
     """The conversation as a markdown document."""
-    lines = [f"# Chat with {model}", "", f"Settings: {conversation.settings.params.describe()}, "
-             f"max_new_tokens={conversation.settings.max_new_tokens}", ""]
+    settings = f"Settings: {conversation.settings.params.describe()}, max_new_tokens={conversation.settings.max_new_tokens}"
+    lines = [f"# Chat with {model}", "", settings, ""]
     if conversation.system:
         lines += ["## System", "", conversation.system, ""]
     for message in conversation.messages:
