@@ -59,4 +59,5 @@ def chat(
         return
     console.print(f"[dim]chatting with {lm.name} · /help lists the commands · Ctrl-D leaves[/]")
     session = make_session(keep_history=not no_history)
-    raise typer.Exit(ChatRepl(lm, conversation, console, session, "plain" if plain else "markdown").run())
+    mode = "plain" if plain or not console.is_terminal else "markdown"
+    raise typer.Exit(ChatRepl(lm, conversation, console, session, mode).run())

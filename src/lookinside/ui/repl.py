@@ -152,6 +152,12 @@ def key_bindings() -> KeyBindings:
 
 def make_session(keep_history: bool = True, **kwargs: Any) -> PromptSession[str]:
     """The prompt: history, Ctrl-R search, slash completion, multiline keys (kwargs: input/output for tests)."""
+    if "output" not in kwargs:
+        from prompt_toolkit.output import create_output
+
+        # With stdout redirected (`llm chat > log.txt`) the prompt is drawn on the terminal's stderr,
+        # so the file gets only the replies, free of escape codes.
+        kwargs["output"] = create_output(always_prefer_tty=True)
     return PromptSession(
         history=history(keep_history),
         completer=ThreadedCompleter(SlashCompleter()),
