@@ -528,3 +528,22 @@ def test_a_reply_taller_than_the_terminal_lands_in_the_scrollback_once(tmp_path)
         assert scrollback.count("Intro.") == 1 and scrollback.count("Done.") == 1
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_redirected_stdout_gets_plain_replies_and_the_prompt_stays_on_the_terminal(tmp_path):
+    session = f"llm-redirect-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "out.txt"
+    command = (f"LOOKINSIDE_DATA_DIR={tmp_path} PYTHONPATH={SRC} {sys.executable} -m lookinside chat --model tiny"
+               f" --temperature 0 > {out}; echo EXITED=$?; sleep 30")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
+    try:
+        _wait_for(session, r"(?m)^>>>")
+        subprocess.run(["tmux", "send-keys", "-t", session, "What is the capital of Japan?", "Enter"], check=True)
+        _wait_for(session, r"(?m)^>>> What is the capital of Japan\?\n>>>")
+        subprocess.run(["tmux", "send-keys", "-t", session, "/exit", "Enter"], check=True)
+        _wait_for(session, r"EXITED=0")
+        text = out.read_text()
+        assert "Tokyo" in text and STATS.search(text) and "\x1b" not in text and ">>>" not in text
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
