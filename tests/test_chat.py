@@ -547,3 +547,17 @@ def test_redirected_stdout_gets_plain_replies_and_the_prompt_stays_on_the_termin
         assert "Tokyo" in text and STATS.search(text) and "\x1b" not in text and ">>>" not in text
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
+
+
+def test_a_failed_reply_does_not_leave_an_unanswered_message(tiny):
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def broken(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory")
+        yield
+
+    run = chat(tiny, f"hi{ENTER}", generate_fn=broken)
+    assert run.out == ("out of memory: try /set max_new_tokens lower, /clear, or a smaller --dtype; "
+                       "the session goes on\n")
+    assert run.messages == [] and run.code == 0

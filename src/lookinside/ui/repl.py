@@ -222,6 +222,10 @@ class ChatRepl:
             self.send(text)
         except errors.LookinsideError as exc:
             self.hint(str(exc))
+        except Exception as exc:
+            if type(exc).__name__ != "OutOfMemoryError":
+                raise
+            self.hint("out of memory: try /set max_new_tokens lower, /clear, or a smaller --dtype; the session goes on")
         return True
 
     def command(self, text: str) -> bool:
@@ -252,8 +256,9 @@ class ChatRepl:
         self.conversation.add("user", text)
         try:
             self.reply()
-        except errors.ContextOverflow:
-            self.conversation.messages.pop()  # the message was never answered
+        except BaseException:
+            if self.conversation.messages[-1]["role"] == "user":
+                self.conversation.messages.pop()  # never answered: two user turns in a row would confuse the template
             raise
 
     def reply(self, continuation: bool = False) -> None:
