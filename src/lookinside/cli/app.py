@@ -10,6 +10,7 @@ import typer
 
 from lookinside import __version__
 from lookinside.cli.edge import friendly
+from lookinside.cli.chat import chat
 from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
 
@@ -37,6 +38,7 @@ def root(
     """Look inside a large language model while you talk to it."""
 
 
+app.command("chat")(friendly(chat))
 app.command("next-token")(friendly(next_token))
 app.command("inspect")(friendly(inspect_command))
 app.command("tokens")(friendly(tokens))

@@ -1,0 +1,63 @@
+"""`llm chat`: talk to the model in a REPL, or answer one piped message."""
+
+import sys
+from typing import Annotated
+
+import typer
+
+from lookinside.cli.options import (
+    MaxNewTokensOpt,
+    MinPOpt,
+    RepetitionOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    model_options,
+)
+from lookinside.core.spec import LoadSpec
+
+
+@model_options
+def chat(
+    system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt for the conversation.",
+                                                  show_default=False)] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Print replies as raw text, not rendered markdown.")] = False,
+    no_history: Annotated[bool, typer.Option("--no-history", help="Keep no input history on disk.")] = False,
+    no_trim: Annotated[bool, typer.Option(
+        "--no-trim", help="Refuse a turn that does not fit the context instead of dropping the oldest turns.")] = False,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    seed: SeedOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    *,
+    spec: LoadSpec,
+) -> None:
+    """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
+    from lookinside.core.conversation import Conversation, chat_settings
+    from lookinside.ui.console import stdout_console
+    from lookinside.ui.progress import load_with_progress
+    from lookinside.ui.repl import ChatRepl, make_session
+
+    overrides = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                 "repetition_penalty": repetition_penalty, "seed": seed}
+    chat_settings(None, overrides, max_new_tokens)  # refuse bad values before the model loads
+    piped = None if sys.stdin.isatty() else sys.stdin.read()
+    if piped is not None and not piped.strip():
+        return  # nothing to answer
+    lm = load_with_progress(spec)
+    settings = chat_settings(lm.model.generation_config, overrides, max_new_tokens, trim=not no_trim)
+    conversation = Conversation(system=system, settings=settings)
+    console = stdout_console()
+    if piped is not None:
+        repl = ChatRepl(lm, conversation, console, mode="plain")
+        repl.show_stats = False
+        repl.send(piped.strip())
+        return
+    console.print(f"[dim]chatting with {lm.name} · /help lists the commands · Ctrl-D leaves[/]")
+    session = make_session(keep_history=not no_history)
+    mode = "plain" if plain or not console.is_terminal else "markdown"
+    raise typer.Exit(ChatRepl(lm, conversation, console, session, mode).run())

@@ -1,0 +1,321 @@
+"""A chat as plain data: the messages, the settings, and what fits in the model's context.
+
+`Conversation` holds the system prompt and the user/assistant turns; `window` says
+which turns still go to the model after the oldest were dropped to fit (they stay
+in the transcript). Tokens are counted through the model's chat template
+(`core.prompting`), so the count is what the model sees. Transcripts are JSON,
+written atomically (a temp file, then `os.replace`), and export to markdown.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lookinside.core import errors
+from lookinside.core.prompting import Message, encode_messages
+from lookinside.core.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+    from lookinside.core.generate import Step
+
+TRANSCRIPT_VERSION = 1
+# When the model's generation config says nothing about sampling: llama.cpp's and Ollama's
+# usual chat settings, so that /retry gives a different answer.
+CHAT_DEFAULT = SamplingParams(temperature=0.7, top_p=0.9)
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """How replies are generated: sampling, length, and whether old turns may be dropped."""
+
+    params: SamplingParams = CHAT_DEFAULT
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    trim: bool = True
+    source: str = "lookinside's chat default"  # where the sampling defaults came from, for /show
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise errors.BadInput("max_new_tokens must be >= 1")
+
+    def updated(self, name: str, value: str) -> ChatSettings:
+        """A copy with one setting changed from its text form, as `/set NAME VALUE` gives it."""
+        if name == "max_new_tokens":
+            return replace(self, max_new_tokens=_parse(name, value, int))
+        if name not in SETTABLE:
+            raise errors.BadInput(f"unknown setting {name!r}: one of {', '.join(SETTABLE)}")
+        if name == "seed" and value.lower() in ("none", "random", "off"):
+            return replace(self, params=self.params.updated(seed=None))
+        kind = int if name in ("top_k", "seed") else float
+        return replace(self, params=self.params.updated(**{name: _parse(name, value, kind)}))
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a JSON object."""
+        return {"params": asdict(self.params), "max_new_tokens": self.max_new_tokens, "trim": self.trim}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChatSettings:
+        """Settings from `to_json`'s object (validated again)."""
+        params = SamplingParams(**{k: v for k, v in data.get("params", {}).items() if k in SamplingParams.field_names()})
+        return cls(params=params, max_new_tokens=int(data.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+                   trim=bool(data.get("trim", True)), source="the loaded transcript")
+
+
+SETTABLE = ("temperature", "top_k", "top_p", "min_p", "max_new_tokens", "seed", "repetition_penalty")
+
+
+def _parse(name: str, value: str, kind: type) -> Any:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise errors.BadInput(f"{name} takes {'an integer' if kind is int else 'a number'}, not {value!r}") from None
+    if kind is float and not math.isfinite(number):
+        raise errors.BadInput(f"{name} must be a finite number")
+    return number
+
+
+def chat_defaults(generation_config: GenerationConfig | None) -> tuple[SamplingParams, str]:
+    """Sampling defaults from the model's generation config, and a phrase saying where they came from."""
+    do_sample = getattr(generation_config, "do_sample", None)
+    penalty = getattr(generation_config, "repetition_penalty", None) or 1.0
+    if do_sample is None:
+        return CHAT_DEFAULT.updated(repetition_penalty=penalty), "lookinside's chat default, as the model's generation config sets none"
+    if not do_sample:
+        return SamplingParams(temperature=0, repetition_penalty=penalty), "the model's generation config (greedy)"
+    found = {name: getattr(generation_config, name, None) for name in ("temperature", "top_k", "top_p", "min_p")}
+    chosen = {name: value for name, value in found.items() if value is not None}
+    return SamplingParams(**chosen, repetition_penalty=penalty), "the model's generation config"
+
+
+def chat_settings(generation_config: GenerationConfig | None, overrides: dict[str, Any],
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, trim: bool = True) -> ChatSettings:
+    """The model's defaults with the options the user gave (None means not given) laid over them."""
+    params, source = chat_defaults(generation_config)
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if given:
+        params, source = params.updated(**given), f"{source}, then your options"
+    return ChatSettings(params=params, max_new_tokens=max_new_tokens, trim=trim, source=source)
+
+
+@dataclass
+class Conversation:
+    """The system prompt and the turns; messages before `window` are no longer sent to the model."""
+
+    system: str | None = None
+    messages: list[Message] = field(default_factory=list)
+    settings: ChatSettings = field(default_factory=ChatSettings)
+    window: int = 0
+
+    def as_messages(self) -> list[Message]:
+        """What the chat template gets: the system prompt, then the turns still in the window."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [{"role": m["role"], "content": m["content"]} for m in self.messages[self.window :]]
+
+    def add(self, role: str, content: str, cut: bool = False) -> None:
+        """Append a turn; `cut` marks a reply stopped before its end."""
+        self.messages.append({"role": role, "content": content, **({"cut": True} if cut else {})})
+
+    @property
+    def last_reply(self) -> Message | None:
+        """The last assistant message, if the conversation ends with one."""
+        return self.messages[-1] if self.messages and self.messages[-1]["role"] == "assistant" else None
+
+    def pop_reply(self) -> Message | None:
+        """Remove and return the last assistant message (for /retry)."""
+        return self.messages.pop() if self.last_reply else None
+
+    def undo(self) -> int:
+        """Remove the last exchange (a user message and its reply); how many messages went."""
+        count = 0
+        if self.last_reply:
+            self.messages.pop()
+            count += 1
+        if self.messages and self.messages[-1]["role"] == "user":
+            self.messages.pop()
+            count += 1
+        self.window = min(self.window, len(self.messages))
+        return count
+
+    def clear(self) -> None:
+        """Drop every turn; keep the system prompt and the settings."""
+        self.messages.clear()
+        self.window = 0
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The prompt for the next reply, and what was dropped to make it fit."""
+
+    ids: list[int]
+    dropped_turns: int
+    dropped_tokens: int
+
+
+def count_tokens(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) -> int:
+    """Tokens the conversation takes in the chat template, with the assistant's header."""
+    return len(encode_messages(tokenizer, conversation.as_messages()))
+
+
+def fit(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, context: int,
+        continuation: str | None = None) -> Fitted:
+    """The next prompt's ids, dropping the oldest turns (never the system prompt) while it does not fit.
+
+    With `continuation`, the last assistant message is left out of the template and its
+    text follows the assistant header, so the model goes on from where it stopped.
+    With trimming off, a prompt that does not fit raises ContextOverflow instead.
+    """
+    budget = context - conversation.settings.max_new_tokens
+    before = conversation.window
+    first_ids = ids = _prompt_ids(tokenizer, conversation, continuation)
+    while len(ids) > budget:
+        if not conversation.settings.trim:
+            raise errors.ContextOverflow(_overflow(len(ids), conversation, context, "trimming is off (--no-trim)"))
+        if not _drop_oldest_turn(conversation, keep=2 if continuation is not None else 1):
+            raise errors.ContextOverflow(_overflow(len(ids), conversation, context, "nothing older is left to drop"))
+        ids = _prompt_ids(tokenizer, conversation, continuation)
+    dropped = conversation.window - before
+    return Fitted(ids=ids, dropped_turns=dropped, dropped_tokens=len(first_ids) - len(ids))
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, continuation: str | None) -> list[int]:
+    messages = conversation.as_messages()
+    if continuation is None:
+        return encode_messages(tokenizer, messages)
+    # The template has no "go on" form, so the reply so far is tokenized after the assistant header.
+    head = encode_messages(tokenizer, messages[:-1])
+    return head + list(tokenizer(continuation, add_special_tokens=False).input_ids)
+
+
+def _drop_oldest_turn(conversation: Conversation, keep: int) -> bool:
+    """Move the window past the oldest user turn and its reply; False when only `keep` messages are left."""
+    live = conversation.messages[conversation.window :]
+    if len(live) <= keep:
+        return False
+    step = 2 if len(live) > keep + 1 and live[1]["role"] == "assistant" else 1
+    conversation.window += step
+    return True
+
+
+def _overflow(n: int, conversation: Conversation, context: int, why: str) -> str:
+    new = conversation.settings.max_new_tokens
+    return (f"the conversation is {n} tokens + {new} new, more than the context of {context}; {why}: "
+            f"try /undo, /clear or /set max_new_tokens")
+
+
+@dataclass(frozen=True)
+class ReplyStats:
+    """What one reply cost: tokens in and out, time to first token, decode speed, peak memory."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_s: float
+    decode_tokens_per_s: float | None
+    context_used: int
+    context_length: int
+    seed: int | None
+    peak_memory_bytes: int | None = None  # CUDA only
+
+
+def reply_stats(steps: Sequence[Step], prompt_tokens: int, context_length: int, seed: int | None,
+                peak_memory_bytes: int | None = None) -> ReplyStats:
+    """Stats from a reply's steps: step 0 holds the prefill, so decode speed uses the others."""
+    decode = steps[1:]
+    decode_s = sum(s.seconds for s in decode)
+    return ReplyStats(
+        prompt_tokens=prompt_tokens,
+        generated_tokens=len(steps),
+        ttft_s=steps[0].seconds if steps else 0.0,
+        decode_tokens_per_s=len(decode) / decode_s if decode and decode_s > 0 else None,
+        context_used=prompt_tokens + len(steps),
+        context_length=context_length,
+        seed=seed,
+        peak_memory_bytes=peak_memory_bytes,
+    )
+
+
+def save(conversation: Conversation, path: Path, model: str) -> Path:
+    """Write the transcript as JSON atomically: a crash leaves the old file or the new one, never half."""
+    data = {
+        "version": TRANSCRIPT_VERSION,
+        "model": model,
+        "system": conversation.system,
+        "messages": conversation.messages,
+        "window": conversation.window,
+        "settings": conversation.settings.to_json(),
+    }
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, flush it to disk, then rename it over `path`."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> tuple[Conversation, str | None]:
+    """A conversation saved by `save`, and the model it was held with."""
+    path = path.expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise errors.BadInput(f"no transcript at {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.BadInput(f"{path} is not a readable JSON transcript ({exc})") from None
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
+        raise errors.BadInput(f"{path} is not a lookinside transcript (no list of messages)")
+    conversation = Conversation(
+        system=data.get("system") or None,
+        messages=[dict(m) for m in messages],
+        settings=ChatSettings.from_json(data.get("settings") or {}),
+        window=min(int(data.get("window", 0)), len(messages)),
+    )
+    return conversation, data.get("model")
+
+
+def _is_message(m: object) -> bool:
+    return isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+
+
+def to_markdown(conversation: Conversation, model: str) -> str:
+    """The conversation as a markdown document."""
+    settings = f"Settings: {conversation.settings.params.describe()}, max_new_tokens={conversation.settings.max_new_tokens}"
+    lines = [f"# Chat with {model}", "", settings, ""]
+    if conversation.system:
+        lines += ["## System", "", conversation.system, ""]
+    for message in conversation.messages:
+        title = "User" if message["role"] == "user" else "Assistant"
+        cut = " (cut)" if message.get("cut") else ""
+        lines += [f"## {title}{cut}", "", message["content"], ""]
+    return "\n".join(lines)
+
+
+def export_markdown(conversation: Conversation, path: Path, model: str) -> Path:
+    """Write `to_markdown` to `path` (which must end in .md), atomically."""
+    path = path.expanduser()
+    if path.suffix.lower() not in (".md", ".markdown"):
+        raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, to_markdown(conversation, model))
+    return path

@@ -1,0 +1,140 @@
+"""Pure views for `llm chat`: the stats line, the context meter, /show, /why and /help.
+
+Each function turns plain data into a Rich renderable (or a line of markup); the REPL prints it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Group
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from lookinside.core.conversation import ChatSettings, ReplyStats
+from lookinside.ui.text import bar, prob_style, visible
+
+
+def stats_line(stats: ReplyStats) -> str:
+    """One dim line: tokens in and out, time to first token, decode speed, context, seed, CUDA peak."""
+    parts = [f"{stats.prompt_tokens} prompt + {stats.generated_tokens} generated tokens",
+             f"TTFT {stats.ttft_s * 1000:.0f} ms"]
+    if stats.decode_tokens_per_s is not None:
+        parts.append(f"{stats.decode_tokens_per_s:.1f} tok/s")
+    parts.append(f"context {stats.context_used}/{stats.context_length}")
+    if stats.seed is not None:
+        parts.append(f"seed {stats.seed}")
+    if stats.peak_memory_bytes is not None:
+        parts.append(f"peak CUDA {stats.peak_memory_bytes / 2**30:.2f} GiB")
+    return "[dim]" + " · ".join(parts) + "[/]"
+
+
+def context_meter(used: int, context: int, max_new_tokens: int, dropped: int) -> Text:
+    """Tokens used against the context, with room kept for the next reply."""
+    text = Text()
+    text.append(bar(used / context if context else 0, 30), style="cyan")
+    text.append(f" {used}/{context} tokens ({used / context:.0%})" if context else f" {used} tokens")
+    text.append(f"; the next reply may add up to {max_new_tokens}", style="dim")
+    if dropped:
+        text.append(f"; {dropped} older messages no longer sent (dropped to fit)", style="yellow")
+    return text
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What /show tells about the loaded model."""
+
+    name: str
+    source: str
+    parameters: int
+    dtype: str
+    device: str
+    context_length: int
+    end_tokens: Sequence[tuple[int, str]]
+    chat_template: str | None
+    attention: str
+
+
+def show_view(facts: ModelFacts, settings: ChatSettings, system: str | None) -> Group:
+    """/show: the model, its end tokens and chat template, and the chat's settings."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("model", f"{facts.name} ({facts.source})" if facts.source and facts.source != facts.name else facts.name),
+        ("parameters", f"{facts.parameters:,} ({facts.parameters / 1e9:.2f} B)" if facts.parameters >= 10**8
+         else f"{facts.parameters:,}"),
+        ("dtype", facts.dtype),
+        ("device", facts.device),
+        ("attention", facts.attention),
+        ("context length", f"{facts.context_length} tokens"),
+        ("end tokens", ", ".join(f"{tid} {visible(text)}" for tid, text in facts.end_tokens) or "none"),
+        ("sampling", settings.params.describe() + f"  [dim](defaults: {escape(settings.source)})[/]"),
+        ("max_new_tokens", str(settings.max_new_tokens)),
+        ("trimming", "on: the oldest turns are dropped to fit" if settings.trim else "off (--no-trim): refuse"),
+        ("system prompt", escape(system) if system else "[dim]none[/]"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    template = facts.chat_template or "(this tokenizer has no chat template)"
+    return Group(table, Text("chat template", style="bold"), Syntax(template, "jinja", word_wrap=True))
+
+
+@dataclass(frozen=True)
+class WhyRow:
+    """One position of a reply: the token chosen, its probability and rank, and the other candidates."""
+
+    chosen: str
+    prob: float
+    rank: int
+    alternatives: Sequence[tuple[str, float]]
+
+
+def why_view(rows: Sequence[WhyRow]) -> Table:
+    """/why: for each position of the last reply, the token chosen, its probability, and the alternatives."""
+    table = Table(title="why these tokens: the last reply, position by position", title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("chosen")
+    table.add_column("prob", justify="right")
+    table.add_column("rank", justify="right")
+    table.add_column("other candidates (probability)")
+    for position, row in enumerate(rows):
+        alternatives = Text()
+        for text, p in row.alternatives:
+            if alternatives:
+                alternatives.append("  ")
+            alternatives.append(visible(text), style=prob_style(p))
+            alternatives.append(f" {probability(p)}", style="dim")
+        table.add_row(str(position), Text(visible(row.chosen), style=prob_style(row.prob)), probability(row.prob),
+                      str(row.rank), alternatives)
+    return table
+
+
+def probability(p: float) -> str:
+    """A probability that stays readable when tiny: 0.997, 0.042, 3.1e-05."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def help_view(commands: Sequence[tuple[str, str]]) -> Table:
+    """/help: each command and what it does, then the keys."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for usage, what in commands:
+        table.add_row(usage, what)
+    table.add_row("", "")
+    for key, what in KEYS:
+        table.add_row(key, what)
+    return table
+
+
+KEYS = (
+    ("Enter", "send the message"),
+    ("Esc Enter / Alt-Enter", "new line; a paste is sent as one message; or wrap lines in \"\"\" … \"\"\""),
+    ("Up / Down, Ctrl-R", "earlier messages; search them"),
+    ("Ctrl-C", "stop the reply (it is kept, marked as cut); clear the line; at an empty prompt, how to leave"),
+    ("Ctrl-D", "leave"),
+)

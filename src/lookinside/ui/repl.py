@@ -1,0 +1,480 @@
+"""The `llm chat` REPL: prompt_toolkit input, slash commands, streamed replies.
+
+`ChatRepl` owns a `Conversation` and a loaded model; `run()` reads messages until
+Ctrl-D or /exit and returns the exit code. Every generated token comes from
+`core.generate.generate` (injectable, so tests can interrupt it). Ctrl-C during a
+reply stops it and keeps the partial reply, marked as cut; an expected mistake
+(a bad /set value, an unknown command, a conversation that does not fit) is one
+line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import get_app
+from prompt_toolkit.completion import Completer, Completion, ThreadedCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from rich.console import Console
+from rich.markup import escape
+
+from lookinside.core import errors
+from lookinside.core.conversation import (
+    SETTABLE,
+    Conversation,
+    count_tokens,
+    export_markdown,
+    fit,
+    load,
+    reply_stats,
+    save,
+)
+from lookinside.ui.chat_views import ModelFacts, WhyRow, context_meter, help_view, show_view, stats_line, why_view
+from lookinside.ui.stream import Mode, StreamPrinter
+
+if TYPE_CHECKING:
+    from lookinside.core.generate import Step
+    from lookinside.core.loading import LM
+    from lookinside.core.sampling import SamplingParams
+
+GenerateFn = Callable[..., Iterator["Step"]]
+QUOTES = '"""'
+PROMPT = ">>> "
+LEAVE_HINT = "To leave, press Ctrl-D or type /exit."
+CUT_NOTE = "[reply cut by Ctrl-C; kept in the history, marked as cut]"
+
+# name -> (usage, what it does); the order is /help's order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "/help": ("/help", "this list"),
+    "/clear": ("/clear", "forget the conversation (the system prompt stays)"),
+    "/system": ("/system [TEXT|none]", "show, set or remove the system prompt"),
+    "/set": ("/set NAME VALUE", f"change a setting: {', '.join(SETTABLE)}"),
+    "/show": ("/show", "the model, its end tokens and chat template, and the settings"),
+    "/tokens": ("/tokens", "how much of the context the conversation uses"),
+    "/retry": ("/retry", "answer the last message again"),
+    "/undo": ("/undo", "take back the last message and its reply"),
+    "/continue": ("/continue", "let the last reply go on"),
+    "/save": ("/save [PATH]", "write the conversation and settings as JSON"),
+    "/load": ("/load PATH", "go back to a saved conversation"),
+    "/export": ("/export PATH.md", "write the conversation as markdown"),
+    "/edit": ("/edit [TEXT]", "write the message in $EDITOR"),
+    "/stats": ("/stats", "per-reply stats on or off"),
+    "/probs": ("/probs", "colour each streamed token by its probability, on or off"),
+    "/why": ("/why", "each token of the last reply, its probability and the alternatives"),
+    "/exit": ("/exit", "leave (Ctrl-D too)"),
+}
+
+
+def data_dir() -> Path:
+    """Where lookinside keeps chat history and saved chats ($LOOKINSIDE_DATA_DIR overrides)."""
+    if os.environ.get("LOOKINSIDE_DATA_DIR"):
+        return Path(os.environ["LOOKINSIDE_DATA_DIR"]).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "lookinside"
+    if os.name == "nt" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "lookinside"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "lookinside"
+
+
+def history(keep: bool) -> History:
+    """Input history kept across sessions in the data directory, or only in memory."""
+    if not keep:
+        return InMemoryHistory()
+    path = data_dir() / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+    except OSError:
+        return InMemoryHistory()
+    return FileHistory(str(path))
+
+
+class SlashCompleter(Completer):
+    """Completes slash commands at the start of the input."""
+
+    def get_completions(self, document: Document, complete_event: object) -> Iterable[Completion]:
+        """Commands that start with what is typed, while it is one word starting with '/'."""
+        text = document.text_before_cursor
+        if not text.startswith("/") or " " in text:
+            return
+        for name, (usage, what) in COMMANDS.items():
+            if name.startswith(text):
+                yield Completion(name, start_position=-len(text), display=usage, display_meta=what)
+
+
+def is_open_block(text: str) -> bool:
+    """True while the input starts a \"\"\" block that is not closed yet."""
+    text = text.strip()
+    return text.startswith(QUOTES) and not is_block(text)
+
+
+def is_block(text: str) -> bool:
+    """True for a whole \"\"\" block: opening and closing quotes."""
+    text = text.strip()
+    return len(text) >= 2 * len(QUOTES) and text.startswith(QUOTES) and text.endswith(QUOTES)
+
+
+def key_bindings() -> KeyBindings:
+    """Esc-Enter / Alt-Enter (and Enter in an open \"\"\" block) add a line; Ctrl-C clears, or hints how to leave."""
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _newline(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")
+
+    @bindings.add("enter", filter=Condition(lambda: is_open_block(get_app().current_buffer.text)))
+    def _block_line(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")  # inside a \"\"\" block Enter adds a line, until the closing quotes
+
+    @bindings.add("c-c")
+    def _interrupt(event: KeyPressEvent) -> None:
+        if event.current_buffer.text:
+            event.current_buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt, style="class:aborting")
+
+    return bindings
+
+
+def make_session(keep_history: bool = True, **kwargs: Any) -> PromptSession[str]:
+    """The prompt: history, Ctrl-R search, slash completion, multiline keys (kwargs: input/output for tests)."""
+    if "output" not in kwargs:
+        from prompt_toolkit.output import create_output
+
+        # With stdout redirected (`llm chat > log.txt`) the prompt is drawn on the terminal's stderr,
+        # so the file gets only the replies, free of escape codes.
+        kwargs["output"] = create_output(always_prefer_tty=True)
+    return PromptSession(
+        history=history(keep_history),
+        completer=ThreadedCompleter(SlashCompleter()),
+        complete_while_typing=True,
+        key_bindings=key_bindings(),
+        enable_history_search=False,  # Up/Down walk the history; Ctrl-R searches it
+        prompt_continuation="... ",
+        **kwargs,
+    )
+
+
+class ChatRepl:
+    """A conversation with a loaded model, driven by typed lines."""
+
+    def __init__(self, lm: LM, conversation: Conversation, console: Console, session: PromptSession[str] | None = None,
+                 mode: Mode = "markdown", generate_fn: GenerateFn | None = None) -> None:
+        self.lm = lm
+        self.conversation = conversation
+        self.console = console
+        self.session = session
+        self.mode: Mode = mode
+        self.show_stats = True
+        self.probs = False
+        self.last_steps: list[Step] = []
+        self.generate_fn = generate_fn
+
+    # ---- the loop
+
+    def run(self) -> int:
+        """Read and answer messages until Ctrl-D or /exit; the exit code."""
+        assert self.session is not None, "run() needs a prompt session"
+        while True:
+            try:
+                line = self.read()
+            except KeyboardInterrupt:
+                self.console.print(f"[dim]{LEAVE_HINT}[/]")
+                continue
+            except EOFError:
+                return 0
+            try:
+                if not self.handle(line):
+                    return 0
+            except KeyboardInterrupt:  # during a slash command: stop it, keep the session
+                self.note("interrupted")
+
+    def read(self) -> str:
+        """One message: a line, several lines (Esc-Enter, a paste), or a \"\"\" block without its quotes."""
+        assert self.session is not None
+        text = self.session.prompt(PROMPT)
+        if is_block(text):
+            return text.strip()[len(QUOTES) : -len(QUOTES)].strip("\n")
+        return text
+
+    def handle(self, line: str) -> bool:
+        """Act on one input; False means leave."""
+        text = line.strip()
+        if not text:
+            return True
+        try:
+            if text.startswith("/"):
+                return self.command(text)
+            self.send(text)
+        except errors.LookinsideError as exc:
+            self.hint(str(exc))
+        except Exception as exc:
+            if type(exc).__name__ != "OutOfMemoryError":
+                raise
+            self.hint("out of memory: try /set max_new_tokens lower, /clear, or a smaller --dtype; the session goes on")
+        return True
+
+    def command(self, text: str) -> bool:
+        """Run a slash command; False for /exit."""
+        name, _, argument = text.partition(" ")
+        name, argument = name.lower(), argument.strip()
+        if name == "/exit":
+            return False
+        if name not in COMMANDS:
+            close = difflib.get_close_matches(name, COMMANDS, n=1)
+            self.hint(f"unknown command {name}" + (f"; did you mean {close[0]}?" if close else "; /help lists the commands"))
+            return True
+        getattr(self, "_cmd_" + name[1:])(argument)
+        return True
+
+    def hint(self, message: str) -> None:
+        """One line about a mistake."""
+        self.console.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        """One dim line of information."""
+        self.console.print(f"[dim]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+    # ---- replies
+
+    def send(self, text: str) -> None:
+        """Add a user message and stream the reply to it."""
+        self.conversation.add("user", text)
+        try:
+            self.reply()
+        except BaseException:
+            if self.conversation.messages[-1]["role"] == "user":
+                self.conversation.messages.pop()  # never answered: two user turns in a row would confuse the template
+            raise
+
+    def reply(self, continuation: bool = False) -> None:
+        """Generate (or continue) the assistant's reply to the conversation, streaming it."""
+        from lookinside.core.timing import peak_memory_bytes, reset_peak_memory
+
+        conversation, settings = self.conversation, self.conversation.settings
+        previous = conversation.last_reply if continuation else None
+        fitted = fit(self.lm.tokenizer, conversation, self.lm.context_length,
+                     continuation=previous["content"] if previous else None)
+        if fitted.dropped_turns:
+            self.hint(f"context: dropped the oldest {fitted.dropped_turns} messages ({fitted.dropped_tokens} tokens) "
+                      f"to fit {self.lm.context_length}; the system prompt is kept (they stay in /save)")
+        params = settings.params if settings.params.greedy else settings.params.seeded()
+        cuda = self.lm.device.type == "cuda"
+        if cuda:
+            reset_peak_memory(self.lm.device)
+        printer = StreamPrinter(self.console, "probs" if self.probs and self.mode != "plain" else self.mode,
+                                strip_leading=not continuation)
+        steps, cut = self._stream(fitted.ids, params, printer)
+        text = printer.close(CUT_NOTE if cut else None)
+        if previous is not None and not text.strip() and not cut:
+            self.note("the reply had already ended: the model's next token is its end token")
+        self._keep(text, cut, previous)
+        self.last_steps = (self.last_steps if previous else []) + steps
+        if self.show_stats and steps:
+            stats = reply_stats(steps, len(fitted.ids), self.lm.context_length, None if params.greedy else params.seed,
+                                peak_memory_bytes(self.lm.device) if cuda else None)
+            self.console.print(stats_line(stats), highlight=False)
+
+    def _stream(self, ids: list[int], params: SamplingParams, printer: StreamPrinter) -> tuple[list[Step], bool]:
+        """Feed the generated steps to the printer; Ctrl-C stops them (True: the reply was cut)."""
+        from lookinside.core.generate import GenerationConfig, generate
+
+        steps: list[Step] = []
+        config = GenerationConfig(max_new_tokens=self.conversation.settings.max_new_tokens)
+        try:
+            with quiet_keys():
+                for step in (self.generate_fn or generate)(self.lm, ids, params, config):
+                    steps.append(step)
+                    printer.push(step.text, step.prob)
+        except KeyboardInterrupt:
+            return steps, True
+        return steps, False
+
+    def _keep(self, text: str, cut: bool, previous: dict[str, Any] | None) -> None:
+        if previous is None:
+            self.conversation.add("assistant", text.strip(), cut=cut)
+            return
+        previous["content"] = (previous["content"] + text).rstrip()
+        previous.pop("cut", None)
+        if cut:
+            previous["cut"] = True
+
+    # ---- slash commands (_cmd_NAME gets the text after the command)
+
+    def _cmd_help(self, argument: str) -> None:
+        self.console.print(help_view(list(COMMANDS.values())))
+
+    def _cmd_clear(self, argument: str) -> None:
+        count = len(self.conversation.messages)
+        self.conversation.clear()
+        self.last_steps = []
+        kept = "; the system prompt stays" if self.conversation.system else ""
+        self.note(f"cleared {count} messages{kept}")
+
+    def _cmd_system(self, argument: str) -> None:
+        if not argument:
+            self.note(f"system prompt: {self.conversation.system}" if self.conversation.system else "no system prompt")
+            return
+        self.conversation.system = None if argument.lower() == "none" else argument
+        self.note("system prompt removed" if self.conversation.system is None else "system prompt set; it applies from the next reply")
+
+    def _cmd_set(self, argument: str) -> None:
+        parts = argument.split()
+        if len(parts) != 2:
+            self.hint(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTABLE)}  (now: {self._settings_line()})")
+            return
+        name = parts[0].lower().replace("-", "_")
+        self.conversation.settings = self.conversation.settings.updated(name, parts[1])
+        self.note(f"{name} set: {self._settings_line()}")
+
+    def _settings_line(self) -> str:
+        settings = self.conversation.settings
+        return f"{settings.params.describe()}, max_new_tokens={settings.max_new_tokens}"
+
+    def _cmd_show(self, argument: str) -> None:
+        self.console.print(show_view(self._facts(), self.conversation.settings, self.conversation.system))
+
+    def _facts(self) -> ModelFacts:
+        from lookinside.core.detokenize import token_text
+
+        tokenizer = self.lm.tokenizer
+        return ModelFacts(
+            name=self.lm.name, source=self.lm.source, parameters=sum(p.numel() for p in self.lm.model.parameters()),
+            dtype=str(self.lm.dtype).removeprefix("torch."), device=str(self.lm.device),
+            context_length=self.lm.context_length, attention=self.lm.attn_implementation,
+            end_tokens=[(i, token_text(tokenizer, i)) for i in self.lm.end_token_ids],
+            chat_template=getattr(tokenizer, "chat_template", None),
+        )
+
+    def _cmd_tokens(self, argument: str) -> None:
+        used = count_tokens(self.lm.tokenizer, self.conversation)
+        self.console.print(context_meter(used, self.lm.context_length, self.conversation.settings.max_new_tokens,
+                                         self.conversation.window), soft_wrap=True)
+
+    def _cmd_retry(self, argument: str) -> None:
+        if not self.conversation.pop_reply():
+            self.hint("nothing to retry: /retry answers the last message again once it has a reply")
+            return
+        if self.conversation.settings.params.seed is not None and not self.conversation.settings.params.greedy:
+            self.note(f"the seed is fixed at {self.conversation.settings.params.seed}: /set seed none for a new answer")
+        self.reply()
+
+    def _cmd_undo(self, argument: str) -> None:
+        removed = self.conversation.undo()
+        self.last_steps = []
+        self.note(f"took back {removed} messages" if removed else "nothing to undo")
+
+    def _cmd_continue(self, argument: str) -> None:
+        if not self.conversation.last_reply:
+            self.hint("nothing to continue: /continue goes on from the last reply")
+            return
+        self.reply(continuation=True)
+
+    def _cmd_save(self, argument: str) -> None:
+        path = Path(argument) if argument else data_dir() / "chats" / time.strftime("chat-%Y%m%d-%H%M%S.json")
+        written = save(self.conversation, path, self.lm.name)
+        self.note(f"saved {len(self.conversation.messages)} messages and the settings to {written}")
+
+    def _cmd_load(self, argument: str) -> None:
+        if not argument:
+            self.hint("usage: /load PATH (a transcript written by /save)")
+            return
+        conversation, model = load(Path(argument))
+        self.conversation, self.last_steps = conversation, []
+        other = f"; it was held with {model}, now answering with {self.lm.name}" if model and model != self.lm.name else ""
+        self.note(f"loaded {len(conversation.messages)} messages and the settings from {argument}{other}")
+        for message in conversation.messages[-2:]:
+            self.console.print(f"[bold]{message['role']}:[/] {escape(message['content'])}", highlight=False)
+
+    def _cmd_export(self, argument: str) -> None:
+        if not argument:
+            self.hint("usage: /export PATH.md")
+            return
+        written = export_markdown(self.conversation, Path(argument), self.lm.name)
+        self.note(f"exported {len(self.conversation.messages)} messages to {written}")
+
+    def _cmd_edit(self, argument: str) -> None:
+        text = edit_in_editor(argument)
+        if not text.strip():
+            self.note("empty message: nothing sent")
+            return
+        self.console.print(f"[bold]{PROMPT}[/]{escape(text)}", highlight=False)
+        self.send(text.strip())
+
+    def _cmd_stats(self, argument: str) -> None:
+        self.show_stats = not self.show_stats
+        self.note(f"per-reply stats {'on' if self.show_stats else 'off'}")
+
+    def _cmd_probs(self, argument: str) -> None:
+        self.probs = not self.probs
+        state = "on: green sure, yellow, orange, red unlikely" if self.probs else "off"
+        self.note(f"token probability colours {state}" + (" (not in --plain)" if self.mode == "plain" else ""))
+
+    def _cmd_why(self, argument: str) -> None:
+        from lookinside.core.detokenize import token_text
+
+        if not self.last_steps:
+            self.hint("no reply to explain yet: /why looks at the last reply")
+            return
+        tokenizer = self.lm.tokenizer
+        rows = [WhyRow(token_text(tokenizer, s.token_id), s.prob, s.rank,
+                       [(token_text(tokenizer, i), p) for i, p in s.top if i != s.token_id][:4])
+                for s in self.last_steps]
+        self.console.print(why_view(rows))
+
+
+@contextmanager
+def quiet_keys() -> Iterator[None]:
+    """While a reply streams, keys typed ahead are not echoed into it; they wait for the next prompt.
+
+    Only echo and line buffering go off: Ctrl-C still sends SIGINT, which stops the reply.
+    """
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    except (ImportError, OSError, ValueError, AttributeError):
+        saved = None
+    if saved is None:
+        yield  # not a terminal (pipes, tests) or not POSIX
+        return
+    quiet = list(saved)
+    quiet[3] &= ~(termios.ECHO | termios.ICANON)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+def edit_in_editor(initial: str = "") -> str:
+    """Open $VISUAL or $EDITOR (else vi) on a temp file; its text once the editor exits."""
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    fd, name = tempfile.mkstemp(prefix="llm-chat-", suffix=".md")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(initial)
+        try:
+            code = subprocess.call([*shlex.split(editor), name])
+        except OSError as exc:
+            raise errors.BadInput(f"could not start the editor {editor!r} ({exc}); set $EDITOR") from None
+        if code != 0:
+            raise errors.BadInput(f"the editor {editor!r} exited with {code}: nothing sent")
+        return Path(name).read_text(encoding="utf-8")
+    finally:
+        Path(name).unlink(missing_ok=True)
