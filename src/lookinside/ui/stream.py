@@ -11,6 +11,7 @@ unless the printer continues an earlier reply.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -76,6 +77,14 @@ def _rstrip(line: list[Segment]) -> list[Segment]:
     return line
 
 
+def screen_height(console: Console) -> int:
+    """The terminal's real height; LINES in the environment (which Rich trusts) can be stale after a resize."""
+    try:
+        return os.get_terminal_size(console.file.fileno()).lines
+    except (AttributeError, OSError, ValueError):
+        return console.size.height
+
+
 class StreamPrinter:
     """Feed it text deltas (with their probabilities); call `close()` when the reply ends."""
 
@@ -124,7 +133,7 @@ class StreamPrinter:
             self._print_block(done)
         self._printed += len(done)
         if rest:
-            self._live_view(Tail(Markdown(rest), self.console.size.height - 2))
+            self._live_view(Tail(Markdown(rest), screen_height(self.console) - 2))
 
     def _print_block(self, text: str) -> None:
         if self._blocks:
