@@ -89,6 +89,23 @@ def test_panels_sit_side_by_side_when_wide_and_stack_when_narrow(tiny):
     assert max(len(line) for line in narrow) <= 50
 
 
+def test_tokens_are_coloured_by_probability_and_the_departure_is_marked(tiny):
+    from lookinside.ui.compare import run_text
+    from lookinside.ui.text import prob_style
+
+    result = compare(tiny, "The capital of France is", SamplingParams(temperature=1.5, seed=42),
+                     GenerationConfig(max_new_tokens=10), samples=3)
+    text = run_text(result.greedy, None, "The capital of France is")
+    paris = next(span for span in text.spans if text.plain[span.start:span.end] == " Paris")
+    assert paris.style == prob_style(result.greedy.steps[0].prob) == "green"
+    assert text.plain.endswith("[end]")
+    departed = [run for run in result.samples if result.departs(run) is not None]
+    assert departed  # with these seeds at least one sample leaves the greedy path (the tiny model at T=1.5)
+    run = departed[0]
+    marked = [span for span in run_text(run, result.departs(run)).spans if "underline" in str(span.style)]
+    assert len(marked) == 1 and str(marked[0].style).startswith(prob_style(run.steps[result.departs(run)].prob))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

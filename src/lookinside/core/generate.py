@@ -270,7 +270,8 @@ def _observe(logits: torch.Tensor, token: torch.Tensor) -> tuple[int, float, int
 def _forward(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
     kwargs = {cache_argument(lm.model): cache} if cache is not None else {}
     out = lm.model(input_ids=ids, use_cache=cache is not None, logits_to_keep=1, **kwargs)
-    return out.logits[:, -1, :].float()  # (1, vocab)
+    # With an accelerate device map the head may sit on another device than the ids; bring it home.
+    return out.logits[:, -1, :].float().to(ids.device)  # (1, vocab)
 
 
 @functools.cache

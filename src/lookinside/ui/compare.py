@@ -43,9 +43,9 @@ class Adaptive:
         yield grid
 
 
-def run_text(run: Generation, departs: int | None = None) -> Text:
-    """The run's text, each token in its probability's colour; the departing token underlined."""
-    text = Text()
+def run_text(run: Generation, departs: int | None = None, lead: str = "") -> Text:
+    """The run's text after a dim `lead`, each token in its probability's colour; the departing token underlined."""
+    text = Text(lead, style="dim")
     for step in run.steps:
         style = prob_style(step.prob) + (" underline bold" if step.index == departs else "")
         text.append(step.text, style=style)
@@ -59,7 +59,7 @@ def run_stats(run: Generation, departs: int | None, is_greedy: bool) -> Text:
     parts: list[tuple[str, str]] = []
     if run.seed is not None:
         parts.append((f"seed {run.seed}", "bold"))
-    parts.append((f"log-prob {run.mean_logprob:.3f}/token", ""))
+    parts.append((f"log-prob {_logprob(run.mean_logprob)}/token", ""))
     parts.append((f"perplexity {_number(run.perplexity)}", ""))
     if not is_greedy:
         parts.append(("same as greedy", "green") if departs is None else (f"departs at token {departs + 1}", "yellow"))
@@ -71,9 +71,9 @@ def run_stats(run: Generation, departs: int | None, is_greedy: bool) -> Text:
     return line
 
 
-def run_panel(title: str, run: Generation, departs: int | None, is_greedy: bool) -> Panel:
+def run_panel(title: str, run: Generation, departs: int | None, is_greedy: bool, lead: str = "") -> Panel:
     """One run as a panel: coloured text above, its numbers below."""
-    body = Group(run_text(run, departs), Text(), run_stats(run, departs, is_greedy))
+    body = Group(run_text(run, departs, lead), Text(), run_stats(run, departs, is_greedy))
     return Panel(body, title=title, title_align="left", border_style="cyan" if is_greedy else "magenta")
 
 
@@ -85,15 +85,14 @@ def settings_line(result: Comparison) -> Text:
     sampling = params.updated(seed=None).describe()
     greedy = "argmax" + (f", repetition_penalty={params.repetition_penalty:g}" if params.repetition_penalty != 1 else "")
     return Text.assemble(
-        ("samples: ", "dim"), (sampling, "bold"), ("   ", ""), (seeds, "bold"),
-        ("   greedy: ", "dim"), (greedy, ""),
-        ("   max new tokens: ", "dim"), (str(result.config.max_new_tokens), ""),
+        ("samples: ", "dim"), (sampling, "bold"), ("   ", ""), (seeds, "bold"), ("\n", ""),
+        ("greedy: ", "dim"), (greedy, ""), ("   max new tokens: ", "dim"), (str(result.config.max_new_tokens), ""),
     )
 
 
 def legend() -> Text:
     """What the token colours mean."""
-    line = Text("token colour = probability under the raw distribution: ", style="dim")
+    line = Text("colour = the token's raw probability: ", style="dim")
     for label, p in (("≥ 0.7", 0.9), ("≥ 0.4", 0.5), ("≥ 0.1", 0.2), ("< 0.1", 0.01)):
         line.append(label, style=prob_style(p))
         line.append("  ")
@@ -102,15 +101,21 @@ def legend() -> Text:
 
 def compare_view(result: Comparison) -> RenderableType:
     """The whole `compare` screen."""
-    panels = [run_panel("greedy", result.greedy, None, True)]
+    lead = "" if result.chat else prompt_tail(result.prompt)
+    panels = [run_panel("greedy", result.greedy, None, True, lead)]
     panels += [
-        run_panel(f"sample {i + 1}", run, result.departs(run), False) for i, run in enumerate(result.samples)
+        run_panel(f"sample {i + 1}", run, result.departs(run), False, lead) for i, run in enumerate(result.samples)
     ]
     header = Text.assemble(
         ("model ", "dim"), (result.model, "bold"), ("   prompt ", "dim"), (repr(result.prompt), ""),
         (f"   ({len(result.prompt_ids)} tokens{', chat template' if result.chat else ''})", "dim"),
     )
     return Group(header, settings_line(result), Adaptive(panels), legend())
+
+
+def prompt_tail(prompt: str, limit: int = 40) -> str:
+    """The end of a plain prompt, shown dim before each continuation so it reads as a sentence."""
+    return prompt if len(prompt) <= limit else "…" + prompt[-limit:]
 
 
 def compare_json(result: Comparison) -> dict[str, Any]:
@@ -156,3 +161,8 @@ def _finite(x: float) -> float | None:
 
 def _number(x: float) -> str:
     return f"{x:.2f}" if math.isfinite(x) else "∞"
+
+
+def _logprob(x: float) -> str:
+    # -0.000 would hide the difference between a sure run and a very sure one
+    return f"{x:.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:.1e}"
