@@ -60,6 +60,13 @@ def test_the_same_seed_gives_the_same_json_and_an_unset_seed_is_shown():
     assert [s["token_ids"] for s in again["samples"]] == [s["token_ids"] for s in free["samples"]]
 
 
+def test_temperature_zero_samples_are_the_greedy_run():
+    data = json.loads(run("Write an email to Sarah", "--model", "tiny", "--json", "-t", "0", "-n", "8",
+                          "--seed", "9", "-s", "2").stdout)
+    assert [s["seed"] for s in data["samples"]] == [9, 10]
+    assert all(s["token_ids"] == data["greedy"]["token_ids"] and s["departs_at"] is None for s in data["samples"])
+
+
 def test_view_shows_runs_seeds_stats_and_settings():
     result = run("Write an email to Sarah", "--model", "tiny", "--chat", "--seed", "3", "-n", "20", "-t", "2")
     assert result.exit_code == 0, result.output

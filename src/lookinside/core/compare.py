@@ -34,6 +34,11 @@ class Comparison:
     greedy: Generation
     samples: list[Generation]
 
+    @property
+    def seeds(self) -> list[int]:
+        """Each sample's seed: base, base + 1, ... (shown even at temperature 0, where it has no effect)."""
+        return [(self.params.seed or 0) + i for i in range(len(self.samples))]
+
     def departs(self, run: Generation) -> int | None:
         """Index of the first new token where `run` differs from the greedy run (None: identical)."""
         return first_difference(self.greedy.token_ids, run.token_ids)

@@ -54,11 +54,11 @@ def run_text(run: Generation, departs: int | None = None, lead: str = "") -> Tex
     return text
 
 
-def run_stats(run: Generation, departs: int | None, is_greedy: bool) -> Text:
+def run_stats(run: Generation, departs: int | None, is_greedy: bool, seed: int | None = None) -> Text:
     """Seed, mean log-probability, perplexity and where the run leaves the greedy path."""
     parts: list[tuple[str, str]] = []
-    if run.seed is not None:
-        parts.append((f"seed {run.seed}", "bold"))
+    if seed is not None:
+        parts.append((f"seed {seed}", "bold"))
     parts.append((f"log-prob {_logprob(run.mean_logprob)}/token", ""))
     parts.append((f"perplexity {_number(run.perplexity)}", ""))
     if not is_greedy:
@@ -71,9 +71,11 @@ def run_stats(run: Generation, departs: int | None, is_greedy: bool) -> Text:
     return line
 
 
-def run_panel(title: str, run: Generation, departs: int | None, is_greedy: bool, lead: str = "") -> Panel:
+def run_panel(
+    title: str, run: Generation, departs: int | None, is_greedy: bool, lead: str = "", seed: int | None = None
+) -> Panel:
     """One run as a panel: coloured text above, its numbers below."""
-    body = Group(run_text(run, departs, lead), Text(), run_stats(run, departs, is_greedy))
+    body = Group(run_text(run, departs, lead), Text(), run_stats(run, departs, is_greedy, seed))
     return Panel(body, title=title, title_align="left", border_style="cyan" if is_greedy else "magenta")
 
 
@@ -104,7 +106,8 @@ def compare_view(result: Comparison) -> RenderableType:
     lead = "" if result.chat else prompt_tail(result.prompt)
     panels = [run_panel("greedy", result.greedy, None, True, lead)]
     panels += [
-        run_panel(f"sample {i + 1}", run, result.departs(run), False, lead) for i, run in enumerate(result.samples)
+        run_panel(f"sample {i + 1}", run, result.departs(run), False, lead, seed)
+        for i, (run, seed) in enumerate(zip(result.samples, result.seeds))
     ]
     header = Text.assemble(
         ("model ", "dim"), (result.model, "bold"), ("   prompt ", "dim"), (repr(result.prompt), ""),
@@ -131,14 +134,14 @@ def compare_json(result: Comparison) -> dict[str, Any]:
             "repetition_penalty": params.repetition_penalty, "seed": params.seed,
             "max_new_tokens": result.config.max_new_tokens, "samples": len(result.samples),
         },
-        "greedy": run_json(result.greedy, None),
-        "samples": [run_json(run, result.departs(run)) for run in result.samples],
+        "greedy": run_json(result.greedy),
+        "samples": [run_json(run, result.departs(run), seed) for run, seed in zip(result.samples, result.seeds)],
     }
 
 
-def run_json(run: Generation, departs: int | None) -> dict[str, Any]:
-    """One run: text, ids, per-token log-probs and probabilities, and its summary numbers."""
-    data: dict[str, Any] = {"seed": run.seed} if run.seed is not None else {}
+def run_json(run: Generation, departs: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """One run: text, ids, per-token log-probs and probabilities, and its summary numbers (a sample: its seed)."""
+    data: dict[str, Any] = {"seed": seed} if seed is not None else {}
     data |= {
         "text": run.text,
         "token_ids": run.token_ids,
@@ -150,7 +153,7 @@ def run_json(run: Generation, departs: int | None) -> dict[str, Any]:
         "perplexity": _finite(run.perplexity),
         "finish": run.finish,
     }
-    if run.seed is not None:
+    if seed is not None:
         data["departs_at"] = departs  # index into token_ids; null when the run equals the greedy one
     return data
 
