@@ -5,7 +5,10 @@ the core, `eos_token_id=[]` for generate) from the same prompt, and must produce
 the same ids. Each is timed end to end with the device synchronised, at N tokens
 and at 1 token; the decode cost per token is (T(N) - T(1)) / (N - 1), which takes
 the prefill out of both the same way. Runs alternate between the two and the
-median of the repeats is reported, after one warm-up of each.
+median of the repeats is reported, after one warm-up of each; "paired" is the
+median (and range) of each repeat's core/generate ratio, which cancels slow drifts
+in machine load. On a busy CPU use --threads 1: oversubscribed OpenMP threads
+make a forward pass 10x slower and very noisy.
 
     PYTHONPATH=src python scripts/bench_generate.py --model tiny
     PYTHONPATH=src python scripts/bench_generate.py --model phi3-mini-2l --dtype bfloat16
@@ -86,10 +89,13 @@ def bench(lm: LM, n: int, repeats: int, cache: str) -> dict[str, float | int | s
         hf_1.append(time_hf(lm, prompt, 1, cache)[0])
         core_1.append(time_core(lm, prompt, 1, cache)[0])
     med = statistics.median
+    # Paired per repeat: each core run against the generate run right after it, so load drifts cancel.
+    paired = [(c - med(core_1)) / (h - med(hf_1)) for c, h in zip(core_n, hf_n)]
     return {
         "cache": cache, "prompt_tokens": len(prompt), "new_tokens": n, "repeats": repeats, "same_ids": same,
         "core_ms_per_token": (med(core_n) - med(core_1)) / (n - 1) * 1000,
         "generate_ms_per_token": (med(hf_n) - med(hf_1)) / (n - 1) * 1000,
+        "paired_ratio_median": med(paired), "paired_ratio_min": min(paired), "paired_ratio_max": max(paired),
         "core_step_median_ms": med(step_ms),
         "core_total_ms": med(core_n) * 1000, "generate_total_ms": med(hf_n) * 1000,
         "core_first_token_ms": med(core_1) * 1000, "generate_first_token_ms": med(hf_1) * 1000,
@@ -120,12 +126,14 @@ def main() -> None:
         print(json.dumps({**header, "results": results}, indent=2))
         return
     print(" ".join(f"{k}={v}" for k, v in header.items()))
-    print(f"{'cache':8} {'core ms/tok':>12} {'generate ms/tok':>16} {'ratio':>6} {'core 1st ms':>12} "
-          f"{'gen 1st ms':>11} {'same ids':>9}")
+    print(f"{'cache':8} {'core ms/tok':>12} {'generate ms/tok':>16} {'ratio':>6} {'paired (min-max)':>17} "
+          f"{'core 1st ms':>12} {'gen 1st ms':>11} {'same ids':>9}")
     for r in results:
         ratio = r["core_ms_per_token"] / r["generate_ms_per_token"]
+        spread = f"{r['paired_ratio_median']:.2f} ({r['paired_ratio_min']:.2f}-{r['paired_ratio_max']:.2f})"
         print(f"{r['cache']:8} {r['core_ms_per_token']:12.2f} {r['generate_ms_per_token']:16.2f} {ratio:6.2f} "
-              f"{r['core_first_token_ms']:12.1f} {r['generate_first_token_ms']:11.1f} {str(r['same_ids']):>9}")
+              f"{spread:>17} {r['core_first_token_ms']:12.1f} {r['generate_first_token_ms']:11.1f} "
+              f"{str(r['same_ids']):>9}")
     sys.stdout.flush()
 
 

@@ -256,10 +256,13 @@ def _pick(
 
 def _observe(logits: torch.Tensor, token: torch.Tensor) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
     """The token, its raw probability and rank, and the top alternatives, in one copy to the host."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (vocab,)
-    chosen = logp[token]  # (1,)
-    rank = (logp > chosen).sum().unsqueeze(0) + 1  # (1,)
-    top_logp, top_ids = logp.topk(min(TOP_ALTERNATIVES, logp.shape[-1]))  # (k,), (k,)
+    # log p = logit - logsumexp: one reduction over the vocab instead of a whole log-softmax tensor.
+    logits = logits.float()  # (vocab,)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (1,)
+    chosen = logits[token]  # (1,)
+    rank = (logits > chosen).sum().unsqueeze(0) + 1  # (1,)
+    top_logits, top_ids = logits.topk(min(TOP_ALTERNATIVES, logits.shape[-1]))  # (k,), (k,)
+    chosen, top_logp = chosen - lse, top_logits - lse  # (1,), (k,)
     # float64 holds every token id exactly; one .tolist() is one device sync instead of a dozen .item()s.
     packed = torch.cat([token.double(), chosen.double(), rank.double(), top_ids.double(), top_logp.double()]).tolist()
     k = len(top_ids)
