@@ -58,7 +58,8 @@ def load_model(name: str, device: str, dtype: str, workdir: Path) -> LM:
 def time_core(lm: LM, prompt: list[int], n: int, cache: str) -> tuple[float, list[int], list[float]]:
     """Seconds for n greedy tokens through `generate`; the ids; each step's own seconds."""
     start = now(lm.device)
-    steps = list(generate(lm, prompt, GREEDY, GenerationConfig(max_new_tokens=n, cache=cache, ignore_eos=True)))  # type: ignore[arg-type]
+    config = GenerationConfig(max_new_tokens=n, cache=cache, ignore_eos=True)  # type: ignore[arg-type]
+    steps = list(generate(lm, prompt, GREEDY, config))
     return now(lm.device) - start, [s.token_id for s in steps], [s.seconds for s in steps]
 
 

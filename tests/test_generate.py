@@ -65,7 +65,8 @@ def test_greedy_with_repetition_penalty_equals_model_generate(random_lm):
     params = SamplingParams(temperature=0, repetition_penalty=1.3)
     ours = collect(random_lm, prompt, params, GenerationConfig(max_new_tokens=N, ignore_eos=True))
     assert ours.token_ids == _hf(random_lm, prompt, N, do_sample=False, eos_token_id=[], repetition_penalty=1.3)
-    assert ours.token_ids != collect(random_lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True)).token_ids
+    plain = collect(random_lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True))
+    assert ours.token_ids != plain.token_ids  # the penalty really changed the path
 
 
 def test_tiny_greedy_equals_model_generate_and_both_stop_at_the_end_token(tiny):

@@ -53,7 +53,8 @@ class SamplingParams:
             (self.top_k >= 0, f"top_k must be >= 0 (0 turns it off), not {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1] (1 turns it off), not {self.top_p:g}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1] (0 turns it off), not {self.min_p:g}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 turns it off), not {self.repetition_penalty:g}"),
+            (self.repetition_penalty > 0,
+             f"repetition_penalty must be > 0 (1 turns it off), not {self.repetition_penalty:g}"),
             (self.seed is None or 0 <= self.seed < 2**63, f"seed must be in [0, 2**63), not {self.seed}"),
         )
         for ok, message in checks:

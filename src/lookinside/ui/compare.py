@@ -85,7 +85,8 @@ def settings_line(result: Comparison) -> Text:
     first, last = params.seed or 0, (params.seed or 0) + len(result.samples) - 1
     seeds = f"seed {first}" if first == last else f"seeds {first}..{last} (--seed {first} + i)"
     sampling = params.updated(seed=None).describe()
-    greedy = "argmax" + (f", repetition_penalty={params.repetition_penalty:g}" if params.repetition_penalty != 1 else "")
+    penalty = params.repetition_penalty
+    greedy = "argmax" + (f", repetition_penalty={penalty:g}" if penalty != 1 else "")
     return Text.assemble(
         ("samples: ", "dim"), (sampling, "bold"), ("   ", ""), (seeds, "bold"), ("\n", ""),
         ("greedy: ", "dim"), (greedy, ""), ("   max new tokens: ", "dim"), (str(result.config.max_new_tokens), ""),
