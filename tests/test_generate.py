@@ -208,3 +208,24 @@ def test_bad_requests_are_refused_before_generating(tiny):
         with pytest.raises(BadInput):
             GenerationConfig(**bad)
     assert GenerationConfig(stop_strings="END").stop_strings == ("END",)  # type: ignore[arg-type]
+
+
+def test_phi3_mini_shaped_model_agrees_with_itself_and_with_generate(tmp_path, phi3_tokenizer_dir):
+    """Phi-3-mini's real config (2 of its 32 layers, sliding window, vocab 32064), random bf16 weights."""
+    import shutil
+
+    from lookinside.core.loading import load, load_config_offline
+    from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+
+    config = load_config_offline(DEFAULT_MODEL)
+    config.num_hidden_layers = 2
+    config.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(phi3_tokenizer_dir / name, tmp_path / name)
+    lm = load(LoadSpec(model=str(tmp_path), device="cpu", dtype="float32", random_weights=True))
+    prompt = _prompt(lm)
+    n = 6  # the random init of 0.4 B parameters is most of this test's time; "none" is covered above
+    runs = {cache: collect(lm, prompt, GREEDY, GenerationConfig(max_new_tokens=n, ignore_eos=True, cache=cache))
+            for cache in ("dynamic", "static")}
+    assert runs["dynamic"].token_ids == runs["static"].token_ids
+    assert runs["dynamic"].token_ids == _hf(lm, prompt, n, do_sample=False, eos_token_id=[])
