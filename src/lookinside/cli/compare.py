@@ -40,7 +40,11 @@ def compare(
     *,
     spec: LoadSpec,
 ) -> None:
-    """Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability."""
+    """Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.
+
+    Samples use temperature 1 and no filters unless told otherwise; sample i uses seed --seed + i
+    (a seed is drawn and shown when --seed is not given), so a comparison can be repeated exactly.
+    """
     from lookinside.core.compare import check_compare_request, compare
     from lookinside.core.generate import GenerationConfig
     from lookinside.core.sampling import SamplingParams
