@@ -75,7 +75,7 @@ def test_view_shows_runs_seeds_stats_and_settings():
     assert "greedy" in out and "sample 1" in out and "sample 3" in out
     assert "seed 3" in out and "seed 5" in out and "seeds 3..5" in out
     assert "perplexity" in out and "log-prob" in out and "temperature=2" in out
-    assert "departs at token" in out or "same as greedy" in out
+    assert "departs from greedy at token" in out or "same as greedy" in out
     assert "Sarah" in out and "chat template" in out
 
 

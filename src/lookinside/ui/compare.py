@@ -55,28 +55,27 @@ def run_text(run: Generation, departs: int | None = None, lead: str = "") -> Tex
 
 
 def run_stats(run: Generation, departs: int | None, is_greedy: bool, seed: int | None = None) -> Text:
-    """Seed, mean log-probability, perplexity and where the run leaves the greedy path."""
-    parts: list[tuple[str, str]] = []
-    if seed is not None:
-        parts.append((f"seed {seed}", "bold"))
-    parts.append((f"log-prob {_logprob(run.mean_logprob)}/token", ""))
-    parts.append((f"perplexity {_number(run.perplexity)}", ""))
-    if not is_greedy:
-        parts.append(("same as greedy", "green") if departs is None else (f"departs at token {departs + 1}", "yellow"))
-    parts.append((f"{len(run.steps)} tokens", "dim"))
-    line = Text()
-    for i, (words, style) in enumerate(parts):
-        line.append(" · " if i else "", style="dim")
-        line.append(words, style=style)
-    return line
+    """Seed, mean log-probability, perplexity and where the run leaves the greedy path, a line each."""
+    lines: list[tuple[str, str]] = [(f"seed {seed}", "bold")] if seed is not None else []
+    lines.append((f"log-prob/token {_logprob(run.mean_logprob)}", ""))
+    lines.append((f"perplexity {_number(run.perplexity)}", ""))
+    if is_greedy:
+        lines.append(("argmax at every step", "cyan"))
+    elif departs is None:
+        lines.append(("same as greedy", "green"))
+    else:
+        lines.append((f"departs from greedy at token {departs + 1}", "yellow"))
+    return Text("\n").join(Text(words, style=style) for words, style in lines)
 
 
 def run_panel(
     title: str, run: Generation, departs: int | None, is_greedy: bool, lead: str = "", seed: int | None = None
 ) -> Panel:
-    """One run as a panel: coloured text above, its numbers below."""
+    """One run as a panel: coloured text above, its numbers below, its length and ending underneath."""
     body = Group(run_text(run, departs, lead), Text(), run_stats(run, departs, is_greedy, seed))
-    return Panel(body, title=title, title_align="left", border_style="cyan" if is_greedy else "magenta")
+    subtitle = f"{len(run.steps)} tokens · {run.finish}"
+    return Panel(body, title=title, title_align="left", subtitle=subtitle, subtitle_align="right",
+                 border_style="cyan" if is_greedy else "magenta")
 
 
 def settings_line(result: Comparison) -> Text:
