@@ -229,3 +229,46 @@ def test_phi3_mini_shaped_model_agrees_with_itself_and_with_generate(tmp_path, p
             for cache in ("dynamic", "static")}
     assert runs["dynamic"].token_ids == runs["static"].token_ids
     assert runs["dynamic"].token_ids == _hf(lm, prompt, n, do_sample=False, eos_token_id=[])
+
+
+def _scripted(monkeypatch, script: list[int]) -> None:
+    """Make the model's forward pass put all the mass on script[k] at step k (the loop itself stays real)."""
+    import lookinside.core.generate as core
+
+    calls = iter(script)
+
+    def forward(lm, ids, cache):
+        logits = torch.full((1, max(lm.model.config.vocab_size, len(lm.tokenizer))), -30.0)  # (1, vocab)
+        logits[0, next(calls)] = 30.0
+        return logits
+
+    monkeypatch.setattr(core, "_forward", forward)
+
+
+@pytest.mark.parametrize("which", ["tiny", "phi3"])
+def test_a_streamed_emoji_arrives_whole_through_the_loop(tiny, monkeypatch, request, which):
+    from dataclasses import replace
+
+    lm = tiny
+    if which == "phi3":
+        from transformers import AutoTokenizer
+
+        lm = replace(tiny, tokenizer=AutoTokenizer.from_pretrained(str(request.getfixturevalue("phi3_tokenizer_dir"))))
+    reply = lm.tokenizer(" I love 🦙s", add_special_tokens=False).input_ids
+    assert ["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"] == [
+        p for p in lm.tokenizer.convert_ids_to_tokens(reply) if p.startswith("<0x")]
+    _scripted(monkeypatch, [*reply, tiny.end_token_ids[0]])
+    run = collect(lm, encode_prompt(lm.tokenizer, "Say"), GREEDY, GenerationConfig(max_new_tokens=20))
+    texts = [step.text for step in run.steps]
+    assert "\ufffd" not in "".join(texts) and run.finish == "eos"
+    assert run.text.strip() == "I love 🦙s" and any(t in ("🦙", " 🦙") for t in texts)
+    assert texts.count("") == 4  # three held bytes, and the end token
+
+
+def test_bytes_cut_off_by_the_end_token_show_as_one_replacement(tiny, monkeypatch):
+    """A random model can stop inside a character: the held bytes come out (as U+FFFD), never vanish or raise."""
+    f0, x9f = tiny.tokenizer.convert_tokens_to_ids(["<0xF0>", "<0x9F>"])
+    _scripted(monkeypatch, [f0, x9f, tiny.end_token_ids[0]])
+    run = collect(tiny, _prompt(tiny, "Say"), GREEDY, GenerationConfig(max_new_tokens=20))
+    assert [s.text for s in run.steps[:2]] == ["", ""] and "\ufffd" in run.steps[-1].text
+    assert run.finish == "eos"
