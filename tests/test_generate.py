@@ -173,6 +173,13 @@ def test_breaking_out_stops_generation(tiny):
     assert [s.index for s in steps] == [0, 1] and next(stream, None) is None
 
 
+def test_the_consumer_never_runs_inside_inference_mode(tiny):
+    stream = generate(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationConfig(max_new_tokens=5))
+    next(stream)
+    assert not torch.is_inference_mode_enabled()  # a half-consumed stream leaves no global mode behind
+    assert len(list(stream)) == 4 and not torch.is_inference_mode_enabled()
+
+
 def test_ctrl_c_keeps_what_came_so_far(tiny, monkeypatch):
     import lookinside.core.generate as core
 

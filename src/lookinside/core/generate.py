@@ -183,32 +183,35 @@ def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, config: Genera
     decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids)
     stops = StopStrings(config.stop_strings)
     n = len(prompt_ids)
-    # Every id of the run in one preallocated row: no per-step concatenation, and writing a token is not a sync.
-    buffer = torch.empty((1, n + config.max_new_tokens), dtype=torch.long, device=lm.device)  # (1, seq)
-    buffer[0, :n] = torch.tensor(prompt_ids, dtype=torch.long)
     cache = make_cache(lm, config.cache, n + config.max_new_tokens)
+    # inference_mode is entered around the tensor work only, never held across a `yield`: the consumer's
+    # code between steps (and a stream abandoned half-way) must not run inside it.
     with torch.inference_mode():
+        # Every id of the run in one preallocated row: no per-step concatenation, and writing a token is not a sync.
+        buffer = torch.empty((1, n + config.max_new_tokens), dtype=torch.long, device=lm.device)  # (1, seq)
+        buffer[0, :n] = torch.tensor(prompt_ids, dtype=torch.long)
         start = now(lm.device)
         logits = prefill(lm, buffer[:, :n], cache)  # (1, vocab)
-        for index in range(config.max_new_tokens):
-            ids = buffer[:, : n + index]  # (1, seq so far)
-            token = _pick(logits, ids, processors, generator)  # (1,) on the device
+    for index in range(config.max_new_tokens):
+        with torch.inference_mode():
+            token = _pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
             buffer[:, n + index] = token
             token_id, prob, rank, top = _observe(logits[0], token)  # the step's one device -> host copy
-            finish: Finish | None = None
-            if token_id in ends:
-                text, finish = stops.push(decoder.flush()) + stops.flush(), "eos"
-            else:
-                text = stops.push(decoder.push(token_id))
-                if stops.stopped:
-                    finish = "stop"
-                elif index + 1 == config.max_new_tokens:
-                    text, finish = text + stops.push(decoder.flush()) + stops.flush(), "length"
-                    finish = "stop" if stops.stopped else finish
-            yield Step(index, token_id, text, prob, rank, top, time.perf_counter() - start, finish)
-            if finish is not None:
-                return
-            start = time.perf_counter()  # the consumer's time between steps is not the model's
+        finish: Finish | None = None
+        if token_id in ends:
+            text, finish = stops.push(decoder.flush()) + stops.flush(), "eos"
+        else:
+            text = stops.push(decoder.push(token_id))
+            if stops.stopped:
+                finish = "stop"
+            elif index + 1 == config.max_new_tokens:
+                text, finish = text + stops.push(decoder.flush()) + stops.flush(), "length"
+                finish = "stop" if stops.stopped else finish
+        yield Step(index, token_id, text, prob, rank, top, time.perf_counter() - start, finish)
+        if finish is not None:
+            return
+        start = time.perf_counter()  # the consumer's time between steps is not the model's
+        with torch.inference_mode():
             logits = decode_one_token(lm, buffer[:, : n + index + 1], cache)
 
 
