@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from lookinside import __version__
-from lookinside.cli.edge import friendly
 from lookinside.cli.chat import chat
+from lookinside.cli.compare import compare
+from lookinside.cli.edge import friendly
 from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
 
@@ -40,6 +41,7 @@ def root(
 
 app.command("chat")(friendly(chat))
 app.command("next-token")(friendly(next_token))
+app.command("compare")(friendly(compare))
 app.command("inspect")(friendly(inspect_command))
 app.command("tokens")(friendly(tokens))
 app.command("forward")(friendly(forward))

@@ -3,7 +3,10 @@
 `IncrementalDecoder` turns a stream of ids into text deltas that never show half
 a character: a byte-fallback emoji is four tokens, and nothing is emitted until
 the fourth arrives. SentencePiece's leading "▁" spacing comes out right because
-each delta is decoded with a few tokens of context before it.
+each delta is decoded with a few tokens of context before it. Invalid UTF-8 (a
+random model can emit any byte piece) is never an error: after four held tokens,
+or at `flush`, it comes out as U+FFFD. `StopStrings` holds back text that might
+be the start of a stop string, so a stop string never reaches the screen.
 """
 
 from __future__ import annotations
@@ -71,3 +74,43 @@ def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
     if isinstance(piece, str) and piece.startswith("▁") and not text.startswith(" "):
         text = " " + text  # SentencePiece decoders strip the space of a sequence's first piece
     return text
+
+
+class StopStrings:
+    """Finds the first stop string in streamed text; holds back any tail that could begin one."""
+
+    def __init__(self, stops: tuple[str, ...] | list[str] = ()) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.pending = ""  # decoded text not yet released: it may be the start of a stop string
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Add decoded text; return what is safe to show (cut before a stop string once one is found)."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        self.pending += text
+        hits = [i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[: min(hits)], ""
+            return out
+        hold = self._held_tail()
+        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
+        return out
+
+    def flush(self) -> str:
+        """The held-back tail, once no more text will come."""
+        out, self.pending = self.pending, ""
+        return out
+
+    def _held_tail(self) -> int:
+        # The longest suffix of `pending` that is a proper prefix of some stop string.
+        longest = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), longest, -1):
+                if self.pending.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest

@@ -1,10 +1,17 @@
 """The only loop over tokens: prefill the prompt, then decode one token per step.
 
-`generate` yields a `Step` per new token (its id, text delta, probability and rank
-under the raw distribution, the top alternatives, and how long it took). With the
-KV cache it feeds only the newest token and reuses transformers' cache; without
-it, it feeds the whole sequence again at every step, as the book describes.
-Stop iterating (or raise KeyboardInterrupt) to stop early.
+`generate` returns a `Stream` of `Step`s, one per new token: its id, its text
+delta, its probability and rank under the raw (temperature 1, unpenalised)
+distribution, the top alternatives, and how long it took. With the KV cache
+("dynamic", or a preallocated "static" one) each step feeds only the newest
+token and reuses transformers' cache; with cache "none" it feeds the whole
+sequence again at every step, as the book describes.
+
+It stops at `max_new_tokens`, at an end token (the generation config's eos ids,
+unless `ignore_eos`), or at a stop string (the text is cut before it; the token
+ids keep every token generated). To stop from outside, stop iterating (break) or
+let KeyboardInterrupt propagate out of the loop. A sampled run always has a
+concrete seed, known from the stream (`stream.seed`) before the first step.
 """
 
 from __future__ import annotations
@@ -19,17 +26,19 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from lookinside.core.detokenize import IncrementalDecoder
+from lookinside.core.detokenize import IncrementalDecoder, StopStrings
+from lookinside.core.errors import BadInput
 from lookinside.core.prompting import check_fits
-from lookinside.core.sampling import SamplingParams, build_processors, logits_to_probs, sample, top_candidates
+from lookinside.core.sampling import SamplingParams, build_processors, logits_to_probs, sample
 from lookinside.core.timing import now
 
 if TYPE_CHECKING:
-    from transformers import Cache
+    from transformers import Cache, LogitsProcessorList
 
     from lookinside.core.loading import LM
 
 CacheKind = Literal["dynamic", "static", "none"]
+CACHE_KINDS: tuple[str, ...] = ("dynamic", "static", "none")
 Finish = Literal["eos", "length", "stop"]
 TOP_ALTERNATIVES = 5
 
@@ -43,6 +52,16 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False
 
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise BadInput(f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens!r}")
+        if self.cache not in CACHE_KINDS:
+            raise BadInput(f"cache must be one of {', '.join(CACHE_KINDS)}, not {self.cache!r}")
+        if isinstance(self.stop_strings, str):  # a lone string would be read as one stop string per character
+            object.__setattr__(self, "stop_strings", (self.stop_strings,))
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise BadInput("stop strings must be non-empty text")
+
 
 @dataclass(frozen=True)
 class Step:
@@ -50,8 +69,8 @@ class Step:
 
     index: int
     token_id: int
-    text: str
-    prob: float  # under the raw (temperature 1) distribution
+    text: str  # the text this step completes ("" while a character is unfinished, and for an end token)
+    prob: float  # under the raw (temperature 1, unpenalised) distribution
     rank: int  # 1 = the most probable token
     top: tuple[tuple[int, float], ...]  # the raw distribution's best (id, prob) pairs
     seconds: float  # the step's wall time, device synchronised; step 0 includes the prefill
@@ -79,8 +98,13 @@ class Generation:
 
     @property
     def text(self) -> str:
-        """The generated text."""
+        """The generated text (without an end token or a stop string)."""
         return "".join(s.text for s in self.steps)
+
+    @property
+    def logprobs(self) -> list[float]:
+        """Each generated token's log-probability under the raw distribution."""
+        return [s.logprob for s in self.steps]
 
     @property
     def finish(self) -> Finish | Literal["interrupted"] | None:
@@ -95,45 +119,100 @@ class Generation:
     @property
     def perplexity(self) -> float:
         """exp(-mean log-probability)."""
-        return math.exp(-self.mean_logprob)
+        return math.exp(-self.mean_logprob) if self.mean_logprob > -700 else float("inf")
+
+
+class Stream(Iterator[Step]):
+    """What `generate` returns: iterate it for `Step`s; `params` (with the seed in effect) is known up front."""
+
+    def __init__(self, steps: Iterator[Step], params: SamplingParams) -> None:
+        self._steps = steps
+        self.params = params
+
+    @property
+    def seed(self) -> int | None:
+        """The seed the sampler uses (None for greedy decoding)."""
+        return None if self.params.greedy else self.params.seed
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Step:
+        return next(self._steps)
+
+    def close(self) -> None:
+        """Stop generating; the model is not run again."""
+        getattr(self._steps, "close", lambda: None)()
 
 
 def generate(
     lm: LM, prompt_ids: list[int], params: SamplingParams, config: GenerationConfig = GenerationConfig()
-) -> Iterator[Step]:
-    """Yield one `Step` per new token until an end token, a stop string or `max_new_tokens`."""
+) -> Stream:
+    """One `Step` per new token until an end token, a stop string or `max_new_tokens`.
+
+    An unseeded sampling `params` gets a fresh seed here, readable as `stream.seed`.
+    """
     check_fits(len(prompt_ids), lm.context_length, config.max_new_tokens)
-    processors = build_processors(params)
-    generator = _generator(params, lm.device)
-    ends = set() if config.ignore_eos else set(lm.end_token_ids)
-    decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids)
-    ids = torch.tensor([prompt_ids], device=lm.device)  # (1, seq)
-    cache = make_cache(lm, config.cache, len(prompt_ids) + config.max_new_tokens)
-    text = ""
-    with torch.inference_mode():
-        start = now(lm.device)
-        logits = prefill(lm, ids, cache)
-        for index in range(config.max_new_tokens):
-            token, raw = choose(logits, ids, processors, generator)
-            step = _record(index, token, raw, decoder, time.perf_counter() - start)
-            text += step.text
-            finish = _finish(step, index, config, ends, text)
-            yield step if finish is None else _with_finish(step, finish, decoder)
-            if finish is not None:
-                return
-            start = time.perf_counter()
-            ids = torch.cat([ids, ids.new_tensor([[token]])], dim=1)
-            logits = decode_one_token(lm, ids, cache)
+    params = params if params.greedy else params.seeded()
+    return Stream(_steps(lm, list(prompt_ids), params, config), params)
 
 
 def collect(
-    lm: LM, prompt_ids: list[int], params: SamplingParams, config: GenerationConfig = GenerationConfig()
+    lm: LM,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    config: GenerationConfig = GenerationConfig(),
+    keep_on_interrupt: bool = False,
 ) -> Generation:
-    """Run `generate` to the end and keep every step."""
-    params = params if params.greedy else params.seeded()
-    run = Generation(prompt_ids=prompt_ids, seed=None if params.greedy else params.seed)
-    run.steps.extend(generate(lm, prompt_ids, params, config))
+    """Run `generate` to the end and keep every step (with `keep_on_interrupt`, Ctrl-C keeps what came so far)."""
+    stream = generate(lm, prompt_ids, params, config)
+    run = Generation(prompt_ids=list(prompt_ids), seed=stream.seed)
+    try:
+        run.steps.extend(stream)
+    except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            raise
+        run.interrupted = True
     return run
+
+
+def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, config: GenerationConfig) -> Iterator[Step]:
+    processors = build_processors(params)
+    generator = _generator(params, lm.device)
+    ends = frozenset() if config.ignore_eos else frozenset(lm.end_token_ids)
+    decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids)
+    stops = StopStrings(config.stop_strings)
+    n = len(prompt_ids)
+    cache = make_cache(lm, config.cache, n + config.max_new_tokens)
+    # inference_mode is entered around the tensor work only, never held across a `yield`: the consumer's
+    # code between steps (and a stream abandoned half-way) must not run inside it.
+    with torch.inference_mode():
+        # Every id of the run in one preallocated row: no per-step concatenation, and writing a token is not a sync.
+        buffer = torch.empty((1, n + config.max_new_tokens), dtype=torch.long, device=lm.device)  # (1, seq)
+        buffer[0, :n] = torch.tensor(prompt_ids, dtype=torch.long)
+        start = now(lm.device)
+        logits = prefill(lm, buffer[:, :n], cache)  # (1, vocab)
+    for index in range(config.max_new_tokens):
+        with torch.inference_mode():
+            token = _pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
+            buffer[:, n + index] = token
+            token_id, prob, rank, top = _observe(logits[0], token)  # the step's one device -> host copy
+        finish: Finish | None = None
+        if token_id in ends:
+            text, finish = stops.push(decoder.flush()) + stops.flush(), "eos"
+        else:
+            text = stops.push(decoder.push(token_id))
+            if stops.stopped:
+                finish = "stop"
+            elif index + 1 == config.max_new_tokens:
+                text, finish = text + stops.push(decoder.flush()) + stops.flush(), "length"
+                finish = "stop" if stops.stopped else finish
+        yield Step(index, token_id, text, prob, rank, top, time.perf_counter() - start, finish)
+        if finish is not None:
+            return
+        start = time.perf_counter()  # the consumer's time between steps is not the model's
+        with torch.inference_mode():
+            logits = decode_one_token(lm, buffer[:, : n + index + 1], cache)
 
 
 def make_cache(lm: LM, kind: CacheKind, max_len: int) -> Cache | None:
@@ -158,22 +237,47 @@ def decode_one_token(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Te
 
 
 def choose(
-    logits: torch.Tensor, ids: torch.Tensor, processors: object, generator: torch.Generator | None
+    logits: torch.Tensor, ids: torch.Tensor, processors: LogitsProcessorList, generator: torch.Generator | None
 ) -> tuple[int, torch.Tensor]:
-    """The next token (greedy if no warper is set) and the raw distribution it came from."""
+    """The next token (the top processed score when `generator` is None) and the raw distribution."""
     raw = logits_to_probs(logits[0])  # (vocab,)
-    scores = processors(ids, logits)  # (1, vocab)
+    return int(_pick(logits, ids, processors, generator).item()), raw
+
+
+def _pick(
+    logits: torch.Tensor, ids: torch.Tensor, processors: LogitsProcessorList, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The chosen id, left on the device.  # (1, vocab) -> (1,)"""
+    scores = processors(ids, logits) if processors else logits  # (1, vocab)
     if generator is None:
-        token = scores.argmax(-1)
-    else:
-        token = sample(torch.softmax(scores, dim=-1), generator)
-    return int(token.item()), raw
+        return scores.argmax(-1)
+    probs = torch.softmax(scores, dim=-1)  # (1, vocab)
+    if probs.device != generator.device:
+        return sample(probs.to(generator.device), generator).to(probs.device)
+    return sample(probs, generator)
+
+
+def _observe(logits: torch.Tensor, token: torch.Tensor) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
+    """The token, its raw probability and rank, and the top alternatives, in one copy to the host."""
+    # log p = logit - logsumexp: one reduction over the vocab instead of a whole log-softmax tensor.
+    logits = logits.float()  # (vocab,)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (1,)
+    chosen = logits[token]  # (1,)
+    rank = (logits > chosen).sum().unsqueeze(0) + 1  # (1,)
+    top_logits, top_ids = logits.topk(min(TOP_ALTERNATIVES, logits.shape[-1]))  # (k,), (k,)
+    chosen, top_logp = chosen - lse, top_logits - lse  # (1,), (k,)
+    # float64 holds every token id exactly; one .tolist() is one device sync instead of a dozen .item()s.
+    packed = torch.cat([token.double(), chosen.double(), rank.double(), top_ids.double(), top_logp.double()]).tolist()
+    k = len(top_ids)
+    top = tuple((int(i), math.exp(lp)) for i, lp in zip(packed[3 : 3 + k], packed[3 + k :]))
+    return int(packed[0]), math.exp(packed[1]), int(packed[2]), top
 
 
 def _forward(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
     kwargs = {cache_argument(lm.model): cache} if cache is not None else {}
     out = lm.model(input_ids=ids, use_cache=cache is not None, logits_to_keep=1, **kwargs)
-    return out.logits[:, -1, :].float()  # (1, vocab)
+    # With an accelerate device map the head may sit on another device than the ids; bring it home.
+    return out.logits[:, -1, :].float().to(ids.device)  # (1, vocab)
 
 
 @functools.cache
@@ -187,41 +291,12 @@ def cache_argument(model: torch.nn.Module) -> str:
 
 
 def _generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """A generator seeded from `params` (None for greedy); on the model's device where torch allows it."""
     if params.greedy:
         return None
-    seeded = params.seeded()
+    if params.seed is None:
+        raise ValueError("a sampling run needs a seed: call params.seeded() first")
     generator = torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu")
-    generator.manual_seed(int(seeded.seed or 0))
+    generator.manual_seed(params.seed)
     return generator
 
-
-def _record(index: int, token: int, raw: torch.Tensor, decoder: IncrementalDecoder, seconds: float) -> Step:
-    prob = raw[token]
-    rank = int((raw > prob).sum().item()) + 1
-    top_ids, top_probs = top_candidates(raw, TOP_ALTERNATIVES)
-    return Step(
-        index=index,
-        token_id=token,
-        text=decoder.push(token),
-        prob=float(prob.item()),
-        rank=rank,
-        top=tuple(zip(top_ids, top_probs)),
-        seconds=seconds,
-    )
-
-
-def _finish(step: Step, index: int, config: GenerationConfig, ends: set[int], text: str) -> Finish | None:
-    if step.token_id in ends:
-        return "eos"
-    if any(stop in text for stop in config.stop_strings):
-        return "stop"
-    if index + 1 >= config.max_new_tokens:
-        return "length"
-    return None
-
-
-def _with_finish(step: Step, finish: Finish, decoder: IncrementalDecoder) -> Step:
-    from dataclasses import replace
-
-    text = "" if finish == "eos" else step.text + decoder.flush()
-    return replace(step, finish=finish, text=text)

@@ -1,8 +1,17 @@
 """Decoding settings and the logits -> probabilities -> token step.
 
 `SamplingParams` is validated on creation. The processors are transformers' own,
-applied in the order `generate` uses: repetition penalty, then temperature,
-top-k, top-p and min-p. Temperature 0 means greedy.
+applied to the logits in the order `model.generate` uses:
+
+1. repetition penalty (`RepetitionPenaltyLogitsProcessor`), over the prompt and the reply so far;
+2. temperature (`TemperatureLogitsWarper`): logits / T;
+3. top-k (`TopKLogitsWarper`): keep the k highest;
+4. top-p (`TopPLogitsWarper`): keep the smallest set whose probability reaches p;
+5. min-p (`MinPLogitsWarper`): drop tokens below min_p x the top token's probability;
+
+then softmax and one multinomial draw from a `torch.Generator` seeded with `seed`.
+Temperature 0 means greedy: the argmax after step 1, and no warpers at all.
+The filters after temperature see the tempered distribution, as in transformers.
 """
 
 from __future__ import annotations
@@ -31,14 +40,22 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise BadInput(f"{name} must be a finite number, not {value!r}")
+        for name in ("top_k", "seed"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise BadInput(f"{name} must be a whole number, not {value!r}")
         checks = (
-            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0 (0 is greedy)"),
-            (self.top_k >= 0, "top_k must be >= 0 (0 turns it off)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
-             "repetition_penalty must be > 0 (1 turns it off)"),
-            (self.seed is None or 0 <= self.seed < 2**63, "seed must be a non-negative integer"),
+            (self.temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {self.temperature:g}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 turns it off), not {self.top_k}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1] (1 turns it off), not {self.top_p:g}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1] (0 turns it off), not {self.min_p:g}"),
+            (self.repetition_penalty > 0,
+             f"repetition_penalty must be > 0 (1 turns it off), not {self.repetition_penalty:g}"),
+            (self.seed is None or 0 <= self.seed < 2**63, f"seed must be in [0, 2**63), not {self.seed}"),
         )
         for ok, message in checks:
             if not ok:

@@ -1,0 +1,64 @@
+"""`llm compare`: the greedy continuation beside N sampled ones, coloured by probability."""
+
+from typing import Annotated
+
+import typer
+
+from lookinside.cli.options import (
+    SAMPLING_PANEL,
+    ChatOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    MinPOpt,
+    PromptArg,
+    RepetitionOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    model_options,
+)
+from lookinside.core.spec import LoadSpec
+
+SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampled runs to show beside the greedy one.",
+                                         rich_help_panel=SAMPLING_PANEL)]
+
+
+@model_options
+def compare(
+    prompt: PromptArg,
+    samples: SamplesOpt = 3,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    seed: SeedOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 40,
+    chat: ChatOpt = False,
+    json: JsonOpt = False,
+    *,
+    spec: LoadSpec,
+) -> None:
+    """Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.
+
+    Samples use temperature 1 and no filters unless told otherwise; sample i uses seed --seed + i
+    (a seed is drawn and shown when --seed is not given), so a comparison can be repeated exactly.
+    """
+    from lookinside.core.compare import check_compare_request, compare
+    from lookinside.core.generate import GenerationConfig
+    from lookinside.core.sampling import SamplingParams
+    from lookinside.ui.compare import compare_json, compare_view
+    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.progress import load_with_progress
+
+    chosen = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                  repetition_penalty=repetition_penalty, seed=seed)
+    params = SamplingParams(**{name: value for name, value in chosen.items() if value is not None})
+    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    check_compare_request(prompt, samples, params)
+    result = compare(load_with_progress(spec), prompt, params, config, samples=samples, chat=chat)
+    if json:
+        print_json(compare_json(result))
+    else:
+        stdout_console().print(compare_view(result))
