@@ -244,7 +244,7 @@ def test_set_changes_settings_and_refuses_bad_values_in_one_line(tiny):
         "top_k set: temperature=0.5, top_k=40, max_new_tokens=40",
         "seed set: temperature=0.5, top_k=40, seed=3, max_new_tokens=40",
         "temperature takes a number, not 'hot'",
-        "top_p must be in (0, 1]",
+        "top_p must be in (0, 1] (1 turns it off), not 2",
         USAGE,
         "unknown setting 'colour': one of temperature, top_k, top_p, min_p, max_new_tokens, seed, repetition_penalty",
         USAGE,
@@ -445,7 +445,7 @@ def test_empty_stdin_exits_quietly():
 
 def test_bad_sampling_flags_are_one_line_errors():
     result = CliRunner().invoke(app, ["chat", "--model", "tiny", "--top-p", "0"], input="hi\n")
-    assert result.exit_code == 2 and result.stderr.strip() == "error: top_p must be in (0, 1]"
+    assert result.exit_code == 2 and result.stderr.strip() == "error: top_p must be in (0, 1] (1 turns it off), not 0"
 
 
 def test_no_trim_refuses_a_piped_message_that_does_not_fit():
