@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lookinside import __version__
+from lookinside.cli.bench import bench
 from lookinside.cli.edge import friendly
 from lookinside.cli.next_token import next_token
 
@@ -37,6 +38,7 @@ def root(
 
 
 app.command("next-token")(friendly(next_token))
+app.command("bench")(friendly(bench))
 
 
 def main() -> None:

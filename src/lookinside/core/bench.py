@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import platform
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,6 +52,7 @@ class BenchSettings:
     sweep: tuple[int, ...] = ()
     bandwidth_gbs: float | None = None
     reference: bool = True
+    threads: int | None = None  # CPU threads for torch; None leaves torch's default
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:
@@ -70,6 +71,8 @@ class BenchSettings:
             raise errors.BadInput(f"--repeat must be at least 1, not {self.repeat}")
         if any(n < 1 for n in self.sweep):
             raise errors.BadInput(f"--sweep lengths must be at least 1, not {min(self.sweep)}")
+        if self.threads is not None and self.threads < 1:
+            raise errors.BadInput(f"--threads must be at least 1, not {self.threads}")
         if self.bandwidth_gbs is not None and not self.bandwidth_gbs > 0:
             raise errors.BadInput(f"--bandwidth must be a positive number of GB/s, not {self.bandwidth_gbs}")
 
@@ -265,7 +268,8 @@ class BenchReport:
     reference: ReferenceRun | None = None
     sweep: tuple[SweepLine, ...] = ()
     all_runs: tuple[ModeResult, ...] = ()  # every length of a sweep
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # results that cannot be true (above the bandwidth)
 
     def run(self, cache: bool) -> ModeResult | None:
         """The run for one mode, if it was timed."""
@@ -456,25 +460,39 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def run_bench(lm: LM, settings: BenchSettings, notes: Sequence[str] = (), random_weights: bool = False) -> BenchReport:
+def run_bench(
+    lm: LM,
+    settings: BenchSettings,
+    notes: Sequence[str] = (),
+    random_weights: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
     """Time every mode at every length, then the reference row; the longest length is the headline."""
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     prompt_ids = bench_prompt_ids(lm.tokenizer, settings)
     check_fits(len(prompt_ids), lm.context_length, max(settings.lengths))
     bandwidth = resolve_bandwidth(lm.device, settings.bandwidth_gbs)
+    tell = progress or (lambda _: None)
+    runs = f"{settings.warmup} warm-up + {settings.repeat} timed runs"
     results: list[ModeResult] = []
     for n in settings.lengths:
         for cache in settings.modes:
+            tell(f"timing {n} tokens {'with' if cache else 'without'} the KV cache ({runs})")
             run = time_mode(lm, prompt_ids, cache, n, settings.warmup, settings.repeat)
             results.append(_with_light(lm, run, bandwidth))
     headline = tuple(r for r in results if r.new_tokens == max(settings.lengths))
-    reference = time_reference(lm, prompt_ids, headline[0], settings.warmup, settings.repeat) if settings.reference else None
+    reference = None
+    if settings.reference:
+        tell(f"timing transformers' model.generate for the same {headline[0].new_tokens} tokens ({runs})")
+        reference = time_reference(lm, prompt_ids, headline[0], settings.warmup, settings.repeat)
     sweep = tuple(
         SweepLine(cache, settings.lengths, tuple(r.total_s.median for r in results if r.cache == cache))
         for cache in settings.modes
     ) if settings.sweep else ()
-    all_notes = [*notes, *([bandwidth.note] if bandwidth.note else [])]
-    all_notes += [w for r in headline if r.speed_of_light and (w := r.speed_of_light.warning)]
-    return BenchReport(describe(lm, random_weights), headline, reference, sweep, tuple(results), tuple(all_notes))
+    all_notes = (*notes, *([bandwidth.note] if bandwidth.note else []))
+    warnings = tuple(w for r in results if r.speed_of_light and (w := r.speed_of_light.warning))
+    return BenchReport(describe(lm, random_weights), headline, reference, sweep, tuple(results), all_notes, warnings)
 
 
 def _with_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> ModeResult:
@@ -483,9 +501,11 @@ def _with_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> ModeResult:
     return replace(run, speed_of_light=speed_of_light(lm, run, bandwidth))
 
 
-def load_bench_model(spec: LoadSpec, layers: int | None = None) -> tuple[LM, tuple[str, ...]]:
-    """`load(spec)`; with random weights, optionally only the first `layers` layers, and a stand-in
-    tokenizer when only the model's config is at hand (timing does not depend on which ids)."""
+def load_bench_model(
+    spec: LoadSpec, layers: int | None = None, loader: Callable[[LoadSpec], LM] | None = None
+) -> tuple[LM, tuple[str, ...]]:
+    """`loader(spec)` (default `load`); with random weights, optionally only the first `layers` layers,
+    and a stand-in tokenizer when only the model's config is at hand (timing does not depend on which ids)."""
     from lookinside.core.loading import load
 
     if layers is not None and layers < 1:
@@ -493,7 +513,7 @@ def load_bench_model(spec: LoadSpec, layers: int | None = None) -> tuple[LM, tup
     if layers is not None and not spec.random_weights:
         raise errors.BadInput("--layers only works with --random-weights (it shrinks the architecture)")
     if not spec.random_weights:
-        return load(spec), ()
+        return (loader or load)(spec), ()
     return _random_model(spec, layers)
 
 
