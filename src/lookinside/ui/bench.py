@@ -134,15 +134,19 @@ def verdict(report: BenchReport) -> Text:
     """Speedup, and whether both modes (and the reference) chose the same tokens."""
     line = Text()
     if report.speedup is not None:
+        line.append("speedup: ")
         line.append(f"{report.speedup:.2f}×", style="bold")
-        line.append(" faster with the KV cache (median total)   ")
+        line.append(" with the KV cache (median total time)\n")
+    checks = []
     if report.same_tokens is not None:
-        line.append("same token ids cached and uncached: ")
-        line.append("yes" if report.same_tokens else "NO", style="green" if report.same_tokens else "bold red")
+        checks.append(("cached vs uncached", report.same_tokens))
     if report.reference is not None:
-        line.append("   model.generate's ids: ")
-        same = report.reference.same_tokens
-        line.append("same" if same else "differ", style="green" if same else "yellow")
+        checks.append(("ours vs model.generate", report.reference.same_tokens))
+    if checks:
+        line.append("same token ids: ")
+        for index, (label, same) in enumerate(checks):
+            line.append(("  " if index else "") + f"{label} ")
+            line.append("yes" if same else "NO", style="green" if same else "bold red")
     return line
 
 
@@ -188,7 +192,8 @@ def latency_chart(runs: tuple[ModeResult, ...], width: int = 64, height: int = 1
         text.append("\n")
     first = runs[0]
     start, end = str(first.prompt_tokens + 1), str(first.prompt_tokens + first.new_tokens - 1)
-    middle = "position →".center(max(columns - len(start) - len(end), 0))
+    room = columns - len(start) - len(end)
+    middle = "position →".center(room) if room >= len("position →") + 2 else " " * max(room, 1)
     text.append(" " * label_width + " └" + "─" * columns + "\n", style="dim")
     text.append(" " * (label_width + 2) + start + middle + end + "\n", style="dim")
     text.append(" " * (label_width + 2))
