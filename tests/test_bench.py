@@ -39,13 +39,14 @@ N = 6
 
 
 def run_cli(*args: str):
-    return runner.invoke(app, ["bench", "--model", "tiny", "--device", "cpu", *args])
+    threads = () if "--threads" in args else ("--threads", "1")  # 2 threads on a busy 2-core box crawl
+    return runner.invoke(app, ["bench", "--model", "tiny", "--device", "cpu", *threads, *args])
 
 
 @pytest.fixture(scope="module")
 def report(tiny):
-    """Both modes and the reference on the tiny model: 6 tokens, 1 warm-up, 2 repeats."""
-    return run_bench(tiny, BenchSettings(new_tokens=N, warmup=1, repeat=2))
+    """Both modes and the reference on the tiny model: 6 tokens, 1 warm-up, 2 repeats, one thread."""
+    return run_bench(tiny, BenchSettings(new_tokens=N, warmup=1, repeat=2, threads=1))
 
 
 # --- pure arithmetic -------------------------------------------------------------------------
@@ -135,7 +136,7 @@ def test_unknown_gpu_note_reaches_the_json_and_the_view(tiny, monkeypatch):
     real = bench.resolve_bandwidth
     monkeypatch.setattr(bench, "resolve_bandwidth",
                         lambda device, given: real(fake_gpu(monkeypatch, "NVIDIA Mystery 9000"), given))
-    report = run_bench(tiny, BenchSettings(new_tokens=3, warmup=0, repeat=1, modes=(True,), reference=False))
+    report = run_bench(tiny, BenchSettings(new_tokens=3, warmup=0, repeat=1, threads=1, modes=(True,), reference=False))
     assert any("Mystery 9000" in note for note in bench_json(report)["notes"])
     light = bench_json(report)["runs"][0]["speed_of_light"]
     assert light["share"] is None and light["achieved_gbs"] > 0
@@ -143,7 +144,7 @@ def test_unknown_gpu_note_reaches_the_json_and_the_view(tiny, monkeypatch):
 
 
 def test_faster_than_the_bandwidth_is_flagged(tiny):
-    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, modes=(True,), reference=False,
+    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=(True,), reference=False,
                                            bandwidth_gbs=1e-6))  # 1 kB/s: any real run beats it
     light = report.runs[0].speed_of_light
     assert light.share > 1 and light.warning
@@ -152,6 +153,20 @@ def test_faster_than_the_bandwidth_is_flagged(tiny):
 
 
 # --- the tiny model, both modes --------------------------------------------------------------
+
+def test_threads_are_restored_after_the_bench(report):
+    assert report.header.threads == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        from lookinside.core.bench import _threads
+
+        with _threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
 
 def test_every_run_generates_exactly_n_tokens(report):
     for run in report.runs:
@@ -204,11 +219,11 @@ def test_prompt_tokens_gives_exactly_that_many(tiny):
 
 def test_too_long_for_the_context_is_refused_before_timing(tiny):
     with pytest.raises(BadInput, match="context"):
-        run_bench(tiny, BenchSettings(new_tokens=600, warmup=0, repeat=1))
+        run_bench(tiny, BenchSettings(new_tokens=600, warmup=0, repeat=1, threads=1))
 
 
 def test_sweep_reports_one_line_per_mode(tiny):
-    report = run_bench(tiny, BenchSettings(sweep=(2, 4), warmup=0, repeat=1, reference=False))
+    report = run_bench(tiny, BenchSettings(sweep=(2, 4), warmup=0, repeat=1, threads=1, reference=False))
     assert [line.cache for line in report.sweep] == [True, False]
     assert all(line.lengths == (2, 4) and len(line.medians) == 2 for line in report.sweep)
     assert [r.new_tokens for r in report.runs] == [4, 4] and len(report.all_runs) == 4
@@ -249,7 +264,7 @@ def test_layers_shrink_a_random_model_and_a_config_alone_gets_a_standin_tokenize
     lm, notes = bench.load_bench_model(spec, layers=1)
     assert lm.config.num_hidden_layers == 1 and len(lm.model.model.layers) == 1
     assert any("--layers 1" in n for n in notes) and any("tokenizer" in n for n in notes)
-    report = run_bench(lm, BenchSettings(new_tokens=3, warmup=0, repeat=1, reference=False), notes,
+    report = run_bench(lm, BenchSettings(new_tokens=3, warmup=0, repeat=1, threads=1, reference=False), notes,
                        random_weights=True)
     assert report.header.random_weights and report.header.layers == 1
     assert report.same_tokens is True

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import platform
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -468,12 +469,28 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Time every mode at every length, then the reference row; the longest length is the headline."""
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    with _threads(settings.threads):
+        return _run_bench(lm, settings, notes, random_weights, progress or (lambda _: None))
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count for the timing only; the caller's setting comes back after."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_bench(
+    lm: LM, settings: BenchSettings, notes: Sequence[str], random_weights: bool, tell: Callable[[str], None]
+) -> BenchReport:
     prompt_ids = bench_prompt_ids(lm.tokenizer, settings)
     check_fits(len(prompt_ids), lm.context_length, max(settings.lengths))
     bandwidth = resolve_bandwidth(lm.device, settings.bandwidth_gbs)
-    tell = progress or (lambda _: None)
     runs = f"{settings.warmup} warm-up + {settings.repeat} timed runs"
     results: list[ModeResult] = []
     for n in settings.lengths:
