@@ -1,8 +1,8 @@
 """Honest generation timing, the KV cache on and off, measured on the one generation loop.
 
 `run_bench(lm, settings)` drives `generate` (greedy, end tokens ignored, exactly N new
-tokens) once per warm-up run, uncounted, then `repeat` times per cache mode, and keeps
-every step's device-synchronised `Step.seconds`. From those raw samples it derives the
+tokens) per cache mode: `warmup` uncounted runs, then `repeat` timed runs whose every
+device-synchronised `Step.seconds` is kept. From those raw samples it derives the
 total (median/min/max), time to first token, decode rate, inter-token latency, per-position
 latency, the KV-cache size (from the config and measured from cache tensors), peak memory,
 the speed-of-light line, a reference row timing transformers' `model.generate`, and a length

@@ -22,7 +22,7 @@ class KnownGPU:
     source: str
 
 
-# Peak DRAM/HBM bandwidth from NVIDIA's datasheets (checked against the product pages):
+# Peak DRAM/HBM bandwidth as NVIDIA publishes it in each GPU's datasheet (decimal GB/s):
 #   T4:          320 GB/s GDDR6        - "NVIDIA T4 Tensor Core GPU" datasheet
 #   A10 / A10G:  600 GB/s GDDR6        - "NVIDIA A10 Tensor Core GPU" datasheet (AWS's A10G: same bus)
 #   L4:          300 GB/s GDDR6        - "NVIDIA L4 Tensor Core GPU" datasheet
@@ -33,7 +33,7 @@ class KnownGPU:
 #   H200:        4.8 TB/s HBM3e (SXM and NVL) - "NVIDIA H200 Tensor Core GPU" datasheet
 # Order matters: the first pattern that matches the reported name wins, so the more
 # specific names (A100 80GB PCIe, H100 PCIe) come before the general ones.
-_DATASHEET = "NVIDIA datasheet"
+_A100 = "NVIDIA A100 datasheet"
 _TABLE: tuple[tuple[str, KnownGPU], ...] = (
     (r"\bT4\b", KnownGPU("T4", 320, "NVIDIA T4 datasheet")),
     (r"\bA10G?\b", KnownGPU("A10", 600, "NVIDIA A10 datasheet")),
@@ -56,11 +56,9 @@ def known_gpu(name: str, total_memory: int | None = None) -> KnownGPU | None:
             return gpu
     # Some A100s report only "NVIDIA A100-SXM4" or "A100-PCIE": tell 40 from 80 GB by memory size.
     if re.search(r"\bA100\b", name, flags=re.IGNORECASE) and total_memory:
-        big = total_memory > 60 * _GIB
-        pci = "PCI" in name.upper()
-        if not big:
-            return KnownGPU("A100 40GB", 1555, "NVIDIA A100 datasheet")
-        return KnownGPU("A100 80GB PCIe", 1935, _DATASHEET) if pci else KnownGPU("A100 80GB SXM", 2039, _DATASHEET)
+        if total_memory < 60 * _GIB:
+            return KnownGPU("A100 40GB", 1555, _A100)
+        return KnownGPU("A100 80GB PCIe", 1935, _A100) if "PCI" in name.upper() else KnownGPU("A100 80GB SXM", 2039, _A100)
     return None
 
 
