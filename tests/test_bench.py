@@ -30,7 +30,7 @@ from lookinside.core.bench import (
 from lookinside.core.errors import BadInput
 from lookinside.core.hardware import known_gpu
 from lookinside.core.spec import LoadSpec
-from lookinside.ui.bench import bench_json, bench_view, latency_chart, span
+from lookinside.ui.bench import bench_json, bench_view, latency_chart, size, span
 
 from .conftest import small_config
 
@@ -100,6 +100,10 @@ def test_parse_sweep():
 def test_bad_settings_are_refused(changes):
     with pytest.raises(BadInput):
         BenchSettings(**changes)
+
+
+def test_sizes_are_binary():
+    assert [size(100), size(114688), size(3 * 2**20)] == ["100 B", "112.0 KiB", "3.0 MiB"]
 
 
 def test_span_shares_the_unit():

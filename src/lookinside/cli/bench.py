@@ -28,7 +28,7 @@ def bench(
     warmup: Annotated[int, _opt("--warmup", help="Uncounted warm-up runs per mode.")] = 1,
     repeat: Annotated[int, _opt("--repeat", "-r", help="Timed runs per mode.")] = 3,
     sweep: Annotated[Optional[str], _opt(
-        "--sweep", help="Several lengths, e.g. 32,128,512: how time grows (log-log slope).",
+        "--sweep", help="Several lengths instead of --new-tokens, e.g. 32,128,512: how time grows (log-log slope).",
         show_default=False)] = None,
     bandwidth: Annotated[Optional[float], _opt(
         "--bandwidth", help="GPU memory bandwidth in GB/s for the speed-of-light line (default: a table).",

@@ -11,13 +11,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from lookinside.ui.console import stderr_console
+
 if TYPE_CHECKING:
     from lookinside.core.bench import BenchReport, ModeResult, ReferenceRun, SpeedOfLight
-
-from lookinside.ui.console import stderr_console
 
 CACHE_MARK, NO_CACHE_MARK, BOTH_MARK = "•", "×", "◆"
 CACHE_STYLE, NO_CACHE_STYLE = "green", "red"
@@ -53,11 +54,13 @@ def size(value: float | None) -> str:
     """Bytes in binary units: 114688 -> '112.0 KiB'."""
     if value is None:
         return "–"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    if value < 1024:
+        return f"{value:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         value /= 1024
-    return f"{value:.1f} GiB"
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def count(value: int) -> str:
@@ -68,6 +71,10 @@ def count(value: int) -> str:
     return str(value)
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def header_grid(report: BenchReport) -> Table:
     """Model, device, dtype, attention, versions and what was run."""
     h, first = report.header, report.runs[0]
@@ -75,13 +82,13 @@ def header_grid(report: BenchReport) -> Table:
     grid.add_column(style="dim")
     grid.add_column()
     weights = f"random weights, {h.layers} layers" if h.random_weights else f"{h.layers} layers"
-    grid.add_row("model", f"[bold]{h.model}[/] · {count(h.parameters)} parameters ({weights})")
-    threads = f" · {h.threads} thread{'s' if h.threads != 1 else ''}" if h.device == "cpu" else ""
-    grid.add_row("device", f"{h.device} · {h.device_name}{threads}")
+    grid.add_row("model", f"[bold]{escape(h.model)}[/] · {count(h.parameters)} parameters ({weights})")
+    threads = f" · {_plural(h.threads, 'thread')}" if h.device == "cpu" else ""
+    grid.add_row("device", escape(f"{h.device} · {h.device_name}{threads}"))
     grid.add_row("dtype", f"{h.dtype} · attention {h.attention} · torch {h.torch_version} · "
                           f"transformers {h.transformers_version}")
     grid.add_row("run", f"prompt {first.prompt_tokens} tokens · {first.new_tokens} new tokens, greedy, end tokens "
-                        f"ignored · {len(first.step_seconds)} timed repeats after warm-up")
+                        f"ignored · {_plural(len(first.step_seconds), 'timed run')} after warm-up")
     return grid
 
 
@@ -183,9 +190,10 @@ def latency_chart(runs: tuple[ModeResult, ...], width: int = 64, height: int = 1
             grid[y][x], styles[y][x] = (BOTH_MARK, "yellow") if both else (mark, style)
     text = Text()
     text.append("per-token latency by position (decode steps; the prefill is left out)\n", style="bold")
-    label_width = len(seconds(top))
-    for y in range(height):
-        label = seconds(top * (height - 1 - y) / (height - 1)) if y in (0, height // 2, height - 1) else ""
+    labelled = (0, height // 2, height - 1)
+    labels = [seconds(top * (height - 1 - y) / (height - 1)) if y in labelled else "" for y in range(height)]
+    label_width = max(len(label) for label in labels)
+    for y, label in enumerate(labels):
         text.append(f"{label:>{label_width}} ┤", style="dim")
         for x in range(columns):
             text.append(grid[y][x], style=styles[y][x] or None)
