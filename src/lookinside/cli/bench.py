@@ -5,14 +5,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from lookinside.cli.options import JsonOpt, model_options
+from lookinside.cli.options import MODEL_PANEL, JsonOpt, model_options
 from lookinside.core.spec import LoadSpec
 
 BENCH_PANEL = "Benchmark"
 
 
-def _opt(*names: str, help: str, **kwargs) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help, rich_help_panel=BENCH_PANEL, **kwargs)
+def _opt(*names: str, help: str, panel: str = BENCH_PANEL, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
 
 
 @model_options
@@ -34,10 +34,11 @@ def bench(
         "--bandwidth", help="GPU memory bandwidth in GB/s for the speed-of-light line (default: a table).",
         show_default=False)] = None,
     random_weights: Annotated[bool, _opt(
-        "--random-weights", help="Build the model from its config with random weights (no download).")] = False,
+        "--random-weights", help="Build the model from its config with random weights (no download).",
+        panel=MODEL_PANEL)] = False,
     layers: Annotated[Optional[int], _opt(
         "--layers", help="With --random-weights: keep only N layers, so a big architecture fits a small machine.",
-        show_default=False)] = None,
+        show_default=False, panel=MODEL_PANEL)] = None,
     reference: Annotated[bool, _opt(
         "--reference/--no-reference", help="Also time transformers' model.generate for the same tokens.")] = True,
     threads: Annotated[Optional[int], _opt(
