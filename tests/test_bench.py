@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from lookinside.cli.app import app
 from lookinside.core import bench
 from lookinside.core.bench import (
-    Bandwidth,
     BenchSettings,
     ModeResult,
     kv_cache_bytes,

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from lookinside.core.spec import LoadSpec
 
 # The book's chapter 3 experiment: this prompt, 100 new tokens, cache on and off.
-DEFAULT_PROMPT = "Write a very long email apologizing to Sarah for the tragic gardening mishap. Explain how it happened."
+DEFAULT_PROMPT = (
+    "Write a very long email apologizing to Sarah for the tragic gardening mishap. Explain how it happened."
+)
 DEFAULT_NEW_TOKENS = 100
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -563,7 +565,8 @@ def _random_model(spec: LoadSpec, layers: int | None) -> tuple[LM, tuple[str, ..
                                      "try --layers N, --dtype bfloat16 or a smaller model") from exc
         raise
     model.eval()
-    return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source), tuple(notes)
+    lm = LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source)
+    return lm, tuple(notes)
 
 
 def _tokenizer(source: str, spec: LoadSpec, vocab_size: int) -> tuple[PreTrainedTokenizerBase, str | None]:

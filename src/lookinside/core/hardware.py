@@ -58,7 +58,9 @@ def known_gpu(name: str, total_memory: int | None = None) -> KnownGPU | None:
     if re.search(r"\bA100\b", name, flags=re.IGNORECASE) and total_memory:
         if total_memory < 60 * _GIB:
             return KnownGPU("A100 40GB", 1555, _A100)
-        return KnownGPU("A100 80GB PCIe", 1935, _A100) if "PCI" in name.upper() else KnownGPU("A100 80GB SXM", 2039, _A100)
+        if "PCI" in name.upper():
+            return KnownGPU("A100 80GB PCIe", 1935, _A100)
+        return KnownGPU("A100 80GB SXM", 2039, _A100)
     return None
 
 
