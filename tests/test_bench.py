@@ -110,6 +110,20 @@ def test_span_shares_the_unit():
     assert span(0.5, 2.0) == "500.0 ms – 2.00 s"
 
 
+def test_timed_runs_take_turns_after_the_warmups():
+    order: list[str] = []
+
+    def runner(key: str):
+        def run():
+            order.append(key)
+            return (0.1,), (1, 2), 0
+        return run
+
+    timed = bench.alternate({"cache": runner("cache"), "none": runner("none")}, warmup=1, repeat=2)
+    assert order == ["cache", "none"] * 3  # one warm-up round, then two timed rounds
+    assert {key: len(runs) for key, runs in timed.items()} == {"cache": 2, "none": 2}
+
+
 # --- faked CUDA: the speed-of-light line and its fallbacks -----------------------------------
 
 def fake_gpu(monkeypatch, name: str, memory_gib: int = 80) -> torch.device:

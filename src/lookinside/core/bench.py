@@ -1,8 +1,8 @@
 """Honest generation timing, the KV cache on and off, measured on the one generation loop.
 
 `run_bench(lm, settings)` drives `generate` (greedy, end tokens ignored, exactly N new
-tokens) per cache mode: `warmup` uncounted runs, then `repeat` timed runs whose every
-device-synchronised `Step.seconds` is kept. From those raw samples it derives the
+tokens) per cache mode: `warmup` uncounted runs, then `repeat` timed runs that take turns
+between the modes (and `model.generate`), keeping every device-synchronised `Step.seconds`. From those raw samples it derives the
 total (median/min/max), time to first token, decode rate, inter-token latency, per-position
 latency, the KV-cache size (from the config and measured from cache tensors), peak memory,
 the speed-of-light line, a reference row timing transformers' `model.generate`, and a length
@@ -375,57 +375,83 @@ def bench_prompt_ids(tokenizer: PreTrainedTokenizerBase, settings: BenchSettings
     return (head + body * (settings.prompt_tokens // len(body) + 1))[: settings.prompt_tokens]
 
 
-def time_mode(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int, warmup: int, repeat: int) -> ModeResult:
-    """Warm-up runs (uncounted), then `repeat` timed runs of exactly `new_tokens` greedy tokens."""
+# One timed run: its step times (one entry for model.generate), the ids it chose, its peak memory.
+Timed = tuple[tuple[float, ...], tuple[int, ...], int]
+REFERENCE = "model.generate"
+
+
+def our_loop(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int) -> Callable[[], Timed]:
+    """One run of the generation loop: exactly `new_tokens` greedy tokens, end tokens ignored."""
     config = GenerationConfig(max_new_tokens=new_tokens, cache="dynamic" if cache else "none", ignore_eos=True)
-    for _ in range(warmup):
-        collect(lm, prompt_ids, GREEDY, config)
-    reset_peak_memory(lm.device)
-    reset_peak_rss()
-    rows, ids = [], []
-    for _ in range(repeat):
-        run = collect(lm, prompt_ids, GREEDY, config)
-        if len(run.steps) != new_tokens:  # ignore_eos makes this impossible; never report a short run
-            raise errors.LookinsideError(f"generation stopped after {len(run.steps)} of {new_tokens} tokens")
-        rows.append(tuple(step.seconds for step in run.steps))
-        ids.append(tuple(run.token_ids))
-    peak = peak_memory_bytes(lm.device)
-    # At the last step the cache holds the prompt and every new token but the last one.
-    held = len(prompt_ids) + new_tokens - 1
-    return ModeResult(
-        cache=cache,
-        new_tokens=new_tokens,
-        prompt_tokens=len(prompt_ids),
-        step_seconds=tuple(rows),
-        token_ids=ids[0],
-        deterministic=all(i == ids[0] for i in ids),
-        kv_cache_bytes=kv_cache_bytes(lm.config, lm.dtype.itemsize, held) if cache else 0,
-        kv_cache_measured_bytes=measured_cache_bytes(lm, prompt_ids + list(ids[0][:-1])) if cache else None,
-        peak_memory_bytes=peak,
-    )
+
+    def run() -> Timed:
+        reset_peak_memory(lm.device)
+        reset_peak_rss()
+        generation = collect(lm, prompt_ids, GREEDY, config)
+        if len(generation.steps) != new_tokens:  # ignore_eos makes this impossible; never report a short run
+            raise errors.LookinsideError(f"generation stopped after {len(generation.steps)} of {new_tokens} tokens")
+        steps = tuple(step.seconds for step in generation.steps)
+        return steps, tuple(generation.token_ids), peak_memory_bytes(lm.device)
+
+    return run
 
 
-def time_reference(lm: LM, prompt_ids: list[int], ours: ModeResult, warmup: int, repeat: int) -> ReferenceRun:
-    """transformers' `model.generate` for the same N tokens (min = max = N, greedy), timed the same way."""
-    n = ours.new_tokens
+def library_loop(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int) -> Callable[[], Timed]:
+    """One run of transformers' `model.generate` for the same tokens (min = max = N, greedy)."""
     ids = torch.tensor([prompt_ids], device=lm.device)  # (1, prompt)
     # eos_token_id=None is generate's way to ignore end tokens, as ours does; without it,
     # min_new_tokens would forbid them instead and the two loops would pick different tokens.
     kwargs = dict(
-        attention_mask=torch.ones_like(ids), min_new_tokens=n, max_new_tokens=n, do_sample=False,
-        use_cache=ours.cache, eos_token_id=None, pad_token_id=lm.tokenizer.pad_token_id or 0,
+        attention_mask=torch.ones_like(ids), min_new_tokens=new_tokens, max_new_tokens=new_tokens,
+        do_sample=False, use_cache=cache, eos_token_id=None, pad_token_id=lm.tokenizer.pad_token_id or 0,
         temperature=None, top_p=None, top_k=None,
     )
-    totals, out = [], None
-    with torch.inference_mode():
-        for index in range(warmup + repeat):
+
+    def run() -> Timed:
+        reset_peak_memory(lm.device)
+        with torch.inference_mode():
             start = now(lm.device)
-            out = lm.model.generate(ids, **kwargs)  # (1, prompt + n)
+            out = lm.model.generate(ids, **kwargs)  # (1, prompt + new_tokens)
             seconds = now(lm.device) - start
-            if index >= warmup:
-                totals.append(seconds)
-    generated = tuple(out[0, len(prompt_ids):].tolist()) if out is not None else ()
-    return ReferenceRun(cache=ours.cache, new_tokens=n, totals=tuple(totals), same_tokens=generated == ours.token_ids)
+        return (seconds,), tuple(out[0, len(prompt_ids):].tolist()), peak_memory_bytes(lm.device)
+
+    return run
+
+
+def alternate(runners: dict[object, Callable[[], Timed]], warmup: int, repeat: int) -> dict[object, list[Timed]]:
+    """Warm-ups (uncounted), then timed runs taking turns, so load that drifts over minutes
+    (other jobs on the machine, clocks, heat) hits every runner alike instead of one mode."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    timed: dict[object, list[Timed]] = {key: [] for key in runners}
+    for _ in range(repeat):
+        for key, run in runners.items():
+            timed[key].append(run())
+    return timed
+
+
+def mode_result(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int, runs: list[Timed]) -> ModeResult:
+    """One mode's timed runs as a `ModeResult`, with its KV-cache size from the config and measured."""
+    ids = [run[1] for run in runs]
+    held = len(prompt_ids) + new_tokens - 1  # at the last step: the prompt and every new token but the last
+    return ModeResult(
+        cache=cache,
+        new_tokens=new_tokens,
+        prompt_tokens=len(prompt_ids),
+        step_seconds=tuple(run[0] for run in runs),
+        token_ids=ids[0],
+        deterministic=all(i == ids[0] for i in ids),
+        kv_cache_bytes=kv_cache_bytes(lm.config, lm.dtype.itemsize, held) if cache else 0,
+        kv_cache_measured_bytes=measured_cache_bytes(lm, prompt_ids + list(ids[0][:-1])) if cache else None,
+        peak_memory_bytes=max(run[2] for run in runs),
+    )
+
+
+def reference_run(ours: ModeResult, runs: list[Timed]) -> ReferenceRun:
+    """model.generate's timed runs beside the mode they copy."""
+    same = all(run[1] == ours.token_ids for run in runs)
+    return ReferenceRun(ours.cache, ours.new_tokens, tuple(run[0][0] for run in runs), same)
 
 
 def describe(lm: LM, random_weights: bool = False) -> BenchHeader:
@@ -493,18 +519,21 @@ def _run_bench(
     prompt_ids = bench_prompt_ids(lm.tokenizer, settings)
     check_fits(len(prompt_ids), lm.context_length, max(settings.lengths))
     bandwidth = resolve_bandwidth(lm.device, settings.bandwidth_gbs)
-    runs = f"{settings.warmup} warm-up + {settings.repeat} timed runs"
+    runs = f"{settings.warmup} warm-up + {settings.repeat} timed runs each, taking turns"
+    longest = max(settings.lengths)
     results: list[ModeResult] = []
-    for n in settings.lengths:
-        for cache in settings.modes:
-            tell(f"timing {n} tokens {'with' if cache else 'without'} the KV cache ({runs})")
-            run = time_mode(lm, prompt_ids, cache, n, settings.warmup, settings.repeat)
-            results.append(_with_light(lm, run, bandwidth))
-    headline = tuple(r for r in results if r.new_tokens == max(settings.lengths))
     reference = None
-    if settings.reference:
-        tell(f"timing transformers' model.generate for the same {headline[0].new_tokens} tokens ({runs})")
-        reference = time_reference(lm, prompt_ids, headline[0], settings.warmup, settings.repeat)
+    for n in settings.lengths:
+        runners: dict[object, Callable[[], Timed]] = {c: our_loop(lm, prompt_ids, c, n) for c in settings.modes}
+        if settings.reference and n == longest:
+            runners[REFERENCE] = library_loop(lm, prompt_ids, settings.modes[0], n)
+        tell(f"timing {n} tokens: {', '.join(_label(key) for key in runners)} ({runs})")
+        timed = alternate(runners, settings.warmup, settings.repeat)
+        modes = [mode_result(lm, prompt_ids, cache, n, timed[cache]) for cache in settings.modes]
+        results += [_with_light(lm, run, bandwidth) for run in modes]
+        if REFERENCE in timed:
+            reference = reference_run(modes[0], timed[REFERENCE])
+    headline = tuple(r for r in results if r.new_tokens == longest)
     sweep = tuple(
         SweepLine(cache, settings.lengths, tuple(r.total_s.median for r in results if r.cache == cache))
         for cache in settings.modes
@@ -512,6 +541,10 @@ def _run_bench(
     all_notes = (*notes, *([bandwidth.note] if bandwidth.note else []))
     warnings = tuple(w for r in results if r.speed_of_light and (w := r.speed_of_light.warning))
     return BenchReport(describe(lm, random_weights), headline, reference, sweep, tuple(results), all_notes, warnings)
+
+
+def _label(key: object) -> str:
+    return str(key) if isinstance(key, str) else "with the KV cache" if key else "without it"
 
 
 def _with_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> ModeResult:
