@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lookinside import __version__
+from lookinside.cli.bench import bench
 from lookinside.cli.chat import chat
 from lookinside.cli.compare import compare
 from lookinside.cli.edge import friendly
@@ -42,6 +43,7 @@ def root(
 app.command("chat")(friendly(chat))
 app.command("next-token")(friendly(next_token))
 app.command("compare")(friendly(compare))
+app.command("bench")(friendly(bench))
 app.command("inspect")(friendly(inspect_command))
 app.command("tokens")(friendly(tokens))
 app.command("forward")(friendly(forward))

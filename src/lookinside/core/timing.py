@@ -35,3 +35,13 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Start a fresh peak-RSS reading (Linux only: /proc/self/clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # 5 resets the resident-set high-water mark that ru_maxrss reports
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,65 @@
+"""`llm bench`: time generation with the KV cache on and off, honestly."""
+
+from dataclasses import replace
+from typing import Annotated, Optional
+
+import typer
+
+from lookinside.cli.options import MODEL_PANEL, JsonOpt, model_options
+from lookinside.core.spec import LoadSpec
+
+BENCH_PANEL = "Benchmark"
+
+
+def _opt(*names: str, help: str, panel: str = BENCH_PANEL, **kwargs) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
+
+
+@model_options
+def bench(
+    cache: Annotated[Optional[bool], _opt(
+        "--cache/--no-cache", help="Time only with (or only without) the KV cache; default both.",
+        show_default=False)] = None,
+    prompt: Annotated[Optional[str], _opt(
+        "--prompt", "-p", help="Prompt text (default: the book's apology-email prompt).", show_default=False)] = None,
+    prompt_tokens: Annotated[Optional[int], _opt(
+        "--prompt-tokens", help="Use a prompt of exactly N tokens instead.", show_default=False)] = None,
+    new_tokens: Annotated[int, _opt("--new-tokens", "-n", help="Tokens to generate per run (exactly N).")] = 100,
+    warmup: Annotated[int, _opt("--warmup", help="Uncounted warm-up runs per mode.")] = 1,
+    repeat: Annotated[int, _opt("--repeat", "-r", help="Timed runs per mode.")] = 3,
+    sweep: Annotated[Optional[str], _opt(
+        "--sweep", help="Several lengths instead of --new-tokens, e.g. 32,128,512: how time grows (log-log slope).",
+        show_default=False)] = None,
+    bandwidth: Annotated[Optional[float], _opt(
+        "--bandwidth", help="GPU memory bandwidth in GB/s for the speed-of-light line (default: a table).",
+        show_default=False)] = None,
+    random_weights: Annotated[bool, _opt(
+        "--random-weights", help="Build the model from its config with random weights (no download).",
+        panel=MODEL_PANEL)] = False,
+    layers: Annotated[Optional[int], _opt(
+        "--layers", help="With --random-weights: keep only N layers, so a big architecture fits a small machine.",
+        show_default=False, panel=MODEL_PANEL)] = None,
+    reference: Annotated[bool, _opt(
+        "--reference/--no-reference", help="Also time transformers' model.generate for the same tokens.")] = True,
+    threads: Annotated[Optional[int], _opt(
+        "--threads", help="CPU threads for torch (default: torch's choice).", show_default=False)] = None,
+    json: JsonOpt = False,
+    *,
+    spec: LoadSpec,
+) -> None:
+    """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
+    from lookinside.core.bench import BenchSettings, load_bench_model, modes_for, parse_sweep, run_bench
+    from lookinside.ui.bench import bench_json, bench_view, tell_progress
+    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.progress import load_with_progress
+
+    settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens, modes=modes_for(cache),
+                             warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep), bandwidth_gbs=bandwidth,
+                             reference=reference, threads=threads)
+    spec = replace(spec, random_weights=random_weights)
+    lm, notes = load_bench_model(spec, layers, loader=load_with_progress)
+    report = run_bench(lm, settings, notes, random_weights=random_weights, progress=tell_progress)
+    if json:
+        print_json(bench_json(report))
+    else:
+        stdout_console().print(bench_view(report))

@@ -1,0 +1,307 @@
+"""The `bench` views: header, the cache on/off table, speed of light, a latency chart, the sweep.
+
+Pure functions from a `BenchReport` to Rich renderables (or to a JSON-ready dict);
+the chart is drawn with characters only, so it reads the same in a pipe.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from lookinside.ui.console import stderr_console
+
+if TYPE_CHECKING:
+    from lookinside.core.bench import BenchReport, ModeResult, ReferenceRun, SpeedOfLight
+
+CACHE_MARK, NO_CACHE_MARK, BOTH_MARK = "•", "×", "◆"
+CACHE_STYLE, NO_CACHE_STYLE = "green", "red"
+
+
+def tell_progress(message: str) -> None:
+    """A dim progress line on stderr, only when a person is watching it."""
+    if sys.stderr.isatty():
+        stderr_console().print(f"[dim]{message}…[/]")
+
+
+def seconds(value: float | None) -> str:
+    """0.0123 -> '12.3 ms', 2.5 -> '2.50 s'."""
+    if value is None:
+        return "–"
+    if value == 0:
+        return "0"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f} µs"
+    if value < 1:
+        return f"{value * 1e3:.1f} ms"
+    return f"{value:.2f} s"
+
+
+def span(low: float, high: float) -> str:
+    """A range in one unit when both ends share it: '85.5–94.1 ms'."""
+    a, b = seconds(low), seconds(high)
+    unit_a, unit_b = a.rpartition(" ")[2], b.rpartition(" ")[2]
+    return f"{a.rpartition(' ')[0]}–{b}" if unit_a == unit_b and " " in a else f"{a} – {b}"
+
+
+def size(value: float | None) -> str:
+    """Bytes in binary units: 114688 -> '112.0 KiB'."""
+    if value is None:
+        return "–"
+    if value < 1024:
+        return f"{value:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def count(value: int) -> str:
+    """A parameter count: 3821079552 -> '3.82B'."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(value)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def header_grid(report: BenchReport) -> Table:
+    """Model, device, dtype, attention, versions and what was run."""
+    h, first = report.header, report.runs[0]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    weights = f"random weights, {h.layers} layers" if h.random_weights else f"{h.layers} layers"
+    grid.add_row("model", f"[bold]{escape(h.model)}[/] · {count(h.parameters)} parameters ({weights})")
+    threads = f" · {_plural(h.threads, 'thread')}" if h.device == "cpu" else ""
+    grid.add_row("device", escape(f"{h.device} · {h.device_name}{threads}"))
+    grid.add_row("dtype", f"{h.dtype} · attention {h.attention} · torch {h.torch_version} · "
+                          f"transformers {h.transformers_version}")
+    grid.add_row("run", f"prompt {first.prompt_tokens} tokens · {first.new_tokens} new tokens, greedy, end tokens "
+                        f"ignored · {_plural(len(first.step_seconds), 'timed run')} after warm-up")
+    return grid
+
+
+def _column(run: ModeResult) -> list[str]:
+    total = run.total_s
+    return [
+        seconds(total.median),
+        span(total.min, total.max),
+        seconds(run.ttft_s),
+        f"{run.decode_tok_s:.1f}" if run.decode_tok_s is not None else "–",
+        seconds(run.itl_p50_s),
+        seconds(run.itl_p90_s),
+        size(run.kv_cache_bytes) if run.cache else "none kept",
+        size(run.kv_cache_measured_bytes) if run.cache else "–",
+        size(run.peak_memory_bytes),
+    ]
+
+
+def _reference_column(ref: ReferenceRun, rows: int) -> list[str]:
+    total = ref.total_s
+    cells = [seconds(total.median), span(total.min, total.max), "–", f"{ref.tok_s:.1f}*"]
+    return cells + ["–"] * (rows - len(cells))
+
+
+def runs_table(report: BenchReport) -> Table:
+    """One column per mode (and the reference), one row per measurement."""
+    table = Table(title="Generation time", title_justify="left")
+    table.add_column("")
+    labels = ["total, median", "total, min–max", "TTFT (prefill)", "decode tokens/s", "inter-token p50",
+              "inter-token p90", "KV cache, config", "KV, measured", _memory_label(report)]
+    columns = []
+    for run in report.runs:
+        table.add_column("with cache" if run.cache else "no cache", justify="right",
+                         style=CACHE_STYLE if run.cache else NO_CACHE_STYLE)
+        columns.append(_column(run))
+    if report.reference is not None:
+        table.add_column("generate()" if report.reference.cache else "generate(no cache)", justify="right")
+        columns.append(_reference_column(report.reference, len(labels)))
+        table.caption = "generate(): transformers' model.generate; *prefill included"
+    for index, label in enumerate(labels):
+        table.add_row(label, *(column[index] for column in columns))
+    return table
+
+
+def _memory_label(report: BenchReport) -> str:
+    return "peak memory (CUDA)" if report.header.device.startswith("cuda") else "peak memory (RSS)"
+
+
+def verdict(report: BenchReport) -> Text:
+    """Speedup, and whether both modes (and the reference) chose the same tokens."""
+    line = Text()
+    if report.speedup is not None:
+        line.append("speedup: ")
+        line.append(f"{report.speedup:.2f}×", style="bold")
+        line.append(" with the KV cache (median total time)\n")
+    checks = []
+    if report.same_tokens is not None:
+        checks.append(("cached vs uncached", report.same_tokens))
+    if report.reference is not None:
+        checks.append(("ours vs model.generate", report.reference.same_tokens))
+    if checks:
+        line.append("same token ids: ")
+        for index, (label, same) in enumerate(checks):
+            line.append(("  " if index else "") + f"{label} ")
+            line.append("yes" if same else "NO", style="green" if same else "bold red")
+    return line
+
+
+def light_line(light: SpeedOfLight) -> Text:
+    """Bytes per decode step over the bandwidth: how close decode is to what memory allows."""
+    line = Text()
+    line.append("speed of light: ", style="bold")
+    line.append(f"each cached decode step reads {size(light.bytes_per_token)} (weights + KV cache); "
+                f"achieved {light.achieved_gbs:.1f} GB/s")
+    if light.share is not None and light.bandwidth.gbs is not None:
+        line.append(f" = {light.share:.1%}", style="bold red" if light.share > 1 else "bold")
+        line.append(f" of {light.bandwidth.gbs:.0f} GB/s ({light.bandwidth.source}); at best "
+                    f"{light.best_tok_s:.0f} tokens/s")
+    else:
+        line.append(" (give --bandwidth GB/s to compare with what the memory allows)", style="dim")
+    return line
+
+
+def latency_chart(runs: tuple[ModeResult, ...], width: int = 64, height: int = 10) -> Text:
+    """Per-token decode latency against position: flat with the cache, growing without it."""
+    series = [(run, _bucket(run.per_position_s[1:], width)) for run in runs]
+    series = [(run, points) for run, points in series if points]
+    if not series:
+        return Text("(one token per run: no decode steps to chart)", style="dim")
+    top = max(max(points) for _, points in series) or 1.0
+    columns = max(len(points) for _, points in series)
+    grid = [[" "] * columns for _ in range(height)]
+    styles = [[""] * columns for _ in range(height)]
+    for run, points in series:
+        mark, style = (CACHE_MARK, CACHE_STYLE) if run.cache else (NO_CACHE_MARK, NO_CACHE_STYLE)
+        for x, value in enumerate(points):
+            y = height - 1 - round(value / top * (height - 1))
+            both = grid[y][x] not in (" ", mark)
+            grid[y][x], styles[y][x] = (BOTH_MARK, "yellow") if both else (mark, style)
+    text = Text()
+    text.append("per-token latency by position (decode steps; the prefill is left out)\n", style="bold")
+    labelled = (0, height // 2, height - 1)
+    labels = [seconds(top * (height - 1 - y) / (height - 1)) if y in labelled else "" for y in range(height)]
+    label_width = max(len(label) for label in labels)
+    for y, label in enumerate(labels):
+        text.append(f"{label:>{label_width}} ┤", style="dim")
+        for x in range(columns):
+            text.append(grid[y][x], style=styles[y][x] or None)
+        text.append("\n")
+    first = runs[0]
+    start, end = str(first.prompt_tokens + 1), str(first.prompt_tokens + first.new_tokens - 1)
+    room = columns - len(start) - len(end)
+    middle = "position →".center(room) if room >= len("position →") + 2 else " " * max(room, 1)
+    text.append(" " * label_width + " └" + "─" * columns + "\n", style="dim")
+    text.append(" " * (label_width + 2) + start + middle + end + "\n", style="dim")
+    text.append(" " * (label_width + 2))
+    text.append(f"{CACHE_MARK} with KV cache", style=CACHE_STYLE)
+    text.append("   ")
+    text.append(f"{NO_CACHE_MARK} without", style=NO_CACHE_STYLE)
+    text.append("   ")
+    text.append(f"{BOTH_MARK} both", style="yellow")
+    return text
+
+
+def _bucket(values: list[float], width: int) -> list[float]:
+    """At most `width` points: medians of consecutive runs of positions."""
+    if len(values) <= width:
+        return list(values)
+    edges = [round(i * len(values) / width) for i in range(width + 1)]
+    return [statistics.median(values[a:b]) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def sweep_table(report: BenchReport) -> Table:
+    """Median total time per length and mode, and the log-log slope of time against length."""
+    table = Table(title="Time against length (median total)", title_justify="left")
+    table.add_column("new tokens", justify="right")
+    for line in report.sweep:
+        table.add_column("with KV cache" if line.cache else "without cache", justify="right",
+                         style=CACHE_STYLE if line.cache else NO_CACHE_STYLE)
+    for index, length in enumerate(report.sweep[0].lengths):
+        table.add_row(str(length), *(seconds(line.medians[index]) for line in report.sweep))
+    table.add_row("log-log slope (fit)", *(f"{line.slope:.2f}" for line in report.sweep), style="bold")
+    table.add_row("slope, last two", *(f"{line.slope_last:.2f}" for line in report.sweep), style="bold")
+    table.caption = "1 = time grows linearly with length; 2 = quadratically (every step recomputes everything)"
+    return table
+
+
+def bench_view(report: BenchReport) -> RenderableType:
+    """The whole bench: header, table, verdict, speed of light, chart, sweep and notes."""
+    parts: list[RenderableType] = [header_grid(report), Text(), runs_table(report), verdict(report)]
+    parts += [light_line(r.speed_of_light) for r in report.runs if r.speed_of_light is not None]
+    parts += [Text(), latency_chart(report.runs)]
+    if report.sweep:
+        parts += [Text(), sweep_table(report)]
+    parts += [Text(f"warning: {warning}", style="bold red") for warning in report.warnings]
+    parts += [Text(f"note: {note}", style="yellow") for note in report.notes]
+    return Group(*parts)
+
+
+def _spread(spread: Any) -> dict[str, float]:
+    return {"median": spread.median, "min": spread.min, "max": spread.max}
+
+
+def run_json(run: ModeResult) -> dict[str, Any]:
+    """One mode's numbers; decode_tok_s x decode_s = decode_tokens = new_tokens - 1."""
+    light = run.speed_of_light
+    return {
+        "cache": run.cache,
+        "new_tokens": run.new_tokens,
+        "prompt_tokens": run.prompt_tokens,
+        "total_s": _spread(run.total_s),
+        "ttft_s": run.ttft_s,
+        "decode_tokens": run.new_tokens - 1,
+        "decode_s": run.decode_s,
+        "decode_tok_s": run.decode_tok_s,
+        "itl_p50_s": run.itl_p50_s,
+        "itl_p90_s": run.itl_p90_s,
+        "kv_cache_bytes": run.kv_cache_bytes,
+        "kv_cache_measured_bytes": run.kv_cache_measured_bytes,
+        "peak_memory_bytes": run.peak_memory_bytes,
+        "deterministic": run.deterministic,
+        "speed_of_light": None if light is None else {
+            "bytes_per_token": light.bytes_per_token,
+            "achieved_gbs": light.achieved_gbs,
+            "bandwidth_gbs": light.bandwidth.gbs,
+            "bandwidth_source": light.bandwidth.source,
+            "best_tok_s": light.best_tok_s,
+            "share": light.share,
+        },
+        "token_ids": list(run.token_ids),
+        "step_seconds": [list(row) for row in run.step_seconds],
+    }
+
+
+def bench_json(report: BenchReport) -> dict[str, Any]:
+    """The report for machines: header, runs (one per mode), speedup, same_tokens, reference, sweep, notes."""
+    from dataclasses import asdict
+
+    ref = report.reference
+    return {
+        "header": asdict(report.header),
+        "runs": [run_json(run) for run in report.runs],
+        "speedup": report.speedup,
+        "same_tokens": report.same_tokens,
+        "reference": None if ref is None else {
+            "cache": ref.cache, "new_tokens": ref.new_tokens, "total_s": _spread(ref.total_s),
+            "tok_s": ref.tok_s, "same_tokens": ref.same_tokens,
+        },
+        "sweep": None if not report.sweep else {
+            "lengths": list(report.sweep[0].lengths),
+            "modes": [{"cache": line.cache, "total_s_median": list(line.medians), "slope": line.slope,
+                       "slope_last": line.slope_last} for line in report.sweep],
+        },
+        "notes": list(report.notes),
+        "warnings": list(report.warnings),
+    }
