@@ -27,6 +27,7 @@ from lookinside.core.bench import (
     run_bench,
 )
 from lookinside.core.errors import BadInput
+from lookinside.core.loading import load
 from lookinside.core.hardware import known_gpu
 from lookinside.core.spec import LoadSpec
 from lookinside.ui.bench import bench_json, bench_view, latency_chart, size, span
@@ -277,8 +278,8 @@ def render(renderable) -> str:
 def test_layers_shrink_a_random_model_and_a_config_alone_gets_a_standin_tokenizer(tmp_path):
     path = tmp_path / "m"
     small_config("phi3-gqa").save_pretrained(path)  # a config alone, like the carried Phi-3-mini one
-    spec = LoadSpec(model=str(path), device="cpu", random_weights=True)
-    lm, notes = bench.load_bench_model(spec, layers=1)
+    lm = load(LoadSpec(model=str(path), device="cpu", random_weights=True, layers=1))
+    notes = lm.notes
     assert lm.config.num_hidden_layers == 1 and len(lm.model.model.layers) == 1
     assert any("--layers 1" in n for n in notes) and any("tokenizer" in n for n in notes)
     report = run_bench(lm, BenchSettings(new_tokens=3, warmup=0, repeat=1, threads=1, reference=False), notes,
@@ -295,7 +296,7 @@ def test_bad_layers_are_refused(tmp_path, layers, random_weights, message):
     path.mkdir()
     small_config("phi3-gqa").save_pretrained(path)
     with pytest.raises(BadInput, match=message):
-        bench.load_bench_model(LoadSpec(model=str(path), device="cpu", random_weights=random_weights), layers)
+        load(LoadSpec(model=str(path), device="cpu", random_weights=random_weights, layers=layers))
 
 
 # --- the CLI ---------------------------------------------------------------------------------

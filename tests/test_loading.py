@@ -162,3 +162,17 @@ def test_phi3_mini_config_is_carried_for_offline_use():
     config = loading.load_config_offline(DEFAULT_MODEL)
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (3072, 32, 32064)
     assert config.num_key_value_heads == 32
+
+
+def test_random_weights_of_the_default_model_work_offline():
+    """Phi-3-mini's carried config, one of its 32 layers: its end tokens, a stand-in tokenizer, and notes saying so."""
+    lm = loading.load(LoadSpec(model=DEFAULT_MODEL, device="cpu", dtype="bfloat16", random_weights=True, layers=1))
+    assert lm.config.num_hidden_layers == 1 and lm.config.hidden_size == 3072
+    assert lm.end_token_ids == [32000, 32001, 32007]  # from the carried generation_config.json
+    assert lm.dtype == torch.bfloat16 and next(lm.model.parameters()).dtype == torch.bfloat16
+    assert any("1 of" in note for note in lm.notes) and any("tokenizer" in note for note in lm.notes)
+
+
+def test_layers_need_random_weights():
+    with pytest.raises(errors.BadInput, match="--random-weights"):
+        LoadSpec(model="tiny", layers=2)

@@ -48,7 +48,7 @@ def bench(
     spec: LoadSpec,
 ) -> None:
     """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
-    from lookinside.core.bench import BenchSettings, load_bench_model, modes_for, parse_sweep, run_bench
+    from lookinside.core.bench import BenchSettings, modes_for, parse_sweep, run_bench
     from lookinside.ui.bench import bench_json, bench_view, tell_progress
     from lookinside.ui.console import print_json, stdout_console
     from lookinside.ui.progress import load_with_progress
@@ -56,9 +56,8 @@ def bench(
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens, modes=modes_for(cache),
                              warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep), bandwidth_gbs=bandwidth,
                              reference=reference, threads=threads)
-    spec = replace(spec, random_weights=random_weights)
-    lm, notes = load_bench_model(spec, layers, loader=load_with_progress)
-    report = run_bench(lm, settings, notes, random_weights=random_weights, progress=tell_progress)
+    lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
+    report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
     if json:
         print_json(bench_json(report))
     else:

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
     from lookinside.core.loading import LM
-    from lookinside.core.spec import LoadSpec
 
 # The book's chapter 3 experiment: this prompt, 100 new tokens, cache on and off.
 DEFAULT_PROMPT = (
@@ -551,69 +550,3 @@ def _with_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> ModeResult:
     from dataclasses import replace
 
     return replace(run, speed_of_light=speed_of_light(lm, run, bandwidth))
-
-
-def load_bench_model(
-    spec: LoadSpec, layers: int | None = None, loader: Callable[[LoadSpec], LM] | None = None
-) -> tuple[LM, tuple[str, ...]]:
-    """`loader(spec)` (default `load`); with random weights, optionally only the first `layers` layers,
-    and a stand-in tokenizer when only the model's config is at hand (timing does not depend on which ids)."""
-    from lookinside.core.loading import load
-
-    if layers is not None and layers < 1:
-        raise errors.BadInput(f"--layers must be at least 1, not {layers}")
-    if layers is not None and not spec.random_weights:
-        raise errors.BadInput("--layers only works with --random-weights (it shrinks the architecture)")
-    if not spec.random_weights:
-        return (loader or load)(spec), ()
-    return _random_model(spec, layers)
-
-
-def _random_model(spec: LoadSpec, layers: int | None) -> tuple[LM, tuple[str, ...]]:
-    from transformers import AutoModelForCausalLM
-
-    from lookinside.core.loading import LM, is_out_of_memory, load_config, resolve_device, resolve_dtype
-
-    device, notes = resolve_device(spec.device), []
-    dtype = resolve_dtype(spec.dtype, device)
-    source, config = load_config(spec)
-    text = config.get_text_config()
-    if layers is not None:
-        if layers > text.num_hidden_layers:
-            raise errors.BadInput(f"--layers {layers}: {spec.model} has only {text.num_hidden_layers} layers")
-        notes.append(f"--layers {layers}: random weights for {layers} of {spec.model}'s {text.num_hidden_layers} "
-                     "layers; per-layer costs scale, the embedding and output head do not")
-        text.num_hidden_layers = layers
-        if getattr(text, "layer_types", None):
-            text.layer_types = text.layer_types[:layers]
-    tokenizer, note = _tokenizer(source, spec, text.vocab_size)
-    notes += [note] if note else []
-    try:
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=dtype, attn_implementation=spec.attn, trust_remote_code=spec.trust_remote_code)
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            raise errors.OutOfMemory(f"{spec.model} with random weights does not fit in {device.type} memory; "
-                                     "try --layers N, --dtype bfloat16 or a smaller model") from exc
-        raise
-    model.eval()
-    lm = LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source)
-    return lm, tuple(notes)
-
-
-def _tokenizer(source: str, spec: LoadSpec, vocab_size: int) -> tuple[PreTrainedTokenizerBase, str | None]:
-    """The model's tokenizer, or the tiny model's when the source carries only a config."""
-    from transformers import AutoTokenizer
-
-    from lookinside.tiny import ASSETS
-
-    try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code), None
-    except Exception:
-        standin = AutoTokenizer.from_pretrained(str(ASSETS))
-        if len(standin) > vocab_size:
-            raise errors.LookinsideError(f"no tokenizer for {spec.model} here, and the stand-in does not fit its "
-                                         f"vocabulary of {vocab_size}") from None
-        return standin, (f"no tokenizer for {spec.model} here (only its config): prompt ids come from the tiny "
-                         "model's tokenizer; timing depends on how many ids, not which")

@@ -40,6 +40,7 @@ class LM:
     device: torch.device
     dtype: torch.dtype
     source: str = field(default="")
+    notes: tuple[str, ...] = ()  # what the user should know about how it was loaded
 
     @property
     def config(self) -> PretrainedConfig:
@@ -172,12 +173,11 @@ def load(spec: LoadSpec) -> LM:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     source, config = load_config(spec)
+    if spec.random_weights:
+        return _random_lm(spec, source, config, device, dtype)
     tokenizer = load_tokenizer(spec, source)
     with _hub_errors(spec.model), _memory_errors(spec.model, device):
-        if spec.random_weights:
-            model = _random_model(config, spec, device, dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(source, **_load_kwargs(spec, device, dtype))
+        model = AutoModelForCausalLM.from_pretrained(source, **_load_kwargs(spec, device, dtype))
     model.eval()
     return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source)
 
@@ -197,14 +197,49 @@ def _load_kwargs(spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> di
     return kwargs
 
 
-def _random_model(config: PretrainedConfig, spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+def _random_lm(spec: LoadSpec, source: str, config: PretrainedConfig, device: torch.device, dtype: torch.dtype) -> LM:
     """The architecture from its config alone, with random weights, built on the target device."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    with torch.device(device):
-        return AutoModelForCausalLM.from_config(
+    notes = [shrink_layers(config, spec.layers, spec.model)] if spec.layers else []
+    tokenizer, note = _tokenizer_or_standin(spec, source, config.get_text_config().vocab_size)
+    notes += [note] if note else []
+    with _hub_errors(spec.model), _memory_errors(spec.model, device), torch.device(device):
+        model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=spec.attn, trust_remote_code=spec.trust_remote_code
         )
+    if (Path(source) / "generation_config.json").exists():  # its end tokens, as from_pretrained would read them
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    model.eval()
+    return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source,
+              notes=tuple(notes))
+
+
+def shrink_layers(config: PretrainedConfig, layers: int, name: str) -> str:
+    """Keep only the first `layers` decoder layers of `config`; a note that says so."""
+    text = config.get_text_config()
+    if layers > text.num_hidden_layers:
+        raise errors.BadInput(f"--layers {layers}: {name} has only {text.num_hidden_layers} layers")
+    note = (f"--layers {layers}: random weights for {layers} of {name}'s {text.num_hidden_layers} layers; "
+            "per-layer costs scale, the embedding and output head do not")
+    text.num_hidden_layers = layers
+    if getattr(text, "layer_types", None):
+        text.layer_types = text.layer_types[:layers]
+    return note
+
+
+def _tokenizer_or_standin(spec: LoadSpec, source: str, vocab_size: int) -> tuple[PreTrainedTokenizerBase, str | None]:
+    """The model's tokenizer, or the tiny model's when the source carries only a config (as for Phi-3-mini)."""
+    try:
+        return load_tokenizer(spec, source), None
+    except errors.LookinsideError:
+        standin = load_tokenizer(LoadSpec(model="tiny"))
+        if len(standin) > vocab_size:
+            raise errors.LookinsideError(
+                f"no tokenizer for {spec.model} here, and the stand-in does not fit its vocabulary of {vocab_size}"
+            ) from None
+        return standin, (f"no tokenizer for {spec.model} here (only its config): prompt ids come from the tiny "
+                         "model's tokenizer; with random weights only how many ids there are matters")
 
 
 def _cached_on_disk(repo_id: str) -> bool:

@@ -24,6 +24,7 @@ class LoadSpec:
     max_memory: dict[int | str, str] | None = None
     trust_remote_code: bool = False
     random_weights: bool = False
+    layers: int | None = None  # with random weights: keep only the first N decoder layers
 
     def __post_init__(self) -> None:
         base, _, index = self.device.partition(":")
@@ -35,6 +36,10 @@ class LoadSpec:
             raise BadInput(f"--attn must be one of {', '.join(ATTENTIONS)}, not {self.attn!r}")
         if not self.model.strip():
             raise BadInput("--model is empty: give a Hub id, a local directory, or tiny")
+        if self.layers is not None and self.layers < 1:
+            raise BadInput(f"--layers must be at least 1, not {self.layers}")
+        if self.layers is not None and not self.random_weights:
+            raise BadInput("--layers only works with --random-weights (it shrinks the architecture)")
 
 
 def parse_max_memory(text: str) -> dict[int | str, str]:
