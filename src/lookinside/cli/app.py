@@ -21,7 +21,9 @@ app = typer.Typer(
     help="Look inside a large language model while you talk to it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # Plain click help: Rich help pulls in typer.rich_utils (rich.markdown, markdown_it, pygments),
+    # about 0.14 s, which would put `llm --help` over its 0.3 s budget (docs/startup.md).
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -40,15 +42,15 @@ def root(
     """Look inside a large language model while you talk to it."""
 
 
-app.command("chat")(friendly(chat))
-app.command("next-token")(friendly(next_token))
-app.command("compare")(friendly(compare))
-app.command("bench")(friendly(bench))
-app.command("inspect")(friendly(inspect_command))
-app.command("tokens")(friendly(tokens))
-app.command("forward")(friendly(forward))
-app.command("attention")(friendly(attention))
-app.command("lens")(friendly(lens))
+app.command("chat", short_help="Chat with the model: a streaming REPL with /why and /probs.")(friendly(chat))
+app.command("next-token", short_help="The top-k next tokens, with the prompt's tokens and shapes.")(friendly(next_token))
+app.command("compare", short_help="Greedy decoding beside sampled decoding.")(friendly(compare))
+app.command("bench", short_help="Time generation with the KV cache on and off.")(friendly(bench))
+app.command("inspect", short_help="The module tree and architecture card (config only).")(friendly(inspect_command))
+app.command("tokens", short_help="Each token's id and piece (tokenizer only).")(friendly(tokens))
+app.command("forward", short_help="The shapes through one forward pass, stage by stage.")(friendly(forward))
+app.command("attention", short_help="Attention heat maps of one layer.")(friendly(attention))
+app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(lens))
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ from typing import Any, NoReturn, TypeVar
 import typer
 
 from lookinside.core.errors import LookinsideError
-from lookinside.ui.console import stderr_console
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
@@ -15,6 +14,8 @@ EXIT_INTERRUPTED = 130
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: message` on stderr and exit with `code`."""
+    from lookinside.ui.console import stderr_console  # Rich is not needed until something fails
+
     console = stderr_console()
     console.print("[bold red]error:[/] ", end="")
     console.print(message, markup=False, highlight=False, soft_wrap=True)  # one line, however long
