@@ -1,24 +1,16 @@
 """`llm chat`: talk to the model in a REPL, or answer one piped message."""
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from lookinside.cli.options import (
-    MaxNewTokensOpt,
-    MinPOpt,
-    RepetitionOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TopKOpt,
-    TopPOpt,
-    model_options,
-)
+from lookinside.cli.options import MaxNewTokensOpt, model_options, sampling_options
 from lookinside.core.spec import LoadSpec
 
 
 @model_options
+@sampling_options
 def chat(
     system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt for the conversation.",
                                                   show_default=False)] = None,
@@ -26,15 +18,10 @@ def chat(
     no_history: Annotated[bool, typer.Option("--no-history", help="Keep no input history on disk.")] = False,
     no_trim: Annotated[bool, typer.Option(
         "--no-trim", help="Refuse a turn that does not fit the context instead of dropping the oldest turns.")] = False,
-    temperature: TemperatureOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    repetition_penalty: RepetitionOpt = None,
-    seed: SeedOpt = None,
     max_new_tokens: MaxNewTokensOpt = 256,
     *,
     spec: LoadSpec,
+    sampling: dict[str, Any],
 ) -> None:
     """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
     from lookinside.core.conversation import Conversation, chat_settings
@@ -42,14 +29,12 @@ def chat(
     from lookinside.ui.progress import load_with_progress
     from lookinside.ui.repl import ChatRepl, make_session
 
-    overrides = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
-                 "repetition_penalty": repetition_penalty, "seed": seed}
-    chat_settings(None, overrides, max_new_tokens)  # refuse bad values before the model loads
+    chat_settings(None, sampling, max_new_tokens)  # refuse bad values before the model loads
     piped = None if sys.stdin.isatty() else sys.stdin.read()
     if piped is not None and not piped.strip():
         return  # nothing to answer
     lm = load_with_progress(spec)
-    settings = chat_settings(lm.model.generation_config, overrides, max_new_tokens, trim=not no_trim)
+    settings = chat_settings(lm.model.generation_config, sampling, max_new_tokens, trim=not no_trim)
     conversation = Conversation(system=system, settings=settings)
     console = stdout_console()
     if piped is not None:

@@ -1,6 +1,6 @@
 """`llm compare`: the greedy continuation beside N sampled ones, coloured by probability."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -9,14 +9,9 @@ from lookinside.cli.options import (
     ChatOpt,
     JsonOpt,
     MaxNewTokensOpt,
-    MinPOpt,
     PromptArg,
-    RepetitionOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TopKOpt,
-    TopPOpt,
     model_options,
+    sampling_options,
 )
 from lookinside.core.spec import LoadSpec
 
@@ -25,20 +20,16 @@ SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampl
 
 
 @model_options
+@sampling_options
 def compare(
     prompt: PromptArg,
     samples: SamplesOpt = 3,
-    temperature: TemperatureOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    repetition_penalty: RepetitionOpt = None,
-    seed: SeedOpt = None,
     max_new_tokens: MaxNewTokensOpt = 40,
     chat: ChatOpt = False,
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
+    sampling: dict[str, Any],
 ) -> None:
     """Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.
 
@@ -52,9 +43,7 @@ def compare(
     from lookinside.ui.console import print_json, stdout_console
     from lookinside.ui.progress import load_with_progress
 
-    chosen = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                  repetition_penalty=repetition_penalty, seed=seed)
-    params = SamplingParams(**{name: value for name, value in chosen.items() if value is not None})
+    params = SamplingParams(**sampling)
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     check_compare_request(prompt, samples, params)
     result = compare(load_with_progress(spec), prompt, params, config, samples=samples, chat=chat)

@@ -1,8 +1,10 @@
-"""Option types shared by the commands, and `model_options`, which adds the loading options.
+"""Option types shared by the commands, and two decorators that add whole groups of options.
 
 A command decorated with `model_options` declares `spec: LoadSpec` and receives the
 --model/--device/--dtype/--attn/--device-map/--max-memory/--trust-remote-code
-options already checked and bundled.
+options already checked and bundled. One decorated with `sampling_options` declares
+`sampling: dict` and receives the --temperature/--top-k/--top-p/--min-p/
+--repetition-penalty/--seed values the user gave (absent ones left out).
 """
 
 import functools
@@ -71,20 +73,40 @@ def _load_parameters() -> list[inspect.Parameter]:
     ]
 
 
-LOAD_NAMES = tuple(p.name for p in _load_parameters())
+def _sampling_parameters() -> list[inspect.Parameter]:
+    options = {"temperature": TemperatureOpt, "top_k": TopKOpt, "top_p": TopPOpt, "min_p": MinPOpt,
+               "repetition_penalty": RepetitionOpt, "seed": SeedOpt}
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+            for name, annotation in options.items()]
 
 
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command the loading options; it receives them as `spec: LoadSpec`."""
-    signature = inspect.signature(fn)
-    own = [p for p in signature.parameters.values() if p.name != "spec"]
+def _adding(target: str, parameters: Callable[[], list[inspect.Parameter]],
+            build: Callable[[dict[str, Any]], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator that adds `parameters` to a command and hands it `target=build(their values)`."""
+    names = tuple(p.name for p in parameters())
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        chosen = {name: kwargs.pop(name) for name in LOAD_NAMES}
-        max_memory = chosen.pop("max_memory")
-        spec = LoadSpec(**chosen, max_memory=parse_max_memory(max_memory) if max_memory else None)
-        return fn(*args, spec=spec, **kwargs)
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+        own = [p for p in signature.parameters.values() if p.name != target]
 
-    wrapper.__signature__ = signature.replace(parameters=own + _load_parameters())  # type: ignore[attr-defined]
-    return wrapper
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = {name: kwargs.pop(name) for name in names}
+            return fn(*args, **{target: build(chosen)}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + parameters())  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _load_spec(chosen: dict[str, Any]) -> LoadSpec:
+    max_memory = chosen.pop("max_memory")
+    return LoadSpec(**chosen, max_memory=parse_max_memory(max_memory) if max_memory else None)
+
+
+model_options = _adding("spec", _load_parameters, _load_spec)
+model_options.__doc__ = "Give a command the loading options; it receives them as `spec: LoadSpec`."
+sampling_options = _adding("sampling", _sampling_parameters,
+                           lambda chosen: {name: value for name, value in chosen.items() if value is not None})
+sampling_options.__doc__ = "Give a command the sampling options; it receives those given as `sampling: dict`."
