@@ -50,7 +50,7 @@ def bench(
     """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
     from lookinside.core.bench import BenchSettings, modes_for, parse_sweep, run_bench
     from lookinside.ui.bench import bench_json, bench_view, tell_progress
-    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.console import show
     from lookinside.ui.progress import load_with_progress
 
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens, modes=modes_for(cache),
@@ -58,7 +58,4 @@ def bench(
                              reference=reference, threads=threads)
     lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
-    if json:
-        print_json(bench_json(report))
-    else:
-        stdout_console().print(bench_view(report))
+    show(report, bench_view, bench_json, as_json=json)

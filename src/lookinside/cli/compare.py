@@ -40,14 +40,11 @@ def compare(
     from lookinside.core.generate import GenerationConfig
     from lookinside.core.sampling import SamplingParams
     from lookinside.ui.compare import compare_json, compare_view
-    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.console import show
     from lookinside.ui.progress import load_with_progress
 
     params = SamplingParams(**sampling)
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     check_compare_request(prompt, samples, params)
     result = compare(load_with_progress(spec), prompt, params, config, samples=samples, chat=chat)
-    if json:
-        print_json(compare_json(result))
-    else:
-        stdout_console().print(compare_view(result))
+    show(result, compare_view, compare_json, as_json=json)

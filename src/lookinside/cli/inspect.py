@@ -29,13 +29,10 @@ def inspect_command(json: JsonOpt = False, *, spec: LoadSpec) -> None:
     """The module tree and architecture card, built from the config alone (no weights read)."""
     from lookinside.core.anatomy import inspect_model
     from lookinside.ui.anatomy import anatomy_json, anatomy_view
-    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.console import show
 
     anatomy = inspect_model(spec)
-    if json:
-        print_json(anatomy_json(anatomy))
-    else:
-        stdout_console().print(anatomy_view(anatomy))
+    show(anatomy, anatomy_view, anatomy_json, as_json=json)
 
 
 @model_options
@@ -43,14 +40,11 @@ def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec:
     """Each token of TEXT with its id and piece (loads only the tokenizer)."""
     from lookinside.core.loading import load_tokenizer
     from lookinside.core.tokens import tokenize
-    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.console import show
     from lookinside.ui.tokens import tokens_json, tokens_view
 
     result = tokenize(spec.model, load_tokenizer(spec), text, chat=chat)
-    if json:
-        print_json(tokens_json(result))
-    else:
-        stdout_console().print(tokens_view(result))
+    show(result, tokens_view, tokens_json, as_json=json)
 
 
 @model_options
@@ -58,16 +52,13 @@ def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, 
     """The shapes through one forward pass, stage by stage, read with hooks."""
     from lookinside.core.hooks import trace_forward
     from lookinside.core.tokens import check_prompt
-    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.console import show
     from lookinside.ui.forward import forward_json, forward_view
     from lookinside.ui.progress import load_with_progress
 
     check_prompt(prompt)
     result = trace_forward(load_with_progress(spec), prompt, chat=chat)
-    if json:
-        print_json(forward_json(result))
-    else:
-        stdout_console().print(forward_view(result))
+    show(result, forward_view, forward_json, as_json=json)
 
 
 @model_options
@@ -79,7 +70,7 @@ def attention(
     from lookinside.core.attention import attention_maps, precheck
     from lookinside.core.tokens import check_prompt
     from lookinside.ui.attention import attention_json, attention_view, write_png
-    from lookinside.ui.console import print_json, stderr_console, stdout_console
+    from lookinside.ui.console import show, stderr_console
     from lookinside.ui.progress import load_with_progress
 
     check_prompt(prompt)
@@ -95,10 +86,7 @@ def attention(
     if png is not None:
         write_png(maps, png)
         stderr_console().print(f"wrote {png}", style="dim", markup=False)
-    if json:
-        print_json(attention_json(maps))
-    else:
-        stdout_console().print(attention_view(maps))
+    show(maps, attention_view, attention_json, as_json=json)
 
 
 @model_options
@@ -108,14 +96,11 @@ def lens(
 ) -> None:
     """The logit lens: each layer's residual stream through the final norm and LM head."""
     from lookinside.core.lens import check_request, logit_lens
-    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.console import show
     from lookinside.ui.lens import lens_json, lens_view
     from lookinside.ui.progress import load_with_progress
 
     check_request(prompt, top_k)
     result = logit_lens(load_with_progress(spec), prompt, top_k=top_k, position=position, all_positions=all_positions,
                         chat=chat)
-    if json:
-        print_json(lens_json(result))
-    else:
-        stdout_console().print(lens_view(result))
+    show(result, lens_view, lens_json, as_json=json)

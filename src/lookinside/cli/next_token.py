@@ -21,13 +21,10 @@ def next_token(
 ) -> None:
     """Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes."""
     from lookinside.core.predict import check_request, next_token
-    from lookinside.ui.console import print_json, stdout_console
+    from lookinside.ui.console import show
     from lookinside.ui.next_token import next_token_json, next_token_view
     from lookinside.ui.progress import load_with_progress
 
     check_request(prompt, top_k, temperature)
     result = next_token(load_with_progress(spec), prompt, top_k=top_k, temperature=temperature, chat=chat)
-    if json:
-        print_json(next_token_json(result))
-    else:
-        stdout_console().print(next_token_view(result))
+    show(result, next_token_view, next_token_json, as_json=json)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 
 def stdout_console() -> Console:
@@ -21,6 +22,14 @@ def stdout_console() -> Console:
 def stderr_console() -> Console:
     """Where errors, notes and progress go."""
     return Console(stderr=True, highlight=False)
+
+
+def show(result: Any, view: Callable[[Any], RenderableType], to_json: Callable[[Any], Any], as_json: bool) -> None:
+    """A command's result on stdout: its view, or with `as_json` its JSON."""
+    if as_json:
+        print_json(to_json(result))
+    else:
+        stdout_console().print(view(result))
 
 
 def print_json(data: Any) -> None:
