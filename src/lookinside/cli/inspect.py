@@ -51,7 +51,7 @@ def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec:
 def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec) -> None:
     """The shapes through one forward pass, stage by stage, read with hooks."""
     from lookinside.core.hooks import trace_forward
-    from lookinside.core.tokens import check_prompt
+    from lookinside.core.prompting import check_prompt
     from lookinside.ui.console import show
     from lookinside.ui.forward import forward_json, forward_view
     from lookinside.ui.progress import load_with_progress
@@ -68,7 +68,7 @@ def attention(
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
     from lookinside.core.attention import attention_maps, precheck
-    from lookinside.core.tokens import check_prompt
+    from lookinside.core.prompting import check_prompt
     from lookinside.ui.attention import attention_json, attention_view, write_png
     from lookinside.ui.console import show, stderr_console
     from lookinside.ui.progress import load_with_progress

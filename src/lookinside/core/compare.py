@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from lookinside.core import errors
 from lookinside.core.generate import Generation, GenerationConfig, collect
-from lookinside.core.prompting import encode_prompt
+from lookinside.core.prompting import check_prompt, encode_prompt
 from lookinside.core.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 def check_compare_request(prompt: str, samples: int, params: SamplingParams) -> None:
     """Refuse bad arguments before any model is loaded (SamplingParams has checked its own)."""
-    if not prompt.strip():
-        raise errors.EmptyPrompt("the prompt is empty: give some text, e.g. \"The capital of France is\"")
+    check_prompt(prompt)
     if not 1 <= samples <= MAX_SAMPLES:
         raise errors.BadInput(f"--samples must be between 1 and {MAX_SAMPLES}, not {samples}")
     if params.seed is not None and params.seed + samples > 2**63:

@@ -17,8 +17,8 @@ import torch
 from lookinside.core import errors
 from lookinside.core.detokenize import token_text
 from lookinside.core.hooks import find_final_norm, find_lm_head, residual_stream
-from lookinside.core.prompting import check_fits, encode_prompt
-from lookinside.core.tokens import Piece, check_prompt, pieces
+from lookinside.core.prompting import check_fits, check_prompt, encode_prompt
+from lookinside.core.tokens import Piece, pieces
 
 if TYPE_CHECKING:
     from torch import nn

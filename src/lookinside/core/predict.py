@@ -13,7 +13,7 @@ import torch
 
 from lookinside.core import errors
 from lookinside.core.detokenize import token_text
-from lookinside.core.prompting import check_fits, encode_prompt
+from lookinside.core.prompting import check_fits, check_prompt, encode_prompt
 from lookinside.core.sampling import logits_to_probs, top_candidates
 
 if TYPE_CHECKING:
@@ -93,8 +93,7 @@ def next_token(lm: LM, prompt: str, top_k: int = 10, temperature: float | None =
 
 def check_request(prompt: str, top_k: int, temperature: float | None) -> None:
     """Refuse bad arguments before any model is loaded."""
-    if not prompt.strip():
-        raise errors.EmptyPrompt("the prompt is empty: give some text, e.g. \"The capital of France is\"")
+    check_prompt(prompt)
     if top_k <= 0:
         raise errors.BadInput(f"--top-k must be a positive number, not {top_k}")
     if temperature is not None and not temperature >= 0:

@@ -33,10 +33,15 @@ def encode_messages(
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def check_prompt(prompt: str) -> None:
+    """Refuse an empty prompt (callers do this before loading a model, too)."""
+    if not prompt.strip():
+        raise errors.EmptyPrompt('the prompt is empty: give some text, e.g. "The capital of France is"')
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
     """Token ids for a plain prompt (with the tokenizer's BOS) or, with `chat`, a one-turn conversation."""
-    if not prompt.strip():
-        raise errors.EmptyPrompt("the prompt is empty: give some text, e.g. \"The capital of France is\"")
+    check_prompt(prompt)
     if chat:
         return encode_messages(tokenizer, chat_messages(prompt, system))
     return list(tokenizer(prompt).input_ids)

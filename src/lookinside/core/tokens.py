@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from lookinside.core.errors import EmptyPrompt
 from lookinside.core.detokenize import BYTE_PIECE, token_text
 from lookinside.core.prompting import chat_messages, encode_prompt, render_chat
 
@@ -41,12 +40,6 @@ class Tokenization:
     rendered: str | None  # the chat template's output, None without --chat
     tokens: tuple[Piece, ...]
     vocab_size: int
-
-
-def check_prompt(text: str) -> None:
-    """Refuse an empty prompt before anything is loaded."""
-    if not text.strip():
-        raise EmptyPrompt('the prompt is empty: give some text, e.g. "The capital of France is"')
 
 
 def tokenize(name: str, tokenizer: PreTrainedTokenizerBase, text: str, chat: bool = False) -> Tokenization:
