@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from platformdirs import user_data_dir
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import get_app
 from prompt_toolkit.completion import Completer, Completion, ThreadedCompleter
@@ -83,11 +84,7 @@ def data_dir() -> Path:
     """Where lookinside keeps chat history and saved chats ($LOOKINSIDE_DATA_DIR overrides)."""
     if os.environ.get("LOOKINSIDE_DATA_DIR"):
         return Path(os.environ["LOOKINSIDE_DATA_DIR"]).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "lookinside"
-    if os.name == "nt" and os.environ.get("APPDATA"):
-        return Path(os.environ["APPDATA"]) / "lookinside"
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "lookinside"
+    return Path(user_data_dir("lookinside", appauthor=False))
 
 
 def history(keep: bool) -> History:
