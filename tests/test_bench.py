@@ -19,8 +19,10 @@ from lookinside.core import bench
 from lookinside.core.bench import (
     BenchSettings,
     ModeResult,
+    SweepLine,
     kv_cache_bytes,
     loglog_slope,
+    noise_reasons,
     parse_sweep,
     percentile,
     resolve_bandwidth,
@@ -353,3 +355,40 @@ def test_help_lists_the_options():
     for option in ("--no-cache", "--new-tokens", "--prompt-tokens", "--warmup", "--repeat", "--sweep",
                    "--bandwidth", "--random-weights", "--layers", "--json", "--model", "--dtype"):
         assert option in result.stdout
+
+
+# --- noise ------------------------------------------------------------------------------------
+
+def _timed(cache: bool, totals: list[float], n: int = 4) -> ModeResult:
+    rows = tuple((t / n,) * n for t in totals)
+    return ModeResult(cache=cache, new_tokens=n, prompt_tokens=3, step_seconds=rows, token_ids=(1,) * n,
+                      deterministic=True, kv_cache_bytes=0, kv_cache_measured_bytes=None, peak_memory_bytes=0)
+
+
+def test_steady_runs_are_not_noisy():
+    assert noise_reasons([_timed(True, [1.0, 1.1, 1.05]), _timed(False, [2.0, 2.1, 2.2])], []) == ()
+
+
+def test_spread_out_repeats_are_noisy():
+    (reason,) = noise_reasons([_timed(True, [1.0, 2.0, 1.1])], [])
+    assert "cached runs of 4 tokens differ by 2.0x" in reason
+
+
+def test_a_cache_slower_than_no_cache_is_noisy():
+    (reason,) = noise_reasons([_timed(True, [3.0, 3.1]), _timed(False, [2.0, 2.1])], [])
+    assert reason == "at 4 tokens the cached runs were slower than the uncached ones"
+
+
+def test_a_sweep_that_gets_faster_with_length_is_noisy():
+    (reason,) = noise_reasons([], [SweepLine(True, (32, 128, 448), (1.0, 0.8, 0.5))])
+    assert "sweep gets faster with length" in reason
+
+
+def test_a_noisy_report_warns_in_the_view_and_the_json(report):
+    from dataclasses import replace
+
+    noisy = replace(report, noise=("the cached runs of 6 tokens differ by 2.0x",))
+    text = render(bench_view(noisy))
+    assert "machine looks busy" in text and "--repeat 7" in text
+    assert bench_json(noisy)["noisy"] is True and bench_json(noisy)["noise"] == list(noisy.noise)
+    assert bench_json(replace(report, noise=()))["noisy"] is False

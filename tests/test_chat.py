@@ -30,7 +30,7 @@ from lookinside.ui.stream import StreamPrinter, Tail, split_finished
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENTER, ESC_ENTER, CTRL_C, CTRL_D, UP = "\r", "\x1b\r", "\x03", "\x04", "\x1b[A"
-STATS = re.compile(r"\d+ prompt \+ \d+ generated tokens · TTFT \d+ ms( · [\d.]+ tok/s)? · context \d+/512")
+STATS = re.compile(r"\d+ prompt \+ \d+ generated tokens · TTFT \d+ ms( · [\d.]+ tok/s)? · context \d+/512( · \d CPU threads?)?")
 
 
 @dataclass

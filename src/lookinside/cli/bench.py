@@ -41,8 +41,6 @@ def bench(
         show_default=False, panel=MODEL_PANEL)] = None,
     reference: Annotated[bool, _opt(
         "--reference/--no-reference", help="Also time transformers' model.generate for the same tokens.")] = True,
-    threads: Annotated[Optional[int], _opt(
-        "--threads", help="CPU threads for torch (default: torch's choice).", show_default=False)] = None,
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
@@ -55,7 +53,7 @@ def bench(
 
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens, modes=modes_for(cache),
                              warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep), bandwidth_gbs=bandwidth,
-                             reference=reference, threads=threads)
+                             reference=reference)
     lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
     show(report, bench_view, bench_json, as_json=json)

@@ -1,7 +1,7 @@
 """Option types shared by the commands, and two decorators that add whole groups of options.
 
 A command decorated with `model_options` declares `spec: LoadSpec` and receives the
---model/--device/--dtype/--attn/--device-map/--max-memory/--trust-remote-code
+--model/--device/--dtype/--attn/--device-map/--max-memory/--threads/--trust-remote-code
 options already checked and bundled. One decorated with `sampling_options` declares
 `sampling: dict` and receives the --temperature/--top-k/--top-p/--min-p/
 --repetition-penalty/--seed values the user gave (absent ones left out).
@@ -67,6 +67,9 @@ def _load_parameters() -> list[inspect.Parameter]:
         option("max_memory", None, Annotated[Optional[str], typer.Option(
             "--max-memory", metavar="LIMITS", rich_help_panel=MODEL_PANEL, show_default=False,
             help="Per-device limits for --device-map, e.g. 0=20GiB,cpu=64GiB.")]),
+        option("threads", None, Annotated[Optional[int], typer.Option(
+            "--threads", metavar="N", rich_help_panel=MODEL_PANEL, show_default=False,
+            help="CPU threads for torch (default: one per idle core, measured at load).")]),
         option("trust_remote_code", False, Annotated[bool, typer.Option(
             "--trust-remote-code", rich_help_panel=MODEL_PANEL,
             help="Run the model repository's own Python code (only for repos you trust).")]),

@@ -39,6 +39,7 @@ DEFAULT_PROMPT = (
 )
 DEFAULT_NEW_TOKENS = 100
 GREEDY = SamplingParams(temperature=0.0)
+MAX_SPREAD = 1.5  # slowest / fastest timed repeat above this: something else was using the machine
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class BenchHeader:
     threads: int
     random_weights: bool
     layers: int
+    threads_reason: str = ""  # why that many: --threads, or the idle cores at load
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,12 @@ class BenchReport:
     all_runs: tuple[ModeResult, ...] = ()  # every length of a sweep
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()  # results that cannot be true (above the bandwidth)
+    noise: tuple[str, ...] = ()  # why these numbers look disturbed by other load (empty: they look steady)
+
+    @property
+    def noisy(self) -> bool:
+        """True when the measurements look disturbed by other work on the machine."""
+        return bool(self.noise)
 
     def run(self, cache: bool) -> ModeResult | None:
         """The run for one mode, if it was timed."""
@@ -453,7 +461,7 @@ def reference_run(ours: ModeResult, runs: list[Timed]) -> ReferenceRun:
     return ReferenceRun(ours.cache, ours.new_tokens, tuple(run[0][0] for run in runs), same)
 
 
-def describe(lm: LM, random_weights: bool = False) -> BenchHeader:
+def describe(lm: LM, random_weights: bool = False, threads_reason: str | None = None) -> BenchHeader:
     """The header: model, parameter count, device, dtype, attention, library versions."""
     import transformers
 
@@ -469,6 +477,7 @@ def describe(lm: LM, random_weights: bool = False) -> BenchHeader:
         threads=torch.get_num_threads(),
         random_weights=random_weights,
         layers=lm.config.get_text_config().num_hidden_layers,
+        threads_reason=threads_reason or (lm.threads.reason if lm.threads else "torch's default"),
     )
 
 
@@ -539,7 +548,32 @@ def _run_bench(
     ) if settings.sweep else ()
     all_notes = (*notes, *([bandwidth.note] if bandwidth.note else []))
     warnings = tuple(w for r in results if r.speed_of_light and (w := r.speed_of_light.warning))
-    return BenchReport(describe(lm, random_weights), headline, reference, sweep, tuple(results), all_notes, warnings)
+    reason = "BenchSettings.threads" if settings.threads else None
+    return BenchReport(describe(lm, random_weights, reason), headline, reference, sweep, tuple(results), all_notes,
+                       warnings, noise_reasons(results, sweep))
+
+
+def noise_reasons(results: Sequence[ModeResult], sweep: Sequence[SweepLine]) -> tuple[str, ...]:
+    """Signs that other load disturbed the timing: spread-out repeats, time shrinking with length, a slow cache."""
+    reasons = []
+    for run in results:
+        if run.total_s.min > 0 and run.total_s.max / run.total_s.min > MAX_SPREAD:
+            reasons.append(f"the {_mode(run.cache)} runs of {run.new_tokens} tokens differ by "
+                           f"{run.total_s.max / run.total_s.min:.1f}x (slowest / fastest; steady is under {MAX_SPREAD}x)")
+    for line in sweep:
+        if line.slope < 0:
+            reasons.append(f"the {_mode(line.cache)} sweep gets faster with length (log-log slope {line.slope:.2f})")
+    by_length: dict[int, dict[bool, ModeResult]] = {}
+    for run in results:
+        by_length.setdefault(run.new_tokens, {})[run.cache] = run
+    for n, pair in by_length.items():
+        if len(pair) == 2 and pair[True].total_s.median > pair[False].total_s.median:
+            reasons.append(f"at {n} tokens the cached runs were slower than the uncached ones")
+    return tuple(reasons)
+
+
+def _mode(cache: bool) -> str:
+    return "cached" if cache else "uncached"
 
 
 def _label(key: object) -> str:

@@ -224,10 +224,11 @@ class ReplyStats:
     context_length: int
     seed: int | None
     peak_memory_bytes: int | None = None  # CUDA only
+    threads: int | None = None  # torch's CPU threads (CPU only)
 
 
 def reply_stats(steps: Sequence[Step], prompt_tokens: int, context_length: int, seed: int | None,
-                peak_memory_bytes: int | None = None) -> ReplyStats:
+                peak_memory_bytes: int | None = None, threads: int | None = None) -> ReplyStats:
     """Stats from a reply's steps: step 0 holds the prefill, so decode speed uses the others."""
     decode = steps[1:]
     decode_s = sum(s.seconds for s in decode)
@@ -240,6 +241,7 @@ def reply_stats(steps: Sequence[Step], prompt_tokens: int, context_length: int, 
         context_length=context_length,
         seed=seed,
         peak_memory_bytes=peak_memory_bytes,
+        threads=threads,
     )
 
 

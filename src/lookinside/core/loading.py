@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -19,6 +19,7 @@ import torch
 
 from lookinside.core import errors
 from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+from lookinside.core.threads import ThreadChoice, choose_threads
 from lookinside.tiny import ASSETS as TINY_ASSETS
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class LM:
     dtype: torch.dtype
     source: str = field(default="")
     notes: tuple[str, ...] = ()  # what the user should know about how it was loaded
+    threads: ThreadChoice | None = None  # torch's CPU thread count, set by `load`
 
     @property
     def config(self) -> PretrainedConfig:
@@ -172,14 +174,23 @@ def load(spec: LoadSpec) -> LM:
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    threads = set_threads(spec.threads)
     source, config = load_config(spec)
     if spec.random_weights:
-        return _random_lm(spec, source, config, device, dtype)
+        return replace(_random_lm(spec, source, config, device, dtype), threads=threads)
     tokenizer = load_tokenizer(spec, source)
     with _hub_errors(spec.model), _memory_errors(spec.model, device):
         model = AutoModelForCausalLM.from_pretrained(source, **_load_kwargs(spec, device, dtype))
     model.eval()
-    return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source)
+    return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source,
+              threads=threads)
+
+
+def set_threads(requested: int | None) -> ThreadChoice:
+    """Give torch's CPU kernels the chosen number of threads (one per idle core unless told)."""
+    choice = choose_threads(requested)
+    torch.set_num_threads(choice.count)
+    return choice
 
 
 def _load_kwargs(spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class LoadSpec:
     trust_remote_code: bool = False
     random_weights: bool = False
     layers: int | None = None  # with random weights: keep only the first N decoder layers
+    threads: int | None = None  # CPU threads for torch; None: one per idle core (core/threads.py)
 
     def __post_init__(self) -> None:
         base, _, index = self.device.partition(":")
@@ -38,6 +39,8 @@ class LoadSpec:
             raise BadInput("--model is empty: give a Hub id, a local directory, or tiny")
         if self.layers is not None and self.layers < 1:
             raise BadInput(f"--layers must be at least 1, not {self.layers}")
+        if self.threads is not None and self.threads < 1:
+            raise BadInput(f"--threads must be at least 1, not {self.threads}")
         if self.layers is not None and not self.random_weights:
             raise BadInput("--layers only works with --random-weights (it shrinks the architecture)")
 

@@ -83,7 +83,8 @@ def header_grid(report: BenchReport) -> Table:
     grid.add_column()
     weights = f"random weights, {h.layers} layers" if h.random_weights else f"{h.layers} layers"
     grid.add_row("model", f"[bold]{escape(h.model)}[/] · {count(h.parameters)} parameters ({weights})")
-    threads = f" · {_plural(h.threads, 'thread')}" if h.device == "cpu" else ""
+    reason = f" ({h.threads_reason})" if h.threads_reason else ""
+    threads = f" · {_plural(h.threads, 'thread')}{reason}" if h.device == "cpu" else ""
     grid.add_row("device", escape(f"{h.device} · {h.device_name}{threads}"))
     grid.add_row("dtype", f"{h.dtype} · attention {h.attention} · torch {h.torch_version} · "
                           f"transformers {h.transformers_version}")
@@ -244,6 +245,7 @@ def bench_view(report: BenchReport) -> RenderableType:
     if report.sweep:
         parts += [Text(), sweep_table(report)]
     parts += [Text(f"warning: {warning}", style="bold red") for warning in report.warnings]
+    parts += [noise_warning(report)] if report.noisy else []
     parts += [Text(f"note: {note}", style="yellow") for note in report.notes]
     return Group(*parts)
 
@@ -304,4 +306,15 @@ def bench_json(report: BenchReport) -> dict[str, Any]:
         },
         "notes": list(report.notes),
         "warnings": list(report.warnings),
+        "noisy": report.noisy,
+        "noise": list(report.noise),
     }
+
+
+def noise_warning(report: BenchReport) -> Text:
+    """Why the numbers look disturbed, and what to try."""
+    repeat = max(2 * len(report.runs[0].step_seconds), 7)
+    lines = ["warning: the machine looks busy, so these numbers are noisy:"]
+    lines += [f"  - {reason}" for reason in report.noise]
+    lines.append(f"  re-run with --repeat {repeat}, with other programs closed, or with --threads 1")
+    return Text("\n".join(lines), style="yellow")

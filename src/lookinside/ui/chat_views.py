@@ -19,12 +19,14 @@ from lookinside.ui.text import bar, prob_style, visible
 
 
 def stats_line(stats: ReplyStats) -> str:
-    """One dim line: tokens in and out, time to first token, decode speed, context, seed, CUDA peak."""
+    """One dim line: tokens in and out, time to first token, decode speed, context, CPU threads, seed, CUDA peak."""
     parts = [f"{stats.prompt_tokens} prompt + {stats.generated_tokens} generated tokens",
              f"TTFT {stats.ttft_s * 1000:.0f} ms"]
     if stats.decode_tokens_per_s is not None:
         parts.append(f"{stats.decode_tokens_per_s:.1f} tok/s")
     parts.append(f"context {stats.context_used}/{stats.context_length}")
+    if stats.threads is not None:
+        parts.append(f"{stats.threads} CPU thread{'s' * (stats.threads != 1)}")
     if stats.seed is not None:
         parts.append(f"seed {stats.seed}")
     if stats.peak_memory_bytes is not None:

@@ -282,8 +282,9 @@ class ChatRepl:
         self._keep(text, cut, previous)
         self.last_steps = (self.last_steps if previous else []) + steps
         if self.show_stats and steps:
+            threads = self.lm.threads.count if self.lm.threads and self.lm.device.type == "cpu" else None
             stats = reply_stats(steps, len(fitted.ids), self.lm.context_length, None if params.greedy else params.seed,
-                                peak_memory_bytes(self.lm.device) if cuda else None)
+                                peak_memory_bytes(self.lm.device) if cuda else None, threads)
             self.console.print(stats_line(stats), highlight=False)
 
     def _stream(self, ids: list[int], params: SamplingParams, printer: StreamPrinter) -> tuple[list[Step], bool]:

@@ -1,0 +1,73 @@
+"""How many CPU threads torch should use: as many as there are idle cores, measured at load.
+
+torch's default is one thread per core. On a machine where another process keeps a core
+busy, that default makes every matrix multiply wait for a thread that cannot run: the tiny
+model fell from 271 to 87 tokens/s, the Phi-3 shape from 11.8 to 6.9 (docs/benchmarks.md,
+scripts/bench_threads.py). Idle, more threads win (tiny 246 -> 309, Phi-3 shape 10.8 -> 18.3
+with 2). So the default is the number of cores that are idle right now, read from
+/proc/stat over a tenth of a second, and at least one; `--threads N` overrides it.
+No torch import here: the choice is plain data, applied by the loader.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lookinside.core.errors import BadInput
+
+PROC_STAT = Path("/proc/stat")
+SAMPLE_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The thread count for torch's CPU kernels and why it was chosen."""
+
+    count: int
+    reason: str
+
+    def describe(self) -> str:
+        """`2 threads (auto: 2 of 2 cores idle)`."""
+        return f"{self.count} thread{'s' * (self.count != 1)} ({self.reason})"
+
+
+def choose_threads(requested: int | None, cores: int | None = None, idle: float | None = None) -> ThreadChoice:
+    """`requested` as given, else one thread per idle core (measured when `idle` is None), at least one."""
+    cores = cores or os.cpu_count() or 1
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise BadInput(f"--threads must be a whole number >= 1, not {requested!r}")
+        return ThreadChoice(requested, "--threads")
+    idle = idle_cores(cores) if idle is None else idle
+    if idle is None:
+        return ThreadChoice(cores, f"auto: {cores} cores, load not readable here")
+    count = max(1, min(cores, round(idle)))
+    busy = "" if count == cores else ", the others busy"
+    return ThreadChoice(count, f"auto: {count} of {cores} cores idle{busy}")
+
+
+def idle_cores(cores: int, seconds: float = SAMPLE_SECONDS) -> float | None:
+    """How many cores were idle over the last `seconds`, from /proc/stat (None where it cannot be read)."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = _cpu_times()
+    if second is None:
+        return None
+    total = sum(second) - sum(first)
+    idle = (second[3] + second[4]) - (first[3] + first[4])  # idle + iowait jiffies
+    return cores * idle / total if total > 0 else None
+
+
+def _cpu_times() -> list[int] | None:
+    try:
+        fields = PROC_STAT.read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 6:
+        return None
+    return [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
