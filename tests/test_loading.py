@@ -165,12 +165,13 @@ def test_phi3_mini_config_is_carried_for_offline_use():
 
 
 def test_random_weights_of_the_default_model_work_offline():
-    """Phi-3-mini's carried config, one of its 32 layers: its end tokens, a stand-in tokenizer, and notes saying so."""
+    """Phi-3-mini's carried config and tokenizer, one of its 32 layers: its end tokens, its real vocabulary."""
     lm = loading.load(LoadSpec(model=DEFAULT_MODEL, device="cpu", dtype="bfloat16", random_weights=True, layers=1))
     assert lm.config.num_hidden_layers == 1 and lm.config.hidden_size == 3072
     assert lm.end_token_ids == [32000, 32001, 32007]  # from the carried generation_config.json
     assert lm.dtype == torch.bfloat16 and next(lm.model.parameters()).dtype == torch.bfloat16
-    assert any("1 of" in note for note in lm.notes) and any("tokenizer" in note for note in lm.notes)
+    assert any("1 of" in note for note in lm.notes) and not any("tokenizer" in note for note in lm.notes)
+    assert lm.tokenizer("The capital of France is")["input_ids"] == [1, 450, 7483, 310, 3444, 338]
 
 
 def test_layers_need_random_weights():

@@ -161,11 +161,20 @@ def check_causal_lm(name: str, config: PretrainedConfig) -> None:
 
 
 def load_tokenizer(spec: LoadSpec, source: str | None = None) -> PreTrainedTokenizerBase:
-    """Only the tokenizer of `spec.model`: no config check, no weights."""
+    """Only the tokenizer of `spec.model` (the carried copy of a default model's, unless a download is cached)."""
     from transformers import AutoTokenizer
 
+    source = source or carried_tokenizer(spec.model) or resolve_source(spec.model)
     with _hub_errors(spec.model):
-        return AutoTokenizer.from_pretrained(source or resolve_source(spec.model), trust_remote_code=spec.trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+
+
+def carried_tokenizer(name: str) -> str | None:
+    """The directory of the tokenizer this project carries for `name`, when no downloaded copy is cached."""
+    carried = CARRIED_CONFIGS.get(name)
+    if carried is None or not (carried / "tokenizer.json").exists() or _cached_on_disk(name):
+        return None
+    return str(carried)
 
 
 def load(spec: LoadSpec) -> LM:
