@@ -10,10 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from lookinside.cli.inputs import text_argument
 from lookinside.cli.options import ChatOpt, JsonOpt, PromptArg, model_options
 from lookinside.core.spec import LoadSpec
 
-TextArg = Annotated[str, typer.Argument(metavar="TEXT", help="The text to cut into tokens.", show_default=False)]
+TextArg = Annotated[str, typer.Argument(metavar="TEXT", help="The text to cut into tokens (- reads stdin).",
+                                        show_default=False, callback=text_argument)]
 LayerOpt = Annotated[int, typer.Option("--layer", "-l", help="Which decoder block (0 is the first, -1 the last).")]
 HeadOpt = Annotated[Optional[int], typer.Option(
     "--head", help="One head as a large heat map (default: all heads, small maps and a summary).", show_default=False)]

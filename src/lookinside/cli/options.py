@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from lookinside.cli.inputs import text_argument
 from lookinside.core.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
 
 MODEL_PANEL = "Model"
@@ -21,7 +22,8 @@ SAMPLING_PANEL = "Sampling"
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the view.")]
 ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template first.")]
-PromptArg = Annotated[str, typer.Argument(metavar="PROMPT", help="The text to run through the model.", show_default=False)]
+PromptArg = Annotated[str, typer.Argument(metavar="PROMPT", help="The text to run through the model (- reads stdin).",
+                                          show_default=False, callback=text_argument)]
 TemperatureOpt = Annotated[
     Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.",
                                   rich_help_panel=SAMPLING_PANEL, show_default=False)

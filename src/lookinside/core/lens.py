@@ -17,7 +17,7 @@ import torch
 from lookinside.core import errors
 from lookinside.core.detokenize import token_text
 from lookinside.core.hooks import find_final_norm, find_lm_head, residual_stream
-from lookinside.core.prompting import check_fits, check_prompt, encode_prompt
+from lookinside.core.prompting import check_fits, check_prompt, check_top_k, encode_prompt
 from lookinside.core.tokens import Piece, pieces
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def logit_lens(
 ) -> LogitLens:
     """Run the prompt once and read every depth's residual stream through the final norm and LM head."""
     check_request(prompt, top_k)
+    check_top_k(top_k, lm.model.get_output_embeddings().weight.shape[0])
     ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
     check_fits(len(ids), lm.context_length)
     if not -len(ids) <= position < len(ids):

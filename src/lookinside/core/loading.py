@@ -183,16 +183,53 @@ def load(spec: LoadSpec) -> LM:
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    check_attention(spec.attn)
     threads = set_threads(spec.threads)
     source, config = load_config(spec)
     if spec.random_weights:
         return replace(_random_lm(spec, source, config, device, dtype), threads=threads)
     tokenizer = load_tokenizer(spec, source)
     with _hub_errors(spec.model), _memory_errors(spec.model, device):
-        model = AutoModelForCausalLM.from_pretrained(source, **_load_kwargs(spec, device, dtype))
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source, output_loading_info=True, ignore_mismatched_sizes=True, **_load_kwargs(spec, device, dtype))
+    notes = check_loaded(spec.model, model, tokenizer, info)
     model.eval()
     return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source,
-              threads=threads)
+              notes=notes, threads=threads)
+
+
+def check_loaded(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 info: dict[str, Any]) -> tuple[str, ...]:
+    """Refuse a model whose weights were not all in its checkpoint, or whose tokenizer outgrows it; notes otherwise."""
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        key, checkpoint, expected = (*mismatched[0], None, None)[:3]
+        raise errors.CorruptWeights(
+            f"the checkpoint of {name!r} does not fit its config.json: tensors with another shape than the "
+            f"model's: {len(mismatched)}, first {key} ({_shape(checkpoint)} in the file, {_shape(expected)} in the model)")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise errors.CorruptWeights(
+            f"the checkpoint of {name!r} lacks {len(missing)} of the model's tensors ({shown}): they would run "
+            "on random values; use --random-weights if that is what you want")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise errors.CorruptWeights(
+            f"the tokenizer of {name!r} has {len(tokenizer):,} tokens but the model's embedding only {rows:,} rows: "
+            "ids past the end would crash or read the wrong rows; the tokenizer does not belong to this model")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    return (f"the checkpoint has {len(unexpected)} tensors the model does not use ({', '.join(unexpected[:3])})",
+            ) if unexpected else ()
+
+
+def check_attention(attn: str) -> None:
+    """Refuse an attention kernel whose package is not installed, naming the package and the fallback."""
+    import importlib.util
+
+    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise errors.BadInput("--attn flash_attention_2 needs the flash-attn package (pip install flash-attn, "
+                              "CUDA GPUs only); use --attn sdpa, the default, which needs nothing more")
 
 
 def set_threads(requested: int | None) -> ThreadChoice:
@@ -314,6 +351,10 @@ def _translate(name: str, exc: Exception) -> errors.LookinsideError:
         return errors.CorruptWeights(f"the weights of {name!r} are damaged or incomplete: {_first_line(exc)}")
     if "Unrecognized configuration class" in text or "Unrecognized model" in text:
         return errors.NotACausalLM(f"{name!r} is not a causal language model transformers can load")
+    if any(isinstance(e, hub.StrictDataclassFieldValidationError) for e in chain):
+        return errors.LookinsideError(f"the config.json of {name!r} is invalid: {' '.join(str(exc).split())}")
+    if isinstance(exc, (TypeError, AttributeError)):  # a config field of the wrong type, met while building the model
+        return errors.LookinsideError(f"cannot build {name!r} from its config.json: {_first_line(exc)}")
     if isinstance(exc, (ValueError, OSError, KeyError)):
         return errors.LookinsideError(f"cannot load {name!r}: {_first_line(exc)}")
     raise exc
@@ -336,6 +377,10 @@ def _memory_errors(name: str, device: torch.device) -> Iterator[None]:
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for torch's CUDA/MPS out-of-memory errors and a plain MemoryError."""
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
+def _shape(size: Any) -> str:
+    return "x".join(str(n) for n in size) if size is not None else "?"
 
 
 def _first_line(exc: BaseException) -> str:

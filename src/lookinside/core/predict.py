@@ -13,7 +13,7 @@ import torch
 
 from lookinside.core import errors
 from lookinside.core.detokenize import token_text
-from lookinside.core.prompting import check_fits, check_prompt, encode_prompt
+from lookinside.core.prompting import check_fits, check_prompt, check_top_k, encode_prompt
 from lookinside.core.sampling import logits_to_probs, top_candidates
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ def next_token(lm: LM, prompt: str, top_k: int = 10, temperature: float | None =
     """Run the prompt once and rank the `top_k` most probable next tokens."""
     ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
     check_fits(len(ids), lm.context_length)
+    check_top_k(top_k, lm.model.get_output_embeddings().weight.shape[0])
     input_ids = torch.tensor([ids], device=lm.device)  # (1, n)
     with torch.inference_mode():
         out = lm.model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
@@ -96,5 +97,5 @@ def check_request(prompt: str, top_k: int, temperature: float | None) -> None:
     check_prompt(prompt)
     if top_k <= 0:
         raise errors.BadInput(f"--top-k must be a positive number, not {top_k}")
-    if temperature is not None and not temperature >= 0:
-        raise errors.BadInput(f"--temperature must be >= 0 (0 is greedy), not {temperature}")
+    if temperature is not None and not 0 <= temperature < float("inf"):
+        raise errors.BadInput(f"--temperature must be >= 0 and finite (0 is greedy), not {temperature}")

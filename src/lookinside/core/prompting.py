@@ -22,7 +22,11 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Message], add
     """The conversation as the model's chat template writes it."""
     if not getattr(tokenizer, "chat_template", None):
         raise errors.BadInput("this model's tokenizer has no chat template; drop --chat")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # a template is the model author's code (Jinja): any error it raises is theirs
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise errors.BadInput(f"this model's chat template failed to render ({type(exc).__name__}: {first})") from None
 
 
 def encode_messages(
@@ -54,3 +58,9 @@ def check_fits(n_prompt: int, context: int, new_tokens: int = 0) -> None:
         raise errors.ContextOverflow(
             f"the prompt is {n_prompt} tokens{extra}, more than the model's context of {context} tokens"
         )
+
+
+def check_top_k(top_k: int, vocab_size: int) -> None:
+    """Refuse a --top-k larger than the model's vocabulary (known only once it is loaded)."""
+    if top_k > vocab_size:
+        raise errors.BadInput(f"--top-k {top_k} is more than this model's vocabulary of {vocab_size:,} tokens")
