@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -259,7 +260,7 @@ def test_unknown_and_malformed_commands_get_one_line(tiny):
         "unknown command /bogus; /help lists the commands",
         "unknown command /hlep; did you mean /help?",
         "usage: /load PATH (a transcript written by /save)",
-        "usage: /export PATH.md",
+        "usage: /export [-p] PATH.md",
         "export to a markdown file: notes.txt should end in .md",
         "nothing to continue: /continue goes on from the last reply",
         "no reply to explain yet: /why looks at the last reply",
@@ -561,3 +562,28 @@ def test_a_failed_reply_does_not_leave_an_unanswered_message(tiny):
     assert run.out == ("out of memory: try /set max_new_tokens lower, /clear, or a smaller --dtype; "
                        "the session goes on\n")
     assert run.messages == [] and run.code == 0
+
+
+def test_tokens_on_an_empty_conversation_is_zero_not_an_error(tiny):
+    run = chat(tiny, f"/tokens{ENTER}/system none{ENTER}/tokens{ENTER}")
+    lines = [line.strip() for line in run.out.splitlines()]
+    assert lines[0].startswith("0/512 tokens (0%)") and lines[2].startswith("0/512 tokens (0%)")
+    assert run.code == 0
+
+
+def test_an_unexpected_error_saves_the_conversation_first(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    answers = scripted("Tokyo.")
+
+    def breaks_on_the_second(lm, ids, params, config):
+        if answers.prompts:
+            raise RuntimeError("a bug in the middle of a reply")
+        yield from answers(lm, ids, params, config)
+
+    answers.prompts = []
+    run = chat(tiny, f"What is the capital of Japan?{ENTER}And of France?{ENTER}", generate_fn=breaks_on_the_second)
+    assert run.code == 1
+    (saved,) = (tmp_path / "chats").glob("rescued-*.json")
+    assert "unexpected error: RuntimeError: a bug in the middle of a reply" in run.out and str(saved) in run.out
+    messages = json.loads(saved.read_text())["messages"]
+    assert [m["content"] for m in messages] == ["What is the capital of Japan?", "Tokyo.", "And of France?"]

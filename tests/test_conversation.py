@@ -162,7 +162,7 @@ def test_save_then_load_round_trips(tmp_path: Path):
     chat.settings = ChatSettings(params=SamplingParams(temperature=0.3, top_k=20, seed=5), max_new_tokens=64, trim=False)
     chat.add("assistant", "The capital of Japan", cut=True)
     chat.window = 2
-    path = conv.save(chat, tmp_path / "sub" / "chat.json", model="tiny")
+    path = conv.save(chat, tmp_path / "sub" / "chat.json", model="tiny", make_parents=True)
     loaded, model = conv.load(path)
     assert model == "tiny"
     assert (loaded.system, loaded.messages, loaded.window) == (chat.system, chat.messages, chat.window)
@@ -180,7 +180,7 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path: Path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(conv.os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(conv.errors.BadInput, match="disk full; nothing was written"):
         conv.save(long_chat(5), path, model="tiny")
     assert path.read_text() == before
     assert os.listdir(tmp_path) == ["chat.json"]

@@ -1,6 +1,6 @@
 """`python -m lookinside` runs the CLI under its long name."""
 
-from lookinside.cli.app import app
+from lookinside.cli.app import main
 
 if __name__ == "__main__":
-    app(prog_name="lookinside")
+    main(prog_name="lookinside")

@@ -12,7 +12,7 @@ from lookinside import __version__
 from lookinside.cli.bench import bench
 from lookinside.cli.chat import chat
 from lookinside.cli.compare import compare
-from lookinside.cli.edge import friendly
+from lookinside.cli.edge import friendly, run
 from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
 
@@ -53,6 +53,6 @@ app.command("attention", short_help="Attention heat maps of one layer.")(friendl
 app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(lens))
 
 
-def main() -> None:
-    """Console-script entry point (`llm`, `lookinside`)."""
-    app()
+def main(prog_name: str | None = None) -> None:
+    """Console-script entry point (`llm`, `lookinside`): the app, with no traceback on any way out."""
+    run(app, prog_name=prog_name)

@@ -24,13 +24,14 @@ def chat(
     sampling: dict[str, Any],
 ) -> None:
     """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
+    from lookinside.cli.inputs import read_stdin
     from lookinside.core.conversation import Conversation, chat_settings
     from lookinside.ui.console import stdout_console
     from lookinside.ui.progress import load_with_progress
     from lookinside.ui.repl import ChatRepl, make_session
 
     chat_settings(None, sampling, max_new_tokens)  # refuse bad values before the model loads
-    piped = None if sys.stdin.isatty() else sys.stdin.read()
+    piped = read_stdin() if sys.stdin is None or not sys.stdin.isatty() else None
     if piped is not None and not piped.strip():
         return  # nothing to answer
     lm = load_with_progress(spec)

@@ -1,6 +1,16 @@
-"""The CLI's edge: every expected failure becomes one line on stderr and a non-zero exit."""
+"""The CLI's edge: every expected failure becomes one line on stderr and a non-zero exit.
 
+`friendly` wraps each command (typed errors, Ctrl-C, out of memory, a full or closed
+output); `run` wraps the whole program, so that nothing can print a traceback on the
+way out either: standard output closed or full when Python flushes it at exit, or a
+second Ctrl-C arriving while the first is being handled (it exits 130, quietly).
+"""
+
+import errno
 import functools
+import os
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -10,6 +20,9 @@ from lookinside.core.errors import LookinsideError
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
+EXIT_OUTPUT = 74  # EX_IOERR: the results could not be written
+OUTPUT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EBADF: "it is closed", errno.EIO: "an I/O error",
+                 errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only"}
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -32,12 +45,74 @@ def friendly(fn: F) -> F:
         except LookinsideError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
             fail("interrupted", EXIT_INTERRUPTED)
         except BrokenPipeError:
+            quiet_stdout()  # `llm ... | head` closed the pipe: what head wanted it has
             raise typer.Exit(0) from None
+        except OSError as exc:
+            if exc.errno not in OUTPUT_ERRNOS:
+                raise
+            quiet_stdout()
+            fail(f"cannot write the output: {OUTPUT_ERRNOS[exc.errno]} ({exc.strerror})", EXIT_OUTPUT)
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
                 fail("out of memory: try a shorter prompt, fewer tokens, --dtype bfloat16, or --device cpu")
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def quiet_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's last flush has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def run(app: Callable[..., Any], **kwargs: Any) -> NoReturn:
+    """Run the Typer app, then flush stdout ourselves: every way out is an exit code, never a traceback."""
+    if sys.stdout is None:  # started with `>&-`: nowhere to put results
+        _say("error: standard output is closed: nothing can be shown (redirect it to a file or /dev/null)")
+        os._exit(EXIT_OUTPUT)
+    try:
+        app(**kwargs)
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:  # after `friendly` let go, or before a command started
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _say("error: interrupted")
+        code = EXIT_INTERRUPTED
+    code = code if isinstance(code, int) else (0 if code is None else 1)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_stdout()
+    except OSError as exc:
+        quiet_stdout()
+        _say(f"error: cannot write the output: {OUTPUT_ERRNOS.get(exc.errno or 0, exc.strerror)}")
+        code = code or EXIT_OUTPUT
+    if code == EXIT_INTERRUPTED:
+        _flush_stderr()
+        os._exit(code)  # no interpreter shutdown, where a late Ctrl-C would print "Exception ignored"
+    sys.exit(code)
+
+
+def _say(line: str) -> None:
+    try:
+        if sys.stderr is not None:
+            print(line, file=sys.stderr)
+    except OSError:
+        pass
+
+
+def _flush_stderr() -> None:
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except OSError:
+        pass

@@ -162,8 +162,9 @@ class Fitted:
 
 
 def count_tokens(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) -> int:
-    """Tokens the conversation takes in the chat template, with the assistant's header."""
-    return len(encode_messages(tokenizer, conversation.as_messages()))
+    """Tokens the conversation takes in the chat template, with the assistant's header (0 when it is empty)."""
+    messages = conversation.as_messages()
+    return len(encode_messages(tokenizer, messages)) if messages else 0
 
 
 def fit(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, context: int,
@@ -245,7 +246,7 @@ def reply_stats(steps: Sequence[Step], prompt_tokens: int, context_length: int, 
     )
 
 
-def save(conversation: Conversation, path: Path, model: str) -> Path:
+def save(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
     """Write the transcript as JSON atomically: a crash leaves the old file or the new one, never half."""
     data = {
         "version": TRANSCRIPT_VERSION,
@@ -256,13 +257,33 @@ def save(conversation: Conversation, path: Path, model: str) -> Path:
         "settings": conversation.settings.to_json(),
     }
     path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", make_parents)
     return path
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, flush it to disk, then rename it over `path`."""
+def write_atomically(path: Path, text: str, make_parents: bool = False) -> None:
+    """Write `text` to a temp file beside `path`, flush it to disk, then rename it over `path`; or refuse whole.
+
+    A missing directory is refused unless `make_parents`; every failure is a BadInput naming the path.
+    """
+    if path.is_dir():
+        raise errors.BadInput(f"cannot write {path}: it is a directory; give a file name")
+    if not path.parent.is_dir():
+        if path.parent.exists():
+            raise errors.BadInput(f"cannot write {path}: {path.parent} is a file, not a directory")
+        if not make_parents:
+            raise errors.BadInput(f"cannot write {path}: there is no directory {path.parent} (create it first)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.BadInput(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    try:
+        _replace_with(path, text)
+    except OSError as exc:
+        raise errors.BadInput(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
+
+
+def _replace_with(path: Path, text: str) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
@@ -313,11 +334,10 @@ def to_markdown(conversation: Conversation, model: str) -> str:
     return "\n".join(lines)
 
 
-def export_markdown(conversation: Conversation, path: Path, model: str) -> Path:
+def export_markdown(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
     """Write `to_markdown` to `path` (which must end in .md), atomically."""
     path = path.expanduser()
     if path.suffix.lower() not in (".md", ".markdown"):
         raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, to_markdown(conversation, model))
+    write_atomically(path, to_markdown(conversation, model), make_parents)
     return path

@@ -13,9 +13,11 @@ from __future__ import annotations
 import difflib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -69,15 +71,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/retry": ("/retry", "answer the last message again"),
     "/undo": ("/undo", "take back the last message and its reply"),
     "/continue": ("/continue", "let the last reply go on"),
-    "/save": ("/save [PATH]", "write the conversation and settings as JSON"),
+    "/save": ("/save [-p] [PATH]", "write the conversation and settings as JSON (-p: create missing directories)"),
     "/load": ("/load PATH", "go back to a saved conversation"),
-    "/export": ("/export PATH.md", "write the conversation as markdown"),
+    "/export": ("/export [-p] PATH.md", "write the conversation as markdown (-p: create missing directories)"),
     "/edit": ("/edit [TEXT]", "write the message in $EDITOR"),
     "/stats": ("/stats", "per-reply stats on or off"),
     "/probs": ("/probs", "colour each streamed token by its probability, on or off"),
     "/why": ("/why", "each token of the last reply, its probability and the alternatives"),
     "/exit": ("/exit", "leave (Ctrl-D too)"),
 }
+
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: leave the loop the way an error does, saving the conversation."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _parents_flag(argument: str) -> tuple[bool, str]:
+    """`-p PATH` -> (True, PATH): the user asks for missing directories to be made."""
+    flag, _, rest = argument.partition(" ")
+    return (True, rest.strip()) if flag == "-p" else (False, argument)
 
 
 def data_dir() -> Path:
@@ -184,7 +203,32 @@ class ChatRepl:
     # ---- the loop
 
     def run(self) -> int:
-        """Read and answer messages until Ctrl-D or /exit; the exit code."""
+        """Read and answer messages until Ctrl-D or /exit; the exit code.
+
+        An unexpected error, or SIGTERM, first writes the conversation to the data directory.
+        """
+        previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+        try:
+            return self._loop()
+        except Terminated:
+            return self.rescue("terminated (SIGTERM)", EXIT_TERMINATED)
+        except Exception as exc:
+            return self.rescue(f"unexpected error: {type(exc).__name__}: {exc}", 1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def rescue(self, why: str, code: int) -> int:
+        """Write the conversation where it can be found again, say where, and give the exit code."""
+        path = data_dir() / "chats" / time.strftime("rescued-%Y%m%d-%H%M%S.json")
+        try:
+            written = save(self.conversation, path, self.lm.name, make_parents=True)
+            self.hint(f"{why}; the conversation is saved in {written} (llm chat --load that file)")
+        except errors.LookinsideError as exc:
+            self.hint(f"{why}; the conversation could not be saved either: {exc}")
+        return code
+
+    def _loop(self) -> int:
         assert self.session is not None, "run() needs a prompt session"
         while True:
             try:
@@ -219,6 +263,8 @@ class ChatRepl:
             self.send(text)
         except errors.LookinsideError as exc:
             self.hint(str(exc))
+        except OSError as exc:  # a file a slash command touched; the session goes on
+            self.hint(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
         except Exception as exc:
             if type(exc).__name__ != "OutOfMemoryError":
                 raise
@@ -253,7 +299,11 @@ class ChatRepl:
         self.conversation.add("user", text)
         try:
             self.reply()
-        except BaseException:
+        except BaseException as exc:
+            survived = isinstance(exc, (errors.LookinsideError, KeyboardInterrupt, OSError)) or (
+                type(exc).__name__ == "OutOfMemoryError")
+            if not survived:
+                raise  # the session ends and saves the conversation: keep the message in it
             if self.conversation.messages[-1]["role"] == "user":
                 self.conversation.messages.pop()  # never answered: two user turns in a row would confuse the template
             raise
@@ -336,7 +386,12 @@ class ChatRepl:
             self.hint(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTABLE)}  (now: {self._settings_line()})")
             return
         name = parts[0].lower().replace("-", "_")
-        self.conversation.settings = self.conversation.settings.updated(name, parts[1])
+        settings = self.conversation.settings.updated(name, parts[1])
+        if settings.max_new_tokens >= self.lm.context_length:
+            self.hint(f"max_new_tokens must be below the context of {self.lm.context_length} tokens, "
+                      f"not {settings.max_new_tokens}: the prompt needs room too")
+            return
+        self.conversation.settings = settings
         self.note(f"{name} set: {self._settings_line()}")
 
     def _settings_line(self) -> str:
@@ -383,8 +438,9 @@ class ChatRepl:
         self.reply(continuation=True)
 
     def _cmd_save(self, argument: str) -> None:
+        make_parents, argument = _parents_flag(argument)
         path = Path(argument) if argument else data_dir() / "chats" / time.strftime("chat-%Y%m%d-%H%M%S.json")
-        written = save(self.conversation, path, self.lm.name)
+        written = save(self.conversation, path, self.lm.name, make_parents=make_parents or not argument)
         self.note(f"saved {len(self.conversation.messages)} messages and the settings to {written}")
 
     def _cmd_load(self, argument: str) -> None:
@@ -399,10 +455,11 @@ class ChatRepl:
             self.console.print(f"[bold]{message['role']}:[/] {escape(message['content'])}", highlight=False)
 
     def _cmd_export(self, argument: str) -> None:
+        make_parents, argument = _parents_flag(argument)
         if not argument:
-            self.hint("usage: /export PATH.md")
+            self.hint("usage: /export [-p] PATH.md")
             return
-        written = export_markdown(self.conversation, Path(argument), self.lm.name)
+        written = export_markdown(self.conversation, Path(argument), self.lm.name, make_parents)
         self.note(f"exported {len(self.conversation.messages)} messages to {written}")
 
     def _cmd_edit(self, argument: str) -> None:
