@@ -305,6 +305,10 @@ def load(path: Path) -> tuple[Conversation, str | None]:
         raise errors.BadInput(f"no transcript at {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.BadInput(f"{path} is not a readable JSON transcript ({exc})") from None
+    version = data.get("version") if isinstance(data, dict) else None
+    if version is not None and version != TRANSCRIPT_VERSION:
+        raise errors.BadInput(f"{path} is a transcript of version {version!r}; this lookinside reads version "
+                              f"{TRANSCRIPT_VERSION}")
     messages = data.get("messages") if isinstance(data, dict) else None
     if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
         raise errors.BadInput(f"{path} is not a lookinside transcript (no list of messages)")

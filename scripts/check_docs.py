@@ -1,0 +1,160 @@
+"""Re-run every command shown in README.md and docs/*.md and compare its output with the page.
+
+A checked example is a plain or ```text block whose first line is `$ COMMAND`; the lines up to the next
+`$ ` line are what COMMAND printed. `llm` runs as `python -m lookinside` from this checkout, at 80
+columns, offline. Text must match line for line (trailing spaces aside); numbers may differ by one
+unit in the last digit the page prints (so 2.5e-05 and 2.4e-05 agree, 0.9995 and 0.9990 do not).
+Skipped, with the reason printed: timings (`llm bench`, which the pages show from a measured run),
+other scripts, and commands that need a GPU or a download.
+
+    python scripts/check_docs.py                    # every page
+    python scripts/check_docs.py --tests "337 passed, 1 skipped"   # also README's test count
+
+Exit 1 on any difference, naming the page, the block's line and the first differing line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:\.\d+)?(?:e[-+]?\d+)?")
+SKIP = {
+    "llm bench": "timings: the page shows a measured run",
+    "scripts/": "another script, with its own numbers",
+    "cat ": "a file written by an earlier step",
+    "--device-map": "needs a GPU",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One command on a page and the output the page shows for it."""
+
+    page: Path
+    line: int  # 1-based line of the `$ ` command
+    command: str
+    shown: list[str]
+
+
+def examples(page: Path) -> list[Example]:
+    """Every `$ command` with its shown output, from the ```text blocks of `page`."""
+    found: list[Example] = []
+    lines = page.read_text(encoding="utf-8").splitlines()
+    fenced = checked = False
+    current: Example | None = None
+    for number, line in enumerate(lines, start=1):
+        if line.startswith("```"):
+            if current:
+                found.append(current)
+            current = None
+            fenced = not fenced
+            checked = fenced and line.strip() in ("```", "```text", "```console")
+            continue
+        if checked and line.startswith("$ "):
+            if current:
+                found.append(current)
+            current = Example(page, number, line[2:].strip(), [])
+        elif checked and current:
+            current.shown.append(line)
+    return found
+
+
+def skip_reason(example: Example) -> str | None:
+    """Why an example is not re-run, or None."""
+    return next((why for marker, why in SKIP.items() if marker in example.command), None)
+
+
+def run(command: str) -> list[str]:
+    """The command's output (stdout and stderr, as a terminal user sees them) at 80 columns."""
+    command = re.sub(r"\s+#.*$", "", command)  # a trailing comment
+    env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "TERM": "dumb",
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("LOOKINSIDE_MODEL", None)
+    script = f'llm() {{ "{sys.executable}" -m lookinside "$@"; }}\n{command}\n'
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, timeout=300)
+    return out.stdout.splitlines()
+
+
+def same_line(shown: str, got: str) -> bool:
+    """Equal text, and numbers within one unit of the last digit the page prints."""
+    shown, got = shown.rstrip(), got.rstrip()
+    if NUMBER.sub("#", shown) != NUMBER.sub("#", got):
+        return False
+    return all(_close(a, b) for a, b in zip(NUMBER.findall(shown), NUMBER.findall(got)))
+
+
+def _close(shown: str, got: str) -> bool:
+    if shown == got:
+        return True
+    try:
+        a, b = float(shown.replace(",", "")), float(got.replace(",", ""))
+    except ValueError:
+        return False
+    mantissa, _, exponent = shown.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    unit = 10.0 ** (-decimals + (int(exponent) if exponent else 0))
+    return abs(a - b) <= unit * 1.0001
+
+
+def check(example: Example) -> str | None:
+    """None when the command still prints what the page shows; else where they part."""
+    got = run(example.command)
+    shown = [line for line in example.shown if line.strip() != "..."]
+    if "..." in (line.strip() for line in example.shown):  # the page elides: compare the lines it shows, in order
+        got = [line for line in got if any(same_line(s, line) for s in shown)] or got
+    for i, (a, b) in enumerate(zip(shown, got)):
+        if not same_line(a, b):
+            return f"line {example.line + 1 + i}: page shows {a.rstrip()!r}, the command printed {b.rstrip()!r}"
+    if len(shown) != len(got):
+        return f"the page shows {len(shown)} lines, the command printed {len(got)}: " + (
+            f"first extra {got[len(shown)]!r}" if len(got) > len(shown) else f"missing {shown[len(got)]!r}")
+    return None
+
+
+def check_test_count(summary: str) -> str | None:
+    """README's test count against the suite's closing line, e.g. '337 passed, 1 skipped'."""
+    total = sum(int(n) for n in re.findall(r"(\d+) (?:passed|skipped|failed)", summary))
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"(\d+) tests", text)
+    if not match:
+        return "README.md does not say how many tests there are ('N tests')"
+    return None if int(match.group(1)) == total else f"README.md says {match.group(1)} tests; the suite ran {total}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", help="the suite's closing line, to check README's test count against")
+    parser.add_argument("pages", nargs="*", type=Path, default=PAGES)
+    args = parser.parse_args()
+    failures = 0
+    for page in args.pages:
+        for example in examples(page.resolve()):
+            where = f"{page.resolve().relative_to(ROOT)}:{example.line}"
+            reason = skip_reason(example)
+            if reason:
+                print(f"skip  {where}  {example.command}  ({reason})")
+                continue
+            problem = check(example)
+            print(f"{'ok   ' if problem is None else 'DIFF '} {where}  {example.command}")
+            if problem:
+                print(f"      {problem}")
+                failures += 1
+    if args.tests:
+        problem = check_test_count(args.tests)
+        print("ok    README.md test count" if problem is None else f"DIFF  {problem}")
+        failures += problem is not None
+    print(f"{failures} differences")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

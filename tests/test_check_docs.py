@@ -1,0 +1,35 @@
+"""scripts/check_docs.py: how it reads pages and compares printed numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("check_docs", ROOT / "scripts" / "check_docs.py")
+check_docs = importlib.util.module_from_spec(spec)
+sys.modules["check_docs"] = check_docs  # dataclasses look their module up there
+spec.loader.exec_module(check_docs)
+
+
+def test_numbers_may_differ_by_one_unit_of_the_last_printed_digit():
+    assert check_docs.same_line("│  7 │ ␣Tehran   │ 714 │ 2.5e-05 │", "│  7 │ ␣Tehran   │ 714 │ 2.4e-05 │")
+    assert check_docs.same_line("prob 0.9995", "prob 0.9994")
+    assert not check_docs.same_line("prob 0.9995", "prob 0.9990")
+    assert not check_docs.same_line("│ 1 │ ␣Paris │", "│ 1 │ ␣Rome │")
+    assert not check_docs.same_line("3,821,079,552 parameters", "3,821,079,553 parameters total")
+
+
+def test_examples_are_dollar_lines_in_text_blocks(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("text\n\n```bash\n$ not this\n```\n\n```text\n$ llm a\nout 1\n$ llm b\nout 2\nout 3\n```\n")
+    found = check_docs.examples(page)
+    assert [(e.line, e.command, e.shown) for e in found] == [(8, "llm a", ["out 1"]), (10, "llm b", ["out 2", "out 3"])]
+
+
+def test_the_test_count_is_read_from_the_suites_closing_line(monkeypatch, tmp_path):
+    (tmp_path / "README.md").write_text("The suite: 12 tests.\n")
+    monkeypatch.setattr(check_docs, "ROOT", tmp_path)
+    assert check_docs.check_test_count("10 passed, 2 skipped in 3.1s") is None
+    assert "says 12 tests; the suite ran 11" in check_docs.check_test_count("10 passed, 1 skipped in 3.1s")
