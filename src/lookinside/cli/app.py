@@ -12,6 +12,7 @@ from lookinside import __version__
 from lookinside.cli.bench import bench
 from lookinside.cli.chat import chat
 from lookinside.cli.compare import compare
+from lookinside.cli.diff import diff
 from lookinside.cli.edge import friendly, run
 from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
@@ -46,6 +47,7 @@ app.command("chat", short_help="Chat with the model: a streaming REPL with /why 
 app.command("next-token", short_help="The top-k next tokens, with the prompt's tokens and shapes.")(friendly(next_token))
 app.command("compare", short_help="Greedy decoding beside sampled decoding.")(friendly(compare))
 app.command("bench", short_help="Time generation with the KV cache on and off.")(friendly(bench))
+app.command("diff", short_help="What another dtype, attention or model changes, token by token.")(friendly(diff))
 app.command("inspect", short_help="The module tree and architecture card (config only).")(friendly(inspect_command))
 app.command("tokens", short_help="Each token's id and piece (tokenizer only).")(friendly(tokens))
 app.command("forward", short_help="The shapes through one forward pass, stage by stage.")(friendly(forward))

@@ -9,6 +9,7 @@ a one-line warning on stderr. Binary input (a NUL byte) is refused. No torch her
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -45,6 +46,15 @@ def read_stdin(source: str = "standard input") -> str:
         return decode(sys.stdin.buffer.read(), source)
     except OSError as exc:
         raise BadInput(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+def read_file(path: Path) -> str:
+    """A text file's contents, decoded like standard input; a missing or unreadable file is one line."""
+    try:
+        data = path.expanduser().read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode(data, str(path))
 
 
 def text_argument(value: str | None) -> str | None:

@@ -1,0 +1,58 @@
+"""`llm diff`: what another precision, attention kernel or model does to the predictions, token by token."""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lookinside.cli.inputs import text_argument
+from lookinside.cli.options import JsonOpt, model_options
+from lookinside.core.spec import LoadSpec
+
+AGAINST = "Against (B)"
+TextArg = Annotated[Optional[str], typer.Argument(
+    metavar="[TEXT]", help="The text both models read (- reads stdin).", show_default=False, callback=text_argument)]
+
+
+@model_options
+def diff(
+    text: TextArg = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the text from this file.",
+                                                 show_default=False)] = None,
+    against: Annotated[Optional[str], typer.Option(
+        "--against", metavar="NAME", rich_help_panel=AGAINST, show_default=False,
+        help="Model B: a Hub id, a directory or tiny (default: --model again, loaded as the options below say).")] = None,
+    against_dtype: Annotated[Optional[str], typer.Option(
+        "--against-dtype", metavar="DTYPE", rich_help_panel=AGAINST, show_default=False,
+        help="Load B in this dtype (auto|bfloat16|float16|float32).")] = None,
+    against_attn: Annotated[Optional[str], typer.Option(
+        "--against-attn", metavar="IMPL", rich_help_panel=AGAINST, show_default=False,
+        help="Load B with this attention implementation (sdpa|eager|flash_attention_2).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many top tokens to compare for the overlap.")] = 10,
+    json: JsonOpt = False,
+    *,
+    spec: LoadSpec,
+) -> None:
+    """Compare two models' next-token predictions over the same text: KL, same top-1, perplexity, where they part.
+
+    A is --model as loaded by the usual options; B is --against, or the same model loaded with
+    --against-dtype / --against-attn. Both read the same token ids (teacher forcing), one model
+    in memory at a time.
+    """
+    from lookinside.cli.inputs import read_file
+    from lookinside.core import diff as core_diff
+    from lookinside.core.errors import BadInput
+    from lookinside.ui.console import show
+    from lookinside.ui.diff import diff_json, diff_view
+    from lookinside.ui.progress import load_with_progress
+
+    if (text is None) == (file is None):
+        raise BadInput("give the text to compare over: TEXT, - for standard input, or --file PATH (one of them)")
+    text = read_file(file) if file is not None else text
+    other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
+                    attn=against_attn or spec.attn)
+    if top_k < 1:
+        raise BadInput(f"--top-k must be a positive number, not {top_k}")
+    result = core_diff.run_diff(load_with_progress, spec, other, text, top_k=top_k)
+    show(result, diff_view, diff_json, as_json=json)
