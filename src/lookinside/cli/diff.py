@@ -29,6 +29,9 @@ def diff(
     against_attn: Annotated[Optional[str], typer.Option(
         "--against-attn", metavar="IMPL", rich_help_panel=AGAINST, show_default=False,
         help="Load B with this attention implementation (sdpa|eager|flash_attention_2).")] = None,
+    against_quantize: Annotated[Optional[str], typer.Option(
+        "--against-quantize", metavar="KIND", rich_help_panel=AGAINST, show_default=False,
+        help="Load B quantized: int8 (torchao) | 8bit | 4bit (bitsandbytes, CUDA).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many top tokens to compare for the overlap.")] = 10,
     json: JsonOpt = False,
     *,
@@ -37,7 +40,7 @@ def diff(
     """Compare two models' next-token predictions over the same text: KL, same top-1, perplexity, where they part.
 
     A is --model as loaded by the usual options; B is --against, or the same model loaded with
-    --against-dtype / --against-attn. Both read the same token ids (teacher forcing), one model
+    --against-dtype / --against-attn / --against-quantize. Both read the same token ids (teacher forcing), one model
     in memory at a time.
     """
     from lookinside.cli.inputs import read_file
@@ -51,7 +54,7 @@ def diff(
         raise BadInput("give the text to compare over: TEXT, - for standard input, or --file PATH (one of them)")
     text = read_file(file) if file is not None else text
     other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
-                    attn=against_attn or spec.attn)
+                    attn=against_attn or spec.attn, quantize=against_quantize or spec.quantize)
     if top_k < 1:
         raise BadInput(f"--top-k must be a positive number, not {top_k}")
     result = core_diff.run_diff(load_with_progress, spec, other, text, top_k=top_k)

@@ -1,7 +1,7 @@
 """Option types shared by the commands, and two decorators that add whole groups of options.
 
 A command decorated with `model_options` declares `spec: LoadSpec` and receives the
---model/--device/--dtype/--attn/--device-map/--max-memory/--threads/--trust-remote-code
+--model/--device/--dtype/--attn/--device-map/--max-memory/--quantize/--threads/--trust-remote-code
 options already checked and bundled. One decorated with `sampling_options` declares
 `sampling: dict` and receives the --temperature/--top-k/--top-p/--min-p/
 --repetition-penalty/--seed values the user gave (absent ones left out).
@@ -69,6 +69,9 @@ def _load_parameters() -> list[inspect.Parameter]:
         option("max_memory", None, Annotated[Optional[str], typer.Option(
             "--max-memory", metavar="LIMITS", rich_help_panel=MODEL_PANEL, show_default=False,
             help="Per-device limits for --device-map, e.g. 0=20GiB,cpu=64GiB.")]),
+        option("quantize", None, Annotated[Optional[str], typer.Option(
+            "--quantize", metavar="KIND", rich_help_panel=MODEL_PANEL, show_default=False,
+            help="int8 (torchao: CPU and GPU) | 8bit | 4bit (bitsandbytes NF4: CUDA). Weights in low precision.")]),
         option("threads", None, Annotated[Optional[int], typer.Option(
             "--threads", metavar="N", rich_help_panel=MODEL_PANEL, show_default=False,
             help="CPU threads for torch (default: one per idle core, measured at load).")]),

@@ -19,6 +19,7 @@ import torch
 
 from lookinside.core import errors
 from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+from lookinside.core.quantize import Quantized, quantization_config, quantization_facts
 from lookinside.core.threads import ThreadChoice, choose_threads
 from lookinside.tiny import ASSETS as TINY_ASSETS
 
@@ -43,6 +44,7 @@ class LM:
     source: str = field(default="")
     notes: tuple[str, ...] = ()  # what the user should know about how it was loaded
     threads: ThreadChoice | None = None  # torch's CPU thread count, set by `load`
+    quantized: Quantized | None = None  # what --quantize converted, checked after loading
 
     @property
     def config(self) -> PretrainedConfig:
@@ -193,9 +195,10 @@ def load(spec: LoadSpec) -> LM:
         model, info = AutoModelForCausalLM.from_pretrained(
             source, output_loading_info=True, ignore_mismatched_sizes=True, **_load_kwargs(spec, device, dtype))
     notes = check_loaded(spec.model, model, tokenizer, info)
+    quantized = quantization_facts(spec.quantize, model, dtype) if spec.quantize else None
     model.eval()
     return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source,
-              notes=notes, threads=threads)
+              notes=(*notes, *([quantized.describe()] if quantized else [])), threads=threads, quantized=quantized)
 
 
 def check_loaded(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -245,6 +248,8 @@ def _load_kwargs(spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> di
         "attn_implementation": spec.attn,
         "trust_remote_code": spec.trust_remote_code,
     }
+    if spec.quantize:
+        kwargs["quantization_config"] = quantization_config(spec.quantize, device, dtype)
     if spec.device_map:
         kwargs["device_map"] = spec.device_map
         if spec.max_memory:

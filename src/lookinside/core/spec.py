@@ -10,6 +10,7 @@ DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
+QUANTIZE = ("int8", "8bit", "4bit")  # torchao int8 weights (CPU, GPU); bitsandbytes 8-bit and 4-bit NF4 (CUDA)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class LoadSpec:
     random_weights: bool = False
     layers: int | None = None  # with random weights: keep only the first N decoder layers
     threads: int | None = None  # CPU threads for torch; None: one per idle core (core/threads.py)
+    quantize: str | None = None  # one of QUANTIZE (core/quantize.py)
 
     def __post_init__(self) -> None:
         base, _, index = self.device.partition(":")
@@ -39,6 +41,10 @@ class LoadSpec:
             raise BadInput("--model is empty: give a Hub id, a local directory, or tiny")
         if self.layers is not None and self.layers < 1:
             raise BadInput(f"--layers must be at least 1, not {self.layers}")
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
+        if self.quantize is not None and self.random_weights:
+            raise BadInput("--quantize needs real weights to convert; drop --random-weights")
         if self.threads is not None and self.threads < 1:
             raise BadInput(f"--threads must be at least 1, not {self.threads}")
         if self.layers is not None and not self.random_weights:

@@ -33,4 +33,7 @@ def load_with_progress(spec: LoadSpec) -> LM:
     else:
         disable_progress_bars()
         transformers.logging.disable_progress_bar()
-    return load(spec)
+    lm = load(spec)
+    if lm.quantized is not None:
+        stderr_console().print(f"[dim]{lm.quantized.describe()}[/]", soft_wrap=True)
+    return lm
