@@ -73,3 +73,29 @@ def test_bad_kinds_and_random_weights_are_refused():
         LoadSpec(model="tiny", quantize="2bit")
     with pytest.raises(BadInput, match="needs real weights"):
         LoadSpec(model="tiny", quantize="int8", random_weights=True)
+
+
+def test_inspect_estimates_phi3_minis_4bit_footprint_from_the_config():
+    from typer.testing import CliRunner
+
+    from lookinside.cli.app import app
+
+    result = CliRunner().invoke(app, ["inspect", "--quantize", "4bit", "--json"])
+    import json
+
+    estimate = json.loads(result.output)["quantize_estimate"]
+    # 32 blocks of 113,246,208 linear weights at 4 bits, an fp32 absmax per 64 of them; embeddings and head at 16 bits.
+    assert estimate["converted_params"] == 32 * 113_246_208 and estimate["kept_params"] == 197_200_896
+    assert estimate["total_bytes"] == 3_623_878_656 // 2 + 3_623_878_656 // 64 * 4 + 197_200_896 * 2
+    assert 2.2e9 < estimate["total_bytes"] < 2.5e9  # about 2.3 GB, against 7.6 GB in bf16
+    view = CliRunner().invoke(app, ["inspect", "--quantize", "4bit"]).output
+    assert "weights in all          2.27 GiB (against 7.12 GiB in bf16/fp16)" in view
+
+
+def test_library_warnings_stay_off_the_terminal():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == ""

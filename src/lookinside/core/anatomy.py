@@ -16,6 +16,7 @@ from torch import nn
 
 from lookinside.core import errors
 from lookinside.core.loading import context_length, load_config_offline
+from lookinside.core.quantize import Estimate, estimate
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -80,12 +81,15 @@ class Anatomy:
 
     card: Architecture
     tree: ModuleNode
+    quantized: Estimate | None = None  # with --quantize: the footprint that would take
 
 
 def inspect_model(spec: LoadSpec) -> Anatomy:
     """The anatomy of `spec.model` from its config alone (carried offline for the default model)."""
     config = load_config_offline(spec.model, trust_remote_code=spec.trust_remote_code)
-    return anatomy_from_config(spec.model, config, trust_remote_code=spec.trust_remote_code)
+    model = meta_model(config, spec.trust_remote_code)
+    anatomy = anatomy_of(spec.model, model)
+    return replace(anatomy, quantized=estimate(model, spec.quantize)) if spec.quantize else anatomy
 
 
 def anatomy_from_config(name: str, config: PretrainedConfig, trust_remote_code: bool = False) -> Anatomy:

@@ -6,6 +6,7 @@ Every expected failure becomes a typed error from `lookinside.core.errors`.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -25,6 +26,11 @@ from lookinside.tiny import ASSETS as TINY_ASSETS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+# torchao, when installed, is imported by transformers on every load; its wheel then logs a warning for each
+# CUDA-only kernel this machine cannot load, and torch one for each enum it registers. Not the user's business.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Configs the project carries, so that meta-device views and random-weight benches work offline.

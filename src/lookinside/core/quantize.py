@@ -10,10 +10,6 @@ after, so the loading line can say both.
 from __future__ import annotations
 
 import importlib.util
-import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +38,41 @@ class Quantized:
                 f"converted; weights {_mib(self.bytes_before)} -> {_mib(self.bytes_after)}")
 
 
+# What each kind stores per converted weight: bits, and a float32 scale for every `block` weights
+# (int8: one per output row; bitsandbytes 4-bit: one absmax per 64 weights, without double quantization).
+STORAGE = {"int8": (8, None), "8bit": (8, None), "4bit": (4, 64)}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The weights' footprint under `kind`, from the shapes alone: what is converted, what stays 16-bit."""
+
+    kind: str
+    converted_params: int  # in the decoder's linear layers
+    kept_params: int  # embeddings, the LM head, norms: kept at 16 bits, as the loaders do
+    converted_bytes: int
+    scale_bytes: int
+    kept_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything the weights take."""
+        return self.converted_bytes + self.scale_bytes + self.kept_bytes
+
+
+def estimate(model: torch.nn.Module, kind: str) -> Estimate:
+    """The footprint of `model`'s weights quantized as `kind` (works on the meta device: shapes only)."""
+    import torch
+
+    bits, block = STORAGE[kind]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    converted = sum(m.weight.numel() for m in linear)
+    scales = sum(m.weight.numel() // block if block else m.weight.shape[0] for m in linear)
+    kept = sum(p.numel() for p in model.parameters()) - converted
+    return Estimate(kind, converted, kept, converted * bits // 8, scales * 4, kept * 2)
+
+
 def quantization_config(kind: str, device: torch.device, dtype: torch.dtype) -> Any:
     """transformers' quantization config for `kind`, or a typed error saying what is missing."""
     if kind not in QUANTIZE:
@@ -56,9 +87,7 @@ def quantization_config(kind: str, device: torch.device, dtype: torch.dtype) -> 
     if kind == "int8":
         from transformers import TorchAoConfig
 
-        with _quiet():  # torchao's wheel tries its CUDA-only kernels at import and logs each failure
-            from torchao.quantization import Int8WeightOnlyConfig
-        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum registrations, later on
+        from torchao.quantization import Int8WeightOnlyConfig  # its import-time warnings: see core/loading.py
 
         return TorchAoConfig(quant_type=Int8WeightOnlyConfig())
     from transformers import BitsAndBytesConfig
@@ -99,19 +128,6 @@ def stored_bytes(model: torch.nn.Module) -> int:
         inner = parameter.__tensor_flatten__()[0] if hasattr(parameter, "__tensor_flatten__") else None
         total += sum(getattr(parameter, name).nbytes for name in inner) if inner else parameter.nbytes
     return total
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence library logging and warnings for the block."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def _mib(n: int) -> str:

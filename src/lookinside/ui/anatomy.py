@@ -13,6 +13,7 @@ from rich.tree import Tree
 
 if TYPE_CHECKING:
     from lookinside.core.anatomy import Anatomy, Architecture, ModuleNode
+    from lookinside.core.quantize import Estimate
 
 LINEAR = re.compile(r"in_features=(\d+), out_features=(\d+), bias=(True|False)")
 PLAIN_ROPE = {("rope_type", "default"), ("partial_rotary_factor", 1.0)}  # not worth a word on the card
@@ -128,7 +129,28 @@ def card_view(card: Architecture) -> Table:
 def anatomy_view(anatomy: Anatomy) -> RenderableType:
     """The whole `inspect` screen: the tree, then the card."""
     note = Text("built on the meta device from the config alone: no weights were read", style="dim")
-    return Group(module_tree_view(anatomy.tree), Text(), card_view(anatomy.card), note)
+    parts = [module_tree_view(anatomy.tree), Text(), card_view(anatomy.card), note]
+    return Group(*parts, Text(), quantize_view(anatomy.quantized)) if anatomy.quantized else Group(*parts)
+
+
+QUANTIZE_NAMES = {"int8": "int8 weights (torchao)", "8bit": "8-bit (bitsandbytes)", "4bit": "4-bit NF4 (bitsandbytes)"}
+
+
+def quantize_view(estimate: Estimate) -> Text:
+    """The footprint under --quantize, with its arithmetic."""
+    from lookinside.core.quantize import STORAGE
+
+    bits, block = STORAGE[estimate.kind]
+    scales = f"one float32 scale per {block} weights" if block else "one float32 scale per output row"
+    text = Text()
+    text.append(f"--quantize {estimate.kind}: {QUANTIZE_NAMES[estimate.kind]}, estimated from the shapes\n", style="bold")
+    text.append(f"  decoder linear weights  {estimate.converted_params:>15,} × {bits} bits"
+                f"  = {human_bytes(estimate.converted_bytes)}\n")
+    text.append(f"  their scales            {scales}  = {human_bytes(estimate.scale_bytes)}\n")
+    text.append(f"  embeddings, LM head, norms {estimate.kept_params:>12,} × 16 bits = {human_bytes(estimate.kept_bytes)}\n")
+    text.append(f"  weights in all          {human_bytes(estimate.total_bytes)}", style="bold")
+    text.append(f" (against {human_bytes(2 * (estimate.converted_params + estimate.kept_params))} in bf16/fp16)")
+    return text
 
 
 def _tree_json(node: ModuleNode) -> dict[str, Any]:
@@ -146,4 +168,6 @@ def _tree_json(node: ModuleNode) -> dict[str, Any]:
 
 def anatomy_json(anatomy: Anatomy) -> dict[str, Any]:
     """The card's fields at the top level, and the tree under `modules`."""
-    return asdict(anatomy.card) | {"modules": _tree_json(anatomy.tree)}
+    quantized = asdict(anatomy.quantized) | {"total_bytes": anatomy.quantized.total_bytes} if anatomy.quantized else None
+    return asdict(anatomy.card) | {"modules": _tree_json(anatomy.tree)} | ({"quantize_estimate": quantized}
+                                                                          if quantized else {})
