@@ -47,6 +47,16 @@ def test_auto_dtype_off_cuda_and_explicit_dtype():
     assert loading.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
+def test_auto_dtype_on_the_cpu_keeps_a_bf16_checkpoint_where_the_cpu_has_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: True)
+    assert loading.resolve_dtype("auto", cpu, torch.bfloat16) == torch.bfloat16
+    assert loading.resolve_dtype("auto", cpu, torch.float32) == torch.float32  # tiny: never converted down
+    assert loading.resolve_dtype("auto", cpu, torch.float16) == torch.float32
+    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: False)
+    assert loading.resolve_dtype("auto", cpu, torch.bfloat16) == torch.float32  # emulated bf16 is slow
+
+
 def test_cuda_asked_for_but_absent(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(errors.DeviceUnavailable, match="--device cuda"):

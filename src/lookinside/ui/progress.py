@@ -34,6 +34,11 @@ def load_with_progress(spec: LoadSpec) -> LM:
         disable_progress_bars()
         transformers.logging.disable_progress_bar()
     lm = load(spec)
+    if show:
+        weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+        dtype = str(lm.dtype).removeprefix("torch.")
+        why = " (--dtype auto)" if spec.dtype == "auto" else ""
+        stderr_console().print(f"[dim]weights: {weights / 2**30:.2f} GiB in {dtype}{why} on {lm.device}[/]")
     if lm.quantized is not None:
         stderr_console().print(f"[dim]{lm.quantized.describe()}[/]", soft_wrap=True)
     return lm
