@@ -13,6 +13,7 @@ from lookinside.cli.bench import bench
 from lookinside.cli.chat import chat
 from lookinside.cli.compare import compare
 from lookinside.cli.diff import diff
+from lookinside.cli.generate import generate
 from lookinside.cli.edge import friendly, run
 from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
@@ -44,6 +45,7 @@ def root(
 
 
 app.command("chat", short_help="Chat with the model: a streaming REPL with /why and /probs.")(friendly(chat))
+app.command("generate", short_help="Continue a prompt: the completion, streamed (--json, --jsonl).")(friendly(generate))
 app.command("next-token", short_help="The top-k next tokens, with the prompt's tokens and shapes.")(friendly(next_token))
 app.command("compare", short_help="Greedy decoding beside sampled decoding.")(friendly(compare))
 app.command("bench", short_help="Time generation with the KV cache on and off.")(friendly(bench))

@@ -13,6 +13,7 @@ from lookinside.cli.options import (
     model_options,
     sampling_options,
 )
+from lookinside.cli.generate import IgnoreEosOpt, StopOpt
 from lookinside.core.spec import LoadSpec
 
 SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampled runs to show beside the greedy one.",
@@ -25,6 +26,8 @@ def compare(
     prompt: PromptArg,
     samples: SamplesOpt = 3,
     max_new_tokens: MaxNewTokensOpt = 40,
+    stop: StopOpt = None,
+    ignore_eos: IgnoreEosOpt = False,
     chat: ChatOpt = False,
     json: JsonOpt = False,
     *,
@@ -44,7 +47,7 @@ def compare(
     from lookinside.ui.progress import load_with_progress
 
     params = SamplingParams(**sampling)
-    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     check_compare_request(prompt, samples, params)
     result = compare(load_with_progress(spec), prompt, params, config, samples=samples, chat=chat)
     show(result, compare_view, compare_json, as_json=json)

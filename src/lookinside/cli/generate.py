@@ -1,0 +1,67 @@
+"""`llm generate`: one completion, streamed; plain text, --json or --jsonl."""
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lookinside.cli.inputs import text_argument
+from lookinside.cli.options import SAMPLING_PANEL, ChatOpt, MaxNewTokensOpt, model_options, sampling_options
+from lookinside.core.spec import LoadSpec
+
+PromptText = Annotated[Optional[str], typer.Argument(
+    metavar="[PROMPT]", help="The text to continue (- reads stdin).", show_default=False, callback=text_argument)]
+StopOpt = Annotated[Optional[list[str]], typer.Option(
+    "--stop", help="Stop when this text appears (repeatable); it is not printed.", rich_help_panel=SAMPLING_PANEL,
+    show_default=False)]
+IgnoreEosOpt = Annotated[bool, typer.Option(
+    "--ignore-eos", help="Go on past end tokens until --max-new-tokens.", rich_help_panel=SAMPLING_PANEL)]
+
+
+@model_options
+@sampling_options
+def generate(
+    prompt: PromptText = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from this file.",
+                                                 show_default=False)] = None,
+    max_new_tokens: MaxNewTokensOpt = 128,
+    stop: StopOpt = None,
+    ignore_eos: IgnoreEosOpt = False,
+    chat: ChatOpt = False,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object when done.")] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per token as it streams.")] = False,
+    *,
+    spec: LoadSpec,
+    sampling: dict[str, Any],
+) -> None:
+    """Continue a prompt and stream the completion (the model's sampling defaults, your flags on top).
+
+    Plain text goes to stdout as it is generated, and a stats line to stderr when it is a terminal; --json prints the
+    text, token ids, per-token log-probabilities, ranks and alternatives, the finish reason, the
+    seed and the timing; --jsonl one line per token, then a summary line.
+    """
+    from lookinside.cli.inputs import read_file
+    from lookinside.core.conversation import chat_settings
+    from lookinside.core.errors import BadInput
+    from lookinside.core.generate import GenerationConfig
+    from lookinside.core.generate import generate as start
+    from lookinside.core.prompting import encode_prompt
+    from lookinside.ui.console import stderr_console
+    from lookinside.ui.generate import stats_line, stream_out
+    from lookinside.ui.progress import load_with_progress
+
+    if (prompt is None) == (file is None):
+        raise BadInput("give the prompt: PROMPT, - for standard input, or --file PATH (one of them)")
+    if json and jsonl:
+        raise BadInput("--json and --jsonl: choose one")
+    text = read_file(file) if file is not None else prompt
+    settings = chat_settings(None, sampling, max_new_tokens)  # refuse bad values before loading
+    config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
+    lm = load_with_progress(spec)
+    params = chat_settings(lm.model.generation_config, sampling, settings.max_new_tokens).params
+    ids = encode_prompt(lm.tokenizer, text, chat=chat)
+    run = stream_out(start(lm, ids, params, config), ids, lm.tokenizer, "json" if json else "jsonl" if jsonl else "text",
+                     lm.name, text)
+    if not (json or jsonl) and sys.stderr is not None and sys.stderr.isatty():
+        stderr_console().print(f"[dim]{stats_line(run)}[/]", highlight=False)
