@@ -587,3 +587,53 @@ def test_an_unexpected_error_saves_the_conversation_first(tiny, tmp_path, monkey
     assert "unexpected error: RuntimeError: a bug in the middle of a reply" in run.out and str(saved) in run.out
     messages = json.loads(saved.read_text())["messages"]
     assert [m["content"] for m in messages] == ["What is the capital of Japan?", "Tokyo.", "And of France?"]
+
+
+def test_chat_from_the_command_line_autosaves_and_resumes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lookinside.cli.app import app
+
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    first = runner.invoke(app, ["chat", "What is the capital of Japan?", "--model", "tiny", "-t", "0"])
+    assert first.exit_code == 0 and first.output.strip() == "The capital of Japan is Tokyo."
+    (saved,) = (tmp_path / "chats").glob("session-*.json")
+    second = runner.invoke(app, ["chat", "--resume", "--model", "tiny", "-t", "0"], input="What is the capital of France?")
+    assert second.exit_code == 0 and "Paris" in second.output
+    messages = json.loads(saved.read_text())["messages"]  # resumed into the same file
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    third = runner.invoke(app, ["chat", "And of Italy?", "--load", str(saved), "--model", "tiny", "-t", "0"])
+    assert third.exit_code == 0
+    assert len(json.loads(saved.read_text())["messages"]) == 4  # --load leaves the file it read as it was
+    (newest,) = set((tmp_path / "chats").glob("session-*.json")) - {saved}  # a new session file, whatever the clock
+    assert len(json.loads(newest.read_text())["messages"]) == 6
+
+
+def test_a_system_prompt_with_piped_input(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lookinside.cli.app import app
+
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["chat", "-s", "Answer briefly.", "--model", "tiny", "-t", "0"],
+                                input="What is the capital of Japan?")
+    assert result.exit_code == 0 and "Tokyo" in result.output
+    (saved,) = (tmp_path / "chats").glob("session-*.json")
+    data = json.loads(saved.read_text())
+    assert data["system"] == "Answer briefly." and data["messages"][0]["content"] == "What is the capital of Japan?"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--resume"], "no conversation to resume"),
+    (["--load", "/nonexistent/chat.json"], "no transcript at /nonexistent/chat.json"),
+    (["--load", "x.json", "--resume"], "choose one"),
+])
+def test_resuming_what_is_not_there_is_one_line(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from lookinside.cli.app import app
+
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["chat", *args, "--model", "tiny"])
+    assert result.exit_code != 0 and message in result.output

@@ -1,10 +1,12 @@
 """`llm chat`: talk to the model in a REPL, or answer one piped message."""
 
 import sys
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
+from lookinside.cli.inputs import text_argument
 from lookinside.cli.options import MaxNewTokensOpt, model_options, sampling_options
 from lookinside.core.spec import LoadSpec
 
@@ -12,6 +14,12 @@ from lookinside.core.spec import LoadSpec
 @model_options
 @sampling_options
 def chat(
+    question: Annotated[Optional[str], typer.Argument(
+        metavar="[MESSAGE]", help="Answer this one message and exit (piped input is added below it).",
+        show_default=False, callback=text_argument)] = None,
+    load: Annotated[Optional[Path], typer.Option(
+        "--load", help="Go on with a conversation saved by /save (or autosaved).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on with the last conversation (every one is autosaved).")] = False,
     system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt for the conversation.",
                                                   show_default=False)] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Print replies as raw text, not rendered markdown.")] = False,
@@ -25,25 +33,35 @@ def chat(
 ) -> None:
     """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
     from lookinside.cli.inputs import read_stdin
-    from lookinside.core.conversation import Conversation, chat_settings
+    from lookinside.core.conversation import Conversation, chat_settings, continued
+    from lookinside.core.errors import BadInput
+    from lookinside.core.paths import last_session, new_chat_file
     from lookinside.ui.console import stdout_console
     from lookinside.ui.progress import load_with_progress
     from lookinside.ui.repl import ChatRepl, make_session
 
     chat_settings(None, sampling, max_new_tokens)  # refuse bad values before the model loads
+    if load is not None and resume:
+        raise BadInput("--load FILE or --resume: choose one")
+    source = last_session() if resume else load
+    saved = continued(source, system, sampling)[0] if source is not None else None  # a bad file fails before loading
     piped = read_stdin() if sys.stdin is None or not sys.stdin.isatty() else None
-    if piped is not None and not piped.strip():
+    message = "\n\n".join(part.strip() for part in (question, piped) if part is not None and part.strip())
+    if (question is not None or piped is not None) and not message:
         return  # nothing to answer
     lm = load_with_progress(spec)
-    settings = chat_settings(lm.model.generation_config, sampling, max_new_tokens, trim=not no_trim)
-    conversation = Conversation(system=system, settings=settings)
+    conversation = saved or Conversation(system=system, settings=chat_settings(
+        lm.model.generation_config, sampling, max_new_tokens, trim=not no_trim))
     console = stdout_console()
-    if piped is not None:
-        repl = ChatRepl(lm, conversation, console, mode="plain")
+    one_shot = question is not None or piped is not None
+    repl = ChatRepl(lm, conversation, console, None if one_shot else make_session(keep_history=not no_history),
+                    "plain" if plain or one_shot or not console.is_terminal else "markdown")
+    repl.autosave = source if resume else new_chat_file("session")
+    if one_shot:
         repl.show_stats = False
-        repl.send(piped.strip())
+        repl.send(message)
+        repl.save_quietly()
         return
-    console.print(f"[dim]chatting with {lm.name} · /help lists the commands · Ctrl-D leaves[/]")
-    session = make_session(keep_history=not no_history)
-    mode = "plain" if plain or not console.is_terminal else "markdown"
-    raise typer.Exit(ChatRepl(lm, conversation, console, session, mode).run())
+    resumed = f" · going on from {source} ({len(conversation.messages)} messages)" if source else ""
+    console.print(f"[dim]chatting with {lm.name}{resumed} · /help lists the commands · Ctrl-D leaves[/]")
+    raise typer.Exit(repl.run())

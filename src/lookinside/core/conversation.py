@@ -345,3 +345,16 @@ def export_markdown(conversation: Conversation, path: Path, model: str, make_par
         raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md")
     write_atomically(path, to_markdown(conversation, model), make_parents)
     return path
+
+
+def continued(path: Path, system: str | None, overrides: dict[str, Any]) -> tuple[Conversation, str | None]:
+    """A saved conversation to go on with: its system prompt and settings, unless the user gave new ones."""
+    conversation, model = load(path)
+    if system is not None:
+        conversation.system = system
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if given:
+        settings = conversation.settings
+        conversation.settings = replace(settings, params=settings.params.updated(**given),
+                                        source=f"{settings.source}, then your options")
+    return conversation, model

@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from platformdirs import user_data_dir
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import get_app
 from prompt_toolkit.completion import Completer, Completion, ThreadedCompleter
@@ -46,6 +45,7 @@ from lookinside.core.conversation import (
     reply_stats,
     save,
 )
+from lookinside.core.paths import data_dir, new_chat_file
 from lookinside.ui.chat_views import ModelFacts, WhyRow, context_meter, help_view, show_view, stats_line, why_view
 from lookinside.ui.stream import Mode, StreamPrinter
 
@@ -97,13 +97,6 @@ def _parents_flag(argument: str) -> tuple[bool, str]:
     """`-p PATH` -> (True, PATH): the user asks for missing directories to be made."""
     flag, _, rest = argument.partition(" ")
     return (True, rest.strip()) if flag == "-p" else (False, argument)
-
-
-def data_dir() -> Path:
-    """Where lookinside keeps chat history and saved chats ($LOOKINSIDE_DATA_DIR overrides)."""
-    if os.environ.get("LOOKINSIDE_DATA_DIR"):
-        return Path(os.environ["LOOKINSIDE_DATA_DIR"]).expanduser()
-    return Path(user_data_dir("lookinside", appauthor=False))
 
 
 def history(keep: bool) -> History:
@@ -199,6 +192,7 @@ class ChatRepl:
         self.probs = False
         self.last_steps: list[Step] = []
         self.generate_fn = generate_fn
+        self.autosave: Path | None = None  # where every turn is written, for `llm chat --resume`
 
     # ---- the loop
 
@@ -220,7 +214,7 @@ class ChatRepl:
 
     def rescue(self, why: str, code: int) -> int:
         """Write the conversation where it can be found again, say where, and give the exit code."""
-        path = data_dir() / "chats" / time.strftime("rescued-%Y%m%d-%H%M%S.json")
+        path = new_chat_file("rescued")
         try:
             written = save(self.conversation, path, self.lm.name, make_parents=True)
             self.hint(f"{why}; the conversation is saved in {written} (llm chat --load that file)")
@@ -253,7 +247,23 @@ class ChatRepl:
         return text
 
     def handle(self, line: str) -> bool:
-        """Act on one input; False means leave."""
+        """Act on one input, then autosave; False means leave."""
+        try:
+            return self._handle(line)
+        finally:
+            self.save_quietly()
+
+    def save_quietly(self) -> None:
+        """Write the conversation to the autosave file, if there is one and anything to keep; say so once if it fails."""
+        if self.autosave is None or not self.conversation.messages:
+            return
+        try:
+            save(self.conversation, self.autosave, self.lm.name, make_parents=True)
+        except errors.LookinsideError as exc:
+            self.hint(f"autosave is off: {exc}")
+            self.autosave = None
+
+    def _handle(self, line: str) -> bool:
         text = line.strip()
         if not text:
             return True
@@ -439,7 +449,7 @@ class ChatRepl:
 
     def _cmd_save(self, argument: str) -> None:
         make_parents, argument = _parents_flag(argument)
-        path = Path(argument) if argument else data_dir() / "chats" / time.strftime("chat-%Y%m%d-%H%M%S.json")
+        path = Path(argument) if argument else new_chat_file("chat")
         written = save(self.conversation, path, self.lm.name, make_parents=make_parents or not argument)
         self.note(f"saved {len(self.conversation.messages)} messages and the settings to {written}")
 

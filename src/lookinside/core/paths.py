@@ -1,0 +1,41 @@
+"""Where lookinside keeps its files: input history, saved, autosaved and rescued chats."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from platformdirs import user_data_dir
+
+from lookinside.core import errors
+
+
+def data_dir() -> Path:
+    """Where lookinside keeps chat history and saved chats ($LOOKINSIDE_DATA_DIR overrides)."""
+    if os.environ.get("LOOKINSIDE_DATA_DIR"):
+        return Path(os.environ["LOOKINSIDE_DATA_DIR"]).expanduser()
+    return Path(user_data_dir("lookinside", appauthor=False))
+
+
+def chats_dir() -> Path:
+    """Saved, autosaved and rescued conversations."""
+    return data_dir() / "chats"
+
+
+def new_chat_file(kind: str) -> Path:
+    """A file name no conversation has yet: `session-...` (autosave), `chat-...` (/save), `rescued-...`."""
+    stamp = time.strftime(f"{kind}-%Y%m%d-%H%M%S")
+    path, n = chats_dir() / f"{stamp}.json", 1
+    while path.exists():
+        n += 1
+        path = chats_dir() / f"{stamp}-{n}.json"
+    return path
+
+
+def last_session() -> Path:
+    """The most recently written autosaved (or rescued) conversation, for --resume."""
+    found = [p for p in chats_dir().glob("*.json") if p.name.startswith(("session-", "rescued-"))]
+    if not found:
+        raise errors.BadInput(f"no conversation to resume: none has been saved in {chats_dir()} yet")
+    return max(found, key=lambda p: p.stat().st_mtime)
