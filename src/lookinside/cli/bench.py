@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lookinside.cli.options import MODEL_PANEL, JsonOpt, model_options
+from lookinside.cli.options import MODEL_PANEL, JsonOpt, Keep, keep_options, model_options
 from lookinside.core.spec import LoadSpec
 
 BENCH_PANEL = "Benchmark"
@@ -16,6 +16,7 @@ def _opt(*names: str, help: str, panel: str = BENCH_PANEL, **kwargs) -> typer.mo
 
 
 @model_options
+@keep_options
 def bench(
     cache: Annotated[Optional[bool], _opt(
         "--cache/--no-cache", help="Time only with (or only without) the KV cache; default both.",
@@ -44,6 +45,7 @@ def bench(
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
+    keep: Keep,
 ) -> None:
     """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
     from lookinside.core.bench import BenchSettings, modes_for, parse_sweep, run_bench
@@ -56,4 +58,4 @@ def bench(
                              reference=reference)
     lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
-    show(report, bench_view, bench_json, as_json=json)
+    show(report, bench_view, bench_json, as_json=json, keep=keep)

@@ -4,16 +4,18 @@ from typing import Annotated, Any
 
 import typer
 
+from lookinside.cli.generate import IgnoreEosOpt, StopOpt
 from lookinside.cli.options import (
     SAMPLING_PANEL,
     ChatOpt,
     JsonOpt,
+    Keep,
     MaxNewTokensOpt,
     PromptArg,
+    keep_options,
     model_options,
     sampling_options,
 )
-from lookinside.cli.generate import IgnoreEosOpt, StopOpt
 from lookinside.core.spec import LoadSpec
 
 SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampled runs to show beside the greedy one.",
@@ -21,6 +23,7 @@ SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampl
 
 
 @model_options
+@keep_options
 @sampling_options
 def compare(
     prompt: PromptArg,
@@ -32,6 +35,7 @@ def compare(
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
+    keep: Keep,
     sampling: dict[str, Any],
 ) -> None:
     """Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.
@@ -50,4 +54,4 @@ def compare(
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     check_compare_request(prompt, samples, params)
     result = compare(load_with_progress(spec), prompt, params, config, samples=samples, chat=chat)
-    show(result, compare_view, compare_json, as_json=json)
+    show(result, compare_view, compare_json, as_json=json, keep=keep)

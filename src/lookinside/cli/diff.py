@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import JsonOpt, model_options
+from lookinside.cli.options import JsonOpt, Keep, keep_options, model_options
 from lookinside.core.spec import LoadSpec
 
 AGAINST = "Against (B)"
@@ -16,6 +16,7 @@ TextArg = Annotated[Optional[str], typer.Argument(
 
 
 @model_options
+@keep_options
 def diff(
     text: TextArg = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the text from this file.",
@@ -36,6 +37,7 @@ def diff(
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
+    keep: Keep,
 ) -> None:
     """Compare two models' next-token predictions over the same text: KL, same top-1, perplexity, where they part.
 
@@ -58,4 +60,4 @@ def diff(
     if top_k < 1:
         raise BadInput(f"--top-k must be a positive number, not {top_k}")
     result = core_diff.run_diff(load_with_progress, spec, other, text, top_k=top_k)
-    show(result, diff_view, diff_json, as_json=json)
+    show(result, diff_view, diff_json, as_json=json, keep=keep)

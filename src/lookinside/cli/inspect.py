@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import ChatOpt, JsonOpt, PromptArg, model_options
+from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, keep_options, model_options
 from lookinside.core.spec import LoadSpec
 
 TextArg = Annotated[str, typer.Argument(metavar="TEXT", help="The text to cut into tokens (- reads stdin).",
@@ -27,18 +27,20 @@ AllPositionsOpt = Annotated[bool, typer.Option("--all-positions", help="A layer-
 
 
 @model_options
-def inspect_command(json: JsonOpt = False, *, spec: LoadSpec) -> None:
+@keep_options
+def inspect_command(json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """The module tree and architecture card, built from the config alone (no weights read)."""
     from lookinside.core.anatomy import inspect_model
     from lookinside.ui.anatomy import anatomy_json, anatomy_view
     from lookinside.ui.console import show
 
     anatomy = inspect_model(spec)
-    show(anatomy, anatomy_view, anatomy_json, as_json=json)
+    show(anatomy, anatomy_view, anatomy_json, as_json=json, keep=keep)
 
 
 @model_options
-def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec) -> None:
+@keep_options
+def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """Each token of TEXT with its id and piece (loads only the tokenizer)."""
     from lookinside.core.loading import load_tokenizer
     from lookinside.core.tokens import tokenize
@@ -46,11 +48,12 @@ def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec:
     from lookinside.ui.tokens import tokens_json, tokens_view
 
     result = tokenize(spec.model, load_tokenizer(spec), text, chat=chat)
-    show(result, tokens_view, tokens_json, as_json=json)
+    show(result, tokens_view, tokens_json, as_json=json, keep=keep)
 
 
 @model_options
-def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec) -> None:
+@keep_options
+def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """The shapes through one forward pass, stage by stage, read with hooks."""
     from lookinside.core.hooks import trace_forward
     from lookinside.core.prompting import check_prompt
@@ -60,13 +63,14 @@ def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, 
 
     check_prompt(prompt)
     result = trace_forward(load_with_progress(spec), prompt, chat=chat)
-    show(result, forward_view, forward_json, as_json=json)
+    show(result, forward_view, forward_json, as_json=json, keep=keep)
 
 
 @model_options
+@keep_options
 def attention(
     prompt: PromptArg, layer: LayerOpt = 0, head: HeadOpt = None, png: PngOpt = None,
-    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec,
+    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
     from lookinside.core.attention import attention_maps, precheck
@@ -88,13 +92,14 @@ def attention(
     if png is not None:
         write_png(maps, png)
         stderr_console().print(f"wrote {png}", style="dim", markup=False)
-    show(maps, attention_view, attention_json, as_json=json)
+    show(maps, attention_view, attention_json, as_json=json, keep=keep)
 
 
 @model_options
+@keep_options
 def lens(
     prompt: PromptArg, top_k: TopKOpt = 3, position: PositionOpt = -1, all_positions: AllPositionsOpt = False,
-    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec,
+    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
 ) -> None:
     """The logit lens: each layer's residual stream through the final norm and LM head."""
     from lookinside.core.lens import check_request, logit_lens
@@ -105,4 +110,4 @@ def lens(
     check_request(prompt, top_k)
     result = logit_lens(load_with_progress(spec), prompt, top_k=top_k, position=position, all_positions=all_positions,
                         chat=chat)
-    show(result, lens_view, lens_json, as_json=json)
+    show(result, lens_view, lens_json, as_json=json, keep=keep)

@@ -4,11 +4,12 @@ from typing import Annotated
 
 import typer
 
-from lookinside.cli.options import ChatOpt, JsonOpt, PromptArg, model_options
+from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, keep_options, model_options
 from lookinside.core.spec import LoadSpec
 
 
 @model_options
+@keep_options
 def next_token(
     prompt: PromptArg,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many candidates to list.")] = 10,
@@ -18,6 +19,7 @@ def next_token(
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
+    keep: Keep,
 ) -> None:
     """Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes."""
     from lookinside.core.predict import check_request, next_token
@@ -27,4 +29,4 @@ def next_token(
 
     check_request(prompt, top_k, temperature)
     result = next_token(load_with_progress(spec), prompt, top_k=top_k, temperature=temperature, chat=chat)
-    show(result, next_token_view, next_token_json, as_json=json)
+    show(result, next_token_view, next_token_json, as_json=json, keep=keep)

@@ -10,6 +10,8 @@ options already checked and bundled. One decorated with `sampling_options` decla
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -118,3 +120,24 @@ model_options.__doc__ = "Give a command the loading options; it receives them as
 sampling_options = _adding("sampling", _sampling_parameters,
                            lambda chosen: {name: value for name, value in chosen.items() if value is not None})
 sampling_options.__doc__ = "Give a command the sampling options; it receives those given as `sampling: dict`."
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Where to keep a copy of the view: an SVG picture and/or an HTML page of what the terminal shows."""
+
+    svg: Optional[Path] = None
+    html: Optional[Path] = None
+
+
+def _keep_parameters() -> list[inspect.Parameter]:
+    def option(name: str, help: str) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[Path], typer.Option(f"--{name}", metavar="FILE", help=help, show_default=False)])
+
+    return [option("svg", "Also save the view as an SVG picture (what the terminal shows)."),
+            option("html", "Also save the view as an HTML page, colours kept.")]
+
+
+keep_options = _adding("keep", _keep_parameters, lambda chosen: Keep(**chosen))
+keep_options.__doc__ = "Give a view command --svg and --html; it receives them as `keep: Keep`."

@@ -285,6 +285,9 @@ def write_atomically(path: Path, text: str, make_parents: bool = False) -> None:
 
 def _replace_with(path: Path, text: str) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets; these are the user's ordinary files
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)

@@ -6,9 +6,11 @@ NO_COLOR; these helpers keep every command making its consoles the same way.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -24,12 +26,27 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def show(result: Any, view: Callable[[Any], RenderableType], to_json: Callable[[Any], Any], as_json: bool) -> None:
-    """A command's result on stdout: its view, or with `as_json` its JSON."""
+def show(result: Any, view: Callable[[Any], RenderableType], to_json: Callable[[Any], Any], as_json: bool,
+         keep: Any = None) -> None:
+    """A command's result on stdout: its view, or with `as_json` its JSON; `keep` (cli.options.Keep) saves copies."""
     if as_json:
         print_json(to_json(result))
     else:
         stdout_console().print(view(result))
+    if keep is not None and (keep.svg or keep.html):
+        save_view(view(result), keep.svg, keep.html)
+
+
+def save_view(renderable: RenderableType, svg: Path | None, html: Path | None, width: int = 100) -> None:
+    """Draw `renderable` on a recording console and write it as SVG and/or HTML, each atomically or not at all."""
+    from lookinside.core.conversation import write_atomically
+
+    console = Console(record=True, file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor")
+    console.print(renderable)
+    if svg:
+        write_atomically(svg.expanduser(), console.export_svg(title="lookinside", clear=False))
+    if html:
+        write_atomically(html.expanduser(), console.export_html(inline_styles=True, clear=False))
 
 
 def print_json(data: Any) -> None:
