@@ -73,9 +73,10 @@ def test_summarize_known_patterns():
 
 
 def test_long_prompts_keep_summaries_not_every_map(tiny_eager, monkeypatch):
+    from rich.console import Console
+
     import lookinside.core.attention as core
     import lookinside.ui.attention as view
-    from rich.console import Console
 
     monkeypatch.setattr(core, "KEEP_ALL_HEADS_UP_TO", 4)
     monkeypatch.setattr(view, "HEAT_MAP_UP_TO", 3)

@@ -29,8 +29,8 @@ from lookinside.core.bench import (
     run_bench,
 )
 from lookinside.core.errors import BadInput
-from lookinside.core.loading import load
 from lookinside.core.hardware import known_gpu
+from lookinside.core.loading import load
 from lookinside.core.spec import LoadSpec
 from lookinside.ui.bench import bench_json, bench_view, latency_chart, size, span
 

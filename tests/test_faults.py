@@ -207,7 +207,7 @@ def _pane(session: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def _wait_for(session: str, pattern: str, deadline_s: float = 60) -> str:
+def _wait_for(session: str, pattern: str, deadline_s: float = 120) -> str:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if re.search(pattern, pane := _pane(session)):

@@ -99,3 +99,25 @@ def test_library_warnings_stay_off_the_terminal():
     out = subprocess.run([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stderr == ""
+
+
+@needs_torchao
+def test_chats_stats_line_says_the_weights_are_int8(tiny_int8):
+    import io
+
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+    from rich.console import Console
+
+    from lookinside.core.conversation import ChatSettings, Conversation
+    from lookinside.core.sampling import SamplingParams
+    from lookinside.ui.repl import ChatRepl, make_session
+
+    console = Console(file=io.StringIO(), width=200)
+    with create_pipe_input() as pipe:
+        pipe.send_text("What is the capital of Japan?\r")
+        pipe.close()
+        session = make_session(keep_history=False, input=pipe, output=DummyOutput())
+        conversation = Conversation(settings=ChatSettings(params=SamplingParams(temperature=0)))
+        ChatRepl(tiny_int8, conversation, console, session, "plain").run()
+    assert "int8 weights 1.8 MiB (from 4.0 MiB)" in console.file.getvalue()

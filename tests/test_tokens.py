@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.spec import LoadSpec
 from lookinside.core.loading import load_tokenizer
+from lookinside.core.spec import LoadSpec
 from lookinside.core.tokens import tokenize
 
 runner = CliRunner()

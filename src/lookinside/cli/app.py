@@ -13,8 +13,8 @@ from lookinside.cli.bench import bench
 from lookinside.cli.chat import chat
 from lookinside.cli.compare import compare
 from lookinside.cli.diff import diff
-from lookinside.cli.generate import generate
 from lookinside.cli.edge import friendly, run
+from lookinside.cli.generate import generate
 from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
 

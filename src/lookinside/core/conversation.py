@@ -226,10 +226,12 @@ class ReplyStats:
     seed: int | None
     peak_memory_bytes: int | None = None  # CUDA only
     threads: int | None = None  # torch's CPU threads (CPU only)
+    quantized: str | None = None  # e.g. "int8 weights 1.8 MiB (from 4.0 MiB)"
 
 
 def reply_stats(steps: Sequence[Step], prompt_tokens: int, context_length: int, seed: int | None,
-                peak_memory_bytes: int | None = None, threads: int | None = None) -> ReplyStats:
+                peak_memory_bytes: int | None = None, threads: int | None = None,
+                quantized: str | None = None) -> ReplyStats:
     """Stats from a reply's steps: step 0 holds the prefill, so decode speed uses the others."""
     decode = steps[1:]
     decode_s = sum(s.seconds for s in decode)
@@ -243,6 +245,7 @@ def reply_stats(steps: Sequence[Step], prompt_tokens: int, context_length: int, 
         seed=seed,
         peak_memory_bytes=peak_memory_bytes,
         threads=threads,
+        quantized=quantized,
     )
 
 

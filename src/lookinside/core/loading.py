@@ -20,8 +20,8 @@ from urllib.parse import urlparse
 import torch
 
 from lookinside.core import errors
-from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.quantize import Quantized, quantization_config, quantization_facts
+from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.threads import ThreadChoice, choose_threads
 from lookinside.tiny import ASSETS as TINY_ASSETS
 

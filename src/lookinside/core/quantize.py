@@ -32,6 +32,10 @@ class Quantized:
     bytes_before: int  # at the load dtype
     bytes_after: int
 
+    def short(self) -> str:
+        """`int8 weights 1.8 MiB (from 4.0 MiB)`, for a stats line."""
+        return f"{self.kind} weights {_mib(self.bytes_after)} (from {_mib(self.bytes_before)})"
+
     def describe(self) -> str:
         """`int8 (torchao): 128 of 129 linear weights; weights 4.0 MiB -> 1.8 MiB`."""
         return (f"--quantize {self.kind} ({PACKAGES[self.kind]}): {self.converted} of {self.linear} linear weights "
@@ -85,9 +89,8 @@ def quantization_config(kind: str, device: torch.device, dtype: torch.dtype) -> 
         raise errors.BadInput(f"--quantize {kind} needs the {package} package: pip install {package} "
                               "(or pip install 'lookinside[quantize]')")
     if kind == "int8":
-        from transformers import TorchAoConfig
-
         from torchao.quantization import Int8WeightOnlyConfig  # its import-time warnings: see core/loading.py
+        from transformers import TorchAoConfig
 
         return TorchAoConfig(quant_type=Int8WeightOnlyConfig())
     from transformers import BitsAndBytesConfig

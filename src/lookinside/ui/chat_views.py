@@ -29,6 +29,8 @@ def stats_line(stats: ReplyStats) -> str:
         parts.append(f"{stats.threads} CPU thread{'s' * (stats.threads != 1)}")
     if stats.seed is not None:
         parts.append(f"seed {stats.seed}")
+    if stats.quantized is not None:
+        parts.append(stats.quantized)
     if stats.peak_memory_bytes is not None:
         parts.append(f"peak CUDA {stats.peak_memory_bytes / 2**30:.2f} GiB")
     return "[dim]" + " · ".join(parts) + "[/]"

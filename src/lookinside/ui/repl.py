@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -344,7 +343,8 @@ class ChatRepl:
         if self.show_stats and steps:
             threads = self.lm.threads.count if self.lm.threads and self.lm.device.type == "cpu" else None
             stats = reply_stats(steps, len(fitted.ids), self.lm.context_length, None if params.greedy else params.seed,
-                                peak_memory_bytes(self.lm.device) if cuda else None, threads)
+                                peak_memory_bytes(self.lm.device) if cuda else None, threads,
+                                self.lm.quantized.short() if self.lm.quantized else None)
             self.console.print(stats_line(stats), highlight=False)
 
     def _stream(self, ids: list[int], params: SamplingParams, printer: StreamPrinter) -> tuple[list[Step], bool]:
