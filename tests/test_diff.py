@@ -85,8 +85,8 @@ def test_the_command_prints_the_report_and_json(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    ([], "give the text to compare over"),
-    (["hi", "--file", "x.txt"], "give the text to compare over"),
+    ([], "give the text"),
+    (["hi", "--file", "x.txt"], "give the text"),
     (["--file", "/nonexistent/x.txt"], "cannot read /nonexistent/x.txt"),
     ([""], "the prompt is empty"),
 ])

@@ -64,7 +64,7 @@ def test_the_prompt_from_stdin_and_the_chat_template():
 
 
 def test_bad_input_is_one_line(tmp_path):
-    for args, message in [([], "give the prompt"), (["hi", "--json", "--jsonl"], "choose one"),
+    for args, message in [([], "give the text"), (["hi", "--json", "--jsonl"], "choose one"),
                           (["hi", "-t", "-1"], "temperature must be >= 0"), (["", "-t", "0"], "the prompt is empty")]:
         result = gen(*args)
         assert result.exit_code != 0 and message in result.output, (args, result.output)

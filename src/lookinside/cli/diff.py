@@ -1,13 +1,12 @@
 """`llm diff`: what another precision, attention kernel or model does to the predictions, token by token."""
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import JsonOpt, Keep, keep_options, model_options
+from lookinside.cli.options import FileOpt, JsonOpt, Keep, keep_options, model_options
 from lookinside.core.spec import LoadSpec
 
 AGAINST = "Against (B)"
@@ -19,8 +18,7 @@ TextArg = Annotated[Optional[str], typer.Argument(
 @keep_options
 def diff(
     text: TextArg = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the text from this file.",
-                                                 show_default=False)] = None,
+    file: FileOpt = None,
     against: Annotated[Optional[str], typer.Option(
         "--against", metavar="NAME", rich_help_panel=AGAINST, show_default=False,
         help="Model B: a Hub id, a directory or tiny (default: --model again, loaded as the options below say).")] = None,
@@ -45,16 +43,14 @@ def diff(
     --against-dtype / --against-attn / --against-quantize. Both read the same token ids (teacher forcing), one model
     in memory at a time.
     """
-    from lookinside.cli.inputs import read_file
+    from lookinside.cli.inputs import text_or_file
     from lookinside.core import diff as core_diff
     from lookinside.core.errors import BadInput
     from lookinside.ui.console import show
     from lookinside.ui.diff import diff_json, diff_view
     from lookinside.ui.progress import load_with_progress
 
-    if (text is None) == (file is None):
-        raise BadInput("give the text to compare over: TEXT, - for standard input, or --file PATH (one of them)")
-    text = read_file(file) if file is not None else text
+    text = text_or_file(text, file)
     other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
                     attn=against_attn or spec.attn, quantize=against_quantize or spec.quantize)
     if top_k < 1:

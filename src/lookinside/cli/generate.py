@@ -1,13 +1,12 @@
 """`llm generate`: one completion, streamed; plain text, --json or --jsonl."""
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import SAMPLING_PANEL, ChatOpt, MaxNewTokensOpt, model_options, sampling_options
+from lookinside.cli.options import SAMPLING_PANEL, ChatOpt, FileOpt, MaxNewTokensOpt, model_options, sampling_options
 from lookinside.core.spec import LoadSpec
 
 PromptText = Annotated[Optional[str], typer.Argument(
@@ -23,8 +22,7 @@ IgnoreEosOpt = Annotated[bool, typer.Option(
 @sampling_options
 def generate(
     prompt: PromptText = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from this file.",
-                                                 show_default=False)] = None,
+    file: FileOpt = None,
     max_new_tokens: MaxNewTokensOpt = 128,
     stop: StopOpt = None,
     ignore_eos: IgnoreEosOpt = False,
@@ -41,7 +39,7 @@ def generate(
     text, token ids, per-token log-probabilities, ranks and alternatives, the finish reason, the
     seed and the timing; --jsonl one line per token, then a summary line.
     """
-    from lookinside.cli.inputs import read_file
+    from lookinside.cli.inputs import text_or_file
     from lookinside.core.conversation import chat_settings
     from lookinside.core.errors import BadInput
     from lookinside.core.generate import GenerationConfig
@@ -51,11 +49,9 @@ def generate(
     from lookinside.ui.generate import stats_line, stream_out
     from lookinside.ui.progress import load_with_progress
 
-    if (prompt is None) == (file is None):
-        raise BadInput("give the prompt: PROMPT, - for standard input, or --file PATH (one of them)")
     if json and jsonl:
         raise BadInput("--json and --jsonl: choose one")
-    text = read_file(file) if file is not None else prompt
+    text = text_or_file(prompt, file)
     settings = chat_settings(None, sampling, max_new_tokens)  # refuse bad values before loading
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     lm = load_with_progress(spec)

@@ -57,6 +57,13 @@ def read_file(path: Path) -> str:
     return decode(data, str(path))
 
 
+def text_or_file(text: str | None, file: Path | None) -> str:
+    """The text of a command that takes TEXT, - or --file PATH: exactly one of them."""
+    if (text is None) == (file is None):
+        raise BadInput("give the text: as an argument, - for standard input, or --file PATH (one of them)")
+    return read_file(file) if file is not None else text  # type: ignore[return-value]
+
+
 def text_argument(value: str | None) -> str | None:
     """Typer callback for PROMPT/TEXT: `-` means standard input; bad bytes are replaced with a warning."""
     if value is None:

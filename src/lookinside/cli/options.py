@@ -40,6 +40,8 @@ RepetitionOpt = Annotated[Optional[float], typer.Option("--repetition-penalty", 
                                                         rich_help_panel=SAMPLING_PANEL, show_default=False)]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling (shown so a run can be repeated).",
                                                 rich_help_panel=SAMPLING_PANEL, show_default=False)]
+FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", metavar="PATH", help="Read the text from this file.",
+                                                 show_default=False)]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.",
                                               rich_help_panel=SAMPLING_PANEL)]
 
