@@ -479,6 +479,7 @@ def _wait_for(session: str, pattern: str, deadline_s: float = 60) -> str:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.slow
 def test_end_to_end_in_a_real_terminal(tmp_path):
     session = f"llm-chat-{uuid.uuid4().hex[:8]}"
     command = (f"LOOKINSIDE_DATA_DIR={tmp_path} PYTHONPATH={SRC} {sys.executable} -m lookinside chat --model tiny"
@@ -514,6 +515,7 @@ print("END")
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.slow
 def test_a_reply_taller_than_the_terminal_lands_in_the_scrollback_once(tmp_path):
     script = tmp_path / "stream.py"
     script.write_text(STREAM_SCRIPT)
@@ -532,6 +534,7 @@ def test_a_reply_taller_than_the_terminal_lands_in_the_scrollback_once(tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.slow
 def test_redirected_stdout_gets_plain_replies_and_the_prompt_stays_on_the_terminal(tmp_path):
     session = f"llm-redirect-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "out.txt"

@@ -130,6 +130,7 @@ def test_bad_flags_are_one_line(args, message):
 
 # ---- bytes -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_invalid_utf8_in_an_argument_is_replaced_with_a_warning():
     out = child(b"next-token", b"The capital of \xff\xfe France is", b"--model", b"tiny", b"--json")
     assert out.returncode == 0
@@ -137,12 +138,14 @@ def test_invalid_utf8_in_an_argument_is_replaced_with_a_warning():
     assert "\ufffd" in json.loads(out.stdout)["prompt"]
 
 
+@pytest.mark.slow
 def test_invalid_utf8_on_chats_stdin_is_replaced_with_a_warning():
     out = child("chat", "--model", "tiny", "--temperature", "0", stdin=None, input=b"What is the capital of Japan?\xff")
     assert out.returncode == 0 and b"Tokyo" in out.stdout
     assert b"warning: standard input is not valid UTF-8" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_binary_prompt_on_stdin_is_refused(tmp_path):
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\x00\x01\x02 not text")
@@ -151,6 +154,7 @@ def test_a_binary_prompt_on_stdin_is_refused(tmp_path):
     assert out.returncode == 2 and b"looks binary" in out.stderr
 
 
+@pytest.mark.slow
 def test_an_empty_stdin_prompt_is_the_empty_prompt_error():
     out = child("next-token", "-", "--model", "tiny")
     assert out.returncode != 0 and b"the prompt is empty" in out.stderr
@@ -158,23 +162,27 @@ def test_an_empty_stdin_prompt_is_the_empty_prompt_error():
 
 # ---- channels --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_closed_stdout_is_one_line_and_an_error_exit():
     out = child("next-token", "hi", "--model", "tiny", stdout=subprocess.DEVNULL, pass_fds=(),
                 preexec_fn=lambda: os.close(1))
     assert out.returncode == 74 and b"standard output is closed" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_an_error_exit():
     with open("/dev/full", "wb") as full:
         out = child("next-token", "hi", "--model", "tiny", stdout=full)
     assert out.returncode == 74 and b"cannot write the output: the disk is full" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_closed_stdin_in_chat_is_one_line():
     out = child("chat", "--model", "tiny", stdin=None, preexec_fn=lambda: os.close(0))
     assert out.returncode != 0 and b"standard input is closed" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_pipe_closed_early_exits_quietly():
     process = subprocess.Popen([sys.executable, "-m", "lookinside", "tokens", "word " * 2000, "--model", "tiny"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
@@ -187,6 +195,7 @@ def test_a_pipe_closed_early_exits_quietly():
 # ---- signals ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("delay", [2.0, 6.0])
+@pytest.mark.slow
 def test_two_quick_ctrl_cs_exit_130_quietly(delay):
     process = subprocess.Popen([sys.executable, "-m", "lookinside", "bench", "--model", "tiny", "-n", "300"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
@@ -222,6 +231,7 @@ def _type(session: str, text: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.slow
 def test_chat_survives_unwritable_saves_and_sigterm_saves_the_conversation(tmp_path):
     data, readonly, afile = tmp_path / "data", tmp_path / "readonly", tmp_path / "a-file"
     readonly.mkdir()

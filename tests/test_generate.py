@@ -217,6 +217,7 @@ def test_bad_requests_are_refused_before_generating(tiny):
     assert GenerationConfig(stop_strings="END").stop_strings == ("END",)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_phi3_mini_shaped_model_agrees_with_itself_and_with_generate(tmp_path, phi3_tokenizer_dir):
     """Phi-3-mini's real config (2 of its 32 layers, sliding window, vocab 32064), random bf16 weights."""
     import shutil

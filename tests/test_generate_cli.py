@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
@@ -56,6 +57,7 @@ def test_compare_takes_stop_and_ignore_eos():
     assert json.loads(result.output)["greedy"]["text"] == " Paris"
 
 
+@pytest.mark.slow
 def test_the_prompt_from_stdin_and_the_chat_template():
     out = subprocess.run([sys.executable, "-m", "lookinside", "generate", "-", "--chat", "-t", "0", "--model", "tiny"],
                          input="What is the capital of Japan?", capture_output=True, text=True, timeout=120)

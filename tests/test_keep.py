@@ -45,6 +45,7 @@ def test_an_unwritable_picture_is_one_line_and_nothing_half_written(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.slow
 def test_chromium_renders_the_svg_with_the_tables_text(tmp_path):
     svg = tmp_path / "table.svg"
     runner.invoke(app, ["next-token", "The capital of France is", "--model", "tiny", "--svg", str(svg)])

@@ -174,6 +174,7 @@ def test_phi3_mini_config_is_carried_for_offline_use():
     assert config.num_key_value_heads == 32
 
 
+@pytest.mark.slow
 def test_random_weights_of_the_default_model_work_offline():
     """Phi-3-mini's carried config and tokenizer, one of its 32 layers: its end tokens, its real vocabulary."""
     lm = loading.load(LoadSpec(model=DEFAULT_MODEL, device="cpu", dtype="bfloat16", random_weights=True, layers=1))

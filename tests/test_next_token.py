@@ -101,6 +101,7 @@ def test_model_default_comes_from_the_environment(monkeypatch):
     assert json.loads(result.stdout)["top"][0]["token"] == " Rome"
 
 
+@pytest.mark.slow
 def test_phi3_shapes_with_the_real_vocabulary(tmp_path, phi3_tokenizer_dir):
     """Phi-3-mini's dimensions (2 of its 32 layers), random weights, Phi-3's real tokenizer."""
     from lookinside.core.loading import load, load_config_offline

@@ -50,6 +50,7 @@ def test_only_tokenizer_files_are_carried_no_weights():
                      "tokenizer.json", "tokenizer_config.json"]
 
 
+@pytest.mark.slow
 def test_llm_tokens_for_the_default_model_needs_no_network():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LOOKINSIDE_MODEL": ""}
     env.pop("LOOKINSIDE_MODEL")

@@ -92,6 +92,7 @@ def test_inspect_estimates_phi3_minis_4bit_footprint_from_the_config():
     assert "weights in all          2.27 GiB (against 7.12 GiB in bf16/fp16)" in view
 
 
+@pytest.mark.slow
 def test_library_warnings_stay_off_the_terminal():
     import subprocess
     import sys
