@@ -50,10 +50,10 @@ def diff(
     from lookinside.ui.diff import diff_json, diff_view
     from lookinside.ui.progress import load_with_progress
 
+    if top_k < 1:
+        raise BadInput(f"--top-k must be a positive number, not {top_k}")
     text = text_or_file(text, file)
     other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
                     attn=against_attn or spec.attn, quantize=against_quantize or spec.quantize)
-    if top_k < 1:
-        raise BadInput(f"--top-k must be a positive number, not {top_k}")
     result = core_diff.run_diff(load_with_progress, spec, other, text, top_k=top_k)
     show(result, diff_view, diff_json, as_json=json, keep=keep)

@@ -52,10 +52,10 @@ def generate(
     if json and jsonl:
         raise BadInput("--json and --jsonl: choose one")
     text = text_or_file(prompt, file)
-    settings = chat_settings(None, sampling, max_new_tokens)  # refuse bad values before loading
+    chat_settings(None, sampling, max_new_tokens)  # refuse bad values before loading
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     lm = load_with_progress(spec)
-    params = chat_settings(lm.model.generation_config, sampling, settings.max_new_tokens).params
+    params = chat_settings(lm.model.generation_config, sampling, max_new_tokens).params
     ids = encode_prompt(lm.tokenizer, text, chat=chat)
     run = stream_out(start(lm, ids, params, config), ids, lm.tokenizer, "json" if json else "jsonl" if jsonl else "text",
                      lm.name, text)

@@ -10,6 +10,7 @@ are used one after the other (`side`), so the two need never be in memory togeth
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import statistics
@@ -167,7 +168,7 @@ def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str
 def describe_load(lm: LM, spec: LoadSpec) -> str:
     """What tells one side from the other: dtype, attention, quantization."""
     parts = [str(lm.dtype).removeprefix("torch."), lm.attn_implementation]
-    parts += [f"quantized {spec.quantize}"] if getattr(spec, "quantize", None) else []
+    parts += [f"quantized {spec.quantize}"] if spec.quantize else []
     return ", ".join(parts)
 
 
@@ -206,11 +207,5 @@ def compare_sides(a: Side, b: Side, top_k: int = 10) -> Diff:
 
 
 def _namer(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], str]:
-    cache: dict[int, str] = {}
-
-    def name(token_id: int) -> str:
-        if token_id not in cache:
-            cache[token_id] = token_text(tokenizer, token_id)
-        return cache[token_id]
-
-    return name
+    """token_text for this tokenizer, each id looked up once."""
+    return functools.cache(functools.partial(token_text, tokenizer))

@@ -117,6 +117,17 @@ class Generation:
         return sum(s.logprob for s in self.steps) / len(self.steps) if self.steps else 0.0
 
     @property
+    def ttft_s(self) -> float | None:
+        """Time to the first token: the prefill plus choosing it (None before any step)."""
+        return self.steps[0].seconds if self.steps else None
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        """Tokens per second after the first (None with fewer than two tokens)."""
+        decode_s = sum(s.seconds for s in self.steps[1:])
+        return (len(self.steps) - 1) / decode_s if len(self.steps) > 1 and decode_s > 0 else None
+
+    @property
     def perplexity(self) -> float:
         """exp(-mean log-probability)."""
         return math.exp(-self.mean_logprob) if self.mean_logprob > -700 else float("inf")

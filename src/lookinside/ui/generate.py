@@ -33,14 +33,10 @@ def step_json(step: Step, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
 
 def generation_json(run: Generation, tokenizer: PreTrainedTokenizerBase, model: str, prompt: str) -> dict[str, Any]:
     """The whole completion: text, ids, per-token detail, why it ended, the seed and the timing."""
-    decode = run.steps[1:]
-    decode_s = sum(s.seconds for s in decode)
     return {
         "model": model, "prompt": prompt, "prompt_tokens": len(run.prompt_ids), "text": run.text,
         "token_ids": run.token_ids, "finish": run.finish, "seed": run.seed,
-        "timing": {"ttft_s": run.steps[0].seconds if run.steps else None,
-                   "decode_tok_s": len(decode) / decode_s if decode and decode_s > 0 else None,
-                   "total_s": sum(s.seconds for s in run.steps)},
+        "timing": {"ttft_s": run.ttft_s, "decode_tok_s": run.decode_tok_s, "total_s": sum(s.seconds for s in run.steps)},
         "steps": [step_json(s, tokenizer) for s in run.steps],
     }
 
@@ -74,10 +70,8 @@ def stream_out(stream: Stream, prompt_ids: list[int], tokenizer: PreTrainedToken
 
 def stats_line(run: Generation) -> str:
     """The dim line after a plain completion: tokens, why it stopped, the seed, speed."""
-    decode = run.steps[1:]
-    decode_s = sum(s.seconds for s in decode)
     parts = [f"{len(run.prompt_ids)} prompt + {len(run.steps)} generated tokens", f"finish: {run.finish}"]
     parts += [f"seed {run.seed}"] if run.seed is not None else []
-    parts += [f"TTFT {run.steps[0].seconds * 1000:.0f} ms"] if run.steps else []
-    parts += [f"{len(decode) / decode_s:.1f} tok/s"] if decode and decode_s > 0 else []
+    parts += [f"TTFT {run.ttft_s * 1000:.0f} ms"] if run.ttft_s is not None else []
+    parts += [f"{run.decode_tok_s:.1f} tok/s"] if run.decode_tok_s is not None else []
     return " · ".join(parts)
