@@ -10,7 +10,7 @@ import torch
 from lookinside.core.errors import BadInput
 from lookinside.core.generate import choose, prefill
 from lookinside.core.prompting import encode_prompt
-from lookinside.core.sampling import SamplingParams, build_processors, logits_to_probs, top_candidates
+from lookinside.core.sampling import FIELDS, SamplingParams, request_fields, build_processors, logits_to_probs, top_candidates
 
 
 @pytest.mark.parametrize(
@@ -117,3 +117,51 @@ def test_top_k_and_top_p_draw_only_from_the_kept_set():
     observed = _draw(logits, SamplingParams(min_p=0.5), 3000)
     # token 1 is exp(-0.5) = 0.61 of the top's probability: kept; token 2 (0.37) is not
     assert observed[2:].sum() == 0 and observed[1] > 0
+
+
+# ---- one description per field: every layer reads core.sampling.FIELDS
+
+@pytest.fixture(scope="module")
+def cli_options():
+    """Each command's option names, read from the Typer app."""
+    import typer.main
+
+    from lookinside.cli.app import app
+
+    group = typer.main.get_command(app)
+    return {name: {opt for param in command.params for opt in param.opts} for name, command in group.commands.items()}
+
+
+def _set_value(field):
+    """A value other than the default that the field accepts, as text for /set."""
+    return {"temperature": "0.5", "top_k": "7", "top_p": "0.8", "min_p": "0.1", "seed": "11",
+            "repetition_penalty": "1.3"}.get(field.name, "2")
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.name)
+def test_every_sampling_field_reaches_every_layer(field, cli_options):
+    from dataclasses import fields as dataclass_fields
+
+    from lookinside.core.conversation import SETTABLE, ChatSettings
+
+    assert field.name in {f.name for f in dataclass_fields(SamplingParams)}
+    for command in ("chat", "generate", "compare"):
+        assert field.flag in cli_options[command], f"{command} lacks {field.flag}"
+    settings = ChatSettings(params=SamplingParams(temperature=0.7))
+    if field.settable:
+        assert field.name in SETTABLE
+        changed = settings.updated(field.name, _set_value(field)).params
+        assert getattr(changed, field.name) == field.parse(_set_value(field)) != field.default
+        assert f"{field.name}=" in changed.describe()  # /show and the chat's settings line print describe()
+        assert ChatSettings.from_json(settings.updated(field.name, _set_value(field)).to_json()).params == changed
+    params = SamplingParams(**{field.name: field.parse(_set_value(field))})
+    assert params.to_json()[field.name] == getattr(params, field.name)
+    wire = request_fields(params)
+    assert field.name in wire["openai"] or field.name in wire["extra"] or getattr(params, field.name) == field.off
+
+
+def test_a_field_without_a_flag_would_be_caught():
+    from dataclasses import fields as dataclass_fields
+
+    assert [f.name for f in dataclass_fields(SamplingParams)] == [f.name for f in FIELDS]
+    assert len({f.flag for f in FIELDS}) == len(FIELDS)

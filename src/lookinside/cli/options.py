@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
+from lookinside.core.sampling import FIELDS
 from lookinside.core.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
 
 MODEL_PANEL = "Model"
@@ -26,20 +27,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template first.")]
 PromptArg = Annotated[str, typer.Argument(metavar="PROMPT", help="The text to run through the model (- reads stdin).",
                                           show_default=False, callback=text_argument)]
-TemperatureOpt = Annotated[
-    Optional[float], typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.",
-                                  rich_help_panel=SAMPLING_PANEL, show_default=False)
-]
-TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Keep only the k most likely tokens (0: off).",
-                                                rich_help_panel=SAMPLING_PANEL, show_default=False)]
-TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Keep the smallest set with this much probability.",
-                                                  rich_help_panel=SAMPLING_PANEL, show_default=False)]
-MinPOpt = Annotated[Optional[float], typer.Option("--min-p", help="Drop tokens below min-p times the top probability.",
-                                                  rich_help_panel=SAMPLING_PANEL, show_default=False)]
-RepetitionOpt = Annotated[Optional[float], typer.Option("--repetition-penalty", help="Penalise tokens already seen (1: off).",
-                                                        rich_help_panel=SAMPLING_PANEL, show_default=False)]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling (shown so a run can be repeated).",
-                                                rich_help_panel=SAMPLING_PANEL, show_default=False)]
 FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", metavar="PATH", help="Read the text from this file.",
                                                  show_default=False)]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.",
@@ -86,10 +73,10 @@ def _load_parameters() -> list[inspect.Parameter]:
 
 
 def _sampling_parameters() -> list[inspect.Parameter]:
-    options = {"temperature": TemperatureOpt, "top_k": TopKOpt, "top_p": TopPOpt, "min_p": MinPOpt,
-               "repetition_penalty": RepetitionOpt, "seed": SeedOpt}
-    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
-            for name, annotation in options.items()]
+    """One option per field of core.sampling.FIELDS (so a new sampler needs no edit here)."""
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[f.kind], typer.Option(f.flag, *f.shorts, help=f.help, rich_help_panel=SAMPLING_PANEL, show_default=False)])
+        for f in FIELDS]
 
 
 def _adding(target: str, parameters: Callable[[], list[inspect.Parameter]],

@@ -11,17 +11,16 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.prompting import Message, encode_messages
-from lookinside.core.sampling import SamplingParams
+from lookinside.core.sampling import FIELD, FIELDS, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedTokenizerBase
@@ -51,37 +50,27 @@ class ChatSettings:
     def updated(self, name: str, value: str) -> ChatSettings:
         """A copy with one setting changed from its text form, as `/set NAME VALUE` gives it."""
         if name == "max_new_tokens":
-            return replace(self, max_new_tokens=_parse(name, value, int))
+            try:
+                return replace(self, max_new_tokens=int(value))
+            except ValueError:
+                raise errors.BadInput(f"max_new_tokens takes an integer, not {value!r}") from None
         if name not in SETTABLE:
             raise errors.BadInput(f"unknown setting {name!r}: one of {', '.join(SETTABLE)}")
-        if name == "seed" and value.lower() in ("none", "random", "off"):
-            return replace(self, params=self.params.updated(seed=None))
-        kind = int if name in ("top_k", "seed") else float
-        return replace(self, params=self.params.updated(**{name: _parse(name, value, kind)}))
+        return replace(self, params=self.params.updated(**{name: FIELD[name].parse(value)}))
 
     def to_json(self) -> dict[str, Any]:
         """The settings as a JSON object."""
-        return {"params": asdict(self.params), "max_new_tokens": self.max_new_tokens, "trim": self.trim}
+        return {"params": self.params.to_json(), "max_new_tokens": self.max_new_tokens, "trim": self.trim}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChatSettings:
         """Settings from `to_json`'s object (validated again)."""
-        params = SamplingParams(**{k: v for k, v in data.get("params", {}).items() if k in SamplingParams.field_names()})
-        return cls(params=params, max_new_tokens=int(data.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+        return cls(params=SamplingParams.from_json(data.get("params", {})),
+                   max_new_tokens=int(data.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
                    trim=bool(data.get("trim", True)), source="the loaded transcript")
 
 
-SETTABLE = ("temperature", "top_k", "top_p", "min_p", "max_new_tokens", "seed", "repetition_penalty")
-
-
-def _parse(name: str, value: str, kind: type) -> Any:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise errors.BadInput(f"{name} takes {'an integer' if kind is int else 'a number'}, not {value!r}") from None
-    if kind is float and not math.isfinite(number):
-        raise errors.BadInput(f"{name} must be a finite number")
-    return number
+SETTABLE = (*(f.name for f in FIELDS if f.settable), "max_new_tokens")
 
 
 def chat_defaults(generation_config: GenerationConfig | None) -> tuple[SamplingParams, str]:
@@ -92,9 +81,9 @@ def chat_defaults(generation_config: GenerationConfig | None) -> tuple[SamplingP
         return CHAT_DEFAULT.updated(repetition_penalty=penalty), "lookinside's chat default, as the model's generation config sets none"
     if not do_sample:
         return SamplingParams(temperature=0, repetition_penalty=penalty), "the model's generation config (greedy)"
-    found = {name: getattr(generation_config, name, None) for name in ("temperature", "top_k", "top_p", "min_p")}
+    found = {f.name: getattr(generation_config, f.name, None) for f in FIELDS if f.from_generation_config}
     chosen = {name: value for name, value in found.items() if value is not None}
-    return SamplingParams(**chosen, repetition_penalty=penalty), "the model's generation config"
+    return SamplingParams(**{**chosen, "repetition_penalty": penalty}), "the model's generation config"
 
 
 def chat_settings(generation_config: GenerationConfig | None, overrides: dict[str, Any],

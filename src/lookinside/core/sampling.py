@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from lookinside.core.errors import BadInput
 
@@ -29,37 +30,84 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class SamplingField:
+    """Everything the layers need to know about one sampling setting; `FIELDS` below is the one list.
+
+    The CLI flags (cli/options.py), chat's `/set` and `/show`, `describe`, the JSON of every command,
+    the model's generation-config defaults and the remote request (core/remote.py) all read it.
+    """
+
+    name: str
+    kind: type  # int or float
+    default: Any
+    flag: str
+    help: str
+    rule: str  # the range in words, as the error says it
+    valid: Callable[[Any], bool]
+    shorts: tuple[str, ...] = ()
+    off: Any = None  # the value that turns it off; describe() leaves it out then (None: always shown)
+    sampling_only: bool = True  # without effect when greedy
+    settable: bool = True  # chat's /set can change it
+    nullable: bool = False  # None is a value (`/set seed none`)
+    from_generation_config: bool = True  # a model's generation config may give its default
+    api: Literal["openai", "extra"] = "extra"  # OpenAI's own request field, or an extra one (vLLM accepts them)
+
+    def parse(self, text: str) -> Any:
+        """The value from its text form, as `/set NAME VALUE` gives it."""
+        if self.nullable and text.lower() in ("none", "random", "off"):
+            return None
+        try:
+            return self.kind(text)
+        except ValueError:
+            raise BadInput(f"{self.name} takes {'an integer' if self.kind is int else 'a number'}, not {text!r}") from None
+
+    def check(self, value: Any) -> None:
+        """Refuse a value of the wrong type or out of range, in one line."""
+        if value is None and self.nullable:
+            return
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.kind is int and not (number and isinstance(value, int)):
+            raise BadInput(f"{self.name} must be a whole number, not {value!r}")
+        if not number or not math.isfinite(value):
+            raise BadInput(f"{self.name} must be a finite number, not {value!r}")
+        if not self.valid(value):
+            raise BadInput(f"{self.name} must be {self.rule}, not {value:{'d' if self.kind is int else 'g'}}")
+
+
+FIELDS: tuple[SamplingField, ...] = (
+    SamplingField("temperature", float, 1.0, "--temperature", "Sampling temperature; 0 is greedy.",
+                  ">= 0 (0 is greedy)", lambda v: v >= 0, shorts=("-t",), api="openai"),
+    SamplingField("top_k", int, 0, "--top-k", "Keep only the k most likely tokens (0: off).",
+                  ">= 0 (0 turns it off)", lambda v: v >= 0, off=0),
+    SamplingField("top_p", float, 1.0, "--top-p", "Keep the smallest set with this much probability.",
+                  "in (0, 1] (1 turns it off)", lambda v: 0 < v <= 1, off=1.0, api="openai"),
+    SamplingField("min_p", float, 0.0, "--min-p", "Drop tokens below min-p times the top probability.",
+                  "in [0, 1] (0 turns it off)", lambda v: 0 <= v <= 1, off=0.0),
+    SamplingField("seed", int, None, "--seed", "Random seed for sampling (shown so a run can be repeated).",
+                  "in [0, 2**63)", lambda v: 0 <= v < 2**63, nullable=True, from_generation_config=False, api="openai"),
+    SamplingField("repetition_penalty", float, 1.0, "--repetition-penalty", "Penalise tokens already seen (1: off).",
+                  "> 0 (1 turns it off)", lambda v: v > 0, off=1.0, sampling_only=False),
+)
+FIELD = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each next token. temperature=0 is greedy; seed=None is filled in by `seeded()`."""
+    """How to pick each next token. temperature=0 is greedy; seed=None is filled in by `seeded()`.
+
+    Its fields are `FIELDS`, in that order; each value is checked by its field on creation.
+    """
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
-    repetition_penalty: float = 1.0
     seed: int | None = None
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise BadInput(f"{name} must be a finite number, not {value!r}")
-        for name in ("top_k", "seed"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise BadInput(f"{name} must be a whole number, not {value!r}")
-        checks = (
-            (self.temperature >= 0, f"temperature must be >= 0 (0 is greedy), not {self.temperature:g}"),
-            (self.top_k >= 0, f"top_k must be >= 0 (0 turns it off), not {self.top_k}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1] (1 turns it off), not {self.top_p:g}"),
-            (0 <= self.min_p <= 1, f"min_p must be in [0, 1] (0 turns it off), not {self.min_p:g}"),
-            (self.repetition_penalty > 0,
-             f"repetition_penalty must be > 0 (1 turns it off), not {self.repetition_penalty:g}"),
-            (self.seed is None or 0 <= self.seed < 2**63, f"seed must be in [0, 2**63), not {self.seed}"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise BadInput(message)
+        for f in FIELDS:
+            f.check(getattr(self, f.name))
 
     @property
     def greedy(self) -> bool:
@@ -75,22 +123,37 @@ class SamplingParams:
         return replace(self, **changes)
 
     def describe(self) -> str:
-        """A short line of the settings that are in effect."""
-        if self.greedy:
-            parts = ["greedy"]
-        else:
-            parts = [f"temperature={self.temperature:g}"]
-            parts += [f"top_k={self.top_k}"] if self.top_k else []
-            parts += [f"top_p={self.top_p:g}"] if self.top_p < 1 else []
-            parts += [f"min_p={self.min_p:g}"] if self.min_p > 0 else []
-            parts += [f"seed={self.seed}"] if self.seed is not None else []
-        parts += [f"repetition_penalty={self.repetition_penalty:g}"] if self.repetition_penalty != 1 else []
+        """A short line of the settings that are in effect, in `FIELDS` order."""
+        parts = ["greedy"] if self.greedy else []
+        for f in FIELDS:
+            value = getattr(self, f.name)
+            if (self.greedy and f.sampling_only) or (f.off is not None and value == f.off) or value is None:
+                continue
+            parts.append(f"{f.name}={value:g}" if f.kind is float else f"{f.name}={value}")
         return ", ".join(parts)
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field by name, as the JSON of each command and the transcripts write them."""
+        return asdict(self)
+
     @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """The names of the settings, as `/set` and the options use them."""
-        return tuple(f.name for f in fields(cls))
+    def from_json(cls, data: dict[str, Any]) -> SamplingParams:
+        """Params from `to_json`'s object, validated again; unknown names are ignored."""
+        return cls(**{k: v for k, v in data.items() if k in FIELD})
+
+
+def request_fields(params: SamplingParams) -> dict[str, dict[str, Any]]:
+    """The settings as an OpenAI-compatible request carries them: its own fields, and the extra ones.
+
+    An extra field (top_k, min_p, repetition_penalty: vLLM takes them in the request body) is left
+    out where it is off, so a server that knows none of them is only sent what it knows.
+    """
+    wire: dict[str, dict[str, Any]] = {"openai": {}, "extra": {}}
+    for f in FIELDS:
+        value = getattr(params, f.name)
+        if value is not None and (f.api == "openai" or value != f.off):
+            wire[f.api][f.name] = value
+    return wire
 
 
 def build_processors(params: SamplingParams) -> LogitsProcessorList:

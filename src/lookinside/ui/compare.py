@@ -123,17 +123,12 @@ def prompt_tail(prompt: str, limit: int = 40) -> str:
 
 def compare_json(result: Comparison) -> dict[str, Any]:
     """The comparison as the documented JSON object."""
-    params = result.params
     return {
         "model": result.model,
         "prompt": result.prompt,
         "chat": result.chat,
         "prompt_ids": result.prompt_ids,
-        "settings": {
-            "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p, "min_p": params.min_p,
-            "repetition_penalty": params.repetition_penalty, "seed": params.seed,
-            "max_new_tokens": result.config.max_new_tokens, "samples": len(result.samples),
-        },
+        "settings": {**result.params.to_json(), "max_new_tokens": result.config.max_new_tokens, "samples": len(result.samples)},
         "greedy": run_json(result.greedy),
         "samples": [run_json(run, result.departs(run), seed) for run, seed in zip(result.samples, result.seeds)],
     }
