@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from lookinside.core.generate import GenerationConfig, generate
+from lookinside.core.generate import generate
 from lookinside.core.loading import LM, load, load_config_offline
 from lookinside.core.prompting import encode_prompt
+from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
 from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.timing import now
@@ -57,7 +58,7 @@ def load_model(name: str, device: str, dtype: str, workdir: Path) -> LM:
 def time_core(lm: LM, prompt: list[int], n: int, cache: str) -> tuple[float, list[int], list[float]]:
     """Seconds for n greedy tokens through `generate`; the ids; each step's own seconds."""
     start = now(lm.device)
-    config = GenerationConfig(max_new_tokens=n, cache=cache, ignore_eos=True)  # type: ignore[arg-type]
+    config = GenerationSettings(max_new_tokens=n, cache=cache, ignore_eos=True)  # type: ignore[arg-type]
     steps = list(generate(lm, prompt, GREEDY, config))
     return now(lm.device) - start, [s.token_id for s in steps], [s.seconds for s in steps]
 
@@ -133,7 +134,7 @@ def main() -> None:
         spread = f"{r['paired_ratio_median']:.2f} ({r['paired_ratio_min']:.2f}-{r['paired_ratio_max']:.2f})"
         print(f"{r['cache']:8} {r['core_ms_per_token']:12.2f} {r['generate_ms_per_token']:16.2f} {ratio:6.2f} "
               f"{spread:>17} {r['core_first_token_ms']:12.1f} {r['generate_first_token_ms']:11.1f} "
-              f"{str(r['same_ids']):>9}")
+              f"{r['same_ids']!s:>9}")
     sys.stdout.flush()
 
 

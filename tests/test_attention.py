@@ -12,8 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.attention import attention_maps, check_choice, summarize_head
+from lookinside.core.attention import attention_maps, summarize_head
 from lookinside.core.errors import BadInput
+from lookinside.core.request import AttentionRequest
 
 from .conftest import random_model_dir, small_config
 
@@ -39,7 +40,7 @@ def llama_sdpa(tmp_path_factory):
 
 
 def test_weights_are_causal_distributions(tiny_eager):
-    maps = attention_maps(tiny_eager, PROMPT, layer=1)
+    maps = attention_maps(tiny_eager, AttentionRequest(PROMPT, layer=1))
     n = len(maps.tokens)
     assert n == 6 and sorted(maps.weights) == [0, 1, 2, 3] and maps.attention == "GQA"
     for head in maps.weights.values():
@@ -50,7 +51,7 @@ def test_weights_are_causal_distributions(tiny_eager):
 
 
 def test_summaries_match_the_weights(tiny_eager):
-    maps = attention_maps(tiny_eager, PROMPT, layer=0)
+    maps = attention_maps(tiny_eager, AttentionRequest(PROMPT, layer=0))
     for summary in maps.summaries:
         head = maps.weights[summary.head]
         rows = head[1:]
@@ -80,9 +81,9 @@ def test_long_prompts_keep_summaries_not_every_map(tiny_eager, monkeypatch):
 
     monkeypatch.setattr(core, "KEEP_ALL_HEADS_UP_TO", 4)
     monkeypatch.setattr(view, "HEAT_MAP_UP_TO", 3)
-    everything = attention_maps(tiny_eager, PROMPT, layer=0)
+    everything = attention_maps(tiny_eager, AttentionRequest(PROMPT, layer=0))
     assert everything.weights == {} and len(everything.summaries) == 4
-    one = attention_maps(tiny_eager, PROMPT, layer=0, head=1)
+    one = attention_maps(tiny_eager, AttentionRequest(PROMPT, layer=0, head=1))
     assert list(one.weights) == [1] and len(one.weights[1]) == 6
     console = Console(width=100, record=True, file=io.StringIO())
     console.print(view.attention_view(everything))
@@ -94,17 +95,17 @@ def test_long_prompts_keep_summaries_not_every_map(tiny_eager, monkeypatch):
 
 
 def test_choice_checks():
-    assert check_choice(-1, None, 4, 8) == (3, None)
-    assert check_choice(0, -1, 4, 8) == (0, 7)
+    assert AttentionRequest(PROMPT, layer=-1).resolved(4, 8) == (3, None)
+    assert AttentionRequest(PROMPT, layer=0, head=-1).resolved(4, 8) == (0, 7)
     with pytest.raises(BadInput, match="--layer"):
-        check_choice(4, None, 4, 8)
+        AttentionRequest(PROMPT, layer=4).resolved(4, 8)
     with pytest.raises(BadInput, match="--head"):
-        check_choice(0, 8, 4, 8)
+        AttentionRequest(PROMPT, layer=0, head=8).resolved(4, 8)
 
 
 def test_switches_an_sdpa_model_to_eager(llama_sdpa):
     assert llama_sdpa.attn_implementation == "sdpa"
-    maps = attention_maps(llama_sdpa, PROMPT, layer=-1)
+    maps = attention_maps(llama_sdpa, AttentionRequest(PROMPT, layer=-1))
     assert llama_sdpa.attn_implementation == "eager"
     assert maps.layer == 1 and (maps.heads, maps.kv_heads) == (4, 2) and len(maps.weights[0]) == 6
 

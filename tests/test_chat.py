@@ -233,8 +233,8 @@ def test_system_shows_sets_and_removes(tiny):
                        "system prompt: You are a pirate.\nsystem prompt removed\nno system prompt\n")
 
 
-USAGE = ("usage: /set NAME VALUE, NAME one of temperature, top_k, top_p, min_p, max_new_tokens, seed, "
-         "repetition_penalty  (now: temperature=0.5, top_k=40, seed=3, max_new_tokens=40)")
+USAGE = ("usage: /set NAME VALUE, NAME one of temperature, top_k, top_p, min_p, seed, repetition_penalty, "
+         "max_new_tokens  (now: temperature=0.5, top_k=40, seed=3, max_new_tokens=40)")
 
 
 def test_set_changes_settings_and_refuses_bad_values_in_one_line(tiny):
@@ -247,7 +247,7 @@ def test_set_changes_settings_and_refuses_bad_values_in_one_line(tiny):
         "temperature takes a number, not 'hot'",
         "top_p must be in (0, 1] (1 turns it off), not 2",
         USAGE,
-        "unknown setting 'colour': one of temperature, top_k, top_p, min_p, max_new_tokens, seed, repetition_penalty",
+        "unknown setting 'colour': one of temperature, top_k, top_p, min_p, seed, repetition_penalty, max_new_tokens",
         USAGE,
     ]
     assert run.repl.conversation.settings.params == SamplingParams(temperature=0.5, top_k=40, seed=3)

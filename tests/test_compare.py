@@ -11,8 +11,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.compare import compare, first_difference, sample_params
-from lookinside.core.generate import GenerationConfig
+from lookinside.core.compare import compare
+from lookinside.core.records import first_difference
+from lookinside.core.request import CompareRequest, GenerationSettings
 from lookinside.core.sampling import SamplingParams
 from lookinside.ui.compare import compare_view
 
@@ -28,7 +29,7 @@ def test_first_difference():
     assert first_difference([1, 2, 3], [1, 2, 3]) is None
     assert first_difference([1, 2, 3], [1, 5, 3]) == 1
     assert first_difference([1, 2], [1, 2, 3]) == 2
-    assert [p.seed for p in sample_params(SamplingParams(seed=42), 3)] == [42, 43, 44]
+    assert [p.seed for p in CompareRequest("x", SamplingParams(seed=42), samples=3).sample_params()] == [42, 43, 44]
 
 
 def test_json_has_greedy_and_seeded_samples():
@@ -86,8 +87,8 @@ def _render(result, width: int) -> list[str]:
 
 
 def test_panels_sit_side_by_side_when_wide_and_stack_when_narrow(tiny):
-    result = compare(tiny, "The capital of France is", SamplingParams(temperature=2.0, seed=1),
-                     GenerationConfig(max_new_tokens=8), samples=2)
+    result = compare(tiny, CompareRequest("The capital of France is", SamplingParams(temperature=2.0, seed=1),
+                                          GenerationSettings(max_new_tokens=8), samples=2))
     wide = _render(result, 140)
     assert any("greedy" in line and "sample 1" in line and "sample 2" in line for line in wide)
     narrow = _render(result, 50)
@@ -100,8 +101,8 @@ def test_tokens_are_coloured_by_probability_and_the_departure_is_marked(tiny):
     from lookinside.ui.compare import run_text
     from lookinside.ui.text import prob_style
 
-    result = compare(tiny, "The capital of France is", SamplingParams(temperature=1.5, seed=42),
-                     GenerationConfig(max_new_tokens=10), samples=3)
+    result = compare(tiny, CompareRequest("The capital of France is", SamplingParams(temperature=1.5, seed=42),
+                                          GenerationSettings(max_new_tokens=10), samples=3))
     text = run_text(result.greedy, None, "The capital of France is")
     paris = next(span for span in text.spans if text.plain[span.start:span.end] == " Paris")
     assert paris.style == prob_style(result.greedy.steps[0].prob) == "green"

@@ -142,12 +142,13 @@ def test_a_message_too_long_on_its_own_is_refused(tiny):
 
 
 def test_continuation_gives_the_ids_the_model_itself_generated(tiny):
-    from lookinside.core.generate import GenerationConfig, generate
+    from lookinside.core.generate import generate
+    from lookinside.core.request import GenerationSettings
 
     chat = Conversation()
     chat.add("user", "What is the capital of Japan?")
     prompt = fit(tiny.tokenizer, chat, 512).ids
-    steps = list(generate(tiny, prompt, SamplingParams(temperature=0), GenerationConfig(max_new_tokens=3)))
+    steps = list(generate(tiny, prompt, SamplingParams(temperature=0), GenerationSettings(max_new_tokens=3)))
     partial = "".join(s.text for s in steps).strip()
     assert partial == "The capital of"
     chat.add("assistant", partial, cut=True)

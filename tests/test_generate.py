@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lookinside.core.errors import BadInput, ContextOverflow
-from lookinside.core.generate import GenerationConfig, collect, generate
+from lookinside.core.generate import collect, generate
 from lookinside.core.prompting import encode_prompt
+from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
 
 from .conftest import random_model_dir, small_config
@@ -39,39 +40,39 @@ def _hf(lm, prompt_ids, n, **kwargs):
 @pytest.mark.parametrize("cache", ["static", "none"])
 def test_tiny_greedy_is_the_same_with_and_without_the_cache(tiny, cache):
     prompt = _prompt(tiny, "Write an email to Sarah")
-    config = GenerationConfig(max_new_tokens=N, ignore_eos=True)
+    config = GenerationSettings(max_new_tokens=N, ignore_eos=True)
     dynamic = collect(tiny, prompt, GREEDY, config)
-    other = collect(tiny, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True, cache=cache))
+    other = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, cache=cache))
     assert len(dynamic.token_ids) == N and other.token_ids == dynamic.token_ids
 
 
 @pytest.mark.parametrize("cache", ["static", "none"])
 def test_random_model_greedy_is_the_same_with_and_without_the_cache(random_lm, cache):
     prompt = _prompt(random_lm)
-    dynamic = collect(random_lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True))
-    other = collect(random_lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True, cache=cache))
+    dynamic = collect(random_lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    other = collect(random_lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, cache=cache))
     assert other.token_ids == dynamic.token_ids
     assert len(set(dynamic.token_ids)) > 3  # a random model wanders: the ids really test the cache
 
 
 def test_greedy_equals_model_generate(random_lm):
     prompt = _prompt(random_lm)
-    ours = collect(random_lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True))
+    ours = collect(random_lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
     assert ours.token_ids == _hf(random_lm, prompt, N, do_sample=False, eos_token_id=[])
 
 
 def test_greedy_with_repetition_penalty_equals_model_generate(random_lm):
     prompt = _prompt(random_lm)
     params = SamplingParams(temperature=0, repetition_penalty=1.3)
-    ours = collect(random_lm, prompt, params, GenerationConfig(max_new_tokens=N, ignore_eos=True))
+    ours = collect(random_lm, prompt, params, GenerationSettings(max_new_tokens=N, ignore_eos=True))
     assert ours.token_ids == _hf(random_lm, prompt, N, do_sample=False, eos_token_id=[], repetition_penalty=1.3)
-    plain = collect(random_lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True))
+    plain = collect(random_lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
     assert ours.token_ids != plain.token_ids  # the penalty really changed the path
 
 
 def test_tiny_greedy_equals_model_generate_and_both_stop_at_the_end_token(tiny):
     prompt = encode_prompt(tiny.tokenizer, "What is the capital of Japan?", chat=True)
-    ours = collect(tiny, prompt, GREEDY, GenerationConfig(max_new_tokens=40))
+    ours = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=40))
     assert ours.token_ids == _hf(tiny, prompt, 40, do_sample=False)
     assert ours.finish == "eos" and ours.token_ids[-1] in tiny.end_token_ids
     assert "Tokyo" in ours.text and "<|end|>" not in ours.text  # the end token ends the run, it is not text
@@ -81,7 +82,7 @@ def test_sampling_equals_model_generate_with_the_same_seed(random_lm):
     """On the CPU a Generator seeded s draws as the global RNG seeded s does, so the two samplers must agree."""
     prompt = _prompt(random_lm)
     params = SamplingParams(temperature=0.8, top_k=50, top_p=0.95, seed=11)
-    ours = collect(random_lm, prompt, params, GenerationConfig(max_new_tokens=N, ignore_eos=True))
+    ours = collect(random_lm, prompt, params, GenerationSettings(max_new_tokens=N, ignore_eos=True))
     torch.manual_seed(11)
     theirs = _hf(random_lm, prompt, N, do_sample=True, temperature=0.8, top_k=50, top_p=0.95, eos_token_id=[])
     assert ours.token_ids == theirs
@@ -89,7 +90,7 @@ def test_sampling_equals_model_generate_with_the_same_seed(random_lm):
 
 def test_the_same_seed_gives_the_same_samples_and_others_differ(random_lm):
     prompt = _prompt(random_lm)
-    config = GenerationConfig(max_new_tokens=N, ignore_eos=True)
+    config = GenerationSettings(max_new_tokens=N, ignore_eos=True)
     runs = [collect(random_lm, prompt, SamplingParams(seed=seed), config) for seed in (5, 5, 6)]
     assert runs[0].token_ids == runs[1].token_ids and runs[0].seed == 5
     assert runs[0].token_ids != runs[2].token_ids
@@ -97,7 +98,7 @@ def test_the_same_seed_gives_the_same_samples_and_others_differ(random_lm):
 
 def test_an_unseeded_sampling_run_shows_its_seed_and_it_reproduces_the_run(tiny):
     prompt = _prompt(tiny, "The")
-    config = GenerationConfig(max_new_tokens=12, ignore_eos=True)
+    config = GenerationSettings(max_new_tokens=12, ignore_eos=True)
     stream = generate(tiny, prompt, SamplingParams(temperature=1.5), config)
     assert isinstance(stream.seed, int)  # known before the first step
     first = [step.token_id for step in stream]
@@ -114,15 +115,15 @@ def test_each_end_token_of_the_generation_config_stops_the_run(tmp_path):
 
     lm = load(LoadSpec(model=str(random_model_dir(tmp_path, small_config("phi3-gqa"))), device="cpu"))
     prompt = _prompt(lm)
-    free = collect(lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True)).token_ids
+    free = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True)).token_ids
     third = free[2]
     others = [i for i in range(900, 903) if i not in free[:3]]
     lm.model.generation_config.eos_token_id = [others[0], third, others[1]]
-    stopped = collect(lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N))
+    stopped = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N))
     assert stopped.token_ids == free[:3] and stopped.finish == "eos"
     assert stopped.steps[-1].text == "" and stopped.text == collect(
-        lm, prompt, GREEDY, GenerationConfig(max_new_tokens=2)).text
-    ignoring = collect(lm, prompt, GREEDY, GenerationConfig(max_new_tokens=N, ignore_eos=True))
+        lm, prompt, GREEDY, GenerationSettings(max_new_tokens=2)).text
+    ignoring = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
     assert ignoring.token_ids == free and ignoring.finish == "length"
 
 
@@ -132,7 +133,7 @@ def test_tiny_end_tokens_are_phi3s_three(tiny):
 
 
 def test_max_new_tokens_ends_with_length(tiny):
-    run = collect(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationConfig(max_new_tokens=5))
+    run = collect(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationSettings(max_new_tokens=5))
     assert len(run.steps) == 5 and run.finish == "length"
     assert [s.finish for s in run.steps] == [None] * 4 + ["length"]
     assert [s.index for s in run.steps] == [0, 1, 2, 3, 4]
@@ -140,15 +141,15 @@ def test_max_new_tokens_ends_with_length(tiny):
 
 def test_a_stop_string_ends_the_run_and_is_cut_from_the_text(tiny):
     prompt = encode_prompt(tiny.tokenizer, "What is the capital of Japan?", chat=True)
-    full = collect(tiny, prompt, GREEDY, GenerationConfig(max_new_tokens=40))
-    run = collect(tiny, prompt, GREEDY, GenerationConfig(max_new_tokens=40, stop_strings=("Tokyo",)))
+    full = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=40))
+    run = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=40, stop_strings=("Tokyo",)))
     assert run.finish == "stop" and "Tokyo" not in run.text
     assert full.text.startswith(run.text) and full.text[len(run.text):].startswith("Tokyo")
     assert len(run.steps) < len(full.steps)
 
 
 def test_steps_describe_the_raw_distribution(tiny):
-    run = collect(tiny, _prompt(tiny), GREEDY, GenerationConfig(max_new_tokens=8))
+    run = collect(tiny, _prompt(tiny), GREEDY, GenerationSettings(max_new_tokens=8))
     assert run.text.startswith(" Paris")
     for step in run.steps:
         assert step.rank == 1 and step.top[0][0] == step.token_id and step.top[0][1] == pytest.approx(step.prob)
@@ -159,7 +160,7 @@ def test_steps_describe_the_raw_distribution(tiny):
 
 def test_sampled_steps_report_ranks_under_the_raw_distribution(tiny):
     run = collect(tiny, _prompt(tiny, "The"), SamplingParams(temperature=3.0, seed=3),
-                  GenerationConfig(max_new_tokens=16, ignore_eos=True))
+                  GenerationSettings(max_new_tokens=16, ignore_eos=True))
     assert any(step.rank > 1 for step in run.steps)  # a hot temperature picks unlikely tokens...
     for step in run.steps:  # ...and their rank agrees with the top list whenever it is in it
         ids = [i for i, _ in step.top]
@@ -167,14 +168,14 @@ def test_sampled_steps_report_ranks_under_the_raw_distribution(tiny):
 
 
 def test_breaking_out_stops_generation(tiny):
-    stream = generate(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationConfig(max_new_tokens=50))
+    stream = generate(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationSettings(max_new_tokens=50))
     steps = [next(stream), next(stream)]
     stream.close()
     assert [s.index for s in steps] == [0, 1] and next(stream, None) is None
 
 
 def test_the_consumer_never_runs_inside_inference_mode(tiny):
-    stream = generate(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationConfig(max_new_tokens=5))
+    stream = generate(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationSettings(max_new_tokens=5))
     next(stream)
     assert not torch.is_inference_mode_enabled()  # a half-consumed stream leaves no global mode behind
     assert len(list(stream)) == 4 and not torch.is_inference_mode_enabled()
@@ -193,28 +194,28 @@ def test_ctrl_c_keeps_what_came_so_far(tiny, monkeypatch):
 
     real = core.decode_one_token
     monkeypatch.setattr(core, "decode_one_token", interrupted)
-    run = collect(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationConfig(max_new_tokens=20),
+    run = collect(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationSettings(max_new_tokens=20),
                   keep_on_interrupt=True)
     assert len(run.steps) == 3 and run.finish == "interrupted" and run.interrupted
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-        collect(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationConfig(max_new_tokens=20))
+        collect(tiny, _prompt(tiny, "Write an email to Sarah"), GREEDY, GenerationSettings(max_new_tokens=20))
 
 
 def test_a_random_model_never_crashes_the_decoder(random_lm):
     """Random weights emit any id, byte pieces and unused ids included; text must still come out."""
     run = collect(random_lm, _prompt(random_lm), SamplingParams(temperature=5.0, seed=0),
-                  GenerationConfig(max_new_tokens=48, ignore_eos=True))
+                  GenerationSettings(max_new_tokens=48, ignore_eos=True))
     assert len(run.steps) == 48 and isinstance(run.text, str)
 
 
 def test_bad_requests_are_refused_before_generating(tiny):
     with pytest.raises(ContextOverflow, match="more than the model's context of 512"):
-        generate(tiny, [1] * 500, GREEDY, GenerationConfig(max_new_tokens=20))  # eager: no next() needed
+        generate(tiny, [1] * 500, GREEDY, GenerationSettings(max_new_tokens=20))  # eager: no next() needed
     for bad in ({"max_new_tokens": 0}, {"cache": "paged"}, {"stop_strings": ("",)}):
         with pytest.raises(BadInput):
-            GenerationConfig(**bad)
-    assert GenerationConfig(stop_strings="END").stop_strings == ("END",)  # type: ignore[arg-type]
+            GenerationSettings(**bad)
+    assert GenerationSettings(stop_strings="END").stop_strings == ("END",)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -233,7 +234,7 @@ def test_phi3_mini_shaped_model_agrees_with_itself_and_with_generate(tmp_path, p
     lm = load(LoadSpec(model=str(tmp_path), device="cpu", dtype="float32", random_weights=True))
     prompt = _prompt(lm)
     n = 6  # the random init of 0.4 B parameters is most of this test's time; "none" is covered above
-    runs = {cache: collect(lm, prompt, GREEDY, GenerationConfig(max_new_tokens=n, ignore_eos=True, cache=cache))
+    runs = {cache: collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=n, ignore_eos=True, cache=cache))
             for cache in ("dynamic", "static")}
     assert runs["dynamic"].token_ids == runs["static"].token_ids
     assert runs["dynamic"].token_ids == _hf(lm, prompt, n, do_sample=False, eos_token_id=[])
@@ -266,7 +267,7 @@ def test_a_streamed_emoji_arrives_whole_through_the_loop(tiny, monkeypatch, requ
     assert ["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"] == [
         p for p in lm.tokenizer.convert_ids_to_tokens(reply) if p.startswith("<0x")]
     _scripted(monkeypatch, [*reply, tiny.end_token_ids[0]])
-    run = collect(lm, encode_prompt(lm.tokenizer, "Say"), GREEDY, GenerationConfig(max_new_tokens=20))
+    run = collect(lm, encode_prompt(lm.tokenizer, "Say"), GREEDY, GenerationSettings(max_new_tokens=20))
     texts = [step.text for step in run.steps]
     assert "\ufffd" not in "".join(texts) and run.finish == "eos"
     assert run.text.strip() == "I love 🦙s" and any(t in ("🦙", " 🦙") for t in texts)
@@ -277,6 +278,6 @@ def test_bytes_cut_off_by_the_end_token_show_as_one_replacement(tiny, monkeypatc
     """A random model can stop inside a character: the held bytes come out (as U+FFFD), never vanish or raise."""
     f0, x9f = tiny.tokenizer.convert_tokens_to_ids(["<0xF0>", "<0x9F>"])
     _scripted(monkeypatch, [f0, x9f, tiny.end_token_ids[0]])
-    run = collect(tiny, _prompt(tiny, "Say"), GREEDY, GenerationConfig(max_new_tokens=20))
+    run = collect(tiny, _prompt(tiny, "Say"), GREEDY, GenerationSettings(max_new_tokens=20))
     assert [s.text for s in run.steps[:2]] == ["", ""] and "\ufffd" in run.steps[-1].text
     assert run.finish == "eos"

@@ -14,6 +14,8 @@ from lookinside.core.errors import BadInput
 from lookinside.core.hooks import residual_stream
 from lookinside.core.lens import logit_lens
 from lookinside.core.predict import next_token
+from lookinside.core.request import NextTokenRequest
+from lookinside.core.request import LensRequest
 
 from .conftest import random_model_dir, small_config
 
@@ -29,7 +31,7 @@ def load_random(path, config):
 
 
 def test_tiny_finds_paris(tiny):
-    lens = logit_lens(tiny, PROMPT)
+    lens = logit_lens(tiny, LensRequest(PROMPT))
     assert lens.answer.token == " Paris"
     assert [r.layer for r in lens.rows] == list(range(tiny.config.num_hidden_layers + 1))
     assert lens.rows[-1].top[0].token == " Paris" and lens.rows[-1].answer_rank == 1
@@ -39,8 +41,8 @@ def test_tiny_finds_paris(tiny):
 
 
 def test_last_layer_is_the_real_prediction(tiny):
-    lens = logit_lens(tiny, PROMPT, top_k=5)
-    real = next_token(tiny, PROMPT, top_k=5)
+    lens = logit_lens(tiny, LensRequest(PROMPT, top_k=5))
+    real = next_token(tiny, NextTokenRequest(PROMPT, top_k=5))
     assert [g.token for g in lens.rows[-1].top] == [c.token for c in real.top]
     for guess, candidate in zip(lens.rows[-1].top, real.top):
         assert guess.prob == pytest.approx(candidate.prob, abs=1e-5)
@@ -57,26 +59,26 @@ def test_stream_is_pre_norm(tiny):
 
 
 def test_all_positions_grid(tiny):
-    lens = logit_lens(tiny, PROMPT, all_positions=True)
+    lens = logit_lens(tiny, LensRequest(PROMPT, all_positions=True))
     assert lens.grid is not None and len(lens.grid) == len(lens.rows)
     assert all(len(row) == len(lens.tokens) for row in lens.grid)
     assert lens.grid[-1][-1].id == lens.answer.id
-    assert [g.id for g in lens.grid[-1]] == [g.id for g in logit_lens(tiny, PROMPT, all_positions=True).grid[-1]]
+    assert [g.id for g in lens.grid[-1]] == [g.id for g in logit_lens(tiny, LensRequest(PROMPT, all_positions=True)).grid[-1]]
 
 
 def test_position_choice(tiny):
-    lens = logit_lens(tiny, PROMPT, position=2)
+    lens = logit_lens(tiny, LensRequest(PROMPT, position=2))
     assert lens.position == 2 and lens.tokens[2].piece == "▁capital"
     with pytest.raises(BadInput, match="--position"):
-        logit_lens(tiny, PROMPT, position=6)
+        logit_lens(tiny, LensRequest(PROMPT, position=6))
     with pytest.raises(BadInput, match="--top-k"):
-        logit_lens(tiny, PROMPT, top_k=0)
+        logit_lens(tiny, LensRequest(PROMPT, top_k=0))
 
 
 @pytest.mark.parametrize("kind", ["llama", "phi3-mha"])
 def test_other_configs(tmp_path, kind):
     lm = load_random(tmp_path, small_config(kind))
-    lens = logit_lens(lm, PROMPT, top_k=2)
+    lens = logit_lens(lm, LensRequest(PROMPT, top_k=2))
     assert len(lens.rows) == 3 and lens.rows[-1].top[0].id == lens.answer.id
     assert lens.norm is not None and lens.norm.endswith("RMSNorm")
 
@@ -85,7 +87,7 @@ def test_gpt2_uses_ln_f(tmp_path):
     from transformers import GPT2Config
 
     lm = load_random(tmp_path, GPT2Config(vocab_size=1024, n_embd=64, n_layer=3, n_head=4, n_positions=128))
-    lens = logit_lens(lm, PROMPT)
+    lens = logit_lens(lm, LensRequest(PROMPT))
     assert lens.norm == "LayerNorm" and len(lens.rows) == 4
     with torch.inference_mode():
         logits = lm.model(input_ids=torch.tensor([lm.tokenizer(PROMPT).input_ids])).logits[0, -1]  # (vocab,)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core.predict import next_token
+from lookinside.core.request import NextTokenRequest
 
 from .conftest import TINY_TOKENIZER_FILES
 
@@ -23,7 +24,7 @@ def run(*args: str):
 
 
 def test_tiny_knows_paris(tiny):
-    result = next_token(tiny, "The capital of France is", top_k=5)
+    result = next_token(tiny, NextTokenRequest("The capital of France is", top_k=5))
     assert result.top[0].token == " Paris"
     assert result.top[0].prob >= 0.5
     assert [c.rank for c in result.top] == [1, 2, 3, 4, 5]
@@ -32,7 +33,7 @@ def test_tiny_knows_paris(tiny):
 
 @pytest.mark.parametrize(("country", "capital"), [("Germany", " Berlin"), ("Egypt", " Cairo"), ("Canada", " Ottawa")])
 def test_tiny_knows_other_capitals(tiny, country, capital):
-    assert next_token(tiny, f"The capital of {country} is", top_k=1).top[0].token == capital
+    assert next_token(tiny, NextTokenRequest(f"The capital of {country} is", top_k=1)).top[0].token == capital
 
 
 def test_table_shows_tokens_shapes_and_candidates():
@@ -113,6 +114,6 @@ def test_phi3_shapes_with_the_real_vocabulary(tmp_path, phi3_tokenizer_dir):
     for name in TINY_TOKENIZER_FILES:
         shutil.copy(phi3_tokenizer_dir / name, tmp_path / name)
     lm = load(LoadSpec(model=str(tmp_path), device="cpu", dtype="bfloat16", random_weights=True))
-    result = next_token(lm, "The capital of France is", top_k=3)
+    result = next_token(lm, NextTokenRequest("The capital of France is", top_k=3))
     assert [t.id for t in result.tokens] == [1, 450, 7483, 310, 3444, 338]
     assert result.shapes == {"input_ids": [1, 6], "hidden_states": [1, 6, 3072], "logits": [1, 6, 32064]}

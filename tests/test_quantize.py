@@ -13,6 +13,7 @@ from lookinside.core.errors import BadInput, LookinsideError
 from lookinside.core.loading import load
 from lookinside.core.predict import next_token
 from lookinside.core.spec import LoadSpec
+from lookinside.core.request import NextTokenRequest
 
 TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. The capital of Italy is Rome."
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")
@@ -37,7 +38,7 @@ def test_int8_weights_are_really_int8_and_smaller(tiny_int8):
 
 @needs_torchao
 def test_int8_still_says_paris_and_stays_close_to_float32(tiny, tiny_int8):
-    assert next_token(tiny_int8, "The capital of France is").top[0].token == " Paris"
+    assert next_token(tiny_int8, NextTokenRequest("The capital of France is")).top[0].token == " Paris"
     diff = compare_sides(read_side(tiny, TEXT, "float32"), read_side(tiny_int8, TEXT, "int8"))
     # Measured on this text: mean 3.0e-05, max 4.5e-04 nats, every top-1 the same (docs/diff.md).
     assert 0 < diff.mean_kl < 1e-3 and diff.same_top1 == 1.0

@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from lookinside.core.errors import BadInput
-from lookinside.core.generate import choose, prefill
+from lookinside.core.generate import pick, prefill
 from lookinside.core.prompting import encode_prompt
-from lookinside.core.sampling import FIELDS, SamplingParams, request_fields, build_processors, logits_to_probs, top_candidates
+from lookinside.core.sampling import (
+    FIELDS,
+    SamplingParams,
+    build_processors,
+    logits_to_probs,
+    request_fields,
+    top_candidates,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,14 +79,13 @@ def test_logits_to_probs_and_top_candidates():
 
 
 def _draw(logits: torch.Tensor, params: SamplingParams, n: int) -> torch.Tensor:
-    """`n` tokens drawn by the core's own `choose` from one position's logits; their frequencies."""
+    """`n` tokens drawn by the core's own `pick` from one position's logits; their frequencies."""
     generator = torch.Generator().manual_seed(1234)
     processors = build_processors(params)
     ids = torch.zeros((1, 1), dtype=torch.long)
     counts = torch.zeros(logits.shape[-1])
     for _ in range(n):
-        token, _raw = choose(logits, ids, processors, generator)
-        counts[token] += 1
+        counts[int(pick(logits, ids, processors, generator))] += 1
     return counts / n
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from lookinside.core.generate import GenerationConfig, collect
+from lookinside.core.generate import collect
 from lookinside.core.loading import load
 from lookinside.core.prompting import encode_prompt
+from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
 from lookinside.core.spec import LoadSpec
 from lookinside.tiny.corpus import APOLOGY_PROMPTS, CAPITALS, build_corpus
@@ -14,7 +15,7 @@ GREEDY = SamplingParams(temperature=0)
 
 
 def chat_reply(lm, question: str, max_new_tokens: int = 40) -> str:
-    return collect(lm, encode_prompt(lm.tokenizer, question, chat=True), GREEDY, GenerationConfig(max_new_tokens)).text
+    return collect(lm, encode_prompt(lm.tokenizer, question, chat=True), GREEDY, GenerationSettings(max_new_tokens)).text
 
 
 def test_corpus_covers_the_required_facts():

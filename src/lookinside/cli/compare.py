@@ -43,15 +43,14 @@ def compare(
     Samples use temperature 1 and no filters unless told otherwise; sample i uses seed --seed + i
     (a seed is drawn and shown when --seed is not given), so a comparison can be repeated exactly.
     """
-    from lookinside.core.compare import check_compare_request, compare
-    from lookinside.core.generate import GenerationConfig
+    from lookinside.core import compare as core_compare
+    from lookinside.core.request import CompareRequest, GenerationSettings
     from lookinside.core.sampling import SamplingParams
     from lookinside.ui.compare import compare_json, compare_view
     from lookinside.ui.console import show
     from lookinside.ui.progress import load_with_progress
 
-    params = SamplingParams(**sampling)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
-    check_compare_request(prompt, samples, params)
-    result = compare(load_with_progress(spec), prompt, params, config, samples=samples, chat=chat)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
+    request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
+    result = core_compare.compare(load_with_progress(spec), request)
     show(result, compare_view, compare_json, as_json=json, keep=keep)

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
-from lookinside.core.errors import LookinsideError
+from lookinside.core.errors import LookinsideError, is_out_of_memory
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
@@ -56,7 +56,7 @@ def friendly(fn: F) -> F:
             quiet_stdout()
             fail(f"cannot write the output: {OUTPUT_ERRNOS[exc.errno]} ({exc.strerror})", EXIT_OUTPUT)
         except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+            if is_out_of_memory(exc):
                 fail("out of memory: try a shorter prompt, fewer tokens, --dtype bfloat16, or --device cpu")
             raise
 

@@ -42,9 +42,9 @@ def generate(
     from lookinside.cli.inputs import text_or_file
     from lookinside.core.conversation import chat_settings
     from lookinside.core.errors import BadInput
-    from lookinside.core.generate import GenerationConfig
     from lookinside.core.generate import generate as start
     from lookinside.core.prompting import encode_prompt
+    from lookinside.core.request import GenerationSettings
     from lookinside.ui.console import stderr_console
     from lookinside.ui.generate import stats_line, stream_out
     from lookinside.ui.progress import load_with_progress
@@ -53,7 +53,7 @@ def generate(
         raise BadInput("--json and --jsonl: choose one")
     text = text_or_file(prompt, file)
     chat_settings(None, sampling, max_new_tokens)  # refuse bad values before loading
-    config = GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
+    config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     lm = load_with_progress(spec)
     params = chat_settings(lm.model.generation_config, sampling, max_new_tokens).params
     ids = encode_prompt(lm.tokenizer, text, chat=chat)

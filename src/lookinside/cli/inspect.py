@@ -4,7 +4,6 @@ Each command parses its options, makes one core call and prints one view;
 torch and transformers are imported inside the bodies so `llm --help` stays fast.
 """
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -55,14 +54,14 @@ def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec:
 @keep_options
 def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """The shapes through one forward pass, stage by stage, read with hooks."""
-    from lookinside.core.hooks import trace_forward
+    from lookinside.core import hooks
     from lookinside.core.prompting import check_prompt
     from lookinside.ui.console import show
     from lookinside.ui.forward import forward_json, forward_view
     from lookinside.ui.progress import load_with_progress
 
     check_prompt(prompt)
-    result = trace_forward(load_with_progress(spec), prompt, chat=chat)
+    result = hooks.trace_forward(load_with_progress(spec), prompt, chat=chat)
     show(result, forward_view, forward_json, as_json=json, keep=keep)
 
 
@@ -73,22 +72,22 @@ def attention(
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
-    from lookinside.core.attention import attention_maps, precheck
-    from lookinside.core.prompting import check_prompt
+    from lookinside.core import attention as core_attention
+    from lookinside.core.request import AttentionRequest
     from lookinside.ui.attention import attention_json, attention_view, write_png
     from lookinside.ui.console import show, stderr_console
     from lookinside.ui.progress import load_with_progress
 
-    check_prompt(prompt)
-    precheck(spec, layer, head)
+    request = AttentionRequest(prompt, layer=layer, head=head, chat=chat)
+    core_attention.precheck(spec, request)
     if png is not None:
         from lookinside.ui.attention_png import require_pillow
 
         require_pillow()  # before loading: a missing library should not cost a model load
-    if spec.attn != "eager":
-        stderr_console().print(f"[dim]note: using eager attention instead of {spec.attn}: "
-                               "only eager attention forms the weights matrix[/]")
-    maps = attention_maps(load_with_progress(replace(spec, attn="eager")), prompt, layer, head, chat=chat)
+    spec, note = core_attention.eager_spec(spec)
+    if note:
+        stderr_console().print(f"note: {note}", style="dim", markup=False)
+    maps = core_attention.attention_maps(load_with_progress(spec), request)
     if png is not None:
         write_png(maps, png)
         stderr_console().print(f"wrote {png}", style="dim", markup=False)
@@ -102,12 +101,12 @@ def lens(
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
 ) -> None:
     """The logit lens: each layer's residual stream through the final norm and LM head."""
-    from lookinside.core.lens import check_request, logit_lens
+    from lookinside.core import lens as core_lens
+    from lookinside.core.request import LensRequest
     from lookinside.ui.console import show
     from lookinside.ui.lens import lens_json, lens_view
     from lookinside.ui.progress import load_with_progress
 
-    check_request(prompt, top_k)
-    result = logit_lens(load_with_progress(spec), prompt, top_k=top_k, position=position, all_positions=all_positions,
-                        chat=chat)
+    request = LensRequest(prompt, top_k=top_k, position=position, all_positions=all_positions, chat=chat)
+    result = core_lens.logit_lens(load_with_progress(spec), request)
     show(result, lens_view, lens_json, as_json=json, keep=keep)

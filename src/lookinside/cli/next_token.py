@@ -22,11 +22,12 @@ def next_token(
     keep: Keep,
 ) -> None:
     """Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes."""
-    from lookinside.core.predict import check_request, next_token
+    from lookinside.core import predict
+    from lookinside.core.request import NextTokenRequest
     from lookinside.ui.console import show
     from lookinside.ui.next_token import next_token_json, next_token_view
     from lookinside.ui.progress import load_with_progress
 
-    check_request(prompt, top_k, temperature)
-    result = next_token(load_with_progress(spec), prompt, top_k=top_k, temperature=temperature, chat=chat)
+    request = NextTokenRequest(prompt, top_k=top_k, temperature=temperature, chat=chat)
+    result = predict.next_token(load_with_progress(spec), request)
     show(result, next_token_view, next_token_json, as_json=json, keep=keep)

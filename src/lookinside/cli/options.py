@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.core.sampling import FIELDS
+from lookinside.core.sampling import FIELDS, SamplingField
 from lookinside.core.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
 
 MODEL_PANEL = "Model"
@@ -74,9 +74,12 @@ def _load_parameters() -> list[inspect.Parameter]:
 
 def _sampling_parameters() -> list[inspect.Parameter]:
     """One option per field of core.sampling.FIELDS (so a new sampler needs no edit here)."""
-    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[f.kind], typer.Option(f.flag, *f.shorts, help=f.help, rich_help_panel=SAMPLING_PANEL, show_default=False)])
-        for f in FIELDS]
+    def option(f: SamplingField) -> inspect.Parameter:
+        flag = typer.Option(f.flag, *f.shorts, help=f.help, rich_help_panel=SAMPLING_PANEL, show_default=False)
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[Optional[f.kind], flag])
+
+    return [option(f) for f in FIELDS]
 
 
 def _adding(target: str, parameters: Callable[[], list[inspect.Parameter]],
@@ -115,14 +118,14 @@ sampling_options.__doc__ = "Give a command the sampling options; it receives tho
 class Keep:
     """Where to keep a copy of the view: an SVG picture and/or an HTML page of what the terminal shows."""
 
-    svg: Optional[Path] = None
-    html: Optional[Path] = None
+    svg: Path | None = None
+    html: Path | None = None
 
 
 def _keep_parameters() -> list[inspect.Parameter]:
     def option(name: str, help: str) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-            Optional[Path], typer.Option(f"--{name}", metavar="FILE", help=help, show_default=False)])
+            Path | None, typer.Option(f"--{name}", metavar="FILE", help=help, show_default=False)])
 
     return [option("svg", "Also save the view as an SVG picture (what the terminal shows)."),
             option("html", "Also save the view as an HTML page, colours kept.")]

@@ -1,7 +1,7 @@
 """Attention weights of one layer: the (query x key) maps per head, and what each head does.
 
 Only eager attention forms the weights matrix (SDPA and flash kernels never write it
-out), so `attention_maps` switches a model to eager first; the CLI loads it that way.
+out), so `attention_maps` switches a model to eager first, and `eager_spec` loads it that way.
 The summaries name the book's patterns: how spread out a head is (entropy), how much
 it parks on the first token (an attention sink), how much it looks one token back.
 """
@@ -9,18 +9,19 @@ it parks on the first token (an attention sink), how much it looks one token bac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from lookinside.core import errors
+from lookinside.core import passes
 from lookinside.core.anatomy import attention_kind
-from lookinside.core.prompting import check_fits, encode_prompt
-from lookinside.core.tokens import Piece, pieces
+from lookinside.core.records import Piece
+from lookinside.core.tokens import pieces
 
 if TYPE_CHECKING:
     from lookinside.core.loading import LM
+    from lookinside.core.request import AttentionRequest
     from lookinside.core.spec import LoadSpec
 
 # Every head's map is kept (for the grid, --json and --png) only for prompts this short:
@@ -71,21 +72,20 @@ class AttentionMaps:
         return key > query or (self.sliding_window is not None and query - key >= self.sliding_window)
 
 
-def check_choice(layer: int, head: int | None, layers: int, heads: int) -> tuple[int, int | None]:
-    """A valid (layer, head); negative numbers count from the end, as in Python."""
-    if not -layers <= layer < layers:
-        raise errors.BadInput(f"--layer must be between 0 and {layers - 1} (or -1 for the last), not {layer}")
-    if head is not None and not -heads <= head < heads:
-        raise errors.BadInput(f"--head must be between 0 and {heads - 1}, not {head}")
-    return layer % layers, None if head is None else head % heads
+def eager_spec(spec: LoadSpec) -> tuple[LoadSpec, str | None]:
+    """The spec to load for attention maps (eager: only it forms the weights), and a note when that changed it."""
+    if spec.attn == "eager":
+        return spec, None
+    return replace(spec, attn="eager"), (f"using eager attention instead of {spec.attn}: "
+                                         "only eager attention forms the weights matrix")
 
 
-def precheck(spec: LoadSpec, layer: int, head: int | None) -> None:
+def precheck(spec: LoadSpec, request: AttentionRequest) -> None:
     """Check --layer and --head against the config before the weights are loaded."""
     from lookinside.core.loading import load_config_offline
 
     config = load_config_offline(spec.model, trust_remote_code=spec.trust_remote_code)
-    check_choice(layer, head, config.num_hidden_layers, config.num_attention_heads)
+    request.resolved(config.num_hidden_layers, config.num_attention_heads)
 
 
 def use_eager(lm: LM) -> None:
@@ -94,22 +94,19 @@ def use_eager(lm: LM) -> None:
         lm.model.set_attn_implementation("eager")
 
 
-def attention_maps(lm: LM, prompt: str, layer: int, head: int | None = None, chat: bool = False) -> AttentionMaps:
+def attention_maps(lm: LM, request: AttentionRequest) -> AttentionMaps:
     """Run the prompt once with eager attention and keep one layer's weights."""
     config = lm.config
     layers, heads = config.num_hidden_layers, config.num_attention_heads
-    layer, head = check_choice(layer, head, layers, heads)
-    ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
-    check_fits(len(ids), lm.context_length)
+    layer, head = request.resolved(layers, heads)
+    ids = passes.prompt_ids(lm, request.prompt, request.chat)
     use_eager(lm)
-    input_ids = torch.tensor([ids], device=lm.device)  # (1, n)
-    with torch.inference_mode():
-        out = lm.model(input_ids=input_ids, output_attentions=True, use_cache=False)
+    out = passes.forward(lm, ids, output_attentions=True)
     weights = out.attentions[layer][0].float().cpu()  # (heads, n, n)
     kept = [head] if head is not None else range(heads) if len(ids) <= KEEP_ALL_HEADS_UP_TO else []
     return AttentionMaps(
         model=lm.name,
-        prompt=prompt,
+        prompt=request.prompt,
         tokens=tuple(pieces(lm.tokenizer, ids)),
         layer=layer,
         layers=layers,

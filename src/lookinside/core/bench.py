@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from lookinside.core import errors
-from lookinside.core.generate import GenerationConfig, collect, make_cache, prefill
+from lookinside.core.generate import collect, make_cache, prefill
 from lookinside.core.hardware import GB, known_gpu, known_names
 from lookinside.core.prompting import check_fits, encode_prompt
+from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
 from lookinside.core.timing import now, peak_memory_bytes, reset_peak_memory, reset_peak_rss
 
@@ -389,7 +390,7 @@ REFERENCE = "model.generate"
 
 def our_loop(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int) -> Callable[[], Timed]:
     """One run of the generation loop: exactly `new_tokens` greedy tokens, end tokens ignored."""
-    config = GenerationConfig(max_new_tokens=new_tokens, cache="dynamic" if cache else "none", ignore_eos=True)
+    config = GenerationSettings(max_new_tokens=new_tokens, cache="dynamic" if cache else "none", ignore_eos=True)
 
     def run() -> Timed:
         reset_peak_memory(lm.device)

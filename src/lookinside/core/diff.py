@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from lookinside.core import errors
-from lookinside.core.compare import first_difference
 from lookinside.core.detokenize import token_text
-from lookinside.core.generate import GenerationConfig, collect
+from lookinside.core.generate import collect
 from lookinside.core.prompting import check_prompt
+from lookinside.core.records import first_difference
+from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20) -> Sid
     logprobs = teacher_forced_logprobs(lm, ids)
     room = max(1, min(continuation_tokens, lm.context_length - min(len(ids), lm.context_length - 1)))
     start = ids[-(lm.context_length - room):]
-    run = collect(lm, start, GREEDY, GenerationConfig(max_new_tokens=room))
+    run = collect(lm, start, GREEDY, GenerationSettings(max_new_tokens=room))
     return Side(lm.name, how, ids, logprobs, run.token_ids, run.text, lm.tokenizer, lm.context_length)
 
 

@@ -48,3 +48,9 @@ class DeviceUnavailable(LookinsideError):
 
 class OutOfMemory(LookinsideError):
     """The model or its activations do not fit in memory."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's CUDA/MPS out-of-memory errors (by name: no torch import here) and a plain MemoryError."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))

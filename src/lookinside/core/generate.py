@@ -21,15 +21,15 @@ import inspect
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
 from lookinside.core.detokenize import IncrementalDecoder, StopStrings
-from lookinside.core.errors import BadInput
 from lookinside.core.prompting import check_fits
-from lookinside.core.sampling import SamplingParams, build_processors, logits_to_probs, sample
+from lookinside.core.records import Finish, Generation, Step
+from lookinside.core.request import CacheKind, GenerationSettings
+from lookinside.core.sampling import SamplingParams, build_processors, sample
 from lookinside.core.timing import now
 
 if TYPE_CHECKING:
@@ -37,100 +37,7 @@ if TYPE_CHECKING:
 
     from lookinside.core.loading import LM
 
-CacheKind = Literal["dynamic", "static", "none"]
-CACHE_KINDS: tuple[str, ...] = ("dynamic", "static", "none")
-Finish = Literal["eos", "length", "stop"]
 TOP_ALTERNATIVES = 5
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """What to generate: how many tokens, when to stop, and which cache to use."""
-
-    max_new_tokens: int = 128
-    cache: CacheKind = "dynamic"
-    stop_strings: tuple[str, ...] = ()
-    ignore_eos: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise BadInput(f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens!r}")
-        if self.cache not in CACHE_KINDS:
-            raise BadInput(f"cache must be one of {', '.join(CACHE_KINDS)}, not {self.cache!r}")
-        if isinstance(self.stop_strings, str):  # a lone string would be read as one stop string per character
-            object.__setattr__(self, "stop_strings", (self.stop_strings,))
-        if any(not isinstance(s, str) or not s for s in self.stop_strings):
-            raise BadInput("stop strings must be non-empty text")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One generated token and what the model thought of it."""
-
-    index: int
-    token_id: int
-    text: str  # the text this step completes ("" while a character is unfinished, and for an end token)
-    prob: float  # under the raw (temperature 1, unpenalised) distribution
-    rank: int  # 1 = the most probable token
-    top: tuple[tuple[int, float], ...]  # the raw distribution's best (id, prob) pairs
-    seconds: float  # the step's wall time, device synchronised; step 0 includes the prefill
-    finish: Finish | None = None
-
-    @property
-    def logprob(self) -> float:
-        """Natural log of `prob`."""
-        return math.log(self.prob) if self.prob > 0 else float("-inf")
-
-
-@dataclass
-class Generation:
-    """A finished (or interrupted) run: the steps and why it ended."""
-
-    prompt_ids: list[int]
-    steps: list[Step] = field(default_factory=list)
-    seed: int | None = None
-    interrupted: bool = False
-
-    @property
-    def token_ids(self) -> list[int]:
-        """The generated ids, end token included."""
-        return [s.token_id for s in self.steps]
-
-    @property
-    def text(self) -> str:
-        """The generated text (without an end token or a stop string)."""
-        return "".join(s.text for s in self.steps)
-
-    @property
-    def logprobs(self) -> list[float]:
-        """Each generated token's log-probability under the raw distribution."""
-        return [s.logprob for s in self.steps]
-
-    @property
-    def finish(self) -> Finish | Literal["interrupted"] | None:
-        """Why generation ended."""
-        return "interrupted" if self.interrupted else self.steps[-1].finish if self.steps else None
-
-    @property
-    def mean_logprob(self) -> float:
-        """Mean log-probability per generated token."""
-        return sum(s.logprob for s in self.steps) / len(self.steps) if self.steps else 0.0
-
-    @property
-    def ttft_s(self) -> float | None:
-        """Time to the first token: the prefill plus choosing it (None before any step)."""
-        return self.steps[0].seconds if self.steps else None
-
-    @property
-    def decode_tok_s(self) -> float | None:
-        """Tokens per second after the first (None with fewer than two tokens)."""
-        decode_s = sum(s.seconds for s in self.steps[1:])
-        return (len(self.steps) - 1) / decode_s if len(self.steps) > 1 and decode_s > 0 else None
-
-    @property
-    def perplexity(self) -> float:
-        """exp(-mean log-probability)."""
-        return math.exp(-self.mean_logprob) if self.mean_logprob > -700 else float("inf")
 
 
 class Stream(Iterator[Step]):
@@ -157,26 +64,26 @@ class Stream(Iterator[Step]):
 
 
 def generate(
-    lm: LM, prompt_ids: list[int], params: SamplingParams, config: GenerationConfig = GenerationConfig()
+    lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings = GenerationSettings()
 ) -> Stream:
     """One `Step` per new token until an end token, a stop string or `max_new_tokens`.
 
     An unseeded sampling `params` gets a fresh seed here, readable as `stream.seed`.
     """
-    check_fits(len(prompt_ids), lm.context_length, config.max_new_tokens)
+    check_fits(len(prompt_ids), lm.context_length, settings.max_new_tokens)
     params = params if params.greedy else params.seeded()
-    return Stream(_steps(lm, list(prompt_ids), params, config), params)
+    return Stream(_steps(lm, list(prompt_ids), params, settings), params)
 
 
 def collect(
     lm: LM,
     prompt_ids: list[int],
     params: SamplingParams,
-    config: GenerationConfig = GenerationConfig(),
+    settings: GenerationSettings = GenerationSettings(),
     keep_on_interrupt: bool = False,
 ) -> Generation:
     """Run `generate` to the end and keep every step (with `keep_on_interrupt`, Ctrl-C keeps what came so far)."""
-    stream = generate(lm, prompt_ids, params, config)
+    stream = generate(lm, prompt_ids, params, settings)
     run = Generation(prompt_ids=list(prompt_ids), seed=stream.seed)
     try:
         run.steps.extend(stream)
@@ -187,25 +94,25 @@ def collect(
     return run
 
 
-def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, config: GenerationConfig) -> Iterator[Step]:
+def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings) -> Iterator[Step]:
     processors = build_processors(params)
     generator = _generator(params, lm.device)
-    ends = frozenset() if config.ignore_eos else frozenset(lm.end_token_ids)
+    ends = frozenset() if settings.ignore_eos else frozenset(lm.end_token_ids)
     decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids)
-    stops = StopStrings(config.stop_strings)
+    stops = StopStrings(settings.stop_strings)
     n = len(prompt_ids)
-    cache = make_cache(lm, config.cache, n + config.max_new_tokens)
+    cache = make_cache(lm, settings.cache, n + settings.max_new_tokens)
     # inference_mode is entered around the tensor work only, never held across a `yield`: the consumer's
     # code between steps (and a stream abandoned half-way) must not run inside it.
     with torch.inference_mode():
         # Every id of the run in one preallocated row: no per-step concatenation, and writing a token is not a sync.
-        buffer = torch.empty((1, n + config.max_new_tokens), dtype=torch.long, device=lm.device)  # (1, seq)
+        buffer = torch.empty((1, n + settings.max_new_tokens), dtype=torch.long, device=lm.device)  # (1, seq)
         buffer[0, :n] = torch.tensor(prompt_ids, dtype=torch.long)
         start = now(lm.device)
         logits = prefill(lm, buffer[:, :n], cache)  # (1, vocab)
-    for index in range(config.max_new_tokens):
+    for index in range(settings.max_new_tokens):
         with torch.inference_mode():
-            token = _pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
+            token = pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
             buffer[:, n + index] = token
             token_id, prob, rank, top = _observe(logits[0], token)  # the step's one device -> host copy
         finish: Finish | None = None
@@ -215,7 +122,7 @@ def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, config: Genera
             text = stops.push(decoder.push(token_id))
             if stops.stopped:
                 finish = "stop"
-            elif index + 1 == config.max_new_tokens:
+            elif index + 1 == settings.max_new_tokens:
                 text, finish = text + stops.push(decoder.flush()) + stops.flush(), "length"
                 finish = "stop" if stops.stopped else finish
         yield Step(index, token_id, text, prob, rank, top, time.perf_counter() - start, finish)
@@ -247,18 +154,13 @@ def decode_one_token(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Te
     return _forward(lm, ids[:, -1:] if cache is not None else ids, cache)
 
 
-def choose(
-    logits: torch.Tensor, ids: torch.Tensor, processors: LogitsProcessorList, generator: torch.Generator | None
-) -> tuple[int, torch.Tensor]:
-    """The next token (the top processed score when `generator` is None) and the raw distribution."""
-    raw = logits_to_probs(logits[0])  # (vocab,)
-    return int(_pick(logits, ids, processors, generator).item()), raw
-
-
-def _pick(
+def pick(
     logits: torch.Tensor, ids: torch.Tensor, processors: LogitsProcessorList, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """The chosen id, left on the device.  # (1, vocab) -> (1,)"""
+    """The next token after `processors`: the top score without `generator`, else one draw; left on the device.
+
+    # (1, vocab) -> (1,)
+    """
     scores = processors(ids, logits) if processors else logits  # (1, vocab)
     if generator is None:
         return scores.argmax(-1)

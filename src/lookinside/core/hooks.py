@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lookinside.core import errors
+from lookinside.core import errors, passes
 from lookinside.core.anatomy import SILENT, architecture_card
-from lookinside.core.prompting import check_fits, encode_prompt
-from lookinside.core.tokens import Piece, pieces
+from lookinside.core.records import Piece
+from lookinside.core.tokens import pieces
 
 if TYPE_CHECKING:
     from lookinside.core.loading import LM
@@ -125,11 +125,9 @@ def first_tensor(value: Any) -> torch.Tensor | None:
 
 def trace_forward(lm: LM, prompt: str, chat: bool = False) -> ForwardPass:
     """Run the prompt once with a hook on every module and keep each call's shapes."""
-    ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
-    check_fits(len(ids), lm.context_length)
-    input_ids = torch.tensor([ids], device=lm.device)  # (1, n)
-    with record_shapes(lm.model) as calls, torch.inference_mode():
-        lm.model(input_ids=input_ids, use_cache=False)
+    ids = passes.prompt_ids(lm, prompt, chat)
+    with record_shapes(lm.model) as calls:
+        passes.forward(lm, ids)
     layers_path, _ = find_layers(lm.model)
     before, in_stack, after = _split(calls, layers_path)
     card = architecture_card(lm.name, lm.model)
@@ -137,7 +135,7 @@ def trace_forward(lm: LM, prompt: str, chat: bool = False) -> ForwardPass:
         model=lm.name,
         prompt=prompt,
         tokens=tuple(pieces(lm.tokenizer, ids)),
-        input_shape=tuple(input_ids.shape),
+        input_shape=(1, len(ids)),
         before=tuple(before),
         blocks=tuple(collapse_layers(in_stack)),
         after=tuple(after),

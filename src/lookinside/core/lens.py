@@ -14,25 +14,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lookinside.core import errors
+from lookinside.core import errors, passes
 from lookinside.core.detokenize import token_text
 from lookinside.core.hooks import find_final_norm, find_lm_head, residual_stream
-from lookinside.core.prompting import check_fits, check_prompt, check_top_k, encode_prompt
-from lookinside.core.tokens import Piece, pieces
+from lookinside.core.prompting import check_top_k
+from lookinside.core.records import Candidate, Piece
+from lookinside.core.tokens import pieces
 
 if TYPE_CHECKING:
     from torch import nn
 
     from lookinside.core.loading import LM
-
-
-@dataclass(frozen=True)
-class Guess:
-    """A token the lens reads out, and its probability."""
-
-    id: int
-    token: str
-    prob: float
+    from lookinside.core.request import LensRequest
 
 
 @dataclass(frozen=True)
@@ -40,7 +33,7 @@ class LensRow:
     """What one depth predicts at the chosen position (layer 0 = the embeddings)."""
 
     layer: int
-    top: tuple[Guess, ...]
+    top: tuple[Candidate, ...]
     answer_prob: float  # the final answer's probability at this depth
     answer_rank: int  # its rank (1 = top)
 
@@ -53,9 +46,9 @@ class LogitLens:
     prompt: str
     tokens: tuple[Piece, ...]
     position: int
-    answer: Guess  # the model's real top-1 next token at `position`
+    answer: Candidate  # the model's real top-1 next token at `position`
     rows: tuple[LensRow, ...]  # depths 0..layers
-    grid: tuple[tuple[Guess, ...], ...] | None  # [depth][position] top-1, with --all-positions
+    grid: tuple[tuple[Candidate, ...], ...] | None  # [depth][position] top-1, with --all-positions
     norm: str | None  # the final norm's class, None if the model has none we could find
 
     @property
@@ -74,27 +67,16 @@ class LogitLens:
         return settled
 
 
-def check_request(prompt: str, top_k: int) -> None:
-    """Refuse an empty prompt or a bad --top-k before any model is loaded."""
-    check_prompt(prompt)
-    if top_k < 1:
-        raise errors.BadInput(f"--top-k must be a positive number, not {top_k}")
-
-
-def logit_lens(
-    lm: LM, prompt: str, top_k: int = 3, position: int = -1, all_positions: bool = False, chat: bool = False
-) -> LogitLens:
+def logit_lens(lm: LM, request: LensRequest) -> LogitLens:
     """Run the prompt once and read every depth's residual stream through the final norm and LM head."""
-    check_request(prompt, top_k)
-    check_top_k(top_k, lm.model.get_output_embeddings().weight.shape[0])
-    ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
-    check_fits(len(ids), lm.context_length)
-    if not -len(ids) <= position < len(ids):
-        raise errors.BadInput(f"--position must be between 0 and {len(ids) - 1} (or -1 for the last), not {position}")
-    position %= len(ids)
-    input_ids = torch.tensor([ids], device=lm.device)  # (1, n)
-    with residual_stream(lm.model) as stream, torch.inference_mode():
-        lm.model(input_ids=input_ids, use_cache=False)
+    check_top_k(request.top_k, lm.model.get_output_embeddings().weight.shape[0])
+    ids = passes.prompt_ids(lm, request.prompt, request.chat)
+    if not -len(ids) <= request.position < len(ids):
+        raise errors.BadInput(
+            f"--position must be between 0 and {len(ids) - 1} (or -1 for the last), not {request.position}")
+    position, all_positions = request.position % len(ids), request.all_positions
+    with residual_stream(lm.model) as stream:
+        passes.forward(lm, ids)
     norm = find_final_norm(lm.model)
     with torch.inference_mode():
         device = find_lm_head(lm.model).weight.device  # blocks may sit on several devices (--device-map)
@@ -102,13 +84,13 @@ def logit_lens(
         probs = lens_probs(lm.model, norm, states if all_positions else states[:, position : position + 1])
     at = probs[:, position if all_positions else 0]  # (layers + 1, vocab)
     answer_id = int(at[-1].argmax())
-    rows = tuple(_row(lm, depth, dist, answer_id, top_k) for depth, dist in enumerate(at))
+    rows = tuple(_row(lm, depth, dist, answer_id, request.top_k) for depth, dist in enumerate(at))
     return LogitLens(
         model=lm.name,
-        prompt=prompt,
+        prompt=request.prompt,
         tokens=tuple(pieces(lm.tokenizer, ids)),
         position=position,
-        answer=Guess(answer_id, token_text(lm.tokenizer, answer_id), float(at[-1, answer_id])),
+        answer=Candidate(1, answer_id, token_text(lm.tokenizer, answer_id), float(at[-1, answer_id])),
         rows=rows,
         grid=_grid(lm, probs) if all_positions else None,
         norm=type(norm).__name__ if norm is not None else None,
@@ -130,15 +112,16 @@ def _row(lm: LM, depth: int, dist: torch.Tensor, answer_id: int, top_k: int) -> 
     answer_prob = dist[answer_id]
     return LensRow(
         layer=depth,
-        top=tuple(Guess(int(i), token_text(lm.tokenizer, int(i)), float(p)) for p, i in zip(top.values, top.indices)),
+        top=tuple(Candidate(rank, int(i), token_text(lm.tokenizer, int(i)), float(p))
+                  for rank, (p, i) in enumerate(zip(top.values, top.indices), start=1)),
         answer_prob=float(answer_prob),
         answer_rank=int((dist > answer_prob).sum()) + 1,
     )
 
 
-def _grid(lm: LM, probs: torch.Tensor) -> tuple[tuple[Guess, ...], ...]:
+def _grid(lm: LM, probs: torch.Tensor) -> tuple[tuple[Candidate, ...], ...]:
     best = probs.max(dim=-1)  # values and indices, each (depths, n)
     return tuple(
-        tuple(Guess(int(i), token_text(lm.tokenizer, int(i)), float(p)) for p, i in zip(vals, idx))
+        tuple(Candidate(1, int(i), token_text(lm.tokenizer, int(i)), float(p)) for p, i in zip(vals, idx))
         for vals, idx in zip(best.values, best.indices)
     )

@@ -394,17 +394,12 @@ def _memory_errors(name: str, device: torch.device) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not is_out_of_memory(exc):
+        if not errors.is_out_of_memory(exc):
             raise
         raise errors.OutOfMemory(
             f"{name!r} does not fit in {device.type} memory; "
             "try --dtype bfloat16/float16, --device-map auto, or a smaller model"
         ) from exc
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for torch's CUDA/MPS out-of-memory errors and a plain MemoryError."""
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
 
 
 def _shape(size: Any) -> str:

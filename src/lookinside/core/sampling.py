@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from lookinside.core.errors import BadInput
@@ -59,7 +59,8 @@ class SamplingField:
         try:
             return self.kind(text)
         except ValueError:
-            raise BadInput(f"{self.name} takes {'an integer' if self.kind is int else 'a number'}, not {text!r}") from None
+            what = "an integer" if self.kind is int else "a number"
+            raise BadInput(f"{self.name} takes {what}, not {text!r}") from None
 
     def check(self, value: Any) -> None:
         """Refuse a value of the wrong type or out of range, in one line."""

@@ -12,22 +12,10 @@ from typing import TYPE_CHECKING
 
 from lookinside.core.detokenize import BYTE_PIECE, token_text
 from lookinside.core.prompting import chat_messages, encode_prompt, render_chat
+from lookinside.core.records import Piece
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One token: its id, the tokenizer's piece for it, its text, and its kind."""
-
-    index: int
-    id: int
-    piece: str  # as the vocabulary spells it: "▁Paris", "<0xF0>", "<|user|>"
-    text: str  # the text it stands for, with its leading space
-    kind: str  # "special", "byte" or "text"
-    byte: int | None = None  # the byte value of a byte-fallback piece
-    joined: str | None = None  # on the last byte of a run: the characters the run decodes to
 
 
 @dataclass(frozen=True)

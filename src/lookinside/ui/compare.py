@@ -18,8 +18,8 @@ from rich.text import Text
 from lookinside.ui.text import prob_style
 
 if TYPE_CHECKING:
-    from lookinside.core.compare import Comparison
     from lookinside.core.generate import Generation
+    from lookinside.core.records import Comparison
 
 PANEL_MIN_WIDTH = 34
 ENDINGS = {"eos": "[end]", "stop": "[stop string]", "length": "…", "interrupted": "[interrupted]"}
@@ -88,7 +88,7 @@ def settings_line(result: Comparison) -> Text:
     greedy = "argmax" + (f", repetition_penalty={penalty:g}" if penalty != 1 else "")
     return Text.assemble(
         ("samples: ", "dim"), (sampling, "bold"), ("   ", ""), (seeds, "bold"), ("\n", ""),
-        ("greedy: ", "dim"), (greedy, ""), ("   max new tokens: ", "dim"), (str(result.config.max_new_tokens), ""),
+        ("greedy: ", "dim"), (greedy, ""), ("   max new tokens: ", "dim"), (str(result.settings.max_new_tokens), ""),
     )
 
 
@@ -128,7 +128,7 @@ def compare_json(result: Comparison) -> dict[str, Any]:
         "prompt": result.prompt,
         "chat": result.chat,
         "prompt_ids": result.prompt_ids,
-        "settings": {**result.params.to_json(), "max_new_tokens": result.config.max_new_tokens, "samples": len(result.samples)},
+        "settings": {**result.params.to_json(), "max_new_tokens": result.settings.max_new_tokens, "samples": len(result.samples)},
         "greedy": run_json(result.greedy),
         "samples": [run_json(run, result.departs(run), seed) for run, seed in zip(result.samples, result.seeds)],
     }

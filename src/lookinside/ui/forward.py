@@ -72,7 +72,7 @@ def forward_view(result: ForwardPass) -> RenderableType:
     for stage in result.after:
         _add_stage(table, stage, 0)
     header = Text.assemble(("model ", "dim"), (result.model, "bold"),
-                           (f"   prompt tokens ({len(result.tokens)}): ", "dim"), tokens_line(list(result.tokens)))
+                           (f"   prompt tokens ({len(result.tokens)}): ", "dim"), tokens_line(result.tokens, "text"))
     legend = Text("[batch, tokens, features]; the last stage scores every vocabulary entry at every position",
                   style="dim")
     return Group(header, table, legend)

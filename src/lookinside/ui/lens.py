@@ -12,7 +12,8 @@ from lookinside.ui.text import bar, prob_style, visible
 from lookinside.ui.tokens import shown
 
 if TYPE_CHECKING:
-    from lookinside.core.lens import Guess, LogitLens
+    from lookinside.core.lens import LogitLens
+    from lookinside.core.records import Candidate
 
 
 def depth_name(layer: int) -> str:
@@ -20,7 +21,7 @@ def depth_name(layer: int) -> str:
     return "embeddings" if layer == 0 else f"after block {layer - 1}"
 
 
-def _guess(guess: Guess, width: int = 12) -> Text:
+def _guess(guess: Candidate, width: int = 12) -> Text:
     return Text.assemble((visible(guess.token)[:width], "bold"), (f" {guess.prob:.2f}".replace("0.", "."), "dim"))
 
 
@@ -91,7 +92,7 @@ def lens_view(result: LogitLens) -> RenderableType:
     return Group(*parts)
 
 
-def _guess_json(guess: Guess) -> dict[str, Any]:
+def _guess_json(guess: Candidate) -> dict[str, Any]:
     return {"id": guess.id, "token": guess.token, "prob": guess.prob}
 
 

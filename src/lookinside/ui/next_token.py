@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -11,14 +12,14 @@ from rich.text import Text
 from lookinside.ui.text import bar, fmt_prob, prob_style, visible
 
 if TYPE_CHECKING:
-    from lookinside.core.predict import NextToken
+    from lookinside.core.records import NextToken, Piece
 
 
-def tokens_line(tokens: list[Any]) -> Text:
-    """The prompt as pieces with their ids: `<s>·1  ▁The·450 ...`."""
+def tokens_line(tokens: Sequence[Piece], spelling: Literal["piece", "text"] = "piece") -> Text:
+    """The prompt as pieces (or their text) with their ids: `<s>·1  ▁The·450 ...`."""
     line = Text()
     for i, token in enumerate(tokens):
-        line.append(visible(token.text), style="bold cyan" if i % 2 == 0 else "bold magenta")
+        line.append(visible(getattr(token, spelling)), style="bold cyan" if i % 2 == 0 else "bold magenta")
         line.append(f"·{token.id}", style="dim")
         line.append("  ")
     return line
@@ -76,7 +77,7 @@ def next_token_json(result: NextToken) -> dict[str, Any]:
         "model": result.model,
         "prompt": result.prompt,
         "context_length": result.context_length,
-        "tokens": [{"id": t.id, "text": t.text} for t in result.tokens],
+        "tokens": [{"id": t.id, "text": t.piece} for t in result.tokens],
         "shapes": result.shapes,
         "temperature": result.temperature,
         "top": [

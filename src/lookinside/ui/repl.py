@@ -275,7 +275,7 @@ class ChatRepl:
         except OSError as exc:  # a file a slash command touched; the session goes on
             self.hint(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
         except Exception as exc:
-            if type(exc).__name__ != "OutOfMemoryError":
+            if not errors.is_out_of_memory(exc):
                 raise
             self.hint("out of memory: try /set max_new_tokens lower, /clear, or a smaller --dtype; the session goes on")
         return True
@@ -309,8 +309,7 @@ class ChatRepl:
         try:
             self.reply()
         except BaseException as exc:
-            survived = isinstance(exc, (errors.LookinsideError, KeyboardInterrupt, OSError)) or (
-                type(exc).__name__ == "OutOfMemoryError")
+            survived = isinstance(exc, (errors.LookinsideError, KeyboardInterrupt, OSError)) or errors.is_out_of_memory(exc)
             if not survived:
                 raise  # the session ends and saves the conversation: keep the message in it
             if self.conversation.messages[-1]["role"] == "user":
@@ -349,10 +348,11 @@ class ChatRepl:
 
     def _stream(self, ids: list[int], params: SamplingParams, printer: StreamPrinter) -> tuple[list[Step], bool]:
         """Feed the generated steps to the printer; Ctrl-C stops them (True: the reply was cut)."""
-        from lookinside.core.generate import GenerationConfig, generate
+        from lookinside.core.generate import generate
+        from lookinside.core.request import GenerationSettings
 
         steps: list[Step] = []
-        config = GenerationConfig(max_new_tokens=self.conversation.settings.max_new_tokens)
+        config = GenerationSettings(max_new_tokens=self.conversation.settings.max_new_tokens)
         try:
             with quiet_keys():
                 for step in (self.generate_fn or generate)(self.lm, ids, params, config):

@@ -1,0 +1,134 @@
+"""What the user asks of the model, as data checked on creation: nothing here loads or imports torch.
+
+Each command builds its request once, before the model is loaded, so a bad flag costs no load;
+the core functions take the request as it is. What can only be checked against the model
+(a --top-k above the vocabulary, a prompt over the context, a --position past the prompt)
+is checked by the core function once the model is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lookinside.core.errors import BadInput
+from lookinside.core.prompting import check_prompt
+from lookinside.core.sampling import SamplingParams
+
+CacheKind = Literal["dynamic", "static", "none"]
+CACHE_KINDS: tuple[CacheKind, ...] = ("dynamic", "static", "none")
+MAX_SAMPLES = 16
+
+
+def _whole(name: str, value: object, low: int | None = None) -> None:
+    """Refuse a value that is not a whole number (at least `low`, when given)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"{name} must be a whole number, not {value!r}")
+    if low is not None and value < low:
+        raise BadInput(f"{name} must be {'a positive number' if low == 1 else f'at least {low}'}, not {value}")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What to generate: how many tokens, when to stop, and which KV cache to use."""
+
+    max_new_tokens: int = 128
+    cache: CacheKind = "dynamic"
+    stop_strings: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise BadInput(f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens!r}")
+        if self.cache not in CACHE_KINDS:
+            raise BadInput(f"cache must be one of {', '.join(CACHE_KINDS)}, not {self.cache!r}")
+        if isinstance(self.stop_strings, str):  # a lone string would be read as one stop string per character
+            object.__setattr__(self, "stop_strings", (self.stop_strings,))
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise BadInput("stop strings must be non-empty text")
+
+
+@dataclass(frozen=True)
+class NextTokenRequest:
+    """`next-token`: the prompt, how many candidates, and an optional second temperature to show."""
+
+    prompt: str
+    top_k: int = 10
+    temperature: float | None = None
+    chat: bool = False
+
+    def __post_init__(self) -> None:
+        check_prompt(self.prompt)
+        _whole("--top-k", self.top_k, low=1)
+        if self.temperature is not None and not 0 <= self.temperature < float("inf"):
+            raise BadInput(f"--temperature must be >= 0 and finite (0 is greedy), not {self.temperature}")
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """`compare`: the greedy run and `samples` sampled runs of one prompt; sample i uses seed base + i."""
+
+    prompt: str
+    params: SamplingParams = field(default_factory=SamplingParams)
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    samples: int = 3
+    chat: bool = False
+
+    def __post_init__(self) -> None:
+        check_prompt(self.prompt)
+        if not isinstance(self.samples, int) or not 1 <= self.samples <= MAX_SAMPLES:
+            raise BadInput(f"--samples must be between 1 and {MAX_SAMPLES}, not {self.samples}")
+        if self.params.seed is not None and self.params.seed + self.samples > 2**63:
+            raise BadInput(f"--seed must be below 2**63 - {self.samples}, not {self.params.seed}")
+
+    def seeded(self) -> CompareRequest:
+        """The same request with a concrete base seed (drawn once here), so the comparison can be repeated."""
+        from dataclasses import replace
+
+        return self if self.params.seed is not None else replace(self, params=self.params.seeded())
+
+    def sample_params(self) -> list[SamplingParams]:
+        """One copy of the params per sample, seeds base, base + 1, ... (call on a seeded request)."""
+        base = self.params.seed or 0
+        return [self.params.updated(seed=base + i) for i in range(self.samples)]
+
+
+@dataclass(frozen=True)
+class LensRequest:
+    """`lens`: the prompt, candidates per depth, which position, and whether to draw the whole grid."""
+
+    prompt: str
+    top_k: int = 3
+    position: int = -1
+    all_positions: bool = False
+    chat: bool = False
+
+    def __post_init__(self) -> None:
+        check_prompt(self.prompt)
+        _whole("--top-k", self.top_k, low=1)
+        _whole("--position", self.position)
+
+
+@dataclass(frozen=True)
+class AttentionRequest:
+    """`attention`: the prompt, the layer, and one head or all (negative numbers count from the end)."""
+
+    prompt: str
+    layer: int = 0
+    head: int | None = None
+    chat: bool = False
+
+    def __post_init__(self) -> None:
+        check_prompt(self.prompt)
+        _whole("--layer", self.layer)
+        if self.head is not None:
+            _whole("--head", self.head)
+
+    def resolved(self, layers: int, heads: int) -> tuple[int, int | None]:
+        """The (layer, head) in range for a model of `layers` blocks and `heads` heads."""
+        if not -layers <= self.layer < layers:
+            raise BadInput(f"--layer must be between 0 and {layers - 1} (or -1 for the last), not {self.layer}")
+        if self.head is not None and not -heads <= self.head < heads:
+            raise BadInput(f"--head must be between 0 and {heads - 1}, not {self.head}")
+        return self.layer % layers, None if self.head is None else self.head % heads
