@@ -16,18 +16,8 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core import bench
-from lookinside.core.bench import (
-    BenchSettings,
-    ModeResult,
-    SweepLine,
-    kv_cache_bytes,
-    loglog_slope,
-    noise_reasons,
-    parse_sweep,
-    percentile,
-    resolve_bandwidth,
-    run_bench,
-)
+from lookinside.core.bench import BenchSettings, kv_cache_bytes, parse_sweep, resolve_bandwidth, run_bench
+from lookinside.core.bench_report import ModeResult, SweepLine, loglog_slope, noise_reasons, percentile
 from lookinside.core.errors import BadInput
 from lookinside.core.hardware import known_gpu
 from lookinside.core.loading import load
@@ -156,7 +146,7 @@ def test_unknown_gpu_note_reaches_the_json_and_the_view(tiny, monkeypatch):
     real = bench.resolve_bandwidth
     monkeypatch.setattr(bench, "resolve_bandwidth",
                         lambda device, given: real(fake_gpu(monkeypatch, "NVIDIA Mystery 9000"), given))
-    report = run_bench(tiny, BenchSettings(new_tokens=3, warmup=0, repeat=1, threads=1, modes=(True,), reference=False))
+    report = run_bench(tiny, BenchSettings(new_tokens=3, warmup=0, repeat=1, threads=1, modes=("dynamic",), reference=False))
     assert any("Mystery 9000" in note for note in bench_json(report)["notes"])
     light = bench_json(report)["runs"][0]["speed_of_light"]
     assert light["share"] is None and light["achieved_gbs"] > 0
@@ -164,7 +154,7 @@ def test_unknown_gpu_note_reaches_the_json_and_the_view(tiny, monkeypatch):
 
 
 def test_faster_than_the_bandwidth_is_flagged(tiny):
-    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=(True,), reference=False,
+    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=("dynamic",), reference=False,
                                            bandwidth_gbs=1e-6))  # 1 kB/s: any real run beats it
     light = report.runs[0].speed_of_light
     assert light.share > 1 and light.warning
@@ -196,18 +186,18 @@ def test_every_run_generates_exactly_n_tokens(report):
 
 
 def test_cached_and_uncached_ids_are_equal(report):
-    on, off = report.run(True), report.run(False)
+    on, off = report.run("dynamic"), report.run("none")
     assert on.token_ids == off.token_ids and report.same_tokens is True
     assert on.deterministic and off.deterministic
     assert report.reference is not None and report.reference.same_tokens  # model.generate agrees too
 
 
 def test_measured_cache_matches_the_config(report, tiny):
-    on = report.run(True)
+    on = report.run("dynamic")
     held = on.prompt_tokens + N - 1
     assert on.kv_cache_bytes == kv_cache_bytes(tiny.config, 4, held) > 0
     assert on.kv_cache_measured_bytes == on.kv_cache_bytes
-    assert report.run(False).kv_cache_bytes == 0 and report.run(False).kv_cache_measured_bytes is None
+    assert report.run("none").kv_cache_bytes == 0 and report.run("none").kv_cache_measured_bytes is None
 
 
 def test_json_fields_present_and_consistent(report):
@@ -244,7 +234,7 @@ def test_too_long_for_the_context_is_refused_before_timing(tiny):
 
 def test_sweep_reports_one_line_per_mode(tiny):
     report = run_bench(tiny, BenchSettings(sweep=(2, 4), warmup=0, repeat=1, threads=1, reference=False))
-    assert [line.cache for line in report.sweep] == [True, False]
+    assert [line.cache for line in report.sweep] == ["dynamic", "none"]
     assert all(line.lengths == (2, 4) and len(line.medians) == 2 for line in report.sweep)
     assert [r.new_tokens for r in report.runs] == [4, 4] and len(report.all_runs) == 4
     assert math.isfinite(report.sweep[0].slope)
@@ -252,11 +242,11 @@ def test_sweep_reports_one_line_per_mode(tiny):
 
 
 def test_chart_is_flat_with_the_cache_and_climbs_without():
-    def mode(cache: bool, steps: list[float]) -> ModeResult:
+    def mode(cache: str, steps: list[float]) -> ModeResult:
         return ModeResult(cache, len(steps), 10, (tuple(steps),), tuple(range(len(steps))), True, 0, None, 1)
 
-    flat = mode(True, [0.05] + [0.001] * 20)
-    growing = mode(False, [0.05] + [0.001 * (i + 1) for i in range(20)])
+    flat = mode("dynamic", [0.05] + [0.001] * 20)
+    growing = mode("none", [0.05] + [0.001 * (i + 1) for i in range(20)])
     lines = latency_chart((flat, growing), width=40, height=10).plain.splitlines()[1:11]
     rows_of = {mark: [y for y, line in enumerate(lines) if mark in line] for mark in "•×"}
     assert len(rows_of["•"]) == 1  # the cached line is one flat row
@@ -359,28 +349,28 @@ def test_help_lists_the_options():
 
 # --- noise ------------------------------------------------------------------------------------
 
-def _timed(cache: bool, totals: list[float], n: int = 4) -> ModeResult:
+def _timed(cache: str, totals: list[float], n: int = 4) -> ModeResult:
     rows = tuple((t / n,) * n for t in totals)
     return ModeResult(cache=cache, new_tokens=n, prompt_tokens=3, step_seconds=rows, token_ids=(1,) * n,
                       deterministic=True, kv_cache_bytes=0, kv_cache_measured_bytes=None, peak_memory_bytes=0)
 
 
 def test_steady_runs_are_not_noisy():
-    assert noise_reasons([_timed(True, [1.0, 1.1, 1.05]), _timed(False, [2.0, 2.1, 2.2])], []) == ()
+    assert noise_reasons([_timed("dynamic", [1.0, 1.1, 1.05]), _timed("none", [2.0, 2.1, 2.2])], []) == ()
 
 
 def test_spread_out_repeats_are_noisy():
-    (reason,) = noise_reasons([_timed(True, [1.0, 2.0, 1.1])], [])
+    (reason,) = noise_reasons([_timed("dynamic", [1.0, 2.0, 1.1])], [])
     assert "cached runs of 4 tokens differ by 2.0x" in reason
 
 
 def test_a_cache_slower_than_no_cache_is_noisy():
-    (reason,) = noise_reasons([_timed(True, [3.0, 3.1]), _timed(False, [2.0, 2.1])], [])
+    (reason,) = noise_reasons([_timed("dynamic", [3.0, 3.1]), _timed("none", [2.0, 2.1])], [])
     assert reason == "at 4 tokens the cached runs were slower than the uncached ones"
 
 
 def test_a_sweep_that_gets_faster_with_length_is_noisy():
-    (reason,) = noise_reasons([], [SweepLine(True, (32, 128, 448), (1.0, 0.8, 0.5))])
+    (reason,) = noise_reasons([], [SweepLine("dynamic", (32, 128, 448), (1.0, 0.8, 0.5))])
     assert "sweep gets faster with length" in reason
 
 

@@ -163,8 +163,8 @@ def test_save_then_load_round_trips(tmp_path: Path):
     chat.settings = ChatSettings(params=SamplingParams(temperature=0.3, top_k=20, seed=5), max_new_tokens=64, trim=False)
     chat.add("assistant", "The capital of Japan", cut=True)
     chat.window = 2
-    path = conv.save(chat, tmp_path / "sub" / "chat.json", model="tiny", make_parents=True)
-    loaded, model = conv.load(path)
+    path = conv.write_transcript(chat, tmp_path / "sub" / "chat.json", model="tiny", make_parents=True)
+    loaded, model = conv.read_transcript(path)
     assert model == "tiny"
     assert (loaded.system, loaded.messages, loaded.window) == (chat.system, chat.messages, chat.window)
     assert (loaded.settings.params, loaded.settings.max_new_tokens, loaded.settings.trim) == (
@@ -174,7 +174,7 @@ def test_save_then_load_round_trips(tmp_path: Path):
 
 
 def test_a_failed_save_leaves_the_old_file_whole(tmp_path: Path, monkeypatch):
-    path = conv.save(long_chat(1), tmp_path / "chat.json", model="tiny")
+    path = conv.write_transcript(long_chat(1), tmp_path / "chat.json", model="tiny")
     before = path.read_text()
 
     def crash(*args):
@@ -182,7 +182,7 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(conv.os, "replace", crash)
     with pytest.raises(conv.errors.BadInput, match="disk full; nothing was written"):
-        conv.save(long_chat(5), path, model="tiny")
+        conv.write_transcript(long_chat(5), path, model="tiny")
     assert path.read_text() == before
     assert os.listdir(tmp_path) == ["chat.json"]
 
@@ -200,7 +200,7 @@ def test_load_refuses_what_is_not_a_transcript(tmp_path: Path, content, message)
     if content is not None:
         path.write_text(content)
     with pytest.raises(BadInput, match=message):
-        conv.load(path)
+        conv.read_transcript(path)
 
 
 def test_markdown_export(tmp_path: Path):

@@ -14,8 +14,7 @@ from lookinside.core.errors import BadInput
 from lookinside.core.hooks import residual_stream
 from lookinside.core.lens import logit_lens
 from lookinside.core.predict import next_token
-from lookinside.core.request import NextTokenRequest
-from lookinside.core.request import LensRequest
+from lookinside.core.request import LensRequest, NextTokenRequest
 
 from .conftest import random_model_dir, small_config
 

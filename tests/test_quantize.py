@@ -12,8 +12,8 @@ from lookinside.core.diff import compare_sides, read_side
 from lookinside.core.errors import BadInput, LookinsideError
 from lookinside.core.loading import load
 from lookinside.core.predict import next_token
-from lookinside.core.spec import LoadSpec
 from lookinside.core.request import NextTokenRequest
+from lookinside.core.spec import LoadSpec
 
 TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. The capital of Italy is Rome."
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")

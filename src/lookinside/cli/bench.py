@@ -21,6 +21,9 @@ def bench(
     cache: Annotated[Optional[bool], _opt(
         "--cache/--no-cache", help="Time only with (or only without) the KV cache; default both.",
         show_default=False)] = None,
+    modes: Annotated[Optional[str], _opt(
+        "--modes", metavar="KINDS", help="KV cache kinds to time side by side: dynamic,static,none (any of them).",
+        show_default=False)] = None,
     prompt: Annotated[Optional[str], _opt(
         "--prompt", "-p", help="Prompt text (default: the book's apology-email prompt).", show_default=False)] = None,
     prompt_tokens: Annotated[Optional[int], _opt(
@@ -53,9 +56,9 @@ def bench(
     from lookinside.ui.console import show
     from lookinside.ui.progress import load_with_progress
 
-    settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens, modes=modes_for(cache),
-                             warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep), bandwidth_gbs=bandwidth,
-                             reference=reference)
+    settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens,
+                             modes=modes_for(cache, modes), warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep),
+                             bandwidth_gbs=bandwidth, reference=reference)
     lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
     show(report, bench_view, bench_json, as_json=json, keep=keep)

@@ -1,19 +1,16 @@
-"""Honest generation timing, the KV cache on and off, measured on the one generation loop.
+"""Honest generation timing, measured on the one generation loop, per KV-cache mode.
 
 `run_bench(lm, settings)` drives `generate` (greedy, end tokens ignored, exactly N new
-tokens) per cache mode: `warmup` uncounted runs, then `repeat` timed runs that take turns
-between the modes (and `model.generate`), keeping every device-synchronised `Step.seconds`. From those raw samples it derives the
-total (median/min/max), time to first token, decode rate, inter-token latency, per-position
-latency, the KV-cache size (from the config and measured from cache tensors), peak memory,
-the speed-of-light line, a reference row timing transformers' `model.generate`, and a length
-sweep with its log-log slope. Results are plain frozen dataclasses; nothing here prints.
+tokens) per cache mode (`CacheKind`: dynamic, static or none): `warmup` uncounted runs, then
+`repeat` timed runs that take turns between the modes (and `model.generate`), keeping every
+device-synchronised `Step.seconds`, the ids and the peak memory of each run (`Timed`). It also
+measures what only the model can tell: the KV cache's bytes, the weights a step reads, the GPU's
+bandwidth. core/bench_report.py turns those samples into the report; nothing here prints.
 """
 
 from __future__ import annotations
 
-import math
 import platform
-import statistics
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,10 +19,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from lookinside.core import errors
+from lookinside.core.bench_report import (
+    Bandwidth,
+    BenchHeader,
+    BenchReport,
+    ModeResult,
+    ReferenceRun,
+    SpeedOfLight,
+    SweepLine,
+    noise_reasons,
+)
 from lookinside.core.generate import collect, make_cache, prefill
 from lookinside.core.hardware import GB, known_gpu, known_names
 from lookinside.core.prompting import check_fits, encode_prompt
-from lookinside.core.request import GenerationSettings
+from lookinside.core.request import CACHE_KINDS, CacheKind, GenerationSettings
 from lookinside.core.sampling import SamplingParams
 from lookinside.core.timing import now, peak_memory_bytes, reset_peak_memory, reset_peak_rss
 
@@ -40,7 +47,6 @@ DEFAULT_PROMPT = (
 )
 DEFAULT_NEW_TOKENS = 100
 GREEDY = SamplingParams(temperature=0.0)
-MAX_SPREAD = 1.5  # slowest / fastest timed repeat above this: something else was using the machine
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class BenchSettings:
     new_tokens: int = DEFAULT_NEW_TOKENS
     prompt: str | None = None
     prompt_tokens: int | None = None
-    modes: tuple[bool, ...] = (True, False)  # True: with the KV cache
+    modes: tuple[CacheKind, ...] = ("dynamic", "none")
     warmup: int = 1
     repeat: int = 3
     sweep: tuple[int, ...] = ()
@@ -69,6 +75,8 @@ class BenchSettings:
             raise errors.BadInput(f"--prompt-tokens must be at least 1, not {self.prompt_tokens}")
         if not self.modes:
             raise errors.BadInput("nothing to time: choose --cache, --no-cache, or neither for both")
+        if len(set(self.modes)) != len(self.modes) or any(m not in CACHE_KINDS for m in self.modes):
+            raise errors.BadInput(f"--modes takes distinct kinds among {', '.join(CACHE_KINDS)}, not {self.modes!r}")
         if self.warmup < 0:
             raise errors.BadInput(f"--warmup must be 0 or more, not {self.warmup}")
         if self.repeat < 1:
@@ -99,222 +107,17 @@ def parse_sweep(text: str | None) -> tuple[int, ...]:
     return tuple(lengths)
 
 
-def modes_for(cache: bool | None) -> tuple[bool, ...]:
-    """--cache -> (True,), --no-cache -> (False,), neither -> both."""
-    return (True, False) if cache is None else (cache,)
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Median, minimum and maximum of a few timings, in seconds."""
-
-    median: float
-    min: float
-    max: float
-
-    @classmethod
-    def of(cls, samples: Sequence[float]) -> Spread:
-        """The spread of `samples` (at least one)."""
-        return cls(statistics.median(samples), min(samples), max(samples))
-
-
-@dataclass(frozen=True)
-class Bandwidth:
-    """The memory bandwidth the speed-of-light line divides by, and where it came from."""
-
-    gbs: float | None
-    source: str
-    note: str | None = None
-
-
-@dataclass(frozen=True)
-class SpeedOfLight:
-    """Decode against the memory-bandwidth bound: every token reads the weights and the KV cache."""
-
-    bytes_per_token: float  # weights + KV cache at the mean decode length
-    achieved_gbs: float
-    bandwidth: Bandwidth
-    best_tok_s: float | None  # what the bandwidth allows at best
-    share: float | None  # achieved / bandwidth; above 1 is a measurement error
-
-    @property
-    def warning(self) -> str | None:
-        """A message when the result beats physics (a measurement error)."""
-        if self.share is not None and self.share > 1:
-            return (f"achieved {self.achieved_gbs:.0f} GB/s is {self.share:.0%} of the {self.bandwidth.gbs:.0f} GB/s "
-                    "bandwidth: impossible, so this timing is wrong (unsynchronised clock or a wrong --bandwidth)")
-        return None
-
-
-@dataclass(frozen=True)
-class ModeResult:
-    """One cache mode at one length: raw step times and what follows from them."""
-
-    cache: bool
-    new_tokens: int
-    prompt_tokens: int
-    step_seconds: tuple[tuple[float, ...], ...]  # one row per measured repeat; step 0 includes the prefill
-    token_ids: tuple[int, ...]
-    deterministic: bool  # every repeat generated the same ids
-    kv_cache_bytes: int  # from the config, for what the cache holds at the end; 0 without a cache
-    kv_cache_measured_bytes: int | None  # summed from the cache tensors; None without a cache
-    peak_memory_bytes: int
-    speed_of_light: SpeedOfLight | None = None
-
-    @property
-    def totals(self) -> list[float]:
-        """Each repeat's total time: prefill plus every decode step."""
-        return [sum(row) for row in self.step_seconds]
-
-    @property
-    def total_s(self) -> Spread:
-        """Total time over the repeats."""
-        return Spread.of(self.totals)
-
-    @property
-    def ttft_s(self) -> float:
-        """Median time to the first token (the prompt's prefill plus choosing one token)."""
-        return statistics.median(row[0] for row in self.step_seconds)
-
-    @property
-    def decode_s(self) -> float:
-        """Median time for the N-1 tokens after the first."""
-        return statistics.median(sum(row[1:]) for row in self.step_seconds)
-
-    @property
-    def decode_tok_s(self) -> float | None:
-        """Decode rate: (N - 1) tokens over `decode_s`; None when N is 1."""
-        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else None
-
-    @property
-    def inter_token_s(self) -> list[float]:
-        """Every decode step's time, all repeats pooled."""
-        return [s for row in self.step_seconds for s in row[1:]]
-
-    @property
-    def itl_p50_s(self) -> float | None:
-        """Median inter-token latency."""
-        return percentile(self.inter_token_s, 50)
-
-    @property
-    def itl_p90_s(self) -> float | None:
-        """90th-percentile inter-token latency."""
-        return percentile(self.inter_token_s, 90)
-
-    @property
-    def per_position_s(self) -> list[float]:
-        """Median time of each step across repeats, by position (index 0 includes the prefill)."""
-        return [statistics.median(column) for column in zip(*self.step_seconds)]
-
-
-@dataclass(frozen=True)
-class ReferenceRun:
-    """transformers' own `model.generate` for the same prompt and N, greedy."""
-
-    cache: bool
-    new_tokens: int
-    totals: tuple[float, ...]
-    same_tokens: bool  # its ids equal ours
-
-    @property
-    def total_s(self) -> Spread:
-        """Total time over the repeats."""
-        return Spread.of(self.totals)
-
-    @property
-    def tok_s(self) -> float:
-        """New tokens per second, prefill included."""
-        return self.new_tokens / self.total_s.median
-
-
-@dataclass(frozen=True)
-class SweepLine:
-    """How one mode's total time grows with the number of new tokens."""
-
-    cache: bool
-    lengths: tuple[int, ...]
-    medians: tuple[float, ...]
-
-    @property
-    def slope(self) -> float:
-        """Least-squares slope of log(time) against log(length): 1 is linear, 2 quadratic."""
-        return loglog_slope(self.lengths, self.medians)
-
-    @property
-    def slope_last(self) -> float:
-        """The slope between the two longest lengths, where the quadratic term dominates."""
-        return loglog_slope(self.lengths[-2:], self.medians[-2:])
-
-
-@dataclass(frozen=True)
-class BenchHeader:
-    """What was measured, on what."""
-
-    model: str
-    parameters: int
-    device: str
-    device_name: str
-    dtype: str
-    attention: str
-    torch_version: str
-    transformers_version: str
-    threads: int
-    random_weights: bool
-    layers: int
-    threads_reason: str = ""  # why that many: --threads, or the idle cores at load
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    """Everything `llm bench` shows: header, one run per mode, reference, sweep, notes."""
-
-    header: BenchHeader
-    runs: tuple[ModeResult, ...]
-    reference: ReferenceRun | None = None
-    sweep: tuple[SweepLine, ...] = ()
-    all_runs: tuple[ModeResult, ...] = ()  # every length of a sweep
-    notes: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()  # results that cannot be true (above the bandwidth)
-    noise: tuple[str, ...] = ()  # why these numbers look disturbed by other load (empty: they look steady)
-
-    @property
-    def noisy(self) -> bool:
-        """True when the measurements look disturbed by other work on the machine."""
-        return bool(self.noise)
-
-    def run(self, cache: bool) -> ModeResult | None:
-        """The run for one mode, if it was timed."""
-        return next((r for r in self.runs if r.cache == cache), None)
-
-    @property
-    def speedup(self) -> float | None:
-        """Median total without the cache over median total with it."""
-        on, off = self.run(True), self.run(False)
-        return off.total_s.median / on.total_s.median if on and off else None
-
-    @property
-    def same_tokens(self) -> bool | None:
-        """Whether the cached and uncached runs generated the same ids."""
-        on, off = self.run(True), self.run(False)
-        return on.token_ids == off.token_ids if on and off else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile by linear interpolation between order statistics; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of log(y) on log(x): the exponent k in y ~ x^k."""
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = statistics.fmean(lx), statistics.fmean(ly)
-    spread = sum((x - mx) ** 2 for x in lx)
-    return sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / spread if spread else float("nan")
+def modes_for(cache: bool | None, modes: str | None = None) -> tuple[CacheKind, ...]:
+    """--modes dynamic,static,none as given; else --cache -> dynamic, --no-cache -> none, neither -> both."""
+    if modes is not None:
+        if cache is not None:
+            raise errors.BadInput("give --modes or --cache/--no-cache, not both")
+        chosen = tuple(part.strip() for part in modes.split(",") if part.strip())
+        if not chosen or any(kind not in CACHE_KINDS for kind in chosen):
+            raise errors.BadInput(f"--modes takes cache kinds among {', '.join(CACHE_KINDS)}, e.g. dynamic,static; "
+                                  f"not {modes!r}")
+        return tuple(dict.fromkeys(chosen))  # type: ignore[return-value]
+    return ("dynamic", "none") if cache is None else ("dynamic",) if cache else ("none",)
 
 
 def kv_cache_bytes(config: PretrainedConfig, element_bytes: int, tokens: int) -> int:
@@ -362,7 +165,7 @@ def resolve_bandwidth(device: torch.device, given_gbs: float | None) -> Bandwidt
 
 def speed_of_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> SpeedOfLight | None:
     """Bytes each cached decode step reads, the GB/s that makes, and its share of the bandwidth."""
-    if not run.cache or run.decode_tok_s is None:
+    if not run.cached or run.decode_tok_s is None:
         return None  # without a cache a step recomputes the whole sequence: compute-bound, not read-bound
     mean_length = run.prompt_tokens + run.new_tokens / 2  # decode steps attend over P+1 .. P+N-1 positions
     kv = kv_cache_bytes(lm.config, lm.dtype.itemsize, round(mean_length))
@@ -383,36 +186,43 @@ def bench_prompt_ids(tokenizer: PreTrainedTokenizerBase, settings: BenchSettings
     return (head + body * (settings.prompt_tokens // len(body) + 1))[: settings.prompt_tokens]
 
 
-# One timed run: its step times (one entry for model.generate), the ids it chose, its peak memory.
-Timed = tuple[tuple[float, ...], tuple[int, ...], int]
-REFERENCE = "model.generate"
+@dataclass(frozen=True)
+class Timed:
+    """One timed run: its step times (a single entry for model.generate), the ids it chose, its peak memory."""
+
+    step_seconds: tuple[float, ...]
+    token_ids: tuple[int, ...]
+    peak_memory_bytes: int
 
 
-def our_loop(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int) -> Callable[[], Timed]:
+REFERENCE = "model.generate"  # the runners' key for transformers' loop; ours are keyed by their CacheKind
+
+
+def our_loop(lm: LM, prompt_ids: list[int], cache: CacheKind, new_tokens: int) -> Callable[[], Timed]:
     """One run of the generation loop: exactly `new_tokens` greedy tokens, end tokens ignored."""
-    config = GenerationSettings(max_new_tokens=new_tokens, cache="dynamic" if cache else "none", ignore_eos=True)
+    settings = GenerationSettings(max_new_tokens=new_tokens, cache=cache, ignore_eos=True)
 
     def run() -> Timed:
         reset_peak_memory(lm.device)
         reset_peak_rss()
-        generation = collect(lm, prompt_ids, GREEDY, config)
+        generation = collect(lm, prompt_ids, GREEDY, settings)
         if len(generation.steps) != new_tokens:  # ignore_eos makes this impossible; never report a short run
             raise errors.LookinsideError(f"generation stopped after {len(generation.steps)} of {new_tokens} tokens")
         steps = tuple(step.seconds for step in generation.steps)
-        return steps, tuple(generation.token_ids), peak_memory_bytes(lm.device)
+        return Timed(steps, tuple(generation.token_ids), peak_memory_bytes(lm.device))
 
     return run
 
 
-def library_loop(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int) -> Callable[[], Timed]:
+def library_loop(lm: LM, prompt_ids: list[int], cache: CacheKind, new_tokens: int) -> Callable[[], Timed]:
     """One run of transformers' `model.generate` for the same tokens (min = max = N, greedy)."""
     ids = torch.tensor([prompt_ids], device=lm.device)  # (1, prompt)
     # eos_token_id=None is generate's way to ignore end tokens, as ours does; without it,
     # min_new_tokens would forbid them instead and the two loops would pick different tokens.
     kwargs = dict(
         attention_mask=torch.ones_like(ids), min_new_tokens=new_tokens, max_new_tokens=new_tokens,
-        do_sample=False, use_cache=cache, eos_token_id=None, pad_token_id=lm.tokenizer.pad_token_id or 0,
-        temperature=None, top_p=None, top_k=None,
+        do_sample=False, use_cache=cache != "none", eos_token_id=None, pad_token_id=lm.tokenizer.pad_token_id or 0,
+        temperature=None, top_p=None, top_k=None, **({"cache_implementation": "static"} if cache == "static" else {}),
     )
 
     def run() -> Timed:
@@ -421,45 +231,46 @@ def library_loop(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int) ->
             start = now(lm.device)
             out = lm.model.generate(ids, **kwargs)  # (1, prompt + new_tokens)
             seconds = now(lm.device) - start
-        return (seconds,), tuple(out[0, len(prompt_ids):].tolist()), peak_memory_bytes(lm.device)
+        return Timed((seconds,), tuple(out[0, len(prompt_ids):].tolist()), peak_memory_bytes(lm.device))
 
     return run
 
 
-def alternate(runners: dict[object, Callable[[], Timed]], warmup: int, repeat: int) -> dict[object, list[Timed]]:
+def alternate(runners: dict[str, Callable[[], Timed]], warmup: int, repeat: int) -> dict[str, list[Timed]]:
     """Warm-ups (uncounted), then timed runs taking turns, so load that drifts over minutes
     (other jobs on the machine, clocks, heat) hits every runner alike instead of one mode."""
     for _ in range(warmup):
         for run in runners.values():
             run()
-    timed: dict[object, list[Timed]] = {key: [] for key in runners}
+    timed: dict[str, list[Timed]] = {key: [] for key in runners}
     for _ in range(repeat):
         for key, run in runners.items():
             timed[key].append(run())
     return timed
 
 
-def mode_result(lm: LM, prompt_ids: list[int], cache: bool, new_tokens: int, runs: list[Timed]) -> ModeResult:
+def mode_result(lm: LM, prompt_ids: list[int], cache: CacheKind, new_tokens: int, runs: list[Timed]) -> ModeResult:
     """One mode's timed runs as a `ModeResult`, with its KV-cache size from the config and measured."""
-    ids = [run[1] for run in runs]
+    ids = [run.token_ids for run in runs]
+    kept = cache != "none"
     held = len(prompt_ids) + new_tokens - 1  # at the last step: the prompt and every new token but the last
     return ModeResult(
         cache=cache,
         new_tokens=new_tokens,
         prompt_tokens=len(prompt_ids),
-        step_seconds=tuple(run[0] for run in runs),
+        step_seconds=tuple(run.step_seconds for run in runs),
         token_ids=ids[0],
         deterministic=all(i == ids[0] for i in ids),
-        kv_cache_bytes=kv_cache_bytes(lm.config, lm.dtype.itemsize, held) if cache else 0,
-        kv_cache_measured_bytes=measured_cache_bytes(lm, prompt_ids + list(ids[0][:-1])) if cache else None,
-        peak_memory_bytes=max(run[2] for run in runs),
+        kv_cache_bytes=kv_cache_bytes(lm.config, lm.dtype.itemsize, held) if kept else 0,
+        kv_cache_measured_bytes=measured_cache_bytes(lm, prompt_ids + list(ids[0][:-1])) if kept else None,
+        peak_memory_bytes=max(run.peak_memory_bytes for run in runs),
     )
 
 
 def reference_run(ours: ModeResult, runs: list[Timed]) -> ReferenceRun:
     """model.generate's timed runs beside the mode they copy."""
-    same = all(run[1] == ours.token_ids for run in runs)
-    return ReferenceRun(ours.cache, ours.new_tokens, tuple(run[0][0] for run in runs), same)
+    same = all(run.token_ids == ours.token_ids for run in runs)
+    return ReferenceRun(ours.cache, ours.new_tokens, tuple(run.step_seconds[0] for run in runs), same)
 
 
 def describe(lm: LM, random_weights: bool = False, threads_reason: str | None = None) -> BenchHeader:
@@ -533,7 +344,7 @@ def _run_bench(
     results: list[ModeResult] = []
     reference = None
     for n in settings.lengths:
-        runners: dict[object, Callable[[], Timed]] = {c: our_loop(lm, prompt_ids, c, n) for c in settings.modes}
+        runners: dict[str, Callable[[], Timed]] = {c: our_loop(lm, prompt_ids, c, n) for c in settings.modes}
         if settings.reference and n == longest:
             runners[REFERENCE] = library_loop(lm, prompt_ids, settings.modes[0], n)
         tell(f"timing {n} tokens: {', '.join(_label(key) for key in runners)} ({runs})")
@@ -554,31 +365,8 @@ def _run_bench(
                        warnings, noise_reasons(results, sweep))
 
 
-def noise_reasons(results: Sequence[ModeResult], sweep: Sequence[SweepLine]) -> tuple[str, ...]:
-    """Signs that other load disturbed the timing: spread-out repeats, time shrinking with length, a slow cache."""
-    reasons = []
-    for run in results:
-        if run.total_s.min > 0 and run.total_s.max / run.total_s.min > MAX_SPREAD:
-            reasons.append(f"the {_mode(run.cache)} runs of {run.new_tokens} tokens differ by "
-                           f"{run.total_s.max / run.total_s.min:.1f}x (slowest / fastest; steady is under {MAX_SPREAD}x)")
-    for line in sweep:
-        if line.slope < 0:
-            reasons.append(f"the {_mode(line.cache)} sweep gets faster with length (log-log slope {line.slope:.2f})")
-    by_length: dict[int, dict[bool, ModeResult]] = {}
-    for run in results:
-        by_length.setdefault(run.new_tokens, {})[run.cache] = run
-    for n, pair in by_length.items():
-        if len(pair) == 2 and pair[True].total_s.median > pair[False].total_s.median:
-            reasons.append(f"at {n} tokens the cached runs were slower than the uncached ones")
-    return tuple(reasons)
-
-
-def _mode(cache: bool) -> str:
-    return "cached" if cache else "uncached"
-
-
-def _label(key: object) -> str:
-    return str(key) if isinstance(key, str) else "with the KV cache" if key else "without it"
+def _label(key: str) -> str:
+    return {"dynamic": "with the KV cache", "static": "with a static KV cache", "none": "without it"}.get(key, key)
 
 
 def _with_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> ModeResult:

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
+from lookinside.core.backend import Resources
 from lookinside.core.prompting import Message, encode_messages
 from lookinside.core.sampling import FIELD, FIELDS, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-    from lookinside.core.generate import Step
+    from lookinside.core.records import Step
 
 TRANSCRIPT_VERSION = 1
 # When the model's generation config says nothing about sampling: llama.cpp's and Ollama's
@@ -143,11 +144,17 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Fitted:
-    """The prompt for the next reply, and what was dropped to make it fit."""
+    """The prompt for the next reply, and what was dropped to make it fit.
 
-    ids: list[int]
+    `messages` (and `continuation`, the reply being continued) are what a server's chat endpoint
+    takes; `ids` is the same prompt through the local chat template (None where nothing counts them).
+    """
+
+    ids: list[int] | None
     dropped_turns: int
     dropped_tokens: int
+    messages: list[Message] = field(default_factory=list)
+    continuation: str | None = None
 
 
 def count_tokens(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) -> int:
@@ -174,7 +181,8 @@ def fit(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, context:
             raise errors.ContextOverflow(_overflow(len(ids), conversation, context, "nothing older is left to drop"))
         ids = _prompt_ids(tokenizer, conversation, continuation)
     dropped = conversation.window - before
-    return Fitted(ids=ids, dropped_turns=dropped, dropped_tokens=len(first_ids) - len(ids))
+    return Fitted(ids=ids, dropped_turns=dropped, dropped_tokens=len(first_ids) - len(ids),
+                  messages=conversation.as_messages(), continuation=continuation)
 
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, continuation: str | None) -> list[int]:
@@ -206,39 +214,40 @@ def _overflow(n: int, conversation: Conversation, context: int, why: str) -> str
 class ReplyStats:
     """What one reply cost: tokens in and out, time to first token, decode speed, peak memory."""
 
-    prompt_tokens: int
+    prompt_tokens: int | None  # None where the backend does not count them
     generated_tokens: int
     ttft_s: float
     decode_tokens_per_s: float | None
-    context_used: int
-    context_length: int
+    context_used: int | None
+    context_length: int | None
     seed: int | None
     peak_memory_bytes: int | None = None  # CUDA only
     threads: int | None = None  # torch's CPU threads (CPU only)
     quantized: str | None = None  # e.g. "int8 weights 1.8 MiB (from 4.0 MiB)"
 
 
-def reply_stats(steps: Sequence[Step], prompt_tokens: int, context_length: int, seed: int | None,
-                peak_memory_bytes: int | None = None, threads: int | None = None,
-                quantized: str | None = None) -> ReplyStats:
-    """Stats from a reply's steps: step 0 holds the prefill, so decode speed uses the others."""
-    decode = steps[1:]
-    decode_s = sum(s.seconds for s in decode)
+def reply_stats(steps: Sequence[Step], prompt_tokens: int | None, context_length: int | None, seed: int | None,
+                used: Resources | None = None) -> ReplyStats:
+    """Stats from a reply's steps, through `Generation`'s timing (step 0 holds the prefill, so it is not decode)."""
+    from lookinside.core.records import Generation
+
+    run = Generation(prompt_ids=[], steps=list(steps), seed=seed)
+    used = used or Resources()
     return ReplyStats(
         prompt_tokens=prompt_tokens,
-        generated_tokens=len(steps),
-        ttft_s=steps[0].seconds if steps else 0.0,
-        decode_tokens_per_s=len(decode) / decode_s if decode and decode_s > 0 else None,
-        context_used=prompt_tokens + len(steps),
+        generated_tokens=len(run.steps),
+        ttft_s=run.ttft_s or 0.0,
+        decode_tokens_per_s=run.decode_tok_s,
+        context_used=prompt_tokens + len(run.steps) if prompt_tokens is not None else None,
         context_length=context_length,
         seed=seed,
-        peak_memory_bytes=peak_memory_bytes,
-        threads=threads,
-        quantized=quantized,
+        peak_memory_bytes=used.peak_memory_bytes,
+        threads=used.threads,
+        quantized=used.quantized,
     )
 
 
-def save(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
+def write_transcript(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
     """Write the transcript as JSON atomically: a crash leaves the old file or the new one, never half."""
     data = {
         "version": TRANSCRIPT_VERSION,
@@ -291,8 +300,8 @@ def _replace_with(path: Path, text: str) -> None:
         raise
 
 
-def load(path: Path) -> tuple[Conversation, str | None]:
-    """A conversation saved by `save`, and the model it was held with."""
+def read_transcript(path: Path) -> tuple[Conversation, str | None]:
+    """A conversation saved by `write_transcript`, and the model it was held with."""
     path = path.expanduser()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -344,7 +353,7 @@ def export_markdown(conversation: Conversation, path: Path, model: str, make_par
 
 def continued(path: Path, system: str | None, overrides: dict[str, Any]) -> tuple[Conversation, str | None]:
     """A saved conversation to go on with: its system prompt and settings, unless the user gave new ones."""
-    conversation, model = load(path)
+    conversation, model = read_transcript(path)
     if system is not None:
         conversation.system = system
     given = {name: value for name, value in overrides.items() if value is not None}

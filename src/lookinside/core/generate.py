@@ -71,8 +71,13 @@ def generate(
     An unseeded sampling `params` gets a fresh seed here, readable as `stream.seed`.
     """
     check_fits(len(prompt_ids), lm.context_length, settings.max_new_tokens)
-    params = params if params.greedy else params.seeded()
+    params = with_seed(params)
     return Stream(_steps(lm, list(prompt_ids), params, settings), params)
+
+
+def with_seed(params: SamplingParams) -> SamplingParams:
+    """The params a run uses: greedy as they are, sampled with a concrete seed (drawn here when none is given)."""
+    return params if params.greedy else params.seeded()
 
 
 def collect(

@@ -9,6 +9,7 @@ next (rank, id, text, probability).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,6 +77,22 @@ class Step:
         return math.log(self.prob) if self.prob > 0 else float("-inf")
 
 
+def first_token_seconds(seconds: Sequence[float]) -> float | None:
+    """Time to the first token from a run's step times: step 0 holds the prefill (None for no steps)."""
+    return seconds[0] if seconds else None
+
+
+def decode_seconds(seconds: Sequence[float]) -> float:
+    """The decode part of a run's step times: every step after the first."""
+    return sum(seconds[1:])
+
+
+def decode_rate(seconds: Sequence[float]) -> float | None:
+    """Tokens per second after the first (None with fewer than two steps): the figure chat, generate and bench show."""
+    decode = decode_seconds(seconds)
+    return (len(seconds) - 1) / decode if len(seconds) > 1 and decode > 0 else None
+
+
 @dataclass
 class Generation:
     """A finished (or interrupted) run: the steps and why it ended."""
@@ -113,13 +130,12 @@ class Generation:
     @property
     def ttft_s(self) -> float | None:
         """Time to the first token: the prefill plus choosing it (None before any step)."""
-        return self.steps[0].seconds if self.steps else None
+        return first_token_seconds([s.seconds for s in self.steps])
 
     @property
     def decode_tok_s(self) -> float | None:
         """Tokens per second after the first (None with fewer than two tokens)."""
-        decode_s = sum(s.seconds for s in self.steps[1:])
-        return (len(self.steps) - 1) / decode_s if len(self.steps) > 1 and decode_s > 0 else None
+        return decode_rate([s.seconds for s in self.steps])
 
     @property
     def perplexity(self) -> float:
@@ -158,3 +174,16 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What chat's /show tells about the model (a server fills what it knows; the rest is None)."""
+
+    name: str
+    source: str
+    parameters: int | None
+    dtype: str | None
+    device: str | None
+    context_length: int | None
+    end_tokens: Sequence[tuple[int, str]]
+    chat_template: str | None
+    attention: str | None

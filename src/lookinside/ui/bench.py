@@ -18,7 +18,7 @@ from rich.text import Text
 from lookinside.ui.console import stderr_console
 
 if TYPE_CHECKING:
-    from lookinside.core.bench import BenchReport, ModeResult, ReferenceRun, SpeedOfLight
+    from lookinside.core.bench_report import BenchReport, ModeResult, ReferenceRun, SpeedOfLight
 
 CACHE_MARK, NO_CACHE_MARK, BOTH_MARK = "•", "×", "◆"
 CACHE_STYLE, NO_CACHE_STYLE = "green", "red"
@@ -102,8 +102,8 @@ def _column(run: ModeResult) -> list[str]:
         f"{run.decode_tok_s:.1f}" if run.decode_tok_s is not None else "–",
         seconds(run.itl_p50_s),
         seconds(run.itl_p90_s),
-        size(run.kv_cache_bytes) if run.cache else "none kept",
-        size(run.kv_cache_measured_bytes) if run.cache else "–",
+        size(run.kv_cache_bytes) if run.cached else "none kept",
+        size(run.kv_cache_measured_bytes) if run.cached else "–",
         size(run.peak_memory_bytes),
     ]
 
@@ -114,6 +114,16 @@ def _reference_column(ref: ReferenceRun, rows: int) -> list[str]:
     return cells + ["–"] * (rows - len(cells))
 
 
+COLUMN_TITLES = {"dynamic": "with cache", "static": "static cache", "none": "no cache"}
+REFERENCE_TITLES = {"dynamic": "generate()", "static": "generate(static)", "none": "generate(no cache)"}
+SWEEP_TITLES = {"dynamic": "with KV cache", "static": "static KV cache", "none": "without cache"}
+MODE_WORDS = {"dynamic": "cached", "static": "static", "none": "uncached"}
+
+
+def _style(cache: str) -> str:
+    return NO_CACHE_STYLE if cache == "none" else CACHE_STYLE
+
+
 def runs_table(report: BenchReport) -> Table:
     """One column per mode (and the reference), one row per measurement."""
     table = Table(title="Generation time", title_justify="left")
@@ -122,11 +132,10 @@ def runs_table(report: BenchReport) -> Table:
               "inter-token p90", "KV cache, config", "KV, measured", _memory_label(report)]
     columns = []
     for run in report.runs:
-        table.add_column("with cache" if run.cache else "no cache", justify="right",
-                         style=CACHE_STYLE if run.cache else NO_CACHE_STYLE)
+        table.add_column(COLUMN_TITLES[run.cache], justify="right", style=_style(run.cache))
         columns.append(_column(run))
     if report.reference is not None:
-        table.add_column("generate()" if report.reference.cache else "generate(no cache)", justify="right")
+        table.add_column(REFERENCE_TITLES[report.reference.cache], justify="right")
         columns.append(_reference_column(report.reference, len(labels)))
         table.caption = "generate(): transformers' model.generate; *prefill included"
     for index, label in enumerate(labels):
@@ -147,7 +156,7 @@ def verdict(report: BenchReport) -> Text:
         line.append(" with the KV cache (median total time)\n")
     checks = []
     if report.same_tokens is not None:
-        checks.append(("cached vs uncached", report.same_tokens))
+        checks.append((" vs ".join(MODE_WORDS[run.cache] for run in report.runs), report.same_tokens))
     if report.reference is not None:
         checks.append(("ours vs model.generate", report.reference.same_tokens))
     if checks:
@@ -158,10 +167,10 @@ def verdict(report: BenchReport) -> Text:
     return line
 
 
-def light_line(light: SpeedOfLight) -> Text:
+def light_line(light: SpeedOfLight, mode: str = "") -> Text:
     """Bytes per decode step over the bandwidth: how close decode is to what memory allows."""
     line = Text()
-    line.append("speed of light: ", style="bold")
+    line.append(f"speed of light{f' ({mode})' if mode else ''}: ", style="bold")
     line.append(f"each cached decode step reads {size(light.bytes_per_token)} (weights + KV cache); "
                 f"achieved {light.achieved_gbs:.1f} GB/s")
     if light.share is not None and light.bandwidth.gbs is not None:
@@ -184,7 +193,7 @@ def latency_chart(runs: tuple[ModeResult, ...], width: int = 64, height: int = 1
     grid = [[" "] * columns for _ in range(height)]
     styles = [[""] * columns for _ in range(height)]
     for run, points in series:
-        mark, style = (CACHE_MARK, CACHE_STYLE) if run.cache else (NO_CACHE_MARK, NO_CACHE_STYLE)
+        mark, style = (CACHE_MARK if run.cached else NO_CACHE_MARK), _style(run.cache)
         for x, value in enumerate(points):
             y = height - 1 - round(value / top * (height - 1))
             both = grid[y][x] not in (" ", mark)
@@ -227,8 +236,7 @@ def sweep_table(report: BenchReport) -> Table:
     table = Table(title="Time against length (median total)", title_justify="left")
     table.add_column("new tokens", justify="right")
     for line in report.sweep:
-        table.add_column("with KV cache" if line.cache else "without cache", justify="right",
-                         style=CACHE_STYLE if line.cache else NO_CACHE_STYLE)
+        table.add_column(SWEEP_TITLES[line.cache], justify="right", style=_style(line.cache))
     for index, length in enumerate(report.sweep[0].lengths):
         table.add_row(str(length), *(seconds(line.medians[index]) for line in report.sweep))
     table.add_row("log-log slope (fit)", *(f"{line.slope:.2f}" for line in report.sweep), style="bold")
@@ -240,7 +248,8 @@ def sweep_table(report: BenchReport) -> Table:
 def bench_view(report: BenchReport) -> RenderableType:
     """The whole bench: header, table, verdict, speed of light, chart, sweep and notes."""
     parts: list[RenderableType] = [header_grid(report), Text(), runs_table(report), verdict(report)]
-    parts += [light_line(r.speed_of_light) for r in report.runs if r.speed_of_light is not None]
+    lit = [r for r in report.runs if r.speed_of_light is not None]
+    parts += [light_line(r.speed_of_light, COLUMN_TITLES[r.cache] if len(lit) > 1 else "") for r in lit]
     parts += [Text(), latency_chart(report.runs)]
     if report.sweep:
         parts += [Text(), sweep_table(report)]
@@ -258,7 +267,8 @@ def run_json(run: ModeResult) -> dict[str, Any]:
     """One mode's numbers; decode_tok_s x decode_s = decode_tokens = new_tokens - 1."""
     light = run.speed_of_light
     return {
-        "cache": run.cache,
+        "cache": run.cached,
+        "cache_kind": run.cache,
         "new_tokens": run.new_tokens,
         "prompt_tokens": run.prompt_tokens,
         "total_s": _spread(run.total_s),
@@ -296,13 +306,13 @@ def bench_json(report: BenchReport) -> dict[str, Any]:
         "speedup": report.speedup,
         "same_tokens": report.same_tokens,
         "reference": None if ref is None else {
-            "cache": ref.cache, "new_tokens": ref.new_tokens, "total_s": _spread(ref.total_s),
-            "tok_s": ref.tok_s, "same_tokens": ref.same_tokens,
+            "cache": ref.cache != "none", "cache_kind": ref.cache, "new_tokens": ref.new_tokens,
+            "total_s": _spread(ref.total_s), "tok_s": ref.tok_s, "same_tokens": ref.same_tokens,
         },
         "sweep": None if not report.sweep else {
             "lengths": list(report.sweep[0].lengths),
-            "modes": [{"cache": line.cache, "total_s_median": list(line.medians), "slope": line.slope,
-                       "slope_last": line.slope_last} for line in report.sweep],
+            "modes": [{"cache": line.cache != "none", "cache_kind": line.cache, "total_s_median": list(line.medians),
+                       "slope": line.slope, "slope_last": line.slope_last} for line in report.sweep],
         },
         "notes": list(report.notes),
         "warnings": list(report.warnings),

@@ -15,16 +15,18 @@ from rich.table import Table
 from rich.text import Text
 
 from lookinside.core.conversation import ChatSettings, ReplyStats
+from lookinside.core.records import ModelFacts
 from lookinside.ui.text import bar, prob_style, visible
 
 
 def stats_line(stats: ReplyStats) -> str:
     """One dim line: tokens in and out, time to first token, decode speed, context, CPU threads, seed, CUDA peak."""
-    parts = [f"{stats.prompt_tokens} prompt + {stats.generated_tokens} generated tokens",
-             f"TTFT {stats.ttft_s * 1000:.0f} ms"]
+    prompt = f"{stats.prompt_tokens} prompt + " if stats.prompt_tokens is not None else ""
+    parts = [f"{prompt}{stats.generated_tokens} generated tokens", f"TTFT {stats.ttft_s * 1000:.0f} ms"]
     if stats.decode_tokens_per_s is not None:
         parts.append(f"{stats.decode_tokens_per_s:.1f} tok/s")
-    parts.append(f"context {stats.context_used}/{stats.context_length}")
+    if stats.context_used is not None and stats.context_length is not None:
+        parts.append(f"context {stats.context_used}/{stats.context_length}")
     if stats.threads is not None:
         parts.append(f"{stats.threads} CPU thread{'s' * (stats.threads != 1)}")
     if stats.seed is not None:
@@ -47,34 +49,21 @@ def context_meter(used: int, context: int, max_new_tokens: int, dropped: int) ->
     return text
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What /show tells about the loaded model."""
-
-    name: str
-    source: str
-    parameters: int
-    dtype: str
-    device: str
-    context_length: int
-    end_tokens: Sequence[tuple[int, str]]
-    chat_template: str | None
-    attention: str
-
-
 def show_view(facts: ModelFacts, settings: ChatSettings, system: str | None) -> Group:
     """/show: the model, its end tokens and chat template, and the chat's settings."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
+    unknown = "[dim]not known (the server does not say)[/]"
+    parameters = facts.parameters
     rows = [
         ("model", f"{facts.name} ({facts.source})" if facts.source and facts.source != facts.name else facts.name),
-        ("parameters", f"{facts.parameters:,} ({facts.parameters / 1e9:.2f} B)" if facts.parameters >= 10**8
-         else f"{facts.parameters:,}"),
-        ("dtype", facts.dtype),
-        ("device", facts.device),
-        ("attention", facts.attention),
-        ("context length", f"{facts.context_length} tokens"),
+        ("parameters", unknown if parameters is None else f"{parameters:,} ({parameters / 1e9:.2f} B)"
+         if parameters >= 10**8 else f"{parameters:,}"),
+        ("dtype", facts.dtype or unknown),
+        ("device", facts.device or unknown),
+        ("attention", facts.attention or unknown),
+        ("context length", f"{facts.context_length} tokens" if facts.context_length is not None else unknown),
         ("end tokens", ", ".join(f"{tid} {visible(text)}" for tid, text in facts.end_tokens) or "none"),
         ("sampling", settings.params.describe() + f"  [dim](defaults: {escape(settings.source)})[/]"),
         ("max_new_tokens", str(settings.max_new_tokens)),

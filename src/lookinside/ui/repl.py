@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,26 +34,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from lookinside.core import errors
-from lookinside.core.conversation import (
-    SETTABLE,
-    Conversation,
-    count_tokens,
-    export_markdown,
-    fit,
-    load,
-    reply_stats,
-    save,
-)
+from lookinside.core.conversation import SETTABLE, Conversation, export_markdown
 from lookinside.core.paths import data_dir, new_chat_file
-from lookinside.ui.chat_views import ModelFacts, WhyRow, context_meter, help_view, show_view, stats_line, why_view
+from lookinside.core.session import ChatSession, Reply, survivable
+from lookinside.ui.chat_views import WhyRow, context_meter, help_view, show_view, stats_line, why_view
 from lookinside.ui.stream import Mode, StreamPrinter
 
 if TYPE_CHECKING:
-    from lookinside.core.generate import Step
+    from lookinside.core.backend import Backend, GenerateFn
     from lookinside.core.loading import LM
-    from lookinside.core.sampling import SamplingParams
+    from lookinside.core.records import Step
 
-GenerateFn = Callable[..., Iterator["Step"]]
 QUOTES = '"""'
 PROMPT = ">>> "
 LEAVE_HINT = "To leave, press Ctrl-D or type /exit."
@@ -178,20 +169,39 @@ def make_session(keep_history: bool = True, **kwargs: Any) -> PromptSession[str]
 
 
 class ChatRepl:
-    """A conversation with a loaded model, driven by typed lines."""
+    """Keys in, drawing out: a `ChatSession` (core/session.py) does the chat, this class only talks to the terminal."""
 
-    def __init__(self, lm: LM, conversation: Conversation, console: Console, session: PromptSession[str] | None = None,
-                 mode: Mode = "markdown", generate_fn: GenerateFn | None = None) -> None:
-        self.lm = lm
-        self.conversation = conversation
+    def __init__(self, model: LM | Backend, conversation: Conversation, console: Console,
+                 session: PromptSession[str] | None = None, mode: Mode = "markdown",
+                 generate_fn: GenerateFn | None = None) -> None:
+        from lookinside.core.backend import LocalBackend
+
+        backend = model if not hasattr(model, "tokenizer") else LocalBackend(model, generate_fn)  # type: ignore[arg-type]
+        self.chat = ChatSession(backend, conversation)  # type: ignore[arg-type]
         self.console = console
         self.session = session
         self.mode: Mode = mode
         self.show_stats = True
         self.probs = False
-        self.last_steps: list[Step] = []
-        self.generate_fn = generate_fn
-        self.autosave: Path | None = None  # where every turn is written, for `llm chat --resume`
+
+    @property
+    def conversation(self) -> Conversation:
+        """The conversation being held."""
+        return self.chat.conversation
+
+    @property
+    def last_steps(self) -> list[Step]:
+        """The tokens of the last reply, for /why."""
+        return self.chat.last_steps
+
+    @property
+    def autosave(self) -> Path | None:
+        """Where every turn is written, for `llm chat --resume`."""
+        return self.chat.autosave
+
+    @autosave.setter
+    def autosave(self, path: Path | None) -> None:
+        self.chat.autosave = path
 
     # ---- the loop
 
@@ -213,9 +223,8 @@ class ChatRepl:
 
     def rescue(self, why: str, code: int) -> int:
         """Write the conversation where it can be found again, say where, and give the exit code."""
-        path = new_chat_file("rescued")
         try:
-            written = save(self.conversation, path, self.lm.name, make_parents=True)
+            written = self.chat.rescue(new_chat_file("rescued"))
             self.hint(f"{why}; the conversation is saved in {written} (llm chat --load that file)")
         except errors.LookinsideError as exc:
             self.hint(f"{why}; the conversation could not be saved either: {exc}")
@@ -253,14 +262,10 @@ class ChatRepl:
             self.save_quietly()
 
     def save_quietly(self) -> None:
-        """Write the conversation to the autosave file, if there is one and anything to keep; say so once if it fails."""
-        if self.autosave is None or not self.conversation.messages:
-            return
-        try:
-            save(self.conversation, self.autosave, self.lm.name, make_parents=True)
-        except errors.LookinsideError as exc:
-            self.hint(f"autosave is off: {exc}")
-            self.autosave = None
+        """Write the autosave file, if there is one and anything to keep; say so once if it fails."""
+        problem = self.chat.save_quietly()
+        if problem:
+            self.hint(problem)
 
     def _handle(self, line: str) -> bool:
         text = line.strip()
@@ -305,71 +310,33 @@ class ChatRepl:
 
     def send(self, text: str) -> None:
         """Add a user message and stream the reply to it."""
-        self.conversation.add("user", text)
-        try:
-            self.reply()
-        except BaseException as exc:
-            survived = isinstance(exc, (errors.LookinsideError, KeyboardInterrupt, OSError)) or errors.is_out_of_memory(exc)
-            if not survived:
-                raise  # the session ends and saves the conversation: keep the message in it
-            if self.conversation.messages[-1]["role"] == "user":
-                self.conversation.messages.pop()  # never answered: two user turns in a row would confuse the template
-            raise
+        self.draw(self.chat.send(text))
 
-    def reply(self, continuation: bool = False) -> None:
-        """Generate (or continue) the assistant's reply to the conversation, streaming it."""
-        from lookinside.core.timing import peak_memory_bytes, reset_peak_memory
-
-        conversation, settings = self.conversation, self.conversation.settings
-        previous = conversation.last_reply if continuation else None
-        fitted = fit(self.lm.tokenizer, conversation, self.lm.context_length,
-                     continuation=previous["content"] if previous else None)
-        if fitted.dropped_turns:
-            self.hint(f"context: dropped the oldest {fitted.dropped_turns} messages ({fitted.dropped_tokens} tokens) "
-                      f"to fit {self.lm.context_length}; the system prompt is kept (they stay in /save)")
-        params = settings.params if settings.params.greedy else settings.params.seeded()
-        cuda = self.lm.device.type == "cuda"
-        if cuda:
-            reset_peak_memory(self.lm.device)
+    def draw(self, reply: Reply) -> None:
+        """Stream a started reply to the screen; Ctrl-C stops it and keeps what came, marked as cut."""
+        if reply.fitted.dropped_turns:
+            context = self.chat.backend.context_length
+            self.hint(f"context: dropped the oldest {reply.fitted.dropped_turns} messages "
+                      f"({reply.fitted.dropped_tokens} tokens) to fit {context}; the system prompt is kept "
+                      "(they stay in /save)")
         printer = StreamPrinter(self.console, "probs" if self.probs and self.mode != "plain" else self.mode,
-                                strip_leading=not continuation)
-        steps, cut = self._stream(fitted.ids, params, printer)
-        text = printer.close(CUT_NOTE if cut else None)
-        if previous is not None and not text.strip() and not cut:
-            self.note("the reply had already ended: the model's next token is its end token")
-        self._keep(text, cut, previous)
-        self.last_steps = (self.last_steps if previous else []) + steps
-        if self.show_stats and steps:
-            threads = self.lm.threads.count if self.lm.threads and self.lm.device.type == "cpu" else None
-            stats = reply_stats(steps, len(fitted.ids), self.lm.context_length, None if params.greedy else params.seed,
-                                peak_memory_bytes(self.lm.device) if cuda else None, threads,
-                                self.lm.quantized.short() if self.lm.quantized else None)
-            self.console.print(stats_line(stats), highlight=False)
-
-    def _stream(self, ids: list[int], params: SamplingParams, printer: StreamPrinter) -> tuple[list[Step], bool]:
-        """Feed the generated steps to the printer; Ctrl-C stops them (True: the reply was cut)."""
-        from lookinside.core.generate import generate
-        from lookinside.core.request import GenerationSettings
-
-        steps: list[Step] = []
-        config = GenerationSettings(max_new_tokens=self.conversation.settings.max_new_tokens)
+                                strip_leading=reply.previous is None)
         try:
             with quiet_keys():
-                for step in (self.generate_fn or generate)(self.lm, ids, params, config):
-                    steps.append(step)
+                for step in reply:
                     printer.push(step.text, step.prob)
         except KeyboardInterrupt:
-            return steps, True
-        return steps, False
-
-    def _keep(self, text: str, cut: bool, previous: dict[str, Any] | None) -> None:
-        if previous is None:
-            self.conversation.add("assistant", text.strip(), cut=cut)
-            return
-        previous["content"] = (previous["content"] + text).rstrip()
-        previous.pop("cut", None)
-        if cut:
-            previous["cut"] = True
+            reply.cut = True
+        except BaseException as exc:
+            if survivable(exc) and reply.previous is None:
+                self.chat.take_back_unanswered()  # never answered: the message goes back, the session goes on
+            raise
+        printer.close(CUT_NOTE if reply.cut else None)
+        if reply.previous is not None and not reply.text.strip() and not reply.cut:
+            self.note("the reply had already ended: the model's next token is its end token")
+        stats = self.chat.finish(reply)
+        if self.show_stats and stats is not None:
+            self.console.print(stats_line(stats), highlight=False)
 
     # ---- slash commands (_cmd_NAME gets the text after the command)
 
@@ -377,9 +344,7 @@ class ChatRepl:
         self.console.print(help_view(list(COMMANDS.values())))
 
     def _cmd_clear(self, argument: str) -> None:
-        count = len(self.conversation.messages)
-        self.conversation.clear()
-        self.last_steps = []
+        count = self.chat.clear()
         kept = "; the system prompt stays" if self.conversation.system else ""
         self.note(f"cleared {count} messages{kept}")
 
@@ -396,12 +361,7 @@ class ChatRepl:
             self.hint(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTABLE)}  (now: {self._settings_line()})")
             return
         name = parts[0].lower().replace("-", "_")
-        settings = self.conversation.settings.updated(name, parts[1])
-        if settings.max_new_tokens >= self.lm.context_length:
-            self.hint(f"max_new_tokens must be below the context of {self.lm.context_length} tokens, "
-                      f"not {settings.max_new_tokens}: the prompt needs room too")
-            return
-        self.conversation.settings = settings
+        self.chat.set(name, parts[1])
         self.note(f"{name} set: {self._settings_line()}")
 
     def _settings_line(self) -> str:
@@ -409,57 +369,41 @@ class ChatRepl:
         return f"{settings.params.describe()}, max_new_tokens={settings.max_new_tokens}"
 
     def _cmd_show(self, argument: str) -> None:
-        self.console.print(show_view(self._facts(), self.conversation.settings, self.conversation.system))
-
-    def _facts(self) -> ModelFacts:
-        from lookinside.core.detokenize import token_text
-
-        tokenizer = self.lm.tokenizer
-        return ModelFacts(
-            name=self.lm.name, source=self.lm.source, parameters=sum(p.numel() for p in self.lm.model.parameters()),
-            dtype=str(self.lm.dtype).removeprefix("torch."), device=str(self.lm.device),
-            context_length=self.lm.context_length, attention=self.lm.attn_implementation,
-            end_tokens=[(i, token_text(tokenizer, i)) for i in self.lm.end_token_ids],
-            chat_template=getattr(tokenizer, "chat_template", None),
-        )
+        self.console.print(show_view(self.chat.backend.facts(), self.conversation.settings, self.conversation.system))
 
     def _cmd_tokens(self, argument: str) -> None:
-        used = count_tokens(self.lm.tokenizer, self.conversation)
-        self.console.print(context_meter(used, self.lm.context_length, self.conversation.settings.max_new_tokens,
+        used, context = self.chat.count_tokens(), self.chat.backend.context_length
+        if used is None or context is None:
+            self.hint("this backend cannot count tokens before sending them; each reply's stats line says what it used")
+            return
+        self.console.print(context_meter(used, context, self.conversation.settings.max_new_tokens,
                                          self.conversation.window), soft_wrap=True)
 
     def _cmd_retry(self, argument: str) -> None:
-        if not self.conversation.pop_reply():
-            self.hint("nothing to retry: /retry answers the last message again once it has a reply")
-            return
-        if self.conversation.settings.params.seed is not None and not self.conversation.settings.params.greedy:
-            self.note(f"the seed is fixed at {self.conversation.settings.params.seed}: /set seed none for a new answer")
-        self.reply()
+        if self.conversation.last_reply and self.chat.fixed_seed is not None:
+            self.note(f"the seed is fixed at {self.chat.fixed_seed}: /set seed none for a new answer")
+        self.draw(self.chat.retry())
 
     def _cmd_undo(self, argument: str) -> None:
-        removed = self.conversation.undo()
-        self.last_steps = []
+        removed = self.chat.undo()
         self.note(f"took back {removed} messages" if removed else "nothing to undo")
 
     def _cmd_continue(self, argument: str) -> None:
-        if not self.conversation.last_reply:
-            self.hint("nothing to continue: /continue goes on from the last reply")
-            return
-        self.reply(continuation=True)
+        self.draw(self.chat.begin(continuation=True))
 
     def _cmd_save(self, argument: str) -> None:
         make_parents, argument = _parents_flag(argument)
         path = Path(argument) if argument else new_chat_file("chat")
-        written = save(self.conversation, path, self.lm.name, make_parents=make_parents or not argument)
+        written = self.chat.save(path, make_parents=make_parents or not argument)
         self.note(f"saved {len(self.conversation.messages)} messages and the settings to {written}")
 
     def _cmd_load(self, argument: str) -> None:
         if not argument:
             self.hint("usage: /load PATH (a transcript written by /save)")
             return
-        conversation, model = load(Path(argument))
-        self.conversation, self.last_steps = conversation, []
-        other = f"; it was held with {model}, now answering with {self.lm.name}" if model and model != self.lm.name else ""
+        model, name = self.chat.load(Path(argument)), self.chat.backend.name
+        other = f"; it was held with {model}, now answering with {name}" if model and model != name else ""
+        conversation = self.conversation
         self.note(f"loaded {len(conversation.messages)} messages and the settings from {argument}{other}")
         for message in conversation.messages[-2:]:
             self.console.print(f"[bold]{message['role']}:[/] {escape(message['content'])}", highlight=False)
@@ -469,7 +413,7 @@ class ChatRepl:
         if not argument:
             self.hint("usage: /export [-p] PATH.md")
             return
-        written = export_markdown(self.conversation, Path(argument), self.lm.name, make_parents)
+        written = export_markdown(self.conversation, Path(argument), self.chat.backend.name, make_parents)
         self.note(f"exported {len(self.conversation.messages)} messages to {written}")
 
     def _cmd_edit(self, argument: str) -> None:
@@ -490,14 +434,11 @@ class ChatRepl:
         self.note(f"token probability colours {state}" + (" (not in --plain)" if self.mode == "plain" else ""))
 
     def _cmd_why(self, argument: str) -> None:
-        from lookinside.core.detokenize import token_text
-
         if not self.last_steps:
             self.hint("no reply to explain yet: /why looks at the last reply")
             return
-        tokenizer = self.lm.tokenizer
-        rows = [WhyRow(token_text(tokenizer, s.token_id), s.prob, s.rank,
-                       [(token_text(tokenizer, i), p) for i, p in s.top if i != s.token_id][:4])
+        text = self.chat.backend.token_text
+        rows = [WhyRow(text(s.token_id), s.prob, s.rank, [(text(i), p) for i, p in s.top if i != s.token_id][:4])
                 for s in self.last_steps]
         self.console.print(why_view(rows))
 

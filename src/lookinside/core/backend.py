@@ -1,0 +1,162 @@
+"""The seam between the views and a model: "gives next-token log-probabilities and streams tokens".
+
+Every command that can run against a model in another process talks to a `Backend`:
+`LocalBackend` wraps a model loaded here (core/loading.py); core/remote.py's backend talks to an
+OpenAI-compatible server. Both return the same records (core/records.py), so one view draws
+either. What a backend cannot give (a server has no tensor shapes, no KV cache switch, no
+attention weights) it leaves as None with a reason in the record, never a made-up value.
+
+This module imports no torch: a remote command must not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from lookinside.core.conversation import Conversation, Fitted
+    from lookinside.core.generate import Stream
+    from lookinside.core.loading import LM
+    from lookinside.core.records import Comparison, ModelFacts, NextToken, Step
+    from lookinside.core.request import CompareRequest, GenerationSettings, NextTokenRequest
+    from lookinside.core.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a reply used beyond time: peak accelerator memory, CPU threads, quantized weights (None: not known)."""
+
+    peak_memory_bytes: int | None = None
+    threads: int | None = None
+    quantized: str | None = None
+
+
+class Backend(Protocol):
+    """A model the views can ask; `name` and `context_length` (None where the server does not say) describe it."""
+
+    name: str
+    context_length: int | None
+
+    def next_token(self, request: NextTokenRequest) -> NextToken:
+        """The top-k next tokens of a prompt."""
+        ...
+
+    def compare(self, request: CompareRequest) -> Comparison:
+        """The greedy continuation and the seeded samples."""
+        ...
+
+    def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
+        """The next chat prompt, oldest turns dropped while it does not fit (where the backend can count)."""
+        ...
+
+    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
+        """The reply to a fitted prompt, one step per token; `stream.seed` is the seed in effect."""
+        ...
+
+    def count_tokens(self, conversation: Conversation) -> int | None:
+        """Tokens the conversation takes in the chat template (None where the backend cannot count)."""
+        ...
+
+    def token_text(self, token_id: int) -> str:
+        """A token id's text, as a reply shows it."""
+        ...
+
+    def start_reply(self) -> None:
+        """Called before each reply (a local GPU resets its peak-memory counter)."""
+        ...
+
+    def facts(self) -> ModelFacts:
+        """What chat's /show tells about the model."""
+        ...
+
+    def resources(self) -> Resources:
+        """What the last reply used."""
+        ...
+
+
+GenerateFn = Callable[..., Iterator["Step"]]
+
+
+class LocalBackend:
+    """A model loaded in this process: every view, and the numbers only it can give.
+
+    `generate_fn` replaces the token loop (`core.generate.generate`'s signature); tests use it to
+    script replies or to interrupt one.
+    """
+
+    def __init__(self, lm: LM, generate_fn: GenerateFn | None = None) -> None:
+        self.lm = lm
+        self.name = lm.name
+        self.context_length: int | None = lm.context_length
+        self.generate_fn = generate_fn
+
+    def next_token(self, request: NextTokenRequest) -> NextToken:
+        """`core.predict.next_token` on the local model."""
+        from lookinside.core import predict
+
+        return predict.next_token(self.lm, request)
+
+    def compare(self, request: CompareRequest) -> Comparison:
+        """`core.compare.compare` on the local model."""
+        from lookinside.core import compare
+
+        return compare.compare(self.lm, request)
+
+    def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
+        """`core.conversation.fit` with the local tokenizer and context."""
+        from lookinside.core import conversation as chat
+
+        return chat.fit(self.lm.tokenizer, conversation, self.lm.context_length, continuation)
+
+    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
+        """The one token loop, `core.generate.generate` (or the substitute given)."""
+        from lookinside.core import generate
+
+        if self.generate_fn is None:
+            return generate.generate(self.lm, fitted.ids or [], params, settings)
+        params = generate.with_seed(params)
+        return generate.Stream(iter(self.generate_fn(self.lm, fitted.ids or [], params, settings)), params)
+
+    def count_tokens(self, conversation: Conversation) -> int | None:
+        """Tokens through the local chat template."""
+        from lookinside.core import conversation as chat
+
+        return chat.count_tokens(self.lm.tokenizer, conversation)
+
+    def token_text(self, token_id: int) -> str:
+        """The local tokenizer's text for the id."""
+        from lookinside.core.detokenize import token_text
+
+        return token_text(self.lm.tokenizer, token_id)
+
+    def start_reply(self) -> None:
+        """Reset CUDA's peak-memory counter, so the stats show this reply's peak."""
+        from lookinside.core.timing import reset_peak_memory
+
+        if self.lm.device.type == "cuda":
+            reset_peak_memory(self.lm.device)
+
+    def facts(self) -> ModelFacts:
+        """Name, size, dtype, device, attention, context, end tokens and chat template of the loaded model."""
+        from lookinside.core.records import ModelFacts
+
+        lm = self.lm
+        return ModelFacts(
+            name=lm.name, source=lm.source, parameters=sum(p.numel() for p in lm.model.parameters()),
+            dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device), context_length=lm.context_length,
+            attention=lm.attn_implementation, end_tokens=[(i, self.token_text(i)) for i in lm.end_token_ids],
+            chat_template=getattr(lm.tokenizer, "chat_template", None),
+        )
+
+    def resources(self) -> Resources:
+        """Peak CUDA memory, torch's CPU threads, and the quantization, as they apply to this device."""
+        from lookinside.core.timing import peak_memory_bytes
+
+        lm = self.lm
+        return Resources(
+            peak_memory_bytes=peak_memory_bytes(lm.device) if lm.device.type == "cuda" else None,
+            threads=lm.threads.count if lm.threads and lm.device.type == "cpu" else None,
+            quantized=lm.quantized.short() if lm.quantized else None,
+        )

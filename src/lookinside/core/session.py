@@ -1,0 +1,187 @@
+"""A chat as a core object: fit -> generate -> stats -> keep, with undo, retry, continue and transcripts.
+
+`ChatSession` owns a `Conversation` and a `Backend` (core/backend.py) and knows nothing of the
+screen: the REPL (ui/repl.py) reads keys and draws, a notebook or a script can drive the same
+session. A reply is two calls around the streaming, so the caller can draw each token:
+
+    reply = session.begin()          # fit the context, start the stream (raises before any token)
+    for step in reply: ...           # draw; Ctrl-C may stop it: then `reply.cut = True`
+    stats = session.finish(reply)    # keep the text (a cut one marked as cut), compute the stats
+
+The seed a reply used is the stream's (`stream.seed`), never a copy. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lookinside.core import errors
+from lookinside.core.conversation import (
+    Conversation,
+    Fitted,
+    ReplyStats,
+    read_transcript,
+    reply_stats,
+    write_transcript,
+)
+from lookinside.core.records import Step
+from lookinside.core.request import GenerationSettings
+
+if TYPE_CHECKING:
+    from lookinside.core.backend import Backend
+    from lookinside.core.generate import Stream
+    from lookinside.core.prompting import Message
+
+
+def survivable(exc: BaseException) -> bool:
+    """True for what a chat goes on after (a user's mistake, Ctrl-C, a file error, out of memory).
+
+    Anything else is a bug: the session ends, and the conversation is saved with the unanswered message in it.
+    """
+    return isinstance(exc, (errors.LookinsideError, KeyboardInterrupt, OSError)) or errors.is_out_of_memory(exc)
+
+
+@dataclass
+class Reply:
+    """One reply while it streams: iterate it for `Step`s; `cut` is set when the caller stopped it early."""
+
+    fitted: Fitted
+    stream: Stream
+    previous: Message | None  # the assistant message being continued, None for a new reply
+    steps: list[Step] = field(default_factory=list)
+    cut: bool = False
+
+    def __iter__(self) -> Iterator[Step]:
+        for step in self.stream:
+            self.steps.append(step)
+            yield step
+
+    @property
+    def seed(self) -> int | None:
+        """The seed the sampler used (None when greedy)."""
+        return self.stream.seed
+
+    @property
+    def text(self) -> str:
+        """What the reply added to the conversation (a new reply without its leading whitespace)."""
+        text = "".join(step.text for step in self.steps)
+        return text if self.previous is not None else text.lstrip()
+
+
+@dataclass
+class ChatSession:
+    """A conversation with a backend, turn by turn; `autosave` is where every turn is written (None: nowhere)."""
+
+    backend: Backend
+    conversation: Conversation
+    autosave: Path | None = None
+    last_steps: list[Step] = field(default_factory=list)
+
+    # ---- replies
+
+    def send(self, text: str) -> Reply:
+        """Add a user message and start the reply; a reply that cannot start takes the message back."""
+        self.conversation.add("user", text)
+        try:
+            return self.begin()
+        except BaseException as exc:
+            if survivable(exc):
+                self.take_back_unanswered()
+            raise
+
+    def take_back_unanswered(self) -> None:
+        """Remove a trailing user message that got no reply (two user turns in a row would confuse the template)."""
+        if self.conversation.messages and self.conversation.messages[-1]["role"] == "user":
+            self.conversation.messages.pop()
+
+    def begin(self, continuation: bool = False) -> Reply:
+        """Fit the conversation into the context and start the reply (or, with `continuation`, go on with the last)."""
+        previous = self.conversation.last_reply if continuation else None
+        if continuation and previous is None:
+            raise errors.BadInput("nothing to continue: /continue goes on from the last reply")
+        fitted = self.backend.fit(self.conversation, previous["content"] if previous else None)
+        settings = GenerationSettings(max_new_tokens=self.conversation.settings.max_new_tokens)
+        self.backend.start_reply()
+        return Reply(fitted, self.backend.stream(fitted, self.conversation.settings.params, settings), previous)
+
+    def finish(self, reply: Reply) -> ReplyStats | None:
+        """Keep the reply in the conversation (marked if cut); its stats (None when no token came)."""
+        if reply.previous is None:
+            self.conversation.add("assistant", reply.text.strip(), cut=reply.cut)
+        else:
+            reply.previous["content"] = (reply.previous["content"] + reply.text).rstrip()
+            reply.previous.pop("cut", None)
+            if reply.cut:
+                reply.previous["cut"] = True
+        self.last_steps = (self.last_steps if reply.previous is not None else []) + reply.steps
+        if not reply.steps:
+            return None
+        prompt_tokens = len(reply.fitted.ids) if reply.fitted.ids is not None else None
+        return reply_stats(reply.steps, prompt_tokens, self.backend.context_length, reply.seed, self.backend.resources())
+
+    def retry(self) -> Reply:
+        """Answer the last message again."""
+        if not self.conversation.pop_reply():
+            raise errors.BadInput("nothing to retry: /retry answers the last message again once it has a reply")
+        return self.begin()
+
+    @property
+    def fixed_seed(self) -> int | None:
+        """The seed when the settings fix one for sampling (so /retry gives the same answer)."""
+        params = self.conversation.settings.params
+        return params.seed if not params.greedy else None
+
+    def undo(self) -> int:
+        """Take back the last exchange; how many messages went."""
+        self.last_steps = []
+        return self.conversation.undo()
+
+    def clear(self) -> int:
+        """Forget every turn (the system prompt and settings stay); how many messages went."""
+        count = len(self.conversation.messages)
+        self.conversation.clear()
+        self.last_steps = []
+        return count
+
+    def set(self, name: str, value: str) -> None:
+        """Change one setting from its text form (`/set NAME VALUE`)."""
+        settings = self.conversation.settings.updated(name, value)
+        context = self.backend.context_length
+        if context is not None and settings.max_new_tokens >= context:
+            raise errors.BadInput(f"max_new_tokens must be below the context of {context} tokens, "
+                                  f"not {settings.max_new_tokens}: the prompt needs room too")
+        self.conversation.settings = settings
+
+    def count_tokens(self) -> int | None:
+        """Tokens the conversation takes now (None where the backend cannot count)."""
+        return self.backend.count_tokens(self.conversation)
+
+    # ---- transcripts
+
+    def save(self, path: Path, make_parents: bool = False) -> Path:
+        """Write the conversation and its settings as a JSON transcript, atomically."""
+        return write_transcript(self.conversation, path, self.backend.name, make_parents=make_parents)
+
+    def load(self, path: Path) -> str | None:
+        """Go back to a saved conversation; the model it was held with."""
+        self.conversation, model = read_transcript(path)
+        self.last_steps = []
+        return model
+
+    def save_quietly(self) -> str | None:
+        """Write the autosave file if there is one and anything to keep; a message when it failed (autosave is off then)."""
+        if self.autosave is None or not self.conversation.messages:
+            return None
+        try:
+            self.save(self.autosave, make_parents=True)
+        except errors.LookinsideError as exc:
+            self.autosave = None
+            return f"autosave is off: {exc}"
+        return None
+
+    def rescue(self, path: Path) -> Path:
+        """Write the conversation, unanswered message included, where it can be found again (for a crash)."""
+        return self.save(path, make_parents=True)
