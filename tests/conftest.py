@@ -22,6 +22,31 @@ def tiny():
     return load(LoadSpec(model="tiny", device="cpu"))
 
 
+_CLI_MODELS: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def tiny_loaded_once(monkeypatch):
+    """Commands run in-process (CliRunner) load each spec of the built-in tiny model once per session.
+
+    A second command with the same LoadSpec gets the same LM; torch's thread count is still set as
+    `load` would set it. Other models, and tests that patch `loading.load` themselves, are untouched.
+    """
+    from lookinside.core import loading
+
+    real = loading.load
+
+    def load(spec):
+        if spec.model != "tiny" or spec.random_weights or spec.max_memory is not None:
+            return real(spec)
+        if spec not in _CLI_MODELS:
+            _CLI_MODELS[spec] = real(spec)
+        loading.set_threads(spec.threads)
+        return _CLI_MODELS[spec]
+
+    monkeypatch.setattr(loading, "load", load)
+
+
 @pytest.fixture(scope="session")
 def phi3_tokenizer_dir() -> Path:
     """../shared/phi3-tokenizer, or skip where this checkout has no shared/ beside it."""

@@ -74,22 +74,22 @@ def attention(
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
     from lookinside.core import attention as core_attention
     from lookinside.core.request import AttentionRequest
-    from lookinside.ui.attention import attention_json, attention_view, write_png
+    from lookinside.ui.attention import attention_json, attention_view
     from lookinside.ui.console import show, stderr_console
     from lookinside.ui.progress import load_with_progress
 
     request = AttentionRequest(prompt, layer=layer, head=head, chat=chat)
     core_attention.precheck(spec, request)
     if png is not None:
-        from lookinside.ui.attention_png import require_pillow
+        from lookinside.ui import attention_png
 
-        require_pillow()  # before loading: a missing library should not cost a model load
+        attention_png.require_pillow()  # before loading: a missing library should not cost a model load
     spec, note = core_attention.eager_spec(spec)
     if note:
         stderr_console().print(f"note: {note}", style="dim", markup=False)
     maps = core_attention.attention_maps(load_with_progress(spec), request)
     if png is not None:
-        write_png(maps, png)
+        attention_png.save_png(maps, png)
         stderr_console().print(f"wrote {png}", style="dim", markup=False)
     show(maps, attention_view, attention_json, as_json=json, keep=keep)
 

