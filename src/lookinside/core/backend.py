@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from lookinside.core.conversation import Conversation, Fitted
-    from lookinside.core.generate import Stream
     from lookinside.core.loading import LM
-    from lookinside.core.records import Comparison, ModelFacts, NextToken, Step
+    from lookinside.core.records import Comparison, ModelFacts, NextToken, Step, Stream
     from lookinside.core.request import CompareRequest, GenerationSettings, NextTokenRequest
     from lookinside.core.sampling import SamplingParams
 
@@ -113,11 +112,12 @@ class LocalBackend:
     def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
         """The one token loop, `core.generate.generate` (or the substitute given)."""
         from lookinside.core import generate
+        from lookinside.core.records import Stream
 
         if self.generate_fn is None:
             return generate.generate(self.lm, fitted.ids or [], params, settings)
         params = generate.with_seed(params)
-        return generate.Stream(iter(self.generate_fn(self.lm, fitted.ids or [], params, settings)), params)
+        return Stream(iter(self.generate_fn(self.lm, fitted.ids or [], params, settings)), params)
 
     def count_tokens(self, conversation: Conversation) -> int | None:
         """Tokens through the local chat template."""

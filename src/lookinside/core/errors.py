@@ -54,3 +54,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """True for torch's CUDA/MPS out-of-memory errors (by name: no torch import here) and a plain MemoryError."""
     return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
             or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()))
+
+
+class RemoteError(LookinsideError):
+    """An OpenAI-compatible server could not be used: not reachable, not compatible, or it refused."""
+
+
+class StreamBroken(RemoteError):
+    """The server stopped sending in the middle of a reply; what came before is kept."""

@@ -27,7 +27,7 @@ import torch
 
 from lookinside.core.detokenize import IncrementalDecoder, StopStrings
 from lookinside.core.prompting import check_fits
-from lookinside.core.records import Finish, Generation, Step
+from lookinside.core.records import Finish, Generation, Step, Stream
 from lookinside.core.request import CacheKind, GenerationSettings
 from lookinside.core.sampling import SamplingParams, build_processors, sample
 from lookinside.core.timing import now
@@ -38,29 +38,6 @@ if TYPE_CHECKING:
     from lookinside.core.loading import LM
 
 TOP_ALTERNATIVES = 5
-
-
-class Stream(Iterator[Step]):
-    """What `generate` returns: iterate it for `Step`s; `params` (with the seed in effect) is known up front."""
-
-    def __init__(self, steps: Iterator[Step], params: SamplingParams) -> None:
-        self._steps = steps
-        self.params = params
-
-    @property
-    def seed(self) -> int | None:
-        """The seed the sampler uses (None for greedy decoding)."""
-        return None if self.params.greedy else self.params.seed
-
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> Step:
-        return next(self._steps)
-
-    def close(self) -> None:
-        """Stop generating; the model is not run again."""
-        getattr(self._steps, "close", lambda: None)()
 
 
 def generate(

@@ -9,7 +9,7 @@ next (rank, id, text, probability).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -143,6 +143,29 @@ class Generation:
         return math.exp(-self.mean_logprob) if self.mean_logprob > -700 else float("inf")
 
 
+class Stream(Iterator[Step]):
+    """What `generate` returns: iterate it for `Step`s; `params` (with the seed in effect) is known up front."""
+
+    def __init__(self, steps: Iterator[Step], params: SamplingParams) -> None:
+        self._steps = steps
+        self.params = params
+
+    @property
+    def seed(self) -> int | None:
+        """The seed the sampler uses (None for greedy decoding)."""
+        return None if self.params.greedy else self.params.seed
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Step:
+        return next(self._steps)
+
+    def close(self) -> None:
+        """Stop generating; the model is not run again."""
+        getattr(self._steps, "close", lambda: None)()
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The greedy run, the sampled runs, and the settings that made them."""
@@ -155,6 +178,7 @@ class Comparison:
     settings: GenerationSettings
     greedy: Generation
     samples: list[Generation]
+    unavailable: dict[str, str] = field(default_factory=dict)  # what a server could not give, and why
 
     @property
     def seeds(self) -> list[int]:

@@ -32,8 +32,8 @@ from lookinside.core.request import GenerationSettings
 
 if TYPE_CHECKING:
     from lookinside.core.backend import Backend
-    from lookinside.core.generate import Stream
     from lookinside.core.prompting import Message
+    from lookinside.core.records import Stream
 
 
 def survivable(exc: BaseException) -> bool:

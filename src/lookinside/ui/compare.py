@@ -18,8 +18,7 @@ from rich.text import Text
 from lookinside.ui.text import prob_style
 
 if TYPE_CHECKING:
-    from lookinside.core.generate import Generation
-    from lookinside.core.records import Comparison
+    from lookinside.core.records import Comparison, Generation
 
 PANEL_MIN_WIDTH = 34
 ENDINGS = {"eos": "[end]", "stop": "[stop string]", "length": "…", "interrupted": "[interrupted]"}

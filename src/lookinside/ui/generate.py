@@ -11,12 +11,12 @@ import sys
 from typing import TYPE_CHECKING, Any, Literal
 
 from lookinside.core.detokenize import token_text
-from lookinside.core.generate import Generation
+from lookinside.core.records import Generation
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from lookinside.core.generate import Step, Stream
+    from lookinside.core.records import Step, Stream
 
 Output = Literal["text", "json", "jsonl"]
 
