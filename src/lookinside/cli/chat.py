@@ -7,11 +7,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import MaxNewTokensOpt, model_options, sampling_options
+from lookinside.cli.options import MaxNewTokensOpt, Remote, model_options, remote_options, sampling_options
 from lookinside.core.spec import LoadSpec
 
 
 @model_options
+@remote_options
 @sampling_options
 def chat(
     question: Annotated[Optional[str], typer.Argument(
@@ -30,14 +31,15 @@ def chat(
     *,
     spec: LoadSpec,
     sampling: dict[str, Any],
+    remote: Remote,
 ) -> None:
     """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
+    from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import read_stdin
     from lookinside.core.conversation import Conversation, chat_settings, continued
     from lookinside.core.errors import BadInput
     from lookinside.core.paths import last_session, new_chat_file
     from lookinside.ui.console import stdout_console
-    from lookinside.ui.progress import load_with_progress
     from lookinside.ui.repl import ChatRepl, make_session
 
     chat_settings(None, sampling, max_new_tokens)  # refuse bad values before the model loads
@@ -49,12 +51,12 @@ def chat(
     message = "\n\n".join(part.strip() for part in (question, piped) if part is not None and part.strip())
     if (question is not None or piped is not None) and not message:
         return  # nothing to answer
-    lm = load_with_progress(spec)
+    backend = open_backend(spec, remote)
     conversation = saved or Conversation(system=system, settings=chat_settings(
-        lm.model.generation_config, sampling, max_new_tokens, trim=not no_trim))
+        backend.generation_config, sampling, max_new_tokens, trim=not no_trim))
     console = stdout_console()
     one_shot = question is not None or piped is not None
-    repl = ChatRepl(lm, conversation, console, None if one_shot else make_session(keep_history=not no_history),
+    repl = ChatRepl(backend, conversation, console, None if one_shot else make_session(keep_history=not no_history),
                     "plain" if plain or one_shot or not console.is_terminal else "markdown")
     repl.autosave = source if resume else new_chat_file("session")
     if one_shot:
@@ -63,5 +65,5 @@ def chat(
         repl.save_quietly()
         return
     resumed = f" · going on from {source} ({len(conversation.messages)} messages)" if source else ""
-    console.print(f"[dim]chatting with {lm.name}{resumed} · /help lists the commands · Ctrl-D leaves[/]")
+    console.print(f"[dim]chatting with {backend.name}{resumed} · /help lists the commands · Ctrl-D leaves[/]")
     raise typer.Exit(repl.run())

@@ -12,8 +12,10 @@ from lookinside.cli.options import (
     Keep,
     MaxNewTokensOpt,
     PromptArg,
+    Remote,
     keep_options,
     model_options,
+    remote_options,
     sampling_options,
 )
 from lookinside.core.spec import LoadSpec
@@ -23,6 +25,7 @@ SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampl
 
 
 @model_options
+@remote_options
 @keep_options
 @sampling_options
 def compare(
@@ -37,20 +40,20 @@ def compare(
     spec: LoadSpec,
     keep: Keep,
     sampling: dict[str, Any],
+    remote: Remote,
 ) -> None:
     """Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.
 
     Samples use temperature 1 and no filters unless told otherwise; sample i uses seed --seed + i
     (a seed is drawn and shown when --seed is not given), so a comparison can be repeated exactly.
     """
-    from lookinside.core import compare as core_compare
+    from lookinside.cli.backends import open_backend
     from lookinside.core.request import CompareRequest, GenerationSettings
     from lookinside.core.sampling import SamplingParams
     from lookinside.ui.compare import compare_json, compare_view
     from lookinside.ui.console import show
-    from lookinside.ui.progress import load_with_progress
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
-    result = core_compare.compare(load_with_progress(spec), request)
+    result = open_backend(spec, remote).compare(request)
     show(result, compare_view, compare_json, as_json=json, keep=keep)

@@ -4,11 +4,12 @@ from typing import Annotated
 
 import typer
 
-from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, keep_options, model_options
+from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, Remote, keep_options, model_options, remote_options
 from lookinside.core.spec import LoadSpec
 
 
 @model_options
+@remote_options
 @keep_options
 def next_token(
     prompt: PromptArg,
@@ -20,14 +21,14 @@ def next_token(
     *,
     spec: LoadSpec,
     keep: Keep,
+    remote: Remote,
 ) -> None:
     """Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes."""
-    from lookinside.core import predict
+    from lookinside.cli.backends import open_backend
     from lookinside.core.request import NextTokenRequest
     from lookinside.ui.console import show
     from lookinside.ui.next_token import next_token_json, next_token_view
-    from lookinside.ui.progress import load_with_progress
 
     request = NextTokenRequest(prompt, top_k=top_k, temperature=temperature, chat=chat)
-    result = predict.next_token(load_with_progress(spec), request)
+    result = open_backend(spec, remote).next_token(request)
     show(result, next_token_view, next_token_json, as_json=json, keep=keep)

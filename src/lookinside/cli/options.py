@@ -10,7 +10,7 @@ options already checked and bundled. One decorated with `sampling_options` decla
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -133,3 +133,43 @@ def _keep_parameters() -> list[inspect.Parameter]:
 
 keep_options = _adding("keep", _keep_parameters, lambda chosen: Keep(**chosen))
 keep_options.__doc__ = "Give a view command --svg and --html; it receives them as `keep: Keep`."
+
+
+REMOTE_PANEL = "Remote (OpenAI-compatible server)"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """--endpoint and --api-key as given (the key is never printed: it is left out of repr)."""
+
+    endpoint: Optional[str] = None
+    api_key: Optional[str] = field(default=None, repr=False)
+
+
+def _remote_parameters() -> list[inspect.Parameter]:
+    def option(name: str, annotation: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+    return [
+        option("endpoint", Annotated[Optional[str], typer.Option(
+            "--endpoint", metavar="URL", envvar="LOOKINSIDE_ENDPOINT", rich_help_panel=REMOTE_PANEL,
+            show_default=False, help="Ask an OpenAI-compatible server (vLLM, llama.cpp, Ollama...) instead of "
+            "loading the model here, e.g. http://127.0.0.1:8000/v1; --model then names a served model.")]),
+        option("api_key", Annotated[Optional[str], typer.Option(
+            "--api-key", metavar="KEY", envvar="LOOKINSIDE_API_KEY", rich_help_panel=REMOTE_PANEL,
+            show_default=False, show_envvar=True,
+            help="The server's API key (default: $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY); never printed.")]),
+    ]
+
+
+remote_options = _adding("remote", _remote_parameters, lambda chosen: Remote(**chosen))
+remote_options.__doc__ = "Give a command --endpoint and --api-key; it receives them as `remote: Remote`."
+
+
+def model_given() -> bool:
+    """True when the user named --model (or LOOKINSIDE_MODEL), False when it is the default."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    source = context.get_parameter_source("model") if context is not None else None
+    return source is not None and source.name != "DEFAULT"

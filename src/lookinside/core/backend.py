@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from lookinside.core.conversation import Conversation, Fitted
@@ -68,6 +68,11 @@ class Backend(Protocol):
 
     def facts(self) -> ModelFacts:
         """What chat's /show tells about the model."""
+        ...
+
+    @property
+    def generation_config(self) -> Any:
+        """The model's transformers GenerationConfig (its sampling defaults), or None where it is not known."""
         ...
 
     def resources(self) -> Resources:
@@ -137,6 +142,11 @@ class LocalBackend:
 
         if self.lm.device.type == "cuda":
             reset_peak_memory(self.lm.device)
+
+    @property
+    def generation_config(self) -> Any:
+        """The loaded model's GenerationConfig."""
+        return self.lm.model.generation_config
 
     def facts(self) -> ModelFacts:
         """Name, size, dtype, device, attention, context, end tokens and chat template of the loaded model."""

@@ -242,6 +242,11 @@ class RemoteBackend:
     def start_reply(self) -> None:
         """Nothing to reset on this side."""
 
+    @property
+    def generation_config(self) -> Any:
+        """A server does not tell its model's sampling defaults."""
+        return None
+
     def facts(self) -> ModelFacts:
         """What the server says of the model."""
         return ModelFacts(name=self.name, source=self.spec.base_url, parameters=None, dtype=None, device=None,

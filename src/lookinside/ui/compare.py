@@ -108,9 +108,10 @@ def compare_view(result: Comparison) -> RenderableType:
         run_panel(f"sample {i + 1}", run, result.departs(run), False, lead, seed)
         for i, (run, seed) in enumerate(zip(result.samples, result.seeds))
     ]
+    count = f"{len(result.prompt_ids)} tokens" if result.prompt_ids else "tokenized by the server"
     header = Text.assemble(
         ("model ", "dim"), (result.model, "bold"), ("   prompt ", "dim"), (repr(result.prompt), ""),
-        (f"   ({len(result.prompt_ids)} tokens{', chat template' if result.chat else ''})", "dim"),
+        (f"   ({count}{', chat template' if result.chat else ''})", "dim"),
     )
     return Group(header, settings_line(result), Adaptive(panels), legend())
 
@@ -126,19 +127,21 @@ def compare_json(result: Comparison) -> dict[str, Any]:
         "model": result.model,
         "prompt": result.prompt,
         "chat": result.chat,
-        "prompt_ids": result.prompt_ids,
+        "prompt_ids": result.prompt_ids if "prompt_ids" not in result.unavailable else None,
         "settings": {**result.params.to_json(), "max_new_tokens": result.settings.max_new_tokens, "samples": len(result.samples)},
-        "greedy": run_json(result.greedy),
-        "samples": [run_json(run, result.departs(run), seed) for run, seed in zip(result.samples, result.seeds)],
+        "greedy": run_json(result.greedy, ids="token_ids" not in result.unavailable),
+        "samples": [run_json(run, result.departs(run), seed, ids="token_ids" not in result.unavailable)
+                    for run, seed in zip(result.samples, result.seeds)],
+        **({"unavailable": result.unavailable} if result.unavailable else {}),
     }
 
 
-def run_json(run: Generation, departs: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    """One run: text, ids, per-token log-probs and probabilities, and its summary numbers (a sample: its seed)."""
+def run_json(run: Generation, departs: int | None = None, seed: int | None = None, ids: bool = True) -> dict[str, Any]:
+    """One run: text, ids (None where a server gave none), per-token log-probs and probabilities, its summary."""
     data: dict[str, Any] = {"seed": seed} if seed is not None else {}
     data |= {
         "text": run.text,
-        "token_ids": run.token_ids,
+        "token_ids": run.token_ids if ids else None,
         "deltas": [step.text for step in run.steps],
         "logprobs": [_finite(lp) for lp in run.logprobs],
         "probs": [step.prob for step in run.steps],

@@ -42,33 +42,41 @@ def top_table(result: NextToken) -> Table:
     table = Table(title=f"Top {len(result.top)} next tokens", title_justify="left", expand=False)
     table.add_column("#", justify="right")
     table.add_column("token")
-    table.add_column("id", justify="right", style="dim")
+    ids, logits = "ids" not in result.unavailable, "logit" not in result.unavailable
+    if ids:
+        table.add_column("id", justify="right", style="dim")
     table.add_column("prob", justify="right")
     if result.temperature is not None:
         table.add_column(f"prob @T={result.temperature:g}", justify="right")
-    table.add_column("logit", justify="right")
+    if logits:
+        table.add_column("logit", justify="right")
     table.add_column("", min_width=20)
     for c in result.top:
         style = prob_style(c.prob)
-        row = [str(c.rank), visible(c.token), str(c.id), Text(fmt_prob(c.prob), style=style)]
+        row = [str(c.rank), visible(c.token), *([str(c.id)] if ids else []), Text(fmt_prob(c.prob), style=style)]
         if c.prob_at_temperature is not None:
             row.append(Text(fmt_prob(c.prob_at_temperature), style=prob_style(c.prob_at_temperature)))
-        row += [f"{c.logit:.2f}", Text(bar(c.prob), style=style)]
+        row += [*([f"{c.logit:.2f}"] if logits and c.logit is not None else []), Text(bar(c.prob), style=style)]
         table.add_row(*row)
     return table
 
 
+def unavailable_lines(unavailable: dict[str, str]) -> list[Text]:
+    """One dim line per thing this backend could not give, and why."""
+    return [Text(f"no {what}: {why}", style="dim") for what, why in unavailable.items()]
+
+
 def next_token_view(result: NextToken) -> RenderableType:
     """The whole `next-token` screen."""
-    header = Text.assemble(("model ", "dim"), (result.model, "bold"), (f"   context {result.context_length}", "dim"))
-    return Group(
-        header,
-        Text.assemble((f"prompt tokens ({len(result.tokens)}): ", "dim"), tokens_line(result.tokens)),
-        Text("forward pass", style="dim"),
-        shapes_grid(result.shapes),
-        Text(),
-        top_table(result),
-    )
+    context = f"   context {result.context_length}" if result.context_length is not None else ""
+    header = Text.assemble(("model ", "dim"), (result.model, "bold"), (context, "dim"))
+    parts: list[RenderableType] = [header]
+    if result.tokens:
+        parts.append(Text.assemble((f"prompt tokens ({len(result.tokens)}): ", "dim"), tokens_line(result.tokens)))
+    if result.shapes is not None:
+        parts += [Text("forward pass", style="dim"), shapes_grid(result.shapes)]
+    parts += [*unavailable_lines(result.unavailable), Text(), top_table(result)]
+    return Group(*parts)
 
 
 def next_token_json(result: NextToken) -> dict[str, Any]:
@@ -77,11 +85,13 @@ def next_token_json(result: NextToken) -> dict[str, Any]:
         "model": result.model,
         "prompt": result.prompt,
         "context_length": result.context_length,
-        "tokens": [{"id": t.id, "text": t.piece} for t in result.tokens],
+        "tokens": [{"id": t.id if "ids" not in result.unavailable else None, "text": t.piece} for t in result.tokens],
         "shapes": result.shapes,
         "temperature": result.temperature,
+        **({"unavailable": result.unavailable} if result.unavailable else {}),
         "top": [
-            {"rank": c.rank, "id": c.id, "token": c.token, "prob": c.prob, "logit": c.logit}
+            {"rank": c.rank, "id": c.id if "ids" not in result.unavailable else None, "token": c.token, "prob": c.prob,
+             "logit": c.logit}
             | ({"prob_at_temperature": c.prob_at_temperature} if c.prob_at_temperature is not None else {})
             for c in result.top
         ],

@@ -49,6 +49,7 @@ QUOTES = '"""'
 PROMPT = ">>> "
 LEAVE_HINT = "To leave, press Ctrl-D or type /exit."
 CUT_NOTE = "[reply cut by Ctrl-C; kept in the history, marked as cut]"
+BROKEN_NOTE = "[reply cut: the server stopped sending; kept in the history, marked as cut]"
 
 # name -> (usage, what it does); the order is /help's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -321,17 +322,22 @@ class ChatRepl:
                       "(they stay in /save)")
         printer = StreamPrinter(self.console, "probs" if self.probs and self.mode != "plain" else self.mode,
                                 strip_leading=reply.previous is None)
+        broken: str | None = None
         try:
             with quiet_keys():
                 for step in reply:
                     printer.push(step.text, step.prob)
         except KeyboardInterrupt:
             reply.cut = True
+        except errors.StreamBroken as exc:  # a server gone mid-reply: keep what came, marked as cut
+            reply.cut, broken = True, str(exc)
         except BaseException as exc:
             if survivable(exc) and reply.previous is None:
                 self.chat.take_back_unanswered()  # never answered: the message goes back, the session goes on
             raise
-        printer.close(CUT_NOTE if reply.cut else None)
+        printer.close((BROKEN_NOTE if broken else CUT_NOTE) if reply.cut else None)
+        if broken:
+            self.hint(broken)
         if reply.previous is not None and not reply.text.strip() and not reply.cut:
             self.note("the reply had already ended: the model's next token is its end token")
         stats = self.chat.finish(reply)
