@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core import bench
-from lookinside.core.bench import BenchSettings, kv_cache_bytes, parse_sweep, resolve_bandwidth, run_bench
+from lookinside.core.bench import kv_cache_bytes, resolve_bandwidth, run_bench
 from lookinside.core.bench_report import ModeResult, SweepLine, loglog_slope, noise_reasons, percentile
+from lookinside.core.request import BenchSettings, parse_sweep
 from lookinside.core.errors import BadInput
 from lookinside.core.hardware import known_gpu
 from lookinside.core.loading import load

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lookinside.cli.options import Remote, model_given
+from lookinside.cli.options import Remote
 
 if TYPE_CHECKING:
     from lookinside.core.backend import Backend
@@ -17,7 +17,7 @@ def open_backend(spec: LoadSpec, remote: Remote) -> Backend:
         from lookinside.core import remote as core_remote
 
         key = remote.api_key or core_remote.api_key_from_env()
-        model = spec.model if model_given() else None
+        model = spec.model if spec.model_named else None
         return core_remote.connect(core_remote.RemoteSpec(remote.endpoint, key, model))
     from lookinside.core.backend import LocalBackend
     from lookinside.ui.progress import load_with_progress

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lookinside.cli.options import MODEL_PANEL, JsonOpt, Keep, keep_options, model_options
+from lookinside.cli.options import MODEL_PANEL, JsonOpt, Keep, Remote, keep_options, model_options, remote_options
 from lookinside.core.spec import LoadSpec
 
 BENCH_PANEL = "Benchmark"
@@ -16,6 +16,7 @@ def _opt(*names: str, help: str, panel: str = BENCH_PANEL, **kwargs) -> typer.mo
 
 
 @model_options
+@remote_options
 @keep_options
 def bench(
     cache: Annotated[Optional[bool], _opt(
@@ -49,9 +50,11 @@ def bench(
     *,
     spec: LoadSpec,
     keep: Keep,
+    remote: Remote,
 ) -> None:
     """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
-    from lookinside.core.bench import BenchSettings, modes_for, parse_sweep, run_bench
+    from lookinside.core.errors import BadInput
+    from lookinside.core.request import BenchSettings, modes_for, parse_sweep
     from lookinside.ui.bench import bench_json, bench_view, tell_progress
     from lookinside.ui.console import show
     from lookinside.ui.progress import load_with_progress
@@ -59,6 +62,21 @@ def bench(
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens,
                              modes=modes_for(cache, modes), warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep),
                              bandwidth_gbs=bandwidth, reference=reference)
+    if remote.endpoint:
+        local_only = {"--cache/--no-cache": cache is not None, "--modes": modes is not None, "--sweep": bool(sweep),
+                      "--random-weights": random_weights, "--bandwidth": bandwidth is not None}
+        given = [flag for flag, used in local_only.items() if used]
+        if given:
+            raise BadInput(f"{', '.join(given)} need the model here: a server keeps its own KV cache and weights")
+        from lookinside.cli.backends import open_backend
+        from lookinside.core import remote as core_remote
+        from lookinside.ui.bench import remote_bench_json, remote_bench_view
+
+        report = core_remote.bench(open_backend(spec, remote), settings, progress=tell_progress)  # type: ignore[arg-type]
+        show(report, remote_bench_view, remote_bench_json, as_json=json, keep=keep)
+        return
+    from lookinside.core.bench import run_bench
+
     lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
     show(report, bench_view, bench_json, as_json=json, keep=keep)

@@ -4,7 +4,16 @@ from typing import Annotated
 
 import typer
 
-from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, Remote, keep_options, model_options, remote_options
+from lookinside.cli.options import (
+    ChatOpt,
+    JsonOpt,
+    Keep,
+    PromptArg,
+    Remote,
+    keep_options,
+    model_options,
+    remote_options,
+)
 from lookinside.core.spec import LoadSpec
 
 

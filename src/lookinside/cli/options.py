@@ -42,9 +42,10 @@ def _load_parameters() -> list[inspect.Parameter]:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
     return [
-        option("model", DEFAULT_MODEL, Annotated[str, typer.Option(
+        option("model", None, Annotated[Optional[str], typer.Option(
             "--model", "-m", envvar="LOOKINSIDE_MODEL", metavar="NAME", rich_help_panel=MODEL_PANEL,
-            help="A Hub id, a local directory, or `tiny` (built in, works offline).")]),
+            show_default=False, help=f"A Hub id, a local directory, or `tiny` (built in, works offline). "
+            f"[default: {DEFAULT_MODEL}; with --endpoint: the server's only model]")]),
         option("device", "auto", Annotated[str, typer.Option(
             "--device", metavar="DEVICE", rich_help_panel=MODEL_PANEL,
             help=f"{_choice(DEVICES)}|cuda:N. auto: CUDA if available, else MPS, else CPU.")]),
@@ -103,8 +104,9 @@ def _adding(target: str, parameters: Callable[[], list[inspect.Parameter]],
 
 
 def _load_spec(chosen: dict[str, Any]) -> LoadSpec:
-    max_memory = chosen.pop("max_memory")
-    return LoadSpec(**chosen, max_memory=parse_max_memory(max_memory) if max_memory else None)
+    max_memory, model = chosen.pop("max_memory"), chosen.pop("model")
+    return LoadSpec(**chosen, model=DEFAULT_MODEL if model is None else model, model_named=model is not None,
+                    max_memory=parse_max_memory(max_memory) if max_memory else None)
 
 
 model_options = _adding("spec", _load_parameters, _load_spec)
@@ -165,11 +167,3 @@ def _remote_parameters() -> list[inspect.Parameter]:
 remote_options = _adding("remote", _remote_parameters, lambda chosen: Remote(**chosen))
 remote_options.__doc__ = "Give a command --endpoint and --api-key; it receives them as `remote: Remote`."
 
-
-def model_given() -> bool:
-    """True when the user named --model (or LOOKINSIDE_MODEL), False when it is the default."""
-    import click
-
-    context = click.get_current_context(silent=True)
-    source = context.get_parameter_source("model") if context is not None else None
-    return source is not None and source.name != "DEFAULT"

@@ -32,93 +32,21 @@ from lookinside.core.bench_report import (
 from lookinside.core.generate import collect, make_cache, prefill
 from lookinside.core.hardware import GB, known_gpu, known_names
 from lookinside.core.prompting import check_fits, encode_prompt
-from lookinside.core.request import CACHE_KINDS, CacheKind, GenerationSettings
+from lookinside.core.request import (
+    DEFAULT_PROMPT,
+    BenchSettings,
+    CacheKind,
+    GenerationSettings,
+)
 from lookinside.core.sampling import SamplingParams
 from lookinside.core.timing import now, peak_memory_bytes, reset_peak_memory, reset_peak_rss
+
+GREEDY = SamplingParams(temperature=0.0)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
     from lookinside.core.loading import LM
-
-# The book's chapter 3 experiment: this prompt, 100 new tokens, cache on and off.
-DEFAULT_PROMPT = (
-    "Write a very long email apologizing to Sarah for the tragic gardening mishap. Explain how it happened."
-)
-DEFAULT_NEW_TOKENS = 100
-GREEDY = SamplingParams(temperature=0.0)
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """What to time: prompt, length, modes, warm-up and repeats; checked before any loading."""
-
-    new_tokens: int = DEFAULT_NEW_TOKENS
-    prompt: str | None = None
-    prompt_tokens: int | None = None
-    modes: tuple[CacheKind, ...] = ("dynamic", "none")
-    warmup: int = 1
-    repeat: int = 3
-    sweep: tuple[int, ...] = ()
-    bandwidth_gbs: float | None = None
-    reference: bool = True
-    threads: int | None = None  # CPU threads for torch; None leaves torch's default
-
-    def __post_init__(self) -> None:
-        if self.new_tokens < 1:
-            raise errors.BadInput(f"--new-tokens must be at least 1, not {self.new_tokens}")
-        if self.prompt is not None and self.prompt_tokens is not None:
-            raise errors.BadInput("give --prompt or --prompt-tokens, not both")
-        if self.prompt is not None and not self.prompt.strip():
-            raise errors.EmptyPrompt("--prompt is empty: give some text, or --prompt-tokens N")
-        if self.prompt_tokens is not None and self.prompt_tokens < 1:
-            raise errors.BadInput(f"--prompt-tokens must be at least 1, not {self.prompt_tokens}")
-        if not self.modes:
-            raise errors.BadInput("nothing to time: choose --cache, --no-cache, or neither for both")
-        if len(set(self.modes)) != len(self.modes) or any(m not in CACHE_KINDS for m in self.modes):
-            raise errors.BadInput(f"--modes takes distinct kinds among {', '.join(CACHE_KINDS)}, not {self.modes!r}")
-        if self.warmup < 0:
-            raise errors.BadInput(f"--warmup must be 0 or more, not {self.warmup}")
-        if self.repeat < 1:
-            raise errors.BadInput(f"--repeat must be at least 1, not {self.repeat}")
-        if any(n < 1 for n in self.sweep):
-            raise errors.BadInput(f"--sweep lengths must be at least 1, not {min(self.sweep)}")
-        if self.threads is not None and self.threads < 1:
-            raise errors.BadInput(f"--threads must be at least 1, not {self.threads}")
-        if self.bandwidth_gbs is not None and not self.bandwidth_gbs > 0:
-            raise errors.BadInput(f"--bandwidth must be a positive number of GB/s, not {self.bandwidth_gbs}")
-
-    @property
-    def lengths(self) -> tuple[int, ...]:
-        """The new-token counts to run: the sweep's, or just --new-tokens."""
-        return self.sweep or (self.new_tokens,)
-
-
-def parse_sweep(text: str | None) -> tuple[int, ...]:
-    """`32,128,512` -> (32, 128, 512), sorted and without repeats."""
-    if not text:
-        return ()
-    try:
-        lengths = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise errors.BadInput(f"--sweep wants lengths such as 32,128,512, not {text!r}") from None
-    if len(lengths) < 2:
-        raise errors.BadInput(f"--sweep needs at least two lengths to show growth, not {text!r}")
-    return tuple(lengths)
-
-
-def modes_for(cache: bool | None, modes: str | None = None) -> tuple[CacheKind, ...]:
-    """--modes dynamic,static,none as given; else --cache -> dynamic, --no-cache -> none, neither -> both."""
-    if modes is not None:
-        if cache is not None:
-            raise errors.BadInput("give --modes or --cache/--no-cache, not both")
-        chosen = tuple(part.strip() for part in modes.split(",") if part.strip())
-        if not chosen or any(kind not in CACHE_KINDS for kind in chosen):
-            raise errors.BadInput(f"--modes takes cache kinds among {', '.join(CACHE_KINDS)}, e.g. dynamic,static; "
-                                  f"not {modes!r}")
-        return tuple(dict.fromkeys(chosen))  # type: ignore[return-value]
-    return ("dynamic", "none") if cache is None else ("dynamic",) if cache else ("none",)
-
 
 def kv_cache_bytes(config: PretrainedConfig, element_bytes: int, tokens: int) -> int:
     """2 (keys and values) x layers x KV heads x head dim x bytes per element x tokens."""

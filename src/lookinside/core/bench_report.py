@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from lookinside.core.records import decode_seconds, first_token_seconds
 from lookinside.core.request import CacheKind
 
+BURST_GAP_S = 0.001  # tokens arriving closer than this were sent together
 MAX_SPREAD = 1.5  # slowest / fastest timed repeat above this: something else was using the machine
 CACHE_LABELS: dict[str, str] = {"dynamic": "cached", "static": "static-cache", "none": "uncached"}
 
@@ -266,3 +267,70 @@ def noise_reasons(results: Sequence[ModeResult], sweep: Sequence[SweepLine]) -> 
 def mode_name(cache: CacheKind) -> str:
     """cached, static-cache or uncached, as the notes say it."""
     return CACHE_LABELS[cache]
+
+
+@dataclass(frozen=True)
+class PrefixCache:
+    """The same long prompt sent cold and then again: what the server's prefix cache saves on the prefill."""
+
+    prompt_tokens: int | None  # as the server counted them
+    cold_s: tuple[float, ...]  # one-token requests, each with a prompt the server had not seen
+    warm_s: tuple[float, ...]  # the same prompts again
+
+    @property
+    def speedup(self) -> float | None:
+        """Median cold time over median warm time."""
+        warm = statistics.median(self.warm_s) if self.warm_s else 0.0
+        return statistics.median(self.cold_s) / warm if self.cold_s and warm > 0 else None
+
+
+@dataclass(frozen=True)
+class RemoteBenchReport:
+    """`llm bench --endpoint`: streamed generation timed from this side of the network."""
+
+    model: str
+    endpoint: str
+    server: str  # who owns the model, as /v1/models says (vllm, ...)
+    new_tokens: int
+    step_seconds: tuple[tuple[float, ...], ...]  # one row per timed stream; step 0 is time to first token
+    prefix: PrefixCache | None
+    unavailable: dict[str, str]
+
+    @property
+    def ttft_s(self) -> Spread:
+        """Time to the first token over the repeats (network and queueing included)."""
+        return Spread.of([first_token_seconds(row) or 0.0 for row in self.step_seconds])
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        """Tokens per second after the first, from the median decode time."""
+        decode = statistics.median(decode_seconds(row) for row in self.step_seconds)
+        tokens = statistics.median(len(row) - 1 for row in self.step_seconds)
+        return tokens / decode if tokens > 0 and decode > 0 else None
+
+    @property
+    def inter_token_s(self) -> list[float]:
+        """Every gap between tokens after the first, all repeats pooled."""
+        return [s for row in self.step_seconds for s in row[1:]]
+
+    @property
+    def itl_p50_s(self) -> float | None:
+        """Median inter-token latency."""
+        return percentile(self.inter_token_s, 50)
+
+    @property
+    def itl_p90_s(self) -> float | None:
+        """90th-percentile inter-token latency."""
+        return percentile(self.inter_token_s, 90)
+
+    @property
+    def total_s(self) -> Spread:
+        """Whole-stream time over the repeats."""
+        return Spread.of([sum(row) for row in self.step_seconds])
+
+    @property
+    def bursts(self) -> int:
+        """Streams whose tokens mostly arrived together (gaps under 1 ms): the server held them back and sent them
+        at once, so their first-token and inter-token times measure its buffering, not its generation."""
+        return sum(1 for row in self.step_seconds
+                   if len(row) > 2 and sum(1 for s in row[1:] if s < BURST_GAP_S) >= (len(row) - 1) / 2)

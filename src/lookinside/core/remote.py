@@ -22,13 +22,14 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backend import Resources
+from lookinside.core.bench_report import PrefixCache, RemoteBenchReport
 from lookinside.core.conversation import Conversation, Fitted
 from lookinside.core.prompting import chat_messages
 from lookinside.core.records import (
@@ -42,7 +43,7 @@ from lookinside.core.records import (
     Step,
     Stream,
 )
-from lookinside.core.request import CompareRequest, GenerationSettings, NextTokenRequest
+from lookinside.core.request import DEFAULT_PROMPT, BenchSettings, CompareRequest, GenerationSettings, NextTokenRequest
 from lookinside.core.sampling import SamplingParams, request_fields
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ TOP_ALTERNATIVES = 5
 VLLM_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 NO_SHAPES = "a server does not show its tensors: run the model here (without --endpoint) for the shapes"
 NO_LOGITS = "a server returns log-probabilities, not logits"
+ProgressFn = Callable[[str], None]
 NO_IDS = "this server names tokens by their text; the ids here are lookinside's, not the model's"
 
 
@@ -64,7 +66,7 @@ class RemoteSpec:
     endpoint: str
     api_key: str | None = field(default=None, repr=False)
     model: str | None = None  # None: the server's only model
-    timeout_s: float = 60.0
+    timeout_s: float = field(default_factory=lambda: float(os.environ.get("LOOKINSIDE_TIMEOUT") or 60))
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith(("http://", "https://")):
@@ -271,10 +273,11 @@ class RemoteBackend:
             else:
                 response = self.client.completions.create(
                     model=self.name, prompt=prompt or "", stream=True, logprobs=TOP_ALTERNATIVES, **body)
-        index = 0
+        index, finished = 0, False
         try:
             with _translated(self.spec, streaming=True):
                 for chunk in response:
+                    finished = finished or any(getattr(c, "finish_reason", None) for c in chunk.choices or ())
                     for token, lp, top, finish in _chunk_tokens(chunk):
                         now = time.perf_counter()
                         step = self._step(index, token, lp, top, now - start, finish)
@@ -282,6 +285,8 @@ class RemoteBackend:
                         yield step
         finally:
             response.close()
+        if not finished:  # the connection closed without a finish reason: the server went away mid-reply
+            raise errors.StreamBroken(f"the server at {self.spec.base_url} stopped sending before the reply ended")
 
     def _step(self, index: int, token: str, logprob: float, top: dict[str, float], seconds: float,
               finish: str | None) -> Step:
@@ -369,6 +374,8 @@ def _translated(spec: RemoteSpec, streaming: bool = False) -> Iterator[None]:
     """The openai client's errors as one-line RemoteErrors that name the server, never the key."""
     import openai
 
+    transport = _transport_errors()
+
     url = spec.base_url
     try:
         yield
@@ -401,9 +408,25 @@ def _translated(spec: RemoteSpec, streaming: bool = False) -> Iterator[None]:
         raise errors.RemoteError(f"the server at {url} answered {exc.status_code}: {_server_message(exc)}") from None
     except openai.APIResponseValidationError:
         raise errors.RemoteError(f"{url} answered, but not as an OpenAI-compatible server does") from None
+    except transport as exc:  # raised bare from inside a stream (a reset connection, a cut chunk)
+        if streaming:
+            raise errors.StreamBroken(f"the server at {url} stopped sending mid-reply ({_cause(exc)})") from None
+        raise errors.RemoteError(f"the connection to {url} failed ({_cause(exc)})") from None
     except (ValueError, KeyError, AttributeError, TypeError) as exc:  # a body that is not the API's JSON
         raise errors.RemoteError(f"{url} answered, but not as an OpenAI-compatible server does "
                                  f"({type(exc).__name__})") from None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's own error class (httpx, or httpx2 in newer openai clients), which streams raise bare."""
+    import importlib
+
+    for name in ("httpx2", "httpx"):
+        try:
+            return (importlib.import_module(name).HTTPError,)
+        except (ImportError, AttributeError):
+            continue
+    return ()
 
 
 def _server_message(exc: Any) -> str:
@@ -422,3 +445,61 @@ def _cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+NO_CACHE_SWITCH = ("a server keeps its own KV cache for every request; it cannot be turned off from here "
+                   "(run the model here for --no-cache and --modes)")
+
+
+def bench(backend: RemoteBackend, settings: BenchSettings, progress: ProgressFn | None = None) -> RemoteBenchReport:
+    """Stream the bench prompt `warmup` + `repeat` times, then time a long prompt cold and again (the prefix cache)."""
+    tell = progress or (lambda _: None)
+    prompt = settings.prompt or DEFAULT_PROMPT
+    params, run = SamplingParams(temperature=0.0), GenerationSettings(max_new_tokens=settings.new_tokens,
+                                                                         ignore_eos=backend.is_vllm)
+    tell(f"streaming {settings.new_tokens} tokens from {backend.name}: {settings.warmup} warm-up + "
+         f"{settings.repeat} timed runs")
+    for _ in range(settings.warmup):
+        backend.complete(prompt, params, run)
+    rows = tuple(tuple(step.seconds for step in backend.complete(prompt, params, run).steps)
+                 for _ in range(settings.repeat))
+    tell("timing a long prompt cold, then again (the server's prefix cache)")
+    unavailable = {"kv_cache_switch": NO_CACHE_SWITCH, "memory": "the server's memory is not visible from here",
+                   "speed_of_light": "the server's weights and bandwidth are not visible from here"}
+    if not backend.is_vllm:
+        unavailable["exact_length"] = "only vLLM can be told to ignore end tokens; runs may stop early"
+    return RemoteBenchReport(backend.name, backend.spec.base_url, backend.owner or "unknown", settings.new_tokens,
+                             rows, prefix_cache(backend, settings.repeat), unavailable)
+
+
+def prefix_cache(backend: RemoteBackend, repeat: int) -> PrefixCache:
+    """One-token requests with long prompts the server has not seen (each starts with a fresh nonce), then again."""
+    cold: list[float] = []
+    warm: list[float] = []
+    counted = None
+    for _ in range(max(repeat, 2)):
+        prompt = _long_prompt(backend)
+        seconds, counted = _one_token(backend, prompt)
+        cold.append(seconds)
+        warm.append(_one_token(backend, prompt)[0])
+    return PrefixCache(counted, tuple(cold), tuple(warm))
+
+
+def _long_prompt(backend: RemoteBackend) -> str:
+    """A prompt of about three quarters of the context (or 2,000 words), unseen: it starts with random words."""
+    import secrets
+
+    words = DEFAULT_PROMPT.split()
+    budget = int((backend.context_length or 2048) * 0.75) // 2  # about two tokens per word in small vocabularies
+    nonce = " ".join(secrets.token_hex(2) for _ in range(4))
+    return nonce + " " + " ".join(words[i % len(words)] for i in range(max(budget - 8, 8)))
+
+
+def _one_token(backend: RemoteBackend, prompt: str) -> tuple[float, int | None]:
+    """Seconds for a one-token completion of `prompt`, and the prompt's tokens as the server counted them."""
+    start = time.perf_counter()
+    with _translated(backend.spec):
+        out = backend.client.completions.create(model=backend.name, prompt=prompt, max_tokens=1, temperature=0)
+    seconds = time.perf_counter() - start
+    usage = getattr(out, "usage", None)
+    return seconds, getattr(usage, "prompt_tokens", None)

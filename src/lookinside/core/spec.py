@@ -28,6 +28,7 @@ class LoadSpec:
     layers: int | None = None  # with random weights: keep only the first N decoder layers
     threads: int | None = None  # CPU threads for torch; None: one per idle core (core/threads.py)
     quantize: str | None = None  # one of QUANTIZE (core/quantize.py)
+    model_named: bool = True  # False when --model was left at its default (a server then picks its only model)
 
     def __post_init__(self) -> None:
         base, _, index = self.device.partition(":")

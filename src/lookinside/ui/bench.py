@@ -18,7 +18,7 @@ from rich.text import Text
 from lookinside.ui.console import stderr_console
 
 if TYPE_CHECKING:
-    from lookinside.core.bench_report import BenchReport, ModeResult, ReferenceRun, SpeedOfLight
+    from lookinside.core.bench_report import BenchReport, ModeResult, ReferenceRun, RemoteBenchReport, SpeedOfLight
 
 CACHE_MARK, NO_CACHE_MARK, BOTH_MARK = "•", "×", "◆"
 CACHE_STYLE, NO_CACHE_STYLE = "green", "red"
@@ -328,3 +328,61 @@ def noise_warning(report: BenchReport) -> Text:
     lines += [f"  - {reason}" for reason in report.noise]
     lines.append(f"  re-run with --repeat {repeat}, with other programs closed, or with --threads 1")
     return Text("\n".join(lines), style="yellow")
+
+
+def remote_bench_view(report: RemoteBenchReport) -> RenderableType:
+    """`llm bench --endpoint`: the streamed timing, the prefix cache, and what a server does not show."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    grid.add_row("model", f"[bold]{escape(report.model)}[/] served by {escape(report.server)} "
+                          f"at {escape(report.endpoint)}")
+    grid.add_row("run", f"{report.new_tokens} new tokens, greedy, streamed · "
+                        f"{_plural(len(report.step_seconds), 'timed stream')} after warm-up · "
+                        "times include the network")
+    table = Table(title="Streamed generation", title_justify="left")
+    table.add_column("")
+    table.add_column("server", justify="right", style=CACHE_STYLE)
+    ttft, total = report.ttft_s, report.total_s
+    rows = [("total, median", seconds(total.median)), ("total, min–max", span(total.min, total.max)),
+            ("TTFT", seconds(ttft.median)), ("TTFT, min–max", span(ttft.min, ttft.max)),
+            ("decode tokens/s", f"{report.decode_tok_s:.1f}" if report.decode_tok_s is not None else "–"),
+            ("inter-token p50", seconds(report.itl_p50_s)), ("inter-token p90", seconds(report.itl_p90_s))]
+    for label, value in rows:
+        table.add_row(label, value)
+    parts: list[RenderableType] = [grid, Text(), table]
+    prefix = report.prefix
+    if prefix is not None and prefix.speedup is not None:
+        line = Text()
+        line.append("prefix cache: ", style="bold")
+        tokens = f"{prefix.prompt_tokens}-token" if prefix.prompt_tokens else "long"
+        line.append(f"the same {tokens} prompt, one new token: cold {seconds(statistics.median(prefix.cold_s))}, "
+                    f"again {seconds(statistics.median(prefix.warm_s))} = ")
+        line.append(f"{prefix.speedup:.2f}×", style="bold")
+        line.append(" (the server reuses the prompt's KV cache)")
+        parts.append(line)
+    if report.bursts:
+        parts.append(Text(f"warning: {report.bursts} of {len(report.step_seconds)} streams arrived in bursts (most "
+                          "tokens less than 1 ms apart): the server held tokens back and sent them together, so "
+                          "their TTFT and inter-token times show its buffering; re-run with more --repeat",
+                          style="yellow"))
+    parts += [Text(f"no {what.replace('_', ' ')}: {why}", style="dim") for what, why in report.unavailable.items()]
+    return Group(*parts)
+
+
+def remote_bench_json(report: RemoteBenchReport) -> dict[str, Any]:
+    """The remote bench for machines; what a server cannot give is null, with the reason under `unavailable`."""
+    prefix = report.prefix
+    return {
+        "model": report.model, "endpoint": report.endpoint, "server": report.server,
+        "new_tokens": report.new_tokens,
+        "total_s": _spread(report.total_s), "ttft_s": _spread(report.ttft_s), "decode_tok_s": report.decode_tok_s,
+        "itl_p50_s": report.itl_p50_s, "itl_p90_s": report.itl_p90_s,
+        "prefix_cache": None if prefix is None else {
+            "prompt_tokens": prefix.prompt_tokens, "cold_s": list(prefix.cold_s), "warm_s": list(prefix.warm_s),
+            "speedup": prefix.speedup},
+        "bursts": report.bursts,
+        "kv_cache_switch": None, "peak_memory_bytes": None, "speed_of_light": None,
+        "unavailable": report.unavailable,
+        "step_seconds": [list(row) for row in report.step_seconds],
+    }

@@ -1,0 +1,121 @@
+"""The views against a REAL vLLM serving the tiny model: two independent implementations must agree.
+
+Skipped unless $LOOKINSIDE_TEST_ENDPOINT names the server; `.ci/run` starts one with
+scripts/vllm.sh (its CPU build, float32, --max-logprobs 20, --max-model-len 512) and runs
+`pytest -m remote`. vLLM's Phi-3 and transformers' Phi-3 are different code: where they agree
+to 1e-3 on log-probabilities and token for token on greedy text, both are right.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lookinside.cli.app import app
+from lookinside.core import compare as local_compare
+from lookinside.core import predict
+from lookinside.core.request import CompareRequest, GenerationSettings, NextTokenRequest
+from lookinside.core.sampling import SamplingParams
+
+ENDPOINT = os.environ.get("LOOKINSIDE_TEST_ENDPOINT")
+pytestmark = [pytest.mark.remote,
+              pytest.mark.skipif(not ENDPOINT, reason="needs a vLLM server: LOOKINSIDE_TEST_ENDPOINT=URL")]
+PROMPTS = ["The capital of France is", "Write an email to Sarah", "What is the capital of Japan?",
+           "Once upon a time", "The capital of Kenya is"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def server():
+    from lookinside.core.remote import RemoteSpec, connect
+
+    return connect(RemoteSpec(ENDPOINT))
+
+
+@pytest.fixture(scope="module")
+def tiny32():
+    from lookinside.core.loading import load
+    from lookinside.core.spec import LoadSpec
+
+    return load(LoadSpec(model="tiny", device="cpu", dtype="float32"))
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_top5_logprobs_agree_with_ours_to_1e_3(server, tiny32, prompt):
+    theirs = server.next_token(NextTokenRequest(prompt, top_k=5))
+    ours = predict.next_token(tiny32, NextTokenRequest(prompt, top_k=5))
+    assert [c.id for c in theirs.top] == [c.id for c in ours.top]
+    assert [t.id for t in theirs.tokens] == [t.id for t in ours.tokens]  # the same prompt tokens
+    worst = max(abs(math.log(a.prob) - math.log(b.prob)) for a, b in zip(theirs.top, ours.top))
+    assert worst < 1e-3, worst
+
+
+def test_greedy_continuations_agree_token_for_token(server, tiny32):
+    request = CompareRequest("The capital of France is", SamplingParams(seed=1), GenerationSettings(max_new_tokens=24),
+                             samples=1)
+    theirs, ours = server.compare(request).greedy, local_compare.compare(tiny32, request).greedy
+    assert [s.text for s in theirs.steps] == [s.text for s in ours.steps] and theirs.text.startswith(" Paris")
+    assert theirs.finish == ours.finish
+    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(theirs.steps, ours.steps))
+
+
+def test_a_seeded_remote_sample_repeats(server):
+    request = CompareRequest("Once upon a time", SamplingParams(temperature=1.2, seed=1234),
+                             GenerationSettings(max_new_tokens=24), samples=2)
+    first, again = server.compare(request), server.compare(request)
+    assert [run.text for run in first.samples] == [run.text for run in again.samples]
+    assert first.seeds == [1234, 1235]
+
+
+def test_next_token_json_says_what_a_server_cannot_give():
+    result = runner.invoke(app, ["next-token", "The capital of France is", "--endpoint", ENDPOINT, "--json", "-k", "3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["top"][0]["token"] == " Paris" and data["top"][0]["logit"] is None and data["shapes"] is None
+    assert "shapes" in data["unavailable"] and "logit" in data["unavailable"]
+
+
+def test_chat_streams_a_reply_and_compare_draws_the_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    chat = runner.invoke(app, ["chat", "What is the capital of Japan?", "--endpoint", ENDPOINT, "-t", "0"])
+    assert chat.exit_code == 0 and "Tokyo" in chat.stdout, chat.output
+    compared = runner.invoke(app, ["compare", "The capital of France is", "--endpoint", ENDPOINT, "--seed", "5",
+                                   "-n", "12", "--json"])
+    data = json.loads(compared.stdout)
+    assert data["greedy"]["text"].startswith(" Paris") and [s["seed"] for s in data["samples"]] == [5, 6, 7]
+    assert data["greedy"]["token_ids"] is None and "token_ids" in data["unavailable"]
+
+
+def test_bench_times_the_stream_and_the_prefix_cache():
+    result = runner.invoke(app, ["bench", "--endpoint", ENDPOINT, "-n", "16", "--repeat", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ttft_s"]["median"] > 0 and data["decode_tok_s"] > 0 and data["itl_p50_s"] <= data["itl_p90_s"]
+    assert all(len(row) == 16 for row in data["step_seconds"])  # vLLM ignores end tokens when told
+    assert data["prefix_cache"]["prompt_tokens"] > 200 and data["kv_cache_switch"] is None
+
+
+def test_over_max_logprobs_and_over_the_context_are_one_line():
+    many = runner.invoke(app, ["next-token", "hi", "--endpoint", ENDPOINT, "-k", "25"])
+    assert many.exit_code == 2 and "more than vLLM returns by default (20)" in many.stderr
+    long = runner.invoke(app, ["compare", "word " * 600, "--endpoint", ENDPOINT])
+    assert long.exit_code == 2 and long.stderr.count("\n") == 1 and "the server refused the request" in long.stderr
+
+
+def test_wrong_model_name_lists_the_served_ones():
+    result = runner.invoke(app, ["next-token", "hi", "--endpoint", ENDPOINT, "--model", "phi-9"])
+    assert result.exit_code == 2 and "it serves: tiny" in result.stderr
+
+
+def test_an_endpoint_command_never_imports_torch():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "lookinside", "next-token", "hi", "--endpoint",
+                          ENDPOINT, "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "transformers" not in imported
