@@ -1,3 +1,23 @@
-"""lookinside: look inside a large language model while you talk to it."""
+"""lookinside: look inside a large language model while you talk to it.
+
+The command is `llm`; the Python API is this package (`import lookinside as li`), documented in
+docs/api.md. Its names load lazily from `lookinside.api`, so `import lookinside` costs no torch.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Generating", "Result", "attention", "bench", "compare", "forward", "generate", "inspect", "lens", "load",
+           "next_token", "tokens", "wrap"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from lookinside import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lookinside' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,125 @@
+"""The Python API: `import lookinside as li` is light, every view's `to_dict()` is the command's --json, and
+`li.wrap` takes a model the user already loaded, as it is, refusing what cannot work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import lookinside as li
+from lookinside.cli.app import app
+from lookinside.core.errors import BadInput, NotACausalLM
+from lookinside.tiny import ASSETS
+
+PROMPT = "The capital of France is"
+runner = CliRunner()
+
+
+def cli_json(*args: str) -> dict:
+    result = runner.invoke(app, [*args, "--model", "tiny", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def same(data: dict) -> dict:
+    """A dict as JSON would carry it (tuples become lists, and so on)."""
+    return json.loads(json.dumps(data))
+
+
+def without(data: dict, *keys: str) -> dict:
+    return {k: v for k, v in data.items() if k not in keys}
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return li.load("tiny", device="cpu")
+
+
+def test_import_lookinside_imports_no_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys, lookinside as li; li.Result; "
+                          "print('torch' in sys.modules, 'transformers' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(("call", "command"), [
+    (lambda lm: li.next_token(lm, PROMPT, top_k=5), ["next-token", PROMPT, "-k", "5"]),
+    (lambda lm: li.compare(lm, PROMPT, seed=42, temperature=1.5, max_new_tokens=12),
+     ["compare", PROMPT, "--seed", "42", "-t", "1.5", "-n", "12"]),
+    (lambda lm: li.tokens(lm, "Héllo wörld 🙂"), ["tokens", "Héllo wörld 🙂"]),
+    (lambda lm: li.forward(lm, PROMPT), ["forward", PROMPT]),
+    (lambda lm: li.attention(lm, PROMPT, layer=1), ["attention", PROMPT, "--layer", "1"]),
+    (lambda lm: li.lens(lm, PROMPT, top_k=2), ["lens", PROMPT, "-k", "2"]),
+    (lambda lm: li.inspect(lm), ["inspect"]),
+], ids=["next-token", "compare", "tokens", "forward", "attention", "lens", "inspect"])
+def test_to_dict_is_the_commands_json(lm, call, command):
+    assert same(call(lm).to_dict()) == cli_json(*command)
+
+
+def test_generate_steps_then_the_whole_run_as_generate_json(lm):
+    running = li.generate(lm, PROMPT, temperature=0.8, seed=3, max_new_tokens=10)
+    first = next(iter(running))
+    result = running.result()
+    assert result.steps[0] is first and result.seed == 3
+    ours, theirs = same(result.to_dict()), cli_json("generate", PROMPT, "-t", "0.8", "--seed", "3", "-n", "10")
+    untimed = [[without(step, "seconds") for step in data["steps"]] for data in (ours, theirs)]
+    assert untimed[0] == untimed[1] and set(ours["timing"]) == set(theirs["timing"])
+    assert without(ours, "timing", "steps") == without(theirs, "timing", "steps")
+
+
+def test_bench_has_the_commands_json_fields(lm):
+    result = li.bench(lm, new_tokens=4, warmup=0, repeat=1, reference=False)
+    theirs = cli_json("bench", "-n", "4", "--warmup", "0", "--repeat", "1", "--no-reference", "--threads", "1")
+    assert set(result.to_dict()) == set(theirs) and result.run("dynamic").new_tokens == 4
+
+
+def test_results_draw_in_a_terminal_and_in_jupyter(lm):
+    from rich.console import Console
+
+    result = li.next_token(lm, PROMPT, top_k=3)
+    console = Console(record=True, width=100)
+    console.print(result)
+    assert "Paris" in console.export_text() and "Paris" in result._repr_html_()
+    assert result.top[0].token == " Paris" and result.record.top is result.top  # fields read through
+
+
+def test_wrap_uses_the_users_model_as_it_is():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(ASSETS)
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS)
+    lm = li.wrap(model, tokenizer)
+    assert lm.model is model and lm.tokenizer is tokenizer  # no copy, no reload
+    assert li.next_token(lm, PROMPT).top[0].token == " Paris"
+    before = lm.attn_implementation
+    assert li.attention(lm, PROMPT).record.heads == model.config.num_attention_heads
+    assert lm.attn_implementation == before  # switched to eager for the pass, then back
+
+
+def test_wrap_refuses_a_model_without_an_lm_head_and_a_tokenizer_of_another_model():
+    from transformers import AutoModel, AutoTokenizer
+
+    from lookinside.core.loading import CONFIGS
+
+    with pytest.raises(NotACausalLM, match="not a causal language model"):
+        li.wrap(AutoModel.from_pretrained(ASSETS), AutoTokenizer.from_pretrained(ASSETS))
+    with pytest.raises(NotACausalLM, match="needs a transformers model"):
+        li.wrap("tiny", AutoTokenizer.from_pretrained(ASSETS))
+    from transformers import AutoModelForCausalLM
+
+    phi3 = AutoTokenizer.from_pretrained(CONFIGS / "phi-3-mini-4k-instruct")
+    with pytest.raises(BadInput, match="32,0.. tokens but the model's embedding only 1,024 rows"):
+        li.wrap(AutoModelForCausalLM.from_pretrained(ASSETS), phi3)
+
+
+def test_bad_values_raise_the_commands_message(lm):
+    with pytest.raises(BadInput, match="the prompt is empty"):
+        li.next_token(lm, "  ")
+    with pytest.raises(BadInput, match="top_p must be in"):
+        li.compare(lm, PROMPT, top_p=0)
+    with pytest.raises(AttributeError):
+        li.no_such_view  # noqa: B018
