@@ -29,22 +29,25 @@ _CLI_MODELS: dict = {}
 def tiny_loaded_once(monkeypatch):
     """Commands run in-process (CliRunner) load each spec of the built-in tiny model once per session.
 
-    A second command with the same LoadSpec gets the same LM; torch's thread count is still set as
-    `load` would set it. Other models, and tests that patch `loading.load` themselves, are untouched.
+    Only the commands' way in (`ui.progress.load_with_progress`) is cached: a second command with the
+    same LoadSpec gets the same LM, with torch's thread count set as `load` would set it. Tests that
+    call `core.loading.load` themselves still load for real.
     """
     from lookinside.core import loading
+    from lookinside.ui import progress
 
-    real = loading.load
+    real, real_load = progress.load_with_progress, loading.load
 
-    def load(spec):
-        if spec.model != "tiny" or spec.random_weights or spec.max_memory is not None:
+    def load_with_progress(spec):
+        patched = loading.load is not real_load  # a test watching for loads must see every one
+        if patched or spec.model != "tiny" or spec.random_weights or spec.max_memory is not None:
             return real(spec)
         if spec not in _CLI_MODELS:
             _CLI_MODELS[spec] = real(spec)
         loading.set_threads(spec.threads)
         return _CLI_MODELS[spec]
 
-    monkeypatch.setattr(loading, "load", load)
+    monkeypatch.setattr(progress, "load_with_progress", load_with_progress)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from lookinside.cli.options import (
     MaxNewTokensOpt,
     PromptArg,
     Remote,
+    file_option,
     keep_options,
     model_options,
     remote_options,
@@ -28,8 +29,9 @@ SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampl
 @remote_options
 @keep_options
 @sampling_options
+@file_option("prompt")
 def compare(
-    prompt: PromptArg,
+    prompt: PromptArg = None,
     samples: SamplesOpt = 3,
     max_new_tokens: MaxNewTokensOpt = 40,
     stop: StopOpt = None,

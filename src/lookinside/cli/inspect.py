@@ -10,11 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, keep_options, model_options
+from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, file_option, keep_options, model_options
 from lookinside.core.spec import LoadSpec
 
-TextArg = Annotated[str, typer.Argument(metavar="TEXT", help="The text to cut into tokens (- reads stdin).",
-                                        show_default=False, callback=text_argument)]
+TextArg = Annotated[Optional[str], typer.Argument(
+    metavar="[TEXT]", help="The text to cut into tokens (- reads stdin; or --file PATH).", show_default=False,
+    callback=text_argument)]
 LayerOpt = Annotated[int, typer.Option("--layer", "-l", help="Which decoder block (0 is the first, -1 the last).")]
 HeadOpt = Annotated[Optional[int], typer.Option(
     "--head", help="One head as a large heat map (default: all heads, small maps and a summary).", show_default=False)]
@@ -39,7 +40,8 @@ def inspect_command(json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> Non
 
 @model_options
 @keep_options
-def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
+@file_option("text")
+def tokens(text: TextArg = None, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """Each token of TEXT with its id and piece (loads only the tokenizer)."""
     from lookinside.core.loading import load_tokenizer
     from lookinside.core.tokens import tokenize
@@ -52,7 +54,8 @@ def tokens(text: TextArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec:
 
 @model_options
 @keep_options
-def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
+@file_option("prompt")
+def forward(prompt: PromptArg = None, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """The shapes through one forward pass, stage by stage, read with hooks."""
     from lookinside.core import hooks
     from lookinside.core.prompting import check_prompt
@@ -67,8 +70,9 @@ def forward(prompt: PromptArg, chat: ChatOpt = False, json: JsonOpt = False, *, 
 
 @model_options
 @keep_options
+@file_option("prompt")
 def attention(
-    prompt: PromptArg, layer: LayerOpt = 0, head: HeadOpt = None, png: PngOpt = None,
+    prompt: PromptArg = None, layer: LayerOpt = 0, head: HeadOpt = None, png: PngOpt = None,
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
@@ -96,8 +100,9 @@ def attention(
 
 @model_options
 @keep_options
+@file_option("prompt")
 def lens(
-    prompt: PromptArg, top_k: TopKOpt = 3, position: PositionOpt = -1, all_positions: AllPositionsOpt = False,
+    prompt: PromptArg = None, top_k: TopKOpt = 3, position: PositionOpt = -1, all_positions: AllPositionsOpt = False,
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
 ) -> None:
     """The logit lens: each layer's residual stream through the final norm and LM head."""

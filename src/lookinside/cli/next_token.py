@@ -10,6 +10,7 @@ from lookinside.cli.options import (
     Keep,
     PromptArg,
     Remote,
+    file_option,
     keep_options,
     model_options,
     remote_options,
@@ -20,8 +21,9 @@ from lookinside.core.spec import LoadSpec
 @model_options
 @remote_options
 @keep_options
+@file_option("prompt")
 def next_token(
-    prompt: PromptArg,
+    prompt: PromptArg = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many candidates to list.")] = 10,
     temperature: Annotated[float | None, typer.Option(
         "--temperature", "-t", help="Also show the probabilities at this temperature.", show_default=False)] = None,

@@ -25,8 +25,9 @@ SAMPLING_PANEL = "Sampling"
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the view.")]
 ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template first.")]
-PromptArg = Annotated[str, typer.Argument(metavar="PROMPT", help="The text to run through the model (- reads stdin).",
-                                          show_default=False, callback=text_argument)]
+PromptArg = Annotated[Optional[str], typer.Argument(
+    metavar="[PROMPT]", help="The text to run through the model (- reads stdin; or --file PATH).", show_default=False,
+    callback=text_argument)]
 FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", metavar="PATH", help="Read the text from this file.",
                                                  show_default=False)]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.",
@@ -167,3 +168,22 @@ def _remote_parameters() -> list[inspect.Parameter]:
 remote_options = _adding("remote", _remote_parameters, lambda chosen: Remote(**chosen))
 remote_options.__doc__ = "Give a command --endpoint and --api-key; it receives them as `remote: Remote`."
 
+
+
+def file_option(argument: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command `--file PATH` as the other way to pass its text `argument` (exactly one of the two)."""
+    from lookinside.cli.inputs import text_or_file
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+        extra = inspect.Parameter("file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FileOpt)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[argument] = text_or_file(kwargs.get(argument), kwargs.pop("file"))
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
