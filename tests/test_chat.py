@@ -107,8 +107,10 @@ def test_turns_and_system_prompt_whole_transcript(tiny):
     run = chat(tiny, f"Hi{ENTER}/system Be brief.{ENTER}And you?{ENTER}/exit{ENTER}", generate_fn=fake)
     assert run.out == "Hello there.\nsystem prompt set; it applies from the next reply\nI am fine.\n"
     assert run.code == 0
-    assert run.messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
-                            {"role": "user", "content": "And you?"}, {"role": "assistant", "content": "I am fine."}]
+    texts = [{k: v for k, v in m.items() if k != "tokens"} for m in run.messages]
+    assert texts == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
+                     {"role": "user", "content": "And you?"}, {"role": "assistant", "content": "I am fine."}]
+    assert run.messages[1]["tokens"] == [["Hello", 0.9], [" the", 0.9], ["re", 0.9], [".", 0.9]]  # kept for /export
     assert "<|system|>" not in fake.prompts[0]
     assert fake.prompts[1].startswith("<|system|> Be brief.<|end|><|user|> Hi<|end|><|assistant|> Hello there.")
 
@@ -183,7 +185,9 @@ def test_slash_commands_complete_at_the_start_of_the_input():
 def test_an_interrupt_mid_reply_keeps_the_partial_reply_and_the_session(tiny):
     run = chat(tiny, f"What is the capital of Japan?{ENTER}What is the capital of France?{ENTER}/exit{ENTER}",
                generate_fn=interrupted_after(3))
-    assert run.messages[1] == {"role": "assistant", "content": "The capital of", "cut": True}
+    cut = {k: v for k, v in run.messages[1].items() if k != "tokens"}
+    assert cut == {"role": "assistant", "content": "The capital of", "cut": True}
+    assert "".join(text for text, _ in run.messages[1]["tokens"]).strip() == "The capital of"
     assert run.out.startswith(f"The capital of\n{CUT_NOTE}\n")
     assert "Paris" in run.messages[3]["content"] and run.code == 0
     assert run.repl.session.history.get_strings() == ["What is the capital of Japan?",
@@ -260,7 +264,7 @@ def test_unknown_and_malformed_commands_get_one_line(tiny):
         "unknown command /bogus; /help lists the commands",
         "unknown command /hlep; did you mean /help?",
         "usage: /load PATH (a transcript written by /save)",
-        "usage: /export [-p] PATH.md",
+        "usage: /export [-p] PATH.md|PATH.html|PATH.svg",
         "export to a markdown file: notes.txt should end in .md",
         "nothing to continue: /continue goes on from the last reply",
         "no reply to explain yet: /why looks at the last reply",
@@ -640,3 +644,13 @@ def test_resuming_what_is_not_there_is_one_line(tmp_path, monkeypatch, args, mes
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
     result = CliRunner().invoke(app, ["chat", *args, "--model", "tiny"])
     assert result.exit_code != 0 and message in result.output
+
+
+def test_export_writes_html_and_svg_with_each_token_coloured(tiny, tmp_path):
+    run = chat(tiny, f"Japan?{ENTER}/export {tmp_path / 'chat.html'}{ENTER}/export {tmp_path / 'chat.svg'}{ENTER}",
+               generate_fn=scripted("Tokyo."))
+    assert f"exported 2 messages to {tmp_path / 'chat.html'}" in run.out
+    html = (tmp_path / "chat.html").read_text()
+    assert "Chat with " in html and "tiny" in html and "Japan?" in html and "Tokyo" in html
+    assert "color: #008000" in html  # the scripted tokens' probability 0.9 is drawn green, as /probs shows it
+    assert "<svg" in (tmp_path / "chat.svg").read_text()

@@ -106,7 +106,9 @@ def test_a_server_gone_mid_reply_keeps_the_partial_reply_marked_as_cut(tmp_path,
     assert "Hello there" in result.stdout and "stopped sending before the reply ended" in result.output
     (saved,) = (tmp_path / "chats").glob("session-*.json")
     messages = json.loads(saved.read_text())["messages"]
-    assert messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there", "cut": True}]
+    assert messages[0] == {"role": "user", "content": "hi"}
+    assert {k: v for k, v in messages[1].items() if k != "tokens"} == {"role": "assistant", "content": "Hello there",
+                                                                       "cut": True}
 
 
 def test_flags_that_need_the_model_here_are_refused_with_an_endpoint():

@@ -111,9 +111,10 @@ class Conversation:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + [{"role": m["role"], "content": m["content"]} for m in self.messages[self.window :]]
 
-    def add(self, role: str, content: str, cut: bool = False) -> None:
-        """Append a turn; `cut` marks a reply stopped before its end."""
-        self.messages.append({"role": role, "content": content, **({"cut": True} if cut else {})})
+    def add(self, role: str, content: str, cut: bool = False, tokens: list[list[Any]] | None = None) -> None:
+        """Append a turn; `cut` marks a reply stopped before its end; `tokens` are a reply's [text, probability]s."""
+        self.messages.append({"role": role, "content": content, **({"cut": True} if cut else {}),
+                              **({"tokens": tokens} if tokens else {})})
 
     @property
     def last_reply(self) -> Message | None:

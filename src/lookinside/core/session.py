@@ -109,10 +109,12 @@ class ChatSession:
 
     def finish(self, reply: Reply) -> ReplyStats | None:
         """Keep the reply in the conversation (marked if cut); its stats (None when no token came)."""
+        tokens = [[step.text, round(step.prob, 4)] for step in reply.steps if step.text]
         if reply.previous is None:
-            self.conversation.add("assistant", reply.text.strip(), cut=reply.cut)
+            self.conversation.add("assistant", reply.text.strip(), cut=reply.cut, tokens=tokens)
         else:
             reply.previous["content"] = (reply.previous["content"] + reply.text).rstrip()
+            reply.previous["tokens"] = reply.previous.get("tokens", []) + tokens
             reply.previous.pop("cut", None)
             if reply.cut:
                 reply.previous["cut"] = True

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from lookinside.core.conversation import ChatSettings, ReplyStats
+from lookinside.core.conversation import ChatSettings, Conversation, ReplyStats
 from lookinside.core.records import ModelFacts
 from lookinside.ui.text import bar, prob_style, visible
 
@@ -84,6 +84,30 @@ class WhyRow:
     prob: float
     rank: int
     alternatives: Sequence[tuple[str, float]]
+
+
+def transcript_view(conversation: Conversation, model: str) -> Group:
+    """The whole conversation as /export draws it in HTML: each reply's tokens coloured by their probability."""
+    from lookinside.ui.compare import legend
+
+    parts: list[RenderableType] = [Text.assemble(("Chat with ", "bold"), (model, "bold cyan")),
+                        Text(f"Settings: {conversation.settings.params.describe()}, "
+                             f"max_new_tokens={conversation.settings.max_new_tokens}", style="dim")]
+    if conversation.system:
+        parts += [Text(), Text("System", style="bold magenta"), Text(conversation.system)]
+    for message in conversation.messages:
+        title = "User" if message["role"] == "user" else "Assistant" + (" (cut)" if message.get("cut") else "")
+        parts += [Text(), Text(title, style="bold blue" if message["role"] == "user" else "bold green")]
+        tokens = message.get("tokens")
+        if message["role"] == "assistant" and tokens:
+            text = Text()
+            for i, (piece, prob) in enumerate(tokens):
+                text.append(piece.lstrip() if i == 0 else piece, style=prob_style(prob))
+            parts.append(text)
+        else:
+            parts.append(Text(message["content"]))
+    parts += [Text(), legend()]
+    return Group(*parts)
 
 
 def why_view(rows: Sequence[WhyRow]) -> Table:

@@ -64,7 +64,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/continue": ("/continue", "let the last reply go on"),
     "/save": ("/save [-p] [PATH]", "write the conversation and settings as JSON (-p: create missing directories)"),
     "/load": ("/load PATH", "go back to a saved conversation"),
-    "/export": ("/export [-p] PATH.md", "write the conversation as markdown (-p: create missing directories)"),
+    "/export": ("/export [-p] PATH.md|.html|.svg",
+                "write the conversation: markdown, or HTML/SVG with each token coloured (-p: create directories)"),
     "/edit": ("/edit [TEXT]", "write the message in $EDITOR"),
     "/stats": ("/stats", "per-reply stats on or off"),
     "/probs": ("/probs", "colour each streamed token by its probability, on or off"),
@@ -417,9 +418,13 @@ class ChatRepl:
     def _cmd_export(self, argument: str) -> None:
         make_parents, argument = _parents_flag(argument)
         if not argument:
-            self.hint("usage: /export [-p] PATH.md")
+            self.hint("usage: /export [-p] PATH.md|PATH.html|PATH.svg")
             return
-        written = export_markdown(self.conversation, Path(argument), self.chat.backend.name, make_parents)
+        path = Path(argument).expanduser()
+        if path.suffix.lower() in (".html", ".htm", ".svg"):
+            written = export_picture(self.conversation, path, self.chat.backend.name, make_parents)
+        else:
+            written = export_markdown(self.conversation, path, self.chat.backend.name, make_parents)
         self.note(f"exported {len(self.conversation.messages)} messages to {written}")
 
     def _cmd_edit(self, argument: str) -> None:
@@ -490,3 +495,18 @@ def edit_in_editor(initial: str = "") -> str:
         return Path(name).read_text(encoding="utf-8")
     finally:
         Path(name).unlink(missing_ok=True)
+
+
+def export_picture(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
+    """Write the conversation as HTML or SVG (by the suffix), replies coloured by token probability, atomically."""
+    from lookinside.ui.chat_views import transcript_view
+    from lookinside.ui.console import save_view
+
+    if make_parents:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.BadInput(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    svg = path.suffix.lower() == ".svg"
+    save_view(transcript_view(conversation, model), path if svg else None, None if svg else path)
+    return path
