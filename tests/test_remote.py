@@ -71,6 +71,9 @@ def test_a_seeded_remote_sample_repeats(server):
     first, again = server.compare(request), server.compare(request)
     assert [run.text for run in first.samples] == [run.text for run in again.samples]
     assert first.seeds == [1234, 1235]
+    # and the seed is used, not ignored: the two seeds sample different replies (" 3 + 0 = 3" greedy,
+    # " 2 + + = 5" and " 1 1 0 0 ..." at seeds 1234 and 1235 on vLLM 0.32.0 CPU)
+    assert first.samples[0].text != first.samples[1].text
 
 
 def test_next_token_json_says_what_a_server_cannot_give():
