@@ -106,6 +106,8 @@ case "${1:-}" in
     prepare) prepare ;;
     start) shift; start "$@" ;;
     stop) stop ;;
-    url) cat "$RUN/url" ;;
+    url)  # only while the server it names is alive: a stale URL would send the caller to a closed port
+        if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then cat "$RUN/url"
+        else log "no server running (scripts/vllm.sh start)"; exit 1; fi ;;
     *) echo "usage: $0 prepare|start [PORT]|stop|url" >&2; exit 2 ;;
 esac
