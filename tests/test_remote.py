@@ -2,8 +2,9 @@
 
 Skipped unless $LOOKINSIDE_TEST_ENDPOINT names the server; `.ci/run` starts one with
 scripts/vllm.sh (its CPU build, float32, --max-logprobs 20, --max-model-len 512) and runs
-`pytest -m remote`. vLLM's Phi-3 and transformers' Phi-3 are different code: where they agree
-to 1e-3 on log-probabilities and token for token on greedy text, both are right.
+`pytest -m remote`, with the server wanting a key made for the run (LOOKINSIDE_API_KEY here),
+so a wrong key meets vLLM's own 401. vLLM's Phi-3 and transformers' Phi-3 are different code:
+where they agree to 1e-3 on log-probabilities and token for token on greedy text, both are right.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def server():
-    from lookinside.core.remote import RemoteSpec, connect
+    from lookinside.core.remote import RemoteSpec, api_key_from_env, connect
 
-    return connect(RemoteSpec(ENDPOINT))
+    return connect(RemoteSpec(ENDPOINT, api_key_from_env()))
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,15 @@ def test_an_endpoint_command_never_imports_torch():
     assert out.returncode == 0, out.stderr
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "transformers" not in imported
+
+
+@pytest.mark.skipif(not os.environ.get("LOOKINSIDE_API_KEY"), reason="the server was started without an API key")
+def test_a_wrong_or_missing_key_is_vllms_own_401_in_one_line(monkeypatch):
+    wrong = "sk-wrong-0123456789abcdef"
+    result = runner.invoke(app, ["next-token", "hi", "--endpoint", ENDPOINT, "--api-key", wrong])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "refused the API key (401)" in result.stderr and wrong not in result.output
+    monkeypatch.delenv("LOOKINSIDE_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    missing = runner.invoke(app, ["next-token", "hi", "--endpoint", ENDPOINT])
+    assert missing.exit_code == 1 and "refused the API key (401)" in missing.stderr
