@@ -181,12 +181,12 @@ class Generating:
 def generate(lm: LM, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (), ignore_eos: bool = False,
              chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
-    from lookinside.core.conversation import chat_settings
+    from lookinside.core.conversation import ChatRequest
     from lookinside.core.generate import generate as start
     from lookinside.core.prompting import encode_prompt
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
-    params = chat_settings(lm.model.generation_config, sampling, max_new_tokens).params
+    params = ChatRequest(sampling, max_new_tokens).settings(lm.model.generation_config).params
     ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
     return Generating(lm, prompt, ids, start(lm, ids, params, settings))
 
