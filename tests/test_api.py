@@ -77,6 +77,14 @@ def test_bench_has_the_commands_json_fields(lm):
     assert set(result.to_dict()) == set(theirs) and result.run("dynamic").new_tokens == 4
 
 
+def test_bench_takes_the_commands_prompt_length_and_sweep(lm):
+    result = li.bench(lm, prompt_tokens=7, sweep="2,4", warmup=0, repeat=1, cache=True, reference=False)
+    assert result.to_dict()["sweep"]["lengths"] == [2, 4]
+    assert {run.prompt_tokens for run in result.all_runs} == {7} and len(result.all_runs) == 2
+    with pytest.raises(BadInput, match="--sweep needs at least two lengths"):
+        li.bench(lm, sweep="8")
+
+
 def test_results_draw_in_a_terminal_and_in_jupyter(lm):
     from rich.console import Console
 
@@ -114,6 +122,21 @@ def test_wrap_refuses_a_model_without_an_lm_head_and_a_tokenizer_of_another_mode
     phi3 = AutoTokenizer.from_pretrained(CONFIGS / "phi-3-mini-4k-instruct")
     with pytest.raises(BadInput, match="32,0.. tokens but the model's embedding only 1,024 rows"):
         li.wrap(AutoModelForCausalLM.from_pretrained(ASSETS), phi3)
+
+
+def test_wrap_refuses_an_encoder_decoder_and_a_tokenizer_far_smaller_than_the_embedding():
+    from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM, T5Config, T5ForConditionalGeneration
+
+    tiny_tokenizer = AutoTokenizer.from_pretrained(ASSETS)  # 980 tokens
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=1024, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    with pytest.raises(NotACausalLM, match="T5ForConditionalGeneration is an encoder-decoder model"):
+        li.wrap(t5, tiny_tokenizer)
+    phi3_sized = Phi3ForCausalLM(Phi3Config(vocab_size=32064, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    with pytest.raises(BadInput, match="980 tokens but the model's embedding 32,064 rows"):
+        li.wrap(phi3_sized, tiny_tokenizer)
+    with pytest.raises(BadInput, match="needs a transformers tokenizer, not str"):
+        li.wrap(phi3_sized, "tiny")
 
 
 def test_bad_values_raise_the_commands_message(lm):

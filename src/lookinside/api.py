@@ -88,32 +88,55 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
 def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
     """A model you already loaded with transformers (any device, dtype or device map), used as it is.
 
-    Nothing is copied or moved. Refused: a model that is not a causal LM (no LM head), and a
-    tokenizer with more tokens than the model's embedding has rows (it belongs to another model).
+    Nothing is copied or moved (only switched to eval mode, as from_pretrained leaves it). Refused: a
+    model that is not a causal LM (no LM head, or an encoder-decoder), and a tokenizer that does not
+    fit the model's embedding (more tokens than rows, or fewer than half: it belongs to another model).
     """
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lookinside.core.loading import LM
 
-    if not isinstance(model, PreTrainedModel):
-        raise errors.NotACausalLM(f"wrap() needs a transformers model, not {type(model).__name__}")
-    head = model.get_output_embeddings()
-    if head is None or not hasattr(model, "generate"):
-        raise errors.NotACausalLM(f"{type(model).__name__} is not a causal language model (it has no LM head); "
-                                  "load it with AutoModelForCausalLM")
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        raise errors.BadInput(f"wrap() needs a transformers tokenizer, not {type(tokenizer).__name__}")
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise errors.BadInput(f"the tokenizer has {len(tokenizer):,} tokens but the model's embedding only "
-                              f"{rows:,} rows: it belongs to another model")
+    _check_causal_lm(model)
+    _check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0])
     embedding = model.get_input_embeddings().weight
     label = name or getattr(model, "name_or_path", None) or type(model).__name__
     model.eval()
     device = embedding.device if embedding.device.type != "meta" else torch.device("cpu")
     return LM(name=str(label), model=model, tokenizer=tokenizer, device=device, dtype=embedding.dtype,
               source="wrapped by lookinside.wrap")
+
+
+def _check_causal_lm(model: Any) -> None:
+    """Raise NotACausalLM unless `model` is a transformers model that predicts the next token from the left."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise errors.NotACausalLM(f"wrap() needs a transformers model, not {type(model).__name__}")
+    kind = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise errors.NotACausalLM(f"{kind} is an encoder-decoder model, not a causal language model; "
+                                  "lookinside looks into decoder-only models (AutoModelForCausalLM)")
+    if model.get_output_embeddings() is None or not hasattr(model, "generate"):
+        raise errors.NotACausalLM(f"{kind} is not a causal language model (it has no LM head); "
+                                  "load it with AutoModelForCausalLM")
+
+
+def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
+    """Raise BadInput unless `tokenizer` is a transformers tokenizer sized for an embedding of `rows` rows.
+
+    Embeddings are often padded past the tokenizer (Phi-3: 32,064 rows for 32,011 tokens), never by half.
+    """
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise errors.BadInput(f"wrap() needs a transformers tokenizer, not {type(tokenizer).__name__}")
+    size = len(tokenizer)
+    if size > rows:
+        raise errors.BadInput(f"the tokenizer has {size:,} tokens but the model's embedding only "
+                              f"{rows:,} rows: it belongs to another model")
+    if size * 2 < rows:
+        raise errors.BadInput(f"the tokenizer has {size:,} tokens but the model's embedding {rows:,} rows: "
+                              "it belongs to another model")
 
 
 # ---- the views
@@ -192,13 +215,16 @@ def generate(lm: LM, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str,
 
 
 def bench(lm: LM, *, new_tokens: int = 100, warmup: int = 1, repeat: int = 3, modes: str | None = None,
-          cache: bool | None = None, prompt: str | None = None, reference: bool = True) -> Result[Any]:
-    """Generation timed per KV-cache mode (`llm bench`); `modes` as --modes, e.g. "dynamic,static,none"."""
+          cache: bool | None = None, prompt: str | None = None, prompt_tokens: int | None = None,
+          sweep: str | None = None, bandwidth: float | None = None, reference: bool = True) -> Result[Any]:
+    """Generation timed per KV-cache mode (`llm bench`); `modes` as --modes ("dynamic,static,none"), `sweep` as --sweep."""
     from lookinside.core.bench import run_bench
+    from lookinside.core.request import parse_sweep
     from lookinside.ui.bench import bench_json, bench_view
 
     settings = BenchSettings(new_tokens=new_tokens, warmup=warmup, repeat=repeat, modes=modes_for(cache, modes),
-                             prompt=prompt, reference=reference)
+                             prompt=prompt, prompt_tokens=prompt_tokens, sweep=parse_sweep(sweep),
+                             bandwidth_gbs=bandwidth, reference=reference)
     return Result(run_bench(lm, settings, lm.notes), bench_view, bench_json)
 
 
