@@ -40,9 +40,8 @@ def lm():
 
 
 def test_import_lookinside_imports_no_torch():
-    out = subprocess.run([sys.executable, "-c", "import sys, lookinside as li; li.Result; "
-                          "print('torch' in sys.modules, 'transformers' in sys.modules)"],
-                         capture_output=True, text=True, timeout=60, check=True)
+    code = "import sys, lookinside as li; li.Result; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
