@@ -94,6 +94,16 @@ def test_results_draw_in_a_terminal_and_in_jupyter(lm):
     assert result.top[0].token == " Paris" and result.record.top is result.top  # fields read through
 
 
+def test_results_save_as_svg_or_html_like_the_commands_flags(lm, tmp_path):
+    result = li.next_token(lm, PROMPT, top_k=3)
+    svg, page = result.save(tmp_path / "table.svg"), result.save(tmp_path / "table.html")
+    assert svg.read_text().startswith("<svg") and "Paris" in svg.read_text()
+    assert "<!DOCTYPE html>" in page.read_text() and "Paris" in page.read_text()
+    with pytest.raises(BadInput, match="writes .svg or .html, not 'table.png'"):
+        result.save(tmp_path / "table.png")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["table.html", "table.svg"]
+
+
 def test_wrap_uses_the_users_model_as_it_is():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

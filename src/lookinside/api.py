@@ -12,9 +12,9 @@ each with the one-line message the command would print; nothing here exits the i
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import errors
@@ -56,11 +56,21 @@ class Result(Generic[T]):
 
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the terminal's picture as HTML, colours kept."""
-        from rich.console import Console
+        from lookinside.ui.console import recorded
 
-        console = Console(record=True, file=io.StringIO(), width=100, force_terminal=True, color_system="truecolor")
-        console.print(self.view(self.record))
-        return console.export_html(inline_styles=True, code_format="<pre style=\"font-family:monospace\">{code}</pre>")
+        return recorded(self.view(self.record)).export_html(
+            inline_styles=True, code_format="<pre style=\"font-family:monospace\">{code}</pre>")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the picture to `path` as the command's --svg or --html does (by its suffix), atomically."""
+        from lookinside.ui.console import save_view
+
+        target = Path(path)
+        kind = target.suffix.lower()
+        if kind not in (".svg", ".html", ".htm"):
+            raise errors.BadInput(f"save() writes .svg or .html, not {target.name!r}")
+        save_view(self.view(self.record), target if kind == ".svg" else None, None if kind == ".svg" else target)
+        return target
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
