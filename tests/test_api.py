@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -16,6 +19,7 @@ from lookinside.core.errors import BadInput, NotACausalLM
 from lookinside.tiny import ASSETS
 
 PROMPT = "The capital of France is"
+ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -92,6 +96,23 @@ def test_results_draw_in_a_terminal_and_in_jupyter(lm):
     console.print(result)
     assert "Paris" in console.export_text() and "Paris" in result._repr_html_()
     assert result.top[0].token == " Paris" and result.record.top is result.top  # fields read through
+
+
+def test_docs_api_shows_the_cells_real_output(lm):
+    """docs/api.md's cell and the table under it, as scripts/check_docs.py compares (last printed digit +-1)."""
+    from rich.console import Console
+
+    checker = importlib.util.spec_from_file_location("check_docs", ROOT / "scripts" / "check_docs.py")
+    check_docs = importlib.util.module_from_spec(checker)
+    sys.modules["check_docs"] = check_docs  # dataclasses look their module up there
+    checker.loader.exec_module(check_docs)
+    page = (ROOT / "docs" / "api.md").read_text()
+    assert 'li.next_token(lm, "The capital of France is", top_k=5)' in page
+    shown = page.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+    console = Console(width=100, color_system=None, record=True, file=io.StringIO())
+    console.print(li.next_token(lm, PROMPT, top_k=5))
+    got = console.export_text().splitlines()
+    assert len(shown) == len(got) and all(map(check_docs.same_line, shown, got)), "\n".join(got)
 
 
 def test_results_save_as_svg_or_html_like_the_commands_flags(lm, tmp_path):
