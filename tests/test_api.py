@@ -66,6 +66,7 @@ def test_to_dict_is_the_commands_json(lm, call, command):
 def test_generate_steps_then_the_whole_run_as_generate_json(lm):
     running = li.generate(lm, PROMPT, temperature=0.8, seed=3, max_new_tokens=10)
     first = next(iter(running))
+    assert repr(running).startswith(f"Generating(tiny, {PROMPT!r}, 1 steps so far)")
     result = running.result()
     assert result.steps[0] is first and result.seed == 3
     ours, theirs = same(result.to_dict()), cli_json("generate", PROMPT, "-t", "0.8", "--seed", "3", "-n", "10")

@@ -187,6 +187,10 @@ class Generating:
         """The seed in effect (None when greedy)."""
         return self.stream.seed
 
+    def __repr__(self) -> str:
+        return (f"Generating({self.lm.name}, {self.prompt!r}, {len(self.run.steps)} steps so far): "
+                "iterate it for steps, or .result() for the whole run")
+
     def __iter__(self) -> Iterator[Step]:
         for step in self.stream:
             self.run.steps.append(step)
