@@ -372,7 +372,8 @@ def export_markdown(conversation: Conversation, path: Path, model: str, make_par
     """Write `to_markdown` to `path` (which must end in .md), atomically."""
     path = path.expanduser()
     if path.suffix.lower() not in (".md", ".markdown"):
-        raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md")
+        raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md (or .html or .svg for "
+                              "a picture with each token coloured)")
     write_atomically(path, to_markdown(conversation, model), make_parents)
     return path
 
