@@ -119,3 +119,11 @@ def test_flags_that_need_the_model_here_are_refused_with_an_endpoint():
 
 def test_an_endpoint_that_is_not_a_url():
     assert "must be an http:// or https:// URL" in one_error_line(llm("next-token", "hi", "--endpoint", "localhost:8000"))
+
+
+@pytest.mark.parametrize(("command", "what"), [("forward", "the shapes inside a forward pass"),
+                                               ("attention", "attention weights"),
+                                               ("lens", "each layer's residual stream")])
+def test_views_of_the_insides_say_a_server_cannot_show_them(command, what):
+    line = one_error_line(llm(command, "hi", "--endpoint", f"http://127.0.0.1:{closed_port()}/v1"))
+    assert f"an OpenAI-compatible server does not show {what}" in line

@@ -12,9 +12,9 @@ each with the one-line message the command would print; nothing here exits the i
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import errors
@@ -56,11 +56,21 @@ class Result(Generic[T]):
 
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the terminal's picture as HTML, colours kept."""
-        from rich.console import Console
+        from lookinside.ui.console import recorded
 
-        console = Console(record=True, file=io.StringIO(), width=100, force_terminal=True, color_system="truecolor")
-        console.print(self.view(self.record))
-        return console.export_html(inline_styles=True, code_format="<pre style=\"font-family:monospace\">{code}</pre>")
+        return recorded(self.view(self.record)).export_html(
+            inline_styles=True, code_format="<pre style=\"font-family:monospace\">{code}</pre>")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the picture to `path` as the command's --svg or --html does (by its suffix), atomically."""
+        from lookinside.ui.console import save_view
+
+        target = Path(path)
+        kind = target.suffix.lower()
+        if kind not in (".svg", ".html", ".htm"):
+            raise errors.BadInput(f"save() writes .svg or .html, not {target.name!r}")
+        save_view(self.view(self.record), target if kind == ".svg" else None, None if kind == ".svg" else target)
+        return target
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -88,32 +98,55 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
 def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
     """A model you already loaded with transformers (any device, dtype or device map), used as it is.
 
-    Nothing is copied or moved. Refused: a model that is not a causal LM (no LM head), and a
-    tokenizer with more tokens than the model's embedding has rows (it belongs to another model).
+    Nothing is copied or moved (only switched to eval mode, as from_pretrained leaves it). Refused: a
+    model that is not a causal LM (no LM head, or an encoder-decoder), and a tokenizer that does not
+    fit the model's embedding (more tokens than rows, or fewer than half: it belongs to another model).
     """
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lookinside.core.loading import LM
 
-    if not isinstance(model, PreTrainedModel):
-        raise errors.NotACausalLM(f"wrap() needs a transformers model, not {type(model).__name__}")
-    head = model.get_output_embeddings()
-    if head is None or not hasattr(model, "generate"):
-        raise errors.NotACausalLM(f"{type(model).__name__} is not a causal language model (it has no LM head); "
-                                  "load it with AutoModelForCausalLM")
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        raise errors.BadInput(f"wrap() needs a transformers tokenizer, not {type(tokenizer).__name__}")
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise errors.BadInput(f"the tokenizer has {len(tokenizer):,} tokens but the model's embedding only "
-                              f"{rows:,} rows: it belongs to another model")
+    _check_causal_lm(model)
+    _check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0])
     embedding = model.get_input_embeddings().weight
     label = name or getattr(model, "name_or_path", None) or type(model).__name__
     model.eval()
     device = embedding.device if embedding.device.type != "meta" else torch.device("cpu")
     return LM(name=str(label), model=model, tokenizer=tokenizer, device=device, dtype=embedding.dtype,
               source="wrapped by lookinside.wrap")
+
+
+def _check_causal_lm(model: Any) -> None:
+    """Raise NotACausalLM unless `model` is a transformers model that predicts the next token from the left."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise errors.NotACausalLM(f"wrap() needs a transformers model, not {type(model).__name__}")
+    kind = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise errors.NotACausalLM(f"{kind} is an encoder-decoder model, not a causal language model; "
+                                  "lookinside looks into decoder-only models (AutoModelForCausalLM)")
+    if model.get_output_embeddings() is None or not hasattr(model, "generate"):
+        raise errors.NotACausalLM(f"{kind} is not a causal language model (it has no LM head); "
+                                  "load it with AutoModelForCausalLM")
+
+
+def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
+    """Raise BadInput unless `tokenizer` is a transformers tokenizer sized for an embedding of `rows` rows.
+
+    Embeddings are often padded past the tokenizer (Phi-3: 32,064 rows for 32,011 tokens), never by half.
+    """
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise errors.BadInput(f"wrap() needs a transformers tokenizer, not {type(tokenizer).__name__}")
+    size = len(tokenizer)
+    if size > rows:
+        raise errors.BadInput(f"the tokenizer has {size:,} tokens but the model's embedding only "
+                              f"{rows:,} rows: it belongs to another model")
+    if size * 2 < rows:
+        raise errors.BadInput(f"the tokenizer has {size:,} tokens but the model's embedding {rows:,} rows: "
+                              "it belongs to another model")
 
 
 # ---- the views
@@ -154,6 +187,10 @@ class Generating:
         """The seed in effect (None when greedy)."""
         return self.stream.seed
 
+    def __repr__(self) -> str:
+        return (f"Generating({self.lm.name}, {self.prompt!r}, {len(self.run.steps)} steps so far): "
+                "iterate it for steps, or .result() for the whole run")
+
     def __iter__(self) -> Iterator[Step]:
         for step in self.stream:
             self.run.steps.append(step)
@@ -181,24 +218,27 @@ class Generating:
 def generate(lm: LM, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (), ignore_eos: bool = False,
              chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
-    from lookinside.core.conversation import chat_settings
+    from lookinside.core.conversation import ChatRequest
     from lookinside.core.generate import generate as start
     from lookinside.core.prompting import encode_prompt
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
-    params = chat_settings(lm.model.generation_config, sampling, max_new_tokens).params
+    params = ChatRequest(sampling, max_new_tokens).settings(lm.model.generation_config).params
     ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
     return Generating(lm, prompt, ids, start(lm, ids, params, settings))
 
 
 def bench(lm: LM, *, new_tokens: int = 100, warmup: int = 1, repeat: int = 3, modes: str | None = None,
-          cache: bool | None = None, prompt: str | None = None, reference: bool = True) -> Result[Any]:
-    """Generation timed per KV-cache mode (`llm bench`); `modes` as --modes, e.g. "dynamic,static,none"."""
+          cache: bool | None = None, prompt: str | None = None, prompt_tokens: int | None = None,
+          sweep: str | None = None, bandwidth: float | None = None, reference: bool = True) -> Result[Any]:
+    """Generation timed per KV-cache mode (`llm bench`); `modes` as --modes ("dynamic,static,none"), `sweep` as --sweep."""
     from lookinside.core.bench import run_bench
+    from lookinside.core.request import parse_sweep
     from lookinside.ui.bench import bench_json, bench_view
 
     settings = BenchSettings(new_tokens=new_tokens, warmup=warmup, repeat=repeat, modes=modes_for(cache, modes),
-                             prompt=prompt, reference=reference)
+                             prompt=prompt, prompt_tokens=prompt_tokens, sweep=parse_sweep(sweep),
+                             bandwidth_gbs=bandwidth, reference=reference)
     return Result(run_bench(lm, settings, lm.notes), bench_view, bench_json)
 
 

@@ -36,13 +36,13 @@ def chat(
     """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
     from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import read_stdin
-    from lookinside.core.conversation import Conversation, chat_settings, continued
+    from lookinside.core.conversation import ChatRequest, Conversation, continued
     from lookinside.core.errors import BadInput
     from lookinside.core.paths import last_session, new_chat_file
     from lookinside.ui.console import stdout_console
     from lookinside.ui.repl import ChatRepl, make_session
 
-    chat_settings(None, sampling, max_new_tokens)  # refuse bad values before the model loads
+    request = ChatRequest(sampling, max_new_tokens, trim=not no_trim)  # bad values fail before the model loads
     if load is not None and resume:
         raise BadInput("--load FILE or --resume: choose one")
     source = last_session() if resume else load
@@ -52,8 +52,7 @@ def chat(
     if (question is not None or piped is not None) and not message:
         return  # nothing to answer
     backend = open_backend(spec, remote)
-    conversation = saved or Conversation(system=system, settings=chat_settings(
-        backend.generation_config, sampling, max_new_tokens, trim=not no_trim))
+    conversation = saved or Conversation(system=system, settings=request.settings(backend.generation_config))
     console = stdout_console()
     one_shot = question is not None or piped is not None
     repl = ChatRepl(backend, conversation, console, None if one_shot else make_session(keep_history=not no_history),

@@ -40,7 +40,7 @@ def generate(
     seed and the timing; --jsonl one line per token, then a summary line.
     """
     from lookinside.cli.inputs import text_or_file
-    from lookinside.core.conversation import chat_settings
+    from lookinside.core.conversation import ChatRequest
     from lookinside.core.errors import BadInput
     from lookinside.core.generate import generate as start
     from lookinside.core.prompting import encode_prompt
@@ -52,10 +52,10 @@ def generate(
     if json and jsonl:
         raise BadInput("--json and --jsonl: choose one")
     text = text_or_file(prompt, file)
-    chat_settings(None, sampling, max_new_tokens)  # refuse bad values before loading
+    request = ChatRequest(sampling, max_new_tokens)  # bad values fail before loading
     config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     lm = load_with_progress(spec)
-    params = chat_settings(lm.model.generation_config, sampling, max_new_tokens).params
+    params = request.settings(lm.model.generation_config).params
     ids = encode_prompt(lm.tokenizer, text, chat=chat)
     run = stream_out(start(lm, ids, params, config), ids, lm.tokenizer, "json" if json else "jsonl" if jsonl else "text",
                      lm.name, text)

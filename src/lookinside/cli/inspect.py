@@ -10,7 +10,17 @@ from typing import Annotated, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import ChatOpt, JsonOpt, Keep, PromptArg, file_option, keep_options, model_options
+from lookinside.cli.options import (
+    ChatOpt,
+    JsonOpt,
+    Keep,
+    PromptArg,
+    Remote,
+    file_option,
+    keep_options,
+    model_options,
+    remote_options,
+)
 from lookinside.core.spec import LoadSpec
 
 TextArg = Annotated[Optional[str], typer.Argument(
@@ -24,6 +34,15 @@ PngOpt = Annotated[Optional[Path], typer.Option(
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", help="Candidates to show per layer.")]
 PositionOpt = Annotated[int, typer.Option("--position", help="Which prompt position to read (-1: the last).")]
 AllPositionsOpt = Annotated[bool, typer.Option("--all-positions", help="A layer-by-position grid of top tokens.")]
+
+
+def local_only(remote: Remote, what: str) -> None:
+    """Refuse --endpoint for a view that needs the model's insides, saying why in one line."""
+    if remote.endpoint:
+        from lookinside.core.errors import BadInput
+
+        raise BadInput(f"an OpenAI-compatible server does not show {what}: run this view without --endpoint, "
+                       "with the model here (--device-map auto or --quantize 4bit when it is large)")
 
 
 @model_options
@@ -53,10 +72,13 @@ def tokens(text: TextArg = None, chat: ChatOpt = False, json: JsonOpt = False, *
 
 
 @model_options
+@remote_options
 @keep_options
 @file_option("prompt")
-def forward(prompt: PromptArg = None, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
+def forward(prompt: PromptArg = None, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
+            remote: Remote) -> None:
     """The shapes through one forward pass, stage by stage, read with hooks."""
+    local_only(remote, "the shapes inside a forward pass")
     from lookinside.core import hooks
     from lookinside.core.prompting import check_prompt
     from lookinside.ui.console import show
@@ -69,13 +91,15 @@ def forward(prompt: PromptArg = None, chat: ChatOpt = False, json: JsonOpt = Fal
 
 
 @model_options
+@remote_options
 @keep_options
 @file_option("prompt")
 def attention(
     prompt: PromptArg = None, layer: LayerOpt = 0, head: HeadOpt = None, png: PngOpt = None,
-    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
+    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep, remote: Remote,
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
+    local_only(remote, "attention weights")
     from lookinside.core import attention as core_attention
     from lookinside.core.request import AttentionRequest
     from lookinside.ui.attention import attention_json, attention_view
@@ -99,13 +123,15 @@ def attention(
 
 
 @model_options
+@remote_options
 @keep_options
 @file_option("prompt")
 def lens(
     prompt: PromptArg = None, top_k: TopKOpt = 3, position: PositionOpt = -1, all_positions: AllPositionsOpt = False,
-    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
+    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep, remote: Remote,
 ) -> None:
     """The logit lens: each layer's residual stream through the final norm and LM head."""
+    local_only(remote, "each layer's residual stream")
     from lookinside.core import lens as core_lens
     from lookinside.core.request import LensRequest
     from lookinside.ui.console import show

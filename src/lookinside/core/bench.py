@@ -57,9 +57,9 @@ def kv_cache_bytes(config: PretrainedConfig, element_bytes: int, tokens: int) ->
     return 2 * config.num_hidden_layers * kv_heads * head_dim * element_bytes * tokens
 
 
-def measured_cache_bytes(lm: LM, ids: list[int]) -> int:
-    """Bytes in the key and value tensors of a DynamicCache after a prefill of `ids`."""
-    cache = make_cache(lm, "dynamic", len(ids))
+def measured_cache_bytes(lm: LM, ids: list[int], kind: CacheKind = "dynamic", max_len: int | None = None) -> int:
+    """Bytes in the key and value tensors of a `kind` cache after a prefill of `ids` (a static one holds `max_len`)."""
+    cache = make_cache(lm, kind, max_len or len(ids))
     with torch.inference_mode():
         prefill(lm, torch.tensor([ids], device=lm.device), cache)  # (1, seq) in, cache filled
     layers = getattr(cache, "layers", [])
@@ -190,7 +190,8 @@ def mode_result(lm: LM, prompt_ids: list[int], cache: CacheKind, new_tokens: int
         token_ids=ids[0],
         deterministic=all(i == ids[0] for i in ids),
         kv_cache_bytes=kv_cache_bytes(lm.config, lm.dtype.itemsize, held) if kept else 0,
-        kv_cache_measured_bytes=measured_cache_bytes(lm, prompt_ids + list(ids[0][:-1])) if kept else None,
+        kv_cache_measured_bytes=measured_cache_bytes(lm, prompt_ids + list(ids[0][:-1]), cache,
+                                                     len(prompt_ids) + new_tokens) if kept else None,
         peak_memory_bytes=max(run.peak_memory_bytes for run in runs),
     )
 

@@ -64,8 +64,39 @@ class SpeedOfLight:
         return None
 
 
+class StepTimes:
+    """What follows from per-repeat rows of step times (`step_seconds`; step 0 holds the first token)."""
+
+    step_seconds: tuple[tuple[float, ...], ...]
+
+    @property
+    def totals(self) -> list[float]:
+        """Each repeat's total time: the first token plus every later step."""
+        return [sum(row) for row in self.step_seconds]
+
+    @property
+    def total_s(self) -> Spread:
+        """Total time over the repeats."""
+        return Spread.of(self.totals)
+
+    @property
+    def inter_token_s(self) -> list[float]:
+        """Every step after the first, all repeats pooled."""
+        return [s for row in self.step_seconds for s in row[1:]]
+
+    @property
+    def itl_p50_s(self) -> float | None:
+        """Median inter-token latency."""
+        return percentile(self.inter_token_s, 50)
+
+    @property
+    def itl_p90_s(self) -> float | None:
+        """90th-percentile inter-token latency."""
+        return percentile(self.inter_token_s, 90)
+
+
 @dataclass(frozen=True)
-class ModeResult:
+class ModeResult(StepTimes):
     """One cache mode at one length: raw step times and what follows from them."""
 
     cache: CacheKind
@@ -78,16 +109,6 @@ class ModeResult:
     kv_cache_measured_bytes: int | None  # summed from the cache tensors; None without a cache
     peak_memory_bytes: int
     speed_of_light: SpeedOfLight | None = None
-
-    @property
-    def totals(self) -> list[float]:
-        """Each repeat's total time: prefill plus every decode step."""
-        return [sum(row) for row in self.step_seconds]
-
-    @property
-    def total_s(self) -> Spread:
-        """Total time over the repeats."""
-        return Spread.of(self.totals)
 
     @property
     def cached(self) -> bool:
@@ -108,21 +129,6 @@ class ModeResult:
     def decode_tok_s(self) -> float | None:
         """Decode rate: (N - 1) tokens over `decode_s`; None when N is 1."""
         return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else None
-
-    @property
-    def inter_token_s(self) -> list[float]:
-        """Every decode step's time, all repeats pooled."""
-        return [s for row in self.step_seconds for s in row[1:]]
-
-    @property
-    def itl_p50_s(self) -> float | None:
-        """Median inter-token latency."""
-        return percentile(self.inter_token_s, 50)
-
-    @property
-    def itl_p90_s(self) -> float | None:
-        """90th-percentile inter-token latency."""
-        return percentile(self.inter_token_s, 90)
 
     @property
     def per_position_s(self) -> list[float]:
@@ -285,7 +291,7 @@ class PrefixCache:
 
 
 @dataclass(frozen=True)
-class RemoteBenchReport:
+class RemoteBenchReport(StepTimes):
     """`llm bench --endpoint`: streamed generation timed from this side of the network."""
 
     model: str
@@ -308,25 +314,6 @@ class RemoteBenchReport:
         tokens = statistics.median(len(row) - 1 for row in self.step_seconds)
         return tokens / decode if tokens > 0 and decode > 0 else None
 
-    @property
-    def inter_token_s(self) -> list[float]:
-        """Every gap between tokens after the first, all repeats pooled."""
-        return [s for row in self.step_seconds for s in row[1:]]
-
-    @property
-    def itl_p50_s(self) -> float | None:
-        """Median inter-token latency."""
-        return percentile(self.inter_token_s, 50)
-
-    @property
-    def itl_p90_s(self) -> float | None:
-        """90th-percentile inter-token latency."""
-        return percentile(self.inter_token_s, 90)
-
-    @property
-    def total_s(self) -> Spread:
-        """Whole-stream time over the repeats."""
-        return Spread.of([sum(row) for row in self.step_seconds])
 
     @property
     def bursts(self) -> int:

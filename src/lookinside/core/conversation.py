@@ -97,6 +97,31 @@ def chat_settings(generation_config: GenerationConfig | None, overrides: dict[st
     return ChatSettings(params=params, max_new_tokens=max_new_tokens, trim=trim, source=source)
 
 
+@dataclass(frozen=True)
+class ChatRequest:
+    """`chat` and `generate`'s sampling flags (None: not given) and length, checked once, before any loading.
+
+    `settings` lays them over a model's defaults once the model (or server) is known.
+    """
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    trim: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value in self.overrides.items():
+            if name not in FIELD:
+                raise errors.BadInput(f"unknown sampling setting {name!r}: one of {', '.join(FIELD)}")
+            if value is not None:
+                FIELD[name].check(value)
+        if self.max_new_tokens < 1:
+            raise errors.BadInput("max_new_tokens must be >= 1")
+
+    def settings(self, generation_config: GenerationConfig | None) -> ChatSettings:
+        """The model's defaults with these flags laid over them."""
+        return chat_settings(generation_config, self.overrides, self.max_new_tokens, self.trim)
+
+
 @dataclass
 class Conversation:
     """The system prompt and the turns; messages before `window` are no longer sent to the model."""
@@ -347,7 +372,8 @@ def export_markdown(conversation: Conversation, path: Path, model: str, make_par
     """Write `to_markdown` to `path` (which must end in .md), atomically."""
     path = path.expanduser()
     if path.suffix.lower() not in (".md", ".markdown"):
-        raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md")
+        raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md (or .html or .svg for "
+                              "a picture with each token coloured)")
     write_atomically(path, to_markdown(conversation, model), make_parents)
     return path
 

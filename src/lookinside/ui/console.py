@@ -41,12 +41,18 @@ def save_view(renderable: RenderableType, svg: Path | None, html: Path | None, w
     """Draw `renderable` on a recording console and write it as SVG and/or HTML, each atomically or not at all."""
     from lookinside.core.conversation import write_atomically
 
-    console = Console(record=True, file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor")
-    console.print(renderable)
+    console = recorded(renderable, width)
     if svg:
         write_atomically(svg.expanduser(), console.export_svg(title="lookinside", clear=False))
     if html:
         write_atomically(html.expanduser(), console.export_html(inline_styles=True, clear=False))
+
+
+def recorded(renderable: RenderableType, width: int = 100) -> Console:
+    """`renderable` drawn in full colour on a console that keeps it, for export_svg and export_html."""
+    console = Console(record=True, file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor")
+    console.print(renderable)
+    return console
 
 
 def print_json(data: Any) -> None:

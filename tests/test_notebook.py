@@ -1,0 +1,54 @@
+"""examples/chapter3.ipynb runs top to bottom in a real Jupyter kernel, and its next-token table has " Paris" first."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "chapter3.ipynb"
+
+
+def _text(output: dict) -> str:
+    """An output's text: its HTML with the tags taken out, else its plain text or stream."""
+    data = output.get("data", {})
+    if "text/html" in data:
+        return html.unescape(re.sub(r"<[^>]+>", "", data["text/html"]))
+    return data.get("text/plain", "") or output.get("text", "")
+
+
+def _this_python_as_the_kernel(monkeypatch: pytest.MonkeyPatch, where: Path) -> None:
+    """Make kernel `python3` this interpreter: a spec of our own, first on JUPYTER_PATH (a user's may run another)."""
+    spec = where / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(where))
+
+
+@pytest.mark.slow
+def test_the_chapter_runs_in_a_kernel_and_finds_paris(tmp_path, monkeypatch):
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
+    _this_python_as_the_kernel(monkeypatch, tmp_path / "jupyter")
+    notebook.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError on any cell's error
+    assert notebook.cells[0].outputs[0]["text"].strip() == sys.executable
+    nbformat.write(notebook, tmp_path / "chapter3.ipynb")
+    outputs = {cell.source: "\n".join(_text(o) for o in cell.outputs) for cell in notebook.cells
+               if cell.cell_type == "code"}
+    table = outputs["table"]
+    assert re.search(r"│\s*1\s*│\s*␣Paris\s*│", table), table  # rank 1 in the table's first row
+    shapes = next(text for source, text in outputs.items() if "hidden states" in source)
+    assert re.search(r"hidden states \[1, 6, 128\]", shapes) and re.search(r"logits\s+\[1, 6, 1024\]", shapes)
+    assert "speedup" in outputs["li.bench(lm, new_tokens=48, repeat=2, reference=False)"]
