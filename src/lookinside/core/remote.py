@@ -123,7 +123,6 @@ class RemoteBackend:
         self.owner = owner
         self._ids: dict[str, int] = {}
         self._texts: dict[int, str] = {}
-        self.ignored: tuple[str, ...] = ()  # sampling fields the last request could not carry
 
     @property
     def is_vllm(self) -> bool:
@@ -157,9 +156,10 @@ class RemoteBackend:
         tokens, tops = list(logprobs.tokens or []), list(logprobs.top_logprobs or [])
         if not tops or not tops[-1]:
             raise errors.RemoteError("the server gave no log-probabilities (it may not support logprobs)")
+        top, prompt = _ranked(tops[-1]), tokens[:-1]
         ids = self._prompt_and_top_ids(request) if self.is_vllm else None
-        top = _ranked(tops[-1])
-        prompt = tokens[:-1]
+        if ids is not None and (len(ids[0]) != len(prompt) or len(ids[1]) != len(top)):
+            ids = None  # two tokens spelled alike collapsed in the text answer: ranks would not line up
         pieces = tuple(Piece(i, ids[0][i] if ids else self.intern(t), t, t, "text") for i, t in enumerate(prompt))
         candidates = [Candidate(rank, ids[1][rank - 1] if ids else self.intern(text), text, math.exp(lp), None,
                                 _at_temperature(top, rank - 1, request.temperature))
@@ -314,7 +314,6 @@ class RemoteBackend:
         if settings.ignore_eos:
             extra["ignore_eos"] = True
         if extra and not self.is_vllm:
-            self.ignored = tuple(extra)
             raise errors.BadInput(f"{', '.join(sorted(extra))} need a vLLM server (this one is "
                                   f"{self.owner or 'not vLLM'}): drop them, or serve the model with vLLM")
         if extra:
