@@ -8,7 +8,7 @@ is checked by the core function once the model is there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from lookinside.core.errors import BadInput, EmptyPrompt
@@ -61,7 +61,9 @@ class NextTokenRequest:
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
         _whole("--top-k", self.top_k, low=1)
-        if self.temperature is not None and not 0 <= self.temperature < float("inf"):
+        if self.temperature is not None and (isinstance(self.temperature, bool)
+                                             or not isinstance(self.temperature, (int, float))
+                                             or not 0 <= self.temperature < float("inf")):
             raise BadInput(f"--temperature must be >= 0 and finite (0 is greedy), not {self.temperature}")
 
 
@@ -84,8 +86,6 @@ class CompareRequest:
 
     def seeded(self) -> CompareRequest:
         """The same request with a concrete base seed (drawn once here), so the comparison can be repeated."""
-        from dataclasses import replace
-
         return self if self.params.seed is not None else replace(self, params=self.params.seeded())
 
     def sample_params(self) -> list[SamplingParams]:

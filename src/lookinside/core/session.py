@@ -122,7 +122,8 @@ class ChatSession:
         if not reply.steps:
             return None
         prompt_tokens = len(reply.fitted.ids) if reply.fitted.ids is not None else None
-        return reply_stats(reply.steps, prompt_tokens, self.backend.context_length, reply.seed, self.backend.resources())
+        return reply_stats(reply.steps, prompt_tokens, self.backend.context_length, reply.seed,
+                           self.backend.resources())
 
     def retry(self) -> Reply:
         """Answer the last message again."""
@@ -174,7 +175,7 @@ class ChatSession:
         return model
 
     def save_quietly(self) -> str | None:
-        """Write the autosave file if there is one and anything to keep; a message when it failed (autosave is off then)."""
+        """Write the autosave file, if any and if there is anything to keep; a message when it failed (then it is off)."""
         if self.autosave is None or not self.conversation.messages:
             return None
         try:
@@ -183,7 +184,3 @@ class ChatSession:
             self.autosave = None
             return f"autosave is off: {exc}"
         return None
-
-    def rescue(self, path: Path) -> Path:
-        """Write the conversation, unanswered message included, where it can be found again (for a crash)."""
-        return self.save(path, make_parents=True)

@@ -178,7 +178,7 @@ class ChatRepl:
                  generate_fn: GenerateFn | None = None) -> None:
         from lookinside.core.backend import LocalBackend
 
-        backend = model if not hasattr(model, "tokenizer") else LocalBackend(model, generate_fn)  # type: ignore[arg-type]
+        backend = model if hasattr(model, "stream") else LocalBackend(model, generate_fn)  # an LM has no stream()
         self.chat = ChatSession(backend, conversation)  # type: ignore[arg-type]
         self.console = console
         self.session = session
@@ -226,7 +226,7 @@ class ChatRepl:
     def rescue(self, why: str, code: int) -> int:
         """Write the conversation where it can be found again, say where, and give the exit code."""
         try:
-            written = self.chat.rescue(new_chat_file("rescued"))
+            written = self.chat.save(new_chat_file("rescued"), make_parents=True)
             self.hint(f"{why}; the conversation is saved in {written} (llm chat --load that file)")
         except errors.LookinsideError as exc:
             self.hint(f"{why}; the conversation could not be saved either: {exc}")
