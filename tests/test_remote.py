@@ -60,7 +60,7 @@ def test_top5_logprobs_agree_with_ours_to_1e_3(server, tiny32, prompt):
 def test_greedy_continuations_agree_token_for_token(server, tiny32):
     request = CompareRequest("The capital of France is", SamplingParams(seed=1), GenerationSettings(max_new_tokens=24),
                              samples=1)
-    theirs, ours = server.compare(request).greedy, local_compare.compare(tiny32, request).greedy
+    theirs, ours = local_compare.compare(server, request).greedy, local_compare.compare(tiny32, request).greedy
     assert [s.text for s in theirs.steps] == [s.text for s in ours.steps] and theirs.text.startswith(" Paris")
     assert theirs.finish == ours.finish
     assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(theirs.steps, ours.steps))
@@ -69,7 +69,7 @@ def test_greedy_continuations_agree_token_for_token(server, tiny32):
 def test_a_seeded_remote_sample_repeats(server):
     request = CompareRequest("Once upon a time", SamplingParams(temperature=1.2, seed=1234),
                              GenerationSettings(max_new_tokens=24), samples=2)
-    first, again = server.compare(request), server.compare(request)
+    first, again = local_compare.compare(server, request), local_compare.compare(server, request)
     assert [run.text for run in first.samples] == [run.text for run in again.samples]
     assert first.seeds == [1234, 1235]
     # and the seed is used, not ignored: the two seeds sample different replies (" 3 + 0 = 3" greedy,
@@ -94,6 +94,18 @@ def test_chat_streams_a_reply_and_compare_draws_the_runs(tmp_path, monkeypatch):
     data = json.loads(compared.stdout)
     assert data["greedy"]["text"].startswith(" Paris") and [s["seed"] for s in data["samples"]] == [5, 6, 7]
     assert data["greedy"]["token_ids"] is None and "token_ids" in data["unavailable"]
+
+
+def test_generate_streams_the_same_greedy_text_as_here(tiny32):
+    result = runner.invoke(app, ["generate", "The capital of France is", "--endpoint", ENDPOINT, "-t", "0", "-n", "8",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    here = local_compare.compare(tiny32, CompareRequest("The capital of France is", settings=GenerationSettings(
+        max_new_tokens=8), samples=1)).greedy
+    assert data["text"] == here.text and data["token_ids"] is None and "token_ids" in data["unavailable"]
+    plain = runner.invoke(app, ["generate", "The capital of France is", "--endpoint", ENDPOINT, "-t", "0", "-n", "8"])
+    assert plain.exit_code == 0 and plain.stdout == here.text + "\n", plain.output
 
 
 def test_bench_times_the_stream_and_the_prefix_cache():

@@ -127,3 +127,13 @@ def test_an_endpoint_that_is_not_a_url():
 def test_views_of_the_insides_say_a_server_cannot_show_them(command, what):
     line = one_error_line(llm(command, "hi", "--endpoint", f"http://127.0.0.1:{closed_port()}/v1"))
     assert f"an OpenAI-compatible server does not show {what}" in line
+
+
+def test_generate_streams_from_a_server_with_the_ids_left_out():
+    with FakeServer("ok") as url:
+        text = llm("generate", "hi", "--chat", "--endpoint", url, "--api-key", "sekret-key-123")
+        assert text.exit_code == 0 and text.stdout.strip(), text.output
+        data = llm("generate", "hi", "--chat", "--endpoint", url, "--api-key", "sekret-key-123", "--json")
+    payload = __import__("json").loads(data.stdout)
+    assert payload["text"] == text.stdout.rstrip("\n") and payload["token_ids"] is None
+    assert payload["steps"][0]["token"] and payload["steps"][0]["token_id"] is None

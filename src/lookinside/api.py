@@ -203,9 +203,10 @@ class Generating:
         lm, prompt = self.lm, self.prompt
 
         def to_json(run: Generation) -> dict[str, Any]:
-            from lookinside.ui.generate import generation_json
+            from lookinside.core.detokenize import token_text
+            from lookinside.ui.generate import Source, generation_json
 
-            return generation_json(run, lm.tokenizer, lm.name, prompt)
+            return generation_json(run, Source(lm.name, prompt, run.prompt_ids, lambda i: token_text(lm.tokenizer, i)))
 
         def view(run: Generation) -> RenderableType:
             from lookinside.ui.compare import run_text

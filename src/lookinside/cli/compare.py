@@ -50,6 +50,7 @@ def compare(
     (a seed is drawn and shown when --seed is not given), so a comparison can be repeated exactly.
     """
     from lookinside.cli.backends import open_backend
+    from lookinside.core.compare import compare as compare_runs
     from lookinside.core.request import CompareRequest, GenerationSettings
     from lookinside.core.sampling import SamplingParams
     from lookinside.ui.compare import compare_json, compare_view
@@ -57,5 +58,5 @@ def compare(
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
-    result = open_backend(spec, remote).compare(request)
+    result = compare_runs(open_backend(spec, remote), request)
     show(result, compare_view, compare_json, as_json=json, keep=keep)

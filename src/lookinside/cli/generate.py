@@ -6,7 +6,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import SAMPLING_PANEL, ChatOpt, FileOpt, MaxNewTokensOpt, model_options, sampling_options
+from lookinside.cli.options import (
+    SAMPLING_PANEL,
+    ChatOpt,
+    FileOpt,
+    MaxNewTokensOpt,
+    Remote,
+    model_options,
+    remote_options,
+    sampling_options,
+)
 from lookinside.core.spec import LoadSpec
 
 PromptText = Annotated[Optional[str], typer.Argument(
@@ -19,6 +28,7 @@ IgnoreEosOpt = Annotated[bool, typer.Option(
 
 
 @model_options
+@remote_options
 @sampling_options
 def generate(
     prompt: PromptText = None,
@@ -32,6 +42,7 @@ def generate(
     *,
     spec: LoadSpec,
     sampling: dict[str, Any],
+    remote: Remote,
 ) -> None:
     """Continue a prompt and stream the completion (the model's sampling defaults, your flags on top).
 
@@ -39,25 +50,23 @@ def generate(
     text, token ids, per-token log-probabilities, ranks and alternatives, the finish reason, the
     seed and the timing; --jsonl one line per token, then a summary line.
     """
+    from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import text_or_file
     from lookinside.core.conversation import ChatRequest
     from lookinside.core.errors import BadInput
-    from lookinside.core.generate import generate as start
-    from lookinside.core.prompting import encode_prompt
     from lookinside.core.request import GenerationSettings
     from lookinside.ui.console import stderr_console
-    from lookinside.ui.generate import stats_line, stream_out
-    from lookinside.ui.progress import load_with_progress
+    from lookinside.ui.generate import Source, stats_line, stream_out
 
     if json and jsonl:
         raise BadInput("--json and --jsonl: choose one")
     text = text_or_file(prompt, file)
     request = ChatRequest(sampling, max_new_tokens)  # bad values fail before loading
     config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
-    lm = load_with_progress(spec)
-    params = request.settings(lm.model.generation_config).params
-    ids = encode_prompt(lm.tokenizer, text, chat=chat)
-    run = stream_out(start(lm, ids, params, config), ids, lm.tokenizer, "json" if json else "jsonl" if jsonl else "text",
-                     lm.name, text)
+    backend = open_backend(spec, remote)
+    params = request.settings(backend.generation_config).params
+    source = Source(backend.name, text, backend.prompt_ids(text, chat), backend.token_text)
+    run = stream_out(backend.generate(text, params, config, chat), source,
+                     "json" if json else "jsonl" if jsonl else "text")
     if not (json or jsonl) and sys.stderr is not None and sys.stderr.isatty():
         stderr_console().print(f"[dim]{stats_line(run)}[/]", highlight=False)

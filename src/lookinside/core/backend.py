@@ -1,10 +1,12 @@
 """The seam between the views and a model: "gives next-token log-probabilities and streams tokens".
 
-Every command that can run against a model in another process talks to a `Backend`:
-`LocalBackend` wraps a model loaded here (core/loading.py); core/remote.py's backend talks to an
-OpenAI-compatible server. Both return the same records (core/records.py), so one view draws
-either. What a backend cannot give (a server has no tensor shapes, no KV cache switch, no
-attention weights) it leaves as None with a reason in the record, never a made-up value.
+Every command talks to a `Backend`: `LocalBackend` wraps a model loaded here (core/loading.py);
+core/remote.py's backend talks to an OpenAI-compatible server. A backend gives a few primitives
+(the next-token distribution of a prompt, a stream of generated tokens with their probabilities,
+the prompt's ids, a token's text) and says what else it can give in one typed value,
+`Capabilities`, which views and commands read instead of asking which backend they have.
+Drivers such as compare (core/compare.py) are written once over the primitives. What a backend
+cannot give it leaves as None with a reason in the record, never a made-up value.
 
 This module imports no torch: a remote command must not pay for it.
 """
@@ -18,9 +20,33 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from lookinside.core.conversation import Conversation, Fitted
     from lookinside.core.loading import LM
-    from lookinside.core.records import Comparison, ModelFacts, NextToken, Step, Stream
-    from lookinside.core.request import CompareRequest, GenerationSettings, NextTokenRequest
+    from lookinside.core.records import ModelFacts, NextToken, Step, Stream
+    from lookinside.core.request import GenerationSettings, NextTokenRequest
     from lookinside.core.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can give beyond the primitives every backend has (each False: said in one line, or None)."""
+
+    ids: bool = True  # the model's own token ids (a server may name tokens by their text only)
+    shapes: bool = True  # tensor shapes and logits, not just log-probabilities
+    insides: bool = True  # a forward pass with hooks: forward, attention, lens, interventions
+    kv_cache_switch: bool = True  # generation without a KV cache, or with a static one
+    continue_reply: bool = True  # go on from a partial reply (chat's /continue)
+    extra_samplers: bool = True  # top-k, min-p, repetition penalty
+    ignore_eos: bool = True  # generate past end tokens
+    views: bool = False  # answers every lookinside view itself (a `llm serve` server)
+    kind: str = "local"  # what it is, in words a message can name: local, vllm, llama.cpp, lookinside, ...
+
+    def refuse(self, what: str, why: str) -> None:
+        """Raise BadInput saying in one line that this backend cannot give `what`."""
+        from lookinside.core.errors import BadInput
+
+        raise BadInput(f"{what}: {why} (the model here: without --endpoint)")
+
+
+LOCAL = Capabilities()
 
 
 @dataclass(frozen=True)
@@ -37,13 +63,18 @@ class Backend(Protocol):
 
     name: str
     context_length: int | None
+    capabilities: Capabilities
 
     def next_token(self, request: NextTokenRequest) -> NextToken:
         """The top-k next tokens of a prompt."""
         ...
 
-    def compare(self, request: CompareRequest) -> Comparison:
-        """The greedy continuation and the seeded samples."""
+    def prompt_ids(self, prompt: str, chat: bool = False) -> list[int] | None:
+        """The prompt's token ids as the model reads them (None where the backend does not show them)."""
+        ...
+
+    def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
+        """A continuation of a text prompt (through the chat template with `chat`), one step per token."""
         ...
 
     def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
@@ -95,6 +126,7 @@ class LocalBackend:
         self.name = lm.name
         self.context_length: int | None = lm.context_length
         self.generate_fn = generate_fn
+        self.capabilities = LOCAL
 
     def next_token(self, request: NextTokenRequest) -> NextToken:
         """`core.predict.next_token` on the local model."""
@@ -102,11 +134,17 @@ class LocalBackend:
 
         return predict.next_token(self.lm, request)
 
-    def compare(self, request: CompareRequest) -> Comparison:
-        """`core.compare.compare` on the local model."""
-        from lookinside.core import compare
+    def prompt_ids(self, prompt: str, chat: bool = False) -> list[int]:
+        """The local tokenizer's ids (through the chat template with `chat`)."""
+        from lookinside.core.prompting import encode_prompt
 
-        return compare.compare(self.lm, request)
+        return encode_prompt(self.lm.tokenizer, prompt, chat=chat)
+
+    def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
+        """The one token loop over the encoded prompt."""
+        from lookinside.core import generate
+
+        return generate.generate(self.lm, self.prompt_ids(prompt, chat), params, settings)
 
     def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
         """`core.conversation.fit` with the local tokenizer and context."""
@@ -170,3 +208,8 @@ class LocalBackend:
             threads=lm.threads.count if lm.threads and lm.device.type == "cpu" else None,
             quantized=lm.quantized.short() if lm.quantized else None,
         )
+
+
+def as_backend(model: Backend | LM) -> Backend:
+    """A backend as it is, or a model loaded here wrapped in a `LocalBackend`."""
+    return model if hasattr(model, "capabilities") else LocalBackend(model)  # type: ignore[arg-type]

@@ -143,6 +143,13 @@ class Generation:
         return math.exp(-self.mean_logprob) if self.mean_logprob > -700 else float("inf")
 
 
+def gather(stream: Stream, prompt_ids: Sequence[int] = ()) -> Generation:
+    """Run a stream to its end and keep every step."""
+    run = Generation(prompt_ids=list(prompt_ids), seed=stream.seed)
+    run.steps.extend(stream)
+    return run
+
+
 class Stream(Iterator[Step]):
     """What `generate` returns: iterate it for `Step`s; `params` (with the seed in effect) is known up front."""
 

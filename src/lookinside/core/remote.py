@@ -28,13 +28,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.backend import Resources
+from lookinside.core.backend import Capabilities, Resources
 from lookinside.core.bench_report import PrefixCache, RemoteBenchReport
 from lookinside.core.conversation import Conversation, Fitted
 from lookinside.core.prompting import chat_messages
 from lookinside.core.records import (
     Candidate,
-    Comparison,
     Finish,
     Generation,
     ModelFacts,
@@ -42,8 +41,9 @@ from lookinside.core.records import (
     Piece,
     Step,
     Stream,
+    gather,
 )
-from lookinside.core.request import DEFAULT_PROMPT, BenchSettings, CompareRequest, GenerationSettings, NextTokenRequest
+from lookinside.core.request import DEFAULT_PROMPT, BenchSettings, GenerationSettings, NextTokenRequest
 from lookinside.core.sampling import SamplingParams, request_fields
 
 if TYPE_CHECKING:
@@ -112,6 +112,14 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
                          str(getattr(chosen, "owned_by", "") or ""))
 
 
+def server_capabilities(owner: str) -> Capabilities:
+    """What a server gives, from what it says it is: vLLM gives ids and takes every sampler; others neither."""
+    remote = Capabilities(shapes=False, insides=False, kv_cache_switch=False, continue_reply=False)
+    if owner == "vllm":
+        return replace(remote, kind="vllm")
+    return replace(remote, ids=False, extra_samplers=False, ignore_eos=False, kind=owner or "unknown")
+
+
 class RemoteBackend:
     """The `Backend` protocol over HTTP (see the module docstring for what each view asks)."""
 
@@ -121,13 +129,9 @@ class RemoteBackend:
         self.name: str = spec.model or "?"
         self.context_length = context_length
         self.owner = owner
+        self.capabilities = server_capabilities(owner)
         self._ids: dict[str, int] = {}
         self._texts: dict[int, str] = {}
-
-    @property
-    def is_vllm(self) -> bool:
-        """True when /v1/models says the model is owned by vllm."""
-        return self.owner == "vllm"
 
     # ---- token names
 
@@ -157,7 +161,7 @@ class RemoteBackend:
         if not tops or not tops[-1]:
             raise errors.RemoteError("the server gave no log-probabilities (it may not support logprobs)")
         top, prompt = _ranked(tops[-1]), tokens[:-1]
-        ids = self._prompt_and_top_ids(request) if self.is_vllm else None
+        ids = self._prompt_and_top_ids(request) if self.capabilities.ids else None
         if ids is not None and (len(ids[0]) != len(prompt) or len(ids[1]) != len(top)):
             ids = None  # two tokens spelled alike collapsed in the text answer: ranks would not line up
         pieces = tuple(Piece(i, ids[0][i] if ids else self.intern(t), t, t, "text") for i, t in enumerate(prompt))
@@ -200,29 +204,26 @@ class RemoteBackend:
         return prompt, top
 
     def _check_k(self, k: int) -> None:
-        if self.is_vllm and k > VLLM_MAX_LOGPROBS:
+        if self.capabilities.kind == "vllm" and k > VLLM_MAX_LOGPROBS:
             raise errors.BadInput(f"--top-k {k} is more than vLLM returns by default ({VLLM_MAX_LOGPROBS}); "
                                   "ask for fewer, or start the server with a larger --max-logprobs")
 
-    # ---- completions (compare)
+    # ---- completions
 
-    def compare(self, request: CompareRequest) -> Comparison:
-        """The greedy completion and the seeded samples, each with per-token log-probabilities."""
-        request = request.seeded()
-        greedy = self.complete(request.prompt, request.params.updated(temperature=0.0, seed=None), request.settings,
-                               request.chat)
-        samples = [self.complete(request.prompt, p, request.settings, request.chat) for p in request.sample_params()]
-        unavailable = {"token_ids": NO_IDS, "prompt_ids": "the server does not return the prompt's tokens here"}
-        return Comparison(self.name, request.prompt, request.chat, [], request.params, request.settings, greedy,
-                          samples, unavailable)
+    def prompt_ids(self, prompt: str, chat: bool = False) -> None:
+        """A server does not show the prompt's ids on this path."""
+        return None
+
+    def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
+        """A streamed completion (a chat completion with `chat`); `stream.seed` is the seed sent."""
+        params = params if params.greedy else params.seeded()
+        return Stream(self._stream(None if chat else prompt, chat_messages(prompt) if chat else None, params,
+                                   settings), params)
 
     def complete(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False,
                  ) -> Generation:
         """One whole completion (the chat template only with `chat`), as a `Generation`."""
-        run = Generation(prompt_ids=[], seed=None if params.greedy else params.seed)
-        messages = chat_messages(prompt) if chat else None
-        run.steps.extend(self._stream(prompt, messages, params, settings))
-        return run
+        return gather(self.generate(prompt, params, settings, chat))
 
     # ---- chat
 
@@ -313,9 +314,11 @@ class RemoteBackend:
         extra = dict(wire["extra"])
         if settings.ignore_eos:
             extra["ignore_eos"] = True
-        if extra and not self.is_vllm:
-            raise errors.BadInput(f"{', '.join(sorted(extra))} need a vLLM server (this one is "
-                                  f"{self.owner or 'not vLLM'}): drop them, or serve the model with vLLM")
+        allowed = {name for name in extra if (self.capabilities.ignore_eos if name == "ignore_eos"
+                                              else self.capabilities.extra_samplers)}
+        if set(extra) - allowed:
+            raise errors.BadInput(f"{', '.join(sorted(set(extra) - allowed))} need a server that takes them, such as "
+                                  f"vLLM (this one is {self.capabilities.kind}): drop them, or serve the model with vLLM")
         if extra:
             body["extra_body"] = extra
         return body
@@ -455,7 +458,7 @@ def bench(backend: RemoteBackend, settings: BenchSettings, progress: ProgressFn 
     tell = progress or (lambda _: None)
     prompt = settings.prompt or DEFAULT_PROMPT
     params, run = SamplingParams(temperature=0.0), GenerationSettings(max_new_tokens=settings.new_tokens,
-                                                                         ignore_eos=backend.is_vllm)
+                                                                         ignore_eos=backend.capabilities.ignore_eos)
     tell(f"streaming {settings.new_tokens} tokens from {backend.name}: {settings.warmup} warm-up + "
          f"{settings.repeat} timed runs")
     for _ in range(settings.warmup):
@@ -465,7 +468,7 @@ def bench(backend: RemoteBackend, settings: BenchSettings, progress: ProgressFn 
     tell("timing a long prompt cold, then again (the server's prefix cache)")
     unavailable = {"kv_cache_switch": NO_CACHE_SWITCH, "memory": "the server's memory is not visible from here",
                    "speed_of_light": "the server's weights and bandwidth are not visible from here"}
-    if not backend.is_vllm:
+    if not backend.capabilities.ignore_eos:
         unavailable["exact_length"] = "only vLLM can be told to ignore end tokens; runs may stop early"
     return RemoteBenchReport(backend.name, backend.spec.base_url, backend.owner or "unknown", settings.new_tokens,
                              rows, prefix_cache(backend, settings.repeat), unavailable)
