@@ -8,7 +8,7 @@ from hard-coded Phi-3 names, so Llama, Qwen or GPT-2 read the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,7 +16,8 @@ from torch import nn
 
 from lookinside.core import errors
 from lookinside.core.loading import context_length, load_config_offline
-from lookinside.core.quantize import Estimate, estimate
+from lookinside.core.quantize import estimate
+from lookinside.core.records import Anatomy, Architecture, ModuleNode, attention_kind  # noqa: F401  (the records live there)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -25,63 +26,6 @@ if TYPE_CHECKING:
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SILENT = (nn.Dropout, nn.Identity)  # no weights and no effect at inference: left out of the tree
-
-
-@dataclass(frozen=True)
-class ModuleNode:
-    """One module of the tree; `repeat` > 1 stands for that many identical siblings."""
-
-    name: str
-    kind: str  # the class name, e.g. Phi3DecoderLayer
-    detail: str  # PyTorch's own extra_repr, e.g. in_features=3072, out_features=9216, bias=False
-    parameters: int  # in one copy of this module
-    children: tuple[ModuleNode, ...] = ()
-    repeat: int = 1
-    tied_to: str | None = None  # a weight shared with another module (tied embeddings)
-
-    @property
-    def total_parameters(self) -> int:
-        """Parameters in all `repeat` copies."""
-        return self.parameters * self.repeat
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The architecture card: what the book's chapter 3 names, for one model."""
-
-    model: str
-    architecture: str  # the top class, e.g. Phi3ForCausalLM
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    attention: str  # MHA, MQA or GQA
-    group_size: int  # query heads per KV head
-    intermediate_size: int | None
-    ffn: str  # e.g. SwiGLU (fused gate/up)
-    activation: str | None
-    norm: str  # e.g. RMSNorm
-    norm_eps: float | None
-    positions: str  # e.g. RoPE
-    rope: dict[str, Any] = field(default_factory=dict)  # theta, type, scaling factors
-    sliding_window: int | None = None
-    context_length: int = 0
-    tied_embeddings: bool = False
-    parameters: int = 0
-    weight_bytes: dict[str, int] = field(default_factory=dict)  # per dtype
-    kv_bytes_per_token: dict[str, int] = field(default_factory=dict)  # per dtype, all layers, K and V
-
-
-@dataclass(frozen=True)
-class Anatomy:
-    """A model's card and its module tree."""
-
-    card: Architecture
-    tree: ModuleNode
-    quantized: Estimate | None = None  # with --quantize: the footprint that would take
 
 
 def inspect_model(spec: LoadSpec) -> Anatomy:
@@ -220,15 +164,6 @@ def architecture_card(name: str, model: nn.Module) -> Architecture:
         weight_bytes={dtype: parameters * size for dtype, size in DTYPE_BYTES.items()},
         kv_bytes_per_token={dtype: 2 * layers * kv_heads * head_dim * size for dtype, size in DTYPE_BYTES.items()},
     )
-
-
-def attention_kind(heads: int, kv_heads: int) -> str:
-    """MHA when every query head has its own K/V, MQA when all share one, GQA in between."""
-    if kv_heads == heads:
-        return "MHA"
-    if kv_heads == 1:
-        return "MQA"
-    return "GQA"
 
 
 def _first_int(config: Any, *names: str) -> int | None:

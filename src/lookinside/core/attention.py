@@ -8,15 +8,13 @@ it parks on the first token (an attention sink), how much it looks one token bac
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from lookinside.core import passes
-from lookinside.core.anatomy import attention_kind
-from lookinside.core.records import Piece
+from lookinside.core.records import AttentionMaps, HeadSummary, Piece  # noqa: F401  (the records live there)
 from lookinside.core.tokens import pieces
 
 if TYPE_CHECKING:
@@ -27,49 +25,6 @@ if TYPE_CHECKING:
 # Every head's map is kept (for the grid, --json and --png) only for prompts this short:
 # 32 heads of a 2,000-token prompt would be 128 million numbers; the summaries are always kept.
 KEEP_ALL_HEADS_UP_TO = 64
-
-
-@dataclass(frozen=True)
-class HeadSummary:
-    """One head's habits, averaged over the query rows that can see more than one key."""
-
-    head: int
-    entropy: float  # bits; 0 = always one key, log2(keys) = uniform
-    first_token: float  # mean weight on key 0
-    previous_token: float  # mean weight on the key just before the query
-    self_token: float  # mean weight on the query's own position
-
-
-@dataclass(frozen=True)
-class AttentionMaps:
-    """One layer's attention weights, [head][query][key], with the mask that shaped them."""
-
-    model: str
-    prompt: str
-    tokens: tuple[Piece, ...]
-    layer: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head: int | None  # the head asked for, None for all
-    weights: dict[int, tuple[tuple[float, ...], ...]]  # head -> (queries, keys); see KEEP_ALL_HEADS_UP_TO
-    summaries: tuple[HeadSummary, ...]
-    sliding_window: int | None
-
-    @property
-    def attention(self) -> str:
-        """MHA, MQA or GQA."""
-        return attention_kind(self.heads, self.kv_heads)
-
-    @property
-    def uniform_entropy(self) -> float:
-        """The summaries' entropy if every query spread evenly over the keys it can see (bits)."""
-        n = len(self.tokens)
-        return sum(math.log2(q + 1) for q in range(1, n)) / (n - 1) if n > 1 else 0.0
-
-    def masked(self, query: int, key: int) -> bool:
-        """True where the causal (or sliding-window) mask hides `key` from `query`."""
-        return key > query or (self.sliding_window is not None and query - key >= self.sliding_window)
 
 
 def eager_spec(spec: LoadSpec) -> tuple[LoadSpec, str | None]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,7 +22,7 @@ from lookinside.core import errors
 from lookinside.core.detokenize import token_text
 from lookinside.core.generate import collect
 from lookinside.core.prompting import check_prompt
-from lookinside.core.records import first_difference
+from lookinside.core.records import WORST, Diff, Position, first_difference  # noqa: F401  (the records live there)
 from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
 
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
     from lookinside.core.spec import LoadSpec
 
 GREEDY = SamplingParams(temperature=0.0)
-WORST = 10  # positions listed where the two differ most
 
 
 @dataclass(frozen=True)
@@ -50,84 +47,6 @@ class Side:
     continuation_text: str
     tokenizer: PreTrainedTokenizerBase  # kept when the model is let go: it names the tokens
     context_length: int
-
-
-@dataclass(frozen=True)
-class Position:
-    """One position of the text: the token read, the one that came next, and how the two models differ there."""
-
-    index: int
-    token: str  # the token at this position
-    next_token: str  # the token that actually follows
-    kl: float  # KL(A || B) in nats
-    same_top1: bool
-    top_overlap: float  # |top-k(A) ∩ top-k(B)| / k
-    logprob_a: float  # of the actual next token
-    logprob_b: float
-    top_a: tuple[tuple[str, float], ...]  # (piece, prob), best first
-    top_b: tuple[tuple[str, float], ...]
-
-
-@dataclass(frozen=True)
-class Diff:
-    """The whole comparison: both sides' names, every position, the summary figures and the continuations."""
-
-    model_a: str
-    how_a: str
-    model_b: str
-    how_b: str
-    tokens: int
-    chunk: int
-    top_k: int
-    positions: tuple[Position, ...]
-    continuation_a: str
-    continuation_b: str
-    parts_at: int | None  # index of the first generated token where the greedy continuations differ
-
-    @property
-    def kls(self) -> list[float]:
-        """KL(A || B) at every position."""
-        return [p.kl for p in self.positions]
-
-    @property
-    def mean_kl(self) -> float:
-        """Mean KL over the positions."""
-        return statistics.fmean(self.kls)
-
-    @property
-    def median_kl(self) -> float:
-        """Median KL."""
-        return statistics.median(self.kls)
-
-    @property
-    def p99_kl(self) -> float:
-        """99th percentile of KL (the largest value when there are few positions)."""
-        kls = self.kls
-        return statistics.quantiles(kls, n=100, method="inclusive")[98] if len(kls) > 1 else kls[0]
-
-    @property
-    def max_kl(self) -> float:
-        """Largest KL."""
-        return max(self.kls)
-
-    @property
-    def same_top1(self) -> float:
-        """Share of positions where both models rank the same token first."""
-        return statistics.fmean(p.same_top1 for p in self.positions)
-
-    @property
-    def perplexity_a(self) -> float:
-        """exp(-mean log-probability of the actual next tokens) under A."""
-        return math.exp(-statistics.fmean(p.logprob_a for p in self.positions))
-
-    @property
-    def perplexity_b(self) -> float:
-        """The same under B."""
-        return math.exp(-statistics.fmean(p.logprob_b for p in self.positions))
-
-    def worst(self, n: int = WORST) -> list[Position]:
-        """The `n` positions where the models differ most, largest KL first."""
-        return sorted(self.positions, key=lambda p: p.kl, reverse=True)[:n]
 
 
 def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20) -> Side:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,69 +17,13 @@ from torch import nn
 
 from lookinside.core import errors, passes
 from lookinside.core.anatomy import SILENT, architecture_card
-from lookinside.core.records import Piece
+from lookinside.core.records import ForwardPass, LayerRun, Piece, Stage  # noqa: F401  (the records live there)
 from lookinside.core.tokens import pieces
 
 if TYPE_CHECKING:
     from lookinside.core.loading import LM
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "norm_f", "final_norm")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One module's call in the forward pass: what went in and what came out."""
-
-    path: str  # inside its decoder block ("self_attn.qkv_proj") or from the model's root
-    kind: str  # class name
-    input_shape: tuple[int, ...] | None
-    output_shape: tuple[int, ...] | None
-    layer: int | None = None  # the decoder block it belongs to, None outside the stack
-
-    @property
-    def depth(self) -> int:
-        """How deep the module sits below its block (or the root): 0 for the block itself."""
-        return 0 if not self.path else self.path.count(".") + 1
-
-
-@dataclass(frozen=True)
-class LayerRun:
-    """Consecutive decoder blocks whose stages have identical shapes, shown once."""
-
-    first: int
-    last: int
-    stages: tuple[Stage, ...]  # those of block `first`
-
-    @property
-    def count(self) -> int:
-        """How many blocks the run stands for."""
-        return self.last - self.first + 1
-
-
-@dataclass(frozen=True)
-class ForwardPass:
-    """The shapes through one forward pass: before the stack, the blocks, after it."""
-
-    model: str
-    prompt: str
-    tokens: tuple[Piece, ...]
-    input_shape: tuple[int, ...]  # (batch, tokens)
-    before: tuple[Stage, ...]
-    blocks: tuple[LayerRun, ...]
-    after: tuple[Stage, ...]
-    heads: int
-    kv_heads: int
-    head_dim: int
-
-    @property
-    def head_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Inside attention, per head (from the config, since no module returns these)."""
-        batch, n = self.input_shape
-        return {
-            "queries": (batch, self.heads, n, self.head_dim),
-            "keys, values": (batch, self.kv_heads, n, self.head_dim),
-            "scores, weights": (batch, self.heads, n, n),
-        }
 
 
 def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

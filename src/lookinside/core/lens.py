@@ -9,7 +9,6 @@ and norming it twice would be wrong. The last row therefore equals the real logi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,7 +17,7 @@ from lookinside.core import errors, passes
 from lookinside.core.detokenize import token_text
 from lookinside.core.hooks import find_final_norm, find_lm_head, residual_stream
 from lookinside.core.prompting import check_top_k
-from lookinside.core.records import Candidate, Piece
+from lookinside.core.records import Candidate, LensRow, LogitLens, Piece  # noqa: F401  (the records live there)
 from lookinside.core.tokens import pieces
 
 if TYPE_CHECKING:
@@ -26,45 +25,6 @@ if TYPE_CHECKING:
 
     from lookinside.core.loading import LM
     from lookinside.core.request import LensRequest
-
-
-@dataclass(frozen=True)
-class LensRow:
-    """What one depth predicts at the chosen position (layer 0 = the embeddings)."""
-
-    layer: int
-    top: tuple[Candidate, ...]
-    answer_prob: float  # the final answer's probability at this depth
-    answer_rank: int  # its rank (1 = top)
-
-
-@dataclass(frozen=True)
-class LogitLens:
-    """The lens at one position, and optionally the top token at every (depth, position)."""
-
-    model: str
-    prompt: str
-    tokens: tuple[Piece, ...]
-    position: int
-    answer: Candidate  # the model's real top-1 next token at `position`
-    rows: tuple[LensRow, ...]  # depths 0..layers
-    grid: tuple[tuple[Candidate, ...], ...] | None  # [depth][position] top-1, with --all-positions
-    norm: str | None  # the final norm's class, None if the model has none we could find
-
-    @property
-    def first_top1(self) -> int | None:
-        """The first depth at which the final answer is the top token."""
-        return next((r.layer for r in self.rows if r.top[0].id == self.answer.id), None)
-
-    @property
-    def settled(self) -> int | None:
-        """The depth from which the final answer stays the top token to the end."""
-        settled = None
-        for row in reversed(self.rows):
-            if row.top[0].id != self.answer.id:
-                break
-            settled = row.layer
-        return settled
 
 
 def logit_lens(lm: LM, request: LensRequest) -> LogitLens:

@@ -9,14 +9,17 @@ next (rank, id, text, probability).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from lookinside.core.quantize import Estimate
 from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
 
 Finish = Literal["eos", "length", "stop"]
+WORST = 10  # positions a diff lists where the two models differ most
 
 
 @dataclass(frozen=True)
@@ -218,3 +221,295 @@ class ModelFacts:
     end_tokens: Sequence[tuple[int, str]]
     chat_template: str | None
     attention: str | None
+
+
+# ---- the inside: shapes (llm forward), attention (llm attention), the logit lens (llm lens)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One module's call in the forward pass: what went in and what came out."""
+
+    path: str  # inside its decoder block ("self_attn.qkv_proj") or from the model's root
+    kind: str  # class name
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    layer: int | None = None  # the decoder block it belongs to, None outside the stack
+
+    @property
+    def depth(self) -> int:
+        """How deep the module sits below its block (or the root): 0 for the block itself."""
+        return 0 if not self.path else self.path.count(".") + 1
+
+
+@dataclass(frozen=True)
+class LayerRun:
+    """Consecutive decoder blocks whose stages have identical shapes, shown once."""
+
+    first: int
+    last: int
+    stages: tuple[Stage, ...]  # those of block `first`
+
+    @property
+    def count(self) -> int:
+        """How many blocks the run stands for."""
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True)
+class ForwardPass:
+    """The shapes through one forward pass: before the stack, the blocks, after it."""
+
+    model: str
+    prompt: str
+    tokens: tuple[Piece, ...]
+    input_shape: tuple[int, ...]  # (batch, tokens)
+    before: tuple[Stage, ...]
+    blocks: tuple[LayerRun, ...]
+    after: tuple[Stage, ...]
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def head_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Inside attention, per head (from the config, since no module returns these)."""
+        batch, n = self.input_shape
+        return {
+            "queries": (batch, self.heads, n, self.head_dim),
+            "keys, values": (batch, self.kv_heads, n, self.head_dim),
+            "scores, weights": (batch, self.heads, n, n),
+        }
+
+
+@dataclass(frozen=True)
+class HeadSummary:
+    """One head's habits, averaged over the query rows that can see more than one key."""
+
+    head: int
+    entropy: float  # bits; 0 = always one key, log2(keys) = uniform
+    first_token: float  # mean weight on key 0
+    previous_token: float  # mean weight on the key just before the query
+    self_token: float  # mean weight on the query's own position
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    """One layer's attention weights, [head][query][key], with the mask that shaped them."""
+
+    model: str
+    prompt: str
+    tokens: tuple[Piece, ...]
+    layer: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head: int | None  # the head asked for, None for all
+    weights: dict[int, tuple[tuple[float, ...], ...]]  # head -> (queries, keys); see KEEP_ALL_HEADS_UP_TO
+    summaries: tuple[HeadSummary, ...]
+    sliding_window: int | None
+
+    @property
+    def attention(self) -> str:
+        """MHA, MQA or GQA."""
+        return attention_kind(self.heads, self.kv_heads)
+
+    @property
+    def uniform_entropy(self) -> float:
+        """The summaries' entropy if every query spread evenly over the keys it can see (bits)."""
+        n = len(self.tokens)
+        return sum(math.log2(q + 1) for q in range(1, n)) / (n - 1) if n > 1 else 0.0
+
+    def masked(self, query: int, key: int) -> bool:
+        """True where the causal (or sliding-window) mask hides `key` from `query`."""
+        return key > query or (self.sliding_window is not None and query - key >= self.sliding_window)
+
+
+@dataclass(frozen=True)
+class LensRow:
+    """What one depth predicts at the chosen position (layer 0 = the embeddings)."""
+
+    layer: int
+    top: tuple[Candidate, ...]
+    answer_prob: float  # the final answer's probability at this depth
+    answer_rank: int  # its rank (1 = top)
+
+
+@dataclass(frozen=True)
+class LogitLens:
+    """The lens at one position, and optionally the top token at every (depth, position)."""
+
+    model: str
+    prompt: str
+    tokens: tuple[Piece, ...]
+    position: int
+    answer: Candidate  # the model's real top-1 next token at `position`
+    rows: tuple[LensRow, ...]  # depths 0..layers
+    grid: tuple[tuple[Candidate, ...], ...] | None  # [depth][position] top-1, with --all-positions
+    norm: str | None  # the final norm's class, None if the model has none we could find
+
+    @property
+    def first_top1(self) -> int | None:
+        """The first depth at which the final answer is the top token."""
+        return next((r.layer for r in self.rows if r.top[0].id == self.answer.id), None)
+
+    @property
+    def settled(self) -> int | None:
+        """The depth from which the final answer stays the top token to the end."""
+        settled = None
+        for row in reversed(self.rows):
+            if row.top[0].id != self.answer.id:
+                break
+            settled = row.layer
+        return settled
+
+
+# ---- the architecture (llm inspect)
+
+
+@dataclass(frozen=True)
+class ModuleNode:
+    """One module of the tree; `repeat` > 1 stands for that many identical siblings."""
+
+    name: str
+    kind: str  # the class name, e.g. Phi3DecoderLayer
+    detail: str  # PyTorch's own extra_repr, e.g. in_features=3072, out_features=9216, bias=False
+    parameters: int  # in one copy of this module
+    children: tuple[ModuleNode, ...] = ()
+    repeat: int = 1
+    tied_to: str | None = None  # a weight shared with another module (tied embeddings)
+
+    @property
+    def total_parameters(self) -> int:
+        """Parameters in all `repeat` copies."""
+        return self.parameters * self.repeat
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The architecture card: what the book's chapter 3 names, for one model."""
+
+    model: str
+    architecture: str  # the top class, e.g. Phi3ForCausalLM
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    attention: str  # MHA, MQA or GQA
+    group_size: int  # query heads per KV head
+    intermediate_size: int | None
+    ffn: str  # e.g. SwiGLU (fused gate/up)
+    activation: str | None
+    norm: str  # e.g. RMSNorm
+    norm_eps: float | None
+    positions: str  # e.g. RoPE
+    rope: dict[str, Any] = field(default_factory=dict)  # theta, type, scaling factors
+    sliding_window: int | None = None
+    context_length: int = 0
+    tied_embeddings: bool = False
+    parameters: int = 0
+    weight_bytes: dict[str, int] = field(default_factory=dict)  # per dtype
+    kv_bytes_per_token: dict[str, int] = field(default_factory=dict)  # per dtype, all layers, K and V
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """A model's card and its module tree."""
+
+    card: Architecture
+    tree: ModuleNode
+    quantized: Estimate | None = None  # with --quantize: the footprint that would take
+
+
+def attention_kind(heads: int, kv_heads: int) -> str:
+    """MHA when every query head has its own K/V, MQA when all share one, GQA in between."""
+    if kv_heads == heads:
+        return "MHA"
+    if kv_heads == 1:
+        return "MQA"
+    return "GQA"
+
+
+# ---- two models over the same text (llm diff)
+
+
+@dataclass(frozen=True)
+class Position:
+    """One position of the text: the token read, the one that came next, and how the two models differ there."""
+
+    index: int
+    token: str  # the token at this position
+    next_token: str  # the token that actually follows
+    kl: float  # KL(A || B) in nats
+    same_top1: bool
+    top_overlap: float  # |top-k(A) ∩ top-k(B)| / k
+    logprob_a: float  # of the actual next token
+    logprob_b: float
+    top_a: tuple[tuple[str, float], ...]  # (piece, prob), best first
+    top_b: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Diff:
+    """The whole comparison: both sides' names, every position, the summary figures and the continuations."""
+
+    model_a: str
+    how_a: str
+    model_b: str
+    how_b: str
+    tokens: int
+    chunk: int
+    top_k: int
+    positions: tuple[Position, ...]
+    continuation_a: str
+    continuation_b: str
+    parts_at: int | None  # index of the first generated token where the greedy continuations differ
+
+    @property
+    def kls(self) -> list[float]:
+        """KL(A || B) at every position."""
+        return [p.kl for p in self.positions]
+
+    @property
+    def mean_kl(self) -> float:
+        """Mean KL over the positions."""
+        return statistics.fmean(self.kls)
+
+    @property
+    def median_kl(self) -> float:
+        """Median KL."""
+        return statistics.median(self.kls)
+
+    @property
+    def p99_kl(self) -> float:
+        """99th percentile of KL (the largest value when there are few positions)."""
+        kls = self.kls
+        return statistics.quantiles(kls, n=100, method="inclusive")[98] if len(kls) > 1 else kls[0]
+
+    @property
+    def max_kl(self) -> float:
+        """Largest KL."""
+        return max(self.kls)
+
+    @property
+    def same_top1(self) -> float:
+        """Share of positions where both models rank the same token first."""
+        return statistics.fmean(p.same_top1 for p in self.positions)
+
+    @property
+    def perplexity_a(self) -> float:
+        """exp(-mean log-probability of the actual next tokens) under A."""
+        return math.exp(-statistics.fmean(p.logprob_a for p in self.positions))
+
+    @property
+    def perplexity_b(self) -> float:
+        """The same under B."""
+        return math.exp(-statistics.fmean(p.logprob_b for p in self.positions))
+
+    def worst(self, n: int = WORST) -> list[Position]:
+        """The `n` positions where the models differ most, largest KL first."""
+        return sorted(self.positions, key=lambda p: p.kl, reverse=True)[:n]
+
