@@ -63,6 +63,19 @@ def test_to_dict_is_the_commands_json(lm, call, command):
     assert same(call(lm).to_dict()) == cli_json(*command)
 
 
+def test_diff_is_the_commands_json(lm):
+    other = li.load("tiny", device="cpu", dtype="bfloat16")
+    text = "The capital of France is Paris. The capital of Japan is Tokyo."
+    ours = same(li.diff(lm, other, text, top_k=5).to_dict())
+    assert ours == cli_json("diff", text, "--against-dtype", "bfloat16", "-k", "5")
+
+
+def test_every_view_has_its_api_function():
+    from lookinside.views import VIEWS
+
+    assert all(callable(getattr(li, name.replace("-", "_"))) for name in VIEWS)
+
+
 def test_generate_steps_then_the_whole_run_as_generate_json(lm):
     running = li.generate(lm, PROMPT, temperature=0.8, seed=3, max_new_tokens=10)
     first = next(iter(running))

@@ -125,7 +125,8 @@ def test_an_endpoint_that_is_not_a_url():
                                                ("attention", "attention weights"),
                                                ("lens", "each layer's residual stream")])
 def test_views_of_the_insides_say_a_server_cannot_show_them(command, what):
-    line = one_error_line(llm(command, "hi", "--endpoint", f"http://127.0.0.1:{closed_port()}/v1"))
+    with FakeServer() as url:  # a server that only generates
+        line = one_error_line(llm(command, "hi", "--endpoint", url, "--api-key", "sekret-key-123"))
     assert f"an OpenAI-compatible server does not show {what}" in line
 
 

@@ -7,8 +7,8 @@ docs/api.md. Its names load lazily from `lookinside.api`, so `import lookinside`
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Generating", "Result", "attention", "bench", "compare", "forward", "generate", "inspect", "lens", "load",
-           "next_token", "tokens", "wrap"]
+__all__ = ["Generating", "Result", "attention", "bench", "compare", "diff", "forward", "generate", "inspect", "lens",
+           "load", "next_token", "tokens", "wrap"]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,7 @@ each with the one-line message the command would print; nothing here exits the i
 
 from __future__ import annotations
 
+import inspect as inspect_module
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +20,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import errors
 from lookinside.core.request import (
-    AttentionRequest,
     BenchSettings,
     CompareRequest,
     GenerationSettings,
-    LensRequest,
-    NextTokenRequest,
     modes_for,
 )
 from lookinside.core.sampling import SamplingParams
 from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+from lookinside.views import VIEWS, View
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -46,6 +45,11 @@ class Result(Generic[T]):
     record: T
     view: Callable[[T], RenderableType]
     json: Callable[[T], dict[str, Any]]
+
+    @classmethod
+    def of(cls, view: View, record: Any) -> Result[Any]:
+        """The result of a view (lookinside.views), drawn and serialised as its command does."""
+        return cls(record, view.draw, view.json)
 
     def to_dict(self) -> dict[str, Any]:
         """What the command's --json prints, as a dict."""
@@ -152,25 +156,12 @@ def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
 # ---- the views
 
 
-def next_token(lm: LM, prompt: str, *, top_k: int = 10, temperature: float | None = None,
-               chat: bool = False) -> Result[Any]:
-    """The top-k next tokens, the prompt's tokens and the forward pass's shapes (`llm next-token`)."""
-    from lookinside.core import predict
-    from lookinside.ui.next_token import next_token_json, next_token_view
-
-    request = NextTokenRequest(prompt, top_k=top_k, temperature=temperature, chat=chat)
-    return Result(predict.next_token(lm, request), next_token_view, next_token_json)
-
-
 def compare(lm: LM, prompt: str, *, samples: int = 3, max_new_tokens: int = 40, stop: tuple[str, ...] = (),
             ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Result[Any]:
     """Greedy decoding beside `samples` seeded samples (`llm compare`); sampling keywords as the flags."""
-    from lookinside.core import compare as core_compare
-    from lookinside.ui.compare import compare_json, compare_view
-
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
     request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
-    return Result(core_compare.compare(lm, request), compare_view, compare_json)
+    return Result.of(VIEWS["compare"], VIEWS["compare"].run(lm, request))
 
 
 class Generating:
@@ -245,53 +236,51 @@ def bench(lm: LM, *, new_tokens: int = 100, warmup: int = 1, repeat: int = 3, mo
 
 def inspect(model: LM | str) -> Result[Any]:
     """The architecture card and module tree (`llm inspect`): of a loaded model, or of a name from its config."""
-    from lookinside.core import anatomy
-    from lookinside.ui.anatomy import anatomy_json, anatomy_view
+    from lookinside.core.anatomy import on_meta
+    from lookinside.core.request import InspectRequest
 
-    if isinstance(model, str):
-        return Result(anatomy.inspect_model(LoadSpec(model=model)), anatomy_view, anatomy_json)
-    return Result(anatomy.anatomy_of(model.name, model.model), anatomy_view, anatomy_json)
-
-
-def tokens(lm: LM, text: str, *, chat: bool = False) -> Result[Any]:
-    """Each token of `text` with its id and piece (`llm tokens`)."""
-    from lookinside.core import tokens as core_tokens
-    from lookinside.ui.tokens import tokens_json, tokens_view
-
-    return Result(core_tokens.tokenize(lm.name, lm.tokenizer, text, chat=chat), tokens_view, tokens_json)
+    source = on_meta(LoadSpec(model=model)) if isinstance(model, str) else model
+    return Result.of(VIEWS["inspect"], VIEWS["inspect"].run(source, InspectRequest()))
 
 
-def forward(lm: LM, prompt: str, *, chat: bool = False) -> Result[Any]:
-    """The shapes through one forward pass, stage by stage (`llm forward`)."""
-    from lookinside.core import hooks
-    from lookinside.core.prompting import check_prompt
-    from lookinside.ui.forward import forward_json, forward_view
+def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
+    """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
+    from lookinside.core import diff as core_diff
+    from lookinside.ui.diff import diff_json, diff_view
 
-    check_prompt(prompt)
-    return Result(hooks.trace_forward(lm, prompt, chat=chat), forward_view, forward_json)
-
-
-def attention(lm: LM, prompt: str, *, layer: int = 0, head: int | None = None, chat: bool = False) -> Result[Any]:
-    """One layer's attention maps (`llm attention`); a non-eager model is switched to eager for the pass and back."""
-    from lookinside.core import attention as core_attention
-    from lookinside.ui.attention import attention_json, attention_view
-
-    request = AttentionRequest(prompt, layer=layer, head=head, chat=chat)
-    before = lm.attn_implementation
-    try:
-        maps = core_attention.attention_maps(lm, request)
-    finally:
-        if lm.attn_implementation != before:
-            lm.model.set_attn_implementation(before)  # the user's model is left as it was given
-    return Result(maps, attention_view, attention_json)
+    _whole_k(top_k)
+    sides = [core_diff.read_side(lm, text, core_diff.describe(lm)) for lm in (a, b)]
+    core_diff.check_same_vocabulary(*sides)
+    return Result(core_diff.compare_sides(sides[0], sides[1], top_k), diff_view, diff_json)
 
 
-def lens(lm: LM, prompt: str, *, top_k: int = 3, position: int = -1, all_positions: bool = False,
-         chat: bool = False) -> Result[Any]:
-    """The logit lens: what each layer would predict (`llm lens`)."""
-    from lookinside.core import lens as core_lens
-    from lookinside.ui.lens import lens_json, lens_view
+def _whole_k(top_k: Any) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise errors.BadInput(f"top_k must be a positive whole number, not {top_k!r}")
 
-    request = LensRequest(prompt, top_k=top_k, position=position, all_positions=all_positions, chat=chat)
-    return Result(core_lens.logit_lens(lm, request), lens_view, lens_json)
 
+def _view_function(name: str) -> Callable[..., Result[Any]]:
+    """`li.<name>(lm, ...)`: the view's request from the arguments (the command's options, by field name), answered."""
+    view = VIEWS[name]
+
+    def function(lm: LM, *args: Any, **kwargs: Any) -> Result[Any]:
+        try:
+            request = view.request(*args, **kwargs)
+        except TypeError as exc:  # an unknown keyword, a missing prompt
+            raise errors.BadInput(f"{name.replace('-', '_')}(): {str(exc).split(': ', 1)[-1]}") from None
+        return Result.of(view, view.run(lm, request))
+
+    fields = inspect_module.signature(view.request).parameters.values()
+    function.__signature__ = inspect_module.Signature([  # type: ignore[attr-defined]
+        inspect_module.Parameter("lm", inspect_module.Parameter.POSITIONAL_OR_KEYWORD, annotation="LM"),
+        *(p.replace(kind=inspect_module.Parameter.KEYWORD_ONLY) if p.default is not p.empty else p for p in fields)])
+    function.__name__ = function.__qualname__ = name.replace("-", "_")
+    function.__doc__ = f"{view.help} (`llm {name}`; the keywords are its options)"
+    return function
+
+
+next_token = _view_function("next-token")
+tokens = _view_function("tokens")
+forward = _view_function("forward")
+attention = _view_function("attention")
+lens = _view_function("lens")

@@ -15,8 +15,9 @@ from lookinside.cli.compare import compare
 from lookinside.cli.diff import diff
 from lookinside.cli.edge import friendly, run
 from lookinside.cli.generate import generate
-from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
-from lookinside.cli.next_token import next_token
+from lookinside.cli.inspect import attention, inspect_command
+from lookinside.cli.views import command_for
+from lookinside.views import VIEWS
 
 app = typer.Typer(
     name="llm",
@@ -46,15 +47,17 @@ def root(
 
 app.command("chat", short_help="Chat with the model: a streaming REPL with /why and /probs.")(friendly(chat))
 app.command("generate", short_help="Continue a prompt: the completion, streamed (--json, --jsonl).")(friendly(generate))
-app.command("next-token", short_help="The top-k next tokens, with the prompt's tokens and shapes.")(friendly(next_token))
+app.command("next-token", short_help="The top-k next tokens, with the prompt's tokens and shapes.")(
+    friendly(command_for(VIEWS["next-token"])))
 app.command("compare", short_help="Greedy decoding beside sampled decoding.")(friendly(compare))
 app.command("bench", short_help="Time generation with the KV cache on and off.")(friendly(bench))
 app.command("diff", short_help="What another dtype, attention or model changes, token by token.")(friendly(diff))
 app.command("inspect", short_help="The module tree and architecture card (config only).")(friendly(inspect_command))
-app.command("tokens", short_help="Each token's id and piece (tokenizer only).")(friendly(tokens))
-app.command("forward", short_help="The shapes through one forward pass, stage by stage.")(friendly(forward))
+app.command("tokens", short_help="Each token's id and piece (tokenizer only).")(friendly(command_for(VIEWS["tokens"])))
+app.command("forward", short_help="The shapes through one forward pass, stage by stage.")(
+    friendly(command_for(VIEWS["forward"])))
 app.command("attention", short_help="Attention heat maps of one layer.")(friendly(attention))
-app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(lens))
+app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(command_for(VIEWS["lens"])))
 
 
 def main(prog_name: str | None = None) -> None:

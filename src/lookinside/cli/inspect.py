@@ -1,7 +1,7 @@
-"""Looking inside: `llm inspect`, `tokens`, `forward`, `attention`, `lens`.
+"""`llm inspect` and `llm attention`: the views whose commands do more than cli/views.py's.
 
-Each command parses its options, makes one core call and prints one view;
-torch and transformers are imported inside the bodies so `llm --help` stays fast.
+inspect reads --quantize from the model options; attention loads the model with eager attention
+(saying so) and can also write a PNG. Both answer through their definition in lookinside.views.
 """
 
 from pathlib import Path
@@ -21,7 +21,9 @@ from lookinside.cli.options import (
     model_options,
     remote_options,
 )
+from lookinside.cli.views import answer_here, show_record
 from lookinside.core.spec import LoadSpec
+from lookinside.views import VIEWS
 
 TextArg = Annotated[Optional[str], typer.Argument(
     metavar="[TEXT]", help="The text to cut into tokens (- reads stdin; or --file PATH).", show_default=False,
@@ -36,58 +38,15 @@ PositionOpt = Annotated[int, typer.Option("--position", help="Which prompt posit
 AllPositionsOpt = Annotated[bool, typer.Option("--all-positions", help="A layer-by-position grid of top tokens.")]
 
 
-def local_only(remote: Remote, what: str) -> None:
-    """Refuse --endpoint for a view that needs the model's insides, saying why in one line."""
-    if remote.endpoint:
-        from lookinside.core.errors import BadInput
-
-        raise BadInput(f"an OpenAI-compatible server does not show {what}: run this view without --endpoint, "
-                       "with the model here (--device-map auto or --quantize 4bit when it is large)")
-
-
 @model_options
 @keep_options
 def inspect_command(json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """The module tree and architecture card, built from the config alone (no weights read)."""
-    from lookinside.core.anatomy import inspect_model
-    from lookinside.ui.anatomy import anatomy_json, anatomy_view
-    from lookinside.ui.console import show
+    from lookinside.core.anatomy import on_meta
+    from lookinside.core.request import InspectRequest
 
-    anatomy = inspect_model(spec)
-    show(anatomy, anatomy_view, anatomy_json, as_json=json, keep=keep)
-
-
-@model_options
-@keep_options
-@file_option("text")
-def tokens(text: TextArg = None, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
-    """Each token of TEXT with its id and piece (loads only the tokenizer)."""
-    from lookinside.core.loading import load_tokenizer
-    from lookinside.core.tokens import tokenize
-    from lookinside.ui.console import show
-    from lookinside.ui.tokens import tokens_json, tokens_view
-
-    result = tokenize(spec.model, load_tokenizer(spec), text, chat=chat)
-    show(result, tokens_view, tokens_json, as_json=json, keep=keep)
-
-
-@model_options
-@remote_options
-@keep_options
-@file_option("prompt")
-def forward(prompt: PromptArg = None, chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
-            remote: Remote) -> None:
-    """The shapes through one forward pass, stage by stage, read with hooks."""
-    local_only(remote, "the shapes inside a forward pass")
-    from lookinside.core import hooks
-    from lookinside.core.prompting import check_prompt
-    from lookinside.ui.console import show
-    from lookinside.ui.forward import forward_json, forward_view
-    from lookinside.ui.progress import load_with_progress
-
-    check_prompt(prompt)
-    result = hooks.trace_forward(load_with_progress(spec), prompt, chat=chat)
-    show(result, forward_view, forward_json, as_json=json, keep=keep)
+    view = VIEWS["inspect"]
+    show_record(view, view.run(on_meta(spec), InspectRequest(spec.quantize)), json, keep)
 
 
 @model_options
@@ -99,45 +58,22 @@ def attention(
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep, remote: Remote,
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
-    local_only(remote, "attention weights")
     from lookinside.core import attention as core_attention
     from lookinside.core.request import AttentionRequest
-    from lookinside.ui.attention import attention_json, attention_view
-    from lookinside.ui.console import show, stderr_console
-    from lookinside.ui.progress import load_with_progress
+    from lookinside.ui.console import stderr_console
 
-    request = AttentionRequest(prompt, layer=layer, head=head, chat=chat)
-    core_attention.precheck(spec, request)
+    view, request = VIEWS["attention"], AttentionRequest(prompt, layer=layer, head=head, chat=chat)
     if png is not None:
         from lookinside.ui import attention_png
 
         attention_png.require_pillow()  # before loading: a missing library should not cost a model load
-    spec, note = core_attention.eager_spec(spec)
-    if note:
-        stderr_console().print(f"note: {note}", style="dim", markup=False)
-    maps = core_attention.attention_maps(load_with_progress(spec), request)
+    if not remote.endpoint:
+        core_attention.precheck(spec, request)
+        spec, note = core_attention.eager_spec(spec)
+        if note:
+            stderr_console().print(f"note: {note}", style="dim", markup=False)
+    maps = answer_here(view, request, spec, remote)
     if png is not None:
         attention_png.save_png(maps, png)
         stderr_console().print(f"wrote {png}", style="dim", markup=False)
-    show(maps, attention_view, attention_json, as_json=json, keep=keep)
-
-
-@model_options
-@remote_options
-@keep_options
-@file_option("prompt")
-def lens(
-    prompt: PromptArg = None, top_k: TopKOpt = 3, position: PositionOpt = -1, all_positions: AllPositionsOpt = False,
-    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep, remote: Remote,
-) -> None:
-    """The logit lens: each layer's residual stream through the final norm and LM head."""
-    local_only(remote, "each layer's residual stream")
-    from lookinside.core import lens as core_lens
-    from lookinside.core.request import LensRequest
-    from lookinside.ui.console import show
-    from lookinside.ui.lens import lens_json, lens_view
-    from lookinside.ui.progress import load_with_progress
-
-    request = LensRequest(prompt, top_k=top_k, position=position, all_positions=all_positions, chat=chat)
-    result = core_lens.logit_lens(load_with_progress(spec), request)
-    show(result, lens_view, lens_json, as_json=json, keep=keep)
+    show_record(view, maps, json, keep)

@@ -8,7 +8,7 @@ from hard-coded Phi-3 names, so Llama, Qwen or GPT-2 read the same way.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,18 +22,38 @@ from lookinside.core.records import Anatomy, Architecture, ModuleNode, attention
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
+    from lookinside.core.request import InspectRequest
     from lookinside.core.spec import LoadSpec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SILENT = (nn.Dropout, nn.Identity)  # no weights and no effect at inference: left out of the tree
 
 
-def inspect_model(spec: LoadSpec) -> Anatomy:
-    """The anatomy of `spec.model` from its config alone (carried offline for the default model)."""
+@dataclass(frozen=True)
+class OnMeta:
+    """A model built on the meta device from its config alone: what `llm inspect` reads, with no weights."""
+
+    name: str
+    model: nn.Module
+
+
+def on_meta(spec: LoadSpec) -> OnMeta:
+    """`spec.model` built from its config (carried offline for the default model)."""
     config = load_config_offline(spec.model, trust_remote_code=spec.trust_remote_code)
-    model = meta_model(config, spec.trust_remote_code)
-    anatomy = anatomy_of(spec.model, model)
-    return replace(anatomy, quantized=estimate(model, spec.quantize)) if spec.quantize else anatomy
+    return OnMeta(spec.model, meta_model(config, spec.trust_remote_code))
+
+
+def inspect_model(spec: LoadSpec) -> Anatomy:
+    """The anatomy of `spec.model` from its config alone, with --quantize's footprint when asked."""
+    from lookinside.core.request import InspectRequest
+
+    return anatomy_for(on_meta(spec), InspectRequest(spec.quantize))
+
+
+def anatomy_for(lm: Any, request: InspectRequest) -> Anatomy:
+    """`llm inspect` on a model (or on one built on the meta device), with --quantize's footprint when asked."""
+    anatomy = anatomy_of(lm.name, lm.model)
+    return replace(anatomy, quantized=estimate(lm.model, request.quantize)) if request.quantize else anatomy
 
 
 def anatomy_from_config(name: str, config: PretrainedConfig, trust_remote_code: bool = False) -> Anatomy:

@@ -49,6 +49,16 @@ def use_eager(lm: LM) -> None:
         lm.model.set_attn_implementation("eager")
 
 
+def attention_of(lm: LM, request: AttentionRequest) -> AttentionMaps:
+    """`llm attention`: the maps, with the model switched to eager attention for the pass and back after."""
+    before = lm.attn_implementation
+    try:
+        return attention_maps(lm, request)
+    finally:
+        if lm.attn_implementation != before:
+            lm.model.set_attn_implementation(before)  # the model is left as it was given
+
+
 def attention_maps(lm: LM, request: AttentionRequest) -> AttentionMaps:
     """Run the prompt once with eager attention and keep one layer's weights."""
     config = lm.config

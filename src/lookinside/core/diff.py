@@ -79,16 +79,16 @@ def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str
     sides = []
     for spec in (a, b):
         lm = load(spec)
-        sides.append(read_side(lm, text, describe_load(lm, spec)))
+        sides.append(read_side(lm, text, describe(lm, spec.quantize)))
         del lm
         gc.collect()
     return compare_sides(sides[0], sides[1], top_k)
 
 
-def describe_load(lm: LM, spec: LoadSpec) -> str:
+def describe(lm: LM, quantize: str | None = None) -> str:
     """What tells one side from the other: dtype, attention, quantization."""
     parts = [str(lm.dtype).removeprefix("torch."), lm.attn_implementation]
-    parts += [f"quantized {spec.quantize}"] if spec.quantize else []
+    parts += [f"quantized {quantize}"] if quantize else []
     return ", ".join(parts)
 
 

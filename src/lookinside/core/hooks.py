@@ -22,6 +22,7 @@ from lookinside.core.tokens import pieces
 
 if TYPE_CHECKING:
     from lookinside.core.loading import LM
+    from lookinside.core.request import ForwardRequest
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm", "norm_f", "final_norm")
 
@@ -65,6 +66,11 @@ def first_tensor(value: Any) -> torch.Tensor | None:
         if found is not None:
             return found
     return None
+
+
+def forward_of(lm: LM, request: ForwardRequest) -> ForwardPass:
+    """`llm forward`: the shapes through one forward pass of the request's prompt."""
+    return trace_forward(lm, request.prompt, chat=request.chat)
 
 
 def trace_forward(lm: LM, prompt: str, chat: bool = False) -> ForwardPass:

@@ -36,6 +36,18 @@ class Piece:
 
 
 @dataclass(frozen=True)
+class Tokenization:
+    """A text cut into tokens, with the chat template's rendering when it was used."""
+
+    model: str
+    text: str
+    chat: bool
+    rendered: str | None  # the chat template's output, None without --chat
+    tokens: tuple[Piece, ...]
+    vocab_size: int
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A possible next token: its rank, id and text, its probability, and (where known) its logit."""
 

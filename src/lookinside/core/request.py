@@ -9,7 +9,7 @@ is checked by the core function once the model is there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from lookinside.core.errors import BadInput, EmptyPrompt
 from lookinside.core.prompting import check_prompt
@@ -18,6 +18,20 @@ from lookinside.core.sampling import SamplingParams
 CacheKind = Literal["dynamic", "static", "none"]
 CACHE_KINDS: tuple[CacheKind, ...] = ("dynamic", "static", "none")
 MAX_SAMPLES = 16
+
+
+PROMPT_HELP = "The text to run through the model (- reads stdin; or --file PATH)."
+CHAT_HELP = "Wrap the prompt in the model's chat template first."
+
+
+def option(default: Any, *flags: str, help: str) -> Any:
+    """A request field with the command-line flags and help that cli/views.py gives it."""
+    return field(default=default, metadata={"flags": flags, "help": help})
+
+
+def text(metavar: str = "[PROMPT]", help: str = PROMPT_HELP) -> Any:
+    """The request field a command takes as its argument (or from - or --file)."""
+    return field(metadata={"argument": metavar, "help": help})
 
 
 def _whole(name: str, value: object, low: int | None = None) -> None:
@@ -53,10 +67,11 @@ class GenerationSettings:
 class NextTokenRequest:
     """`next-token`: the prompt, how many candidates, and an optional second temperature to show."""
 
-    prompt: str
-    top_k: int = 10
-    temperature: float | None = None
-    chat: bool = False
+    prompt: str = text()
+    top_k: int = option(10, "--top-k", "-k", help="How many candidates to list.")
+    temperature: float | None = option(None, "--temperature", "-t",
+                                       help="Also show the probabilities at this temperature.")
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -98,11 +113,11 @@ class CompareRequest:
 class LensRequest:
     """`lens`: the prompt, candidates per depth, which position, and whether to draw the whole grid."""
 
-    prompt: str
-    top_k: int = 3
-    position: int = -1
-    all_positions: bool = False
-    chat: bool = False
+    prompt: str = text()
+    top_k: int = option(3, "--top-k", "-k", help="Candidates to show per layer.")
+    position: int = option(-1, "--position", help="Which prompt position to read (-1: the last).")
+    all_positions: bool = option(False, "--all-positions", help="A layer-by-position grid of top tokens.")
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -114,10 +129,11 @@ class LensRequest:
 class AttentionRequest:
     """`attention`: the prompt, the layer, and one head or all (negative numbers count from the end)."""
 
-    prompt: str
-    layer: int = 0
-    head: int | None = None
-    chat: bool = False
+    prompt: str = text()
+    layer: int = option(0, "--layer", "-l", help="Which decoder block (0 is the first, -1 the last).")
+    head: int | None = option(None, "--head",
+                              help="One head as a large heat map (default: all heads, small maps and a summary).")
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -132,6 +148,42 @@ class AttentionRequest:
         if self.head is not None and not -heads <= self.head < heads:
             raise BadInput(f"--head must be between 0 and {heads - 1}, not {self.head}")
         return self.layer % layers, None if self.head is None else self.head % heads
+
+
+@dataclass(frozen=True)
+class ForwardRequest:
+    """`forward`: the prompt whose forward pass is traced."""
+
+    prompt: str = text()
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
+
+    def __post_init__(self) -> None:
+        check_prompt(self.prompt)
+
+
+@dataclass(frozen=True)
+class TokensRequest:
+    """`tokens`: the text to cut into tokens (it may be empty: an empty text is zero tokens and a BOS)."""
+
+    text: str = text("[TEXT]", "The text to cut into tokens (- reads stdin; or --file PATH).")
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise BadInput(f"the text must be a string, not {type(self.text).__name__}")
+
+
+@dataclass(frozen=True)
+class InspectRequest:
+    """`inspect`: the architecture card, and what --quantize KIND would make of the weights."""
+
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        from lookinside.core.spec import QUANTIZE
+
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
 
 
 # The book's chapter 3 experiment: this prompt, 100 new tokens, cache on and off.

@@ -8,26 +8,24 @@ decoded together, since one emoji is four tokens and none of them is a character
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lookinside.core.detokenize import BYTE_PIECE, token_text
 from lookinside.core.prompting import chat_messages, encode_prompt, render_chat
-from lookinside.core.records import Piece
+from lookinside.core.records import Piece, Tokenization
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from lookinside.core.request import TokensRequest
+
 
 @dataclass(frozen=True)
-class Tokenization:
-    """A text cut into tokens, with the chat template's rendering when it was used."""
+class TokenizerOnly:
+    """A model's name and tokenizer, without its weights: all `llm tokens` loads."""
 
-    model: str
-    text: str
-    chat: bool
-    rendered: str | None  # the chat template's output, None without --chat
-    tokens: tuple[Piece, ...]
-    vocab_size: int
+    name: str
+    tokenizer: PreTrainedTokenizerBase
 
 
 def tokenize(name: str, tokenizer: PreTrainedTokenizerBase, text: str, chat: bool = False) -> Tokenization:
@@ -38,6 +36,11 @@ def tokenize(name: str, tokenizer: PreTrainedTokenizerBase, text: str, chat: boo
         model=name, text=text, chat=chat, rendered=rendered,
         tokens=tuple(pieces(tokenizer, ids)), vocab_size=len(tokenizer),
     )
+
+
+def tokens_of(lm: Any, request: TokensRequest) -> Tokenization:
+    """`llm tokens` on a model, or on anything with a `name` and a `tokenizer`."""
+    return tokenize(lm.name, lm.tokenizer, request.text, chat=request.chat)
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:

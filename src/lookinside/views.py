@@ -1,0 +1,148 @@
+"""Every view defined once: its request, the core call that answers it, its record, and how it is drawn.
+
+The command line (cli/views.py builds a command from a `View`), the Python API (api.py builds
+`li.<view>` from it) and the server (`llm serve` answers `POST /lookinside/v1/views/<name>`
+through `answer_json`) are all derived from `VIEWS`, so they take the same arguments, make the
+same checks and print the same JSON. A view says what it needs of the model:
+
+- "model": any backend (core/backend.py), a server included: next-token, compare;
+- "insides": the weights, for a forward pass with hooks: forward, attention, lens, the interventions;
+- "tokenizer": only the tokenizer (the command loads nothing else): tokens;
+- "config": only the architecture (the command builds it on the meta device): inspect.
+
+A lookinside server (`Capabilities.views`) answers any view itself; another server answers only
+"model" views, and the rest are refused in one line. Nothing here imports torch or Rich.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from lookinside.core import records
+from lookinside.core.request import (
+    AttentionRequest,
+    CompareRequest,
+    ForwardRequest,
+    InspectRequest,
+    LensRequest,
+    NextTokenRequest,
+    TokensRequest,
+)
+
+if TYPE_CHECKING:
+    from lookinside.core.backend import Backend
+
+Needs = Literal["model", "insides", "tokenizer", "config"]
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported on the first call (views and core functions pull in Rich or torch)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+@dataclass(frozen=True)
+class View:
+    """One view: `answer(source, request) -> record`, then `draw(record)` for people and `json(record)` for machines.
+
+    `source` is a Backend for "model" views and the loaded model (core.loading.LM, or anything with
+    its `name`, `tokenizer` and `model`) for the others. `text` names the request's field that the
+    command takes as its argument (and as - or --file); `shows` says, for a refusal, what it shows.
+    """
+
+    name: str
+    help: str
+    request: type
+    record: type
+    answer: Callable[[Any, Any], Any]
+    draw: Callable[[Any], Any]
+    json: Callable[[Any], dict[str, Any]]
+    needs: Needs = "model"
+    text: str | None = "prompt"
+    shows: str = ""
+
+    def run(self, source: Any, request: Any) -> Any:
+        """The record for `request`, answered by `source`: a backend, or a model loaded here (core.loading.LM)."""
+        from lookinside.core.backend import as_backend
+
+        if self.needs == "model":
+            backend = as_backend(source)
+            return backend.view(self, request) if backend.capabilities.views else self.answer(backend, request)
+        if not hasattr(source, "capabilities"):  # the model itself, its tokenizer, or its config
+            return self.answer(source, request)
+        if source.capabilities.views:
+            return source.view(self, request)
+        if not source.capabilities.insides:
+            raise_no_insides(self)
+        return self.answer(source.lm, request)
+
+
+def raise_no_insides(view: View) -> None:
+    """Refuse a view of the insides against a server that only generates, in one line."""
+    from lookinside.core.errors import BadInput
+
+    raise BadInput(f"an OpenAI-compatible server does not show {view.shows}: run this view without --endpoint, "
+                   "with the model here (--device-map auto or --quantize 4bit when it is large), or against "
+                   "`llm serve`, which shows every view")
+
+
+def _next_token(backend: Backend, request: NextTokenRequest) -> records.NextToken:
+    return backend.next_token(request)
+
+
+VIEWS: dict[str, View] = {view.name: view for view in (
+    View("next-token", "Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes.",
+         NextTokenRequest, records.NextToken, _next_token,
+         lazy("lookinside.ui.next_token", "next_token_view"), lazy("lookinside.ui.next_token", "next_token_json")),
+    View("compare", "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.",
+         CompareRequest, records.Comparison, lazy("lookinside.core.compare", "compare"),
+         lazy("lookinside.ui.compare", "compare_view"), lazy("lookinside.ui.compare", "compare_json")),
+    View("tokens", "Each token of TEXT with its id and piece (loads only the tokenizer).",
+         TokensRequest, records.Tokenization, lazy("lookinside.core.tokens", "tokens_of"),
+         lazy("lookinside.ui.tokens", "tokens_view"), lazy("lookinside.ui.tokens", "tokens_json"),
+         needs="tokenizer", text="text", shows="the tokenizer's pieces"),
+    View("inspect", "The module tree and architecture card, built from the config alone (no weights read).",
+         InspectRequest, records.Anatomy, lazy("lookinside.core.anatomy", "anatomy_for"),
+         lazy("lookinside.ui.anatomy", "anatomy_view"), lazy("lookinside.ui.anatomy", "anatomy_json"),
+         needs="config", text=None, shows="the module tree"),
+    View("forward", "The shapes through one forward pass, stage by stage, read with hooks.",
+         ForwardRequest, records.ForwardPass, lazy("lookinside.core.hooks", "forward_of"),
+         lazy("lookinside.ui.forward", "forward_view"), lazy("lookinside.ui.forward", "forward_json"),
+         needs="insides", shows="the shapes inside a forward pass"),
+    View("attention", "Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted).",
+         AttentionRequest, records.AttentionMaps, lazy("lookinside.core.attention", "attention_of"),
+         lazy("lookinside.ui.attention", "attention_view"), lazy("lookinside.ui.attention", "attention_json"),
+         needs="insides", shows="attention weights"),
+    View("lens", "The logit lens: each layer's residual stream through the final norm and LM head.",
+         LensRequest, records.LogitLens, lazy("lookinside.core.lens", "logit_lens"),
+         lazy("lookinside.ui.lens", "lens_view"), lazy("lookinside.ui.lens", "lens_json"),
+         needs="insides", shows="each layer's residual stream"),
+)}
+
+
+def register(view: View) -> View:
+    """Add a view (the interventions add theirs here); every front end serves it from then on."""
+    VIEWS[view.name] = view
+    return view
+
+
+def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
+    """A server's answer to `POST /lookinside/v1/views/<name>`: the command's --json and the record to redraw.
+
+    Raises KeyError for an unknown view, BadInput for a body that is not the view's request.
+    """
+    from lookinside.core.backend import LocalBackend
+    from lookinside.core.errors import BadInput
+    from lookinside.core.wire import from_wire, to_wire
+
+    view = VIEWS[name]
+    if not isinstance(body, dict):
+        raise BadInput(f"the body must be a JSON object of {view.request.__name__}'s fields")
+    record = view.run(LocalBackend(lm), from_wire(view.request, body))
+    return {"view": name, "json": view.json(record), "record": to_wire(record)}
