@@ -7,7 +7,7 @@ docs/api.md. Its names load lazily from `lookinside.api`, so `import lookinside`
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Generating", "Result", "attention", "bench", "compare", "diff", "forward", "generate", "inspect", "lens",
+__all__ = ["Generating", "Result", "attention", "bench", "compare", "connect", "diff", "forward", "generate", "inspect", "lens",
            "load", "next_token", "tokens", "wrap"]
 
 

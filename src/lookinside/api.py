@@ -32,8 +32,10 @@ from lookinside.views import VIEWS, View
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from lookinside.core.backend import Backend
     from lookinside.core.loading import LM
     from lookinside.core.records import Generation, Step, Stream
+    from lookinside.ui.generate import Source
 
 T = TypeVar("T")
 
@@ -167,11 +169,11 @@ def compare(lm: LM, prompt: str, *, samples: int = 3, max_new_tokens: int = 40, 
 class Generating:
     """`li.generate`'s answer: iterate it for `Step`s as they are made; `result()` runs to the end."""
 
-    def __init__(self, lm: LM, prompt: str, ids: list[int], stream: Stream) -> None:
+    def __init__(self, source: Source, stream: Stream) -> None:
         from lookinside.core.records import Generation
 
-        self.lm, self.prompt, self.stream = lm, prompt, stream
-        self.run: Generation = Generation(prompt_ids=list(ids), seed=stream.seed)
+        self.source, self.stream = source, stream
+        self.run: Generation = Generation(prompt_ids=list(source.prompt_ids or []), seed=stream.seed)
 
     @property
     def seed(self) -> int | None:
@@ -179,7 +181,7 @@ class Generating:
         return self.stream.seed
 
     def __repr__(self) -> str:
-        return (f"Generating({self.lm.name}, {self.prompt!r}, {len(self.run.steps)} steps so far): "
+        return (f"Generating({self.source.model}, {self.source.prompt!r}, {len(self.run.steps)} steps so far): "
                 "iterate it for steps, or .result() for the whole run")
 
     def __iter__(self) -> Iterator[Step]:
@@ -189,35 +191,37 @@ class Generating:
 
     def result(self) -> Result[Generation]:
         """Generate what is left and return the whole run (`llm generate --json`'s object)."""
+        from lookinside.ui.compare import run_text
+        from lookinside.ui.generate import generation_json
+
         for _ in self:
             pass
-        lm, prompt = self.lm, self.prompt
-
-        def to_json(run: Generation) -> dict[str, Any]:
-            from lookinside.core.detokenize import token_text
-            from lookinside.ui.generate import Source, generation_json
-
-            return generation_json(run, Source(lm.name, prompt, run.prompt_ids, lambda i: token_text(lm.tokenizer, i)))
-
-        def view(run: Generation) -> RenderableType:
-            from lookinside.ui.compare import run_text
-
-            return run_text(run, None, prompt)
-
-        return Result(self.run, view, to_json)
+        source = self.source
+        return Result(self.run, lambda run: run_text(run, None, source.prompt), lambda run: generation_json(run, source))
 
 
-def generate(lm: LM, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (), ignore_eos: bool = False,
-             chat: bool = False, **sampling: Any) -> Generating:
+def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (),
+             ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
+    from lookinside.core.backend import as_backend
     from lookinside.core.conversation import ChatRequest
-    from lookinside.core.generate import generate as start
-    from lookinside.core.prompting import encode_prompt
+    from lookinside.ui.generate import Source
 
+    backend = as_backend(lm)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
-    params = ChatRequest(sampling, max_new_tokens).settings(lm.model.generation_config).params
-    ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
-    return Generating(lm, prompt, ids, start(lm, ids, params, settings))
+    params = ChatRequest(sampling, max_new_tokens).settings(backend.generation_config).params
+    source = Source(backend.name, prompt, backend.prompt_ids(prompt, chat), backend.token_text)
+    return Generating(source, backend.generate(prompt, params, settings, chat))
+
+
+def connect(url: str, *, api_key: str | None = None, model: str | None = None) -> Backend:
+    """A model served elsewhere, for every `li.` view: `llm serve` shows them all; another server what it can.
+
+    `api_key` defaults to $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY. Nothing is loaded here, and no torch imported.
+    """
+    from lookinside.core.served import connect as open_server
+
+    return open_server(url, api_key, model)
 
 
 def bench(lm: LM, *, new_tokens: int = 100, warmup: int = 1, repeat: int = 3, modes: str | None = None,

@@ -1,4 +1,4 @@
-"""Which backend a command talks to: the model loaded here, or the server --endpoint names."""
+"""Which backend a command talks to: the model loaded here, the server --endpoint names, or a running `llm serve`."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ if TYPE_CHECKING:
 
 
 def open_backend(spec: LoadSpec, remote: Remote) -> Backend:
-    """A RemoteBackend when --endpoint is given (torch is never imported then), else the model loaded here."""
-    if remote.endpoint:
-        from lookinside.core import remote as core_remote
+    """The server --endpoint names (a `llm serve` shows every view; another server what it can), else the model here.
 
-        key = remote.api_key or core_remote.api_key_from_env()
-        model = spec.model if spec.model_named else None
-        return core_remote.connect(core_remote.RemoteSpec(remote.endpoint, key, model))
+    Torch is never imported for a server.
+    """
+    if remote.endpoint:
+        from lookinside.core.served import connect
+
+        return connect(remote.endpoint, remote.api_key, spec.model if spec.model_named else None)
     from lookinside.core.backend import LocalBackend
     from lookinside.ui.progress import load_with_progress
 
