@@ -17,6 +17,7 @@ from lookinside.cli.edge import friendly, run
 from lookinside.cli.generate import generate
 from lookinside.cli.inspect import attention, forward, inspect_command, lens, tokens
 from lookinside.cli.next_token import next_token
+from lookinside.cli.serve import serve
 
 app = typer.Typer(
     name="llm",
@@ -55,6 +56,7 @@ app.command("tokens", short_help="Each token's id and piece (tokenizer only).")(
 app.command("forward", short_help="The shapes through one forward pass, stage by stage.")(friendly(forward))
 app.command("attention", short_help="Attention heat maps of one layer.")(friendly(attention))
 app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(lens))
+app.command("serve", short_help="Load the model once and serve it over HTTP (OpenAI-compatible).")(friendly(serve))
 
 
 def main(prog_name: str | None = None) -> None:

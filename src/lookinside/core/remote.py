@@ -126,8 +126,8 @@ class RemoteBackend:
 
     @property
     def is_vllm(self) -> bool:
-        """True when /v1/models says the model is owned by vllm."""
-        return self.owner == "vllm"
+        """True when /v1/models says the model is owned by vllm, or by `llm serve`, which speaks vLLM's extras."""
+        return self.owner in ("vllm", "lookinside")
 
     # ---- token names
 
