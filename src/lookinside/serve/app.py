@@ -49,6 +49,16 @@ class AppState:
     settings: ServeSettings
     worker: ModelWorker
     info: dict[str, Any]
+    tokens_generated: int = 0  # counted on the model's thread as each token is made: a cut generation shows here
+
+    def counted(self, emit: oa.Emit) -> oa.Emit:
+        """`emit`, counting each generated token on its way."""
+        def emit_counted(item: Any) -> None:
+            if isinstance(item, oa.Scored):
+                self.tokens_generated += 1
+            emit(item)
+
+        return emit_counted
 
     @property
     def model_id(self) -> str:
@@ -114,7 +124,8 @@ async def health(request: Request) -> Response:
 async def info(request: Request) -> Response:
     """The served model's facts, and that this is a lookinside server."""
     state = state_of(request)
-    return _json({**state.info, "queue": {"waiting": state.worker.waiting, "busy": state.worker.busy}})
+    return _json({**state.info, "queue": {"waiting": state.worker.waiting, "busy": state.worker.busy},
+                  "tokens_generated": state.tokens_generated})
 
 
 async def models(request: Request) -> Response:
@@ -131,7 +142,8 @@ async def completions(request: Request) -> Response:
     state = state_of(request)
     parsed = oa.parse_completion(await read_json(request, state.settings.max_body_bytes), state.settings)
     _check_model(state, parsed.sampling.model)
-    items = await _start(state, lambda emit, cancel: oa.completion_job(state.lm, parsed, state.settings, emit, cancel))
+    items = await _start(state, lambda emit, cancel: oa.completion_job(state.lm, parsed, state.settings,
+                                                                      state.counted(emit), cancel))
     rid, model = oa.new_id("cmpl"), state.model_id
     if parsed.sampling.stream:
         return _sse(_completion_chunks(parsed, items, model, rid))
@@ -144,7 +156,8 @@ async def chat_completions(request: Request) -> Response:
     state = state_of(request)
     parsed = oa.parse_chat(await read_json(request, state.settings.max_body_bytes), state.settings)
     _check_model(state, parsed.sampling.model)
-    items = await _start(state, lambda emit, cancel: oa.chat_job(state.lm, parsed, state.settings, emit, cancel))
+    items = await _start(state, lambda emit, cancel: oa.chat_job(state.lm, parsed, state.settings,
+                                                                state.counted(emit), cancel))
     rid, model = oa.new_id("chatcmpl"), state.model_id
     if parsed.sampling.stream:
         return _sse(_chat_chunks(parsed, items, model, rid))
