@@ -18,6 +18,7 @@ from lookinside.cli.generate import generate
 from lookinside.cli.inspect import attention, inspect_command
 from lookinside.cli.views import command_for
 from lookinside.views import VIEWS
+from lookinside.cli.serve import serve
 
 app = typer.Typer(
     name="llm",
@@ -58,6 +59,7 @@ app.command("forward", short_help="The shapes through one forward pass, stage by
     friendly(command_for(VIEWS["forward"])))
 app.command("attention", short_help="Attention heat maps of one layer.")(friendly(attention))
 app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(command_for(VIEWS["lens"])))
+app.command("serve", short_help="Load the model once and serve it over HTTP (OpenAI-compatible).")(friendly(serve))
 
 
 def main(prog_name: str | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Which backend a command talks to: the model loaded here, the server --endpoint names, or a running `llm serve`."""
+"""Which backend a command talks to: the server --endpoint names, a running `llm serve` of the same model, or the
+model loaded here."""
 
 from __future__ import annotations
 
@@ -12,15 +13,43 @@ if TYPE_CHECKING:
 
 
 def open_backend(spec: LoadSpec, remote: Remote) -> Backend:
-    """The server --endpoint names (a `llm serve` shows every view; another server what it can), else the model here.
-
-    Torch is never imported for a server.
-    """
-    if remote.endpoint:
-        from lookinside.core.served import connect
-
-        return connect(remote.endpoint, remote.api_key, spec.model if spec.model_named else None)
+    """A server when one answers for these options (torch is never imported then), else the model loaded here."""
+    served = open_server(spec, remote)
+    if served is not None:
+        return served
     from lookinside.core.backend import LocalBackend
     from lookinside.ui.progress import load_with_progress
 
     return LocalBackend(load_with_progress(spec))
+
+
+def open_server(spec: LoadSpec, remote: Remote) -> Backend | None:
+    """The server --endpoint names, else a running `llm serve` that loaded this model the same way, else None."""
+    if remote.endpoint:
+        from lookinside.core.served import connect
+
+        return connect(remote.endpoint, remote.api_key, spec.model if spec.model_named else None)
+    return None if remote.no_server else _running_server(spec)
+
+
+def _running_server(spec: LoadSpec) -> Backend | None:
+    """The `llm serve` that loaded this model the same way, said in one dim line on stderr; None if there is none."""
+    from lookinside.serve.registry import find_server
+
+    record = find_server(spec)
+    if record is None:
+        return None
+    from lookinside.core.errors import RemoteError
+    from lookinside.core.served import ServedBackend, probe
+    from lookinside.ui.console import stderr_console
+
+    try:
+        info = probe(record.url, record.key)
+    except RemoteError as exc:
+        stderr_console().print(f"[dim]note: {exc}; running here instead[/]", highlight=False, soft_wrap=True)
+        return None
+    if info is None:
+        return None
+    stderr_console().print(f"[dim]using the server at {record.url} (llm serve, pid {record.pid}); "
+                           "--no-server to run here[/]", highlight=False, soft_wrap=True)
+    return ServedBackend(record.url, record.key, info)

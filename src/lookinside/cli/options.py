@@ -147,6 +147,7 @@ class Remote:
 
     endpoint: Optional[str] = None
     api_key: Optional[str] = field(default=None, repr=False)
+    no_server: bool = False  # run here even when an `llm serve` of the same model is running
 
 
 def _remote_parameters() -> list[inspect.Parameter]:
@@ -162,6 +163,9 @@ def _remote_parameters() -> list[inspect.Parameter]:
             "--api-key", metavar="KEY", envvar="LOOKINSIDE_API_KEY", rich_help_panel=REMOTE_PANEL,
             show_default=False, show_envvar=True,
             help="The server's API key (default: $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY); never printed.")]),
+        inspect.Parameter("no_server", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--no-server", envvar="LOOKINSIDE_NO_SERVER", rich_help_panel=REMOTE_PANEL,
+                               show_envvar=True, help="Load the model here even when `llm serve` runs it.")]),
     ]
 
 

@@ -25,10 +25,13 @@ from lookinside.views import View
 
 def open_for(view: View, spec: LoadSpec, remote: Remote) -> Any:
     """What the view reads: a backend (here or a server), or for the others the model, tokenizer or config here."""
-    from lookinside.cli.backends import open_backend
+    from lookinside.cli.backends import open_backend, open_server
 
-    if view.needs == "model" or remote.endpoint:
-        return open_backend(spec, remote)  # a server answers the view itself, or refuses it in one line
+    served = open_server(spec, remote)
+    if served is not None:
+        return served  # `llm serve` answers the view itself; another server what it can, refusing the rest in one line
+    if view.needs == "model":
+        return open_backend(spec, remote)
     if view.needs == "tokenizer":
         from lookinside.core.loading import load_tokenizer
         from lookinside.core.tokens import TokenizerOnly

@@ -41,15 +41,17 @@ TOP_ALTERNATIVES = 5
 
 
 def generate(
-    lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings = GenerationSettings()
+    lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings = GenerationSettings(),
+    alternatives: int = TOP_ALTERNATIVES,
 ) -> Stream:
     """One `Step` per new token until an end token, a stop string or `max_new_tokens`.
 
-    An unseeded sampling `params` gets a fresh seed here, readable as `stream.seed`.
+    An unseeded sampling `params` gets a fresh seed here, readable as `stream.seed`. Each step keeps
+    the `alternatives` most probable tokens (a server asked for logprobs=20 wants more than five).
     """
     check_fits(len(prompt_ids), lm.context_length, settings.max_new_tokens)
     params = with_seed(params)
-    return Stream(_steps(lm, list(prompt_ids), params, settings), params)
+    return Stream(_steps(lm, list(prompt_ids), params, settings, alternatives), params)
 
 
 def with_seed(params: SamplingParams) -> SamplingParams:
@@ -76,7 +78,8 @@ def collect(
     return run
 
 
-def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings) -> Iterator[Step]:
+def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings,
+           alternatives: int = TOP_ALTERNATIVES) -> Iterator[Step]:
     processors = build_processors(params)
     generator = _generator(params, lm.device)
     ends = frozenset() if settings.ignore_eos else frozenset(lm.end_token_ids)
@@ -96,7 +99,7 @@ def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gene
         with torch.inference_mode():
             token = pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
             buffer[:, n + index] = token
-            token_id, prob, rank, top = _observe(logits[0], token)  # the step's one device -> host copy
+            token_id, prob, rank, top = _observe(logits[0], token, alternatives)  # the step's one device -> host copy
         finish: Finish | None = None
         if token_id in ends:
             text, finish = stops.push(decoder.flush()) + stops.flush(), "eos"
@@ -152,14 +155,15 @@ def pick(
     return sample(probs, generator)
 
 
-def _observe(logits: torch.Tensor, token: torch.Tensor) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
+def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES,
+             ) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
     """The token, its raw probability and rank, and the top alternatives, in one copy to the host."""
     # log p = logit - logsumexp: one reduction over the vocab instead of a whole log-softmax tensor.
     logits = logits.float()  # (vocab,)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (1,)
     chosen = logits[token]  # (1,)
     rank = (logits > chosen).sum().unsqueeze(0) + 1  # (1,)
-    top_logits, top_ids = logits.topk(min(TOP_ALTERNATIVES, logits.shape[-1]))  # (k,), (k,)
+    top_logits, top_ids = logits.topk(min(alternatives, logits.shape[-1]))  # (k,), (k,)
     chosen, top_logp = chosen - lse, top_logits - lse  # (1,), (k,)
     # float64 holds every token id exactly; one .tolist() is one device sync instead of a dozen .item()s.
     packed = torch.cat([token.double(), chosen.double(), rank.double(), top_ids.double(), top_logp.double()]).tolist()

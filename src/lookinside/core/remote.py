@@ -115,8 +115,8 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
 def server_capabilities(owner: str) -> Capabilities:
     """What a server gives, from what it says it is: vLLM gives ids and takes every sampler; others neither."""
     remote = Capabilities(shapes=False, insides=False, kv_cache_switch=False, continue_reply=False)
-    if owner == "vllm":
-        return replace(remote, kind="vllm")
+    if owner in ("vllm", "lookinside"):  # `llm serve` takes vLLM's extra fields and gives ids as vLLM does
+        return replace(remote, kind=owner)
     return replace(remote, ids=False, extra_samplers=False, ignore_eos=False, kind=owner or "unknown")
 
 

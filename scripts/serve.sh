@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A real `llm serve --model tiny` on 127.0.0.1, for the remote tests (.ci/run) and for trying it by hand.
+#
+#   scripts/serve.sh start [PORT]   serve the built-in tiny model (float32), print the base URL once /health answers
+#   scripts/serve.sh stop           SIGTERM the server started by `start`, and wait for it to exit
+#   scripts/serve.sh url            the base URL of the running server
+#
+# LOOKINSIDE_SERVE_KEY=KEY makes the server refuse requests without that key (it reads the variable
+# itself, so the key stays out of the command line and `ps`). Its pid, URL and log live in
+# ${LOOKINSIDE_SERVE_RUN:-$XDG_CACHE_HOME/lookinside/serve-run}; the server records itself in
+# $LOOKINSIDE_DATA_DIR as every `llm serve` does (.ci/run points that at the run directory, so the
+# commands the docs check runs afterwards do not find it).
+set -euo pipefail
+
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/lookinside"
+RUN="${LOOKINSIDE_SERVE_RUN:-$CACHE/serve-run}"
+PYTHON="${PYTHON:-python3}"
+
+log() { echo "serve.sh: $*" >&2; }
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+alive() { [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; }
+
+start() {
+    mkdir -p "$RUN"
+    if alive; then
+        log "already running: $(cat "$RUN/url")"
+        cat "$RUN/url"
+        return
+    fi
+    local port="${1:-$(free_port)}"
+    local url="http://127.0.0.1:$port/v1"
+    log "starting llm serve on $url (log: $RUN/server.log)"
+    setsid "$PYTHON" -m lookinside serve --model tiny --dtype float32 --host 127.0.0.1 --port "$port" \
+        >"$RUN/server.log" 2>&1 &
+    echo $! >"$RUN/pid"
+    echo "$url" >"$RUN/url"
+    for _ in $(seq 1 600); do
+        if curl -fsS "${url%/v1}/health" >/dev/null 2>&1; then
+            log "ready"
+            echo "$url"
+            return
+        fi
+        if ! alive; then
+            log "the server exited; the end of its log:"
+            tail -n 30 "$RUN/server.log" >&2
+            rm -f "$RUN/pid"
+            exit 1
+        fi
+        sleep 0.2
+    done
+    log "not ready after 120 s; stopping it"
+    stop
+    exit 1
+}
+
+stop() {
+    if [ -f "$RUN/pid" ]; then
+        local pid
+        pid="$(cat "$RUN/pid")"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        rm -f "$RUN/pid"
+        log "stopped"
+    fi
+}
+
+case "${1:-}" in
+    start) shift; start "$@" ;;
+    stop) stop ;;
+    url)
+        if alive; then cat "$RUN/url"
+        else log "no server running (scripts/serve.sh start)"; exit 1; fi ;;
+    *) echo "usage: $0 start [PORT]|stop|url" >&2; exit 2 ;;
+esac

@@ -1,0 +1,55 @@
+"""`llm serve`: load the model once and serve it over HTTP (OpenAI-compatible, as vLLM does)."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from lookinside.cli.options import model_options
+from lookinside.core.spec import LoadSpec
+
+SERVER_PANEL = "Server"
+
+
+@model_options
+def serve(
+    host: Annotated[str, typer.Option("--host", metavar="HOST", rich_help_panel=SERVER_PANEL,
+                                      help="Address to listen on; other than loopback it needs --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", metavar="PORT", rich_help_panel=SERVER_PANEL,
+                                      help="Port to listen on (0: any free one).")] = 8765,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", metavar="KEY", envvar="LOOKINSIDE_SERVE_KEY", show_envvar=True, rich_help_panel=SERVER_PANEL,
+        show_default=False, help="Refuse requests without `Authorization: Bearer KEY`; never printed.")] = None,
+    queue: Annotated[int, typer.Option("--queue", metavar="N", rich_help_panel=SERVER_PANEL,
+                                       help="Requests that may wait for the model; one more is answered 503.")] = 32,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", metavar="N", rich_help_panel=SERVER_PANEL, show_default=False,
+        help="The most tokens one request may generate [default: the context].")] = None,
+    max_logprobs: Annotated[int, typer.Option("--max-logprobs", metavar="N", rich_help_panel=SERVER_PANEL,
+                                              help="The most logprobs / top_logprobs a request may ask.")] = 20,
+    max_body: Annotated[int, typer.Option("--max-body", metavar="BYTES", rich_help_panel=SERVER_PANEL,
+                                          help="The largest request body accepted.")] = 1_000_000,
+    *,
+    spec: LoadSpec,
+) -> None:
+    """Load the model once and serve it: /v1/completions, /v1/chat/completions, /v1/models, /health.
+
+    Commands with the same model options then use this server (--no-server runs them here).
+    """
+    from lookinside.serve.settings import ServeSettings
+
+    settings = ServeSettings(spec=spec, host=host, port=port, api_key=api_key, queue=queue, max_tokens=max_tokens,
+                             max_logprobs=max_logprobs, max_body_bytes=max_body)
+    try:
+        from lookinside.serve import server
+    except ImportError:
+        from lookinside.core.errors import BadInput
+
+        raise BadInput('llm serve needs starlette and uvicorn: pip install "lookinside[serve]"') from None
+    from lookinside.ui.console import stderr_console
+    from lookinside.ui.progress import load_with_progress
+
+    sock = server.bind(settings)
+    lm = load_with_progress(spec)
+    server.quiet_libraries()
+    server.serve(lm, settings, sock, lambda line: stderr_console().print(line, markup=False, highlight=False,
+                                                                          soft_wrap=True))
