@@ -16,9 +16,9 @@ from lookinside.cli.diff import diff
 from lookinside.cli.edge import friendly, run
 from lookinside.cli.generate import generate
 from lookinside.cli.inspect import attention, inspect_command
+from lookinside.cli.serve import serve
 from lookinside.cli.views import command_for
 from lookinside.views import VIEWS
-from lookinside.cli.serve import serve
 
 app = typer.Typer(
     name="llm",

@@ -49,14 +49,11 @@ def compare(
     Samples use temperature 1 and no filters unless told otherwise; sample i uses seed --seed + i
     (a seed is drawn and shown when --seed is not given), so a comparison can be repeated exactly.
     """
-    from lookinside.cli.backends import open_backend
-    from lookinside.core.compare import compare as compare_runs
+    from lookinside.cli.views import answer_here, show_record
     from lookinside.core.request import CompareRequest, GenerationSettings
     from lookinside.core.sampling import SamplingParams
-    from lookinside.ui.compare import compare_json, compare_view
-    from lookinside.ui.console import show
+    from lookinside.views import VIEWS
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
     request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
-    result = compare_runs(open_backend(spec, remote), request)
-    show(result, compare_view, compare_json, as_json=json, keep=keep)
+    show_record(VIEWS["compare"], answer_here(VIEWS["compare"], request, spec, remote), json, keep)

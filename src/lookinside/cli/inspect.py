@@ -21,7 +21,7 @@ from lookinside.cli.options import (
     model_options,
     remote_options,
 )
-from lookinside.cli.views import answer_here, show_record
+from lookinside.cli.views import show_record
 from lookinside.core.spec import LoadSpec
 from lookinside.views import VIEWS
 
@@ -58,21 +58,25 @@ def attention(
     chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep, remote: Remote,
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
+    from lookinside.cli.backends import open_server
     from lookinside.core import attention as core_attention
     from lookinside.core.request import AttentionRequest
     from lookinside.ui.console import stderr_console
+    from lookinside.ui.progress import load_with_progress
 
     view, request = VIEWS["attention"], AttentionRequest(prompt, layer=layer, head=head, chat=chat)
     if png is not None:
         from lookinside.ui import attention_png
 
         attention_png.require_pillow()  # before loading: a missing library should not cost a model load
-    if not remote.endpoint:
+    source = open_server(spec, remote)  # a server switches its own model to eager attention, and back
+    if source is None:
         core_attention.precheck(spec, request)
         spec, note = core_attention.eager_spec(spec)
         if note:
             stderr_console().print(f"note: {note}", style="dim", markup=False)
-    maps = answer_here(view, request, spec, remote)
+        source = load_with_progress(spec)
+    maps = view.run(source, request)
     if png is not None:
         attention_png.save_png(maps, png)
         stderr_console().print(f"wrote {png}", style="dim", markup=False)

@@ -78,6 +78,8 @@ async def run_on_model(state: AppState, job: Callable[[], T]) -> T:
 
 def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The app serving `lm` as `settings` say; `extra_routes` are added beside the built-in ones."""
+    from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
+
     state = AppState(lm, settings, ModelWorker(settings.queue), model_info(lm, settings))
 
     @asynccontextmanager
@@ -91,6 +93,7 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/lookinside/v1/info", info, methods=["GET"]),
+        *view_routes(),
         *extra_routes,
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, QueueFull: _queue_full,
