@@ -121,7 +121,7 @@ def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(serv
     assert served.stdout == here.stdout and "note: using eager attention" not in served.stderr
 
 
-def test_a_record_whose_server_does_not_answer_is_dropped_and_the_command_runs_here(tmp_path, monkeypatch):
+def test_a_record_whose_server_does_not_answer_is_passed_over_and_the_command_runs_here(tmp_path, monkeypatch):
     import os
     import socket
 
@@ -135,7 +135,6 @@ def test_a_record_whose_server_does_not_answer_is_dropped_and_the_command_runs_h
                               spec_identity(LoadSpec(model="tiny"))))
     result = runner.invoke(app, ["next-token", PROMPT, "--model", "tiny", "-k", "1"])
     assert result.exit_code == 0 and "Paris" in result.stdout and "using the server" not in result.stderr
-    assert not list((tmp_path / "servers").glob("*.json"))
     with pytest.raises(RemoteError):
         from lookinside.core.served import connect
 
