@@ -139,3 +139,11 @@ def test_a_record_whose_server_does_not_answer_is_passed_over_and_the_command_ru
         from lookinside.core.served import connect
 
         connect(f"http://127.0.0.1:{port}/v1")
+
+
+def test_bench_and_generate_stream_from_the_server(server):
+    bench = llm("bench", "--endpoint", server.url, "-n", "6", "--repeat", "1", "--warmup", "0")
+    assert bench["decode_tok_s"] > 0 and all(len(row) == 6 for row in bench["step_seconds"])
+    assert bench["prefix_cache"]["prompt_tokens"] > 100 and bench["server"] == "lookinside"
+    generated = llm("generate", PROMPT, "--endpoint", server.url, "-t", "0", "-n", "4")
+    assert generated["text"].startswith(" Paris")

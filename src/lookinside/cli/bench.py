@@ -69,10 +69,10 @@ def bench(
         if given:
             raise BadInput(f"{', '.join(given)} need the model here: a server keeps its own KV cache and weights")
         from lookinside.cli.backends import open_backend
-        from lookinside.core import remote as core_remote
+        from lookinside.core.bench_stream import stream_bench
         from lookinside.ui.bench import remote_bench_json, remote_bench_view
 
-        report = core_remote.bench(open_backend(spec, remote), settings, progress=tell_progress)  # type: ignore[arg-type]
+        report = stream_bench(open_backend(spec, remote), settings, progress=tell_progress)
         show(report, remote_bench_view, remote_bench_json, as_json=json, keep=keep)
         return
     from lookinside.core.bench import run_bench

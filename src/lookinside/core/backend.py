@@ -73,6 +73,10 @@ class Backend(Protocol):
         """The prompt's token ids as the model reads them (None where the backend does not show them)."""
         ...
 
+    def prompt_tokens(self, prompt: str) -> int | None:
+        """How many tokens the model makes of `prompt` (None where the backend cannot count)."""
+        ...
+
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """A continuation of a text prompt (through the chat template with `chat`), one step per token."""
         ...
@@ -139,6 +143,10 @@ class LocalBackend:
         from lookinside.core.prompting import encode_prompt
 
         return encode_prompt(self.lm.tokenizer, prompt, chat=chat)
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens the local tokenizer makes of `prompt`."""
+        return len(self.prompt_ids(prompt))
 
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """The one token loop over the encoded prompt."""

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backend import Capabilities, Resources
-from lookinside.core.bench_report import PrefixCache, RemoteBenchReport
 from lookinside.core.conversation import Conversation, Fitted
 from lookinside.core.prompting import chat_messages
 from lookinside.core.records import (
@@ -43,7 +42,7 @@ from lookinside.core.records import (
     Stream,
     gather,
 )
-from lookinside.core.request import DEFAULT_PROMPT, BenchSettings, GenerationSettings, NextTokenRequest
+from lookinside.core.request import GenerationSettings, NextTokenRequest
 from lookinside.core.sampling import SamplingParams, request_fields
 
 if TYPE_CHECKING:
@@ -213,6 +212,25 @@ class RemoteBackend:
     def prompt_ids(self, prompt: str, chat: bool = False) -> None:
         """A server does not show the prompt's ids on this path."""
         return None
+
+    @property
+    def endpoint(self) -> str:
+        """The server's base URL."""
+        return self.spec.base_url
+
+    def prompt_tokens(self, prompt: str) -> int | None:
+        """How many tokens the server makes of `prompt`, from its /tokenize route (vLLM, llama.cpp); None without one."""
+        from lookinside.core.http import call
+
+        root = self.spec.base_url.removesuffix("/v1")
+        try:
+            answer = call(root, "/tokenize", self.spec.api_key, {"model": self.name, "prompt": prompt, "content": prompt},
+                          self.spec.timeout_s)
+        except errors.LookinsideError:
+            return None
+        count = answer.get("count") if isinstance(answer, dict) else None
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        return count if isinstance(count, int) else len(tokens) if isinstance(tokens, list) else None
 
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """A streamed completion (a chat completion with `chat`); `stream.seed` is the seed sent."""
@@ -447,61 +465,3 @@ def _cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-NO_CACHE_SWITCH = ("a server keeps its own KV cache for every request; it cannot be turned off from here "
-                   "(run the model here for --no-cache and --modes)")
-
-
-def bench(backend: RemoteBackend, settings: BenchSettings, progress: ProgressFn | None = None) -> RemoteBenchReport:
-    """Stream the bench prompt `warmup` + `repeat` times, then time a long prompt cold and again (the prefix cache)."""
-    tell = progress or (lambda _: None)
-    prompt = settings.prompt or DEFAULT_PROMPT
-    params, run = SamplingParams(temperature=0.0), GenerationSettings(max_new_tokens=settings.new_tokens,
-                                                                         ignore_eos=backend.capabilities.ignore_eos)
-    tell(f"streaming {settings.new_tokens} tokens from {backend.name}: {settings.warmup} warm-up + "
-         f"{settings.repeat} timed runs")
-    for _ in range(settings.warmup):
-        backend.complete(prompt, params, run)
-    rows = tuple(tuple(step.seconds for step in backend.complete(prompt, params, run).steps)
-                 for _ in range(settings.repeat))
-    tell("timing a long prompt cold, then again (the server's prefix cache)")
-    unavailable = {"kv_cache_switch": NO_CACHE_SWITCH, "memory": "the server's memory is not visible from here",
-                   "speed_of_light": "the server's weights and bandwidth are not visible from here"}
-    if not backend.capabilities.ignore_eos:
-        unavailable["exact_length"] = "only vLLM can be told to ignore end tokens; runs may stop early"
-    return RemoteBenchReport(backend.name, backend.spec.base_url, backend.owner or "unknown", settings.new_tokens,
-                             rows, prefix_cache(backend, settings.repeat), unavailable)
-
-
-def prefix_cache(backend: RemoteBackend, repeat: int) -> PrefixCache:
-    """One-token requests with long prompts the server has not seen (each starts with a fresh nonce), then again."""
-    cold: list[float] = []
-    warm: list[float] = []
-    counted = None
-    for _ in range(max(repeat, 2)):
-        prompt = _long_prompt(backend)
-        seconds, counted = _one_token(backend, prompt)
-        cold.append(seconds)
-        warm.append(_one_token(backend, prompt)[0])
-    return PrefixCache(counted, tuple(cold), tuple(warm))
-
-
-def _long_prompt(backend: RemoteBackend) -> str:
-    """A prompt of about three quarters of the context (or 2,000 words), unseen: it starts with random words."""
-    import secrets
-
-    words = DEFAULT_PROMPT.split()
-    budget = int((backend.context_length or 2048) * 0.75) // 2  # about two tokens per word in small vocabularies
-    nonce = " ".join(secrets.token_hex(2) for _ in range(4))
-    return nonce + " " + " ".join(words[i % len(words)] for i in range(max(budget - 8, 8)))
-
-
-def _one_token(backend: RemoteBackend, prompt: str) -> tuple[float, int | None]:
-    """Seconds for a one-token completion of `prompt`, and the prompt's tokens as the server counted them."""
-    start = time.perf_counter()
-    with _translated(backend.spec):
-        out = backend.client.completions.create(model=backend.name, prompt=prompt, max_tokens=1, temperature=0)
-    seconds = time.perf_counter() - start
-    usage = getattr(out, "usage", None)
-    return seconds, getattr(usage, "prompt_tokens", None)

@@ -9,14 +9,12 @@ the server's OpenAI-compatible API, with the openai client, opened on first use.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backend import Capabilities, Resources
+from lookinside.core.http import call
 from lookinside.core.records import ModelFacts, NextToken
 from lookinside.core.wire import from_wire, to_wire
 
@@ -41,7 +39,7 @@ def server_root(url: str) -> str:
 def probe(url: str, key: str | None, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """The facts of the lookinside server at `url` (GET /lookinside/v1/info), or None when it is another server."""
     try:
-        return _call(server_root(url), INFO_PATH, key, None, timeout_s)
+        return call(server_root(url), INFO_PATH, key, None, timeout_s)
     except errors.RemoteError as exc:
         if "answered 404" in str(exc) or "not a lookinside server" in str(exc):
             return None
@@ -81,7 +79,7 @@ class ServedBackend:
 
     def view(self, view: View, request: Any) -> Any:
         """The server's record for `request`, rebuilt here (its JSON is the command's --json)."""
-        answer = _call(self.root, f"/lookinside/v1/views/{view.name}", self.key, to_wire(request), self.timeout_s)
+        answer = call(self.root, f"/lookinside/v1/views/{view.name}", self.key, to_wire(request), self.timeout_s)
         try:
             return from_wire(view.record, answer["record"])
         except (KeyError, TypeError, errors.BadInput) as exc:
@@ -109,6 +107,15 @@ class ServedBackend:
         from lookinside.views import VIEWS
 
         return [piece.id for piece in self.view(VIEWS["tokens"], TokensRequest(prompt, chat)).tokens]
+
+    @property
+    def endpoint(self) -> str:
+        """The server's root URL."""
+        return self.root
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens the served model makes of `prompt`."""
+        return len(self.prompt_ids(prompt))
 
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """A streamed completion from the server."""
@@ -149,39 +156,3 @@ class ServedBackend:
     def resources(self) -> Resources:
         """The server's memory and threads are not visible from here."""
         return Resources()
-
-
-def _call(root: str, path: str, key: str | None, body: Any, timeout_s: float) -> Any:
-    """GET (no body) or POST JSON to the server; its answer's JSON, or one-line errors."""
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body, allow_nan=False).encode()
-        headers["Content-Type"] = "application/json"
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(root + path, data=data, headers=headers, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (an http(s) URL we built)
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise _refusal(root, exc) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise errors.RemoteError(f"nothing answers at {root} ({reason}): is the server running?") from None
-    except ValueError:
-        raise errors.RemoteError(f"{root}{path} answered, but not with JSON: not a lookinside server") from None
-
-
-def _refusal(root: str, exc: urllib.error.HTTPError) -> errors.LookinsideError:
-    """The server's one-line error as the typed error the CLI turns into its exit code."""
-    try:
-        message = str(json.loads(exc.read())["error"]["message"]).splitlines()[0]
-    except (ValueError, KeyError, TypeError, IndexError):
-        message = exc.reason or "no reason given"
-    if exc.code == 401:
-        return errors.RemoteError(f"the server at {root} refused the API key (401): give --api-key or set "
-                                  "LOOKINSIDE_API_KEY")
-    if 400 <= exc.code < 500 and exc.code != 404:
-        return errors.BadInput(f"the server refused the request: {message}")
-    return errors.RemoteError(f"the server at {root} answered {exc.code}: {message}")
