@@ -170,8 +170,8 @@ def shift_line(shift: Shift) -> Text:
     return Text.assemble(
         ("KL(before || after) ", "dim"), (kl, "bold"), ("   ", ""),
         (visible(shift.top.token), "bold green"),
-        (f" {fmt_prob(shift.top.prob)} → {fmt_prob(shift.top_after_prob)} ({shift.change:+.4f}), "
-         f"rank 1 → {shift.top_after_rank}", ""))
+        (f" {fmt_prob(shift.top.prob)} → {fmt_prob(shift.top_after_prob)} ({shift.change:+.4f}), rank 1 → "
+         + str(shift.top_after_rank), ""))
 
 
 def shift_json(shift: Shift) -> dict[str, Any]:
