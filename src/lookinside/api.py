@@ -294,3 +294,44 @@ def lens(lm: LM, prompt: str, *, top_k: int = 3, position: int = -1, all_positio
     request = LensRequest(prompt, top_k=top_k, position=position, all_positions=all_positions, chat=chat)
     return Result(core_lens.logit_lens(lm, request), lens_view, lens_json)
 
+
+
+# ---- interventions (docs/interventions.md)
+
+
+def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str] = (), layer: int | None = None,
+           part: str = "block", mode: str = "zero", sweep: str | None = None, top_k: int = 10,
+           chat: bool = False) -> Result[Any]:
+    """Remove heads (`heads=[(0, 1)]` or `["0.1"]`) or a layer's part, or sweep them (`llm ablate`)."""
+    from lookinside.core.interventions import ablate as core_ablate
+    from lookinside.core.interventions.requests import AblateRequest, parse_head
+    from lookinside.ui.interventions import ablate_json, ablate_view
+
+    pairs = tuple(parse_head(h) if isinstance(h, str) else tuple(h) for h in heads)
+    request = AblateRequest(prompt, heads=pairs, layer=layer, part=part, mode=mode, sweep=sweep,  # type: ignore[arg-type]
+                            top_k=top_k, chat=chat)
+    return Result(core_ablate.ablate(lm, request), ablate_view, ablate_json)
+
+
+def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: str = "resid",
+          chat: bool = False) -> Result[Any]:
+    """Activation patching: `prob[layer][position]` of the target with the clean activation put back (`llm patch`)."""
+    from lookinside.core.interventions import patch as core_patch
+    from lookinside.core.interventions.requests import PatchRequest
+    from lookinside.ui.interventions import patch_json, patch_view
+
+    request = PatchRequest(clean, corrupt, target=target, part=part, chat=chat)  # type: ignore[arg-type]
+    return Result(core_patch.patch(lm, request), patch_view, patch_json)
+
+
+def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: int = 1, alpha: float = 4.0,
+          max_new_tokens: int = 24, chat: bool = False, **sampling: Any) -> Result[Any]:
+    """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default."""
+    from lookinside.core.interventions import steer as core_steer
+    from lookinside.core.interventions.requests import SteerRequest
+    from lookinside.ui.interventions import steer_json, steer_view
+
+    request = SteerRequest(prompt, add=add, subtract=subtract, layer=layer, alpha=alpha,
+                           params=SamplingParams(**{"temperature": 0.0, **sampling}), max_new_tokens=max_new_tokens,
+                           chat=chat)
+    return Result(core_steer.steer(lm, request), steer_view, steer_json)
