@@ -151,7 +151,7 @@ def test_patch_last_layer_last_position_is_the_clean_probability(lm):
 
 def test_patch_tiny_finds_france(tiny):
     result = core_patch.patch(tiny, PatchRequest(CLEAN, CORRUPT))
-    assert result.target.token == " Paris" and result.corrupt_prob < 0.01 < 0.99 < result.clean_prob
+    assert result.target.token == " Paris" and result.corrupt_prob < 0.01 and result.clean_prob > 0.99
     japan = next(t.index for t in result.tokens if t.text == " Japan")
     assert result.prob[0][japan] > 0.9  # the embeddings of " France" carry the answer
 
@@ -224,9 +224,9 @@ def test_an_edit_that_raises_leaves_no_hook(tiny):
     def broken(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("edit failed")
 
-    with pytest.raises(RuntimeError, match="edit failed"):
-        with hooks.installed([hooks.on_output(block.mlp, lambda x: x * 0), hooks.on_input(block.out_proj, broken)]):
-            hooks.last_logits(tiny, ids(tiny, CLEAN))
+    installs = [hooks.on_output(block.mlp, lambda x: x * 0), hooks.on_input(block.out_proj, broken)]
+    with pytest.raises(RuntimeError, match="edit failed"), hooks.installed(installs):
+        hooks.last_logits(tiny, ids(tiny, CLEAN))
     assert torch.equal(model_logits(tiny), before) and no_hooks_left(tiny.model)
 
 
@@ -236,9 +236,8 @@ def test_a_failing_install_removes_those_already_in(tiny):
     def refuses():
         raise BadInput("no such part")
 
-    with pytest.raises(BadInput):
-        with hooks.installed([hooks.on_output(block.mlp, lambda x: x * 0), refuses]):
-            pass
+    with pytest.raises(BadInput), hooks.installed([hooks.on_output(block.mlp, lambda x: x * 0), refuses]):
+        pass
     assert no_hooks_left(tiny.model)
 
 
