@@ -369,3 +369,31 @@ def test_a_part_the_architecture_lacks(tiny, monkeypatch):
         core_ablate.ablate(tiny, AblateRequest(CLEAN, layer=0, part="mlp"))
     with pytest.raises(BadInput, match="no attention output projection"):
         core_ablate.ablate(tiny, AblateRequest(CLEAN, sweep="heads"))
+
+
+# ---- chat's /steer
+
+
+def test_chat_steer_sets_shows_and_clears(tiny):
+    import io
+
+    from rich.console import Console
+
+    from .test_chat import ENTER, chat
+
+    question = "What is the capital of France?"
+    run = chat(tiny, f"/steer 2 4 Japan | France{ENTER}{question}{ENTER}/steer{ENTER}/steer off{ENTER}{question}{ENTER}"
+                     f"/steer two 4 Japan{ENTER}/steer 9 4 Japan{ENTER}/steer 1 nan Japan{ENTER}", stats=True,
+               console=Console(file=io.StringIO(), width=200, highlight=False))
+    lines = run.out.splitlines()
+    steer = "steer 4 x ('Japan' - 'France') at layer 2"
+    assert lines[0] == f"{steer} on every reply"
+    replies = [m["content"] for m in run.messages if m["role"] == "assistant"]
+    assert replies[1] == "The capital of France is Paris." and replies[0] != replies[1]
+    stats = [line for line in lines if "generated tokens" in line]
+    assert stats[0].endswith("· steer on (layer 2, alpha 4)") and "steer" not in stats[1]  # the stats line says when a steer is on
+    assert f"{steer}" in lines and "steer off" in lines
+    assert lines[-3].startswith("/steer LAYER ALPHA ADD [| SUBTRACT], e.g.")
+    assert lines[-2].startswith("--layer must be between 0 and 4")
+    assert lines[-1] == "--alpha must be a finite number, not nan"
+    assert no_hooks_left(tiny.model)

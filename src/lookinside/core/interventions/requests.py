@@ -119,10 +119,15 @@ class SteerRequest:
         if self.subtract is not None and not self.subtract.strip():
             raise BadInput("--subtract is empty: give some text, or leave it out")
         _whole("--layer", self.layer)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise BadInput(f"--alpha must be a finite number, not {self.alpha}")
+        check_alpha(self.alpha)
         _whole("--max-new-tokens", self.max_new_tokens, low=1)
         _whole("--top-k", self.top_k, low=1)
+
+
+def check_alpha(alpha: object) -> None:
+    """Refuse a steering weight that is not a finite number."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise BadInput(f"--alpha must be a finite number, not {alpha}")
 
 
 def resolve(name: str, value: int, count: int, counting: str) -> int:

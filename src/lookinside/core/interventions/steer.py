@@ -44,6 +44,10 @@ class Steering:
         minus = f" - {self.subtract!r}" if self.subtract is not None else ""
         return f"steer {self.alpha:g} x ({self.add!r}{minus}) at layer {self.depth}"
 
+    def label(self) -> str:
+        """A few words for the chat's stats line."""
+        return f"steer on (layer {self.depth}, alpha {self.alpha:g})"
+
 
 def depth_of(lm: LM, layer: int) -> int:
     """A --layer value as a depth 0..blocks (negative counts from the end), or one line saying the range."""
