@@ -173,7 +173,7 @@ def test_slash_commands_complete_at_the_start_of_the_input():
     def names(text):
         return [c.text for c in SlashCompleter().get_completions(Document(text), None)]
 
-    assert names("/s") == ["/system", "/set", "/show", "/save", "/stats"]
+    assert names("/s") == ["/system", "/set", "/show", "/save", "/stats", "/steer"]
     assert names("/ex") == ["/export", "/exit"]
     assert names("hello /s") == [] and names("/set t") == []
 

@@ -9,6 +9,7 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = ["Generating", "Result", "attention", "bench", "compare", "connect", "diff", "forward", "generate", "inspect", "lens",
            "load", "next_token", "tokens", "wrap"]
+__all__ += ["ablate", "patch", "steer"]  # docs/interventions.md
 
 
 def __getattr__(name: str) -> Any:

@@ -288,3 +288,35 @@ tokens = _view_function("tokens")
 forward = _view_function("forward")
 attention = _view_function("attention")
 lens = _view_function("lens")
+
+
+def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str] = (), layer: int | None = None,
+           part: str = "block", mode: str = "zero", sweep: str | None = None, top_k: int = 10,
+           chat: bool = False) -> Result[Any]:
+    """Remove heads (`heads=[(0, 1)]` or `["0.1"]`) or a layer's part, or sweep them (`llm ablate`)."""
+    from lookinside.core.interventions.requests import AblateRequest, parse_head
+
+    pairs = tuple(parse_head(h) if isinstance(h, str) else tuple(h) for h in heads)
+    request = AblateRequest(prompt, heads=pairs, layer=layer, part=part, mode=mode, sweep=sweep,  # type: ignore[arg-type]
+                            top_k=top_k, chat=chat)
+    return Result.of(VIEWS["ablate"], VIEWS["ablate"].run(lm, request))
+
+
+def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: str = "resid",
+          chat: bool = False) -> Result[Any]:
+    """Activation patching: `prob[layer][position]` of the target with the clean activation put back (`llm patch`)."""
+    from lookinside.core.interventions.requests import PatchRequest
+
+    request = PatchRequest(clean, corrupt, target=target, part=part, chat=chat)  # type: ignore[arg-type]
+    return Result.of(VIEWS["patch"], VIEWS["patch"].run(lm, request))
+
+
+def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: int = 1, alpha: float = 4.0,
+          max_new_tokens: int = 24, chat: bool = False, **sampling: Any) -> Result[Any]:
+    """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default."""
+    from lookinside.core.interventions.requests import SteerRequest
+
+    request = SteerRequest(prompt, add=add, subtract=subtract, layer=layer, alpha=alpha,
+                           params=SamplingParams(**{"temperature": 0.0, **sampling}), max_new_tokens=max_new_tokens,
+                           chat=chat)
+    return Result.of(VIEWS["steer"], VIEWS["steer"].run(lm, request))

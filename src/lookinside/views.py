@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from lookinside.core import records
+from lookinside.core.interventions import records as interventions
+from lookinside.core.interventions.requests import AblateRequest, PatchRequest, SteerRequest
 from lookinside.core.request import (
     AttentionRequest,
     CompareRequest,
@@ -123,6 +125,18 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          LensRequest, records.LogitLens, lazy("lookinside.core.lens", "logit_lens"),
          lazy("lookinside.ui.lens", "lens_view"), lazy("lookinside.ui.lens", "lens_json"),
          needs="insides", shows="each layer's residual stream"),
+    View("ablate", "Remove heads or a layer's part and compare the next-token table before and after, or sweep them.",
+         AblateRequest, interventions.AblationResult, lazy("lookinside.core.interventions.ablate", "ablate"),
+         lazy("lookinside.ui.interventions", "ablate_view"), lazy("lookinside.ui.interventions", "ablate_json"),
+         needs="insides", shows="the heads and layers it would ablate"),
+    View("patch", "Activation patching: the corrupted prompt run with the clean run's activation put back.",
+         PatchRequest, interventions.PatchResult, lazy("lookinside.core.interventions.patch", "patch"),
+         lazy("lookinside.ui.interventions", "patch_view"), lazy("lookinside.ui.interventions", "patch_json"),
+         needs="insides", text=None, shows="the residual stream it would patch"),
+    View("steer", "Activation addition: generate with and without a direction added to the residual stream.",
+         SteerRequest, interventions.SteerResult, lazy("lookinside.core.interventions.steer", "steer"),
+         lazy("lookinside.ui.interventions", "steer_view"), lazy("lookinside.ui.interventions", "steer_json"),
+         needs="insides", shows="the residual stream it would steer"),
 )}
 
 

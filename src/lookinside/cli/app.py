@@ -16,6 +16,7 @@ from lookinside.cli.diff import diff
 from lookinside.cli.edge import friendly, run
 from lookinside.cli.generate import generate
 from lookinside.cli.inspect import attention, inspect_command
+from lookinside.cli.interventions import ablate, patch, steer
 from lookinside.cli.serve import serve
 from lookinside.cli.views import command_for
 from lookinside.views import VIEWS
@@ -60,6 +61,9 @@ app.command("forward", short_help="The shapes through one forward pass, stage by
 app.command("attention", short_help="Attention heat maps of one layer.")(friendly(attention))
 app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(command_for(VIEWS["lens"])))
 app.command("serve", short_help="Load the model once and serve it over HTTP (OpenAI-compatible).")(friendly(serve))
+app.command("ablate", short_help="Remove heads or layers: the next-token table before and after.")(friendly(ablate))
+app.command("patch", short_help="Activation patching: clean activations put into a corrupted run.")(friendly(patch))
+app.command("steer", short_help="Add a direction to the residual stream while generating.")(friendly(steer))
 
 
 def main(prog_name: str | None = None) -> None:

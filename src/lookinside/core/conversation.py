@@ -250,6 +250,7 @@ class ReplyStats:
     peak_memory_bytes: int | None = None  # CUDA only
     threads: int | None = None  # torch's CPU threads (CPU only)
     quantized: str | None = None  # e.g. "int8 weights 1.8 MiB (from 4.0 MiB)"
+    steer: str | None = None  # what /steer adds, while it is on
 
 
 def reply_stats(steps: Sequence[Step], prompt_tokens: int | None, context_length: int | None, seed: int | None,

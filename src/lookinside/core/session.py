@@ -14,9 +14,9 @@ The seed a reply used is the stream's (`stream.seed`), never a copy. Nothing her
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.conversation import (
@@ -79,6 +79,7 @@ class ChatSession:
     conversation: Conversation
     autosave: Path | None = None
     last_steps: list[Step] = field(default_factory=list)
+    steer: Any = None  # a core.interventions.steer.Steering while /steer is on
 
     # ---- replies
 
@@ -105,7 +106,12 @@ class ChatSession:
         fitted = self.backend.fit(self.conversation, previous["content"] if previous else None)
         settings = GenerationSettings(max_new_tokens=self.conversation.settings.max_new_tokens)
         self.backend.start_reply()
-        return Reply(fitted, self.backend.stream(fitted, self.conversation.settings.params, settings), previous)
+        stream = self.backend.stream(fitted, self.conversation.settings.params, settings)
+        if self.steer is not None:
+            from lookinside.core.interventions.steer import steered
+
+            stream = steered(self.backend.lm, stream, self.steer)  # type: ignore[attr-defined]
+        return Reply(fitted, stream, previous)
 
     def finish(self, reply: Reply) -> ReplyStats | None:
         """Keep the reply in the conversation (marked if cut); its stats (None when no token came)."""
@@ -122,8 +128,21 @@ class ChatSession:
         if not reply.steps:
             return None
         prompt_tokens = len(reply.fitted.ids) if reply.fitted.ids is not None else None
-        return reply_stats(reply.steps, prompt_tokens, self.backend.context_length, reply.seed,
-                           self.backend.resources())
+        stats = reply_stats(reply.steps, prompt_tokens, self.backend.context_length, reply.seed,
+                            self.backend.resources())
+        return stats if self.steer is None else replace(stats, steer=self.steer.label())
+
+    def set_steer(self, add: str, subtract: str | None, layer: int, alpha: float) -> str:
+        """Steer every reply from now on (`/steer`): alpha x (stream of add - stream of subtract) at `layer`."""
+        from lookinside.core.interventions.requests import check_alpha
+        from lookinside.core.interventions.steer import steering
+
+        lm = getattr(self.backend, "lm", None)
+        if lm is None:
+            raise errors.BadInput("/steer needs the model here: a server does not let us add to its residual stream")
+        check_alpha(alpha)
+        self.steer = steering(lm, add, subtract, layer, alpha)
+        return self.steer.describe()
 
     def retry(self) -> Reply:
         """Answer the last message again."""

@@ -35,6 +35,8 @@ def stats_line(stats: ReplyStats) -> str:
         parts.append(stats.quantized)
     if stats.peak_memory_bytes is not None:
         parts.append(f"peak CUDA {stats.peak_memory_bytes / 2**30:.2f} GiB")
+    if stats.steer is not None:
+        parts.append(escape(stats.steer))
     return "[dim]" + " · ".join(parts) + "[/]"
 
 

@@ -52,6 +52,7 @@ CUT_NOTE = "[reply cut by Ctrl-C; kept in the history, marked as cut]"
 BROKEN_NOTE = "[reply cut: the server stopped sending; kept in the history, marked as cut]"
 
 # name -> (usage, what it does); the order is /help's order.
+STEER_USAGE = "/steer LAYER ALPHA ADD [| SUBTRACT], e.g. /steer 2 4 Japan | France; /steer off"
 COMMANDS: dict[str, tuple[str, str]] = {
     "/help": ("/help", "this list"),
     "/clear": ("/clear", "forget the conversation (the system prompt stays)"),
@@ -70,6 +71,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/stats": ("/stats", "per-reply stats on or off"),
     "/probs": ("/probs", "colour each streamed token by its probability, on or off"),
     "/why": ("/why", "each token of the last reply, its probability and the alternatives"),
+    "/steer": ("/steer LAYER ALPHA ADD [| SUBTRACT] | off",
+               "add ALPHA x (stream of ADD - stream of SUBTRACT) at LAYER to every reply (docs/interventions.md)"),
     "/exit": ("/exit", "leave (Ctrl-D too)"),
 }
 
@@ -443,6 +446,24 @@ class ChatRepl:
         self.probs = not self.probs
         state = "on: green sure, yellow, orange, red unlikely" if self.probs else "off"
         self.note(f"token probability colours {state}" + (" (not in --plain)" if self.mode == "plain" else ""))
+
+    def _cmd_steer(self, argument: str) -> None:
+        if argument.lower() in ("off", "none", "clear"):
+            self.chat.steer = None
+            self.note("steer off")
+            return
+        if not argument:
+            self.note(self.chat.steer.describe() if self.chat.steer is not None else "no steer: " + STEER_USAGE)
+            return
+        layer, alpha, texts = (argument.split(maxsplit=2) + ["", ""])[:3]
+        add, _, subtract = texts.partition("|")
+        try:
+            depth, weight = int(layer), float(alpha)
+        except ValueError:
+            raise errors.BadInput(STEER_USAGE) from None
+        if not add.strip():
+            raise errors.BadInput(STEER_USAGE)
+        self.note(self.chat.set_steer(add.strip(), subtract.strip() or None, depth, weight) + " on every reply")
 
     def _cmd_why(self, argument: str) -> None:
         if not self.last_steps:
