@@ -13,7 +13,9 @@ __all__ += ["ablate", "patch", "steer"]  # docs/interventions.md
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    from lookinside.views import VIEWS
+
+    if name in __all__ or name.replace("_", "-") in VIEWS:  # every view is a function, li.next_token and the rest
         from lookinside import api
 
         return getattr(api, name)

@@ -290,6 +290,13 @@ attention = _view_function("attention")
 lens = _view_function("lens")
 
 
+def __getattr__(name: str) -> Any:
+    """A view added to lookinside.views after these lines is a function here too."""
+    if name.replace("_", "-") in VIEWS:
+        return _view_function(name.replace("_", "-"))
+    raise AttributeError(f"module 'lookinside.api' has no attribute {name!r}")
+
+
 def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str] = (), layer: int | None = None,
            part: str = "block", mode: str = "zero", sweep: str | None = None, top_k: int = 10,
            chat: bool = False) -> Result[Any]:

@@ -59,7 +59,8 @@ class View:
     """
 
     name: str
-    help: str
+    short: str  # one line for `llm --help`
+    help: str  # the command's whole help
     request: type
     record: type
     answer: Callable[[Any, Any], Any]
@@ -99,41 +100,51 @@ def _next_token(backend: Backend, request: NextTokenRequest) -> records.NextToke
 
 
 VIEWS: dict[str, View] = {view.name: view for view in (
-    View("next-token", "Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes.",
+    View("next-token", "The top-k next tokens, with the prompt's tokens and shapes.",
+         "Show the most probable next tokens, with the prompt's tokens and the forward pass's shapes.",
          NextTokenRequest, records.NextToken, _next_token,
          lazy("lookinside.ui.next_token", "next_token_view"), lazy("lookinside.ui.next_token", "next_token_json")),
-    View("compare", "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.",
+    View("compare", "Greedy decoding beside sampled decoding.",
+         "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.",
          CompareRequest, records.Comparison, lazy("lookinside.core.compare", "compare"),
          lazy("lookinside.ui.compare", "compare_view"), lazy("lookinside.ui.compare", "compare_json")),
-    View("tokens", "Each token of TEXT with its id and piece (loads only the tokenizer).",
+    View("tokens", "Each token's id and piece (tokenizer only).",
+         "Each token of TEXT with its id and piece (loads only the tokenizer).",
          TokensRequest, records.Tokenization, lazy("lookinside.core.tokens", "tokens_of"),
          lazy("lookinside.ui.tokens", "tokens_view"), lazy("lookinside.ui.tokens", "tokens_json"),
          needs="tokenizer", text="text", shows="the tokenizer's pieces"),
-    View("inspect", "The module tree and architecture card, built from the config alone (no weights read).",
+    View("inspect", "The module tree and architecture card (config only).",
+         "The module tree and architecture card, built from the config alone (no weights read).",
          InspectRequest, records.Anatomy, lazy("lookinside.core.anatomy", "anatomy_for"),
          lazy("lookinside.ui.anatomy", "anatomy_view"), lazy("lookinside.ui.anatomy", "anatomy_json"),
          needs="config", text=None, shows="the module tree"),
-    View("forward", "The shapes through one forward pass, stage by stage, read with hooks.",
+    View("forward", "The shapes through one forward pass, stage by stage.",
+         "The shapes through one forward pass, stage by stage, read with hooks.",
          ForwardRequest, records.ForwardPass, lazy("lookinside.core.hooks", "forward_of"),
          lazy("lookinside.ui.forward", "forward_view"), lazy("lookinside.ui.forward", "forward_json"),
          needs="insides", shows="the shapes inside a forward pass"),
-    View("attention", "Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted).",
+    View("attention", "Attention heat maps of one layer.",
+         "Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted).",
          AttentionRequest, records.AttentionMaps, lazy("lookinside.core.attention", "attention_of"),
          lazy("lookinside.ui.attention", "attention_view"), lazy("lookinside.ui.attention", "attention_json"),
          needs="insides", shows="attention weights"),
-    View("lens", "The logit lens: each layer's residual stream through the final norm and LM head.",
+    View("lens", "The logit lens: what each layer would predict.",
+         "The logit lens: each layer's residual stream through the final norm and LM head.",
          LensRequest, records.LogitLens, lazy("lookinside.core.lens", "logit_lens"),
          lazy("lookinside.ui.lens", "lens_view"), lazy("lookinside.ui.lens", "lens_json"),
          needs="insides", shows="each layer's residual stream"),
-    View("ablate", "Remove heads or a layer's part and compare the next-token table before and after, or sweep them.",
+    View("ablate", "Remove heads or layers: the next-token table before and after.",
+         "Remove heads or a layer's part and compare the next-token table before and after, or sweep them.",
          AblateRequest, interventions.AblationResult, lazy("lookinside.core.interventions.ablate", "ablate"),
          lazy("lookinside.ui.interventions", "ablate_view"), lazy("lookinside.ui.interventions", "ablate_json"),
          needs="insides", shows="the heads and layers it would ablate"),
-    View("patch", "Activation patching: the corrupted prompt run with the clean run's activation put back.",
+    View("patch", "Activation patching: clean activations put into a corrupted run.",
+         "Activation patching: the corrupted prompt run with the clean run's activation put back.",
          PatchRequest, interventions.PatchResult, lazy("lookinside.core.interventions.patch", "patch"),
          lazy("lookinside.ui.interventions", "patch_view"), lazy("lookinside.ui.interventions", "patch_json"),
          needs="insides", text=None, shows="the residual stream it would patch"),
-    View("steer", "Activation addition: generate with and without a direction added to the residual stream.",
+    View("steer", "Add a direction to the residual stream while generating.",
+         "Activation addition: generate with and without a direction added to the residual stream.",
          SteerRequest, interventions.SteerResult, lazy("lookinside.core.interventions.steer", "steer"),
          lazy("lookinside.ui.interventions", "steer_view"), lazy("lookinside.ui.interventions", "steer_json"),
          needs="insides", shows="the residual stream it would steer"),

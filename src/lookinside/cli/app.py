@@ -47,24 +47,17 @@ def root(
     """Look inside a large language model while you talk to it."""
 
 
+# Commands whose options are more than their request's fields; they too answer through their view.
+OWN_COMMANDS = {"compare": compare, "inspect": inspect_command, "attention": attention, "ablate": ablate, "patch": patch,
+                "steer": steer}
+
 app.command("chat", short_help="Chat with the model: a streaming REPL with /why and /probs.")(friendly(chat))
 app.command("generate", short_help="Continue a prompt: the completion, streamed (--json, --jsonl).")(friendly(generate))
-app.command("next-token", short_help="The top-k next tokens, with the prompt's tokens and shapes.")(
-    friendly(command_for(VIEWS["next-token"])))
-app.command("compare", short_help="Greedy decoding beside sampled decoding.")(friendly(compare))
+for view in VIEWS.values():  # every view in lookinside.views is a command
+    app.command(view.name, short_help=view.short)(friendly(OWN_COMMANDS.get(view.name) or command_for(view)))
 app.command("bench", short_help="Time generation with the KV cache on and off.")(friendly(bench))
 app.command("diff", short_help="What another dtype, attention or model changes, token by token.")(friendly(diff))
-app.command("inspect", short_help="The module tree and architecture card (config only).")(friendly(inspect_command))
-app.command("tokens", short_help="Each token's id and piece (tokenizer only).")(friendly(command_for(VIEWS["tokens"])))
-app.command("forward", short_help="The shapes through one forward pass, stage by stage.")(
-    friendly(command_for(VIEWS["forward"])))
-app.command("attention", short_help="Attention heat maps of one layer.")(friendly(attention))
-app.command("lens", short_help="The logit lens: what each layer would predict.")(friendly(command_for(VIEWS["lens"])))
 app.command("serve", short_help="Load the model once and serve it over HTTP (OpenAI-compatible).")(friendly(serve))
-app.command("ablate", short_help="Remove heads or layers: the next-token table before and after.")(friendly(ablate))
-app.command("patch", short_help="Activation patching: clean activations put into a corrupted run.")(friendly(patch))
-app.command("steer", short_help="Add a direction to the residual stream while generating.")(friendly(steer))
-
 
 def main(prog_name: str | None = None) -> None:
     """Console-script entry point (`llm`, `lookinside`): the app, with no traceback on any way out."""
