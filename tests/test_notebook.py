@@ -34,9 +34,8 @@ def _this_python_as_the_kernel(monkeypatch: pytest.MonkeyPatch, where: Path) -> 
     monkeypatch.setenv("JUPYTER_PATH", str(where))
 
 
-@pytest.mark.slow
-def test_the_chapter_runs_in_a_kernel_and_finds_paris(tmp_path, monkeypatch):
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+def _run(notebook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Execute the notebook in a kernel of this interpreter; each code cell's source -> its outputs' text."""
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
     _this_python_as_the_kernel(monkeypatch, tmp_path / "jupyter")
     notebook.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
@@ -45,10 +44,36 @@ def test_the_chapter_runs_in_a_kernel_and_finds_paris(tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError on any cell's error
     assert notebook.cells[0].outputs[0]["text"].strip() == sys.executable
     nbformat.write(notebook, tmp_path / "chapter3.ipynb")
-    outputs = {cell.source: "\n".join(_text(o) for o in cell.outputs) for cell in notebook.cells
-               if cell.cell_type == "code"}
+    return {cell.source: "\n".join(_text(o) for o in cell.outputs) for cell in notebook.cells
+            if cell.cell_type == "code"}
+
+
+def _finds_paris_and_the_shapes(outputs: dict[str, str]) -> None:
     table = outputs["table"]
     assert re.search(r"│\s*1\s*│\s*␣Paris\s*│", table), table  # rank 1 in the table's first row
     shapes = next(text for source, text in outputs.items() if "hidden states" in source)
     assert re.search(r"hidden states \[1, 6, 128\]", shapes) and re.search(r"logits\s+\[1, 6, 1024\]", shapes)
+
+
+@pytest.mark.slow
+def test_the_chapter_runs_in_a_kernel_and_finds_paris(tmp_path, monkeypatch):
+    outputs = _run(nbformat.read(NOTEBOOK, as_version=4), tmp_path, monkeypatch)
+    _finds_paris_and_the_shapes(outputs)
     assert "speedup" in outputs["li.bench(lm, new_tokens=48, repeat=2, reference=False)"]
+
+
+@pytest.mark.slow
+def test_the_chapter_runs_against_llm_serve_by_changing_its_load_line(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("uvicorn")
+    from lookinside.core.spec import LoadSpec
+    from lookinside.serve.settings import ServeSettings
+
+    from .test_serve import LiveServer
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    load = next(cell for cell in notebook.cells if "li.load(MODEL)" in cell.source)
+    with LiveServer(tiny, ServeSettings(spec=LoadSpec(model="tiny", device="cpu"))) as server:
+        load.source = load.source.replace("li.load(MODEL)", f"li.connect({server.url!r})")
+        outputs = _run(notebook, tmp_path, monkeypatch)
+    _finds_paris_and_the_shapes(outputs)
+    assert "decode tokens/s" in outputs["li.bench(lm, new_tokens=48, repeat=2, reference=False)"]

@@ -224,18 +224,29 @@ def connect(url: str, *, api_key: str | None = None, model: str | None = None) -
     return open_server(url, api_key, model)
 
 
-def bench(lm: LM, *, new_tokens: int = 100, warmup: int = 1, repeat: int = 3, modes: str | None = None,
+def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: int = 3, modes: str | None = None,
           cache: bool | None = None, prompt: str | None = None, prompt_tokens: int | None = None,
           sweep: str | None = None, bandwidth: float | None = None, reference: bool = True) -> Result[Any]:
-    """Generation timed per KV-cache mode (`llm bench`); `modes` as --modes ("dynamic,static,none"), `sweep` as --sweep."""
-    from lookinside.core.bench import run_bench
+    """Generation timed per KV-cache mode (`llm bench`); `modes` as --modes ("dynamic,static,none"), `sweep` as --sweep.
+
+    On a server (li.connect) the stream is timed from here, as `llm bench --endpoint` does.
+    """
+    from lookinside.core.backend import as_backend
     from lookinside.core.request import parse_sweep
-    from lookinside.ui.bench import bench_json, bench_view
 
     settings = BenchSettings(new_tokens=new_tokens, warmup=warmup, repeat=repeat, modes=modes_for(cache, modes),
                              prompt=prompt, prompt_tokens=prompt_tokens, sweep=parse_sweep(sweep),
                              bandwidth_gbs=bandwidth, reference=reference)
-    return Result(run_bench(lm, settings, lm.notes), bench_view, bench_json)
+    backend = as_backend(lm)
+    if not backend.capabilities.kv_cache_switch:
+        from lookinside.core.bench_stream import stream_bench
+        from lookinside.ui.bench import remote_bench_json, remote_bench_view
+
+        return Result(stream_bench(backend, settings), remote_bench_view, remote_bench_json)
+    from lookinside.core.bench import run_bench
+    from lookinside.ui.bench import bench_json, bench_view
+
+    return Result(run_bench(backend.lm, settings, backend.lm.notes), bench_view, bench_json)  # type: ignore[attr-defined]
 
 
 def inspect(model: LM | str) -> Result[Any]:

@@ -75,6 +75,19 @@ class ServedBackend:
         self.context_length: int | None = int(context) if isinstance(context, int) else None
         self.capabilities = SERVED
 
+    @property
+    def device(self) -> str:
+        """Where the server holds the model, as it says."""
+        return str(self.info.get("device") or "?")
+
+    @property
+    def dtype(self) -> str:
+        """The served weights' dtype, as the server says."""
+        return str(self.info.get("dtype") or "?")
+
+    def __repr__(self) -> str:
+        return f"ServedBackend({self.name} at {self.root}, {self.dtype} on {self.device})"
+
     # ---- the views
 
     def view(self, view: View, request: Any) -> Any:
