@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from lookinside.core.paths import data_dir
 from lookinside.core.spec import LoadSpec
@@ -122,6 +120,9 @@ def _alive(pid: int) -> bool:
 
 def _listening(url: str, timeout_s: float = 0.5) -> bool:
     """True when something accepts connections at the URL's host and port (a reused pid is not a server)."""
+    import socket  # only once a record is found: a command with no server running pays nothing for it
+    from urllib.parse import urlparse
+
     parsed = urlparse(url)
     try:
         with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 80), timeout=timeout_s):

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 def bind(settings: ServeSettings) -> socket.socket:
     """A listening socket on the host and port (port 0: any free one), or a one-line error."""
     try:
-        family = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, _ = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0]
+        # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP,
+        # and with Nagle on, a keep-alive client waited 40 ms (the delayed ACK) for each response's body.
+        sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, settings.port))
         sock.listen(2048)
