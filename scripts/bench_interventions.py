@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 CLEAN, CORRUPT = "The capital of France is", "The capital of Japan is"
