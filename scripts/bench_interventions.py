@@ -43,6 +43,30 @@ def compare(name: str, lm: object, batched: Callable[[], object], looped: Callab
           f"per cell {s * 1000:8.1f} ms (min {min(slow) * 1000:7.1f})  x{s / f:5.1f}  max diff {diff:.1e}")
 
 
+def bench_model(lm: object, spec: object, repeat: int) -> None:
+    """Patching and the head sweep on one model, each on a short and a longer prompt."""
+    from lookinside.core.interventions import ablate, patch
+    from lookinside.core.interventions.requests import AblateRequest, PatchRequest
+
+    config = lm.config  # type: ignore[attr-defined]
+    threads = lm.threads.count if lm.threads else "-"  # type: ignore[attr-defined]
+    print(f"{spec.model}{' (random weights, 2 layers)' if spec.random_weights else ''}: "  # type: ignore[attr-defined]
+          f"{config.num_hidden_layers} layers x {config.num_attention_heads} heads, d_model {config.hidden_size}, "
+          f"{lm.dtype}, {lm.device}, threads {threads}")  # type: ignore[attr-defined]
+    for clean, corrupt in ((CLEAN, CORRUPT), (LONG_CLEAN, LONG_CORRUPT)):
+        request = PatchRequest(clean, corrupt)
+        n = len(lm.tokenizer(corrupt).input_ids)  # type: ignore[attr-defined]
+        compare(f"patch, residual stream, {n} tokens", lm, lambda r=request: patch.patch(lm, r),
+                lambda r=request: patch.patch(lm, r, batched=False), lambda res: res.prob, repeat,
+                (config.num_hidden_layers + 1) * n)
+    for prompt in (CLEAN, LONG_CLEAN):
+        request = AblateRequest(prompt, sweep="heads")
+        n = len(lm.tokenizer(prompt).input_ids)  # type: ignore[attr-defined]
+        compare(f"head sweep, zero, {n} tokens", lm, lambda r=request: ablate.ablate(lm, r),
+                lambda r=request: ablate.ablate(lm, r, batched=False), lambda res: res.grid.values,
+                repeat, config.num_hidden_layers * config.num_attention_heads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -50,8 +74,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    from lookinside.core.interventions import ablate, patch
-    from lookinside.core.interventions.requests import AblateRequest, PatchRequest
     from lookinside.core.loading import load
     from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
 
@@ -60,24 +82,7 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs; "
           f"{args.repeat} repeats, alternating, after one warm-up each")
     for spec in specs:
-        lm = load(spec)
-        config = lm.config
-        print(f"{spec.model}{' (random weights, 2 layers)' if spec.random_weights else ''}: "
-              f"{config.num_hidden_layers} layers x {config.num_attention_heads} heads, d_model {config.hidden_size}, "
-              f"{lm.dtype}, {lm.device}, threads {lm.threads.count if lm.threads else '-'}")
-        for clean, corrupt in ((CLEAN, CORRUPT), (LONG_CLEAN, LONG_CORRUPT)):
-            request = PatchRequest(clean, corrupt)
-            n = len(lm.tokenizer(corrupt).input_ids)
-            compare(f"patch, residual stream, {n} tokens", lm, lambda r=request: patch.patch(lm, r),
-                    lambda r=request: patch.patch(lm, r, batched=False), lambda res: res.prob, args.repeat,
-                    (config.num_hidden_layers + 1) * n)
-        for prompt in (CLEAN, LONG_CLEAN):
-            request = AblateRequest(prompt, sweep="heads")
-            n = len(lm.tokenizer(prompt).input_ids)
-            compare(f"head sweep, zero, {n} tokens", lm, lambda r=request: ablate.ablate(lm, r),
-                    lambda r=request: ablate.ablate(lm, r, batched=False), lambda res: res.grid.values,
-                    args.repeat, config.num_hidden_layers * config.num_attention_heads)
-        del lm
+        bench_model(load(spec), spec, args.repeat)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
