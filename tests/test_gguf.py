@@ -32,9 +32,10 @@ PROMPTS = ["The capital of France is", "Hello, world! 1234 ünïcödé 🙂\ttab
            "<|user|>\nWhat is the capital of France?<|end|>\n<|assistant|>\n"]
 
 
-def write_gguf(out: Path, qtype: str = "F32", architecture: str = "phi3", tensor_type: str | None = None) -> Path:
-    """The tiny model as llama.cpp lays out a Phi-3 GGUF: its metadata, its vocabulary (not padded to the
-    embedding's 1024 rows, as llama.cpp's converter would), merges, chat template and weights."""
+def write_gguf(out: Path, qtype: str = "F32", architecture: str = "phi3", tensor_type: str | None = None,
+               pad: bool = False) -> Path:
+    """The tiny model as llama.cpp lays out a Phi-3 GGUF: its metadata, its vocabulary (padded with [PAD980]...
+    to the embedding's 1024 rows as llama.cpp's converter does only with `pad`), merges, chat template, weights."""
     from safetensors.torch import load_file
 
     config = json.loads((ASSETS / "config.json").read_text())
@@ -57,11 +58,13 @@ def write_gguf(out: Path, qtype: str = "F32", architecture: str = "phi3", tensor
     tokens = {**vocab["model"]["vocab"], **{t["content"]: t["id"] for t in vocab["added_tokens"]}}
     special = {t["content"] for t in vocab["added_tokens"] if t["special"]}
     ordered = sorted(tokens, key=tokens.get)
+    ordered += [f"[PAD{i}]" for i in range(len(ordered), config["vocab_size"])] if pad else []
     writer.add_tokenizer_model("llama")
     writer.add_token_list(ordered)
     writer.add_token_scores([0.0] * len(ordered))
     writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.BYTE if t.startswith("<0x")
-                            else gguf.TokenType.NORMAL for t in ordered])
+                            else gguf.TokenType.UNUSED if t.startswith("[PAD") else gguf.TokenType.NORMAL
+                            for t in ordered])
     writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in vocab["model"]["merges"]])
     writer.add_bos_token_id(tokens["<s>"])
     writer.add_eos_token_id(tokens["<|endoftext|>"])
@@ -137,7 +140,7 @@ def test_f32_gguf_gives_the_same_ids_and_top5_as_the_safetensors_model(tiny, loa
     assert mine[0].token == " Paris"
     assert [c.prob for c in mine] == pytest.approx([c.prob for c in theirs], abs=1e-5)
     assert lm.dtype == torch.float32 and lm.source.endswith("tiny-f32.gguf")
-    assert lm.origin == "F32 GGUF (4.2 MB), dequantized to float32 (4.2 MB)"
+    assert lm.origin.describe() == "F32 GGUF (4.2 MB), dequantized to float32 (4.2 MB)"
 
 
 def test_q8_0_gguf_is_close_and_says_what_it_was(tiny, loaded):
@@ -146,8 +149,8 @@ def test_q8_0_gguf_is_close_and_says_what_it_was(tiny, loaded):
     assert mine[0].token == " Paris"
     assert mine[0].prob == pytest.approx(theirs[0].prob, abs=1e-3)
     assert mine[0].prob != theirs[0].prob  # the weights really went through 8 bits
-    assert re.fullmatch(r"Q8_0 GGUF \(1\.\d MB\), dequantized to float32 \(4\.2 MB\)", lm.origin)
-    assert lm.origin in lm.notes
+    assert re.fullmatch(r"Q8_0 GGUF \(1\.\d MB\), dequantized to float32 \(4\.2 MB\)", lm.origin.describe())
+    assert lm.origin.describe() in lm.notes
 
 
 def test_the_vocabulary_is_sized_by_the_embedding_not_the_token_list(files):
@@ -270,3 +273,17 @@ def test_quantize_and_random_weights_are_refused_for_a_gguf(files):
                                                                               random_weights=True)):
         with pytest.raises(errors.BadInput, match="a GGUF file is dequantized as it loads"):
             load(spec)
+
+
+def test_diff_shows_what_the_quantization_costs_per_token(tmp_path):
+    padded = write_gguf(tmp_path / "tiny-q8_0-padded.gguf", "Q8_0", pad=True)
+    text = "The capital of France is Paris. The capital of Germany is Berlin."
+    result = runner.invoke(app, ["diff", text, "--model", "tiny", "--against", str(padded), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["b"]["how"] == "float32, sdpa, from Q8_0 GGUF"
+    assert report["tokens"] == 15
+    assert 0 < report["summary"]["kl_mean"] < 1e-3 and report["summary"]["same_top1"] == 1.0
+    itself = runner.invoke(app, ["diff", text, "--model", "tiny", "--against", str(write_gguf(tmp_path / "f.gguf")),
+                                 "--json"])
+    assert json.loads(itself.stdout)["summary"]["kl_max"] < 1e-9  # f32: the same weights, the same numbers

@@ -176,6 +176,7 @@ def describe_load(lm: LM, spec: LoadSpec) -> str:
     """What tells one side from the other: dtype, attention, quantization."""
     parts = [str(lm.dtype).removeprefix("torch."), lm.attn_implementation]
     parts += [f"quantized {spec.quantize}"] if spec.quantize else []
+    parts += [f"from {lm.origin.kind}"] if lm.origin else []
     return ", ".join(parts)
 
 

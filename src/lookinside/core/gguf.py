@@ -50,10 +50,24 @@ class GgufFile:
     tokens: int  # tokenizer.ggml.tokens: how many the file's vocabulary lists
     size: int  # bytes on disk
 
-    def describe(self, dtype: torch.dtype, loaded_bytes: int) -> str:
+
+@dataclass(frozen=True)
+class Dequantized:
+    """What a GGUF file's weights were on disk and what they became in memory."""
+
+    file_type: str  # Q8_0, Q4_K_M, F16...
+    file_bytes: int
+    dtype: str  # what transformers dequantized them to
+    loaded_bytes: int
+
+    @property
+    def kind(self) -> str:
+        """Like "Q8_0 GGUF"."""
+        return f"{self.file_type} GGUF"
+
+    def describe(self) -> str:
         """What it was and what it became: "Q8_0 GGUF (1.1 MB), dequantized to float32 (4.2 MB)"."""
-        return (f"{self.file_type} GGUF ({_size(self.size)}), dequantized to "
-                f"{str(dtype).removeprefix('torch.')} ({_size(loaded_bytes)})")
+        return f"{self.kind} ({_size(self.file_bytes)}), dequantized to {self.dtype} ({_size(self.loaded_bytes)})"
 
 
 def is_gguf(path: Path) -> bool:
@@ -227,9 +241,9 @@ def load(spec: LoadSpec, file: GgufFile) -> LM:
     notes = loading.check_loaded(spec.model, model, tokenizer, info)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     model.eval()
-    origin = file.describe(dtype, weights)
+    origin = Dequantized(file.file_type, file.size, str(dtype).removeprefix("torch."), weights)
     return loading.LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype,
-                      source=str(file.path), notes=(origin, *notes), origin=origin)
+                      source=str(file.path), notes=(origin.describe(), *notes), origin=origin)
 
 
 def require_package(name: str) -> None:

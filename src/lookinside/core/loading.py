@@ -28,6 +28,8 @@ from lookinside.tiny import ASSETS as TINY_ASSETS
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+    from lookinside.core.gguf import Dequantized
+
 # torchao, when installed, is imported by transformers on every load; its wheel then logs a warning for each
 # CUDA-only kernel this machine cannot load, and torch one for each enum it registers. Not the user's business.
 for _noisy in ("torchao", "torch.utils._pytree"):
@@ -52,7 +54,7 @@ class LM:
     notes: tuple[str, ...] = ()  # what the user should know about how it was loaded
     threads: ThreadChoice | None = None  # torch's CPU thread count, set by `load`
     quantized: Quantized | None = None  # what --quantize converted, checked after loading
-    origin: str | None = None  # what the weights were before loading (a GGUF's type and size), said when loading
+    origin: Dequantized | None = None  # what a GGUF file's weights were before loading, said when loading
 
     @property
     def config(self) -> PretrainedConfig:
