@@ -167,7 +167,7 @@ def test_cli_next_token_on_a_gguf_file(files):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["top"][0]["token"] == " Paris"
-    assert re.search(r"^Q8_0 GGUF \(1\.\d MB\), dequantized to float32 \(4\.2 MB\)$", result.stderr, re.M)
+    assert re.search(r"^Q8_0 GGUF \(1\.\d MB\), dequantized to float32 \(4\.2 MB\)$", result.stderr, re.MULTILINE)
 
 
 def test_recognised_by_its_magic_bytes_not_its_name(files, tmp_path):

@@ -285,7 +285,7 @@ def _reader(path: Path, label: str) -> Any:
 def _value(field: Any) -> Any:
     try:
         return field.contents()
-    except Exception:  # a field this gguf version cannot decode: not one we need
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError):  # a field this gguf cannot decode: not ours
         return None
 
 

@@ -45,6 +45,7 @@ from lookinside.core.records import (
 )
 from lookinside.core.request import DEFAULT_PROMPT, BenchSettings, CompareRequest, GenerationSettings, NextTokenRequest
 from lookinside.core.sampling import SamplingParams, request_fields
+from lookinside.core.server_kind import UNKNOWN, VLLM, ServerKind, detect
 
 if TYPE_CHECKING:
     import openai
@@ -57,6 +58,7 @@ NO_SHAPES = "a server does not show its tensors: run the model here (without --e
 NO_LOGITS = "a server returns log-probabilities, not logits"
 ProgressFn = Callable[[str], None]
 NO_IDS = "this server names tokens by their text; the ids here are lookinside's, not the model's"
+NO_ECHO = "{kind} does not send the prompt's tokens back (it ignores `echo`)"
 
 
 @dataclass(frozen=True)
@@ -108,26 +110,29 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
         if chosen is None:
             raise errors.BadInput(f"the server does not serve {spec.model!r}; it serves: {', '.join(names)}")
     context = getattr(chosen, "max_model_len", None)
-    return RemoteBackend(client, replace(spec, model=chosen.id), int(context) if context else None,
-                         str(getattr(chosen, "owned_by", "") or ""))
+    kind = detect(spec.base_url, chosen.model_dump(), spec.api_key, spec.timeout_s)
+    return RemoteBackend(client, replace(spec, model=chosen.id), int(context) if context else kind.context_length,
+                         str(getattr(chosen, "owned_by", "") or ""), kind)
 
 
 class RemoteBackend:
     """The `Backend` protocol over HTTP (see the module docstring for what each view asks)."""
 
-    def __init__(self, client: openai.OpenAI, spec: RemoteSpec, context_length: int | None, owner: str = "") -> None:
+    def __init__(self, client: openai.OpenAI, spec: RemoteSpec, context_length: int | None, owner: str = "",
+                 kind: ServerKind | None = None) -> None:
         self.client = client
         self.spec = spec
         self.name: str = spec.model or "?"
         self.context_length = context_length
         self.owner = owner
+        self.kind = kind or ServerKind(VLLM if owner == "vllm" else UNKNOWN, owner)  # `connect` asks the server
         self._ids: dict[str, int] = {}
         self._texts: dict[int, str] = {}
 
     @property
     def is_vllm(self) -> bool:
-        """True when /v1/models says the model is owned by vllm."""
-        return self.owner == "vllm"
+        """True for a vLLM server (core/server_kind.py tells it from the server's answers)."""
+        return self.kind.is_vllm
 
     # ---- token names
 
@@ -161,10 +166,11 @@ class RemoteBackend:
         if ids is not None and (len(ids[0]) != len(prompt) or len(ids[1]) != len(top)):
             ids = None  # two tokens spelled alike collapsed in the text answer: ranks would not line up
         pieces = tuple(Piece(i, ids[0][i] if ids else self.intern(t), t, t, "text") for i, t in enumerate(prompt))
+        unavailable_tokens = {} if pieces else {"tokens": NO_ECHO.format(kind=self.kind.describe())}
         candidates = [Candidate(rank, ids[1][rank - 1] if ids else self.intern(text), text, math.exp(lp), None,
                                 _at_temperature(top, rank - 1, request.temperature))
                       for rank, (text, lp) in enumerate(top[: request.top_k], start=1)]
-        unavailable = {"shapes": NO_SHAPES, "logit": NO_LOGITS} | ({} if ids else {"ids": NO_IDS})
+        unavailable = {"shapes": NO_SHAPES, "logit": NO_LOGITS} | ({} if ids else {"ids": NO_IDS}) | unavailable_tokens
         return NextToken(self.name, request.prompt, pieces, None, candidates, request.temperature,
                          self.context_length, unavailable)
 
@@ -273,19 +279,27 @@ class RemoteBackend:
             else:
                 response = self.client.completions.create(
                     model=self.name, prompt=prompt or "", stream=True, logprobs=TOP_ALTERNATIVES, **body)
-        index, finished = 0, False
+        # Each token is held until the next arrives: llama.cpp gives the last one's finish reason in a closing chunk
+        # that carries no token, and that reason belongs to the last step.
+        index, finish_reason, held = 0, None, None
         try:
             with _translated(self.spec, streaming=True):
                 for chunk in response:
-                    finished = finished or any(getattr(c, "finish_reason", None) for c in chunk.choices or ())
+                    finish_reason = finish_reason or _finish_reason(chunk)
                     for token, lp, top, finish in _chunk_tokens(chunk):
                         now = time.perf_counter()
-                        step = self._step(index, token, lp, top, now - start, finish)
-                        start, index = now, index + 1
-                        yield step
+                        if held is not None:
+                            yield self._step(*held)
+                        held, start, index = (index, token, lp, top, now - start, finish), now, index + 1
+        except errors.LookinsideError:
+            if held is not None:  # what came before the break is kept
+                yield self._step(*held)
+            raise
         finally:
             response.close()
-        if not finished:  # the connection closed without a finish reason: the server went away mid-reply
+        if held is not None:
+            yield self._step(*held[:5], held[5] or finish_reason)
+        if not finish_reason:  # the connection closed without a finish reason: the server went away mid-reply
             raise errors.StreamBroken(f"the server at {self.spec.base_url} stopped sending before the reply ended")
 
     def _step(self, index: int, token: str, logprob: float, top: dict[str, float], seconds: float,
@@ -315,7 +329,7 @@ class RemoteBackend:
             extra["ignore_eos"] = True
         if extra and not self.is_vllm:
             raise errors.BadInput(f"{', '.join(sorted(extra))} need a vLLM server (this one is "
-                                  f"{self.owner or 'not vLLM'}): drop them, or serve the model with vLLM")
+                                  f"{self.kind.describe()}): drop them, or serve the model with vLLM")
         if extra:
             body["extra_body"] = extra
         return body
@@ -344,6 +358,11 @@ def _at_temperature(top: Sequence[tuple[str, float]], index: int, temperature: f
     peak = max(scaled)
     weights = [math.exp(s - peak) for s in scaled]
     return weights[index] / sum(weights)
+
+
+def _finish_reason(chunk: Any) -> str | None:
+    """The finish reason a streamed chunk gives, in a token's chunk or in a closing one."""
+    return next((c.finish_reason for c in chunk.choices or () if getattr(c, "finish_reason", None)), None)
 
 
 def _chunk_tokens(chunk: Any) -> Iterator[tuple[str, float, dict[str, float], str | None]]:
@@ -467,31 +486,69 @@ def bench(backend: RemoteBackend, settings: BenchSettings, progress: ProgressFn 
                    "speed_of_light": "the server's weights and bandwidth are not visible from here"}
     if not backend.is_vllm:
         unavailable["exact_length"] = "only vLLM can be told to ignore end tokens; runs may stop early"
-    return RemoteBenchReport(backend.name, backend.spec.base_url, backend.owner or "unknown", settings.new_tokens,
-                             rows, prefix_cache(backend, settings.repeat), unavailable)
+    unavailable |= _short_streams(rows, settings.new_tokens)
+    prefix = prefix_cache(backend, settings.repeat, unavailable)
+    return RemoteBenchReport(backend.name, backend.spec.base_url, backend.kind.describe(), settings.new_tokens,
+                             rows, prefix, unavailable)
 
 
-def prefix_cache(backend: RemoteBackend, repeat: int) -> PrefixCache:
-    """One-token requests with long prompts the server has not seen (each starts with a fresh nonce), then again."""
+def _short_streams(rows: tuple[tuple[float, ...], ...], asked: int) -> dict[str, str]:
+    """Say plainly when the streams gave no token, or only one: the rates below are then not measured."""
+    longest = max((len(row) for row in rows), default=0)
+    if longest == 0:
+        return {"tokens": "no token came back: the server ended every reply before its first token"}
+    if longest == 1 < asked:
+        return {"decode_rate": "only one token came back per stream (the model ended its reply at once, e.g. with "
+                               "an end token): nothing was decoded after it; give a --prompt the model goes on from"}
+    return {}
+
+
+def prefix_cache(backend: RemoteBackend, repeat: int, notes: dict[str, str] | None = None) -> PrefixCache:
+    """One-token requests with long prompts the server has not seen (each starts with a fresh nonce), then again.
+
+    A server that does not tell its context and refuses the prompt as too long gets one half as long, and `notes`
+    says so.
+    """
     cold: list[float] = []
     warm: list[float] = []
     counted = None
+    words = _long_prompt_words(backend)
     for _ in range(max(repeat, 2)):
-        prompt = _long_prompt(backend)
-        seconds, counted = _one_token(backend, prompt)
+        prompt = _long_prompt(words)
+        while True:
+            try:
+                seconds, counted = _one_token(backend, prompt)
+                break
+            except errors.BadInput as exc:
+                if words <= 16 or not _too_long(str(exc)):
+                    raise
+                words //= 2
+                prompt = _long_prompt(words)
+                if notes is not None:
+                    notes["full_long_prompt"] = (f"{backend.kind.describe()} did not say its context and refused the "
+                                                 f"long prompt as too long; it was shrunk to {words:,} words")
         cold.append(seconds)
         warm.append(_one_token(backend, prompt)[0])
     return PrefixCache(counted, tuple(cold), tuple(warm))
 
 
-def _long_prompt(backend: RemoteBackend) -> str:
-    """A prompt of about three quarters of the context (or 2,000 words), unseen: it starts with random words."""
+def _long_prompt_words(backend: RemoteBackend) -> int:
+    """About three quarters of the context in words (2,048 tokens' worth when the server does not say)."""
+    return max(int((backend.context_length or 2048) * 0.75) // 2 - 8, 8)  # ~2 tokens a word in small vocabularies
+
+
+def _long_prompt(words: int) -> str:
+    """`words` words of the bench prompt, unseen: they start with random ones."""
     import secrets
 
-    words = DEFAULT_PROMPT.split()
-    budget = int((backend.context_length or 2048) * 0.75) // 2  # about two tokens per word in small vocabularies
+    text = DEFAULT_PROMPT.split()
     nonce = " ".join(secrets.token_hex(2) for _ in range(4))
-    return nonce + " " + " ".join(words[i % len(words)] for i in range(max(budget - 8, 8)))
+    return nonce + " " + " ".join(text[i % len(text)] for i in range(words))
+
+
+def _too_long(message: str) -> bool:
+    """A refusal that says the prompt does not fit (vLLM, llama.cpp and llama-cpp-python word it differently)."""
+    return any(word in message.lower() for word in ("context", "too long", "exceed", "maximum"))
 
 
 def _one_token(backend: RemoteBackend, prompt: str) -> tuple[float, int | None]:
