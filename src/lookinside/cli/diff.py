@@ -21,7 +21,8 @@ def diff(
     file: FileOpt = None,
     against: Annotated[Optional[str], typer.Option(
         "--against", metavar="NAME", rich_help_panel=AGAINST, show_default=False,
-        help="Model B: a Hub id, a directory or tiny (default: --model again, loaded as the options below say).")] = None,
+        help="Model B: a Hub id, a directory, a GGUF file, ollama:NAME or tiny (default: --model again, loaded as "
+        "the options below say).")] = None,
     against_dtype: Annotated[Optional[str], typer.Option(
         "--against-dtype", metavar="DTYPE", rich_help_panel=AGAINST, show_default=False,
         help="Load B in this dtype (auto|bfloat16|float16|float32).")] = None,

@@ -45,7 +45,8 @@ def _load_parameters() -> list[inspect.Parameter]:
     return [
         option("model", None, Annotated[Optional[str], typer.Option(
             "--model", "-m", envvar="LOOKINSIDE_MODEL", metavar="NAME", rich_help_panel=MODEL_PANEL,
-            show_default=False, help=f"A Hub id, a local directory, or `tiny` (built in, works offline). "
+            show_default=False, help=f"A Hub id, a local directory, a GGUF file, ollama:NAME[:TAG] (a model Ollama "
+            f"pulled), or `tiny` (built in, works offline). "
             f"[default: {DEFAULT_MODEL}; with --endpoint: the server's only model]")]),
         option("device", "auto", Annotated[str, typer.Option(
             "--device", metavar="DEVICE", rich_help_panel=MODEL_PANEL,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lookinside.core.bench_report import PrefixCache, RemoteBenchReport
+from lookinside.core.errors import BadInput
 from lookinside.core.records import gather
 from lookinside.core.request import DEFAULT_PROMPT, BenchSettings, GenerationSettings
 from lookinside.core.sampling import SamplingParams
@@ -44,28 +45,66 @@ def stream_bench(backend: Backend, settings: BenchSettings, progress: ProgressFn
                    "speed_of_light": "the server's weights and bandwidth are not visible from here"}
     if not backend.capabilities.ignore_eos:
         unavailable["exact_length"] = "only vLLM can be told to ignore end tokens; runs may stop early"
+    unavailable |= short_streams(rows, settings.new_tokens)
+    prefix = prefix_cache(backend, settings.repeat, unavailable)
     return RemoteBenchReport(backend.name, backend.endpoint, backend.capabilities.kind, settings.new_tokens,  # type: ignore[attr-defined]
-                             rows, prefix_cache(backend, settings.repeat), unavailable)
+                             rows, prefix, unavailable)
 
 
-def prefix_cache(backend: Backend, repeat: int) -> PrefixCache:
-    """One-token requests with long prompts the server has not seen (each starts with a fresh nonce), then again."""
+def short_streams(rows: tuple[tuple[float, ...], ...], asked: int) -> dict[str, str]:
+    """Say plainly when the streams gave no token, or only one: the rates below are then not measured."""
+    longest = max((len(row) for row in rows), default=0)
+    if longest == 0:
+        return {"tokens": "no token came back: the server ended every reply before its first token"}
+    if longest == 1 < asked:
+        return {"decode_rate": "only one token came back per stream (the model ended its reply at once, e.g. with "
+                               "an end token): nothing was decoded after it; give a --prompt the model goes on from"}
+    return {}
+
+
+def prefix_cache(backend: Backend, repeat: int, notes: dict[str, str] | None = None) -> PrefixCache:
+    """One-token requests with long prompts the server has not seen (each starts with a fresh nonce), then again.
+
+    A server that does not tell its context and refuses the prompt as too long gets one half as long, and `notes`
+    says so.
+    """
     cold: list[float] = []
     warm: list[float] = []
-    prompt = long_prompt(backend)
+    words = long_prompt_words(backend)
+    prompt = long_prompt(words)
     for _ in range(max(repeat, 2)):
-        prompt = long_prompt(backend)
-        cold.append(one_token(backend, prompt))
+        prompt = long_prompt(words)
+        while True:
+            try:
+                cold.append(one_token(backend, prompt))
+                break
+            except BadInput as exc:
+                if words <= 16 or not too_long(str(exc)):
+                    raise
+                words //= 2
+                prompt = long_prompt(words)
+                if notes is not None:
+                    notes["full_long_prompt"] = (f"{backend.capabilities.kind} did not say its context and refused "
+                                                 f"the long prompt as too long; it was shrunk to {words:,} words")
         warm.append(one_token(backend, prompt))
     return PrefixCache(backend.prompt_tokens(prompt), tuple(cold), tuple(warm))
 
 
-def long_prompt(backend: Backend) -> str:
-    """A prompt of about three quarters of the context (or 2,000 words), unseen: it starts with random words."""
-    words = DEFAULT_PROMPT.split()
-    budget = int((backend.context_length or 2048) * 0.75) // 2  # about two tokens per word in small vocabularies
+def long_prompt_words(backend: Backend) -> int:
+    """About three quarters of the context in words (2,048 tokens' worth when the server does not say)."""
+    return max(int((backend.context_length or 2048) * 0.75) // 2 - 8, 8)  # ~2 tokens a word in small vocabularies
+
+
+def long_prompt(words: int) -> str:
+    """`words` words of the bench prompt, unseen: they start with random ones."""
+    text = DEFAULT_PROMPT.split()
     nonce = " ".join(secrets.token_hex(2) for _ in range(4))
-    return nonce + " " + " ".join(words[i % len(words)] for i in range(max(budget - 8, 8)))
+    return nonce + " " + " ".join(text[i % len(text)] for i in range(words))
+
+
+def too_long(message: str) -> bool:
+    """A refusal that says the prompt does not fit (vLLM, llama.cpp and llama-cpp-python word it differently)."""
+    return any(word in message.lower() for word in ("context", "too long", "exceed", "maximum"))
 
 
 def one_token(backend: Backend, prompt: str) -> float:

@@ -49,10 +49,13 @@ class Side:
     context_length: int
 
 
-def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20) -> Side:
-    """Run `lm` over `text` (teacher forcing, in chunks of its context) and greedily on from the text's end."""
+def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20, ids: list[int] | None = None) -> Side:
+    """Run `lm` over `text` (teacher forcing, in chunks of its context) and greedily on from the text's end.
+
+    `ids`: read these token ids instead of the ones `lm`'s tokenizer makes of `text` (B reads A's).
+    """
     check_prompt(text)
-    ids = list(lm.tokenizer(text).input_ids)
+    ids = list(lm.tokenizer(text).input_ids) if ids is None else list(ids)
     if len(ids) < 2:
         raise errors.BadInput("the text is one token long: a diff needs at least two tokens to predict one")
     logprobs = teacher_forced_logprobs(lm, ids)
@@ -76,10 +79,13 @@ def teacher_forced_logprobs(lm: LM, ids: list[int]) -> torch.Tensor:
 
 def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str, top_k: int = 10) -> Diff:
     """Load A, read the text, let A go; the same for B; then compare them position by position."""
-    sides = []
+    sides: list[Side] = []
     for spec in (a, b):
         lm = load(spec)
-        sides.append(read_side(lm, text, describe(lm, spec.quantize)))
+        if sides:  # B reads A's ids, so a tokenizer that splits some text otherwise (a GGUF's) changes nothing
+            _refuse_other_vocabulary(sides[0].name, sides[0].tokenizer, sides[0].logprobs.shape[-1],
+                                     lm.name, lm.tokenizer, lm.model.get_output_embeddings().weight.shape[0])
+        sides.append(read_side(lm, text, describe(lm, spec.quantize), ids=sides[0].ids if sides else None))
         del lm
         gc.collect()
     return compare_sides(sides[0], sides[1], top_k)
@@ -89,15 +95,24 @@ def describe(lm: LM, quantize: str | None = None) -> str:
     """What tells one side from the other: dtype, attention, quantization."""
     parts = [str(lm.dtype).removeprefix("torch."), lm.attn_implementation]
     parts += [f"quantized {quantize}"] if quantize else []
+    parts += [f"from {lm.origin.kind}"] if getattr(lm, "origin", None) else []
     return ", ".join(parts)
 
 
 def check_same_vocabulary(a: Side, b: Side) -> None:
     """Refuse two models that do not share a vocabulary: their distributions cannot be compared id by id."""
-    va, vb = a.logprobs.shape[-1], b.logprobs.shape[-1]
-    if va != vb or a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+    _refuse_other_vocabulary(a.name, a.tokenizer, a.logprobs.shape[-1], b.name, b.tokenizer, b.logprobs.shape[-1])
+
+
+def _refuse_other_vocabulary(name_a: str, tokenizer_a: PreTrainedTokenizerBase, va: int,
+                             name_b: str, tokenizer_b: PreTrainedTokenizerBase, vb: int) -> None:
+    """The check itself. Ids that only one tokenizer names are allowed: llama.cpp's converter names the padding
+    rows of the embedding ([PAD980]...) that a Hugging Face tokenizer leaves without a token."""
+    tokens_a = {i: t for t, i in tokenizer_a.get_vocab().items()}
+    tokens_b = {i: t for t, i in tokenizer_b.get_vocab().items()}
+    if va != vb or any(tokens_a[i] != tokens_b[i] for i in tokens_a.keys() & tokens_b.keys()):
         raise errors.BadInput(
-            f"{a.name} and {b.name} have different vocabularies ({va:,} and {vb:,} outputs"
+            f"{name_a} and {name_b} have different vocabularies ({va:,} and {vb:,} outputs"
             f"{', different tokenizers' if va == vb else ''}): a per-token diff needs the same token ids")
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from lookinside.core import errors
+from lookinside.core import errors, gguf
 from lookinside.core.quantize import Quantized, quantization_config, quantization_facts
 from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.threads import ThreadChoice, choose_threads
@@ -27,6 +27,8 @@ from lookinside.tiny import ASSETS as TINY_ASSETS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from lookinside.core.gguf import Dequantized
 
 # torchao, when installed, is imported by transformers on every load; its wheel then logs a warning for each
 # CUDA-only kernel this machine cannot load, and torch one for each enum it registers. Not the user's business.
@@ -52,6 +54,7 @@ class LM:
     notes: tuple[str, ...] = ()  # what the user should know about how it was loaded
     threads: ThreadChoice | None = None  # torch's CPU thread count, set by `load`
     quantized: Quantized | None = None  # what --quantize converted, checked after loading
+    origin: Dequantized | None = None  # what a GGUF file's weights were before loading, said when loading
 
     @property
     def config(self) -> PretrainedConfig:
@@ -159,6 +162,11 @@ def load_config(spec: LoadSpec) -> tuple[str, PretrainedConfig]:
     """The source and config for `spec.model`, without reading any weights."""
     from transformers import AutoConfig
 
+    if (file := gguf.open_file(spec.model)) is not None:
+        with _hub_errors(spec.model):
+            config = gguf.load_config(spec.model, file, spec.trust_remote_code)
+        check_causal_lm(spec.model, config)
+        return str(file.path), config
     source = CARRIED_CONFIGS.get(spec.model) if spec.random_weights else None
     source = str(source) if source and not _cached_on_disk(spec.model) else resolve_source(spec.model)
     with _hub_errors(spec.model):
@@ -189,6 +197,9 @@ def load_tokenizer(spec: LoadSpec, source: str | None = None) -> PreTrainedToken
     """Only the tokenizer of `spec.model` (the carried copy of a default model's, unless a download is cached)."""
     from transformers import AutoTokenizer
 
+    if source is None and (file := gguf.open_file(spec.model)) is not None:
+        with _hub_errors(spec.model):
+            return gguf.load_tokenizer(file, spec.trust_remote_code)
     source = source or carried_tokenizer(spec.model) or resolve_source(spec.model)
     with _hub_errors(spec.model):
         return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
@@ -209,6 +220,8 @@ def load(spec: LoadSpec) -> LM:
     device = resolve_device(spec.device)
     check_attention(spec.attn)
     threads = set_threads(spec.threads)
+    if (file := gguf.open_file(spec.model)) is not None:  # a GGUF file, or ollama:NAME
+        return replace(gguf.load(spec, file), threads=threads)
     source, config = load_config(spec)
     dtype = resolve_dtype(spec.dtype, device, getattr(config, "dtype", None))
     if spec.random_weights:

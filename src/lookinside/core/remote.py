@@ -44,6 +44,7 @@ from lookinside.core.records import (
 )
 from lookinside.core.request import GenerationSettings, NextTokenRequest
 from lookinside.core.sampling import SamplingParams, request_fields
+from lookinside.core.server_kind import UNKNOWN, VLLM, ServerKind, detect
 
 if TYPE_CHECKING:
     import openai
@@ -56,6 +57,7 @@ NO_SHAPES = "a server does not show its tensors: run the model here (without --e
 NO_LOGITS = "a server returns log-probabilities, not logits"
 ProgressFn = Callable[[str], None]
 NO_IDS = "this server names tokens by their text; the ids here are lookinside's, not the model's"
+NO_ECHO = "{kind} does not send the prompt's tokens back (it ignores `echo`)"
 
 
 @dataclass(frozen=True)
@@ -107,28 +109,32 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
         if chosen is None:
             raise errors.BadInput(f"the server does not serve {spec.model!r}; it serves: {', '.join(names)}")
     context = getattr(chosen, "max_model_len", None)
-    return RemoteBackend(client, replace(spec, model=chosen.id), int(context) if context else None,
-                         str(getattr(chosen, "owned_by", "") or ""))
+    kind = detect(spec.base_url, chosen.model_dump(), spec.api_key, spec.timeout_s)
+    return RemoteBackend(client, replace(spec, model=chosen.id), int(context) if context else kind.context_length,
+                         str(getattr(chosen, "owned_by", "") or ""), kind)
 
 
-def server_capabilities(owner: str) -> Capabilities:
-    """What a server gives, from what it says it is: vLLM gives ids and takes every sampler; others neither."""
+def server_capabilities(kind: ServerKind) -> Capabilities:
+    """What a server gives, from what it is (core/server_kind.py): vLLM, and `llm serve` speaking as vLLM does,
+    give ids and take every sampler; the others neither."""
     remote = Capabilities(shapes=False, insides=False, kv_cache_switch=False, continue_reply=False)
-    if owner in ("vllm", "lookinside"):  # `llm serve` takes vLLM's extra fields and gives ids as vLLM does
-        return replace(remote, kind=owner)
-    return replace(remote, ids=False, extra_samplers=False, ignore_eos=False, kind=owner or "unknown")
+    if kind.is_vllm or kind.owner == "lookinside":
+        return replace(remote, kind="lookinside" if kind.owner == "lookinside" else kind.describe())
+    return replace(remote, ids=False, extra_samplers=False, ignore_eos=False, kind=kind.describe())
 
 
 class RemoteBackend:
     """The `Backend` protocol over HTTP (see the module docstring for what each view asks)."""
 
-    def __init__(self, client: openai.OpenAI, spec: RemoteSpec, context_length: int | None, owner: str = "") -> None:
+    def __init__(self, client: openai.OpenAI, spec: RemoteSpec, context_length: int | None, owner: str = "",
+                 kind: ServerKind | None = None) -> None:
         self.client = client
         self.spec = spec
         self.name: str = spec.model or "?"
         self.context_length = context_length
         self.owner = owner
-        self.capabilities = server_capabilities(owner)
+        self.kind = kind or ServerKind(VLLM if owner == "vllm" else UNKNOWN, owner)  # `connect` asks the server
+        self.capabilities = server_capabilities(self.kind)
         self._ids: dict[str, int] = {}
         self._texts: dict[int, str] = {}
 
@@ -164,10 +170,11 @@ class RemoteBackend:
         if ids is not None and (len(ids[0]) != len(prompt) or len(ids[1]) != len(top)):
             ids = None  # two tokens spelled alike collapsed in the text answer: ranks would not line up
         pieces = tuple(Piece(i, ids[0][i] if ids else self.intern(t), t, t, "text") for i, t in enumerate(prompt))
+        unavailable_tokens = {} if pieces else {"tokens": NO_ECHO.format(kind=self.kind.describe())}
         candidates = [Candidate(rank, ids[1][rank - 1] if ids else self.intern(text), text, math.exp(lp), None,
                                 _at_temperature(top, rank - 1, request.temperature))
                       for rank, (text, lp) in enumerate(top[: request.top_k], start=1)]
-        unavailable = {"shapes": NO_SHAPES, "logit": NO_LOGITS} | ({} if ids else {"ids": NO_IDS})
+        unavailable = {"shapes": NO_SHAPES, "logit": NO_LOGITS} | ({} if ids else {"ids": NO_IDS}) | unavailable_tokens
         return NextToken(self.name, request.prompt, pieces, None, candidates, request.temperature,
                          self.context_length, unavailable)
 
@@ -203,7 +210,7 @@ class RemoteBackend:
         return prompt, top
 
     def _check_k(self, k: int) -> None:
-        if self.capabilities.kind == "vllm" and k > VLLM_MAX_LOGPROBS:
+        if self.kind.is_vllm and k > VLLM_MAX_LOGPROBS:
             raise errors.BadInput(f"--top-k {k} is more than vLLM returns by default ({VLLM_MAX_LOGPROBS}); "
                                   "ask for fewer, or start the server with a larger --max-logprobs")
 
@@ -219,18 +226,22 @@ class RemoteBackend:
         return self.spec.base_url
 
     def prompt_tokens(self, prompt: str) -> int | None:
-        """How many tokens the server makes of `prompt`, from its /tokenize route (vLLM, llama.cpp); None without one."""
+        """How many tokens the server makes of `prompt`, from its tokenize route; None where it has none.
+
+        vLLM and llama-server answer POST /tokenize (`prompt` and `content`), llama-cpp-python /extras/tokenize (`input`).
+        """
         from lookinside.core.http import call
 
         root = self.spec.base_url.removesuffix("/v1")
-        try:
-            answer = call(root, "/tokenize", self.spec.api_key, {"model": self.name, "prompt": prompt, "content": prompt},
-                          self.spec.timeout_s)
-        except errors.LookinsideError:
-            return None
-        count = answer.get("count") if isinstance(answer, dict) else None
-        tokens = answer.get("tokens") if isinstance(answer, dict) else None
-        return count if isinstance(count, int) else len(tokens) if isinstance(tokens, list) else None
+        for path, field in (("/tokenize", "prompt"), ("/tokenize", "content"), ("/extras/tokenize", "input")):
+            try:
+                answer = call(root, path, self.spec.api_key, {"model": self.name, field: prompt}, self.spec.timeout_s)
+            except errors.LookinsideError:
+                continue
+            tokens = answer.get("tokens") if isinstance(answer, dict) else None
+            if isinstance(tokens, list) and tokens:  # none at all: the route read another field for the text
+                return len(tokens)
+        return None
 
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """A streamed completion (a chat completion with `chat`); `stream.seed` is the seed sent."""
@@ -292,19 +303,27 @@ class RemoteBackend:
             else:
                 response = self.client.completions.create(
                     model=self.name, prompt=prompt or "", stream=True, logprobs=TOP_ALTERNATIVES, **body)
-        index, finished = 0, False
+        # Each token is held until the next arrives: llama.cpp gives the last one's finish reason in a closing chunk
+        # that carries no token, and that reason belongs to the last step.
+        index, finish_reason, held = 0, None, None
         try:
             with _translated(self.spec, streaming=True):
                 for chunk in response:
-                    finished = finished or any(getattr(c, "finish_reason", None) for c in chunk.choices or ())
+                    finish_reason = finish_reason or _finish_reason(chunk)
                     for token, lp, top, finish in _chunk_tokens(chunk):
                         now = time.perf_counter()
-                        step = self._step(index, token, lp, top, now - start, finish)
-                        start, index = now, index + 1
-                        yield step
+                        if held is not None:
+                            yield self._step(*held)
+                        held, start, index = (index, token, lp, top, now - start, finish), now, index + 1
+        except errors.LookinsideError:
+            if held is not None:  # what came before the break is kept
+                yield self._step(*held)
+            raise
         finally:
             response.close()
-        if not finished:  # the connection closed without a finish reason: the server went away mid-reply
+        if held is not None:
+            yield self._step(*held[:5], held[5] or finish_reason)
+        if not finish_reason:  # the connection closed without a finish reason: the server went away mid-reply
             raise errors.StreamBroken(f"the server at {self.spec.base_url} stopped sending before the reply ended")
 
     def _step(self, index: int, token: str, logprob: float, top: dict[str, float], seconds: float,
@@ -335,8 +354,8 @@ class RemoteBackend:
         allowed = {name for name in extra if (self.capabilities.ignore_eos if name == "ignore_eos"
                                               else self.capabilities.extra_samplers)}
         if set(extra) - allowed:
-            raise errors.BadInput(f"{', '.join(sorted(set(extra) - allowed))} need a server that takes them, such as "
-                                  f"vLLM (this one is {self.capabilities.kind}): drop them, or serve the model with vLLM")
+            raise errors.BadInput(f"{', '.join(sorted(set(extra) - allowed))} need a vLLM server (this one is "
+                                  f"{self.capabilities.kind}): drop them, or serve the model with vLLM")
         if extra:
             body["extra_body"] = extra
         return body
@@ -365,6 +384,11 @@ def _at_temperature(top: Sequence[tuple[str, float]], index: int, temperature: f
     peak = max(scaled)
     weights = [math.exp(s - peak) for s in scaled]
     return weights[index] / sum(weights)
+
+
+def _finish_reason(chunk: Any) -> str | None:
+    """The finish reason a streamed chunk gives, in a token's chunk or in a closing one."""
+    return next((c.finish_reason for c in chunk.choices or () if getattr(c, "finish_reason", None)), None)
 
 
 def _chunk_tokens(chunk: Any) -> Iterator[tuple[str, float, dict[str, float], str | None]]:

@@ -39,7 +39,11 @@ class LoadSpec:
         if self.attn not in ATTENTIONS:
             raise BadInput(f"--attn must be one of {', '.join(ATTENTIONS)}, not {self.attn!r}")
         if not self.model.strip():
-            raise BadInput("--model is empty: give a Hub id, a local directory, or tiny")
+            raise BadInput("--model is empty: give a Hub id, a local directory, a GGUF file, ollama:NAME, or tiny")
+        if self.model.startswith("ollama:"):  # a malformed name is refused before anything loads
+            from lookinside.core.ollama import OllamaName
+
+            OllamaName.parse(self.model.removeprefix("ollama:"))
         if self.layers is not None and self.layers < 1:
             raise BadInput(f"--layers must be at least 1, not {self.layers}")
         if self.quantize is not None and self.quantize not in QUANTIZE:

@@ -72,7 +72,7 @@ def run_panel(
 ) -> Panel:
     """One run as a panel: coloured text above, its numbers below, its length and ending underneath."""
     body = Group(run_text(run, departs, lead), Text(), run_stats(run, departs, is_greedy, seed))
-    subtitle = f"{len(run.steps)} tokens · {run.finish}"
+    subtitle = f"{len(run.steps)} tokens · {run.finish or 'unknown'}"  # a server need not say why it stopped
     return Panel(body, title=title, title_align="left", subtitle=subtitle, subtitle_align="right",
                  border_style="cyan" if is_greedy else "magenta")
 

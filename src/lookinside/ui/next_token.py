@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from lookinside.core.records import NextToken, Piece
 
 
-def tokens_line(tokens: Sequence[Piece], spelling: Literal["piece", "text"] = "piece") -> Text:
-    """The prompt as pieces (or their text) with their ids: `<s>·1  ▁The·450 ...`."""
+def tokens_line(tokens: Sequence[Piece], spelling: Literal["piece", "text"] = "piece", ids: bool = True) -> Text:
+    """The prompt as pieces (or their text) with their ids: `<s>·1  ▁The·450 ...` (no ids where a server gave none)."""
     line = Text()
     for i, token in enumerate(tokens):
         line.append(visible(getattr(token, spelling)), style="bold cyan" if i % 2 == 0 else "bold magenta")
-        line.append(f"·{token.id}", style="dim")
+        if ids:
+            line.append(f"·{token.id}", style="dim")
         line.append("  ")
     return line
 
@@ -72,7 +73,7 @@ def next_token_view(result: NextToken) -> RenderableType:
     header = Text.assemble(("model ", "dim"), (result.model, "bold"), (context, "dim"))
     parts: list[RenderableType] = [header]
     if result.tokens:
-        parts.append(Text.assemble((f"prompt tokens ({len(result.tokens)}): ", "dim"), tokens_line(result.tokens)))
+        parts.append(Text.assemble((f"prompt tokens ({len(result.tokens)}): ", "dim"), tokens_line(result.tokens, ids="ids" not in result.unavailable)))
     if result.shapes is not None:
         parts += [Text("forward pass", style="dim"), shapes_grid(result.shapes)]
     parts += [*unavailable_lines(result.unavailable), Text(), top_table(result)]

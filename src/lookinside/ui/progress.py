@@ -39,6 +39,8 @@ def load_with_progress(spec: LoadSpec) -> LM:
         dtype = str(lm.dtype).removeprefix("torch.")
         why = " (--dtype auto)" if spec.dtype == "auto" else ""
         stderr_console().print(f"[dim]weights: {weights / 2**30:.2f} GiB in {dtype}{why} on {lm.device}[/]")
+    if lm.origin is not None:
+        stderr_console().print(f"[dim]{lm.origin.describe()}[/]", soft_wrap=True)
     if lm.quantized is not None:
         stderr_console().print(f"[dim]{lm.quantized.describe()}[/]", soft_wrap=True)
     return lm
