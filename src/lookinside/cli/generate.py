@@ -29,6 +29,9 @@ def generate(
     chat: ChatOpt = False,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object when done.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per token as it streams.")] = False,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="Decode with a torch.compile'd step over a static cache (compiles first; pays off "
+        "for small models and long runs: docs/benchmarks.md).")] = False,
     *,
     spec: LoadSpec,
     sampling: dict[str, Any],
@@ -53,11 +56,17 @@ def generate(
         raise BadInput("--json and --jsonl: choose one")
     text = text_or_file(prompt, file)
     request = ChatRequest(sampling, max_new_tokens)  # bad values fail before loading
-    config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
+    config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos,
+                                compile=compile)
     lm = load_with_progress(spec)
     params = request.settings(lm.model.generation_config).params
     ids = encode_prompt(lm.tokenizer, text, chat=chat)
     run = stream_out(start(lm, ids, params, config), ids, lm.tokenizer, "json" if json else "jsonl" if jsonl else "text",
                      lm.name, text)
+    if compile:
+        from lookinside.core.compiled import Compiled
+
+        if note := Compiled.for_model(lm).note:
+            stderr_console().print(f"note: {note}", highlight=False, markup=False)
     if not (json or jsonl) and sys.stderr is not None and sys.stderr.isatty():
         stderr_console().print(f"[dim]{stats_line(run)}[/]", highlight=False)
