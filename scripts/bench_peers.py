@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
 import statistics
 import sys
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +92,47 @@ class LlamaCpp:
         return ids, seconds
 
 
+def _serve(connection: Connection, path: str, threads: int, n_ctx: int) -> None:
+    """The child process: llama.cpp loaded once, one run per request until told to stop."""
+    engine = LlamaCpp(Path(path), threads, n_ctx)
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        connection.send(engine.run(*request))
+
+
+class Peer:
+    """llama.cpp in a process of its own: its thread pool and OpenMP runtime never share a process with torch's,
+    so neither engine's idle threads spin inside the other's timing."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, str(path), threads, n_ctx), daemon=True)
+        self.process.start()
+        if self.connection.recv() != "ready":
+            raise RuntimeError("llama.cpp did not start")
+
+    def run(self, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+        """As `LlamaCpp.run`, in the child."""
+        self.connection.send((prompt, n))
+        return self.connection.recv()
+
+    def close(self) -> None:
+        """Stop the child."""
+        self.connection.send(None)
+        self.process.join(timeout=30)
+
+
 def ours(row: Row, model_dir: Path, compile: bool) -> tuple[Callable[[list[int], int], tuple[list[int], list[float]]],
                                                             object]:
     """lookinside's generation loop as `llm bench` times it (greedy, end tokens ignored, the dynamic cache)."""
+    from transformers.utils import logging
+
     from lookinside.core.bench import our_loop
     from lookinside.core.loading import load
     from lookinside.core.spec import LoadSpec
 
+    logging.disable_progress_bar()
     lm = load(LoadSpec(model=str(model_dir), device="cpu", dtype=row.dtype, quantize=row.quantize,
                        threads=row.threads))
 
@@ -151,19 +187,21 @@ def measure(row: Row, work: Path, args: argparse.Namespace) -> tuple[float, floa
     if not gguf.exists():
         convert(model_dir, gguf, row.gguf)
     prompt = prompt_ids(model_dir, args.prompt_tokens)
-    peer = LlamaCpp(gguf, row.threads, n_ctx=args.prompt_tokens + args.tokens + 8)
+    peer = Peer(gguf, row.threads, n_ctx=args.prompt_tokens + args.tokens + 8)
     mine, lm = ours(row, model_dir, args.compile)
     theirs_ids, _ = peer.run(prompt, args.tokens)
     our_ids, _ = mine(prompt, args.tokens)
     agree = next((i for i, (a, b) in enumerate(zip(our_ids, theirs_ids)) if a != b), len(our_ids))
     if agree < len(our_ids) and row.gguf == "f32":
+        peer.close()
         sys.exit(f"{row.label}: the engines part at token {agree} of {len(our_ids)} in float32 "
                  "(the conversion is wrong, or the two compute different models): not timing it")
     rates: dict[str, list[float]] = {"llama.cpp": [], "ours": []}
     for _ in range(args.repeat):  # taking turns, so load that comes and goes hits both alike
         rates["llama.cpp"].append(decode_rate(peer.run(prompt, args.tokens)[1]))
         rates["ours"].append(decode_rate(mine(prompt, args.tokens)[1]))
-    del peer, mine, lm
+    peer.close()
+    del mine, lm
     gc.collect()
     return statistics.median(rates["llama.cpp"]), statistics.median(rates["ours"]), agree
 
