@@ -6,8 +6,10 @@
 #
 # Steps: the CUDA test subset (tests/test_cuda.py: auto dtype, " Paris", CPU == GPU ids in
 # float32, cache modes agree, peak memory, sdpa == eager); `llm bench --random-weights
-# --dtype bfloat16` on the full 32-layer Phi-3-mini shape with a 32,128,512 sweep and its
-# speed-of-light share (warned above 100 %); sdpa against eager on that shape; chat's peak
+# --dtype bfloat16` on the full 32-layer Phi-3-mini shape with a 32,128,512 sweep; decode speed and
+# speed-of-light share (warned above 100 %) eager, compiled with CUDA graphs (--compile:
+# "reduce-overhead"), in float32, and with --quantize 4bit (NF4, on the shape saved with random
+# weights), with and without --compile; sdpa against eager on that shape; chat's peak
 # memory for one reply. Each step's output goes into the report as it ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,17 +65,52 @@ step "Phi-3-mini shape, random weights, KV cache on and off" \
   "${LLM[@]}" bench --random-weights --device "$DEVICE" --dtype "$DTYPE" "${LAYERS[@]}"
 step "Phi-3-mini shape, length sweep" \
   "${LLM[@]}" bench --random-weights --device "$DEVICE" --dtype "$DTYPE" "${LAYERS[@]}" --sweep "$SWEEP" --no-reference
-step "Speed of light share (warn above 100 %)" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
-import json, subprocess, sys
+step "Speed of light by configuration: eager, compiled (CUDA graphs), 4-bit" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
+"""Decode tokens/s and the share of the memory bandwidth for each way of running the Phi-3-mini shape."""
+import importlib.util, json, subprocess, sys, tempfile
 device, dtype, *layers = sys.argv[1:]
-out = subprocess.run([sys.executable, "-m", "lookinside", "bench", "--random-weights", "--device", device, "--dtype",
-                      dtype, *layers, "--cache", "--no-reference", "--new-tokens", "64", "--json"],
-                     capture_output=True, text=True, check=True).stdout
-run = json.loads(out)["runs"][0]
-light = run["speed_of_light"]
-share = light and light.get("share")
-print(f"decode {run['decode_tok_s']:.1f} tok/s; speed-of-light share: {'n/a (no bandwidth known)' if share is None else f'{share:.0%}'}")
-if share is not None and share > 1:
+bench = [sys.executable, "-m", "lookinside", "bench", "--device", device, "--cache", "--no-reference",
+         "--new-tokens", "128", "--prompt-tokens", "32", "--repeat", "3", "--json"]
+random = ["--random-weights", *layers]
+compiled = "CUDA graphs" if device == "cuda" else "inductor"
+configs = {f"{dtype}, eager": [*random, "--dtype", dtype],
+           f"{dtype}, --compile ({compiled})": [*random, "--dtype", dtype, "--compile"],
+           "float32, eager": [*random, "--dtype", "float32"]}
+if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+    # --quantize needs real weights to convert: the random shape saved once, then loaded like any local model
+    saved = tempfile.mkdtemp(prefix="phi3-shape-")
+    keep = f", layers={layers[1]}" if layers else ""
+    subprocess.run([sys.executable, "-c", (
+        "import torch\n"
+        "from lookinside.core.loading import load\n"
+        "from lookinside.core.spec import LoadSpec\n"
+        "torch.manual_seed(0)\n"
+        f"lm = load(LoadSpec(device='cpu', dtype='{dtype}', random_weights=True{keep}))\n"
+        f"lm.model.save_pretrained('{saved}')\n"
+        f"lm.tokenizer.save_pretrained('{saved}')\n")], check=True)
+    configs["--quantize 4bit (NF4, bitsandbytes)"] = ["--model", saved, "--dtype", dtype, "--quantize", "4bit"]
+    configs["--quantize 4bit, --compile"] = ["--model", saved, "--dtype", dtype, "--quantize", "4bit", "--compile"]
+else:
+    print("--quantize 4bit: skipped (needs CUDA and the bitsandbytes package)")
+print(f"| configuration | decode tok/s | GB/s read | share of the bandwidth |")
+print("|---|---:|---:|---:|")
+over = False
+for label, args in configs.items():
+    done = subprocess.run([*bench, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"| {label} | failed: {(done.stderr.strip().splitlines() or ['?'])[-1]} | | |")
+        continue
+    report = json.loads(done.stdout)
+    run = report["runs"][0]
+    light = run["speed_of_light"] or {}
+    share = light.get("share")
+    over |= share is not None and share > 1
+    print(f"| {label} | {run['decode_tok_s']:.1f} | {light.get('achieved_gbs') or 0:.1f} | "
+          f"{'n/a' if share is None else f'{share:.0%}'} ({light.get('bandwidth_source')}) |")
+    for note in report.get("notes", []):
+        if "--compile" in note and "failed" in note:
+            print(f"  note: {note}")
+if over:
     print("warning: above 100 % of the memory bandwidth: the clock or the bandwidth figure is wrong")
     sys.exit(1)
 EOF
@@ -101,7 +138,8 @@ EOF
 step "Chat: peak memory for one reply" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
 import sys
 from lookinside.core.conversation import Conversation, chat_settings, fit
-from lookinside.core.generate import GenerationConfig, collect
+from lookinside.core.generate import collect
+from lookinside.core.request import GenerationSettings
 from lookinside.core.loading import load
 from lookinside.core.spec import LoadSpec
 from lookinside.core.timing import peak_memory_bytes, reset_peak_memory
@@ -112,7 +150,7 @@ conversation = Conversation(settings=settings)
 conversation.add("user", "Write a very long email apologizing to Sarah for the tragic gardening mishap.")
 fitted = fit(lm.tokenizer, conversation, lm.context_length)
 reset_peak_memory(lm.device)
-run = collect(lm, fitted.ids, settings.params, GenerationConfig(max_new_tokens=64, ignore_eos=True))
+run = collect(lm, fitted.ids, settings.params, GenerationSettings(max_new_tokens=64, ignore_eos=True))
 weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
 print(f"{len(fitted.ids)} prompt + {len(run.steps)} new tokens; weights {weights / 2**30:.2f} GiB; "
       f"peak {peak_memory_bytes(lm.device) / 2**30:.2f} GiB ({'allocator' if lm.device.type == 'cuda' else 'process RSS'})")

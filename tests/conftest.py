@@ -13,6 +13,16 @@ PHI3_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "phi3-tokenize
 TINY_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_dir_of_the_run(tmp_path_factory):
+    """The data directory (histories, chats, the CPU's measured bandwidth) is the run's own, never the user's."""
+    import os
+
+    if "LOOKINSIDE_DATA_DIR" not in os.environ:
+        os.environ["LOOKINSIDE_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The built-in tiny model, loaded once on the CPU."""

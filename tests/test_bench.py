@@ -140,7 +140,7 @@ def test_unknown_gpu_falls_back_with_a_note(monkeypatch):
 
 def test_given_bandwidth_wins_over_the_table(monkeypatch):
     assert resolve_bandwidth(fake_gpu(monkeypatch, "NVIDIA H200"), 1000.0).gbs == 1000.0
-    assert resolve_bandwidth(torch.device("cpu"), None).gbs is None  # CPU: no table, no note
+    assert resolve_bandwidth(torch.device("cpu"), 12.5).gbs == 12.5  # the CPU's measured number gives way too
 
 
 def test_unknown_gpu_note_reaches_the_json_and_the_view(tiny, monkeypatch):

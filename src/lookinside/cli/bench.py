@@ -46,6 +46,8 @@ def bench(
         show_default=False, panel=MODEL_PANEL)] = None,
     reference: Annotated[bool, _opt(
         "--reference/--no-reference", help="Also time transformers' model.generate for the same tokens.")] = True,
+    compile: Annotated[bool, _opt(
+        "--compile", help="Decode with a torch.compile'd step over a static KV cache (compiled in the warm-up).")] = False,
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
@@ -61,10 +63,10 @@ def bench(
 
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens,
                              modes=modes_for(cache, modes), warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep),
-                             bandwidth_gbs=bandwidth, reference=reference)
+                             bandwidth_gbs=bandwidth, reference=reference, compile=compile)
     if remote.endpoint:
         local_only = {"--cache/--no-cache": cache is not None, "--modes": modes is not None, "--sweep": bool(sweep),
-                      "--random-weights": random_weights, "--bandwidth": bandwidth is not None}
+                      "--random-weights": random_weights, "--bandwidth": bandwidth is not None, "--compile": compile}
         given = [flag for flag, used in local_only.items() if used]
         if given:
             raise BadInput(f"{', '.join(given)} need the model here: a server keeps its own KV cache and weights")

@@ -39,6 +39,9 @@ def generate(
     chat: ChatOpt = False,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object when done.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per token as it streams.")] = False,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="Decode with a torch.compile'd step over a static cache (compiles first; pays off "
+        "for small models and long runs: docs/benchmarks.md).")] = False,
     *,
     spec: LoadSpec,
     sampling: dict[str, Any],
@@ -62,11 +65,19 @@ def generate(
         raise BadInput("--json and --jsonl: choose one")
     text = text_or_file(prompt, file)
     request = ChatRequest(sampling, max_new_tokens)  # bad values fail before loading
-    config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)
+    config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos,
+                                compile=compile)
     backend = open_backend(spec, remote)
+    if compile and not backend.capabilities.kv_cache_switch:
+        raise BadInput("--compile needs the model here: a server compiles (or not) on its own side")
     params = request.settings(backend.generation_config).params
     source = Source(backend.name, text, backend.prompt_ids(text, chat), backend.token_text)
     run = stream_out(backend.generate(text, params, config, chat), source,
                      "json" if json else "jsonl" if jsonl else "text")
+    if compile:
+        from lookinside.core.compiled import Compiled
+
+        if note := Compiled.for_model(backend.lm).note:  # type: ignore[attr-defined]
+            stderr_console().print(f"note: {note}", highlight=False, markup=False)
     if not (json or jsonl) and sys.stderr is not None and sys.stderr.isatty():
         stderr_console().print(f"[dim]{stats_line(run)}[/]", highlight=False)

@@ -77,9 +77,15 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 
 def resolve_bandwidth(device: torch.device, given_gbs: float | None) -> Bandwidth:
-    """--bandwidth if given, else the table's number for this CUDA GPU, else none (with a note on CUDA)."""
+    """--bandwidth if given, else the table's number for this CUDA GPU, else the CPU's measured once (cached in the
+    data directory), else none."""
     if given_gbs is not None:
         return Bandwidth(given_gbs, "--bandwidth")
+    if device.type == "cpu":
+        from lookinside.core.bandwidth import cpu_bandwidth
+
+        measured, cached = cpu_bandwidth(device_name(device), torch.get_num_threads())
+        return Bandwidth(measured.gbs, measured.source(cached))
     if device.type != "cuda":
         return Bandwidth(None, "none")
     name = torch.cuda.get_device_name(device)
@@ -126,9 +132,11 @@ class Timed:
 REFERENCE = "model.generate"  # the runners' key for transformers' loop; ours are keyed by their CacheKind
 
 
-def our_loop(lm: LM, prompt_ids: list[int], cache: CacheKind, new_tokens: int) -> Callable[[], Timed]:
+def our_loop(lm: LM, prompt_ids: list[int], cache: CacheKind, new_tokens: int,
+             compile: bool = False) -> Callable[[], Timed]:
     """One run of the generation loop: exactly `new_tokens` greedy tokens, end tokens ignored."""
-    settings = GenerationSettings(max_new_tokens=new_tokens, cache=cache, ignore_eos=True)
+    compile = compile and cache != "none"
+    settings = GenerationSettings(max_new_tokens=new_tokens, cache=cache, ignore_eos=True, compile=compile)
 
     def run() -> Timed:
         reset_peak_memory(lm.device)
@@ -164,12 +172,14 @@ def library_loop(lm: LM, prompt_ids: list[int], cache: CacheKind, new_tokens: in
     return run
 
 
-def alternate(runners: dict[str, Callable[[], Timed]], warmup: int, repeat: int) -> dict[str, list[Timed]]:
+def alternate(runners: dict[str, Callable[[], Timed]], warmup: int, repeat: int,
+              on_warm: Callable[[], None] = lambda: None) -> dict[str, list[Timed]]:
     """Warm-ups (uncounted), then timed runs taking turns, so load that drifts over minutes
     (other jobs on the machine, clocks, heat) hits every runner alike instead of one mode."""
     for _ in range(warmup):
         for run in runners.values():
             run()
+    on_warm()
     timed: dict[str, list[Timed]] = {key: [] for key in runners}
     for _ in range(repeat):
         for key, run in runners.items():
@@ -267,17 +277,22 @@ def _run_bench(
 ) -> BenchReport:
     prompt_ids = bench_prompt_ids(lm.tokenizer, settings)
     check_fits(len(prompt_ids), lm.context_length, max(settings.lengths))
+    if settings.compile:
+        settings, compile_notes = compiled_settings(lm, settings, len(prompt_ids))
+        notes = (*notes, *compile_notes)
+    graphs = compiled_graphs()
     bandwidth = resolve_bandwidth(lm.device, settings.bandwidth_gbs)
     runs = f"{settings.warmup} warm-up + {settings.repeat} timed runs each, taking turns"
     longest = max(settings.lengths)
     results: list[ModeResult] = []
     reference = None
     for n in settings.lengths:
-        runners: dict[str, Callable[[], Timed]] = {c: our_loop(lm, prompt_ids, c, n) for c in settings.modes}
+        runners: dict[str, Callable[[], Timed]] = {c: our_loop(lm, prompt_ids, c, n, settings.compile)
+                                                   for c in settings.modes}
         if settings.reference and n == longest:
             runners[REFERENCE] = library_loop(lm, prompt_ids, settings.modes[0], n)
         tell(f"timing {n} tokens: {', '.join(_label(key) for key in runners)} ({runs})")
-        timed = alternate(runners, settings.warmup, settings.repeat)
+        timed = alternate(runners, settings.warmup, settings.repeat, on_warm=lambda: graphs.update(compiled_graphs()))
         modes = [mode_result(lm, prompt_ids, cache, n, timed[cache]) for cache in settings.modes]
         results += [_with_light(lm, run, bandwidth) for run in modes]
         if REFERENCE in timed:
@@ -287,11 +302,47 @@ def _run_bench(
         SweepLine(cache, settings.lengths, tuple(r.total_s.median for r in results if r.cache == cache))
         for cache in settings.modes
     ) if settings.sweep else ()
-    all_notes = (*notes, *([bandwidth.note] if bandwidth.note else []))
+    all_notes = (*notes, *([bandwidth.note] if bandwidth.note else []), *compile_outcome(lm, settings, graphs))
     warnings = tuple(w for r in results if r.speed_of_light and (w := r.speed_of_light.warning))
     reason = "BenchSettings.threads" if settings.threads else None
     return BenchReport(describe(lm, random_weights, reason), headline, reference, sweep, tuple(results), all_notes,
                        warnings, noise_reasons(results, sweep))
+
+
+def compiled_settings(lm: LM, settings: BenchSettings, prompt_tokens: int) -> tuple[BenchSettings, tuple[str, ...]]:
+    """With --compile the cached modes run the compiled step over a static cache (so "dynamic" becomes "static"),
+    after at least one warm-up run, which pays for the compiling."""
+    from dataclasses import replace
+
+    from lookinside.core.compiled import cache_length, compile_mode
+
+    modes = tuple(dict.fromkeys("static" if m != "none" else m for m in settings.modes))
+    length = cache_length(prompt_tokens + max(settings.lengths), lm.context_length)
+    mode = compile_mode(lm.device)
+    note = (f"--compile: the decode step is torch.compile'd (inductor{', ' + mode if mode else ''}) over a static "
+            f"KV cache of {length} positions; compiling happens in the warm-up, never in a timed run")
+    return replace(settings, modes=modes, warmup=max(1, settings.warmup)), (note,)
+
+
+def compiled_graphs() -> dict[str, int]:
+    """How many graphs torch.compile has made in this process (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"]}
+
+
+def compile_outcome(lm: LM, settings: BenchSettings, warm: dict[str, int]) -> tuple[str, ...]:
+    """A note when compiling failed (the runs were eager), or when the step compiled again during the timed runs."""
+    if not settings.compile:
+        return ()
+    from lookinside.core.compiled import Compiled
+
+    compiled = Compiled.for_model(lm)
+    if compiled.note:
+        return (compiled.note,)
+    again = compiled_graphs()["graphs"] - warm["graphs"]
+    return (f"--compile: the step compiled {again} more time(s) during the timed runs: their times include it",
+            ) if again else ()
 
 
 def _label(key: str) -> str:

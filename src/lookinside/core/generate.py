@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lookinside.core.compiled import Compiled
 from lookinside.core.detokenize import IncrementalDecoder, StopStrings
 from lookinside.core.prompting import check_fits
 from lookinside.core.records import Finish, Generation, Step, Stream
@@ -80,13 +81,27 @@ def collect(
 
 def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings,
            alternatives: int = TOP_ALTERNATIVES) -> Iterator[Step]:
+    n = len(prompt_ids)
+    compiled = Compiled.for_model(lm) if settings.compile else None
+    if compiled is not None:
+        cache = compiled.borrow_cache(n + settings.max_new_tokens)
+        try:
+            yield from _loop(lm, prompt_ids, params, settings, cache, compiled, alternatives)
+        finally:
+            compiled.give_back(cache)
+        return
+    cache = make_cache(lm, settings.cache, n + settings.max_new_tokens)
+    yield from _loop(lm, prompt_ids, params, settings, cache, None, alternatives)
+
+
+def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings, cache: Cache | None,
+          compiled: Compiled | None, alternatives: int) -> Iterator[Step]:
     processors = build_processors(params)
     generator = _generator(params, lm.device)
     ends = frozenset() if settings.ignore_eos else frozenset(lm.end_token_ids)
     decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids)
     stops = StopStrings(settings.stop_strings)
     n = len(prompt_ids)
-    cache = make_cache(lm, settings.cache, n + settings.max_new_tokens)
     # inference_mode is entered around the tensor work only, never held across a `yield`: the consumer's
     # code between steps (and a stream abandoned half-way) must not run inside it.
     with torch.inference_mode():
@@ -115,7 +130,11 @@ def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gene
             return
         start = time.perf_counter()  # the consumer's time between steps is not the model's
         with torch.inference_mode():
-            logits = decode_one_token(lm, buffer[:, : n + index + 1], cache)
+            ids = buffer[:, : n + index + 1]  # (1, seq so far)
+            if compiled is not None and cache is not None:
+                logits = compiled.decode(token.view(1, 1), cache, lambda: decode_one_token(lm, ids, cache))
+            else:
+                logits = decode_one_token(lm, ids, cache)
 
 
 def make_cache(lm: LM, kind: CacheKind, max_len: int) -> Cache | None:

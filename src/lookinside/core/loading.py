@@ -20,7 +20,13 @@ from urllib.parse import urlparse
 import torch
 
 from lookinside.core import errors, gguf
-from lookinside.core.quantize import Quantized, quantization_config, quantization_facts
+from lookinside.core.quantize import (
+    Quantized,
+    convert_after_loading,
+    load_dtype,
+    quantization_config,
+    quantization_facts,
+)
 from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.threads import ThreadChoice, choose_threads
 from lookinside.tiny import ASSETS as TINY_ASSETS
@@ -223,7 +229,7 @@ def load(spec: LoadSpec) -> LM:
     if (file := gguf.open_file(spec.model)) is not None:  # a GGUF file, or ollama:NAME
         return replace(gguf.load(spec, file), threads=threads)
     source, config = load_config(spec)
-    dtype = resolve_dtype(spec.dtype, device, getattr(config, "dtype", None))
+    dtype = load_dtype(spec.quantize, device, resolve_dtype(spec.dtype, device, getattr(config, "dtype", None)))
     if spec.random_weights:
         return replace(_random_lm(spec, source, config, device, dtype), threads=threads)
     tokenizer = load_tokenizer(spec, source)
@@ -231,6 +237,7 @@ def load(spec: LoadSpec) -> LM:
         model, info = AutoModelForCausalLM.from_pretrained(
             source, output_loading_info=True, ignore_mismatched_sizes=True, **_load_kwargs(spec, device, dtype))
     notes = check_loaded(spec.model, model, tokenizer, info)
+    convert_after_loading(spec.quantize, model, device)
     quantized = quantization_facts(spec.quantize, model, dtype) if spec.quantize else None
     model.eval()
     return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source,
@@ -284,8 +291,8 @@ def _load_kwargs(spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> di
         "attn_implementation": spec.attn,
         "trust_remote_code": spec.trust_remote_code,
     }
-    if spec.quantize:
-        kwargs["quantization_config"] = quantization_config(spec.quantize, device, dtype)
+    if spec.quantize and (config := quantization_config(spec.quantize, device, dtype)) is not None:
+        kwargs["quantization_config"] = config
     if spec.device_map:
         kwargs["device_map"] = spec.device_map
         if spec.max_memory:

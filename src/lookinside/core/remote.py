@@ -233,9 +233,9 @@ class RemoteBackend:
         from lookinside.core.http import call
 
         root = self.spec.base_url.removesuffix("/v1")
-        for path, field in (("/tokenize", "prompt"), ("/tokenize", "content"), ("/extras/tokenize", "input")):
+        for path, name in (("/tokenize", "prompt"), ("/tokenize", "content"), ("/extras/tokenize", "input")):
             try:
-                answer = call(root, path, self.spec.api_key, {"model": self.name, field: prompt}, self.spec.timeout_s)
+                answer = call(root, path, self.spec.api_key, {"model": self.name, name: prompt}, self.spec.timeout_s)
             except errors.LookinsideError:
                 continue
             tokens = answer.get("tokens") if isinstance(answer, dict) else None

@@ -50,8 +50,11 @@ class GenerationSettings:
     cache: CacheKind = "dynamic"
     stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False
+    compile: bool = False  # decode with a torch.compile'd step over a static cache (core/compiled.py)
 
     def __post_init__(self) -> None:
+        if self.compile and self.cache == "none":
+            raise BadInput("--compile needs the KV cache: it compiles the one-token step over a static cache")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise BadInput(f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens!r}")
         if self.cache not in CACHE_KINDS:
@@ -207,6 +210,7 @@ class BenchSettings:
     bandwidth_gbs: float | None = None
     reference: bool = True
     threads: int | None = None  # CPU threads for torch; None leaves torch's default
+    compile: bool = False  # time the decode step torch.compile'd over a static cache (core/compiled.py)
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:

@@ -1,0 +1,174 @@
+"""Speed work never changes tokens: compiled = eager = model.generate; compiled once; CPU bandwidth measured once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lookinside.core import bandwidth
+from lookinside.core.bench import run_bench
+from lookinside.core.compiled import MIN_CACHE, Compiled, cache_length
+from lookinside.core.errors import BadInput
+from lookinside.core.generate import collect
+from lookinside.core.prompting import encode_prompt
+from lookinside.core.request import BenchSettings, GenerationSettings
+from lookinside.core.sampling import SamplingParams
+from lookinside.ui.bench import bench_json
+
+GREEDY = SamplingParams(temperature=0)
+N = 24
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture(scope="module")
+def compiled_tiny():
+    """The tiny model loaded on its own (its compiled step lives with it), compiled by one warm-up run."""
+    from lookinside.core.loading import load
+    from lookinside.core.spec import LoadSpec
+
+    lm = load(LoadSpec(model="tiny", device="cpu", threads=1))
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=4, ignore_eos=True, compile=True))
+    if Compiled.for_model(lm).note:
+        pytest.skip(Compiled.for_model(lm).note)
+    return lm
+
+
+def test_compiled_equals_eager_equals_model_generate(compiled_tiny):
+    lm = compiled_tiny
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    eager = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    compiled = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
+    reference = lm.model.generate(torch.tensor([prompt]), max_new_tokens=N, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)[0, len(prompt):].tolist()
+    assert compiled.token_ids == eager.token_ids == reference
+    assert compiled.steps[0].text == " Paris"
+    # the probabilities it reports come from the compiled logits, and agree with the eager ones
+    for ours, theirs in zip(compiled.steps, eager.steps):
+        assert ours.prob == pytest.approx(theirs.prob, rel=1e-4, abs=1e-6) and ours.rank == theirs.rank
+
+
+def test_the_step_compiles_once_and_never_again(compiled_tiny):
+    lm = compiled_tiny
+    before = _graphs()
+    for text, n in (("Write an email to Sarah", 40), ("The capital of France is", 7), ("Once upon a time", 100)):
+        prompt = encode_prompt(lm.tokenizer, text)
+        collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=n, ignore_eos=True, compile=True))
+    assert _graphs() == before  # other prompts and lengths within the cache's length: no recompilation
+
+
+def test_sampled_compiled_run_equals_the_eager_one(compiled_tiny):
+    lm = compiled_tiny
+    prompt = encode_prompt(lm.tokenizer, "Once upon a time")
+    params = SamplingParams(temperature=0.9, top_p=0.95, seed=7)
+    eager = collect(lm, prompt, params, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    compiled = collect(lm, prompt, params, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
+    assert compiled.token_ids == eager.token_ids
+
+
+def test_a_stream_still_running_does_not_share_its_cache(compiled_tiny):
+    lm = compiled_tiny
+    from lookinside.core.generate import generate
+
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    settings = GenerationSettings(max_new_tokens=8, ignore_eos=True, compile=True)
+    first = generate(lm, prompt, GREEDY, settings)
+    head = [next(first).token_id for _ in range(3)]
+    second = collect(lm, prompt, GREEDY, settings)  # while the first is paused half-way
+    rest = [step.token_id for step in first]
+    assert head + rest == second.token_ids
+
+
+def test_a_failed_compile_falls_back_to_eager_with_one_note(tiny, monkeypatch):
+    def broken(*args, **kwargs):
+        def step(*a, **k):
+            raise RuntimeError("inductor: no working C compiler found\nmore detail")
+        return step
+
+    monkeypatch.setattr(torch, "compile", broken)
+    lm = _fresh_lm()
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    compiled = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
+    eager = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    note = Compiled.for_model(lm).note
+    assert compiled.token_ids == eager.token_ids
+    assert note and "no working C compiler" in note and "eagerly" in note and "\n" not in note
+
+
+def test_compile_without_the_cache_is_refused():
+    with pytest.raises(BadInput, match="--compile needs the KV cache"):
+        GenerationSettings(cache="none", compile=True)
+
+
+def test_cache_length_rounds_up_to_a_power_of_two_within_the_context():
+    assert cache_length(10, 4096) == MIN_CACHE
+    assert cache_length(257, 4096) == 512
+    assert cache_length(3000, 4096) == 4096
+    assert cache_length(300, 400) == 400  # never past the context
+    assert cache_length(600, 512) == 600  # nor below what the run needs (check_fits refuses that earlier)
+
+
+def test_bench_compile_notes_and_the_static_mode(compiled_tiny):
+    settings = BenchSettings(new_tokens=6, warmup=0, repeat=1, threads=1, reference=False, compile=True)
+    report = run_bench(compiled_tiny, settings)
+    assert [run.cache for run in report.runs] == ["static", "none"]
+    assert any("torch.compile'd" in note for note in report.notes)
+    assert not any("compiled" in note and "more time" in note for note in report.notes)
+    assert report.runs[0].token_ids == report.runs[1].token_ids
+
+
+# --- the CPU's memory bandwidth ----------------------------------------------------------------
+
+def test_bandwidth_is_measured_once_and_cached(tmp_path):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return 12.5
+
+    first, cached = bandwidth.cpu_bandwidth("Test CPU", 2, measure, tmp_path)
+    again, cached_again = bandwidth.cpu_bandwidth("Test CPU", 2, measure, tmp_path)
+    other, _ = bandwidth.cpu_bandwidth("Test CPU", 1, lambda: 7.0, tmp_path)
+    assert (first.gbs, cached, again.gbs, cached_again, other.gbs) == (12.5, False, 12.5, True, 7.0)
+    assert len(calls) == 1
+    assert set(json.loads((tmp_path / bandwidth.CACHE_FILE).read_text())) == {"Test CPU | 2 threads",
+                                                                               "Test CPU | 1 threads"}
+
+
+def test_a_damaged_cache_is_measured_past(tmp_path):
+    (tmp_path / bandwidth.CACHE_FILE).write_text("{not json")
+    measured, cached = bandwidth.cpu_bandwidth("Test CPU", 1, lambda: 3.0, tmp_path)
+    assert (measured.gbs, cached) == (3.0, False)
+    assert json.loads((tmp_path / bandwidth.CACHE_FILE).read_text())["Test CPU | 1 threads"]["gbs"] == 3.0
+
+
+def test_the_triad_measures_something_real():
+    assert 0.1 < bandwidth.triad_gbs(array_bytes=8 * 2**20, repeats=2) < 10_000
+
+
+def test_bench_json_has_a_filled_speed_of_light_share_on_the_cpu(tiny, tmp_path, monkeypatch):
+    from lookinside.core.bench import device_name
+
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    (tmp_path / bandwidth.CACHE_FILE).write_text(json.dumps(
+        {f"{device_name(torch.device('cpu'))} | 1 threads": {"gbs": 20.0, "array_bytes": 2**28}}))
+    monkeypatch.setattr(bandwidth, "triad_gbs", lambda: pytest.fail("the cached number must be used"))
+    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=("dynamic",),
+                                           reference=False))
+    light = bench_json(report)["runs"][0]["speed_of_light"]
+    assert light["bandwidth_gbs"] == 20.0 and light["bandwidth_source"].startswith("measured: triad, 1 thread")
+    assert 0 < light["share"] == pytest.approx(light["achieved_gbs"] / 20.0)
+
+
+def _fresh_lm():
+    from lookinside.core.loading import load
+    from lookinside.core.spec import LoadSpec
+
+    return load(LoadSpec(model="tiny", device="cpu", threads=1))
