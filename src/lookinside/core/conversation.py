@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backend import Resources
+from lookinside.core.journal import fold
 from lookinside.core.prompting import Message, encode_messages
 from lookinside.core.sampling import FIELD, FIELDS, SamplingParams
 
@@ -348,6 +349,7 @@ def read_transcript(path: Path) -> tuple[Conversation, str | None]:
         settings=ChatSettings.from_json(data.get("settings") or {}),
         window=min(int(data.get("window", 0)), len(messages)),
     )
+    fold(path, conversation)  # the reply a killed process was writing, as far as it got
     return conversation, data.get("model")
 
 
