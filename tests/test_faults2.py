@@ -279,3 +279,128 @@ def test_sighup_at_the_prompt_exits_129_and_saves(tmp_path):
         assert "Traceback" not in pane
     (rescued,) = (data / "chats").glob("rescued-*.json")
     assert json.loads(rescued.read_text())["messages"][0]["content"] == "What is the capital of Japan?"
+
+
+# ---- writes: through links, never over a device or a FIFO, `-` is standard output ---------------------
+
+def keep_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from lookinside.cli.app import app
+
+    result = CliRunner().invoke(app, ["next-token", "The capital of France is", "--model", "tiny", *args])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def test_a_symlink_is_written_through_to_its_target_and_stays_a_link(tmp_path):
+    target, link, chain = tmp_path / "real.svg", tmp_path / "link.svg", tmp_path / "chain.svg"
+    target.write_text("old")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    chain.symlink_to(link)
+    assert keep_cli("--svg", str(chain)).exit_code == 0
+    assert chain.is_symlink() and link.is_symlink() and "<svg" in target.read_text()
+    assert oct(target.stat().st_mode & 0o777) == oct(0o640)  # the replaced file keeps its mode
+    dangling = tmp_path / "dangling.html"
+    dangling.symlink_to(tmp_path / "made-by-the-write.html")
+    assert keep_cli("--html", str(dangling)).exit_code == 0
+    assert dangling.is_symlink() and "<html" in (tmp_path / "made-by-the-write.html").read_text().lower()
+
+
+def test_save_through_a_symlink_keeps_the_link(tiny, tmp_path):
+    target, link = tmp_path / "chats" / "real.json", tmp_path / "link.json"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    run = chat(tiny, f"Japan?{ENTER}/save {link}{ENTER}", generate_fn=scripted("Tokyo."))
+    assert f"saved 2 messages and the settings to {link}" in run.out
+    assert link.is_symlink() and json.loads(target.read_text())["messages"][1]["content"] == "Tokyo."
+
+
+def _device(tmp_path: Path, name: str, minor: int) -> Path:
+    """A character device node like /dev/null (minor 3) or /dev/full (minor 7), in a private directory."""
+    node = tmp_path / name
+    try:
+        os.mknod(node, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, minor))
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot make a device node here: {exc}")
+    return node
+
+
+def test_a_full_device_is_written_in_place_and_its_error_said(tmp_path):
+    import stat
+
+    full = _device(tmp_path, "full", 7)
+    result = keep_cli("--html", str(full))
+    assert result.exit_code != 0 and f"cannot write {full}: No space left on device" in result.output
+    assert stat.S_ISCHR(full.stat().st_mode)  # still the device, not a file put in its place
+
+
+def test_a_null_device_takes_the_write_and_stays_a_device(tmp_path):
+    import stat
+
+    null = _device(tmp_path, "null", 3)
+    assert keep_cli("--svg", str(null)).exit_code == 0
+    assert stat.S_ISCHR(null.stat().st_mode)
+
+
+def test_a_fifo_nobody_reads_is_refused_at_once_and_one_with_a_reader_gets_the_page(tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    result = keep_cli("--html", str(fifo))
+    assert result.exit_code != 0 and "it is a FIFO and nothing reads it" in result.output
+    assert time.monotonic() - started < 60
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader is there before the write starts
+    chunks: list[bytes] = []
+
+    def read_all() -> None:
+        end = time.monotonic() + 300
+        while time.monotonic() < end:
+            try:
+                chunk = os.read(reader_fd, 65536)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                chunks.append(chunk)
+            elif chunk == b"" and chunks:
+                return  # the writer closed it
+            else:
+                time.sleep(0.02)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        assert keep_cli("--html", str(fifo)).exit_code == 0
+        reader.join(300)
+    finally:
+        os.close(reader_fd)
+    assert b"<html" in b"".join(chunks).lower()
+
+
+def test_a_socket_is_refused(tmp_path):
+    import socket
+
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        result = keep_cli("--svg", str(path))
+    assert result.exit_code != 0 and "it is a socket, not a file" in result.output
+
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdout"])
+def test_dash_and_dev_stdout_are_standard_output(name):
+    result = keep_cli("--html", name)
+    assert result.exit_code == 0 and "<html" in result.stdout.lower() and "Paris" in result.stdout
+    assert not Path("-").exists()  # not a file called "-" in the working directory
+
+
+@pytest.mark.slow
+def test_dev_stdout_in_a_real_process_is_the_pipe(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny", "--svg",
+                          "/dev/stdout"], env=ENV, capture_output=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0 and b"<svg" in out.stdout and b"Traceback" not in out.stderr
+    assert not (tmp_path / "-").exists()
