@@ -404,3 +404,83 @@ def test_dev_stdout_in_a_real_process_is_the_pipe(tmp_path):
                           "/dev/stdout"], env=ENV, capture_output=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0 and b"<svg" in out.stdout and b"Traceback" not in out.stderr
     assert not (tmp_path / "-").exists()
+
+
+# ---- numbers that are not numbers -------------------------------------------------------------------
+
+def test_print_json_is_strict_and_says_why_a_number_is_null(capsys):
+    from lookinside.ui.console import print_json
+
+    print_json({"prob": float("nan"), "rows": [{"logprob": float("-inf")}, {"logprob": -1.5}], "top": float("inf")})
+    text = capsys.readouterr().out
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert data["prob"] is None and data["rows"][0]["logprob"] is None and data["rows"][1]["logprob"] == -1.5
+    assert data["nulls"] == {"prob": "NaN", "rows[0].logprob": "-Infinity", "top": "Infinity"}
+
+
+def test_a_transcript_with_a_nan_probability_is_strict_json(tmp_path):
+    from lookinside.core.conversation import Conversation, write_transcript
+
+    conversation = Conversation()
+    conversation.add("user", "Hi")
+    conversation.add("assistant", "Hello", tokens=[["Hello", float("nan")]])
+    path = write_transcript(conversation, tmp_path / "t.json", "tiny")
+    data = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert data["messages"][1]["tokens"] == [["Hello", None]]
+    assert data["nulls"] == {"messages[1].tokens[0][1]": "NaN"}
+    assert read_transcript(path)[0].messages[1]["content"] == "Hello"
+
+
+def _broken_tiny(tmp_path: Path, name: str) -> Path:
+    from lookinside.tiny import ASSETS
+
+    path = tmp_path / name
+    shutil.copytree(ASSETS, path)
+    return path
+
+
+def _invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from lookinside.cli.app import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+@pytest.mark.parametrize("command", ["next-token", "lens", "forward", "attention"])
+def test_nan_weights_are_refused_naming_the_weights(tmp_path, command):
+    from safetensors.torch import load_file, save_file
+
+    path = _broken_tiny(tmp_path, "nan")
+    tensors = load_file(path / "model.safetensors")
+    tensors["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    result = _invoke(command, "The capital of France is", "--model", str(path))
+    assert result.exit_code != 0 and "nan" not in result.stdout.lower()
+    assert "the model's output holds NaN" in result.output and "model.layers.0.mlp.down_proj.weight" in result.output
+
+
+def test_a_zero_rms_norm_eps_is_named(tmp_path):
+    path = _broken_tiny(tmp_path, "eps")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0}))
+    result = _invoke("next-token", "The capital of France is", "--model", str(path))
+    assert result.exit_code != 0 and "rms_norm_eps" in result.output and "config.json" in result.output
+
+
+@pytest.mark.parametrize("temperature", ["1e-300", "1e-45", "4e-39", "1e300"])
+def test_the_sampler_is_safe_at_any_temperature_the_flag_accepts(temperature):
+    result = _invoke("generate", "The capital of France is", "--model", "tiny", "-t", temperature, "-n", "3",
+                     "--seed", "1")
+    assert result.exit_code == 0
+    if float(temperature) < 1:
+        assert result.stdout.startswith(" Paris")  # as good as greedy
+
+
+def test_a_repetition_penalty_near_zero_does_not_break_sampling():
+    result = _invoke("generate", "The capital of France is", "--model", "tiny", "-t", "0.7",
+                     "--repetition-penalty", "1e-300", "-n", "4", "--seed", "1")
+    assert result.exit_code == 0 and result.stdout.strip()

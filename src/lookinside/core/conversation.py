@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backend import Resources
+from lookinside.core.finite import dumps
 from lookinside.core.journal import fold
 from lookinside.core.prompting import Message, encode_messages
 from lookinside.core.sampling import FIELD, FIELDS, SamplingParams
@@ -287,7 +288,7 @@ def write_transcript(conversation: Conversation, path: Path, model: str, make_pa
         "settings": conversation.settings.to_json(),
     }
     path = path.expanduser()
-    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", make_parents)
+    write_atomically(path, dumps(data, indent=2) + "\n", make_parents)  # strict JSON: a NaN is null, said in "nulls"
     return path
 
 

@@ -6,11 +6,11 @@ stats line goes to stderr, so `llm generate ... > out.txt` keeps only the comple
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Any, Literal
 
 from lookinside.core.detokenize import token_text
+from lookinside.core.finite import dumps
 from lookinside.core.records import Generation
 
 if TYPE_CHECKING:
@@ -52,16 +52,16 @@ def stream_out(stream: Stream, prompt_ids: list[int], tokenizer: PreTrainedToken
                 sys.stdout.write(step.text)
                 sys.stdout.flush()
             elif output == "jsonl":
-                sys.stdout.write(json.dumps(step_json(step, tokenizer), ensure_ascii=False) + "\n")
+                sys.stdout.write(dumps(step_json(step, tokenizer)) + "\n")
                 sys.stdout.flush()
     except KeyboardInterrupt:
         stream.close()
         run.interrupted = True
     if output == "json":
-        sys.stdout.write(json.dumps(generation_json(run, tokenizer, model, prompt), indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps(generation_json(run, tokenizer, model, prompt), indent=2) + "\n")
     elif output == "jsonl":
         summary = {k: v for k, v in generation_json(run, tokenizer, model, prompt).items() if k != "steps"}
-        sys.stdout.write(json.dumps({"done": True, **summary}, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps({"done": True, **summary}) + "\n")
     elif output == "text":
         sys.stdout.write("\n")
     sys.stdout.flush()  # before the stats line on stderr
