@@ -25,7 +25,8 @@ def _chunk(token: str, logprob: float, finish: str | None = None) -> bytes:
 
 class FakeServer:
     """`with FakeServer(mode) as url:`; modes: ok, drop (close mid-stream), key (401 without the key),
-    nologprobs (tokens without logprobs), stall (never answers a completion)."""
+    nologprobs (tokens without logprobs), stall (never answers a completion), drip (two tokens, then nothing
+    until it is closed)."""
 
     def __init__(self, mode: str = "ok", key: str = "sekret-key-123") -> None:
         self.mode, self.key = mode, key
@@ -79,6 +80,9 @@ class FakeServer:
                 self.wfile.flush()
                 self.wfile.write(_chunk(" there", -0.2))
                 self.wfile.flush()
+                if server.mode == "drip":
+                    server.closed.wait(120)  # a reply that has started and goes on thinking
+                    return
                 if server.mode == "drop":
                     time.sleep(0.2)
                     self.connection.shutdown(2)  # the server dies mid-reply: no [DONE], no closing chunk
@@ -86,6 +90,7 @@ class FakeServer:
                 self.wfile.write(_chunk(".", -0.3, "stop"))
                 self.wfile.write(b"data: [DONE]\n\n")
 
+        self.closed = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -95,5 +100,6 @@ class FakeServer:
         return self.url
 
     def __exit__(self, *exc: object) -> None:
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()

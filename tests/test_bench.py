@@ -18,10 +18,10 @@ from lookinside.cli.app import app
 from lookinside.core import bench
 from lookinside.core.bench import kv_cache_bytes, resolve_bandwidth, run_bench
 from lookinside.core.bench_report import ModeResult, SweepLine, loglog_slope, noise_reasons, percentile
-from lookinside.core.request import BenchSettings, parse_sweep
 from lookinside.core.errors import BadInput
 from lookinside.core.hardware import known_gpu
 from lookinside.core.loading import load
+from lookinside.core.request import BenchSettings, parse_sweep
 from lookinside.core.spec import LoadSpec
 from lookinside.ui.bench import bench_json, bench_view, latency_chart, size, span
 

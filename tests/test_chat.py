@@ -109,7 +109,8 @@ def test_turns_and_system_prompt_whole_transcript(tiny):
     texts = [{k: v for k, v in m.items() if k != "tokens"} for m in run.messages]
     assert texts == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
                      {"role": "user", "content": "And you?"}, {"role": "assistant", "content": "I am fine."}]
-    assert run.messages[1]["tokens"] == [["Hello", 0.9], [" the", 0.9], ["re", 0.9], [".", 0.9]]  # kept for /export
+    # kept for /export and for /why after a reload: text, probability, rank, runners-up
+    assert run.messages[1]["tokens"] == [["Hello", 0.9, 1, []], [" the", 0.9, 1, []], ["re", 0.9, 1, []], [".", 0.9, 1, []]]
     assert "<|system|>" not in fake.prompts[0]
     assert fake.prompts[1].startswith("<|system|> Be brief.<|end|><|user|> Hi<|end|><|assistant|> Hello there.")
 
@@ -186,7 +187,7 @@ def test_an_interrupt_mid_reply_keeps_the_partial_reply_and_the_session(tiny):
                generate_fn=interrupted_after(3))
     cut = {k: v for k, v in run.messages[1].items() if k != "tokens"}
     assert cut == {"role": "assistant", "content": "The capital of", "cut": True}
-    assert "".join(text for text, _ in run.messages[1]["tokens"]).strip() == "The capital of"
+    assert "".join(text for text, *_ in run.messages[1]["tokens"]).strip() == "The capital of"
     assert run.out.startswith(f"The capital of\n{CUT_NOTE}\n")
     assert "Paris" in run.messages[3]["content"] and run.code == 0
     assert run.repl.session.history.get_strings() == ["What is the capital of Japan?",
@@ -599,16 +600,16 @@ def test_chat_from_the_command_line_autosaves_and_resumes(tmp_path, monkeypatch)
     runner = CliRunner()
     first = runner.invoke(app, ["chat", "What is the capital of Japan?", "--model", "tiny", "-t", "0"])
     assert first.exit_code == 0 and first.output.strip() == "The capital of Japan is Tokyo."
-    (saved,) = (tmp_path / "chats").glob("session-*.json")
-    second = runner.invoke(app, ["chat", "--resume", "--model", "tiny", "-t", "0"], input="What is the capital of France?")
+    (saved,) = (tmp_path / "chats").glob("asked-*.json")  # a one-shot question is kept, apart from conversations
+    assert not list((tmp_path / "chats").glob("session-*.json"))
+    resumed = runner.invoke(app, ["chat", "--resume", "--model", "tiny", "-t", "0"], input="And of France?")
+    assert resumed.exit_code != 0 and "no conversation to resume" in resumed.output  # --resume is a person's chat
+    second = runner.invoke(app, ["chat", "--load", str(saved), "--model", "tiny", "-t", "0"],
+                           input="What is the capital of France?")
     assert second.exit_code == 0 and "Paris" in second.output
-    messages = json.loads(saved.read_text())["messages"]  # resumed into the same file
-    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
-    third = runner.invoke(app, ["chat", "And of Italy?", "--load", str(saved), "--model", "tiny", "-t", "0"])
-    assert third.exit_code == 0
-    assert len(json.loads(saved.read_text())["messages"]) == 4  # --load leaves the file it read as it was
-    (newest,) = set((tmp_path / "chats").glob("session-*.json")) - {saved}  # a new session file, whatever the clock
-    assert len(json.loads(newest.read_text())["messages"]) == 6
+    assert len(json.loads(saved.read_text())["messages"]) == 2  # --load leaves the file it read as it was
+    (newest,) = set((tmp_path / "chats").glob("asked-*.json")) - {saved}  # a new file, whatever the clock
+    assert len(json.loads(newest.read_text())["messages"]) == 4
 
 
 def test_a_system_prompt_with_piped_input(tmp_path, monkeypatch):
@@ -620,7 +621,7 @@ def test_a_system_prompt_with_piped_input(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["chat", "-s", "Answer briefly.", "--model", "tiny", "-t", "0"],
                                 input="What is the capital of Japan?")
     assert result.exit_code == 0 and "Tokyo" in result.output
-    (saved,) = (tmp_path / "chats").glob("session-*.json")
+    (saved,) = (tmp_path / "chats").glob("asked-*.json")
     data = json.loads(saved.read_text())
     assert data["system"] == "Answer briefly." and data["messages"][0]["content"] == "What is the capital of Japan?"
 

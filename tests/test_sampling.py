@@ -62,7 +62,7 @@ def test_describe_names_what_is_in_effect():
 def test_processors_follow_generates_order():
     names = [type(p).__name__ for p in build_processors(
         SamplingParams(temperature=0.5, top_k=10, top_p=0.9, min_p=0.1, repetition_penalty=1.2))]
-    assert names == ["RepetitionPenaltyLogitsProcessor", "TemperatureLogitsWarper", "TopKLogitsWarper",
+    assert names == ["RepetitionPenaltyLogitsProcessor", "ShiftToTop", "TemperatureLogitsWarper", "TopKLogitsWarper",
                      "TopPLogitsWarper", "MinPLogitsWarper"]
     assert [type(p).__name__ for p in build_processors(SamplingParams(temperature=0, top_k=5))] == []
     assert len(build_processors(SamplingParams())) == 0  # temperature 1 and nothing else: plain softmax

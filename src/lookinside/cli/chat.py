@@ -20,7 +20,9 @@ def chat(
         show_default=False, callback=text_argument)] = None,
     load: Annotated[Optional[Path], typer.Option(
         "--load", help="Go on with a conversation saved by /save (or autosaved).", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Go on with the last conversation (every one is autosaved).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help=(
+        "Go on with the last conversation you had at the prompt (every one is autosaved; "
+        "one-shot and piped questions are kept apart)."))] = False,
     system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt for the conversation.",
                                                   show_default=False)] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Print replies as raw text, not rendered markdown.")] = False,
@@ -57,7 +59,7 @@ def chat(
     one_shot = question is not None or piped is not None
     repl = ChatRepl(backend, conversation, console, None if one_shot else make_session(keep_history=not no_history),
                     "plain" if plain or one_shot or not console.is_terminal else "markdown")
-    repl.autosave = source if resume else new_chat_file("session")
+    repl.autosave = source if resume else new_chat_file("asked" if one_shot else "session")
     if one_shot:
         repl.show_stats = False
         repl.send(message)
@@ -65,4 +67,6 @@ def chat(
         return
     resumed = f" · going on from {source} ({len(conversation.messages)} messages)" if source else ""
     console.print(f"[dim]chatting with {backend.name}{resumed} · /help lists the commands · Ctrl-D leaves[/]")
+    if saved is not None:
+        repl.recap()
     raise typer.Exit(repl.run())

@@ -2,7 +2,8 @@
 
 `prompt_ids` encodes (through the chat template with `chat`) and refuses a prompt over the
 context; `forward` runs the ids once, without a cache, under inference mode, with whatever
-extra outputs the view needs (hidden states, attentions). Views that read the pass through
+extra outputs the view needs (hidden states, attentions), and refuses logits that are not finite
+(core/finite.py) in one line naming the likely cause. Views that read the pass through
 hooks (core/hooks.py) wrap the `forward` call in their hook context.
 """
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lookinside.core.finite import check_logits
 from lookinside.core.prompting import check_fits, encode_prompt
 
 if TYPE_CHECKING:
@@ -29,4 +31,6 @@ def forward(lm: LM, ids: list[int], **outputs: Any) -> Any:
     """One forward pass over `ids` (no cache): transformers' output, with `outputs` such as output_attentions=True."""
     input_ids = torch.tensor([ids], device=lm.device)  # (1, n)
     with torch.inference_mode():
-        return lm.model(input_ids=input_ids, use_cache=False, **outputs)
+        out = lm.model(input_ids=input_ids, use_cache=False, **outputs)
+    check_logits(lm, out.logits)  # (1, n, vocab): NaN here would be drawn as a table of nan
+    return out

@@ -24,8 +24,12 @@ def chats_dir() -> Path:
 
 
 def new_chat_file(kind: str) -> Path:
-    """A file name no conversation has yet: `session-...` (autosave), `chat-...` (/save), `rescued-...`."""
-    stamp = time.strftime(f"{kind}-%Y%m%d-%H%M%S")
+    """A file name no conversation has yet: `session-...` (a chat's autosave), `asked-...` (a one-shot question's),
+    `chat-...` (/save), `rescued-...`.
+
+    The process id is in the name: two chats started in the same second never share a file.
+    """
+    stamp = time.strftime(f"{kind}-%Y%m%d-%H%M%S-{os.getpid()}")
     path, n = chats_dir() / f"{stamp}.json", 1
     while path.exists():
         n += 1
@@ -34,7 +38,8 @@ def new_chat_file(kind: str) -> Path:
 
 
 def last_session() -> Path:
-    """The most recently written autosaved (or rescued) conversation, for --resume."""
+    """The most recently written autosaved (or rescued) conversation, for --resume: one a person had at the prompt,
+    never a one-shot or piped question (those are `asked-...`)."""
     found = [p for p in chats_dir().glob("*.json") if p.name.startswith(("session-", "rescued-"))]
     if not found:
         raise errors.BadInput(f"no conversation to resume: none has been saved in {chats_dir()} yet")

@@ -90,6 +90,7 @@ FIELDS: tuple[SamplingField, ...] = (
                   "> 0 (1 turns it off)", lambda v: v > 0, off=1.0, sampling_only=False),
 )
 FIELD = {f.name: f for f in FIELDS}
+FLOAT32_TINY, FLOAT32_MAX = 1.1754944e-38, 3.4028235e38  # torch.finfo(torch.float32).tiny and .max
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,11 @@ def build_processors(params: SamplingParams) -> LogitsProcessorList:
         processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
     if params.greedy:
         return processors
+    if params.temperature != 1 or params.repetition_penalty != 1:
+        processors.append(ShiftToTop())  # any temperature or penalty the flags accept (1e-300 too) stays finite
     if params.temperature != 1:
-        processors.append(TemperatureLogitsWarper(params.temperature))
+        # The scores are float32: a temperature outside its range would be 0 or inf there (0/0, inf/inf = NaN).
+        processors.append(TemperatureLogitsWarper(min(max(params.temperature, FLOAT32_TINY), FLOAT32_MAX)))
     if params.top_k:
         processors.append(TopKLogitsWarper(params.top_k))
     if params.top_p < 1:
@@ -182,6 +186,24 @@ def build_processors(params: SamplingParams) -> LogitsProcessorList:
     if params.min_p > 0:
         processors.append(MinPLogitsWarper(params.min_p))
     return processors
+
+
+class ShiftToTop:
+    """A logits processor that subtracts each row's top score, so that the top is 0 and the rest below it.
+
+    Softmax, top-k, top-p and min-p are unchanged by the shift; what changes is that dividing by a
+    tiny temperature gives 0 and -inf (a sure pick of the top) instead of inf - inf = NaN. A score
+    that is already +inf (a repetition penalty near 0 divides a positive logit by it) becomes the top.
+    """
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` minus each row's maximum; +inf scores become 0 and every finite one -inf.  # (batch, vocab)"""
+        import torch
+
+        top = scores.max(dim=-1, keepdim=True).values  # (batch, 1)
+        infinite = torch.isposinf(top)  # (batch, 1)
+        shifted = scores - torch.where(infinite, torch.zeros_like(top), top)  # (batch, vocab)
+        return torch.where(infinite, torch.where(torch.isposinf(scores), 0.0, float("-inf")), shifted)
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

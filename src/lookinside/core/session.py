@@ -13,7 +13,8 @@ The seed a reply used is the stream's (`stream.seed`), never a copy. Nothing her
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from lookinside.core.conversation import (
     reply_stats,
     write_transcript,
 )
+from lookinside.core.journal import Journal, journal_path, remove_stale, token_record
 from lookinside.core.records import Step
 from lookinside.core.request import GenerationSettings
 
@@ -53,11 +55,23 @@ class Reply:
     previous: Message | None  # the assistant message being continued, None for a new reply
     steps: list[Step] = field(default_factory=list)
     cut: bool = False
+    journal: Journal | None = None  # where each token goes as it comes (beside the autosave)
+    token_text: Callable[[int], str] | None = None
 
     def __iter__(self) -> Iterator[Step]:
         for step in self.stream:
             self.steps.append(step)
+            self._journal(step)
             yield step
+
+    def _journal(self, step: Step) -> None:
+        if self.journal is None or not step.text:
+            return
+        try:
+            self.journal.append(token_record(step, self.token_text))
+        except (OSError, ValueError):  # a full disk: the reply goes on, the save at its end says what failed
+            self.journal.close()
+            self.journal = None
 
     @property
     def seed(self) -> int | None:
@@ -80,6 +94,8 @@ class ChatSession:
     autosave: Path | None = None
     last_steps: list[Step] = field(default_factory=list)
     steer: Any = None  # a core.interventions.steer.Steering while /steer is on
+    autosave_failed: str | None = None  # why autosave went off, said again when the user leaves
+    _written: str | None = field(default=None, init=False, repr=False)  # the last state written to a file
 
     # ---- replies
 
@@ -105,17 +121,18 @@ class ChatSession:
             raise errors.BadInput("nothing to continue: /continue goes on from the last reply")
         fitted = self.backend.fit(self.conversation, previous["content"] if previous else None)
         settings = GenerationSettings(max_new_tokens=self.conversation.settings.max_new_tokens)
+        journal = self.open_journal(continues=previous is not None)
         self.backend.start_reply()
         stream = self.backend.stream(fitted, self.conversation.settings.params, settings)
         if self.steer is not None:
             from lookinside.core.interventions.steer import steered
 
             stream = steered(self.backend.lm, stream, self.steer)  # type: ignore[attr-defined]
-        return Reply(fitted, stream, previous)
+        return Reply(fitted, stream, previous, journal=journal, token_text=self.backend.token_text)
 
     def finish(self, reply: Reply) -> ReplyStats | None:
         """Keep the reply in the conversation (marked if cut); its stats (None when no token came)."""
-        tokens = [[step.text, round(step.prob, 4)] for step in reply.steps if step.text]
+        tokens = [token_record(step, self.backend.token_text) for step in reply.steps if step.text]
         if reply.previous is None:
             self.conversation.add("assistant", reply.text.strip(), cut=reply.cut, tokens=tokens)
         else:
@@ -125,6 +142,7 @@ class ChatSession:
             if reply.cut:
                 reply.previous["cut"] = True
         self.last_steps = (self.last_steps if reply.previous is not None else []) + reply.steps
+        self.close_journal(reply)
         if not reply.steps:
             return None
         prompt_tokens = len(reply.fitted.ids) if reply.fitted.ids is not None else None
@@ -185,7 +203,9 @@ class ChatSession:
 
     def save(self, path: Path, make_parents: bool = False) -> Path:
         """Write the conversation and its settings as a JSON transcript, atomically."""
-        return write_transcript(self.conversation, path, self.backend.name, make_parents=make_parents)
+        written = write_transcript(self.conversation, path, self.backend.name, make_parents=make_parents)
+        self._written = self._state()
+        return written
 
     def load(self, path: Path) -> str | None:
         """Go back to a saved conversation; the model it was held with."""
@@ -200,6 +220,40 @@ class ChatSession:
         try:
             self.save(self.autosave, make_parents=True)
         except errors.LookinsideError as exc:
-            self.autosave = None
-            return f"autosave is off: {exc}"
+            return self._autosave_off(str(exc))
+        remove_stale(self.autosave)  # the transcript is whole: a journal beside it is absorbed
         return None
+
+    # ---- nothing typed is lost: the journal, and what is in no file
+
+    def open_journal(self, continues: bool) -> Journal | None:
+        """Before a reply: the conversation on disk as it is (the user's message in it), then the reply's journal."""
+        if self.autosave is None or self.save_quietly() is not None or self.autosave is None:
+            return None
+        try:
+            return Journal.open(self.autosave, len(self.conversation.messages), continues)
+        except OSError as exc:
+            self._autosave_off(f"cannot write {journal_path(self.autosave)}: {exc.strerror or exc}")
+            return None
+
+    def close_journal(self, reply: Reply) -> None:
+        """After a reply: the autosave made whole with it, then its journal deleted (kept if the save failed)."""
+        if reply.journal is None:
+            return
+        reply.journal.close()
+        if self.save_quietly() is None and self.autosave is not None:
+            reply.journal.discard()
+
+    def _autosave_off(self, why: str) -> str:
+        self.autosave, self.autosave_failed = None, why
+        return f"autosave is off: {why}"
+
+    def _state(self) -> str:
+        c = self.conversation
+        return json.dumps([c.system, c.messages, c.window, c.settings.to_json()], sort_keys=True, default=str)
+
+    def unkept(self) -> str | None:
+        """Why the conversation is in no file (autosave failed and nothing saved it since); None when it is kept."""
+        if self.autosave_failed is None or self.autosave is not None or not self.conversation.messages:
+            return None
+        return None if self._written == self._state() else self.autosave_failed

@@ -84,7 +84,7 @@ class WhyRow:
 
     chosen: str
     prob: float
-    rank: int
+    rank: int | None  # None for a reply loaded from a file that kept no ranks
     alternatives: Sequence[tuple[str, float]]
 
 
@@ -103,8 +103,8 @@ def transcript_view(conversation: Conversation, model: str) -> Group:
         tokens = message.get("tokens")
         if message["role"] == "assistant" and tokens:
             text = Text()
-            for i, (piece, prob) in enumerate(tokens):
-                text.append(piece.lstrip() if i == 0 else piece, style=prob_style(prob))
+            for i, (piece, prob, *_) in enumerate(tokens):  # [text, prob] or [text, prob, rank, runners-up]
+                text.append(piece.lstrip() if i == 0 else piece, style=prob_style(prob) if prob is not None else "")
             parts.append(text)
         else:
             parts.append(Text(message["content"]))
@@ -128,7 +128,7 @@ def why_view(rows: Sequence[WhyRow]) -> Table:
             alternatives.append(visible(text), style=prob_style(p))
             alternatives.append(f" {probability(p)}", style="dim")
         table.add_row(str(position), Text(visible(row.chosen), style=prob_style(row.prob)), probability(row.prob),
-                      str(row.rank), alternatives)
+                      "" if row.rank is None else str(row.rank), alternatives)
     return table
 
 

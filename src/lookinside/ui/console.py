@@ -7,7 +7,6 @@ NO_COLOR; these helpers keep every command making its consoles the same way.
 from __future__ import annotations
 
 import io
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,5 +55,7 @@ def recorded(renderable: RenderableType, width: int = 100) -> Console:
 
 
 def print_json(data: Any) -> None:
-    """One JSON document on stdout, never coloured."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """One strict JSON document on stdout, never coloured: NaN and infinity are null, said in "nulls" (core/finite.py)."""
+    from lookinside.core.finite import dumps
+
+    sys.stdout.write(dumps(data, indent=2) + "\n")

@@ -6,12 +6,12 @@ stats line goes to stderr, so `llm generate ... > out.txt` keeps only the comple
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from lookinside.core.finite import dumps
 from lookinside.core.records import Generation
 
 if TYPE_CHECKING:
@@ -71,16 +71,16 @@ def stream_out(stream: Stream, source: Source, output: Output) -> Generation:
                 sys.stdout.write(step.text)
                 sys.stdout.flush()
             elif output == "jsonl":
-                sys.stdout.write(json.dumps(step_json(step, source), ensure_ascii=False) + "\n")
+                sys.stdout.write(dumps(step_json(step, source)) + "\n")
                 sys.stdout.flush()
     except KeyboardInterrupt:
         stream.close()
         run.interrupted = True
     if output == "json":
-        sys.stdout.write(json.dumps(generation_json(run, source), indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps(generation_json(run, source), indent=2) + "\n")
     elif output == "jsonl":
         summary = {k: v for k, v in generation_json(run, source).items() if k != "steps"}
-        sys.stdout.write(json.dumps({"done": True, **summary}, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps({"done": True, **summary}) + "\n")
     elif output == "text":
         sys.stdout.write("\n")
     sys.stdout.flush()  # before the stats line on stderr

@@ -78,14 +78,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+RESCUED_SIGNALS = ("SIGTERM", "SIGHUP")  # kill, and the terminal closed: both save the conversation first
+RECAP = 10  # messages shown again after --resume, --load or /load
 
 
 class Terminated(Exception):
-    """SIGTERM arrived: leave the loop the way an error does, saving the conversation."""
+    """SIGTERM or SIGHUP arrived: leave the loop the way an error does, saving the conversation."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _terminated(signum: int, frame: object) -> None:
-    raise Terminated
+    raise Terminated(signum)
+
+
+def _catch_terminations() -> dict[int, Any]:
+    """Install `_terminated` for SIGTERM and SIGHUP (main thread only); the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    found = [getattr(signal, name) for name in RESCUED_SIGNALS if hasattr(signal, name)]
+    return {signum: signal.signal(signum, _terminated) for signum in found}
 
 
 def _parents_flag(argument: str) -> tuple[bool, str]:
@@ -188,6 +202,8 @@ class ChatRepl:
         self.mode: Mode = mode
         self.show_stats = True
         self.probs = False
+        self._told_autosave = False
+        self._warned_leaving = ""
 
     @property
     def conversation(self) -> Conversation:
@@ -215,24 +231,28 @@ class ChatRepl:
 
         An unexpected error, or SIGTERM, first writes the conversation to the data directory.
         """
-        previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+        previous = _catch_terminations()
         try:
             return self._loop()
-        except Terminated:
-            return self.rescue("terminated (SIGTERM)", EXIT_TERMINATED)
+        except Terminated as exc:
+            return self.rescue(f"terminated ({exc})", 128 + exc.signum)
         except Exception as exc:
             return self.rescue(f"unexpected error: {type(exc).__name__}: {exc}", 1)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def rescue(self, why: str, code: int) -> int:
         """Write the conversation where it can be found again, say where, and give the exit code."""
         try:
             written = self.chat.save(new_chat_file("rescued"), make_parents=True)
-            self.hint(f"{why}; the conversation is saved in {written} (llm chat --load that file)")
+            message = f"{why}; the conversation is saved in {written} (llm chat --load that file)"
         except errors.LookinsideError as exc:
-            self.hint(f"{why}; the conversation could not be saved either: {exc}")
+            message = f"{why}; the conversation could not be saved either: {exc}"
+        try:
+            self.hint(message)
+        except OSError:  # the terminal is gone (SIGHUP): the file is what matters
+            pass
         return code
 
     def _loop(self) -> int:
@@ -244,9 +264,11 @@ class ChatRepl:
                 self.console.print(f"[dim]{LEAVE_HINT}[/]")
                 continue
             except EOFError:
-                return 0
+                if self.may_leave():
+                    return 0
+                continue
             try:
-                if not self.handle(line):
+                if not self.handle(line) and self.may_leave():
                     return 0
             except KeyboardInterrupt:  # during a slash command: stop it, keep the session
                 self.note("interrupted")
@@ -269,8 +291,30 @@ class ChatRepl:
     def save_quietly(self) -> None:
         """Write the autosave file, if there is one and anything to keep; say so once if it fails."""
         problem = self.chat.save_quietly()
+        if problem is None and self.chat.autosave_failed and not self._told_autosave:
+            problem = f"autosave is off: {self.chat.autosave_failed}"  # it failed during a reply
         if problem:
-            self.hint(problem)
+            self._told_autosave = True
+            self.hint(f"{problem}; /save PATH keeps the conversation")
+
+    def may_leave(self) -> bool:
+        """False the first time the user leaves a conversation that is in no file (autosave failed): say so, and how."""
+        problem = self.chat.unkept()
+        if problem is None or self._warned_leaving == problem + str(len(self.conversation.messages)):
+            return True
+        self._warned_leaving = problem + str(len(self.conversation.messages))
+        self.hint(f"this conversation is in no file (autosave is off: {problem}); /save PATH keeps it, "
+                  "/exit or Ctrl-D again leaves without it")
+        return False
+
+    def recap(self, limit: int = RECAP) -> None:
+        """The last turns of a conversation taken up again (after --resume, --load, /load)."""
+        messages = self.conversation.messages
+        if len(messages) > limit:
+            self.note(f"({len(messages) - limit} earlier messages not shown)")
+        for message in messages[-limit:]:
+            cut = " (cut)" if message.get("cut") else ""
+            self.console.print(f"[bold]{message['role']}{cut}:[/] {escape(message['content'])}", highlight=False)
 
     def _handle(self, line: str) -> bool:
         text = line.strip()
@@ -333,6 +377,10 @@ class ChatRepl:
                     printer.push(step.text, step.prob)
         except KeyboardInterrupt:
             reply.cut = True
+        except (Terminated, OSError):  # killed, hung up, or the screen gone mid-reply: keep what came, then leave
+            reply.cut = True
+            self.chat.finish(reply)
+            raise
         except errors.StreamBroken as exc:  # a server gone mid-reply: keep what came, marked as cut
             reply.cut, broken = True, str(exc)
         except BaseException as exc:
@@ -415,8 +463,7 @@ class ChatRepl:
         other = f"; it was held with {model}, now answering with {name}" if model and model != name else ""
         conversation = self.conversation
         self.note(f"loaded {len(conversation.messages)} messages and the settings from {argument}{other}")
-        for message in conversation.messages[-2:]:
-            self.console.print(f"[bold]{message['role']}:[/] {escape(message['content'])}", highlight=False)
+        self.recap()
 
     def _cmd_export(self, argument: str) -> None:
         make_parents, argument = _parents_flag(argument)
@@ -467,12 +514,32 @@ class ChatRepl:
 
     def _cmd_why(self, argument: str) -> None:
         if not self.last_steps:
-            self.hint("no reply to explain yet: /why looks at the last reply")
+            self._why_saved()
             return
         text = self.chat.backend.token_text
         rows = [WhyRow(text(s.token_id), s.prob, s.rank, [(text(i), p) for i, p in s.top if i != s.token_id][:4])
                 for s in self.last_steps]
         self.console.print(why_view(rows))
+
+    def _why_saved(self) -> None:
+        """/why for a reply loaded from a transcript: the probabilities (and runners-up) the file kept."""
+        reply = self.conversation.last_reply
+        rows = saved_why_rows(reply) if reply else []
+        if not rows:
+            self.hint("no reply to explain yet: /why looks at the last reply")
+            return
+        self.console.print(why_view(rows))
+
+
+def saved_why_rows(message: dict[str, Any]) -> list[WhyRow]:
+    """/why's rows from a saved reply's tokens: [text, probability] (older files) or with rank and runners-up."""
+    rows = []
+    for token in message.get("tokens") or []:
+        text, prob = token[0], token[1] if token[1] is not None else float("nan")
+        rank = token[2] if len(token) > 2 else None
+        alternatives = [(alt, p) for alt, p in token[3]] if len(token) > 3 else []
+        rows.append(WhyRow(text, prob, rank, alternatives))
+    return rows
 
 
 @contextmanager
@@ -497,7 +564,10 @@ def quiet_keys() -> Iterator[None]:
     try:
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+        except (termios.error, OSError):
+            pass  # the terminal is gone (SIGHUP): the exception on its way out matters more
 
 
 def edit_in_editor(initial: str = "") -> str:
