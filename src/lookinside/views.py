@@ -164,10 +164,11 @@ def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
     """
     from lookinside.core.backend import LocalBackend
     from lookinside.core.errors import BadInput
+    from lookinside.core.finite import json_safe
     from lookinside.core.wire import from_wire, to_wire
 
     view = VIEWS[name]
     if not isinstance(body, dict):
         raise BadInput(f"the body must be a JSON object of {view.request.__name__}'s fields")
     record = view.run(LocalBackend(lm), from_wire(view.request, body))
-    return {"view": name, "json": view.json(record), "record": to_wire(record)}
+    return {"view": name, "json": json_safe(view.json(record)), "record": to_wire(record)}

@@ -27,6 +27,7 @@ import torch
 
 from lookinside.core.compiled import Compiled
 from lookinside.core.detokenize import IncrementalDecoder, StopStrings
+from lookinside.core.finite import check_logits
 from lookinside.core.prompting import check_fits
 from lookinside.core.records import Finish, Generation, Step, Stream
 from lookinside.core.request import CacheKind, GenerationSettings
@@ -110,6 +111,7 @@ def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gener
         buffer[0, :n] = torch.tensor(prompt_ids, dtype=torch.long)
         start = now(lm.device)
         logits = prefill(lm, buffer[:, :n], cache)  # (1, vocab)
+        check_logits(lm, logits)  # NaN weights or a bad epsilon: one line, never a table of nan
     for index in range(settings.max_new_tokens):
         with torch.inference_mode():
             token = pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
