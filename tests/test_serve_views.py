@@ -150,3 +150,21 @@ def test_bench_and_generate_stream_from_the_server(server):
     assert bench["prefix_cache"]["prompt_tokens"] > 100 and bench["server"] == "lookinside"
     generated = llm("generate", PROMPT, "--endpoint", server.url, "-t", "0", "-n", "4")
     assert generated["text"].startswith(" Paris")
+
+
+def test_a_warm_look_through_the_server_imports_no_torch_transformers_or_openai(server, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from lookinside.serve.registry import ServerRecord, spec_identity, write_record
+
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("LOOKINSIDE_NO_SERVER", raising=False)
+    write_record(ServerRecord(server.url, os.getpid(), "tiny", spec_identity(LoadSpec(model="tiny"))))
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "lookinside", "lens", PROMPT, "--model", "tiny"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"}, check=False)
+    assert out.returncode == 0 and "␣Paris" in out.stdout, out.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "transformers", "openai", "httpx"}, imported
+    assert "using the server at " + server.url in out.stderr
