@@ -455,7 +455,8 @@ def test_a_real_server_with_a_key_records_itself_and_exits_0_on_sigterm(tmp_path
 
 
 @pytest.mark.slow
-def test_sigterm_mid_stream_cuts_the_reply_and_exits_0(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_stream_finishes_or_cuts_the_reply_and_exits_0(tmp_path, sig):
     process, url = start_server(tmp_path)
     body = {"prompt": "Once", "max_tokens": 500, "ignore_eos": True, "seed": 1, "stream": True}
     lines: list[str] = []
@@ -464,7 +465,7 @@ def test_sigterm_mid_stream_cuts_the_reply_and_exits_0(tmp_path):
             for line in response.iter_lines():
                 lines.append(line)
                 if len(lines) == 4:
-                    process.send_signal(signal.SIGTERM)
+                    process.send_signal(sig)
     except httpx.HTTPError:
         pass  # the server may close the connection when it cuts the reply
     code, err = stop_server(process)
