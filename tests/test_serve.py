@@ -350,6 +350,18 @@ def test_a_vanished_client_stops_its_generation(live):
     assert after.json()["choices"][0]["text"].startswith(" Paris")
 
 
+def test_a_vanished_client_stops_a_reply_that_is_not_streamed_too(live):
+    before = live.state.tokens_generated
+    body = {"prompt": "Once", "max_tokens": 500, "ignore_eos": True, "temperature": 1.0, "seed": 2}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and closes the connection
+        httpx.post(live.url + "/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
+    deadline = time.monotonic() + 60
+    while live.state.worker.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    made = live.state.tokens_generated - before
+    assert not live.state.worker.busy and 0 < made < 500, made
+
+
 # ---- the record, and the commands that find it
 
 

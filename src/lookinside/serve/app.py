@@ -9,6 +9,7 @@ Retry-After when the queue is full, and 500 only for a bug in the server.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -147,7 +148,7 @@ async def completions(request: Request) -> Response:
     rid, model = oa.new_id("cmpl"), state.model_id
     if parsed.sampling.stream:
         return _sse(_completion_chunks(parsed, items, model, rid))
-    answer = await _gather(items)
+    answer = await _gather_while_connected(request, items)
     return _json(oa.completion_response(parsed, answer, model, rid))
 
 
@@ -161,7 +162,7 @@ async def chat_completions(request: Request) -> Response:
     rid, model = oa.new_id("chatcmpl"), state.model_id
     if parsed.sampling.stream:
         return _sse(_chat_chunks(parsed, items, model, rid))
-    answer = await _gather(items)
+    answer = await _gather_while_connected(request, items)
     return _json(oa.chat_response(parsed, answer, model, rid))
 
 
@@ -189,6 +190,24 @@ async def _gather(started: _Started) -> oa.Answer:
     async for token in started.rest:
         answer.tokens.append(token)
     return answer
+
+
+async def _gather_while_connected(request: Request, started: _Started) -> oa.Answer:
+    """The whole reply; if the client disconnects first, its generation stops at the next token."""
+    gathering = asyncio.ensure_future(_gather(started))
+    leaving = asyncio.ensure_future(_disconnected(request))
+    done, _ = await asyncio.wait({gathering, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    if gathering in done:
+        leaving.cancel()
+        return gathering.result()
+    gathering.cancel()  # leaves the job's stream, which sets its cancel flag
+    raise ApiError("the client disconnected", status=499, kind="client_closed_request")
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read by then, so only a disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _completion_chunks(request: oa.CompletionRequest, started: _Started, model: str,
