@@ -25,19 +25,19 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx2")
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from lookinside.cli.app import app as cli_app  # noqa: E402
-from lookinside.core import predict  # noqa: E402
-from lookinside.core.errors import BadInput  # noqa: E402
-from lookinside.core.generate import collect  # noqa: E402
-from lookinside.core.prompting import encode_messages  # noqa: E402
-from lookinside.core.request import GenerationSettings, NextTokenRequest  # noqa: E402
-from lookinside.core.sampling import SamplingParams  # noqa: E402
-from lookinside.core.spec import LoadSpec  # noqa: E402
-from lookinside.serve import registry  # noqa: E402
-from lookinside.serve.app import create_app  # noqa: E402
-from lookinside.serve.settings import ServeSettings  # noqa: E402
+from lookinside.cli.app import app as cli_app
+from lookinside.core import predict
+from lookinside.core.errors import BadInput
+from lookinside.core.generate import collect
+from lookinside.core.prompting import encode_messages
+from lookinside.core.request import GenerationSettings, NextTokenRequest
+from lookinside.core.sampling import SamplingParams
+from lookinside.core.spec import LoadSpec
+from lookinside.serve import registry
+from lookinside.serve.app import create_app
+from lookinside.serve.settings import ServeSettings
 
 PROMPT = "The capital of France is"
 SPEC = LoadSpec(model="tiny", device="cpu")
@@ -335,11 +335,10 @@ def test_the_remote_backend_and_endpoint_command_work_against_it(live, tiny):
 def test_a_vanished_client_stops_its_generation(live):
     before = live.state.tokens_generated
     body = {"prompt": "Once", "max_tokens": 500, "ignore_eos": True, "temperature": 1.0, "seed": 1, "stream": True}
-    with httpx.Client(timeout=60) as http:
-        with http.stream("POST", live.url + "/completions", json=body) as response:
-            lines = response.iter_lines()
-            got = [line for line, _ in zip(lines, range(6)) if line.startswith("data: ")]
-            assert len(got) >= 3
+    with httpx.Client(timeout=60) as http, http.stream("POST", live.url + "/completions", json=body) as response:
+        lines = response.iter_lines()
+        got = [line for line, _ in zip(lines, range(6)) if line.startswith("data: ")]
+        assert len(got) >= 3
     # the client is gone: the worker must go idle long before 500 tokens
     deadline = time.monotonic() + 60
     while live.state.worker.busy and time.monotonic() < deadline:

@@ -95,7 +95,7 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
         *extra_routes,
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, QueueFull: _queue_full,
-                errors.LookinsideError: _lookinside_error, Exception: _bug}
+                errors.LookinsideError: _api_error, Exception: _api_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.lookinside = state
     app.add_middleware(KeyCheck, key=settings.api_key)  # type: ignore[arg-type]
@@ -241,7 +241,7 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         try:
             async for chunk in chunks:
                 yield b"data: " + _dumps(chunk) + b"\n\n"
-        except Exception as exc:  # after the 200 is sent, an error can only be one more event
+        except Exception as exc:  # noqa: BLE001 (after the 200 is sent, an error can only be one more event)
             yield b"data: " + _dumps(_error_for(exc).body()) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
@@ -328,14 +328,6 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _queue_full(request: Request, exc: Exception) -> Response:
     error = _error_for(exc)
     return _json(error.body(), error.status, {"Retry-After": str(RETRY_AFTER_S)})
-
-
-async def _lookinside_error(request: Request, exc: Exception) -> Response:
-    return await _api_error(request, exc)
-
-
-async def _bug(request: Request, exc: Exception) -> Response:
-    return await _api_error(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
