@@ -252,6 +252,29 @@ def test_a_full_queue_is_503_with_retry_after(tiny):
         assert c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 1}).status_code == 200
 
 
+def test_an_added_route_runs_its_job_on_the_model_thread_and_a_bug_is_one_line(tiny):
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from lookinside.serve.app import run_on_model, state_of
+
+    async def where(request):
+        state = state_of(request)
+        name, vocab = await run_on_model(state, lambda: (threading.current_thread().name, state.lm.tokenizer.vocab_size))
+        return JSONResponse({"thread": name, "vocab": vocab})
+
+    async def broken(request):
+        await run_on_model(state_of(request), lambda: 1 / 0)
+
+    routes = [Route("/lookinside/v1/where", where), Route("/lookinside/v1/broken", broken)]
+    app = create_app(tiny, ServeSettings(spec=SPEC), extra_routes=routes)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/lookinside/v1/where").json() == {"thread": "lookinside-model", "vocab": tiny.tokenizer.vocab_size}
+        response = c.get("/lookinside/v1/broken")
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert "ZeroDivisionError" in response.json()["error"]["message"] and "Traceback" not in response.text
+
+
 class LiveServer:
     """The app under uvicorn on a thread, on 127.0.0.1 and a free port: real sockets, the session's model."""
 
