@@ -224,6 +224,22 @@ def test_a_non_loopback_host_needs_a_key():
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "--api-key" in result.stderr
 
 
+def test_a_port_in_use_is_one_line_before_anything_loads(monkeypatch):
+    from lookinside.core import loading
+
+    monkeypatch.setattr(loading, "load", lambda spec: pytest.fail("loaded a model for a port it cannot use"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        result = runner.invoke(cli_app, ["serve", "--model", "tiny", "--port", str(port)])
+    finally:
+        taken.close()
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+
+
 def test_serve_help_lists_the_model_and_server_options():
     result = runner.invoke(cli_app, ["serve", "--help"], env={"COLUMNS": "120"})
     for flag in ("--model", "--dtype", "--quantize", "--threads", "--trust-remote-code", "--host", "--port",
