@@ -25,19 +25,19 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx2")
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from lookinside.cli.app import app as cli_app  # noqa: E402
-from lookinside.core import predict  # noqa: E402
-from lookinside.core.errors import BadInput  # noqa: E402
-from lookinside.core.generate import collect  # noqa: E402
-from lookinside.core.prompting import encode_messages  # noqa: E402
-from lookinside.core.request import GenerationSettings, NextTokenRequest  # noqa: E402
-from lookinside.core.sampling import SamplingParams  # noqa: E402
-from lookinside.core.spec import LoadSpec  # noqa: E402
-from lookinside.serve import registry  # noqa: E402
-from lookinside.serve.app import create_app  # noqa: E402
-from lookinside.serve.settings import ServeSettings  # noqa: E402
+from lookinside.cli.app import app as cli_app
+from lookinside.core import predict
+from lookinside.core.errors import BadInput
+from lookinside.core.generate import collect
+from lookinside.core.prompting import encode_messages
+from lookinside.core.request import GenerationSettings, NextTokenRequest
+from lookinside.core.sampling import SamplingParams
+from lookinside.core.spec import LoadSpec
+from lookinside.serve import registry
+from lookinside.serve.app import create_app
+from lookinside.serve.settings import ServeSettings
 
 PROMPT = "The capital of France is"
 SPEC = LoadSpec(model="tiny", device="cpu")
@@ -224,6 +224,22 @@ def test_a_non_loopback_host_needs_a_key():
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "--api-key" in result.stderr
 
 
+def test_a_port_in_use_is_one_line_before_anything_loads(monkeypatch):
+    from lookinside.core import loading
+
+    monkeypatch.setattr(loading, "load", lambda spec: pytest.fail("loaded a model for a port it cannot use"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        result = runner.invoke(cli_app, ["serve", "--model", "tiny", "--port", str(port)])
+    finally:
+        taken.close()
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+
+
 def test_serve_help_lists_the_model_and_server_options():
     result = runner.invoke(cli_app, ["serve", "--help"], env={"COLUMNS": "120"})
     for flag in ("--model", "--dtype", "--quantize", "--threads", "--trust-remote-code", "--host", "--port",
@@ -250,6 +266,29 @@ def test_a_full_queue_is_503_with_retry_after(tiny):
             release.set()
         assert waiting.result(timeout=30) == "done"
         assert c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 1}).status_code == 200
+
+
+def test_an_added_route_runs_its_job_on_the_model_thread_and_a_bug_is_one_line(tiny):
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from lookinside.serve.app import run_on_model, state_of
+
+    async def where(request):
+        state = state_of(request)
+        name, vocab = await run_on_model(state, lambda: (threading.current_thread().name, state.lm.tokenizer.vocab_size))
+        return JSONResponse({"thread": name, "vocab": vocab})
+
+    async def broken(request):
+        await run_on_model(state_of(request), lambda: 1 / 0)
+
+    routes = [Route("/lookinside/v1/where", where), Route("/lookinside/v1/broken", broken)]
+    app = create_app(tiny, ServeSettings(spec=SPEC), extra_routes=routes)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/lookinside/v1/where").json() == {"thread": "lookinside-model", "vocab": tiny.tokenizer.vocab_size}
+        response = c.get("/lookinside/v1/broken")
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert "ZeroDivisionError" in response.json()["error"]["message"] and "Traceback" not in response.text
 
 
 class LiveServer:
@@ -335,11 +374,10 @@ def test_the_remote_backend_and_endpoint_command_work_against_it(live, tiny):
 def test_a_vanished_client_stops_its_generation(live):
     before = live.state.tokens_generated
     body = {"prompt": "Once", "max_tokens": 500, "ignore_eos": True, "temperature": 1.0, "seed": 1, "stream": True}
-    with httpx.Client(timeout=60) as http:
-        with http.stream("POST", live.url + "/completions", json=body) as response:
-            lines = response.iter_lines()
-            got = [line for line, _ in zip(lines, range(6)) if line.startswith("data: ")]
-            assert len(got) >= 3
+    with httpx.Client(timeout=60) as http, http.stream("POST", live.url + "/completions", json=body) as response:
+        lines = response.iter_lines()
+        got = [line for line, _ in zip(lines, range(6)) if line.startswith("data: ")]
+        assert len(got) >= 3
     # the client is gone: the worker must go idle long before 500 tokens
     deadline = time.monotonic() + 60
     while live.state.worker.busy and time.monotonic() < deadline:
@@ -348,6 +386,18 @@ def test_a_vanished_client_stops_its_generation(live):
     assert not live.state.worker.busy and made < 500, made
     after = httpx.post(live.url + "/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0}, timeout=60)
     assert after.json()["choices"][0]["text"].startswith(" Paris")
+
+
+def test_a_vanished_client_stops_a_reply_that_is_not_streamed_too(live):
+    before = live.state.tokens_generated
+    body = {"prompt": "Once", "max_tokens": 500, "ignore_eos": True, "temperature": 1.0, "seed": 2}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.3 s and closes the connection
+        httpx.post(live.url + "/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
+    deadline = time.monotonic() + 60
+    while live.state.worker.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    made = live.state.tokens_generated - before
+    assert not live.state.worker.busy and 0 < made < 500, made
 
 
 # ---- the record, and the commands that find it
@@ -455,7 +505,8 @@ def test_a_real_server_with_a_key_records_itself_and_exits_0_on_sigterm(tmp_path
 
 
 @pytest.mark.slow
-def test_sigterm_mid_stream_cuts_the_reply_and_exits_0(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_stream_finishes_or_cuts_the_reply_and_exits_0(tmp_path, sig):
     process, url = start_server(tmp_path)
     body = {"prompt": "Once", "max_tokens": 500, "ignore_eos": True, "seed": 1, "stream": True}
     lines: list[str] = []
@@ -464,7 +515,7 @@ def test_sigterm_mid_stream_cuts_the_reply_and_exits_0(tmp_path):
             for line in response.iter_lines():
                 lines.append(line)
                 if len(lines) == 4:
-                    process.send_signal(signal.SIGTERM)
+                    process.send_signal(sig)
     except httpx.HTTPError:
         pass  # the server may close the connection when it cuts the reply
     code, err = stop_server(process)

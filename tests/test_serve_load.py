@@ -16,7 +16,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx2")
 
-from tests.test_serve import PROMPT, start_server, stop_server  # noqa: E402
+from tests.test_serve import PROMPT, start_server, stop_server
 
 CLIENTS, REQUESTS = 16, 10
 MESSAGES = [{"role": "user", "content": "What is the capital of Japan?"}]

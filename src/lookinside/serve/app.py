@@ -9,6 +9,7 @@ Retry-After when the queue is full, and 500 only for a bug in the server.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -97,7 +98,7 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
         *extra_routes,
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, QueueFull: _queue_full,
-                errors.LookinsideError: _lookinside_error, Exception: _bug}
+                errors.LookinsideError: _api_error, Exception: _api_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.lookinside = state
     app.add_middleware(KeyCheck, key=settings.api_key)  # type: ignore[arg-type]
@@ -150,7 +151,7 @@ async def completions(request: Request) -> Response:
     rid, model = oa.new_id("cmpl"), state.model_id
     if parsed.sampling.stream:
         return _sse(_completion_chunks(parsed, items, model, rid))
-    answer = await _gather(items)
+    answer = await _gather_while_connected(request, items)
     return _json(oa.completion_response(parsed, answer, model, rid))
 
 
@@ -164,7 +165,7 @@ async def chat_completions(request: Request) -> Response:
     rid, model = oa.new_id("chatcmpl"), state.model_id
     if parsed.sampling.stream:
         return _sse(_chat_chunks(parsed, items, model, rid))
-    answer = await _gather(items)
+    answer = await _gather_while_connected(request, items)
     return _json(oa.chat_response(parsed, answer, model, rid))
 
 
@@ -192,6 +193,24 @@ async def _gather(started: _Started) -> oa.Answer:
     async for token in started.rest:
         answer.tokens.append(token)
     return answer
+
+
+async def _gather_while_connected(request: Request, started: _Started) -> oa.Answer:
+    """The whole reply; if the client disconnects first, its generation stops at the next token."""
+    gathering = asyncio.ensure_future(_gather(started))
+    leaving = asyncio.ensure_future(_disconnected(request))
+    done, _ = await asyncio.wait({gathering, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    if gathering in done:
+        leaving.cancel()
+        return gathering.result()
+    gathering.cancel()  # leaves the job's stream, which sets its cancel flag
+    raise ApiError("the client disconnected", status=499, kind="client_closed_request")
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read by then, so only a disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _completion_chunks(request: oa.CompletionRequest, started: _Started, model: str,
@@ -225,7 +244,7 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         try:
             async for chunk in chunks:
                 yield b"data: " + _dumps(chunk) + b"\n\n"
-        except Exception as exc:  # after the 200 is sent, an error can only be one more event
+        except Exception as exc:  # noqa: BLE001 (after the 200 is sent, an error can only be one more event)
             yield b"data: " + _dumps(_error_for(exc).body()) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
@@ -312,14 +331,6 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _queue_full(request: Request, exc: Exception) -> Response:
     error = _error_for(exc)
     return _json(error.body(), error.status, {"Retry-After": str(RETRY_AFTER_S)})
-
-
-async def _lookinside_error(request: Request, exc: Exception) -> Response:
-    return await _api_error(request, exc)
-
-
-async def _bug(request: Request, exc: Exception) -> Response:
-    return await _api_error(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,4 +112,3 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    sys.stderr.flush()

@@ -46,9 +46,9 @@ class ModelWorker:
         self.size = size
         self.closing = threading.Event()
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue(maxsize=size)
+        self.busy = False  # a job is running now
         self._thread = threading.Thread(target=self._run, name="lookinside-model", daemon=True)
         self._thread.start()
-        self.busy = False
 
     @property
     def waiting(self) -> int:
@@ -97,7 +97,7 @@ class ModelWorker:
             self.busy = True
             try:
                 future.set_result(job())
-            except BaseException as exc:  # handed to the awaiting route, which answers for it
+            except BaseException as exc:  # noqa: BLE001 (handed to the awaiting route, which answers for it)
                 future.set_exception(exc)
             finally:
                 self.busy = False
@@ -128,7 +128,7 @@ def stream_on_model(worker: ModelWorker, job: Callable[[Callable[[Any], None], C
         try:
             if not cancel:
                 job(emit, cancel)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 (carried to the route, which answers for it)
             emit(_Raised(exc))
         finally:
             emit(_DONE)
