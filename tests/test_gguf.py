@@ -140,6 +140,7 @@ def test_f32_gguf_gives_the_same_ids_and_top5_as_the_safetensors_model(tiny, loa
     assert mine[0].token == " Paris"
     assert [c.prob for c in mine] == pytest.approx([c.prob for c in theirs], abs=1e-5)
     assert lm.dtype == torch.float32 and lm.source.endswith("tiny-f32.gguf")
+    assert lm.end_token_ids == [2, 975, 978]  # the file's eos <|endoftext|>; </s> and <|end|>, as llama.cpp reads them
     assert lm.origin.describe() == "F32 GGUF (4.2 MB), dequantized to float32 (4.2 MB)"
 
 
