@@ -125,3 +125,9 @@ def test_bench_says_plainly_when_no_token_came_back():
     assert result.exit_code == 0, result.output
     assert "no tokens: no token came back: the server ended every reply before its first token" in \
         " ".join(result.stdout.split())
+
+
+def test_chat_streams_the_whole_reply(server):
+    result = llm("chat", "What is the capital of France?", "--endpoint", server.endpoint)
+    assert result.exit_code == 0, result.output
+    assert "Paris. It is a city of light. The" in result.stdout  # the last token too, held for its finish reason
