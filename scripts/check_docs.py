@@ -32,6 +32,8 @@ SKIP = {
     "scripts/": "another script, with its own numbers",
     "cat ": "a file written by an earlier step",
     "--device-map": "needs a GPU",
+    ".gguf": "needs a GGUF file made by llama.cpp's converter (docs/models.md says how)",
+    "ollama:": "needs a model in Ollama's store (docs/models.md lays one out)",
 }
 SERVED = "LOOKINSIDE_ENDPOINT=$(scripts/vllm.sh url)"  # checked for real while scripts/vllm.sh has one running
 

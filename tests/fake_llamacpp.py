@@ -1,14 +1,16 @@
 """A loopback server that answers like llama.cpp's OpenAI-compatible servers, for the endpoint tests.
 
-Two flavours, as the two servers answer:
-- `llama-server`: llama.cpp's own C++ server. /v1/models says `owned_by: llamacpp` with a `meta` block,
-  GET /props gives the context (`default_generation_settings.n_ctx`), responses carry
-  `Server: llama.cpp`, and /v1/completions does not echo the prompt.
+Two flavours, as the two servers answer (llama-server as its source, tools/server, reads):
+- `llama-server`: llama.cpp's own C++ server. /v1/models says `owned_by: llamacpp` with a `meta`
+  block holding the context (`n_ctx`), GET /props gives it again, responses carry `Server:
+  llama.cpp`; /v1/completions refuses `echo` ("Only no echo is supported", a 500) and gives
+  log-probabilities in the chat format, with the ids of the returned tokens; POST /tokenize gives a
+  prompt's ids and pieces; `top_k`, `min_p`, `repeat_penalty` and `ignore_eos` are taken.
 - `llama-cpp-python`: its Python server. /v1/models says `owned_by: me` with an empty `permissions`
-  list, there is no /props (its context is not told), and `echo` sends the prompt's tokens back.
-Both name tokens by their text only (no ids), give no finish reason on a token's chunk (only in a
-closing chunk without a token), and refuse a prompt that with `max_tokens` outgrows their small
-context with a 400, as llama-cpp-python does ("Requested tokens (N) exceed context window of M").
+  list, there is no /props (its context is not told), `echo` sends the prompt's tokens back, and
+  log-probabilities come in OpenAI's completion format: texts only, no ids.
+Both give no finish reason on a token's chunk (only in a closing chunk without a token) and refuse
+a prompt that with `max_tokens` outgrows their small context with a 400.
 
 The "model" splits a prompt at spaces (a token per word) and answers " Paris. It is" and so on;
 `eos_first` makes it end every reply before its first token, as a model that emits an end token
@@ -35,6 +37,28 @@ def words(text: str) -> list[str]:
 def top_for(token: str, logprob: float) -> dict[str, float]:
     others = ALTERNATIVES.get(token, [" and", " or"])
     return {token: logprob, others[0]: logprob - 2.0, others[1]: logprob - 3.0}
+
+
+VOCAB: dict[str, int] = {"<s>": 1}
+
+
+def token_id(text: str) -> int:
+    """The fake vocabulary: ids handed out in order of first sight, stable for the process."""
+    return VOCAB.setdefault(text, len(VOCAB) + 100)
+
+
+def content_item(token: str, logprob: float) -> dict[str, Any]:
+    """One token in llama-server's (and the chat API's) log-probability format, with ids."""
+    return {"id": token_id(token), "token": token, "bytes": list(token.encode()), "logprob": logprob,
+            "top_logprobs": [{"id": token_id(t), "token": t, "bytes": list(t.encode()), "logprob": lp}
+                             for t, lp in top_for(token, logprob).items()]}
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A client closing a kept-alive connection is not an error worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
 
 
 class FakeLlamaCpp:
@@ -66,7 +90,11 @@ class FakeLlamaCpp:
 
             def do_GET(self) -> None:
                 server.requests.append(("GET", self.path, {}))
-                if self.path == "/v1/models":
+                if self.path == "/v1/models" and server.flavour == "llama-server":
+                    entry = server.model_entry()
+                    self._json(200, {"models": [{"name": entry["id"], "model": entry["id"]}], "object": "list",
+                                     "data": [entry]})
+                elif self.path == "/v1/models":
                     self._json(200, {"object": "list", "data": [server.model_entry()]})
                 elif self.path == "/props" and server.flavour == "llama-server":
                     self._json(200, {"default_generation_settings": {"n_ctx": server.n_ctx, "params": {}},
@@ -79,22 +107,32 @@ class FakeLlamaCpp:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 server.requests.append(("POST", self.path, body))
-                tokenize = "/tokenize" if server.flavour == "llama-server" else "/extras/tokenize"
-                if self.path == tokenize:  # each flavour's own route, and its own field for the text
-                    text = body.get("content" if server.flavour == "llama-server" else "input", "")
-                    self._json(200, {"tokens": list(range(len(words(text))))})
+                if self.path == "/tokenize" and server.flavour == "llama-server":
+                    pieces = (["<s>"] if body.get("add_special") else []) + words(body.get("content", ""))
+                    self._json(200, {"tokens": [{"id": token_id(p), "piece": p} for p in pieces]
+                                     if body.get("with_pieces") else [token_id(p) for p in pieces]})
+                    return
+                if self.path == "/extras/tokenize" and server.flavour == "llama-cpp-python":
+                    self._json(200, {"tokens": [token_id(p) for p in words(body.get("input", ""))]})
                     return
                 if not self.path.endswith("completions"):
                     self._json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
+                    return
+                if body.get("echo") and server.flavour == "llama-server":
+                    self._json(500, {"error": {"code": 500, "message": "Only no echo is supported",
+                                               "type": "server_error"}})
                     return
                 chat = self.path.endswith("/chat/completions")
                 prompt = " ".join(m["content"] for m in body["messages"]) if chat else body.get("prompt", "")
                 asked = len(words(prompt)) + int(body.get("max_tokens") or 16)
                 if asked > server.n_ctx:
-                    message = f"Requested tokens ({asked}) exceed context window of {server.n_ctx}"
+                    message = (f"Requested tokens ({asked}) exceed context window of {server.n_ctx}"
+                               if server.flavour == "llama-cpp-python" else
+                               "the request exceeds the available context size, try increasing it")
                     self._json(400, {"error": {"message": message, "type": "invalid_request_error", "code": 400}})
                     return
-                reply = [] if server.eos_first else REPLY[: int(body.get("max_tokens") or 16)]
+                wanted = int(body.get("max_tokens") or 16)
+                reply = (REPLY * 8)[:wanted] if body.get("ignore_eos") else [] if server.eos_first else REPLY[:wanted]
                 finish = "length" if len(reply) == int(body.get("max_tokens") or 16) else "stop"
                 if body.get("stream"):
                     self._stream(chat, reply, finish)
@@ -119,21 +157,24 @@ class FakeLlamaCpp:
                 self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
                 self.wfile.flush()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def model_entry(self) -> dict[str, Any]:
         if self.flavour == "llama-server":
-            return {"id": "tiny-q8_0.gguf", "object": "model", "created": 0, "owned_by": "llamacpp",
-                    "meta": {"vocab_type": 1, "n_vocab": 1024, "n_ctx_train": 512, "n_embd": 128}}
+            return {"id": "tiny-q8_0.gguf", "aliases": [], "tags": [], "object": "model", "created": 0,
+                    "owned_by": "llamacpp", "meta": {"vocab_type": 1, "n_vocab": 1024, "n_ctx": self.n_ctx,
+                                                     "n_ctx_train": 512, "n_embd": 128}}
         return {"id": "tiny-q8_0.gguf", "object": "model", "owned_by": "me", "permissions": []}
 
     def completion_answer(self, prompt: str, reply: list[str], finish: str, body: dict[str, Any]) -> dict[str, Any]:
         tokens = reply[:1] if reply else []
-        echoed = words(prompt) if body.get("echo") and self.flavour == "llama-cpp-python" else []
+        echoed = words(prompt) if body.get("echo") else []
         logprobs = None
-        if body.get("logprobs") is not None:
+        if body.get("logprobs") is not None and self.flavour == "llama-server":
+            logprobs = {"content": [content_item(t, -0.1) for t in tokens]}
+        elif body.get("logprobs") is not None:
             all_tokens = echoed + tokens
             logprobs = {"tokens": all_tokens, "text_offset": list(range(len(all_tokens))),
                         "token_logprobs": [None] * len(echoed) + [-0.1] * len(tokens),
@@ -160,8 +201,9 @@ class FakeLlamaCpp:
             delta = {} if token is None else {"role": "assistant", "content": token}
             return {"id": "chat-1", "object": "chat.completion.chunk", "created": 0, "model": "tiny-q8_0.gguf",
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
-        logprobs = None if token is None else {"tokens": [token], "text_offset": [0], "token_logprobs": [logprob],
-                                               "top_logprobs": [top_for(token, logprob)]}
+        logprobs = None if token is None else {"content": [content_item(token, logprob)]} \
+            if self.flavour == "llama-server" else {"tokens": [token], "text_offset": [0], "token_logprobs": [logprob],
+                                                    "top_logprobs": [top_for(token, logprob)]}
         return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "tiny-q8_0.gguf",
                 "choices": [{"text": token or "", "index": 0, "logprobs": logprobs, "finish_reason": finish}]}
 

@@ -140,6 +140,7 @@ def test_f32_gguf_gives_the_same_ids_and_top5_as_the_safetensors_model(tiny, loa
     assert mine[0].token == " Paris"
     assert [c.prob for c in mine] == pytest.approx([c.prob for c in theirs], abs=1e-5)
     assert lm.dtype == torch.float32 and lm.source.endswith("tiny-f32.gguf")
+    assert lm.end_token_ids == [2, 975, 978]  # the file's eos <|endoftext|>; </s> and <|end|>, as llama.cpp reads them
     assert lm.origin.describe() == "F32 GGUF (4.2 MB), dequantized to float32 (4.2 MB)"
 
 
@@ -287,3 +288,23 @@ def test_diff_shows_what_the_quantization_costs_per_token(tmp_path):
     itself = runner.invoke(app, ["diff", text, "--model", "tiny", "--against", str(write_gguf(tmp_path / "f.gguf")),
                                  "--json"])
     assert json.loads(itself.stdout)["summary"]["kl_max"] < 1e-9  # f32: the same weights, the same numbers
+
+
+def test_the_sentencepiece_model_for_llamacpps_converter_splits_like_the_tiny_tokenizer(tiny):
+    """scripts/tiny_for_llamacpp.py gives llama.cpp's converter the vocabulary it reads (a SentencePiece model):
+    SentencePiece must split every text of the tiny model's corpus into the same ids as the tokenizer.json."""
+    import importlib.util
+
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from lookinside.tiny.corpus import build_corpus
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tiny_for_llamacpp.py"
+    spec = importlib.util.spec_from_file_location("tiny_for_llamacpp", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    processor = spm.SentencePieceProcessor(model_proto=module.sentencepiece_model(ASSETS / "tokenizer.json"))
+    texts = build_corpus().texts + PROMPTS[:3]
+    assert len(texts) > 100
+    for text in texts:
+        assert processor.encode(text) == tiny.tokenizer(text, add_special_tokens=False).input_ids, text

@@ -93,7 +93,7 @@ class Result(Generic[T]):
 def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", attn: str = "sdpa",
          device_map: str | None = None, max_memory: dict[int | str, str] | None = None, quantize: str | None = None,
          threads: int | None = None, trust_remote_code: bool = False) -> LM:
-    """Load a model as the command line does (`tiny`, a Hub id or a directory), checked as it loads."""
+    """Load a model as the command line does (`tiny`, a Hub id, a directory, a GGUF file or `ollama:NAME`)."""
     from lookinside.core import loading
 
     return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,

@@ -44,7 +44,8 @@ def stream_bench(backend: Backend, settings: BenchSettings, progress: ProgressFn
     unavailable = {"kv_cache_switch": NO_CACHE_SWITCH, "memory": "the server's memory is not visible from here",
                    "speed_of_light": "the server's weights and bandwidth are not visible from here"}
     if not backend.capabilities.ignore_eos:
-        unavailable["exact_length"] = "only vLLM can be told to ignore end tokens; runs may stop early"
+        unavailable["exact_length"] = (f"{backend.capabilities.kind} cannot be told to ignore end tokens (vLLM and "
+                                       "llama.cpp can); runs may stop early")
     unavailable |= short_streams(rows, settings.new_tokens)
     prefix = prefix_cache(backend, settings.repeat, unavailable)
     return RemoteBenchReport(backend.name, backend.endpoint, backend.capabilities.kind, settings.new_tokens,  # type: ignore[attr-defined]

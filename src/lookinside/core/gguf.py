@@ -30,6 +30,10 @@ OLLAMA_PREFIX = "ollama:"
 EXTRA = "pip install 'lookinside[gguf]'"
 # Types every gguf version dequantizes; the rest are asked of the installed package (`dequantizable_types`).
 PLAIN_TYPES = ("F32", "F16")
+# Tokens that end a reply whatever the file's one eos id says, as llama.cpp reads them (llama-vocab.cpp's
+# end-of-generation list, its common entries): without them a Phi-3 GGUF would talk on past <|end|>.
+END_TOKENS = ("<|endoftext|>", "<|end|>", "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>",
+              "<|end_of_text|>", "<eos>", "</s>")
 
 
 class UnsupportedGguf(errors.LookinsideError):
@@ -239,11 +243,21 @@ def load(spec: LoadSpec, file: GgufFile) -> LM:
             str(file.path.parent), gguf_file=file.path.name, config=config, output_loading_info=True,
             **loading._load_kwargs(spec, device, dtype))
     notes = loading.check_loaded(spec.model, model, tokenizer, info)
+    model.generation_config.eos_token_id = end_token_ids(model.generation_config.eos_token_id, tokenizer)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     model.eval()
     origin = Dequantized(file.file_type, file.size, str(dtype).removeprefix("torch."), weights)
     return loading.LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype,
                       source=str(file.path), notes=(origin.describe(), *notes), origin=origin)
+
+
+def end_token_ids(eos: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The file's eos id and every end-of-turn token its vocabulary has (gpt-oss's <|end|> is not one: it goes on
+    to <|return|> or <|call|>, as llama.cpp also decides)."""
+    vocab = tokenizer.get_vocab()
+    ends = [token for token in END_TOKENS if token in vocab and not (token == "<|end|>" and "<|return|>" in vocab)]
+    known = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return sorted({*known, *(vocab[token] for token in ends)})
 
 
 def require_package(name: str) -> None:

@@ -118,9 +118,11 @@ def server_capabilities(kind: ServerKind) -> Capabilities:
     """What a server gives, from what it is (core/server_kind.py): vLLM, and `llm serve` speaking as vLLM does,
     give ids and take every sampler; the others neither."""
     remote = Capabilities(shapes=False, insides=False, kv_cache_switch=False, continue_reply=False)
-    if kind.is_vllm or kind.owner == "lookinside":
-        return replace(remote, kind="lookinside" if kind.owner == "lookinside" else kind.describe())
-    return replace(remote, ids=False, extra_samplers=False, ignore_eos=False, kind=kind.describe())
+    if kind.owner == "lookinside":  # `llm serve`, speaking as vLLM does
+        return replace(remote, kind="lookinside")
+    extra = kind.extra_fields() or {}
+    return replace(remote, ids=kind.is_vllm or kind.tokenizes, extra_samplers="top_k" in extra,
+                   ignore_eos="ignore_eos" in extra, kind=kind.describe())
 
 
 class RemoteBackend:
@@ -160,13 +162,15 @@ class RemoteBackend:
             return self._next_token_chat(request)
         with _translated(self.spec):
             out = self.client.completions.create(model=self.name, prompt=request.prompt, max_tokens=1,
-                                                 logprobs=request.top_k, echo=True, temperature=0)
-        logprobs = out.choices[0].logprobs
-        tokens, tops = list(logprobs.tokens or []), list(logprobs.top_logprobs or [])
+                                                 logprobs=request.top_k, echo=self.kind.echoes, temperature=0)
+        tokens, tops, top_ids = _completion_logprobs(out.choices[0].logprobs)
         if not tops or not tops[-1]:
             raise errors.RemoteError("the server gave no log-probabilities (it may not support logprobs)")
         top, prompt = _ranked(tops[-1]), tokens[:-1]
-        ids = self._prompt_and_top_ids(request) if self.capabilities.ids else None
+        ids = self._prompt_and_top_ids(request) if self.kind.is_vllm else None
+        if self.kind.tokenizes and top_ids:  # llama-server: the prompt's ids from /tokenize, the top-k's from its answer
+            prompt, prompt_ids = self._tokenized(request.prompt)
+            ids = prompt_ids, [top_ids[text] for text, _ in top]
         if ids is not None and (len(ids[0]) != len(prompt) or len(ids[1]) != len(top)):
             ids = None  # two tokens spelled alike collapsed in the text answer: ranks would not line up
         pieces = tuple(Piece(i, ids[0][i] if ids else self.intern(t), t, t, "text") for i, t in enumerate(prompt))
@@ -208,6 +212,15 @@ class RemoteBackend:
         prompt = [int(t.removeprefix("token_id:")) for t in tokens[:-1]]
         top = [int(t.removeprefix("token_id:")) for t, _ in _ranked(logprobs.top_logprobs[-1])]
         return prompt, top
+
+    def _tokenized(self, prompt: str) -> tuple[list[str], list[int]]:
+        """The prompt's pieces and ids as llama-server's /tokenize gives them (with BOS, as a completion reads it)."""
+        body = {"content": prompt, "add_special": True, "with_pieces": True}
+        with _translated(self.spec):
+            out = self.client.post(_root_url(self.spec.base_url) + "/tokenize", body=body, cast_to=object)
+        pieces = [(t["piece"] if isinstance(t["piece"], str) else bytes(t["piece"]).decode("utf-8", "replace"),
+                   int(t["id"])) for t in out["tokens"]]
+        return [piece for piece, _ in pieces], [i for _, i in pieces]
 
     def _check_k(self, k: int) -> None:
         if self.kind.is_vllm and k > VLLM_MAX_LOGPROBS:
@@ -351,13 +364,12 @@ class RemoteBackend:
         extra = dict(wire["extra"])
         if settings.ignore_eos:
             extra["ignore_eos"] = True
-        allowed = {name for name in extra if (self.capabilities.ignore_eos if name == "ignore_eos"
-                                              else self.capabilities.extra_samplers)}
-        if set(extra) - allowed:
-            raise errors.BadInput(f"{', '.join(sorted(set(extra) - allowed))} need a vLLM server (this one is "
-                                  f"{self.capabilities.kind}): drop them, or serve the model with vLLM")
+        names = self.kind.extra_fields()
+        if extra and names is None:
+            raise errors.BadInput(f"{', '.join(sorted(extra))} need a vLLM or llama.cpp server (this one is "
+                                  f"{self.kind.describe()}): drop them, or serve the model with one of those")
         if extra:
-            body["extra_body"] = extra
+            body["extra_body"] = {names[key]: value for key, value in extra.items()}
         return body
 
 
@@ -386,6 +398,34 @@ def _at_temperature(top: Sequence[tuple[str, float]], index: int, temperature: f
     return weights[index] / sum(weights)
 
 
+def _completion_logprobs(logprobs: Any) -> tuple[list[str], list[dict[str, float]], dict[str, int]]:
+    """A completion's tokens, top log-probabilities per token, and the top tokens' ids where the server gives them.
+
+    OpenAI's format (vLLM, llama-cpp-python) has `tokens` and `top_logprobs`; llama-server answers in the chat
+    format (`content`: token, logprob, id and top_logprobs per token), which the client leaves as plain dicts.
+    """
+    content = _field(logprobs, "content")
+    if content:
+        tops = [{_field(t, "token"): _field(t, "logprob") for t in _field(item, "top_logprobs") or []}
+                for item in content]
+        last = _field(content[-1], "top_logprobs") or []
+        ids = {_field(t, "token"): _field(t, "id") for t in last if isinstance(_field(t, "id"), int)}
+        return [_field(item, "token") for item in content], tops, ids if len(ids) == len(last) else {}
+    if logprobs is None:
+        return [], [], {}
+    return list(logprobs.tokens or []), [dict(t) if t else {} for t in logprobs.top_logprobs or []], {}
+
+
+def _field(item: Any, name: str) -> Any:
+    """A field of a parsed object or of a plain dict (what the client could not parse stays a dict)."""
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _root_url(base_url: str) -> str:
+    """The server's root, where llama-server keeps /tokenize and /props."""
+    return base_url.rstrip("/").removesuffix("/v1")
+
+
 def _finish_reason(chunk: Any) -> str | None:
     """The finish reason a streamed chunk gives, in a token's chunk or in a closing one."""
     return next((c.finish_reason for c in chunk.choices or () if getattr(c, "finish_reason", None)), None)
@@ -397,10 +437,10 @@ def _chunk_tokens(chunk: Any) -> Iterator[tuple[str, float, dict[str, float], st
         finish = getattr(choice, "finish_reason", None)
         logprobs = getattr(choice, "logprobs", None)
         content = getattr(logprobs, "content", None) if logprobs is not None else None
-        if content is not None:  # chat completion chunk
+        if content is not None:  # chat completion chunk (llama-server: a completion chunk too, as plain dicts)
             for i, item in enumerate(content):
-                top = {t.token: t.logprob for t in (item.top_logprobs or [])}
-                yield item.token, item.logprob, top, finish if i == len(content) - 1 else None
+                top = {_field(t, "token"): _field(t, "logprob") for t in (_field(item, "top_logprobs") or [])}
+                yield _field(item, "token"), _field(item, "logprob"), top, finish if i == len(content) - 1 else None
         elif logprobs is not None and getattr(logprobs, "tokens", None):  # completion chunk
             tokens, lps, tops = logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs or []
             for i, token in enumerate(tokens):

@@ -1,11 +1,14 @@
 """Which OpenAI-compatible server is at an endpoint (vLLM, llama.cpp, llama-cpp-python, Ollama), from its answers.
 
-The kind decides what may be asked (only vLLM returns token ids and takes `ignore_eos`, `top_k`,
-`min_p` and `repetition_penalty` through the OpenAI client) and names the server in refusals. It
-is read from what the server says, never from one field: `/v1/models` (vLLM adds `max_model_len`,
-llama.cpp's `llama-server` a `meta` block, llama-cpp-python an empty `permissions` list and the
-owner "me"), then a few cheap GETs on the server's root: llama-server's `/props` (which also gives
-its context, `n_ctx`), Ollama's `/api/version`, vLLM's `/version`. Nothing here imports torch.
+The kind decides what may be asked and names the server in refusals:
+- vLLM gives token ids on request and takes `top_k`, `min_p`, `repetition_penalty` and `ignore_eos`;
+- llama.cpp's `llama-server` takes the same under its own names (`repeat_penalty`), gives the ids of
+  the tokens it returns, tokenizes a prompt on `/tokenize`, and refuses `echo`;
+- llama-cpp-python, Ollama and the rest get OpenAI's own fields only.
+It is read from what the server says, never from one field: `/v1/models` (vLLM adds
+`max_model_len`, llama-server a `meta` block with `n_ctx`, llama-cpp-python an empty `permissions`
+list and the owner "me"), then a few cheap GETs on the server's root: llama-server's `/props` (its
+context again, `n_ctx`), Ollama's `/api/version`, vLLM's `/version`. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from typing import Any
 
 VLLM, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN = "vLLM", "llama.cpp", "llama-cpp-python", "Ollama", "unknown"
 PROBE_TIMEOUT_S = 5.0
+# The request fields beyond OpenAI's (core.sampling's "extra" ones, and ignore_eos) as each server names them.
+EXTRA_FIELDS = {
+    VLLM: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"},
+    LLAMA_CPP: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty", "ignore_eos": "ignore_eos"},
+}
 
 
 @dataclass(frozen=True)
@@ -31,8 +39,22 @@ class ServerKind:
 
     @property
     def is_vllm(self) -> bool:
-        """vLLM: token ids on request, and vLLM's extra sampling fields."""
+        """vLLM: token ids on request (`return_tokens_as_token_ids`)."""
         return self.name == VLLM
+
+    @property
+    def echoes(self) -> bool:
+        """Whether /v1/completions may be asked to send the prompt's tokens back (llama-server refuses `echo`)."""
+        return self.name != LLAMA_CPP
+
+    @property
+    def tokenizes(self) -> bool:
+        """Whether the server tokenizes a prompt on request, with ids and pieces (llama-server's /tokenize)."""
+        return self.name == LLAMA_CPP
+
+    def extra_fields(self) -> dict[str, str] | None:
+        """lookinside's extra request fields -> this server's names for them; None where it takes none."""
+        return EXTRA_FIELDS.get(self.name)
 
     def describe(self) -> str:
         """"llama.cpp", "vLLM 0.11.0", "an unknown server (owned_by 'me')"."""
@@ -49,9 +71,10 @@ def detect(base_url: str, model: dict[str, Any], api_key: str | None = None,
     timeout = min(timeout_s, PROBE_TIMEOUT_S)
     if owner == "vllm" and "max_model_len" in model:
         return ServerKind(VLLM, owner, _int(model.get("max_model_len")))
+    meta = model.get("meta") if isinstance(model.get("meta"), dict) else {}
     props, headers = _get(f"{root}/props", api_key, timeout)
     if isinstance(props, dict) and ("default_generation_settings" in props or "llama.cpp" in headers.get("server", "")):
-        return ServerKind(LLAMA_CPP, owner, _props_context(props), _str(props.get("build_info")))
+        return ServerKind(LLAMA_CPP, owner, _int(meta.get("n_ctx")) or _props_context(props), _str(props.get("build_info")))
     ollama, _ = _get(f"{root}/api/version", api_key, timeout)
     if isinstance(ollama, dict) and "version" in ollama:
         return ServerKind(OLLAMA, owner, None, _str(ollama.get("version")))

@@ -73,7 +73,8 @@ def next_token_view(result: NextToken) -> RenderableType:
     header = Text.assemble(("model ", "dim"), (result.model, "bold"), (context, "dim"))
     parts: list[RenderableType] = [header]
     if result.tokens:
-        parts.append(Text.assemble((f"prompt tokens ({len(result.tokens)}): ", "dim"), tokens_line(result.tokens, ids="ids" not in result.unavailable)))
+        line = tokens_line(result.tokens, ids="ids" not in result.unavailable)
+        parts.append(Text.assemble((f"prompt tokens ({len(result.tokens)}): ", "dim"), line))
     if result.shapes is not None:
         parts += [Text("forward pass", style="dim"), shapes_grid(result.shapes)]
     parts += [*unavailable_lines(result.unavailable), Text(), top_table(result)]
