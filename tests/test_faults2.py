@@ -484,3 +484,111 @@ def test_a_repetition_penalty_near_zero_does_not_break_sampling():
     result = _invoke("generate", "The capital of France is", "--model", "tiny", "-t", "0.7",
                      "--repetition-penalty", "1e-300", "-n", "4", "--seed", "1")
     assert result.exit_code == 0 and result.stdout.strip()
+
+
+# ---- broken models: each error names the file and the field -------------------------------------------
+
+def _with_config(tmp_path: Path, change) -> Path:
+    path = _broken_tiny(tmp_path, "model")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(change(config)))
+    return path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: {**c, "vocab_size": 0}, "vocab_size must be a positive whole number, not 0"),
+    (lambda c: {**c, "vocab_size": -5}, "vocab_size must be a positive whole number, not -5"),
+    (lambda c: {**c, "num_hidden_layers": 0}, "num_hidden_layers must be a positive whole number, not 0"),
+    (lambda c: {**c, "max_position_embeddings": 0}, "max_position_embeddings must be a positive whole number, not 0"),
+    (lambda c: {**c, "num_attention_heads": 3}, "hidden_size 128 is not divisible by num_attention_heads 3"),
+    (lambda c: {**c, "num_key_value_heads": 3}, "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    (lambda c: {**c, "rope_parameters": {**c["rope_parameters"], "rope_type": "sideways"}}, "rope type 'sideways'"),
+    (lambda c: {**c, "pad_token_id": 5000}, "pad_token_id 5000 is outside the vocabulary of 1024 tokens"),
+    (lambda c: {**c, "eos_token_id": [975, -1]}, "eos_token_id -1 is outside the vocabulary"),
+    (lambda c: {**c, "rms_norm_eps": -1e-5}, "rms_norm_eps must be a small positive number"),
+    (lambda c: [c], "holds a JSON list, not an object of settings"),
+    (lambda c: {k: v for k, v in c.items() if k != "model_type"}, "has no \"model_type\""),
+])
+@pytest.mark.parametrize("command", ["next-token", "inspect"])
+def test_a_broken_config_is_one_line_naming_the_file_and_the_field(tmp_path, change, message, command):
+    path = _with_config(tmp_path, change)
+    result = _invoke(command, *(["hi"] if command != "inspect" else []), "--model", str(path))
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert str(path / "config.json") in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_a_config_that_is_not_json_names_the_line(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "config.json").write_text('{"model_type": "phi3",\n  "vocab_size": }')
+    result = _invoke("next-token", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"{path / 'config.json'} is not valid JSON" in result.output
+    assert "line 2" in result.output
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "missing"])
+def test_a_config_json_that_is_not_a_file_is_named(tmp_path, kind):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "config.json").unlink()
+    if kind == "directory":
+        (path / "config.json").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path / "config.json")
+    started = time.monotonic()
+    result = _invoke("next-token", "hi", "--model", str(path))
+    expected = {"directory": "is a directory, not a file", "fifo": "is a FIFO, not a file", "missing": "is missing"}
+    assert result.exit_code != 0 and f"{path / 'config.json'} {expected[kind]}" in result.output
+    assert time.monotonic() - started < 60  # a FIFO is not opened: nothing waits for a writer
+
+
+def test_an_unreadable_model_directory_is_named(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every directory: permissions cannot be tested as root")
+    path = _broken_tiny(tmp_path, "model")
+    path.chmod(0o000)
+    try:
+        result = _invoke("next-token", "hi", "--model", str(path))
+    finally:
+        path.chmod(0o755)
+    assert result.exit_code != 0 and f"cannot read the model directory {path}: permission denied" in result.output
+
+
+def test_an_unreadable_config_is_named(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "config.json").unlink()
+    (path / "config.json").symlink_to(path / "config.json")  # a link to itself: unreadable for root too
+    result = _invoke("next-token", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"cannot read {path / 'config.json'}" in result.output
+
+
+@pytest.mark.parametrize("command", ["next-token", "tokens"])
+def test_a_corrupt_tokenizer_names_tokenizer_json(tmp_path, command):
+    path = _broken_tiny(tmp_path, "model")
+    text = (path / "tokenizer.json").read_text()
+    (path / "tokenizer.json").write_text(text[: len(text) // 2])  # a download cut half-way
+    result = _invoke(command, "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"{path / 'tokenizer.json'} is not valid JSON" in result.output
+
+
+def test_a_tokenizer_of_the_wrong_structure_names_the_tokenizer_files(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "tokenizer.json").write_text('{"model": {"type": "Nonsense"}}')
+    result = _invoke("tokens", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"the tokenizer in {path}" in result.output and "tokenizer.json" in result.output
+
+
+def test_a_bad_generation_config_value_is_said_as_the_files(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.7, "top_p": 7.0}))
+    result = _invoke("generate", "The capital of France is", "--model", str(path), "-n", "3")
+    assert result.exit_code != 0 and "the model's generation_config.json has a bad value: top_p" in result.output
+    assert _invoke("generate", "The capital of France is", "--model", str(path), "-n", "3", "--top-p", "0.9",
+                   "-t", "0").exit_code == 0  # the user's own value goes over it
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00" * 64, b"<html>404 Not Found</html>" * 10, b"\xff" * 8 + b"{}"])
+def test_a_garbage_weights_file_names_the_file(tmp_path, garbage):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "model.safetensors").write_bytes(garbage)
+    result = _invoke("next-token", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"{path / 'model.safetensors'} is not a safetensors weights file" in result.output

@@ -78,26 +78,35 @@ class ChatSettings:
 SETTABLE = (*(f.name for f in FIELDS if f.settable), "max_new_tokens")
 
 
-def chat_defaults(generation_config: GenerationConfig | None) -> tuple[SamplingParams, str]:
-    """Sampling defaults from the model's generation config, and a phrase saying where they came from."""
+def chat_defaults(generation_config: GenerationConfig | None,
+                  given: dict[str, Any] | None = None) -> tuple[SamplingParams, str]:
+    """Sampling defaults from the model's generation config, with the user's `given` values over them, and a phrase
+    saying where the defaults came from. A bad value in the config (that `given` does not replace) is the file's."""
+    given = given or {}
     do_sample = getattr(generation_config, "do_sample", None)
     penalty = getattr(generation_config, "repetition_penalty", None) or 1.0
     if do_sample is None:
-        return CHAT_DEFAULT.updated(repetition_penalty=penalty), "lookinside's chat default, as the model's generation config sets none"
-    if not do_sample:
-        return SamplingParams(temperature=0, repetition_penalty=penalty), "the model's generation config (greedy)"
-    found = {f.name: getattr(generation_config, f.name, None) for f in FIELDS if f.from_generation_config}
-    chosen = {name: value for name, value in found.items() if value is not None}
-    return SamplingParams(**{**chosen, "repetition_penalty": penalty}), "the model's generation config"
+        chosen, source = {**CHAT_DEFAULT.to_json()}, "lookinside's chat default, as the model's generation config sets none"
+    elif not do_sample:
+        chosen, source = {"temperature": 0}, "the model's generation config (greedy)"
+    else:
+        found = {f.name: getattr(generation_config, f.name, None) for f in FIELDS if f.from_generation_config}
+        chosen, source = {name: value for name, value in found.items() if value is not None}, "the model's generation config"
+    try:
+        return SamplingParams.from_json({**chosen, "repetition_penalty": penalty, **given}), source
+    except errors.BadInput as exc:  # the user's values were checked before: this is the file's mistake
+        from lookinside.core.checks import generation_config_error
+
+        raise generation_config_error(exc) from None
 
 
 def chat_settings(generation_config: GenerationConfig | None, overrides: dict[str, Any],
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, trim: bool = True) -> ChatSettings:
     """The model's defaults with the options the user gave (None means not given) laid over them."""
-    params, source = chat_defaults(generation_config)
     given = {name: value for name, value in overrides.items() if value is not None}
+    params, source = chat_defaults(generation_config, given)
     if given:
-        params, source = params.updated(**given), f"{source}, then your options"
+        source = f"{source}, then your options"
     return ChatSettings(params=params, max_new_tokens=max_new_tokens, trim=trim, source=source)
 
 
