@@ -592,3 +592,69 @@ def test_a_garbage_weights_file_names_the_file(tmp_path, garbage):
     (path / "model.safetensors").write_bytes(garbage)
     result = _invoke("next-token", "hi", "--model", str(path))
     assert result.exit_code != 0 and f"{path / 'model.safetensors'} is not a safetensors weights file" in result.output
+
+
+# ---- transcripts: checked field by field; the REPL goes on ----------------------------------------------
+
+GOOD = {"version": 1, "model": "tiny", "system": None, "window": 0,
+        "messages": [{"role": "user", "content": "Japan?"},
+                     {"role": "assistant", "content": "Tokyo.", "tokens": [["Tokyo", 0.9, 1, [["Paris", 0.05]]],
+                                                                          [".", 0.99]]}],
+        "settings": {"params": {"temperature": 0.7}, "max_new_tokens": 40, "trim": True}}
+
+
+def _spoiled(change) -> dict:
+    data = json.loads(json.dumps(GOOD))
+    change(data)
+    return data
+
+
+BAD_TRANSCRIPTS = [
+    (lambda d: d.update(system=5), "system must be text or null"),
+    (lambda d: d.update(model=["tiny"]), "model must be a model's name"),
+    (lambda d: d.update(window="2"), "window must be a whole number >= 0"),
+    (lambda d: d.update(window=-1), "window must be a whole number >= 0"),
+    (lambda d: d.update(settings=[1]), "settings must be an object"),
+    (lambda d: d["settings"].update(params="hot"), "settings.params must be an object"),
+    (lambda d: d["settings"]["params"].update(temperature="hot"), "settings.params.temperature is wrong"),
+    (lambda d: d["settings"]["params"].update(top_k=2.5), "settings.params.top_k is wrong"),
+    (lambda d: d["settings"].update(max_new_tokens="many"), "settings.max_new_tokens must be a whole number"),
+    (lambda d: d["settings"].update(trim="yes"), "settings.trim must be true or false"),
+    (lambda d: d["messages"].append("hello"), "messages[2] must be an object"),
+    (lambda d: d["messages"][0].update(content=None), "messages[0].content must be text"),
+    (lambda d: d["messages"][1].update(cut="no"), "messages[1].cut must be true or false"),
+    (lambda d: d["messages"][1].update(tokens="Tokyo"), "messages[1].tokens must be a list"),
+    (lambda d: d["messages"][1]["tokens"].append([5, 0.5]), "messages[1].tokens[2] must be [text, probability]"),
+    (lambda d: d["messages"][1]["tokens"][0].__setitem__(1, 7), "messages[1].tokens[0][1] must be a probability"),
+    (lambda d: d["messages"][1]["tokens"][0].__setitem__(2, "first"), "messages[1].tokens[0][2] must be a rank"),
+    (lambda d: d["messages"][1]["tokens"][0].__setitem__(3, [["Paris"]]), "messages[1].tokens[0][3] must be a list"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_TRANSCRIPTS)
+def test_a_transcript_with_a_wrong_field_is_one_line_naming_the_file_and_the_field(tmp_path, change, message):
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(_spoiled(change)))
+    result = _invoke("chat", "--load", str(path), "--model", "tiny", "-t", "0", "And France?")
+    assert result.exit_code == 2 and f"{path}: {message}" in result.output, result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_bad_transcripts_on_load_leave_the_repl_going_and_export_working(tiny, tmp_path):
+    keys = f"Japan?{ENTER}"
+    for i, (change, _) in enumerate(BAD_TRANSCRIPTS):
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(_spoiled(change)))
+        keys += f"/load {path}{ENTER}"
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(GOOD))
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    keys += f"/load {fifo}{ENTER}/load {good}{ENTER}/why{ENTER}/export {tmp_path / 'out.html'}{ENTER}"
+    run = chat(tiny, keys, generate_fn=scripted("Tokyo."))
+    assert run.code == 0
+    for _, message in BAD_TRANSCRIPTS:
+        assert message in run.out, message
+    assert f"{fifo} is not a file" in run.out
+    assert "loaded 2 messages" in run.out and "Paris" in run.out  # /why from the saved runners-up
+    assert "Tokyo" in (tmp_path / "out.html").read_text()

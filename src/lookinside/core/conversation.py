@@ -24,6 +24,7 @@ from lookinside.core import errors
 from lookinside.core.backend import Resources
 from lookinside.core.finite import dumps
 from lookinside.core.journal import fold
+from lookinside.core.transcript_fields import checked
 from lookinside.core.prompting import Message, encode_messages
 from lookinside.core.sampling import FIELD, FIELDS, SamplingParams
 
@@ -395,6 +396,8 @@ def read_transcript(path: Path) -> tuple[Conversation, str | None]:
     """A conversation saved by `write_transcript`, and the model it was held with."""
     path = path.expanduser()
     try:
+        if path.exists() and not path.is_file():  # a directory, or a FIFO that would wait forever for a writer
+            raise errors.BadInput(f"{path} is not a file: give a transcript written by /save")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise errors.BadInput(f"no transcript at {path}") from None
@@ -404,21 +407,11 @@ def read_transcript(path: Path) -> tuple[Conversation, str | None]:
     if version is not None and version != TRANSCRIPT_VERSION:
         raise errors.BadInput(f"{path} is a transcript of version {version!r}; this lookinside reads version "
                               f"{TRANSCRIPT_VERSION}")
-    messages = data.get("messages") if isinstance(data, dict) else None
-    if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
-        raise errors.BadInput(f"{path} is not a lookinside transcript (no list of messages)")
-    conversation = Conversation(
-        system=data.get("system") or None,
-        messages=[dict(m) for m in messages],
-        settings=ChatSettings.from_json(data.get("settings") or {}),
-        window=min(int(data.get("window", 0)), len(messages)),
-    )
+    system, messages, window, settings, model = checked(data, path)  # each field, or one line naming it
+    conversation = Conversation(system=system, messages=messages, settings=ChatSettings.from_json(settings),
+                                window=window)
     fold(path, conversation)  # the reply a killed process was writing, as far as it got
-    return conversation, data.get("model")
-
-
-def _is_message(m: object) -> bool:
-    return isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+    return conversation, model
 
 
 def to_markdown(conversation: Conversation, model: str) -> str:
