@@ -658,3 +658,87 @@ def test_bad_transcripts_on_load_leave_the_repl_going_and_export_working(tiny, t
     assert f"{fifo} is not a file" in run.out
     assert "loaded 2 messages" in run.out and "Paris" in run.out  # /why from the saved runners-up
     assert "Tokyo" in (tmp_path / "out.html").read_text()
+
+
+# ---- a new user's first run -------------------------------------------------------------------------------
+
+def test_a_result_in_jupyter_is_drawn_once(tiny, monkeypatch):
+    import IPython.display
+    import rich.console
+
+    import lookinside as li
+
+    shown = []
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)  # as inside a kernel
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: shown.append(a))
+    html = li.next_token(tiny, "The capital of France is")._repr_html_()
+    assert "Paris" in html and shown == []  # the execute_result only, no display_data beside it
+
+
+# ---- the Python API: only the package's own errors, one line each ----------------------------------------
+
+@pytest.mark.parametrize("prompt", [123, None, b"The capital of France is", ["The"], 4.5])
+@pytest.mark.parametrize("fn", ["next_token", "compare", "generate", "forward", "attention", "lens", "tokens"])
+def test_the_api_refuses_a_prompt_of_the_wrong_type_with_its_own_error(tiny, fn, prompt):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError) as caught:
+        getattr(li, fn)(tiny, prompt)
+    message = str(caught.value)
+    assert "\n" not in message and f"{fn}() takes the " in message and "(str)" in message
+    if isinstance(prompt, bytes):
+        assert "decode" in message
+
+
+@pytest.mark.parametrize("fn", ["next_token", "compare", "generate", "forward", "attention", "lens", "tokens"])
+def test_the_api_refuses_a_string_where_the_model_goes(fn):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError, match=r"takes a model from li.load\(\) or li.wrap\(\), not the string 'tiny'"):
+        getattr(li, fn)("tiny", "The capital of France is")
+    with pytest.raises(LookinsideError, match="takes a model from li.load"):
+        getattr(li, fn)(None, "The capital of France is")
+
+
+@pytest.mark.parametrize("model", [None, 5, b"tiny", "", "   "])
+def test_load_refuses_what_is_not_a_model_name(model):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError, match="load\\(\\) takes a model name"):
+        li.load(model)
+
+
+def test_load_takes_a_path_object():
+    import lookinside as li
+    from lookinside.tiny import ASSETS
+
+    assert li.load(ASSETS, device="cpu").name == str(ASSETS)
+
+
+def test_a_model_on_the_meta_device_is_refused_in_one_line_and_inspect_still_works():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+    from lookinside.tiny import ASSETS
+
+    model = AutoModelForCausalLM.from_pretrained(ASSETS)
+    lm = li.wrap(model.to("meta"), AutoTokenizer.from_pretrained(ASSETS))
+    for fn in ("next_token", "forward", "lens", "generate", "compare", "attention"):
+        with pytest.raises(LookinsideError, match="are on the meta device"):
+            getattr(li, fn)(lm, "The capital of France is")
+    assert li.inspect(lm).to_dict()  # the architecture needs no values
+    assert li.tokens(lm, "hi").to_dict()["tokens"]
+    del torch
+
+
+def test_compare_refuses_an_unknown_sampling_keyword(tiny):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError, match="unknown keyword 'temprature'"):
+        li.compare(tiny, "The capital of France is", temprature=0.5)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from lookinside.core import errors
+from lookinside.core import arguments, errors
 from lookinside.core.request import (
     AttentionRequest,
     BenchSettings,
@@ -90,6 +90,7 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
     """Load a model as the command line does (`tiny`, a Hub id or a directory), checked as it loads."""
     from lookinside.core import loading
 
+    model = arguments.model_name(model)
     return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
                                  max_memory=max_memory, quantize=quantize, threads=threads,
                                  trust_remote_code=trust_remote_code))
@@ -158,6 +159,7 @@ def next_token(lm: LM, prompt: str, *, top_k: int = 10, temperature: float | Non
     from lookinside.core import predict
     from lookinside.ui.next_token import next_token_json, next_token_view
 
+    arguments.view(lm, prompt, "next_token")
     request = NextTokenRequest(prompt, top_k=top_k, temperature=temperature, chat=chat)
     return Result(predict.next_token(lm, request), next_token_view, next_token_json)
 
@@ -168,6 +170,8 @@ def compare(lm: LM, prompt: str, *, samples: int = 3, max_new_tokens: int = 40, 
     from lookinside.core import compare as core_compare
     from lookinside.ui.compare import compare_json, compare_view
 
+    arguments.view(lm, prompt, "compare")
+    arguments.sampling(sampling, "compare")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
     request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
     return Result(core_compare.compare(lm, request), compare_view, compare_json)
@@ -222,6 +226,7 @@ def generate(lm: LM, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str,
     from lookinside.core.generate import generate as start
     from lookinside.core.prompting import encode_prompt
 
+    arguments.view(lm, prompt, "generate")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
     params = ChatRequest(sampling, max_new_tokens).settings(lm.model.generation_config).params
     ids = encode_prompt(lm.tokenizer, prompt, chat=chat)
@@ -236,6 +241,7 @@ def bench(lm: LM, *, new_tokens: int = 100, warmup: int = 1, repeat: int = 3, mo
     from lookinside.core.request import parse_sweep
     from lookinside.ui.bench import bench_json, bench_view
 
+    arguments.lm(lm, "bench")
     settings = BenchSettings(new_tokens=new_tokens, warmup=warmup, repeat=repeat, modes=modes_for(cache, modes),
                              prompt=prompt, prompt_tokens=prompt_tokens, sweep=parse_sweep(sweep),
                              bandwidth_gbs=bandwidth, reference=reference)
@@ -249,6 +255,7 @@ def inspect(model: LM | str) -> Result[Any]:
 
     if isinstance(model, str):
         return Result(anatomy.inspect_model(LoadSpec(model=model)), anatomy_view, anatomy_json)
+    arguments.lm(model, "inspect", runs=False)
     return Result(anatomy.anatomy_of(model.name, model.model), anatomy_view, anatomy_json)
 
 
@@ -257,6 +264,7 @@ def tokens(lm: LM, text: str, *, chat: bool = False) -> Result[Any]:
     from lookinside.core import tokens as core_tokens
     from lookinside.ui.tokens import tokens_json, tokens_view
 
+    arguments.view(lm, text, "tokens", what="text", runs=False)
     return Result(core_tokens.tokenize(lm.name, lm.tokenizer, text, chat=chat), tokens_view, tokens_json)
 
 
@@ -266,6 +274,7 @@ def forward(lm: LM, prompt: str, *, chat: bool = False) -> Result[Any]:
     from lookinside.core.prompting import check_prompt
     from lookinside.ui.forward import forward_json, forward_view
 
+    arguments.view(lm, prompt, "forward")
     check_prompt(prompt)
     return Result(hooks.trace_forward(lm, prompt, chat=chat), forward_view, forward_json)
 
@@ -275,6 +284,7 @@ def attention(lm: LM, prompt: str, *, layer: int = 0, head: int | None = None, c
     from lookinside.core import attention as core_attention
     from lookinside.ui.attention import attention_json, attention_view
 
+    arguments.view(lm, prompt, "attention")
     request = AttentionRequest(prompt, layer=layer, head=head, chat=chat)
     before = lm.attn_implementation
     try:
@@ -291,6 +301,7 @@ def lens(lm: LM, prompt: str, *, top_k: int = 3, position: int = -1, all_positio
     from lookinside.core import lens as core_lens
     from lookinside.ui.lens import lens_json, lens_view
 
+    arguments.view(lm, prompt, "lens")
     request = LensRequest(prompt, top_k=top_k, position=position, all_positions=all_positions, chat=chat)
     return Result(core_lens.logit_lens(lm, request), lens_view, lens_json)
 
