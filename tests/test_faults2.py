@@ -742,3 +742,61 @@ def test_compare_refuses_an_unknown_sampling_keyword(tiny):
 
     with pytest.raises(LookinsideError, match="unknown keyword 'temprature'"):
         li.compare(tiny, "The capital of France is", temprature=0.5)
+
+
+def test_a_prompt_from_stdin_loses_echos_newline_and_only_that(tmp_path):
+    from lookinside.cli.inputs import drop_final_newline
+
+    assert drop_final_newline("The capital of Italy is\n") == "The capital of Italy is"
+    assert drop_final_newline("two\n\n") == "two\n" and drop_final_newline("dos\r\n") == "dos"
+    assert drop_final_newline("none") == "none"
+
+
+@pytest.mark.slow
+def test_echo_into_generate_answers_as_the_argument_does():
+    piped = subprocess.run([sys.executable, "-m", "lookinside", "generate", "-", "--model", "tiny", "-t", "0", "-n", "4"],
+                           input=b"The capital of Italy is\n", capture_output=True, env=ENV, timeout=600)
+    argued = subprocess.run([sys.executable, "-m", "lookinside", "generate", "The capital of Italy is", "--model",
+                             "tiny", "-t", "0", "-n", "4"], capture_output=True, env=ENV, timeout=600)
+    assert piped.returncode == 0 and piped.stdout == argued.stdout and piped.stdout.startswith(b" Rome")
+
+
+def _started(process: subprocess.Popen, words: int, limit_s: float = 600) -> bytes:
+    """Read the process's stdout until `words` words are out (the state we wait for), with a generous limit."""
+    import selectors
+
+    seen = b""
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    end = time.monotonic() + limit_s
+    while len(seen.split()) < words:
+        if time.monotonic() > end or process.poll() is not None:
+            raise AssertionError(f"{words} words never came: {seen[-300:]!r}")
+        if selector.select(timeout=1):
+            seen += os.read(process.stdout.fileno(), 4096)
+    return seen
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_generate_keeps_the_text_and_exits_130_with_a_note():
+    process = subprocess.Popen([sys.executable, "-m", "lookinside", "generate", "Once upon a time", "--model", "tiny",
+                                "-n", "490", "--ignore-eos", "-t", "1", "--seed", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    seen = _started(process, 2)  # the first words are out: generation is under way
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 130
+    assert (seen + out).strip() and "error: interrupted after" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0, 1.5])
+def test_ctrl_c_in_the_first_second_prints_no_traceback(delay):
+    process = subprocess.Popen([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    time.sleep(delay)  # the point is the moment: somewhere in the imports
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode in (130, 0), err.decode()  # 0: it had already answered
+    assert "Traceback" not in err.decode() and "KeyboardInterrupt" not in err.decode()

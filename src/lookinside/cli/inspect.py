@@ -24,7 +24,7 @@ from lookinside.cli.options import (
 from lookinside.core.spec import LoadSpec
 
 TextArg = Annotated[Optional[str], typer.Argument(
-    metavar="[TEXT]", help="The text to cut into tokens (- reads stdin; or --file PATH).", show_default=False,
+    metavar="[TEXT]", help="The text to cut into tokens (- reads stdin; or --file PATH; one trailing newline is dropped).", show_default=False,
     callback=text_argument)]
 LayerOpt = Annotated[int, typer.Option("--layer", "-l", help="Which decoder block (0 is the first, -1 the last).")]
 HeadOpt = Annotated[Optional[int], typer.Option(

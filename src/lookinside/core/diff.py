@@ -23,7 +23,7 @@ import torch
 from lookinside.core import errors
 from lookinside.core.detokenize import token_text
 from lookinside.core.generate import collect
-from lookinside.core.prompting import check_prompt
+from lookinside.core.prompting import check_fits, check_prompt
 from lookinside.core.records import first_difference
 from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
@@ -130,10 +130,16 @@ class Diff:
         return sorted(self.positions, key=lambda p: p.kl, reverse=True)[:n]
 
 
-def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20) -> Side:
-    """Run `lm` over `text` (teacher forcing, in chunks of its context) and greedily on from the text's end."""
+def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20, chunked: bool = False) -> Side:
+    """Run `lm` over `text` (teacher forcing) and greedily on from the text's end.
+
+    A text over the context is refused, as by every command, unless `chunked`: then it is read in
+    chunks of the context length, each starting cold.
+    """
     check_prompt(text)
     ids = list(lm.tokenizer(text).input_ids)
+    if not chunked:
+        check_fits(len(ids), lm.context_length)
     if len(ids) < 2:
         raise errors.BadInput("the text is one token long: a diff needs at least two tokens to predict one")
     logprobs = teacher_forced_logprobs(lm, ids)
@@ -155,12 +161,13 @@ def teacher_forced_logprobs(lm: LM, ids: list[int]) -> torch.Tensor:
     return torch.cat(rows)[: len(ids) - 1]  # (positions, vocab)
 
 
-def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str, top_k: int = 10) -> Diff:
+def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str, top_k: int = 10,
+             chunked: bool = False) -> Diff:
     """Load A, read the text, let A go; the same for B; then compare them position by position."""
     sides = []
     for spec in (a, b):
         lm = load(spec)
-        sides.append(read_side(lm, text, describe_load(lm, spec)))
+        sides.append(read_side(lm, text, describe_load(lm, spec), chunked=chunked))
         del lm
         gc.collect()
     return compare_sides(sides[0], sides[1], top_k)
