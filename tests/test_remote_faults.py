@@ -45,7 +45,7 @@ def closed_port() -> int:
 
 def test_nothing_listening():
     result = llm("next-token", "hi", "--endpoint", f"http://127.0.0.1:{closed_port()}/v1")
-    assert "nothing answers at http://127.0.0.1" in one_error_line(result) and result.seconds < 10
+    assert "nothing answers at http://127.0.0.1" in one_error_line(result) and result.seconds < 45
 
 
 def test_a_server_that_is_not_openai_compatible():
@@ -94,7 +94,7 @@ def test_a_server_without_logprobs():
 def test_a_timeout_is_one_line_within_seconds():
     with FakeServer("stall") as url:
         result = llm("chat", "hi", "--endpoint", url, env={"LOOKINSIDE_TIMEOUT": "1"})
-    assert "did not answer within 1 s" in one_error_line(result) and result.seconds < 10
+    assert "did not answer within 1 s" in one_error_line(result) and result.seconds < 45  # not the default 60 s
 
 
 def test_a_server_gone_mid_reply_keeps_the_partial_reply_marked_as_cut(tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def sse(*tokens: tuple[str, object], finish: str | None = "stop", done: bool = T
 def test_a_server_that_drips_one_byte_a_second_times_out_as_lookinside_timeout_says():
     with Scripted(MODELS, sse(("Hello", -0.1), (" there", -0.2)), drip=1.0) as url:
         result = llm("chat", "hi", "--endpoint", url, env={"LOOKINSIDE_TIMEOUT": "3"})
-    assert result.exit_code != 0 and result.seconds < 30, (result.seconds, result.output)
+    assert result.exit_code != 0 and result.seconds < 45, (result.seconds, result.output)  # never, without a deadline
     assert "3 s" in result.output and "LOOKINSIDE_TIMEOUT" in result.output and "Traceback" not in result.output
 
 
@@ -212,7 +212,7 @@ def test_a_models_list_that_drips_times_out_as_a_whole():
     with Scripted(MODELS, drip=1.0, drip_models=True) as url:
         result = llm("next-token", "hi", "--endpoint", url, env={"LOOKINSIDE_TIMEOUT": "2"})
     line = one_error_line(result)
-    assert "did not answer within 2 s" in line and result.seconds < 30
+    assert "did not answer within 2 s" in line and result.seconds < 45
 
 
 @pytest.mark.parametrize("value", ["abc", "inf", "-1", "0", "nan", "1e999"])
