@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +68,8 @@ def _regular(path: Path) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise BrokenModel(f"{path} is missing") from None
+        hint = ": a model directory holds one (is this the model's directory?)" if path.name == "config.json" else ""
+        raise BrokenModel(f"{path} is missing{hint}") from None
     except OSError as exc:
         raise BrokenModel(f"cannot read {path}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(mode):
@@ -108,7 +109,7 @@ def _check_weights(path: Path) -> None:
                 header = file.read(size) if 0 < size <= SAFETENSORS_HEADER_LIMIT else b""
                 if not header.startswith(b"{") or not isinstance(json.loads(header), dict):
                     raise ValueError
-            elif not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save's zip, or a pickle
+            elif not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a pickle
                 raise ValueError
     except BrokenModel as exc:
         raise errors.CorruptWeights(str(exc)) from None

@@ -24,9 +24,9 @@ from lookinside.core import errors
 from lookinside.core.backend import Resources
 from lookinside.core.finite import dumps
 from lookinside.core.journal import fold
-from lookinside.core.transcript_fields import checked
 from lookinside.core.prompting import Message, encode_messages
 from lookinside.core.sampling import FIELD, FIELDS, SamplingParams
+from lookinside.core.transcript_fields import checked
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedTokenizerBase

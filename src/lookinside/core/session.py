@@ -13,14 +13,13 @@ The seed a reply used is the stream's (`stream.seed`), never a copy. Nothing her
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lookinside.core import errors
-from lookinside.core.journal import Journal, journal_path, remove_stale, token_record
 from lookinside.core.conversation import (
     Conversation,
     Fitted,
@@ -29,6 +28,7 @@ from lookinside.core.conversation import (
     reply_stats,
     write_transcript,
 )
+from lookinside.core.journal import Journal, journal_path, remove_stale, token_record
 from lookinside.core.records import Step
 from lookinside.core.request import GenerationSettings
 
