@@ -4,6 +4,13 @@ A checked example is a plain or ```text block whose first line is `$ COMMAND`; t
 `$ ` line are what COMMAND printed. `llm` runs as `python -m lookinside` from this checkout, at 80
 columns, offline. Text must match line for line (trailing spaces aside); numbers may differ by one
 unit in the last digit the page prints (so 2.5e-05 and 2.4e-05 agree, 0.9995 and 0.9990 do not).
+
+A block of figures that another CPU computes differently (bfloat16 rounding, a KL of 1e-06) is
+marked on the line just before its fence, and then its numbers may differ by that share and its
+bar charts (runs of ▁▂▃▄▅▆▇█) may take another shape; the words must still match:
+
+    <!-- check_docs: measured, numbers within 50% -->
+
 Skipped, with the reason printed: timings (`llm bench`, which the pages show from a measured run),
 other scripts, and commands that need a GPU or a download.
 
@@ -26,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:\.\d+)?(?:e[-+]?\d+)?")
+MEASURED = re.compile(r"<!--\s*check_docs:\s*measured,\s*numbers within (\d+(?:\.\d+)?)%\s*-->")
+BARS = re.compile(r"[ ▁▂▃▄▅▆▇█]*[▁▂▃▄▅▆▇█][ ▁▂▃▄▅▆▇█]*")
 SKIP = {
     "llm bench": "timings: the page shows a measured run",
     "LOOKINSIDE_ENDPOINT=$(scripts/vllm.sh url)": "needs a running server (scripts/vllm.sh start)",
@@ -46,6 +55,7 @@ class Example:
     line: int  # 1-based line of the `$ ` command
     command: str
     shown: list[str]
+    tolerance: float | None = None  # a measured block's share by which numbers may differ (see the docstring)
 
 
 def examples(page: Path) -> list[Example]:
@@ -54,6 +64,7 @@ def examples(page: Path) -> list[Example]:
     lines = page.read_text(encoding="utf-8").splitlines()
     fenced = checked = False
     current: Example | None = None
+    tolerance: float | None = None
     for number, line in enumerate(lines, start=1):
         if line.startswith("```"):
             if current:
@@ -61,11 +72,13 @@ def examples(page: Path) -> list[Example]:
             current = None
             fenced = not fenced
             checked = fenced and line.strip() in ("```", "```text", "```console")
+            marker = MEASURED.search(lines[number - 2]) if fenced and number >= 2 else None
+            tolerance = float(marker.group(1)) / 100 if marker else None
             continue
         if checked and line.startswith("$ "):
             if current:
                 found.append(current)
-            current = Example(page, number, line[2:].strip(), [])
+            current = Example(page, number, line[2:].strip(), [], tolerance)
         elif checked and current:
             current.shown.append(line)
     return found
@@ -96,15 +109,18 @@ def run(command: str) -> list[str]:
     return out.stdout.splitlines()
 
 
-def same_line(shown: str, got: str) -> bool:
-    """Equal text, and numbers within one unit of the last digit the page prints."""
+def same_line(shown: str, got: str, tolerance: float | None = None) -> bool:
+    """Equal text, and numbers within one unit of the last digit the page prints (or `tolerance`, in a measured
+    block, where bar charts may also take another shape)."""
     shown, got = shown.rstrip(), got.rstrip()
+    if tolerance is not None:
+        shown, got = BARS.sub("▇", shown).rstrip(), BARS.sub("▇", got).rstrip()
     if NUMBER.sub("#", shown) != NUMBER.sub("#", got):
         return False
-    return all(_close(a, b) for a, b in zip(NUMBER.findall(shown), NUMBER.findall(got)))
+    return all(_close(a, b, tolerance) for a, b in zip(NUMBER.findall(shown), NUMBER.findall(got)))
 
 
-def _close(shown: str, got: str) -> bool:
+def _close(shown: str, got: str, tolerance: float | None = None) -> bool:
     if shown == got:
         return True
     try:
@@ -114,7 +130,7 @@ def _close(shown: str, got: str) -> bool:
     mantissa, _, exponent = shown.lower().partition("e")
     decimals = len(mantissa.partition(".")[2])
     unit = 10.0 ** (-decimals + (int(exponent) if exponent else 0))
-    return abs(a - b) <= unit * 1.0001
+    return abs(a - b) <= max(unit * 1.0001, (tolerance or 0.0) * abs(a))
 
 
 def check(example: Example) -> str | None:
@@ -122,9 +138,9 @@ def check(example: Example) -> str | None:
     got = run(example.command)
     shown = [line for line in example.shown if line.strip() != "..."]
     if "..." in (line.strip() for line in example.shown):  # the page elides: compare the lines it shows, in order
-        got = [line for line in got if any(same_line(s, line) for s in shown)] or got
+        got = [line for line in got if any(same_line(s, line, example.tolerance) for s in shown)] or got
     for i, (a, b) in enumerate(zip(shown, got)):
-        if not same_line(a, b):
+        if not same_line(a, b, example.tolerance):
             return f"line {example.line + 1 + i}: page shows {a.rstrip()!r}, the command printed {b.rstrip()!r}"
     if len(shown) != len(got):
         return f"the page shows {len(shown)} lines, the command printed {len(got)}: " + (

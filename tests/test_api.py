@@ -45,7 +45,7 @@ def lm():
 
 def test_import_lookinside_imports_no_torch():
     code = "import sys, lookinside as li; li.Result; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)  # a hang, not a slow box
     assert out.stdout.split() == ["False", "False"]
 
 

@@ -467,7 +467,7 @@ def _pane(session: str) -> str:
                           text=True).stdout
 
 
-def _wait_for(session: str, pattern: str, deadline_s: float = 60) -> str:
+def _wait_for(session: str, pattern: str, deadline_s: float = 300) -> str:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         pane = _pane(session)

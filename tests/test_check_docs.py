@@ -33,3 +33,17 @@ def test_the_test_count_is_read_from_the_suites_closing_line(monkeypatch, tmp_pa
     monkeypatch.setattr(check_docs, "ROOT", tmp_path)
     assert check_docs.check_test_count("10 passed, 2 skipped in 3.1s") is None
     assert "says 12 tests; the suite ran 11" in check_docs.check_test_count("10 passed, 1 skipped in 3.1s")
+
+
+def test_a_measured_block_tolerates_what_another_cpu_computes_and_nothing_else(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- check_docs: measured, numbers within 50% -->\n```text\n$ llm diff x\n│ KL median │ 6.10e-06 │\n"
+                    "```\n\n```text\n$ llm other\nKL 6.10e-06\n```\n")
+    measured, plain = check_docs.examples(page)
+    assert measured.tolerance == 0.5 and plain.tolerance is None
+    assert check_docs.same_line("│ KL median │ 6.10e-06 │", "│ KL median │ 5.87e-06 │", measured.tolerance)
+    assert not check_docs.same_line("│ KL median │ 6.10e-06 │", "│ KL median │ 5.87e-06 │", plain.tolerance)
+    assert not check_docs.same_line("│ KL median │ 6.10e-06 │", "│ KL median │ 1.50e-05 │", measured.tolerance)
+    assert not check_docs.same_line("│ KL median │ 6.10e-06 │", "│ KL mean │ 6.10e-06 │", measured.tolerance)
+    assert check_docs.same_line("         ┤▃▃ ▅▁ ▁▁▃▁▃▃█▁ ▁▁███▂", "         ┤▃▂ ▅▂ ▁▁▃▁▃▃█▁ ▂▁██▇▂", 0.5)
+    assert not check_docs.same_line("         ┤▃▃ ▅▁ ▁▁▃▁▃▃█▁ ▁▁███▂", "         ┤▃▂ ▅▂ ▁▁▃▁▃▃█▁ ▂▁██▇▂")

@@ -190,7 +190,7 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path: Path, monkeypatch):
 @pytest.mark.parametrize(("content", "message"), [
     (None, "no transcript at"),
     ("{not json", "not a readable JSON transcript"),
-    ('{"messages": [{"role": "wizard", "content": "x"}]}', "not a lookinside transcript"),
+    ('{"messages": [{"role": "wizard", "content": "x"}]}', r"messages\[0\].role must be \"user\" or \"assistant\""),
     ('{"messages": [], "settings": {"params": {"temperature": -1}}}', "temperature must be >= 0"),
     ('{"version": 7, "messages": []}', "a transcript of version 7; this lookinside reads version 1"),
     ("[1, 2]", "not a lookinside transcript"),

@@ -61,7 +61,9 @@ def test_different_vocabularies_are_refused(tiny, tmp_path):
 
 def test_a_text_longer_than_the_context_is_read_in_chunks(tiny):
     long = " ".join(["The capital of France is Paris."] * 90)
-    side = read_side(tiny, long, "a")
+    with pytest.raises(BadInput, match="more than the model's context of 512 tokens"):
+        read_side(tiny, long, "a")  # refused, as by every command
+    side = read_side(tiny, long, "a", chunked=True)  # unless asked for
     assert len(side.ids) > tiny.context_length
     assert side.logprobs.shape == (len(side.ids) - 1, 1024)
     with torch.inference_mode():  # the second chunk starts afresh: its first row is what a cold prompt gives

@@ -101,9 +101,9 @@ def test_two_chats_in_the_same_second_get_two_files(tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: fmt.replace("%Y%m%d-%H%M%S", "20260101-120000"))
     here = new_chat_file("session")
-    other = subprocess.run([sys.executable, "-c", "import time; time.strftime = lambda f, *a: f.replace("
-                            "'%Y%m%d-%H%M%S', '20260101-120000'); from lookinside.core.paths import new_chat_file; "
-                            "print(new_chat_file('session'))"],
+    code = ("import time; time.strftime = lambda f, *a: f.replace('%Y%m%d-%H%M%S', '20260101-120000'); "
+            "from lookinside.core.paths import new_chat_file; print(new_chat_file('session'))")
+    other = subprocess.run([sys.executable, "-c", code],
                            env={**ENV, "LOOKINSIDE_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, check=True)
     assert here.name.startswith("session-20260101-120000") and Path(other.stdout.strip()).name.startswith(
         "session-20260101-120000")
@@ -230,16 +230,16 @@ def test_kill_9_mid_reply_then_resume_shows_the_question_and_the_partial_reply(t
             wait_until(lambda: gone(pid), "the chat's death")
         (autosave,) = (data / "chats").glob("session-*.json")
         assert journal_path(autosave).exists()
-        with FakeServer("ok") as url2:
-            with terminal(chat_command(data, "--resume", "--endpoint", url2, then="; echo EXITED=$?; sleep 60")) as again:
-                _wait_for(again, r"(?s)going on from .*session.*2 messages")
-                _wait_for(again, r"user: Remember the question\.")
-                _wait_for(again, r"assistant \(cut\): Hello there")
-                _type(again, "/why")
-                _wait_for(again, r"Hello\s+│\s+0\.905")  # exp(-0.1), from the saved probabilities
-                _type(again, "/exit")
-                pane = _wait_for(again, r"EXITED=\d+")
-                assert "EXITED=0" in pane and "Traceback" not in pane
+        resume = chat_command(data, "--resume", "--endpoint", url, then="; echo EXITED=$?; sleep 60")
+        with terminal(resume) as again:  # the same server: it answers the next question the same way
+            _wait_for(again, r"(?s)going on from .*session.*2 messages")
+            _wait_for(again, r"user: Remember the question\.")
+            _wait_for(again, r"assistant \(cut\): Hello there")
+            _type(again, "/why")
+            _wait_for(again, r"Hello\s+│\s+0\.905")  # exp(-0.1), from the saved probabilities
+            _type(again, "/exit")
+            pane = _wait_for(again, r"EXITED=\d+")
+            assert "EXITED=0" in pane and "Traceback" not in pane
     messages = json.loads(autosave.read_text())["messages"]
     assert messages == [{"role": "user", "content": "Remember the question."},
                         {**messages[1], "role": "assistant", "content": "Hello there", "cut": True}]
@@ -250,13 +250,12 @@ def test_kill_9_mid_reply_then_resume_shows_the_question_and_the_partial_reply(t
 @pytest.mark.slow
 def test_closing_the_terminal_mid_reply_saves_the_question_and_the_partial_reply(tmp_path):
     data = tmp_path / "data"
-    with FakeServer("drip") as url:
-        with terminal(chat_command(data, "--endpoint", url)) as session:
-            pid = int(re.search(r"PID=(\d+)", _wait_for(session, r"(?m)^>>>")).group(1))
-            _type(session, "Do not lose me.")
-            _wait_for(session, r"Hello there")
-            subprocess.run(["tmux", "kill-session", "-t", session], check=True)  # the terminal goes: SIGHUP
-            wait_until(lambda: gone(pid), "the chat's exit after SIGHUP")
+    with FakeServer("drip") as url, terminal(chat_command(data, "--endpoint", url)) as session:
+        pid = int(re.search(r"PID=(\d+)", _wait_for(session, r"(?m)^>>>")).group(1))
+        _type(session, "Do not lose me.")
+        _wait_for(session, r"Hello there")
+        subprocess.run(["tmux", "kill-session", "-t", session], check=True)  # the terminal goes: SIGHUP
+        wait_until(lambda: gone(pid), "the chat's exit after SIGHUP")
     (rescued,) = wait_until(lambda: list((data / "chats").glob("rescued-*.json")), "the rescued file")
     (autosave,) = (data / "chats").glob("session-*.json")
     for path in (rescued, autosave):
@@ -402,7 +401,7 @@ def test_dash_and_dev_stdout_are_standard_output(name):
 @pytest.mark.slow
 def test_dev_stdout_in_a_real_process_is_the_pipe(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny", "--svg",
-                          "/dev/stdout"], env=ENV, capture_output=True, timeout=600, cwd=tmp_path)
+                          "/dev/stdout"], env=ENV, capture_output=True, timeout=600, cwd=tmp_path, check=False)
     assert out.returncode == 0 and b"<svg" in out.stdout and b"Traceback" not in out.stderr
     assert not (tmp_path / "-").exists()
 
@@ -485,3 +484,319 @@ def test_a_repetition_penalty_near_zero_does_not_break_sampling():
     result = _invoke("generate", "The capital of France is", "--model", "tiny", "-t", "0.7",
                      "--repetition-penalty", "1e-300", "-n", "4", "--seed", "1")
     assert result.exit_code == 0 and result.stdout.strip()
+
+
+# ---- broken models: each error names the file and the field -------------------------------------------
+
+def _with_config(tmp_path: Path, change) -> Path:
+    path = _broken_tiny(tmp_path, "model")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(change(config)))
+    return path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: {**c, "vocab_size": 0}, "vocab_size must be a positive whole number, not 0"),
+    (lambda c: {**c, "vocab_size": -5}, "vocab_size must be a positive whole number, not -5"),
+    (lambda c: {**c, "num_hidden_layers": 0}, "num_hidden_layers must be a positive whole number, not 0"),
+    (lambda c: {**c, "max_position_embeddings": 0}, "max_position_embeddings must be a positive whole number, not 0"),
+    (lambda c: {**c, "num_attention_heads": 3}, "hidden_size 128 is not divisible by num_attention_heads 3"),
+    (lambda c: {**c, "num_key_value_heads": 3}, "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    (lambda c: {**c, "rope_parameters": {**c["rope_parameters"], "rope_type": "sideways"}}, "rope type 'sideways'"),
+    (lambda c: {**c, "pad_token_id": 5000}, "pad_token_id 5000 is outside the vocabulary of 1024 tokens"),
+    (lambda c: {**c, "eos_token_id": [975, -1]}, "eos_token_id -1 is outside the vocabulary"),
+    (lambda c: {**c, "rms_norm_eps": -1e-5}, "rms_norm_eps must be a small positive number"),
+    (lambda c: [c], "holds a JSON list, not an object of settings"),
+    (lambda c: {k: v for k, v in c.items() if k != "model_type"}, "has no \"model_type\""),
+])
+@pytest.mark.parametrize("command", ["next-token", "inspect"])
+def test_a_broken_config_is_one_line_naming_the_file_and_the_field(tmp_path, change, message, command):
+    path = _with_config(tmp_path, change)
+    result = _invoke(command, *(["hi"] if command != "inspect" else []), "--model", str(path))
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert str(path / "config.json") in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_a_config_that_is_not_json_names_the_line(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "config.json").write_text('{"model_type": "phi3",\n  "vocab_size": }')
+    result = _invoke("next-token", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"{path / 'config.json'} is not valid JSON" in result.output
+    assert "line 2" in result.output
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "missing"])
+def test_a_config_json_that_is_not_a_file_is_named(tmp_path, kind):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "config.json").unlink()
+    if kind == "directory":
+        (path / "config.json").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path / "config.json")
+    started = time.monotonic()
+    result = _invoke("next-token", "hi", "--model", str(path))
+    expected = {"directory": "is a directory, not a file", "fifo": "is a FIFO, not a file", "missing": "is missing"}
+    assert result.exit_code != 0 and f"{path / 'config.json'} {expected[kind]}" in result.output
+    assert time.monotonic() - started < 60  # a FIFO is not opened: nothing waits for a writer
+
+
+def test_an_unreadable_model_directory_is_named(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every directory: permissions cannot be tested as root")
+    path = _broken_tiny(tmp_path, "model")
+    path.chmod(0o000)
+    try:
+        result = _invoke("next-token", "hi", "--model", str(path))
+    finally:
+        path.chmod(0o755)
+    assert result.exit_code != 0 and f"cannot read the model directory {path}: permission denied" in result.output
+
+
+def test_an_unreadable_config_is_named(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "config.json").unlink()
+    (path / "config.json").symlink_to(path / "config.json")  # a link to itself: unreadable for root too
+    result = _invoke("next-token", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"cannot read {path / 'config.json'}" in result.output
+
+
+@pytest.mark.parametrize("command", ["next-token", "tokens"])
+def test_a_corrupt_tokenizer_names_tokenizer_json(tmp_path, command):
+    path = _broken_tiny(tmp_path, "model")
+    text = (path / "tokenizer.json").read_text()
+    (path / "tokenizer.json").write_text(text[: len(text) // 2])  # a download cut half-way
+    result = _invoke(command, "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"{path / 'tokenizer.json'} is not valid JSON" in result.output
+
+
+def test_a_tokenizer_of_the_wrong_structure_names_the_tokenizer_files(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "tokenizer.json").write_text('{"model": {"type": "Nonsense"}}')
+    result = _invoke("tokens", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"the tokenizer in {path}" in result.output and "tokenizer.json" in result.output
+
+
+def test_a_bad_generation_config_value_is_said_as_the_files(tmp_path):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.7, "top_p": 7.0}))
+    result = _invoke("generate", "The capital of France is", "--model", str(path), "-n", "3")
+    assert result.exit_code != 0 and "the model's generation_config.json has a bad value: top_p" in result.output
+    assert _invoke("generate", "The capital of France is", "--model", str(path), "-n", "3", "--top-p", "0.9",
+                   "-t", "0").exit_code == 0  # the user's own value goes over it
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00" * 64, b"<html>404 Not Found</html>" * 10, b"\xff" * 8 + b"{}"])
+def test_a_garbage_weights_file_names_the_file(tmp_path, garbage):
+    path = _broken_tiny(tmp_path, "model")
+    (path / "model.safetensors").write_bytes(garbage)
+    result = _invoke("next-token", "hi", "--model", str(path))
+    assert result.exit_code != 0 and f"{path / 'model.safetensors'} is not a safetensors weights file" in result.output
+
+
+# ---- transcripts: checked field by field; the REPL goes on ----------------------------------------------
+
+GOOD = {"version": 1, "model": "tiny", "system": None, "window": 0,
+        "messages": [{"role": "user", "content": "Japan?"},
+                     {"role": "assistant", "content": "Tokyo.", "tokens": [["Tokyo", 0.9, 1, [["Paris", 0.05]]],
+                                                                          [".", 0.99]]}],
+        "settings": {"params": {"temperature": 0.7}, "max_new_tokens": 40, "trim": True}}
+
+
+def _spoiled(change) -> dict:
+    data = json.loads(json.dumps(GOOD))
+    change(data)
+    return data
+
+
+BAD_TRANSCRIPTS = [
+    (lambda d: d.update(system=5), "system must be text or null"),
+    (lambda d: d.update(model=["tiny"]), "model must be a model's name"),
+    (lambda d: d.update(window="2"), "window must be a whole number >= 0"),
+    (lambda d: d.update(window=-1), "window must be a whole number >= 0"),
+    (lambda d: d.update(settings=[1]), "settings must be an object"),
+    (lambda d: d["settings"].update(params="hot"), "settings.params must be an object"),
+    (lambda d: d["settings"]["params"].update(temperature="hot"), "settings.params.temperature is wrong"),
+    (lambda d: d["settings"]["params"].update(top_k=2.5), "settings.params.top_k is wrong"),
+    (lambda d: d["settings"].update(max_new_tokens="many"), "settings.max_new_tokens must be a whole number"),
+    (lambda d: d["settings"].update(trim="yes"), "settings.trim must be true or false"),
+    (lambda d: d["messages"].append("hello"), "messages[2] must be an object"),
+    (lambda d: d["messages"][0].update(content=None), "messages[0].content must be text"),
+    (lambda d: d["messages"][1].update(cut="no"), "messages[1].cut must be true or false"),
+    (lambda d: d["messages"][1].update(tokens="Tokyo"), "messages[1].tokens must be a list"),
+    (lambda d: d["messages"][1]["tokens"].append([5, 0.5]), "messages[1].tokens[2] must be [text, probability]"),
+    (lambda d: d["messages"][1]["tokens"][0].__setitem__(1, 7), "messages[1].tokens[0][1] must be a probability"),
+    (lambda d: d["messages"][1]["tokens"][0].__setitem__(2, "first"), "messages[1].tokens[0][2] must be a rank"),
+    (lambda d: d["messages"][1]["tokens"][0].__setitem__(3, [["Paris"]]), "messages[1].tokens[0][3] must be a list"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_TRANSCRIPTS)
+def test_a_transcript_with_a_wrong_field_is_one_line_naming_the_file_and_the_field(tmp_path, change, message):
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(_spoiled(change)))
+    result = _invoke("chat", "--load", str(path), "--model", "tiny", "-t", "0", "And France?")
+    assert result.exit_code == 2 and f"{path}: {message}" in result.output, result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_bad_transcripts_on_load_leave_the_repl_going_and_export_working(tiny, tmp_path):
+    keys = f"Japan?{ENTER}"
+    for i, (change, _) in enumerate(BAD_TRANSCRIPTS):
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(_spoiled(change)))
+        keys += f"/load {path}{ENTER}"
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(GOOD))
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    keys += f"/load {fifo}{ENTER}/load {good}{ENTER}/why{ENTER}/export {tmp_path / 'out.html'}{ENTER}"
+    run = chat(tiny, keys, generate_fn=scripted("Tokyo."))
+    assert run.code == 0
+    for _, message in BAD_TRANSCRIPTS:
+        assert message in run.out, message
+    assert f"{fifo} is not a file" in run.out
+    assert "loaded 2 messages" in run.out and "Paris" in run.out  # /why from the saved runners-up
+    assert "Tokyo" in (tmp_path / "out.html").read_text()
+
+
+# ---- a new user's first run -------------------------------------------------------------------------------
+
+def test_a_result_in_jupyter_is_drawn_once(tiny, monkeypatch):
+    import IPython.display
+    import rich.console
+
+    import lookinside as li
+
+    shown = []
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)  # as inside a kernel
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: shown.append(a))
+    html = li.next_token(tiny, "The capital of France is")._repr_html_()
+    assert "Paris" in html and shown == []  # the execute_result only, no display_data beside it
+
+
+# ---- the Python API: only the package's own errors, one line each ----------------------------------------
+
+@pytest.mark.parametrize("prompt", [123, None, b"The capital of France is", ["The"], 4.5])
+@pytest.mark.parametrize("fn", ["next_token", "compare", "generate", "forward", "attention", "lens", "tokens"])
+def test_the_api_refuses_a_prompt_of_the_wrong_type_with_its_own_error(tiny, fn, prompt):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError) as caught:
+        getattr(li, fn)(tiny, prompt)
+    message = str(caught.value)
+    assert "\n" not in message and f"{fn}() takes the " in message and "(str)" in message
+    if isinstance(prompt, bytes):
+        assert "decode" in message
+
+
+@pytest.mark.parametrize("fn", ["next_token", "compare", "generate", "forward", "attention", "lens", "tokens"])
+def test_the_api_refuses_a_string_where_the_model_goes(fn):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError, match=r"takes a model from li.load\(\), li.wrap\(\) or li.connect\(\), not the string 'tiny'"):
+        getattr(li, fn)("tiny", "The capital of France is")
+    with pytest.raises(LookinsideError, match="takes a model from li.load"):
+        getattr(li, fn)(None, "The capital of France is")
+
+
+@pytest.mark.parametrize("model", [None, 5, b"tiny", "", "   "])
+def test_load_refuses_what_is_not_a_model_name(model):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError, match="load\\(\\) takes a model name"):
+        li.load(model)
+
+
+def test_load_takes_a_path_object():
+    import lookinside as li
+    from lookinside.tiny import ASSETS
+
+    assert li.load(ASSETS, device="cpu").name == str(ASSETS)
+
+
+def test_a_model_on_the_meta_device_is_refused_in_one_line_and_inspect_still_works():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+    from lookinside.tiny import ASSETS
+
+    model = AutoModelForCausalLM.from_pretrained(ASSETS)
+    lm = li.wrap(model.to("meta"), AutoTokenizer.from_pretrained(ASSETS))
+    for fn in ("next_token", "forward", "lens", "generate", "compare", "attention"):
+        with pytest.raises(LookinsideError, match="are on the meta device"):
+            getattr(li, fn)(lm, "The capital of France is")
+    assert li.inspect(lm).to_dict()  # the architecture needs no values
+    assert li.tokens(lm, "hi").to_dict()["tokens"]
+    del torch
+
+
+def test_compare_refuses_an_unknown_sampling_keyword(tiny):
+    import lookinside as li
+    from lookinside.core.errors import LookinsideError
+
+    with pytest.raises(LookinsideError, match="unknown keyword 'temprature'"):
+        li.compare(tiny, "The capital of France is", temprature=0.5)
+
+
+def test_a_prompt_from_stdin_loses_echos_newline_and_only_that(tmp_path):
+    from lookinside.cli.inputs import drop_final_newline
+
+    assert drop_final_newline("The capital of Italy is\n") == "The capital of Italy is"
+    assert drop_final_newline("two\n\n") == "two\n" and drop_final_newline("dos\r\n") == "dos"
+    assert drop_final_newline("none") == "none"
+
+
+@pytest.mark.slow
+def test_echo_into_generate_answers_as_the_argument_does():
+    piped = subprocess.run([sys.executable, "-m", "lookinside", "generate", "-", "--model", "tiny", "-t", "0", "-n", "4"],
+                           input=b"The capital of Italy is\n", capture_output=True, env=ENV, timeout=600, check=False)
+    argued = subprocess.run([sys.executable, "-m", "lookinside", "generate", "The capital of Italy is", "--model",
+                             "tiny", "-t", "0", "-n", "4"], capture_output=True, env=ENV, timeout=600, check=False)
+    assert piped.returncode == 0 and piped.stdout == argued.stdout and piped.stdout.startswith(b" Rome")
+
+
+def _started(process: subprocess.Popen, words: int, limit_s: float = 600) -> bytes:
+    """Read the process's stdout until `words` words are out (the state we wait for), with a generous limit."""
+    import selectors
+
+    seen = b""
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    end = time.monotonic() + limit_s
+    while len(seen.split()) < words:
+        if time.monotonic() > end or process.poll() is not None:
+            raise AssertionError(f"{words} words never came: {seen[-300:]!r}")
+        if selector.select(timeout=1):
+            seen += os.read(process.stdout.fileno(), 4096)
+    return seen
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_generate_keeps_the_text_and_exits_130_with_a_note():
+    process = subprocess.Popen([sys.executable, "-m", "lookinside", "generate", "Once upon a time", "--model", "tiny",
+                                "-n", "490", "--ignore-eos", "-t", "1", "--seed", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    seen = _started(process, 2)  # the first words are out: generation is under way
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 130
+    assert (seen + out).strip() and "error: interrupted after" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0, 1.5])
+def test_ctrl_c_in_the_first_second_prints_no_traceback(delay):
+    process = subprocess.Popen([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    time.sleep(delay)  # the point is the moment: somewhere in the imports
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode in (130, 0), err.decode()  # 0: it had already answered
+    assert "Traceback" not in err.decode() and "KeyboardInterrupt" not in err.decode()

@@ -55,7 +55,7 @@ def test_llm_tokens_for_the_default_model_needs_no_network():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LOOKINSIDE_MODEL": ""}
     env.pop("LOOKINSIDE_MODEL")
     out = subprocess.run([sys.executable, "-m", "lookinside", "tokens", "The capital of France is", "--json"],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["model"] == DEFAULT_MODEL

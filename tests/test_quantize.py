@@ -100,7 +100,7 @@ def test_library_warnings_stay_off_the_terminal():
     import sys
 
     out = subprocess.run([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny"], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=600)
     assert out.returncode == 0 and out.stderr == ""
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from lookinside.core import errors
+from lookinside.core import arguments, errors
 from lookinside.core.request import (
     BenchSettings,
     CompareRequest,
@@ -96,6 +96,7 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
     """Load a model as the command line does (`tiny`, a Hub id, a directory, a GGUF file or `ollama:NAME`)."""
     from lookinside.core import loading
 
+    model = arguments.model_name(model)
     return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
                                  max_memory=max_memory, quantize=quantize, threads=threads,
                                  trust_remote_code=trust_remote_code))
@@ -161,6 +162,8 @@ def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
 def compare(lm: LM, prompt: str, *, samples: int = 3, max_new_tokens: int = 40, stop: tuple[str, ...] = (),
             ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Result[Any]:
     """Greedy decoding beside `samples` seeded samples (`llm compare`); sampling keywords as the flags."""
+    arguments.view(lm, prompt, "compare")
+    arguments.sampling(sampling, "compare")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
     request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
     return Result.of(VIEWS["compare"], VIEWS["compare"].run(lm, request))
@@ -207,6 +210,7 @@ def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: 
     from lookinside.core.conversation import ChatRequest
     from lookinside.ui.generate import Source
 
+    arguments.view(lm, prompt, "generate")
     backend = as_backend(lm)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
     params = ChatRequest(sampling, max_new_tokens).settings(backend.generation_config).params
@@ -234,6 +238,7 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
     from lookinside.core.backend import as_backend
     from lookinside.core.request import parse_sweep
 
+    arguments.lm(lm, "bench")
     settings = BenchSettings(new_tokens=new_tokens, warmup=warmup, repeat=repeat, modes=modes_for(cache, modes),
                              prompt=prompt, prompt_tokens=prompt_tokens, sweep=parse_sweep(sweep),
                              bandwidth_gbs=bandwidth, reference=reference)
@@ -254,6 +259,8 @@ def inspect(model: LM | str) -> Result[Any]:
     from lookinside.core.anatomy import on_meta
     from lookinside.core.request import InspectRequest
 
+    if not isinstance(model, str):
+        arguments.lm(model, "inspect", runs=False)
     source = on_meta(LoadSpec(model=model)) if isinstance(model, str) else model
     return Result.of(VIEWS["inspect"], VIEWS["inspect"].run(source, InspectRequest()))
 
@@ -263,6 +270,9 @@ def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     from lookinside.core import diff as core_diff
     from lookinside.ui.diff import diff_json, diff_view
 
+    for side in (a, b):
+        arguments.lm(side, "diff")
+    arguments.text(text, "text", "diff")
     _whole_k(top_k)
     sides = [core_diff.read_side(lm, text, core_diff.describe(lm)) for lm in (a, b)]
     core_diff.check_same_vocabulary(*sides)
@@ -279,6 +289,10 @@ def _view_function(name: str) -> Callable[..., Result[Any]]:
     view = VIEWS[name]
 
     def function(lm: LM, *args: Any, **kwargs: Any) -> Result[Any]:
+        fn = name.replace("-", "_")
+        arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))
+        if view.text is not None:
+            arguments.text(args[0] if args else kwargs.get(view.text), view.text, fn)
         try:
             request = view.request(*args, **kwargs)
         except TypeError as exc:  # an unknown keyword, a missing prompt
@@ -314,6 +328,7 @@ def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str
     """Remove heads (`heads=[(0, 1)]` or `["0.1"]`) or a layer's part, or sweep them (`llm ablate`)."""
     from lookinside.core.interventions.requests import AblateRequest, parse_head
 
+    arguments.view(lm, prompt, "ablate")
     pairs = tuple(parse_head(h) if isinstance(h, str) else tuple(h) for h in heads)
     request = AblateRequest(prompt, heads=pairs, layer=layer, part=part, mode=mode, sweep=sweep,  # type: ignore[arg-type]
                             top_k=top_k, chat=chat)
@@ -325,6 +340,8 @@ def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: 
     """Activation patching: `prob[layer][position]` of the target with the clean activation put back (`llm patch`)."""
     from lookinside.core.interventions.requests import PatchRequest
 
+    arguments.view(lm, clean, "patch", what="clean prompt")
+    arguments.text(corrupt, "corrupt prompt", "patch")
     request = PatchRequest(clean, corrupt, target=target, part=part, chat=chat)  # type: ignore[arg-type]
     return Result.of(VIEWS["patch"], VIEWS["patch"].run(lm, request))
 
@@ -334,6 +351,8 @@ def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: 
     """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default."""
     from lookinside.core.interventions.requests import SteerRequest
 
+    arguments.view(lm, prompt, "steer")
+    arguments.sampling(sampling, "steer")
     request = SteerRequest(prompt, add=add, subtract=subtract, layer=layer, alpha=alpha,
                            params=SamplingParams(**{"temperature": 0.0, **sampling}), max_new_tokens=max_new_tokens,
                            chat=chat)

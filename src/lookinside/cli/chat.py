@@ -64,6 +64,8 @@ def chat(
         repl.show_stats = False
         repl.send(message)
         repl.save_quietly()
+        if repl.stream_broken:  # the reply was cut (and kept): not a success for a script
+            raise typer.Exit(1)
         return
     resumed = f" · going on from {source} ({len(conversation.messages)} messages)" if source else ""
     console.print(f"[dim]chatting with {backend.name}{resumed} · /help lists the commands · Ctrl-D leaves[/]")

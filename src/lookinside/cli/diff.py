@@ -11,7 +11,7 @@ from lookinside.core.spec import LoadSpec
 
 AGAINST = "Against (B)"
 TextArg = Annotated[Optional[str], typer.Argument(
-    metavar="[TEXT]", help="The text both models read (- reads stdin).", show_default=False, callback=text_argument)]
+    metavar="[TEXT]", help="The text both models read (- reads stdin; one trailing newline is dropped).", show_default=False, callback=text_argument)]
 
 
 @model_options
@@ -33,6 +33,9 @@ def diff(
         "--against-quantize", metavar="KIND", rich_help_panel=AGAINST, show_default=False,
         help="Load B quantized: int8 (torchao) | 8bit | 4bit (bitsandbytes, CUDA).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many top tokens to compare for the overlap.")] = 10,
+    chunked: Annotated[bool, typer.Option(
+        "--chunked", help="Read a text longer than the context in chunks of it, each starting cold "
+                          "(without it such a text is refused).")] = False,
     json: JsonOpt = False,
     *,
     spec: LoadSpec,
@@ -56,5 +59,5 @@ def diff(
     text = text_or_file(text, file)
     other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
                     attn=against_attn or spec.attn, quantize=against_quantize or spec.quantize)
-    result = core_diff.run_diff(load_with_progress, spec, other, text, top_k=top_k)
+    result = core_diff.run_diff(load_with_progress, spec, other, text, top_k=top_k, chunked=chunked)
     show(result, diff_view, diff_json, as_json=json, keep=keep)

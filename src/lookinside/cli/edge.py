@@ -75,6 +75,8 @@ def quiet_stdout() -> None:
 
 def run(app: Callable[..., Any], **kwargs: Any) -> NoReturn:
     """Run the Typer app, then flush stdout ourselves: every way out is an exit code, never a traceback."""
+    if getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_interrupted_while_starting":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is KeyboardInterrupt, handled below
     if sys.stdout is None:  # started with `>&-`: nowhere to put results
         _say("error: standard output is closed: nothing can be shown (redirect it to a file or /dev/null)")
         os._exit(EXIT_OUTPUT)

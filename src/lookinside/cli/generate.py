@@ -19,7 +19,7 @@ from lookinside.cli.options import (
 from lookinside.core.spec import LoadSpec
 
 PromptText = Annotated[Optional[str], typer.Argument(
-    metavar="[PROMPT]", help="The text to continue (- reads stdin).", show_default=False, callback=text_argument)]
+    metavar="[PROMPT]", help="The text to continue (- reads stdin; one trailing newline is dropped).", show_default=False, callback=text_argument)]
 StopOpt = Annotated[Optional[list[str]], typer.Option(
     "--stop", help="Stop when this text appears (repeatable); it is not printed.", rich_help_panel=SAMPLING_PANEL,
     show_default=False)]
@@ -81,3 +81,7 @@ def generate(
             stderr_console().print(f"note: {note}", highlight=False, markup=False)
     if not (json or jsonl) and sys.stderr is not None and sys.stderr.isatty():
         stderr_console().print(f"[dim]{stats_line(run)}[/]", highlight=False)
+    if run.interrupted:  # what came is printed (in the JSON too, finish "interrupted"); the exit code says it was cut
+        from lookinside.cli.edge import EXIT_INTERRUPTED, fail
+
+        fail(f"interrupted after {len(run.steps)} tokens; the output above stops there", EXIT_INTERRUPTED)

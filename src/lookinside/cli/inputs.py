@@ -2,8 +2,8 @@
 
 Python hands over argv bytes that are not UTF-8 as lone surrogates (`\\udcff`), which a
 tokenizer refuses with a TypeError. Every PROMPT/TEXT argument goes through `text_argument`
-(a Typer callback): `-` reads standard input, and bytes that are not UTF-8 become U+FFFD with
-a one-line warning on stderr. Binary input (a NUL byte) is refused. No torch here.
+(a Typer callback): `-` reads standard input (one trailing newline dropped, as `echo` adds it),
+and bytes that are not UTF-8 become U+FFFD with a one-line warning on stderr. Binary input (a NUL byte) is refused. No torch here.
 """
 
 from __future__ import annotations
@@ -58,10 +58,20 @@ def read_file(path: Path) -> str:
 
 
 def text_or_file(text: str | None, file: Path | None) -> str:
-    """The text of a command that takes TEXT, - or --file PATH: exactly one of them."""
+    """The text of a command that takes TEXT, - or --file PATH: exactly one of them (a file's last newline dropped)."""
     if (text is None) == (file is None):
         raise BadInput("give the text: as an argument, - for standard input, or --file PATH (one of them)")
-    return read_file(file) if file is not None else text  # type: ignore[return-value]
+    return drop_final_newline(read_file(file)) if file is not None else text  # type: ignore[return-value]
+
+
+def drop_final_newline(text: str) -> str:
+    """`text` without ONE trailing newline: `echo` and editors end every line with one, and a prompt ending in
+    a newline asks for something else (the tiny model answers "9 + 0 = 9." instead of " Rome."). Like
+    simonw/llm and ollama, only the last one goes; blank lines the user meant stay."""
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            return text[: -len(ending)]
+    return text
 
 
 def text_argument(value: str | None) -> str | None:
@@ -69,7 +79,9 @@ def text_argument(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        return read_stdin("standard input (PROMPT -)") if value == STDIN else clean(value, "the argument")
+        if value == STDIN:
+            return drop_final_newline(read_stdin("standard input (PROMPT -)"))
+        return clean(value, "the argument")
     except BadInput as exc:  # parsing happens before the command's own error handling
         raise typer.BadParameter(str(exc)) from None
 

@@ -26,7 +26,7 @@ from lookinside.core.spec import LoadSpec
 from lookinside.views import VIEWS
 
 TextArg = Annotated[Optional[str], typer.Argument(
-    metavar="[TEXT]", help="The text to cut into tokens (- reads stdin; or --file PATH).", show_default=False,
+    metavar="[TEXT]", help="The text to cut into tokens (- reads stdin; or --file PATH; one trailing newline is dropped).", show_default=False,
     callback=text_argument)]
 LayerOpt = Annotated[int, typer.Option("--layer", "-l", help="Which decoder block (0 is the first, -1 the last).")]
 HeadOpt = Annotated[Optional[int], typer.Option(

@@ -26,7 +26,7 @@ SAMPLING_PANEL = "Sampling"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the view.")]
 ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template first.")]
 PromptArg = Annotated[Optional[str], typer.Argument(
-    metavar="[PROMPT]", help="The text to run through the model (- reads stdin; or --file PATH).", show_default=False,
+    metavar="[PROMPT]", help="The text to run through the model (- reads stdin; or --file PATH; one trailing newline is dropped).", show_default=False,
     callback=text_argument)]
 FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", metavar="PATH", help="Read the text from this file.",
                                                  show_default=False)]

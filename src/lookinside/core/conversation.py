@@ -26,6 +26,7 @@ from lookinside.core.finite import dumps
 from lookinside.core.journal import fold
 from lookinside.core.prompting import Message, encode_messages
 from lookinside.core.sampling import FIELD, FIELDS, SamplingParams
+from lookinside.core.transcript_fields import checked
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedTokenizerBase
@@ -78,26 +79,35 @@ class ChatSettings:
 SETTABLE = (*(f.name for f in FIELDS if f.settable), "max_new_tokens")
 
 
-def chat_defaults(generation_config: GenerationConfig | None) -> tuple[SamplingParams, str]:
-    """Sampling defaults from the model's generation config, and a phrase saying where they came from."""
+def chat_defaults(generation_config: GenerationConfig | None,
+                  given: dict[str, Any] | None = None) -> tuple[SamplingParams, str]:
+    """Sampling defaults from the model's generation config, with the user's `given` values over them, and a phrase
+    saying where the defaults came from. A bad value in the config (that `given` does not replace) is the file's."""
+    given = given or {}
     do_sample = getattr(generation_config, "do_sample", None)
     penalty = getattr(generation_config, "repetition_penalty", None) or 1.0
     if do_sample is None:
-        return CHAT_DEFAULT.updated(repetition_penalty=penalty), "lookinside's chat default, as the model's generation config sets none"
-    if not do_sample:
-        return SamplingParams(temperature=0, repetition_penalty=penalty), "the model's generation config (greedy)"
-    found = {f.name: getattr(generation_config, f.name, None) for f in FIELDS if f.from_generation_config}
-    chosen = {name: value for name, value in found.items() if value is not None}
-    return SamplingParams(**{**chosen, "repetition_penalty": penalty}), "the model's generation config"
+        chosen, source = {**CHAT_DEFAULT.to_json()}, "lookinside's chat default, as the model's generation config sets none"
+    elif not do_sample:
+        chosen, source = {"temperature": 0}, "the model's generation config (greedy)"
+    else:
+        found = {f.name: getattr(generation_config, f.name, None) for f in FIELDS if f.from_generation_config}
+        chosen, source = {name: value for name, value in found.items() if value is not None}, "the model's generation config"
+    try:
+        return SamplingParams.from_json({**chosen, "repetition_penalty": penalty, **given}), source
+    except errors.BadInput as exc:  # the user's values were checked before: this is the file's mistake
+        from lookinside.core.checks import generation_config_error
+
+        raise generation_config_error(exc) from None
 
 
 def chat_settings(generation_config: GenerationConfig | None, overrides: dict[str, Any],
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, trim: bool = True) -> ChatSettings:
     """The model's defaults with the options the user gave (None means not given) laid over them."""
-    params, source = chat_defaults(generation_config)
     given = {name: value for name, value in overrides.items() if value is not None}
+    params, source = chat_defaults(generation_config, given)
     if given:
-        params, source = params.updated(**given), f"{source}, then your options"
+        source = f"{source}, then your options"
     return ChatSettings(params=params, max_new_tokens=max_new_tokens, trim=trim, source=source)
 
 
@@ -387,6 +397,8 @@ def read_transcript(path: Path) -> tuple[Conversation, str | None]:
     """A conversation saved by `write_transcript`, and the model it was held with."""
     path = path.expanduser()
     try:
+        if path.exists() and not path.is_file():  # a directory, or a FIFO that would wait forever for a writer
+            raise errors.BadInput(f"{path} is not a file: give a transcript written by /save")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise errors.BadInput(f"no transcript at {path}") from None
@@ -396,21 +408,11 @@ def read_transcript(path: Path) -> tuple[Conversation, str | None]:
     if version is not None and version != TRANSCRIPT_VERSION:
         raise errors.BadInput(f"{path} is a transcript of version {version!r}; this lookinside reads version "
                               f"{TRANSCRIPT_VERSION}")
-    messages = data.get("messages") if isinstance(data, dict) else None
-    if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
-        raise errors.BadInput(f"{path} is not a lookinside transcript (no list of messages)")
-    conversation = Conversation(
-        system=data.get("system") or None,
-        messages=[dict(m) for m in messages],
-        settings=ChatSettings.from_json(data.get("settings") or {}),
-        window=min(int(data.get("window", 0)), len(messages)),
-    )
+    system, messages, window, settings, model = checked(data, path)  # each field, or one line naming it
+    conversation = Conversation(system=system, messages=messages, settings=ChatSettings.from_json(settings),
+                                window=window)
     fold(path, conversation)  # the reply a killed process was writing, as far as it got
-    return conversation, data.get("model")
-
-
-def _is_message(m: object) -> bool:
-    return isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+    return conversation, model
 
 
 def to_markdown(conversation: Conversation, model: str) -> str:

@@ -21,7 +21,7 @@ import torch
 from lookinside.core import errors
 from lookinside.core.detokenize import token_text
 from lookinside.core.generate import collect
-from lookinside.core.prompting import check_prompt
+from lookinside.core.prompting import check_fits, check_prompt
 from lookinside.core.records import WORST, Diff, Position, first_difference  # noqa: F401  (the records live there)
 from lookinside.core.request import GenerationSettings
 from lookinside.core.sampling import SamplingParams
@@ -49,13 +49,18 @@ class Side:
     context_length: int
 
 
-def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20, ids: list[int] | None = None) -> Side:
+def read_side(lm: LM, text: str, how: str, continuation_tokens: int = 20, ids: list[int] | None = None,
+              chunked: bool = False) -> Side:
     """Run `lm` over `text` (teacher forcing, in chunks of its context) and greedily on from the text's end.
 
-    `ids`: read these token ids instead of the ones `lm`'s tokenizer makes of `text` (B reads A's).
+    `ids`: read these token ids instead of the ones `lm`'s tokenizer makes of `text` (B reads A's). A text over
+    the context is refused, as by every command, unless `chunked`: then it is read in chunks of the context
+    length, each starting cold.
     """
     check_prompt(text)
     ids = list(lm.tokenizer(text).input_ids) if ids is None else list(ids)
+    if not chunked:
+        check_fits(len(ids), lm.context_length)
     if len(ids) < 2:
         raise errors.BadInput("the text is one token long: a diff needs at least two tokens to predict one")
     logprobs = teacher_forced_logprobs(lm, ids)
@@ -77,7 +82,8 @@ def teacher_forced_logprobs(lm: LM, ids: list[int]) -> torch.Tensor:
     return torch.cat(rows)[: len(ids) - 1]  # (positions, vocab)
 
 
-def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str, top_k: int = 10) -> Diff:
+def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str, top_k: int = 10,
+             chunked: bool = False) -> Diff:
     """Load A, read the text, let A go; the same for B; then compare them position by position."""
     sides: list[Side] = []
     for spec in (a, b):
@@ -85,7 +91,8 @@ def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str
         if sides:  # B reads A's ids, so a tokenizer that splits some text otherwise (a GGUF's) changes nothing
             _refuse_other_vocabulary(sides[0].name, sides[0].tokenizer, sides[0].logprobs.shape[-1],
                                      lm.name, lm.tokenizer, lm.model.get_output_embeddings().weight.shape[0])
-        sides.append(read_side(lm, text, describe(lm, spec.quantize), ids=sides[0].ids if sides else None))
+        sides.append(read_side(lm, text, describe(lm, spec.quantize), ids=sides[0].ids if sides else None,
+                               chunked=chunked))
         del lm
         gc.collect()
     return compare_sides(sides[0], sides[1], top_k)

@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from lookinside.core import errors
+from lookinside.core.remote_guard import DeadlinePassed, deadline
 
 
 def call(root: str, path: str, key: str | None, body: Any, timeout_s: float) -> Any:
@@ -26,15 +27,17 @@ def call(root: str, path: str, key: str | None, body: Any, timeout_s: float) -> 
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(root + path, data=data, headers=headers, method="POST" if data else "GET")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (an http(s) URL we built)
+        with deadline(timeout_s), urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return json.loads(response.read())
+    except DeadlinePassed:  # a server that drips: the socket's timeout is per read, this one is for the whole answer
+        raise errors.RemoteError(f"the server at {root} did not answer within {timeout_s:g} s") from None
     except urllib.error.HTTPError as exc:
         raise _refusal(root, exc) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise errors.RemoteError(f"nothing answers at {root} ({reason}): is the server running?") from None
     except ValueError:
-        raise errors.RemoteError(f"{root}{path} answered, but not with JSON: not a lookinside server") from None
+        raise errors.RemoteError(f"{root}{path} answered, but not with JSON") from None
 
 
 def _refusal(root: str, exc: urllib.error.HTTPError) -> errors.LookinsideError:

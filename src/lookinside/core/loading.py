@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from lookinside.core import errors, gguf
+from lookinside.core import checks, errors, gguf
 from lookinside.core.quantize import (
     Quantized,
     convert_after_loading,
@@ -175,9 +175,11 @@ def load_config(spec: LoadSpec) -> tuple[str, PretrainedConfig]:
         return str(file.path), config
     source = CARRIED_CONFIGS.get(spec.model) if spec.random_weights else None
     source = str(source) if source and not _cached_on_disk(spec.model) else resolve_source(spec.model)
+    checks.check_files(spec.model, source)  # a local directory's files, before transformers reads them
     with _hub_errors(spec.model):
         config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
     check_causal_lm(spec.model, config)
+    checks.check_config(spec.model, config, checks.config_file(spec.model, source))
     return source, config
 
 
@@ -207,7 +209,8 @@ def load_tokenizer(spec: LoadSpec, source: str | None = None) -> PreTrainedToken
         with _hub_errors(spec.model):
             return gguf.load_tokenizer(file, spec.trust_remote_code)
     source = source or carried_tokenizer(spec.model) or resolve_source(spec.model)
-    with _hub_errors(spec.model):
+    checks.check_files(spec.model, source, checks.TOKENIZER_FILES)
+    with _hub_errors(spec.model), checks.naming_the_tokenizer(source):
         return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
 
 
@@ -399,7 +402,8 @@ def _translate(name: str, exc: Exception) -> errors.LookinsideError:
         return errors.CorruptWeights(f"the weights of {name!r} are damaged or incomplete: {_first_line(exc)}")
     if "Unrecognized configuration class" in text or "Unrecognized model" in text:
         return errors.NotACausalLM(f"{name!r} is not a causal language model transformers can load")
-    if any(isinstance(e, hub.StrictDataclassFieldValidationError) for e in chain):
+    if any(isinstance(e, (hub.StrictDataclassFieldValidationError, hub.StrictDataclassClassValidationError))
+           for e in chain):
         return errors.LookinsideError(f"the config.json of {name!r} is invalid: {' '.join(str(exc).split())}")
     if isinstance(exc, (TypeError, AttributeError)):  # a config field of the wrong type, met while building the model
         return errors.LookinsideError(f"cannot build {name!r} from its config.json: {_first_line(exc)}")

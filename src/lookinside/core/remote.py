@@ -23,11 +23,12 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
+from lookinside.core import remote_guard as guard
 from lookinside.core.backend import Capabilities, Resources
 from lookinside.core.conversation import Conversation, Fitted
 from lookinside.core.prompting import chat_messages
@@ -67,13 +68,12 @@ class RemoteSpec:
     endpoint: str
     api_key: str | None = field(default=None, repr=False)
     model: str | None = None  # None: the server's only model
-    timeout_s: float = field(default_factory=lambda: float(os.environ.get("LOOKINSIDE_TIMEOUT") or 60))
+    timeout_s: float = field(default_factory=guard.timeout_from_env)  # each request's deadline, and each chunk's
 
     def __post_init__(self) -> None:
-        if not self.endpoint.startswith(("http://", "https://")):
-            raise errors.BadInput(f"--endpoint must be an http:// or https:// URL, not {self.endpoint!r}")
-        if not self.timeout_s > 0:
-            raise errors.BadInput(f"the timeout must be positive, not {self.timeout_s}")
+        guard.check_endpoint(self.endpoint)
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise errors.BadInput(f"the timeout must be a positive number of seconds, not {self.timeout_s}")
 
     @property
     def base_url(self) -> str:
@@ -96,22 +96,24 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
     client = openai.OpenAI(base_url=spec.base_url, api_key=spec.api_key or "none", timeout=spec.timeout_s,
                            max_retries=1)
     with _translated(spec):
-        served = list(client.models.list().data)
+        served = guard.model_ids(client.models.list().data, spec.base_url)
     if not served:
         raise errors.RemoteError(f"the server at {spec.base_url} serves no model")
-    names = [m.id for m in served]
+    names = [name for name, _ in served]
     if spec.model is None:
         if len(served) > 1:
             raise errors.BadInput(f"the server serves several models; choose one with --model: {', '.join(names)}")
-        chosen = served[0]
+        name, chosen = served[0]
     else:
-        chosen = next((m for m in served if m.id == spec.model), None)
-        if chosen is None:
+        name, chosen = next(((n, m) for n, m in served if n == spec.model), (None, None))
+        if name is None:
             raise errors.BadInput(f"the server does not serve {spec.model!r}; it serves: {', '.join(names)}")
-    context = getattr(chosen, "max_model_len", None)
-    kind = detect(spec.base_url, chosen.model_dump(), spec.api_key, spec.timeout_s)
-    return RemoteBackend(client, replace(spec, model=chosen.id), int(context) if context else kind.context_length,
-                         str(getattr(chosen, "owned_by", "") or ""), kind)
+    context = guard.context_length(chosen)
+    kind = detect(spec.base_url, chosen if isinstance(chosen, dict) else chosen.model_dump(), spec.api_key,
+                  spec.timeout_s)
+    return RemoteBackend(client, replace(spec, model=name), context or kind.context_length,
+                         str((chosen.get("owned_by") if isinstance(chosen, dict) else getattr(chosen, "owned_by", ""))
+                             or ""), kind)
 
 
 def server_capabilities(kind: ServerKind) -> Capabilities:
@@ -320,8 +322,8 @@ class RemoteBackend:
         # that carries no token, and that reason belongs to the last step.
         index, finish_reason, held = 0, None, None
         try:
-            with _translated(self.spec, streaming=True):
-                for chunk in response:
+            with _translated(self.spec, streaming=True, timed=False):
+                for chunk in _each_within(response, self.spec.timeout_s):  # a deadline per chunk, not per byte
                     finish_reason = finish_reason or _finish_reason(chunk)
                     for token, lp, top, finish in _chunk_tokens(chunk):
                         now = time.perf_counter()
@@ -342,6 +344,7 @@ class RemoteBackend:
     def _step(self, index: int, token: str, logprob: float, top: dict[str, float], seconds: float,
               finish: str | None) -> Step:
         ranked = _ranked(top)
+        logprob = guard.logprob(logprob, token)
         rank = 1 + sum(1 for _, lp in ranked if lp > logprob)
         alternatives = tuple((self.intern(text), math.exp(lp)) for text, lp in ranked[:TOP_ALTERNATIVES])
         ended: Finish | None = None
@@ -382,8 +385,19 @@ def _looks_special(token: str) -> bool:
 
 
 def _ranked(top: dict[str, float] | None) -> list[tuple[str, float]]:
-    """A top-logprobs mapping as (text, logprob) pairs, most probable first."""
-    return sorted((top or {}).items(), key=lambda item: -item[1])
+    """A top-logprobs mapping as (text, logprob) pairs, most probable first (each checked: a number <= 0)."""
+    return sorted(((text, guard.logprob(lp, text)) for text, lp in (top or {}).items()), key=lambda item: -item[1])
+
+
+def _each_within(response: Any, seconds: float) -> Iterator[Any]:
+    """The stream's chunks, each one waited for at most `seconds` (the timer is off while the caller has it)."""
+    chunks = iter(response)
+    while True:
+        with guard.deadline(seconds):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def _at_temperature(top: Sequence[tuple[str, float]], index: int, temperature: float | None) -> float | None:
@@ -454,15 +468,25 @@ def _chunk_tokens(chunk: Any) -> Iterator[tuple[str, float, dict[str, float], st
 
 
 @contextmanager
-def _translated(spec: RemoteSpec, streaming: bool = False) -> Iterator[None]:
-    """The openai client's errors as one-line RemoteErrors that name the server, never the key."""
+def _translated(spec: RemoteSpec, streaming: bool = False, timed: bool = True) -> Iterator[None]:
+    """The openai client's errors as one-line RemoteErrors that name the server, never the key.
+
+    With `timed`, the whole block has `spec.timeout_s` (the client's own timeout is per read).
+    """
     import openai
 
     transport = _transport_errors()
 
     url = spec.base_url
     try:
-        yield
+        with guard.deadline(spec.timeout_s) if timed else nullcontext():
+            yield
+    except guard.DeadlinePassed:
+        if streaming:
+            raise errors.StreamBroken(f"the server at {url} sent nothing for {spec.timeout_s:g} s mid-reply "
+                                      "(LOOKINSIDE_TIMEOUT)") from None
+        raise errors.RemoteError(f"the server at {url} did not answer within {spec.timeout_s:g} s "
+                                 "(LOOKINSIDE_TIMEOUT)") from None
     except errors.LookinsideError:
         raise
     except openai.APITimeoutError:

@@ -39,11 +39,14 @@ def server_root(url: str) -> str:
 def probe(url: str, key: str | None, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """The facts of the lookinside server at `url` (GET /lookinside/v1/info), or None when it is another server."""
     try:
-        return call(server_root(url), INFO_PATH, key, None, timeout_s)
+        info = call(server_root(url), INFO_PATH, key, None, timeout_s)
     except errors.RemoteError as exc:
-        if "answered 404" in str(exc) or "not a lookinside server" in str(exc):
+        if "answered 404" in str(exc) or "not with JSON" in str(exc):
             return None
         raise
+    except errors.BadInput:  # a 4xx other than 404: a server that is not ours, refusing a path it does not know
+        return None
+    return info if isinstance(info, dict) and info.get("lookinside") is True else None
 
 
 def connect(endpoint: str, api_key: str | None = None, model: str | None = None) -> ServedBackend | RemoteBackend:

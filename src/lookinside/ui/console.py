@@ -49,7 +49,9 @@ def save_view(renderable: RenderableType, svg: Path | None, html: Path | None, w
 
 def recorded(renderable: RenderableType, width: int = 100) -> Console:
     """`renderable` drawn in full colour on a console that keeps it, for export_svg and export_html."""
-    console = Console(record=True, file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor")
+    # force_jupyter=False: in a notebook Rich would also display() what it prints, so each view came out twice
+    console = Console(record=True, file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor",
+                      force_jupyter=False)
     console.print(renderable)
     return console
 

@@ -203,6 +203,7 @@ class ChatRepl:
         self.show_stats = True
         self.probs = False
         self._told_autosave = False
+        self.stream_broken: str | None = None  # why the last reply's stream ended early (a one-shot exits 1)
         self._warned_leaving = ""
 
     @property
@@ -388,6 +389,7 @@ class ChatRepl:
                 self.chat.take_back_unanswered()  # never answered: the message goes back, the session goes on
             raise
         printer.close((BROKEN_NOTE if broken else CUT_NOTE) if reply.cut else None)
+        self.stream_broken = broken
         if broken:
             self.hint(broken)
         if reply.previous is not None and not reply.text.strip() and not reply.cut:
