@@ -397,3 +397,23 @@ def test_chat_steer_sets_shows_and_clears(tiny):
     assert lines[-2].startswith("--layer must be between 0 and 4")
     assert lines[-1] == "--alpha must be a finite number, not nan"
     assert no_hooks_left(tiny.model)
+
+
+# ---- TransformerLens
+
+
+@pytest.mark.slow
+def test_transformerlens_agrees():
+    # scripts/compare_transformerlens.py exits 1 when any difference is above its tolerance (1e-4)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("transformer_lens")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "scripts" / "compare_transformerlens.py")],
+                            capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "patching resid" in result.stdout and "head sweep, mean" in result.stdout
