@@ -333,6 +333,16 @@ def test_steer_json_and_api_agree(tiny):
     assert data["seed"] is None and data["unsteered"].startswith(" Paris") and data["shift"]["kl"] > 0
 
 
+def test_svg_and_html_copies(tmp_path):
+    svg, page = tmp_path / "patch.svg", tmp_path / "sweep.html"
+    assert runner.invoke(app, ["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--model", "tiny", "--svg", str(svg)]
+                         ).exit_code == 0
+    assert runner.invoke(app, ["ablate", CLEAN, "--sweep", "heads", "--model", "tiny", "--html", str(page)]
+                         ).exit_code == 0
+    assert svg.read_text().startswith("<svg") and "Paris" in svg.read_text()
+    assert "largest drop" in page.read_text()
+
+
 def test_views_draw(tiny):
     for args in (["patch", "--clean", CLEAN, "--corrupt", CORRUPT], ["ablate", CLEAN, "--sweep", "layers"],
                  ["ablate", CLEAN, "--layer", "0", "--part", "attn"], ["steer", CLEAN, "--add", " Japan", "-n", "3"]):
@@ -417,3 +427,32 @@ def test_transformerlens_agrees():
                             env={**os.environ, "PYTHONPATH": str(root / "src")})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "patching resid" in result.stdout and "head sweep, mean" in result.stdout
+
+
+# ---- the notebook
+
+
+@pytest.mark.slow
+def test_the_interventions_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    from pathlib import Path
+
+    from .test_notebook import _text, _this_python_as_the_kernel
+
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "examples" / "interventions.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
+    _this_python_as_the_kernel(monkeypatch, tmp_path / "jupyter")
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    out = {cell.source.splitlines()[0]: "\n".join(_text(o) for o in cell.outputs)
+           for cell in notebook.cells if cell.cell_type == "code"}
+    assert "half or more given back at: position 4 ␣Japan layer 0" in out['patched = li.patch(lm, "The capital '
+                                                                          'of France is", "The capital of Japan is")']
+    assert out["print(patched.prob[-1][-1], patched.clean_prob, patched.prob[-1][-1] == patched.clean_prob)"
+               ].strip().endswith("True")
+    assert "largest drop: layer 0, head 1" in out['li.ablate(lm, "The capital of France is", sweep="heads")']
+    assert "rank 1 → " in out['li.ablate(lm, "The capital of France is", layer=0, part="attn", top_k=5)']
+    assert "The capital of France is Paris." in out['steered = li.steer(lm, "The capital of France is", '
+                                                    'add=" Japan", subtract=" France", layer=2, alpha=4)']

@@ -168,7 +168,7 @@ def shift_line(shift: Shift) -> Text:
     """KL(before || after), and what became of the original top token."""
     kl = f"{shift.kl:.4f} nats" if shift.kl is not None else f"none ({shift.kl_note})"
     return Text.assemble(
-        ("KL(before || after) ", "dim"), (kl, "bold"), ("   ", ""),
+        ("KL(before || after) ", "dim"), (kl, "bold"), ("\n", ""),
         (visible(shift.top.token), "bold green"),
         (f" {fmt_prob(shift.top.prob)} → {fmt_prob(shift.top_after_prob)} ({shift.change:+.4f}), rank 1 → "
          + str(shift.top_after_rank), ""))
