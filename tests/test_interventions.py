@@ -365,6 +365,8 @@ def test_views_draw(tiny):
     (["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--target", " the capital"], "--target must be one token"),
     (["patch", "--clean", CLEAN], "give both prompts"),
     (["patch", "--clean", "word " * 600, "--corrupt", "word " * 600], "more than the model's context"),
+    (["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--endpoint", "http://127.0.0.1:9/v1"], "does not show its"),
+    (["steer", CLEAN, "--add", "x", "--endpoint", "http://127.0.0.1:9/v1"], "residual stream to steer"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = runner.invoke(app, [*args, "--model", "tiny", "--device", "cpu"])
@@ -427,6 +429,17 @@ def test_transformerlens_agrees():
                             env={**os.environ, "PYTHONPATH": str(root / "src")})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "patching resid" in result.stdout and "head sweep, mean" in result.stdout
+
+
+def test_chat_steer_needs_the_model_here():
+    from types import SimpleNamespace
+
+    from lookinside.core.conversation import Conversation
+    from lookinside.core.session import ChatSession
+
+    session = ChatSession(SimpleNamespace(name="served"), Conversation())  # a backend without a local model
+    with pytest.raises(BadInput, match="/steer needs the model here"):
+        session.set_steer("Japan", None, 1, 4.0)
 
 
 # ---- the notebook

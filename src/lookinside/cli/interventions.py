@@ -8,15 +8,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from lookinside.cli.inspect import local_only
 from lookinside.cli.options import (
     ChatOpt,
     JsonOpt,
     Keep,
     MaxNewTokensOpt,
     PromptArg,
+    Remote,
     file_option,
     keep_options,
     model_options,
+    remote_options,
     sampling_options,
 )
 from lookinside.core.spec import LoadSpec
@@ -54,18 +57,20 @@ AlphaOpt = Annotated[float, typer.Option("--alpha", "-a", help="How strongly to 
 
 
 @model_options
+@remote_options
 @keep_options
 @file_option("prompt")
 def ablate(
     prompt: PromptArg = None, head: HeadsOpt = None, layer: AblateLayerOpt = None, part: AblatePartOpt = "block",
     mode: ModeOpt = "zero", sweep: SweepOpt = None, top_k: TopKOpt = 10, chat: ChatOpt = False,
-    json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
+    json: JsonOpt = False, *, spec: LoadSpec, keep: Keep, remote: Remote,
 ) -> None:
     """Remove heads or a layer's part and compare the next-token table before and after, or sweep them all.
 
     A head is ablated in its slice of the attention output, before the output projection; a layer's attn or
     mlp in its output, a block in its contribution to the residual stream.
     """
+    local_only(remote, "its heads and layers to ablate")
     from lookinside.core.interventions.ablate import ablate as run
     from lookinside.core.interventions.requests import AblateRequest, parse_head
     from lookinside.ui.console import show
@@ -78,16 +83,18 @@ def ablate(
 
 
 @model_options
+@remote_options
 @keep_options
 def patch(
     clean: CleanOpt = None, corrupt: CorruptOpt = None, target: TargetOpt = None, part: PatchPartOpt = "resid",
-    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep,
+    chat: ChatOpt = False, json: JsonOpt = False, *, spec: LoadSpec, keep: Keep, remote: Remote,
 ) -> None:
     """Activation patching: the corrupted prompt run with the clean run's activation put back at each (layer, position).
 
     The heat map shows the target token's probability per cell; the last layer at the last position gives back the
     clean probability. --json's prob[layer][position] counts layer 0 as the embeddings' output.
     """
+    local_only(remote, "its activations to patch")
     from lookinside.core.errors import BadInput
     from lookinside.core.interventions.patch import patch as run
     from lookinside.core.interventions.requests import PatchRequest
@@ -102,19 +109,21 @@ def patch(
 
 
 @model_options
+@remote_options
 @sampling_options
 @keep_options
 @file_option("prompt")
 def steer(
     prompt: PromptArg = None, add: AddOpt = None, subtract: SubtractOpt = None, layer: SteerLayerOpt = 1,
     alpha: AlphaOpt = 4.0, max_new_tokens: MaxNewTokensOpt = 24, chat: ChatOpt = False,
-    json: JsonOpt = False, *, spec: LoadSpec, sampling: dict[str, Any], keep: Keep,
+    json: JsonOpt = False, *, spec: LoadSpec, sampling: dict[str, Any], keep: Keep, remote: Remote,
 ) -> None:
     """Activation addition: generate with and without alpha x (stream of --add - stream of --subtract) added.
 
     Each text's residual stream is read at --layer at its last position; the difference is added at every
     position while generating. Both runs use the same seed (greedy unless --temperature is given).
     """
+    local_only(remote, "its residual stream to steer")
     from lookinside.core.errors import BadInput
     from lookinside.core.interventions.requests import SteerRequest
     from lookinside.core.interventions.steer import steer as run
