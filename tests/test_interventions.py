@@ -353,6 +353,34 @@ def test_views_draw(tiny):
     assert "last layer, last position" in out and "position 4 ␣Japan layer 0" in out
 
 
+def test_wide_heat_maps_fit_80_columns():
+    # Phi-3-mini: 33 depths x positions, 32 layers x 32 heads: glyph cells, one line per row
+    import io
+
+    from rich.console import Console
+
+    from lookinside.core.interventions.records import AblationResult, Grid, PatchResult
+    from lookinside.core.records import Candidate, Piece
+    from lookinside.ui.interventions import ablate_view, patch_map, sweep_map
+
+    tokens = tuple(Piece(i, 100 + i, f"▁w{i}", f" word{i}", "text") for i in range(12))
+    values = tuple(tuple(((d * 7 + p) % 10) / 10 for p in range(12)) for d in range(33))
+    patched = PatchResult("m", "a", "b", tokens, tokens, Candidate(1, 5, " Paris", 0.9), 0.9, 0.0, "resid", values)
+    grid = Grid(tuple(f"layer {i}" for i in range(32)), tuple(f"head {h}" for h in range(32)),
+                tuple(tuple(((i + h) % 9) / 10 for h in range(32)) for i in range(32)))
+    for table, rows in ((patch_map(patched), 12), (sweep_map(grid, 0.9), 32)):
+        console = Console(file=io.StringIO(), width=80, no_color=True)
+        console.print(table)
+        lines = console.file.getvalue().splitlines()
+        assert len(lines) == rows + 1 and max(len(line) for line in lines) <= 80
+        assert lines[0].split() == [*(["layer", "→"] if rows == 12 else []), "0", "4", "8", "12", "16", "20", "24",
+                                    "28", *(["32"] if rows == 12 else [])]
+    sweep = AblationResult("m", "p", tokens, "zero", (), None, "heads", Candidate(1, 5, " Paris", 0.9), grid)
+    console = Console(file=io.StringIO(), width=80, no_color=True)
+    console.print(ablate_view(sweep))
+    assert "largest drop: layer 0, head 0: 0.9000 → 0.0000" in console.file.getvalue()
+
+
 @pytest.mark.parametrize("args, message", [
     (["ablate", CLEAN, "--head", "9.0"], "--head's layer must be between 0 and 3"),
     (["ablate", CLEAN, "--head", "0.4"], "--head's head must be between 0 and 3"),
