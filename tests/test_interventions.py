@@ -402,6 +402,18 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_logits_that_are_not_numbers_stop_with_one_line(tiny, monkeypatch):
+    # a NaN must never reach --json: the intervention stops with a message instead
+    before = model_logits(tiny)
+    monkeypatch.setattr(hooks, "ablated", lambda x, rows, mode: x * float("nan"))
+    result = runner.invoke(app, ["ablate", CLEAN, "--layer", "1", "--part", "mlp", "--model", "tiny", "--json"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("error: the model's logits are not numbers (NaN or all infinite) in torch.float32 "
+                                     "with this intervention; try --dtype float32")
+    monkeypatch.undo()
+    assert torch.equal(model_logits(tiny), before) and no_hooks_left(tiny.model)
+
+
 def test_a_part_the_architecture_lacks(tiny, monkeypatch):
     block = hooks.blocks(tiny.model)[0]
     monkeypatch.setattr(hooks, "blocks", lambda model: [hooks.Block(0, block.module, None, None, None)])
