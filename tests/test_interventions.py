@@ -338,6 +338,16 @@ def test_steer_json_and_api_agree(tiny):
     assert data["seed"] is None and data["unsteered"].startswith(" Paris") and data["shift"]["kl"] > 0
 
 
+def test_svg_and_html_copies(tmp_path):
+    svg, page = tmp_path / "patch.svg", tmp_path / "sweep.html"
+    assert runner.invoke(app, ["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--model", "tiny", "--svg", str(svg)]
+                         ).exit_code == 0
+    assert runner.invoke(app, ["ablate", CLEAN, "--sweep", "heads", "--model", "tiny", "--html", str(page)]
+                         ).exit_code == 0
+    assert svg.read_text().startswith("<svg") and "Paris" in svg.read_text()
+    assert "largest drop" in page.read_text()
+
+
 def test_views_draw(tiny):
     for args in (["patch", "--clean", CLEAN, "--corrupt", CORRUPT], ["ablate", CLEAN, "--sweep", "layers"],
                  ["ablate", CLEAN, "--layer", "0", "--part", "attn"], ["steer", CLEAN, "--add", " Japan", "-n", "3"]):
@@ -346,6 +356,34 @@ def test_views_draw(tiny):
         assert "Paris" in result.stdout
     out = runner.invoke(app, ["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--model", "tiny"]).stdout
     assert "last layer, last position" in out and "position 4 ␣Japan layer 0" in out
+
+
+def test_wide_heat_maps_fit_80_columns():
+    # Phi-3-mini: 33 depths x positions, 32 layers x 32 heads: glyph cells, one line per row
+    import io
+
+    from rich.console import Console
+
+    from lookinside.core.interventions.records import AblationResult, Grid, PatchResult
+    from lookinside.core.records import Candidate, Piece
+    from lookinside.ui.interventions import ablate_view, patch_map, sweep_map
+
+    tokens = tuple(Piece(i, 100 + i, f"▁w{i}", f" word{i}", "text") for i in range(12))
+    values = tuple(tuple(((d * 7 + p) % 10) / 10 for p in range(12)) for d in range(33))
+    patched = PatchResult("m", "a", "b", tokens, tokens, Candidate(1, 5, " Paris", 0.9), 0.9, 0.0, "resid", values)
+    grid = Grid(tuple(f"layer {i}" for i in range(32)), tuple(f"head {h}" for h in range(32)),
+                tuple(tuple(((i + h) % 9) / 10 for h in range(32)) for i in range(32)))
+    for table, rows in ((patch_map(patched), 12), (sweep_map(grid, 0.9), 32)):
+        console = Console(file=io.StringIO(), width=80, no_color=True)
+        console.print(table)
+        lines = console.file.getvalue().splitlines()
+        assert len(lines) == rows + 1 and max(len(line) for line in lines) <= 80
+        assert lines[0].split() == [*(["layer", "→"] if rows == 12 else []), "0", "4", "8", "12", "16", "20", "24",
+                                    "28", *(["32"] if rows == 12 else [])]
+    sweep = AblationResult("m", "p", tokens, "zero", (), None, "heads", Candidate(1, 5, " Paris", 0.9), grid)
+    console = Console(file=io.StringIO(), width=80, no_color=True)
+    console.print(ablate_view(sweep))
+    assert "largest drop: layer 0, head 0: 0.9000 → 0.0000" in console.file.getvalue()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -360,11 +398,25 @@ def test_views_draw(tiny):
     (["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--target", " the capital"], "--target must be one token"),
     (["patch", "--clean", CLEAN], "give both prompts"),
     (["patch", "--clean", "word " * 600, "--corrupt", "word " * 600], "more than the model's context"),
+    (["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--endpoint", "http://127.0.0.1:9/v1"], "does not show its"),
+    (["steer", CLEAN, "--add", "x", "--endpoint", "http://127.0.0.1:9/v1"], "residual stream to steer"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = runner.invoke(app, [*args, "--model", "tiny", "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_logits_that_are_not_numbers_stop_with_one_line(tiny, monkeypatch):
+    # a NaN must never reach --json: the intervention stops with a message instead
+    before = model_logits(tiny)
+    monkeypatch.setattr(hooks, "ablated", lambda x, rows, mode: x * float("nan"))
+    result = runner.invoke(app, ["ablate", CLEAN, "--layer", "1", "--part", "mlp", "--model", "tiny", "--json"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("error: the model's logits are not numbers (NaN or all infinite) in torch.float32 "
+                                     "with this intervention; try --dtype float32")
+    monkeypatch.undo()
+    assert torch.equal(model_logits(tiny), before) and no_hooks_left(tiny.model)
 
 
 def test_a_part_the_architecture_lacks(tiny, monkeypatch):
@@ -402,3 +454,63 @@ def test_chat_steer_sets_shows_and_clears(tiny):
     assert lines[-2].startswith("--layer must be between 0 and 4")
     assert lines[-1] == "--alpha must be a finite number, not nan"
     assert no_hooks_left(tiny.model)
+
+
+# ---- TransformerLens
+
+
+@pytest.mark.slow
+def test_transformerlens_agrees():
+    # scripts/compare_transformerlens.py exits 1 when any difference is above its tolerance (1e-4)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("transformer_lens")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "scripts" / "compare_transformerlens.py")],
+                            capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "patching resid" in result.stdout and "head sweep, mean" in result.stdout
+
+
+def test_chat_steer_needs_the_model_here():
+    from types import SimpleNamespace
+
+    from lookinside.core.conversation import Conversation
+    from lookinside.core.session import ChatSession
+
+    session = ChatSession(SimpleNamespace(name="served"), Conversation())  # a backend without a local model
+    with pytest.raises(BadInput, match="/steer needs the model here"):
+        session.set_steer("Japan", None, 1, 4.0)
+
+
+# ---- the notebook
+
+
+@pytest.mark.slow
+def test_the_interventions_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    from pathlib import Path
+
+    from .test_notebook import _text, _this_python_as_the_kernel
+
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "examples" / "interventions.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
+    _this_python_as_the_kernel(monkeypatch, tmp_path / "jupyter")
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    out = {cell.source.splitlines()[0]: "\n".join(_text(o) for o in cell.outputs)
+           for cell in notebook.cells if cell.cell_type == "code"}
+    assert "half or more given back at: position 4 ␣Japan layer 0" in out['patched = li.patch(lm, "The capital '
+                                                                          'of France is", "The capital of Japan is")']
+    assert out["print(patched.prob[-1][-1], patched.clean_prob, patched.prob[-1][-1] == patched.clean_prob)"
+               ].strip().endswith("True")
+    assert "largest drop: layer 0, head 1" in out['li.ablate(lm, "The capital of France is", sweep="heads")']
+    assert "rank 1 → " in out['li.ablate(lm, "The capital of France is", layer=0, part="attn", top_k=5)']
+    assert "The capital of France is Paris." in out['steered = li.steer(lm, "The capital of France is", '
+                                                    'add=" Japan", subtract=" France", layer=2, alpha=4)']

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from lookinside.core.interventions.records import AblationResult, Grid, PatchResult, Shift, SteerResult
     from lookinside.core.records import Candidate, Piece
 
-NUMBERS_UP_TO = 12  # columns; a wider heat map shows glyphs only
+VERDICT_POSITIONS = 4  # positions named in the patching verdict
+NUMBERS_UP_TO = 12  # columns; a wider heat map shows glyphs only, two characters a cell, every 4th numbered
 
 
 def short(prob: float) -> str:
@@ -35,6 +36,16 @@ def heat_cell(value: float, heat: float, numbers: bool) -> Text:
     """One cell: the glyph for `heat` (0..1) coloured by it, and the value when there is room."""
     style = Style(color=Color.from_rgb(*heat_rgb(heat)))
     return Text(shade(heat) + (short(value) if numbers else shade(heat)), style=style)
+
+
+def _grid_table(first: str, columns: list[str], numbers: bool) -> Table:
+    """A borderless heat map: a label column, then one column per cell (narrow and sparsely numbered when many)."""
+    table = Table(expand=False, box=None, padding=(0, 1, 0, 0) if numbers else (0, 0, 0, 0))
+    table.add_column(first, no_wrap=True)
+    for i, name in enumerate(columns):
+        label = name if numbers else (name if i % 4 == 0 else "")
+        table.add_column(label, justify="right" if numbers else "left", no_wrap=True, min_width=None if numbers else 2)
+    return table
 
 
 def _header(model: str, what: str) -> Text:
@@ -57,13 +68,12 @@ def patch_map(result: PatchResult) -> Table:
     layers = len(result.prob)
     numbers = layers <= NUMBERS_UP_TO
     differs = {t.index for t, c in zip(result.tokens, result.clean_tokens) if t.id != c.id}
-    table = Table(expand=False, box=None, padding=(0, 1, 0, 0))
-    table.add_column(f"p({visible(result.target.token)})  layer →", no_wrap=True)
-    for layer in range(layers):
-        table.add_column(str(layer), justify="right", no_wrap=True)
+    first = f"p({visible(result.target.token)})  layer →" if numbers else "layer → "
+    table = _grid_table(first, [str(layer) for layer in range(layers)], numbers)
     for position, token in enumerate(result.tokens):
         mark = "*" if position in differs else " "
-        label = Text(f"{position:>2}{mark}{shown(token)[:12]}", style="bold yellow" if mark == "*" else "")
+        label = Text(f"{position:>2}{mark}{shown(token)[:12 if numbers else 8]} ",
+                     style="bold yellow" if mark == "*" else "")
         table.add_row(label, *(heat_cell(result.prob[layer][position], result.prob[layer][position], numbers)
                                for layer in range(layers)))
     return table
@@ -101,8 +111,11 @@ def patch_verdict(result: PatchResult) -> Text:
     if not found:
         return text.append("no single cell gives back half of what the corruption took")
     text.append("half or more given back at: ")
+    cells = sorted(found.items())
     text.append("; ".join(f"position {pos} {shown(result.tokens[pos])} layer{'s' if len(layers) > 1 else ''} "
-                          f"{_ranges(layers)}" for pos, layers in sorted(found.items())))
+                          f"{_ranges(layers)}" for pos, layers in cells[:VERDICT_POSITIONS]))
+    if len(cells) > VERDICT_POSITIONS:
+        text.append(f"; and at {len(cells) - VERDICT_POSITIONS} more positions")
     return text
 
 
@@ -168,7 +181,7 @@ def shift_line(shift: Shift) -> Text:
     """KL(before || after), and what became of the original top token."""
     kl = f"{shift.kl:.4f} nats" if shift.kl is not None else f"none ({shift.kl_note})"
     return Text.assemble(
-        ("KL(before || after) ", "dim"), (kl, "bold"), ("   ", ""),
+        ("KL(before || after) ", "dim"), (kl, "bold"), ("\n", ""),
         (visible(shift.top.token), "bold green"),
         (f" {fmt_prob(shift.top.prob)} → {fmt_prob(shift.top_after_prob)} ({shift.change:+.4f}), rank 1 → "
          + str(shift.top_after_rank), ""))
@@ -198,13 +211,10 @@ def _candidate_json(c: Candidate) -> dict[str, Any]:
 def sweep_map(grid: Grid, baseline: float) -> Table:
     """Rows by columns of the top token's probability with one cell ablated; the shade is how much it fell."""
     numbers = len(grid.columns) <= NUMBERS_UP_TO
-    table = Table(expand=False, box=None, padding=(0, 1, 0, 0))
-    table.add_column("", no_wrap=True)
-    for column in grid.columns:
-        table.add_column(column if numbers else column.removeprefix("head "), justify="right", no_wrap=True)
+    table = _grid_table("", [c if numbers else c.removeprefix("head ") for c in grid.columns], numbers)
     for name, row in zip(grid.rows, grid.values):
         drops = [max(0.0, baseline - v) / baseline if baseline > 0 else 0.0 for v in row]
-        table.add_row(name, *(heat_cell(v, d, numbers) for v, d in zip(row, drops)))
+        table.add_row(name + ("" if numbers else " "), *(heat_cell(v, d, numbers) for v, d in zip(row, drops)))
     return table
 
 
@@ -212,7 +222,7 @@ def sweep_verdict(result: AblationResult) -> Text:
     """The cell whose ablation moves the top token most."""
     assert result.grid is not None  # only for a sweep
     cells = [(v, r, c) for r, row in zip(result.grid.rows, result.grid.values) for v, c in zip(row, result.grid.columns)]
-    low, row, column = min(cells)
+    low, row, column = min(cells, key=lambda cell: cell[0])  # the first, in reading order, on a tie
     return Text(f"largest drop: {row}, {column}: {fmt_prob(result.top.prob)} → {fmt_prob(low)} "
                 f"({low - result.top.prob:+.4f})")
 

@@ -51,8 +51,8 @@ LEAVE_HINT = "To leave, press Ctrl-D or type /exit."
 CUT_NOTE = "[reply cut by Ctrl-C; kept in the history, marked as cut]"
 BROKEN_NOTE = "[reply cut: the server stopped sending; kept in the history, marked as cut]"
 
-# name -> (usage, what it does); the order is /help's order.
 STEER_USAGE = "/steer LAYER ALPHA ADD [| SUBTRACT], e.g. /steer 2 4 Japan | France; /steer off"
+# name -> (usage, what it does); the order is /help's order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "/help": ("/help", "this list"),
     "/clear": ("/clear", "forget the conversation (the system prompt stays)"),

@@ -199,4 +199,9 @@ def last_logits(lm: LM, ids: list[int], batch: int = 1) -> torch.Tensor:
     input_ids = torch.tensor([ids] * batch, device=lm.device)  # (batch, n)
     with torch.inference_mode():
         out = lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
-    return out.logits[:, -1, :].float()
+    logits = out.logits[:, -1, :].float()  # (batch, vocab)
+    no_number = ~torch.isfinite(logits).any(dim=-1)  # (batch,): a row of only infinities gives no distribution
+    if bool(torch.isnan(logits).any()) or bool(no_number.any()):
+        raise errors.LookinsideError(f"the model's logits are not numbers (NaN or all infinite) in {lm.dtype}"
+                                     " with this intervention; try --dtype float32")
+    return logits

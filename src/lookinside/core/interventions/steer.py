@@ -20,7 +20,7 @@ from lookinside.core.interventions import hooks
 from lookinside.core.interventions.records import SteerResult
 from lookinside.core.interventions.requests import resolve
 from lookinside.core.interventions.shift import shift
-from lookinside.core.prompting import check_top_k, encode_prompt
+from lookinside.core.prompting import check_top_k
 from lookinside.core.records import Step, Stream
 from lookinside.core.request import GenerationSettings
 
@@ -95,9 +95,8 @@ def steered(lm: LM, stream: Stream, steer: Steering) -> Stream:
 def steer(lm: LM, request: SteerRequest) -> SteerResult:
     """The same seed's continuation without and with the steer, and how the next-token table moved."""
     check_top_k(request.top_k, lm.model.get_output_embeddings().weight.shape[0])
-    ids = encode_prompt(lm.tokenizer, request.prompt, chat=request.chat)
+    ids = passes.prompt_ids(lm, request.prompt, request.chat)  # a prompt over the context is refused before any run
     settings = GenerationSettings(max_new_tokens=request.max_new_tokens)
-    passes.prompt_ids(lm, request.prompt, request.chat)  # a prompt over the context is refused before any run
     vector = steering(lm, request.add, request.subtract, request.layer, request.alpha, request.chat)
     params = with_seed(request.params)
     before = hooks.last_logits(lm, ids)[0]  # (vocab,)
