@@ -51,6 +51,7 @@ class Compiled:
     _caches: dict[int, StaticCache] = field(default_factory=dict)
     _lent: set[int] = field(default_factory=set)
     _cache_kwarg: str = "past_key_values"
+    _observe: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def for_model(cls, lm: LM) -> Compiled:
@@ -107,6 +108,20 @@ class Compiled:
             return eager()
         # CUDA graphs write their outputs into the same memory at the next replay: keep this step's copy.
         return logits.clone() if self.lm.device.type == "cuda" else logits
+
+    def observation(self, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """generate.observation compiled too: a dozen small ops over the vocabulary become one kernel call."""
+        from lookinside.core.generate import observation
+
+        if self.failed:
+            return observation(logits, token)
+        if self._observe is None:
+            self._observe = torch.compile(observation, fullgraph=True, dynamic=False)
+        try:
+            return self._observe(logits, token)
+        except Exception as exc:  # noqa: BLE001 - as in decode
+            self.note = f"--compile: compiling failed ({_first_line(exc)}); decoding eagerly instead"
+            return observation(logits, token)
 
     def _forward(self, ids: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         out = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
