@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import lookinside  # noqa: F401 - first: it sets OpenMP's wait policy before torch loads OpenMP
 import torch
 
 

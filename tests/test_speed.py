@@ -209,3 +209,17 @@ def _fresh_lm():
     from lookinside.core.spec import LoadSpec
 
     return load(LoadSpec(model="tiny", device="cpu", threads=1))
+
+
+# --- OpenMP threads sleep when they wait -----------------------------------------------------------
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_told(given, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import lookinside, os; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected
