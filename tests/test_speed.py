@@ -64,6 +64,28 @@ def test_the_step_compiles_once_and_never_again(compiled_tiny):
     assert _graphs() == before  # other prompts and lengths within the cache's length: no recompilation
 
 
+def test_a_sliding_window_model_compiles_once_and_agrees(tmp_path):
+    """Phi-3-mini has a 2,047-token window: transformers' windowed static cache counts in a Python int, which
+    would recompile the step at every position; a run inside the window uses a windowless cache."""
+    from lookinside.core.loading import load
+    from lookinside.core.spec import LoadSpec
+
+    from .conftest import random_model_dir, small_config
+
+    config = small_config("phi3-gqa")
+    config.sliding_window = 200  # longer than the runs below, as 2,047 is for Phi-3-mini's usual runs
+    lm = load(LoadSpec(model=str(random_model_dir(tmp_path, config)), device="cpu", threads=1))
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    settings = GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True)
+    collect(lm, prompt, GREEDY, settings)  # warm-up: compiles
+    before = _graphs()
+    compiled = collect(lm, prompt, GREEDY, settings)
+    eager = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    assert Compiled.for_model(lm).note is None
+    assert _graphs() == before and compiled.token_ids == eager.token_ids
+    assert len(set(eager.token_ids)) > 3  # a random model wanders: the ids really test the cache
+
+
 def test_sampled_compiled_run_equals_the_eager_one(compiled_tiny):
     lm = compiled_tiny
     prompt = encode_prompt(lm.tokenizer, "Once upon a time")
@@ -105,6 +127,21 @@ def test_a_failed_compile_falls_back_to_eager_with_one_note(tiny, monkeypatch):
 def test_compile_without_the_cache_is_refused():
     with pytest.raises(BadInput, match="--compile needs the KV cache"):
         GenerationSettings(cache="none", compile=True)
+
+
+def test_a_run_past_the_window_decodes_eagerly_with_a_note(tiny):
+    from dataclasses import replace
+
+    from lookinside.core.compiled import run_cache_length
+
+    config = tiny.config.__class__.from_dict({**tiny.config.to_dict(), "sliding_window": 64})
+    assert run_cache_length(config, 40, 512) == 64  # inside the window: the window caps the power of two
+    assert run_cache_length(config, 100, 512) == 256
+    lm = replace(_fresh_lm(), name="windowed")
+    lm.model.config.sliding_window = 64
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    run = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=80, ignore_eos=True, compile=True))
+    assert len(run.steps) == 80 and "passes the model's 64-token attention window" in Compiled.for_model(lm).note
 
 
 def test_cache_length_rounds_up_to_a_power_of_two_within_the_context():
@@ -172,3 +209,17 @@ def _fresh_lm():
     from lookinside.core.spec import LoadSpec
 
     return load(LoadSpec(model="tiny", device="cpu", threads=1))
+
+
+# --- OpenMP threads sleep when they wait -----------------------------------------------------------
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_told(given, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import lookinside, os; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected

@@ -4,7 +4,12 @@ The command is `llm`; the Python API is this package (`import lookinside as li`)
 docs/api.md. Its names load lazily from `lookinside.api`, so `import lookinside` costs no torch.
 """
 
+import os
 from typing import Any
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. Spinning, a 2-thread pool beside one
+# busy process decoded the tiny model at 3-6 tokens/s instead of 318-503 (core/threads.py, docs/benchmarks.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["Generating", "Result", "attention", "bench", "compare", "connect", "diff", "forward", "generate", "inspect", "lens",

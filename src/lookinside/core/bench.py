@@ -314,10 +314,10 @@ def compiled_settings(lm: LM, settings: BenchSettings, prompt_tokens: int) -> tu
     after at least one warm-up run, which pays for the compiling."""
     from dataclasses import replace
 
-    from lookinside.core.compiled import cache_length, compile_mode
+    from lookinside.core.compiled import compile_mode, run_cache_length
 
     modes = tuple(dict.fromkeys("static" if m != "none" else m for m in settings.modes))
-    length = cache_length(prompt_tokens + max(settings.lengths), lm.context_length)
+    length = run_cache_length(lm.config, prompt_tokens + max(settings.lengths), lm.context_length)
     mode = compile_mode(lm.device)
     note = (f"--compile: the decode step is torch.compile'd (inductor{', ' + mode if mode else ''}) over a static "
             f"KV cache of {length} positions; compiling happens in the warm-up, never in a timed run")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from transformers import StaticCache
+    from transformers import PretrainedConfig, StaticCache
 
     from lookinside.core.loading import LM
 
@@ -34,6 +34,37 @@ def cache_length(needed: int, context: int) -> int:
     while length < needed:
         length *= 2
     return max(needed, min(length, context))
+
+
+def sliding_window(config: PretrainedConfig) -> int | None:
+    """The model's attention window, when it has one."""
+    window = getattr(config.get_text_config(), "sliding_window", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
+def run_cache_length(config: PretrainedConfig, needed: int, context: int) -> int:
+    """The static cache's length for a run of `needed` positions: a power of two (`cache_length`), within the
+    attention window when the run fits in it (Phi-3-mini's 2,047)."""
+    window = sliding_window(config)
+    return cache_length(needed, min(context, window) if window and needed <= window else context)
+
+
+def windowless(config: PretrainedConfig, length: int) -> PretrainedConfig:
+    """`config` for a cache of `length` positions: without its sliding window when the whole cache fits in it.
+
+    transformers' sliding-window cache layers count positions in a Python int, which torch.compile bakes
+    into the graph (a recompilation at every step); a window longer than the run changes nothing anyway.
+    """
+    import copy
+
+    window = sliding_window(config)
+    if window is None or length > window:
+        return config
+    text = copy.deepcopy(config.get_text_config())
+    text.sliding_window = None
+    if getattr(text, "layer_types", None):
+        text.layer_types = ["full_attention" if kind == "sliding_attention" else kind for kind in text.layer_types]
+    return text
 
 
 def compile_mode(device: torch.device) -> str | None:
@@ -51,6 +82,7 @@ class Compiled:
     _caches: dict[int, StaticCache] = field(default_factory=dict)
     _lent: set[int] = field(default_factory=set)
     _cache_kwarg: str = "past_key_values"
+    _observe: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def for_model(cls, lm: LM) -> Compiled:
@@ -71,10 +103,14 @@ class Compiled:
         addresses); a fresh one when the held one is still in use by another stream."""
         from transformers import StaticCache
 
-        length = cache_length(needed, self.lm.context_length)
+        length = run_cache_length(self.lm.config, needed, self.lm.context_length)
+        window = sliding_window(self.lm.config)
+        if window is not None and length > window and not self.failed:
+            self.note = (f"--compile: a run of {needed} positions passes the model's {window}-token attention window, "
+                         "whose cache would recompile at every step; decoding eagerly instead")
         cache = self._caches.get(length)
         if cache is None or length in self._lent:
-            fresh = StaticCache(config=self.lm.config, max_cache_len=length)
+            fresh = StaticCache(config=windowless(self.lm.config, length), max_cache_len=length)
             if cache is not None:
                 return fresh
             cache = self._caches[length] = fresh
@@ -107,6 +143,20 @@ class Compiled:
             return eager()
         # CUDA graphs write their outputs into the same memory at the next replay: keep this step's copy.
         return logits.clone() if self.lm.device.type == "cuda" else logits
+
+    def observation(self, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """generate.observation compiled too: a dozen small ops over the vocabulary become one kernel call."""
+        from lookinside.core.generate import observation
+
+        if self.failed:
+            return observation(logits, token)
+        if self._observe is None:
+            self._observe = torch.compile(observation, fullgraph=True, dynamic=False)
+        try:
+            return self._observe(logits, token)
+        except Exception as exc:  # noqa: BLE001 - as in decode
+            self.note = f"--compile: compiling failed ({_first_line(exc)}); decoding eagerly instead"
+            return observation(logits, token)
 
     def _forward(self, ids: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         out = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})

@@ -20,7 +20,7 @@ import functools
 import inspect
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -116,7 +116,8 @@ def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gener
         with torch.inference_mode():
             token = pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
             buffer[:, n + index] = token
-            token_id, prob, rank, top = _observe(logits[0], token, alternatives)  # the step's one device -> host copy
+            packer = compiled.observation if compiled is not None and alternatives == TOP_ALTERNATIVES else None
+            token_id, prob, rank, top = _observe(logits[0], token, alternatives, packer)  # one device -> host copy
         finish: Finish | None = None
         if token_id in ends:
             text, finish = stops.push(decoder.flush()) + stops.flush(), "eos"
@@ -177,8 +178,21 @@ def pick(
 
 
 def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES,
+             packer: Callable[..., torch.Tensor] | None = None,
              ) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
     """The token, its raw probability and rank, and the top alternatives, in one copy to the host."""
+    # float64 holds every token id exactly; one .tolist() is one device sync instead of a dozen .item()s.
+    packed = (packer(logits, token) if packer else observation(logits, token, alternatives)).tolist()
+    k = (len(packed) - 3) // 2
+    top = tuple((int(i), math.exp(lp)) for i, lp in zip(packed[3 : 3 + k], packed[3 + k :]))
+    return int(packed[0]), math.exp(packed[1]), int(packed[2]), top
+
+
+def observation(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES) -> torch.Tensor:
+    """[token, log p, rank, top ids..., top log ps...] as one float64 row (compiled with the step under --compile).
+
+    # (vocab,), (1,) -> (3 + 2k,)
+    """
     # log p = logit - logsumexp: one reduction over the vocab instead of a whole log-softmax tensor.
     logits = logits.float()  # (vocab,)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (1,)
@@ -186,11 +200,7 @@ def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_
     rank = (logits > chosen).sum().unsqueeze(0) + 1  # (1,)
     top_logits, top_ids = logits.topk(min(alternatives, logits.shape[-1]))  # (k,), (k,)
     chosen, top_logp = chosen - lse, top_logits - lse  # (1,), (k,)
-    # float64 holds every token id exactly; one .tolist() is one device sync instead of a dozen .item()s.
-    packed = torch.cat([token.double(), chosen.double(), rank.double(), top_ids.double(), top_logp.double()]).tolist()
-    k = len(top_ids)
-    top = tuple((int(i), math.exp(lp)) for i, lp in zip(packed[3 : 3 + k], packed[3 + k :]))
-    return int(packed[0]), math.exp(packed[1]), int(packed[2]), top
+    return torch.cat([token.double(), chosen.double(), rank.double(), top_ids.double(), top_logp.double()])
 
 
 def _forward(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:

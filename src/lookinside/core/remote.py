@@ -120,8 +120,6 @@ def server_capabilities(kind: ServerKind) -> Capabilities:
     """What a server gives, from what it is (core/server_kind.py): vLLM, and `llm serve` speaking as vLLM does,
     give ids and take every sampler; the others neither."""
     remote = Capabilities(shapes=False, insides=False, kv_cache_switch=False, continue_reply=False)
-    if kind.owner == "lookinside":  # `llm serve`, speaking as vLLM does
-        return replace(remote, kind="lookinside")
     extra = kind.extra_fields() or {}
     return replace(remote, ids=kind.is_vllm or kind.tokenizes, extra_samplers="top_k" in extra,
                    ignore_eos="ignore_eos" in extra, kind=kind.describe())

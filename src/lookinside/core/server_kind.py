@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 VLLM, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN = "vLLM", "llama.cpp", "llama-cpp-python", "Ollama", "unknown"
+LOOKINSIDE = "lookinside"  # `llm serve`: vLLM's dialect (ids on request, the same extra fields)
 PROBE_TIMEOUT_S = 5.0
 # The request fields beyond OpenAI's (core.sampling's "extra" ones, and ignore_eos) as each server names them.
 EXTRA_FIELDS = {
     VLLM: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"},
+    LOOKINSIDE: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
+                 "ignore_eos": "ignore_eos"},
     LLAMA_CPP: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty", "ignore_eos": "ignore_eos"},
 }
 
@@ -32,15 +35,15 @@ EXTRA_FIELDS = {
 class ServerKind:
     """What answers at an endpoint, and the facts only its own routes give."""
 
-    name: str  # one of VLLM, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN
+    name: str  # one of VLLM, LOOKINSIDE, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN
     owner: str = ""  # /v1/models' owned_by, as the server spelled it
     context_length: int | None = None  # the context the server runs with, where it tells (llama.cpp's n_ctx)
     version: str | None = None
 
     @property
     def is_vllm(self) -> bool:
-        """vLLM: token ids on request (`return_tokens_as_token_ids`)."""
-        return self.name == VLLM
+        """vLLM, or `llm serve` speaking its dialect: token ids on request (`return_tokens_as_token_ids`)."""
+        return self.name in (VLLM, LOOKINSIDE)
 
     @property
     def echoes(self) -> bool:
@@ -69,6 +72,8 @@ def detect(base_url: str, model: dict[str, Any], api_key: str | None = None,
     owner = str(model.get("owned_by") or "")
     root = base_url.rstrip("/").removesuffix("/v1")
     timeout = min(timeout_s, PROBE_TIMEOUT_S)
+    if owner == LOOKINSIDE:
+        return ServerKind(LOOKINSIDE, owner, _int(model.get("max_model_len")))
     if owner == "vllm" and "max_model_len" in model:
         return ServerKind(VLLM, owner, _int(model.get("max_model_len")))
     meta = model.get("meta") if isinstance(model.get("meta"), dict) else {}
