@@ -101,6 +101,7 @@ def run(command: str) -> list[str]:
     """The command's output (stdout and stderr, as a terminal user sees them) at 80 columns."""
     command = re.sub(r"\s+#.*$", "", command)  # a trailing comment
     env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "TERM": "dumb",
+           "LOOKINSIDE_NO_SERVER": "1",  # a `llm serve` left running would answer, and say so
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("LOOKINSIDE_MODEL", None)
     script = f'llm() {{ "{sys.executable}" -m lookinside "$@"; }}\n{command}\n'

@@ -36,6 +36,12 @@ _CLI_MODELS: dict = {}
 
 
 @pytest.fixture(autouse=True)
+def no_server_of_the_users(monkeypatch):
+    """A `llm serve` the user left running must not answer the suite's commands; tests of the lookup unset this."""
+    monkeypatch.setenv("LOOKINSIDE_NO_SERVER", "1")
+
+
+@pytest.fixture(autouse=True)
 def tiny_loaded_once(monkeypatch):
     """Commands run in-process (CliRunner) load each spec of the built-in tiny model once per session.
 
