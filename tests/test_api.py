@@ -24,7 +24,9 @@ runner = CliRunner()
 
 
 def cli_json(*args: str) -> dict:
-    result = runner.invoke(app, [*args, "--model", "tiny", "--device", "cpu", "--json"])
+    # One thread on both sides: the default follows the machine's idle cores, and another thread count sums
+    # in another order, which a sample at temperature 1.5 can tell apart on a busy machine.
+    result = runner.invoke(app, [*args, "--model", "tiny", "--device", "cpu", "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -40,7 +42,7 @@ def without(data: dict, *keys: str) -> dict:
 
 @pytest.fixture(scope="module")
 def lm():
-    return li.load("tiny", device="cpu")
+    return li.load("tiny", device="cpu", threads=1)
 
 
 def test_import_lookinside_imports_no_torch():

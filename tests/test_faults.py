@@ -286,8 +286,11 @@ def test_chat_survives_unwritable_saves_and_sigterm_saves_the_conversation(tmp_p
             "What is the capital of Japan?")
         _type(session, "Remember this line, please.")
         _wait_for(session, r"(?s)Remember this line.*generated tokens.*>>>")
-        pids = subprocess.run(["pgrep", "-f", f"^{re.escape(sys.executable)} -m lookinside chat --model tiny"],
-                              capture_output=True, text=True).stdout.split()
+        # This terminal's chat, the child of its shell (a machine-wide pgrep would find other runs' chats too).
+        shell = subprocess.run(["tmux", "display-message", "-p", "-t", session, "#{pane_pid}"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        pids = subprocess.run(["pgrep", "-P", shell, "-f", "lookinside chat"], capture_output=True, text=True,
+                              check=False).stdout.split()
         assert len(pids) == 1, pids
         os.kill(int(pids[0]), signal.SIGTERM)
         pane = _wait_for(session, r"EXITED=\d+")

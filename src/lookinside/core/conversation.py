@@ -321,7 +321,7 @@ def write_atomically(path: Path, text: str, make_parents: bool = False) -> None:
     target = Path(os.path.realpath(path))  # a link's target (a chain of links too); `path` itself otherwise
     try:
         mode = os.stat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there yet (a parent that is a file is said below)
         mode = None
     except OSError as exc:
         raise errors.BadInput(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
