@@ -254,3 +254,18 @@ def test_matrix_vector_only_for_bfloat16_on_the_cpu(tmp_path):
     prompt = encode_prompt(bf16.tokenizer, "The capital of France is")
     cached = collect(bf16, prompt, GREEDY, GenerationSettings(max_new_tokens=8, ignore_eos=True))
     assert cached.steps[0].text == " Paris"
+
+
+def test_a_decode_faster_than_the_cached_bandwidth_measures_it_again(tiny, tmp_path, monkeypatch):
+    from lookinside.core.bench import device_name
+
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    key = f"{device_name(torch.device('cpu'))} | 1 threads"
+    (tmp_path / bandwidth.CACHE_FILE).write_text(json.dumps({key: {"gbs": 1e-6, "array_bytes": 2**28}}))
+    monkeypatch.setattr(bandwidth, "triad_gbs", lambda: 5000.0)  # the machine, quiet again
+    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=("dynamic",),
+                                           reference=False))
+    light = report.runs[0].speed_of_light
+    assert light.bandwidth.gbs == 5000.0 and "measured again" in light.bandwidth.source and light.share < 1
+    assert json.loads((tmp_path / bandwidth.CACHE_FILE).read_text())[key]["gbs"] == 5000.0
+    assert not report.warnings
