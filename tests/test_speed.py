@@ -223,3 +223,49 @@ def test_openmp_threads_wait_passively_unless_told(given, expected):
     code = "import lookinside, os; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == expected
+
+
+# --- one row at a time in bfloat16 on the CPU ------------------------------------------------------
+
+def test_row_linear_is_linear_for_one_row_and_for_many():
+    from lookinside.core.kernels import RowLinear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 40, bias=True).bfloat16()
+    reference = torch.nn.Linear(96, 40, bias=True).bfloat16()
+    reference.load_state_dict(layer.state_dict())
+    layer.__class__ = RowLinear
+    one, many = torch.randn(1, 1, 96).bfloat16(), torch.randn(1, 7, 96).bfloat16()
+    with torch.inference_mode():
+        assert layer(one).shape == (1, 1, 40)
+        torch.testing.assert_close(layer(one).float(), reference(one).float(), rtol=2e-2, atol=2e-2)
+        assert torch.equal(layer(many), reference(many))  # the prefill keeps F.linear, bit for bit
+
+
+def test_matrix_vector_only_for_bfloat16_on_the_cpu(tmp_path):
+    from lookinside.core.kernels import RowLinear
+    from lookinside.core.loading import load
+    from lookinside.core.spec import LoadSpec
+
+    bf16 = load(LoadSpec(model="tiny", device="cpu", dtype="bfloat16", threads=1))
+    f32 = _fresh_lm()
+    assert all(isinstance(m, RowLinear) for m in bf16.model.modules() if isinstance(m, torch.nn.Linear))
+    assert not any(isinstance(m, RowLinear) for m in f32.model.modules())
+    prompt = encode_prompt(bf16.tokenizer, "The capital of France is")
+    cached = collect(bf16, prompt, GREEDY, GenerationSettings(max_new_tokens=8, ignore_eos=True))
+    assert cached.steps[0].text == " Paris"
+
+
+def test_a_decode_faster_than_the_cached_bandwidth_measures_it_again(tiny, tmp_path, monkeypatch):
+    from lookinside.core.bench import device_name
+
+    monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
+    key = f"{device_name(torch.device('cpu'))} | 1 threads"
+    (tmp_path / bandwidth.CACHE_FILE).write_text(json.dumps({key: {"gbs": 1e-6, "array_bytes": 2**28}}))
+    monkeypatch.setattr(bandwidth, "triad_gbs", lambda: 5000.0)  # the machine, quiet again
+    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=("dynamic",),
+                                           reference=False))
+    light = report.runs[0].speed_of_light
+    assert light.bandwidth.gbs == 5000.0 and "measured again" in light.bandwidth.source and light.share < 1
+    assert json.loads((tmp_path / bandwidth.CACHE_FILE).read_text())[key]["gbs"] == 5000.0
+    assert not report.warnings

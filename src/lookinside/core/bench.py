@@ -97,6 +97,14 @@ def resolve_bandwidth(device: torch.device, given_gbs: float | None) -> Bandwidt
     return Bandwidth(gpu.bandwidth_gbs, f"{gpu.label}, {gpu.source}")
 
 
+def measure_again(device: torch.device) -> Bandwidth:
+    """The CPU's bandwidth measured now, the larger of it and the cached one kept."""
+    from lookinside.core.bandwidth import cpu_bandwidth
+
+    measured, _ = cpu_bandwidth(device_name(device), torch.get_num_threads(), again=True)
+    return Bandwidth(measured.gbs, measured.source(False) + ", measured again: a decode read faster")
+
+
 def speed_of_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> SpeedOfLight | None:
     """Bytes each cached decode step reads, the GB/s that makes, and its share of the bandwidth."""
     if not run.cached or run.decode_tok_s is None:
@@ -297,6 +305,10 @@ def _run_bench(
         results += [_with_light(lm, run, bandwidth) for run in modes]
         if REFERENCE in timed:
             reference = reference_run(modes[0], timed[REFERENCE])
+    if bandwidth.source.startswith("measured") and any(
+            r.speed_of_light and r.speed_of_light.share and r.speed_of_light.share > 1 for r in results):
+        bandwidth = measure_again(lm.device)  # a decode read faster than the cached triad: it ran on a busy machine
+        results = [_with_light(lm, run, bandwidth) for run in results]
     headline = tuple(r for r in results if r.new_tokens == longest)
     sweep = tuple(
         SweepLine(cache, settings.lengths, tuple(r.total_s.median for r in results if r.cache == cache))

@@ -8,8 +8,9 @@ cache per length, reused run after run: the length is rounded up to a power of t
 and never again (`dynamic=False`: every shape is the same at every step; the position lives in the
 cache's tensors). On CUDA the compiled step replays CUDA graphs ("reduce-overhead").
 
-When compiling fails (no C compiler for inductor, a model that does not trace as one graph), the run
-goes on eagerly and `note` says why in one line; the model is not tried again in this process.
+When compiling fails (no C compiler for inductor, a model that does not trace as one graph), or a run
+passes the model's sliding window, the run goes on eagerly and `note` says why in one line; the
+model is not compiled again in this process.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import torch
 
 from lookinside.core import checks, errors, gguf
+from lookinside.core.kernels import use_matrix_vector
 from lookinside.core.quantize import (
     Quantized,
     convert_after_loading,
@@ -241,6 +242,7 @@ def load(spec: LoadSpec) -> LM:
             source, output_loading_info=True, ignore_mismatched_sizes=True, **_load_kwargs(spec, device, dtype))
     notes = check_loaded(spec.model, model, tokenizer, info)
     convert_after_loading(spec.quantize, model, device)
+    use_matrix_vector(model, device, dtype)
     quantized = quantization_facts(spec.quantize, model, dtype) if spec.quantize else None
     model.eval()
     return LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype, source=source,
@@ -316,6 +318,7 @@ def _random_lm(spec: LoadSpec, source: str, config: PretrainedConfig, device: to
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=spec.attn, trust_remote_code=spec.trust_remote_code
         )
+    use_matrix_vector(model, device, dtype)
     if (Path(source) / "generation_config.json").exists():  # its end tokens, as from_pretrained would read them
         model.generation_config = GenerationConfig.from_pretrained(source)
     model.eval()
