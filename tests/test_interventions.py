@@ -398,11 +398,22 @@ def test_wide_heat_maps_fit_80_columns():
     (["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--target", " the capital"], "--target must be one token"),
     (["patch", "--clean", CLEAN], "give both prompts"),
     (["patch", "--clean", "word " * 600, "--corrupt", "word " * 600], "more than the model's context"),
-    (["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--endpoint", "http://127.0.0.1:9/v1"], "does not show its"),
-    (["steer", CLEAN, "--add", "x", "--endpoint", "http://127.0.0.1:9/v1"], "residual stream to steer"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = runner.invoke(app, [*args, "--model", "tiny", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["patch", "--clean", CLEAN, "--corrupt", CORRUPT], "does not show its"),
+    (["steer", CLEAN, "--add", "x"], "residual stream to steer"),
+])
+def test_a_server_that_only_generates_is_refused_in_one_line(args, message):
+    from .fake_openai import FakeServer
+
+    with FakeServer() as url:  # an OpenAI-compatible server, not `llm serve`: no insides
+        result = runner.invoke(app, [*args, "--endpoint", url, "--api-key", "sekret-key-123"])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

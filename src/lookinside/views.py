@@ -137,17 +137,17 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "Remove heads or a layer's part and compare the next-token table before and after, or sweep them.",
          AblateRequest, interventions.AblationResult, lazy("lookinside.core.interventions.ablate", "ablate"),
          lazy("lookinside.ui.interventions", "ablate_view"), lazy("lookinside.ui.interventions", "ablate_json"),
-         needs="insides", shows="the heads and layers it would ablate"),
+         needs="insides", shows="its heads and layers to ablate"),
     View("patch", "Activation patching: clean activations put into a corrupted run.",
          "Activation patching: the corrupted prompt run with the clean run's activation put back.",
          PatchRequest, interventions.PatchResult, lazy("lookinside.core.interventions.patch", "patch"),
          lazy("lookinside.ui.interventions", "patch_view"), lazy("lookinside.ui.interventions", "patch_json"),
-         needs="insides", text=None, shows="the residual stream it would patch"),
+         needs="insides", text=None, shows="its activations to patch"),
     View("steer", "Add a direction to the residual stream while generating.",
          "Activation addition: generate with and without a direction added to the residual stream.",
          SteerRequest, interventions.SteerResult, lazy("lookinside.core.interventions.steer", "steer"),
          lazy("lookinside.ui.interventions", "steer_view"), lazy("lookinside.ui.interventions", "steer_json"),
-         needs="insides", shows="the residual stream it would steer"),
+         needs="insides", shows="its residual stream to steer"),
 )}
 
 
