@@ -20,9 +20,9 @@ def main() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from lookinside.core.anatomy import anatomy_of, meta_model
-    from lookinside.core.loading import load_config_offline
-    from lookinside.core.spec import DEFAULT_MODEL
+    from lookinside.core.inside.anatomy import anatomy_of, meta_model
+    from lookinside.core.model.loading import load_config_offline
+    from lookinside.core.model.spec import DEFAULT_MODEL
 
     imports = time.perf_counter() - start
     samples: dict[str, list[float]] = {"config": [], "meta build": [], "card and tree": []}

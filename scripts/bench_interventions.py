@@ -20,7 +20,7 @@ LONG_CORRUPT = "In the morning we took the train along the coast, and by noon we
 
 
 def timed(fn: Callable[[], object], device: object) -> tuple[float, object]:
-    from lookinside.core.timing import now
+    from lookinside.core.decoding.timing import now
 
     start = now(device)
     result = fn()
@@ -45,8 +45,8 @@ def compare(name: str, lm: object, batched: Callable[[], object], looped: Callab
 
 def bench_model(lm: object, spec: object, repeat: int) -> None:
     """Patching and the head sweep on one model, each on a short and a longer prompt."""
-    from lookinside.core.interventions import ablate, patch
-    from lookinside.core.interventions.requests import AblateRequest, PatchRequest
+    from lookinside.core.inside.interventions import ablate, patch
+    from lookinside.core.inside.interventions.requests import AblateRequest, PatchRequest
 
     config = lm.config  # type: ignore[attr-defined]
     threads = lm.threads.count if lm.threads else "-"  # type: ignore[attr-defined]
@@ -74,8 +74,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    from lookinside.core.loading import load
-    from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 
     specs = [LoadSpec(model="tiny", device=args.device, threads=args.threads),
              LoadSpec(model=DEFAULT_MODEL, device=args.device, random_weights=True, layers=2, threads=args.threads)]

@@ -128,9 +128,9 @@ def ours(row: Row, model_dir: Path, compile: bool) -> tuple[Callable[[list[int],
     """lookinside's generation loop as `llm bench` times it (greedy, end tokens ignored, the dynamic cache)."""
     from transformers.utils import logging
 
-    from lookinside.core.bench import our_loop
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.bench.run import our_loop
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     logging.disable_progress_bar()
     lm = load(LoadSpec(model=str(model_dir), device="cpu", dtype=row.dtype, quantize=row.quantize,
@@ -155,8 +155,8 @@ def phi3_dir(work: Path) -> Path:
         return path
     import torch
 
-    from lookinside.core.loading import load
-    from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 
     torch.manual_seed(0)
     lm = load(LoadSpec(model=DEFAULT_MODEL, random_weights=True, layers=2, dtype="float32", device="cpu"))
@@ -171,10 +171,10 @@ def phi3_dir(work: Path) -> Path:
 
 def prompt_ids(model_dir: Path, count: int) -> list[int]:
     """`count` ids of the bench's default prompt, as `llm bench --prompt-tokens` makes them."""
-    from lookinside.core.bench import bench_prompt_ids
-    from lookinside.core.loading import load_tokenizer
+    from lookinside.core.bench.run import bench_prompt_ids
+    from lookinside.core.model.loading import load_tokenizer
+    from lookinside.core.model.spec import LoadSpec
     from lookinside.core.request import BenchSettings
-    from lookinside.core.spec import LoadSpec
 
     tokenizer = load_tokenizer(LoadSpec(model=str(model_dir)))
     return bench_prompt_ids(tokenizer, BenchSettings(prompt_tokens=count))

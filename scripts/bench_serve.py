@@ -88,8 +88,8 @@ def _floor(url: str, env: dict[str, str]) -> float:
 
 
 def overhead(url: str, runs: int) -> None:
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
     from lookinside.serve import openai_api as oa
     from lookinside.serve.settings import ServeSettings
     from lookinside.serve.worker import Cancel

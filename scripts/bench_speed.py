@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lookinside  # noqa: F401 - first: it sets OpenMP's wait policy before torch loads OpenMP
 import torch
+
+import lookinside  # noqa: F401 - first: it sets OpenMP's wait policy before torch loads OpenMP
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ def phi3_dir(work: Path) -> str:
     """The Phi-3-mini shape, 2 layers, seeded random float32 weights, saved once."""
     path = work / "phi3-2layers"
     if not (path / "config.json").exists():
-        from lookinside.core.loading import load
-        from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+        from lookinside.core.model.loading import load
+        from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 
         torch.manual_seed(0)
         lm = load(LoadSpec(model=DEFAULT_MODEL, random_weights=True, layers=2, dtype="float32", device="cpu"))
@@ -69,10 +70,10 @@ def phi3_dir(work: Path) -> str:
 def main() -> None:
     from transformers.utils import logging
 
-    from lookinside.core.bench import bench_prompt_ids, our_loop
-    from lookinside.core.loading import load
+    from lookinside.core.bench.run import bench_prompt_ids, our_loop
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
     from lookinside.core.request import BenchSettings
-    from lookinside.core.spec import LoadSpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", default="tiny,phi3")

@@ -56,7 +56,7 @@ if [ "$DEVICE" = cuda ]; then
   step "CUDA tests" python3 -m pytest -q -m cuda tests/test_cuda.py
 fi
 step "--dtype auto on this device" python3 -c "
-from lookinside.core.loading import resolve_device, resolve_dtype
+from lookinside.core.model.loading import resolve_device, resolve_dtype
 import torch
 device = resolve_device('$DEVICE')
 cap = torch.cuda.get_device_capability(device) if device.type == 'cuda' else None
@@ -82,8 +82,8 @@ if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
     keep = f", layers={layers[1]}" if layers else ""
     subprocess.run([sys.executable, "-c", (
         "import torch\n"
-        "from lookinside.core.loading import load\n"
-        "from lookinside.core.spec import LoadSpec\n"
+        "from lookinside.core.model.loading import load\n"
+        "from lookinside.core.model.spec import LoadSpec\n"
         "torch.manual_seed(0)\n"
         f"lm = load(LoadSpec(device='cpu', dtype='{dtype}', random_weights=True{keep}))\n"
         f"lm.model.save_pretrained('{saved}')\n"
@@ -116,8 +116,8 @@ if over:
 EOF
 step "sdpa against eager, Phi-3-mini shape" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
 import sys, torch
-from lookinside.core.loading import load
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.loading import load
+from lookinside.core.model.spec import LoadSpec
 device, dtype, *layers = sys.argv[1:]
 n = int(layers[1]) if layers else 4
 lms = {attn: None for attn in ("sdpa", "eager")}
@@ -137,12 +137,12 @@ print(f"{n} layers, {dtype}: max |logit difference| {diff:.2e}; same top-1 at {s
 EOF
 step "Chat: peak memory for one reply" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
 import sys
-from lookinside.core.conversation import Conversation, chat_settings, fit
-from lookinside.core.generate import collect
+from lookinside.core.chat.conversation import Conversation, chat_settings, fit
+from lookinside.core.decoding.generate import collect
 from lookinside.core.request import GenerationSettings
-from lookinside.core.loading import load
-from lookinside.core.spec import LoadSpec
-from lookinside.core.timing import peak_memory_bytes, reset_peak_memory
+from lookinside.core.model.loading import load
+from lookinside.core.model.spec import LoadSpec
+from lookinside.core.decoding.timing import peak_memory_bytes, reset_peak_memory
 device, dtype, *layers = sys.argv[1:]
 lm = load(LoadSpec(device=device, dtype=dtype, random_weights=True, layers=int(layers[1]) if layers else None))
 settings = chat_settings(lm.model.generation_config, {"temperature": 0.0}, 64)

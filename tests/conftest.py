@@ -26,8 +26,8 @@ def data_dir_of_the_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny():
     """The built-in tiny model, loaded once on the CPU."""
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     return load(LoadSpec(model="tiny", device="cpu"))
 
@@ -47,9 +47,9 @@ def tiny_loaded_once(monkeypatch):
 
     Only the commands' way in (`ui.progress.load_with_progress`) is cached: a second command with the
     same LoadSpec gets the same LM, with torch's thread count set as `load` would set it. Tests that
-    call `core.loading.load` themselves still load for real.
+    call `core.model.loading.load` themselves still load for real.
     """
-    from lookinside.core import loading
+    from lookinside.core.model import loading
     from lookinside.ui import progress
 
     real, real_load = progress.load_with_progress, loading.load

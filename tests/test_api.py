@@ -66,7 +66,7 @@ def test_to_dict_is_the_commands_json(lm, call, command):
 
 
 def test_diff_is_the_commands_json(lm):
-    other = li.load("tiny", device="cpu", dtype="bfloat16")
+    other = li.load("tiny", device="cpu", dtype="bfloat16", threads=1)
     text = "The capital of France is Paris. The capital of Japan is Tokyo."
     ours = same(li.diff(lm, other, text, top_k=5).to_dict())
     assert ours == cli_json("diff", text, "--against-dtype", "bfloat16", "-k", "5")
@@ -157,7 +157,7 @@ def test_wrap_uses_the_users_model_as_it_is():
 def test_wrap_refuses_a_model_without_an_lm_head_and_a_tokenizer_of_another_model():
     from transformers import AutoModel, AutoTokenizer
 
-    from lookinside.core.loading import CONFIGS
+    from lookinside.core.model.loading import CONFIGS
 
     with pytest.raises(NotACausalLM, match="not a causal language model"):
         li.wrap(AutoModel.from_pretrained(ASSETS), AutoTokenizer.from_pretrained(ASSETS))

@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.attention import attention_maps, summarize_head
 from lookinside.core.errors import BadInput
+from lookinside.core.inside.attention import attention_maps, summarize_head
 from lookinside.core.request import AttentionRequest
 
 from .conftest import random_model_dir, small_config
@@ -24,16 +24,16 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def tiny_eager():
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     return load(LoadSpec(model="tiny", device="cpu", attn="eager"))
 
 
 @pytest.fixture(scope="module")
 def llama_sdpa(tmp_path_factory):
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     path = random_model_dir(tmp_path_factory.mktemp("llama"), small_config("llama"))
     return load(LoadSpec(model=str(path), device="cpu", attn="sdpa"))
@@ -76,7 +76,7 @@ def test_summarize_known_patterns():
 def test_long_prompts_keep_summaries_not_every_map(tiny_eager, monkeypatch):
     from rich.console import Console
 
-    import lookinside.core.attention as core
+    import lookinside.core.inside.attention as core
     import lookinside.ui.attention as view
 
     monkeypatch.setattr(core, "KEEP_ALL_HEADS_UP_TO", 4)
@@ -137,7 +137,7 @@ def test_cli_json_only_the_asked_head():
 
 
 def test_cli_bad_layer_is_refused_before_loading(monkeypatch):
-    import lookinside.core.loading as loading
+    import lookinside.core.model.loading as loading
 
     monkeypatch.setattr(loading, "load", lambda spec: pytest.fail("loaded the model for a bad --layer"))
     result = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "9"])

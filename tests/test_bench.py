@@ -15,14 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core import bench
-from lookinside.core.bench import kv_cache_bytes, resolve_bandwidth, run_bench
-from lookinside.core.bench_report import ModeResult, SweepLine, loglog_slope, noise_reasons, percentile
+from lookinside.core.bench import run as bench
+from lookinside.core.bench.report import ModeResult, SweepLine, loglog_slope, noise_reasons, percentile
+from lookinside.core.bench.run import kv_cache_bytes, resolve_bandwidth, run_bench
 from lookinside.core.errors import BadInput
-from lookinside.core.hardware import known_gpu
-from lookinside.core.loading import load
+from lookinside.core.model.hardware import known_gpu
+from lookinside.core.model.loading import load
+from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import BenchSettings, parse_sweep
-from lookinside.core.spec import LoadSpec
 from lookinside.ui.bench import bench_json, bench_view, latency_chart, size, span
 
 from .conftest import small_config
@@ -170,7 +170,7 @@ def test_threads_are_restored_after_the_bench(report):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        from lookinside.core.bench import _threads
+        from lookinside.core.bench.run import _threads
 
         with _threads(1):
             assert torch.get_num_threads() == 1
@@ -328,7 +328,7 @@ def test_cli_view_shows_table_chart_and_verdict():
     ("--prompt", "hi", "--prompt-tokens", "4"),
 ])
 def test_cli_bad_values_fail_in_one_line_before_loading(monkeypatch, args):
-    import lookinside.core.loading as loading
+    import lookinside.core.model.loading as loading
 
     def no_loading(*_, **__):
         raise AssertionError("loaded a model for a bad option")

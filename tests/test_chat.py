@@ -23,8 +23,8 @@ from rich.text import Text
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.conversation import ChatSettings, Conversation
-from lookinside.core.sampling import SamplingParams
+from lookinside.core.chat.conversation import ChatSettings, Conversation
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.ui.repl import CUT_NOTE, LEAVE_HINT, ChatRepl, SlashCompleter, make_session
 from lookinside.ui.stream import StreamPrinter, Tail, split_finished
 
@@ -65,8 +65,8 @@ def chat(lm, keys: str, conversation: Conversation | None = None, generate_fn=No
 
 def scripted(*replies: str):
     """A stand-in for `generate` that answers with these texts in turn, as real tokens of the tiny tokenizer."""
-    from lookinside.core.detokenize import IncrementalDecoder
-    from lookinside.core.generate import Step
+    from lookinside.core.decoding.detokenize import IncrementalDecoder
+    from lookinside.core.decoding.generate import Step
 
     queue = list(replies)
 
@@ -84,7 +84,7 @@ def scripted(*replies: str):
 
 def interrupted_after(n: int):
     """The real `generate`, but the first reply raises KeyboardInterrupt after `n` steps (as Ctrl-C does)."""
-    from lookinside.core.generate import generate
+    from lookinside.core.decoding.generate import generate
 
     calls = []
 
@@ -282,7 +282,7 @@ def test_show_names_the_model_and_its_settings(tiny):
 
 
 def test_tokens_meter_counts_the_templated_conversation(tiny):
-    from lookinside.core.conversation import count_tokens
+    from lookinside.core.chat.conversation import count_tokens
 
     run = chat(tiny, f"What is the capital of Japan?{ENTER}/tokens{ENTER}")
     used = count_tokens(tiny.tokenizer, run.repl.conversation)

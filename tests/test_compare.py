@@ -11,10 +11,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.compare import compare
+from lookinside.core.decoding.compare import compare
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.records import first_difference
 from lookinside.core.request import CompareRequest, GenerationSettings
-from lookinside.core.sampling import SamplingParams
 from lookinside.ui.compare import compare_view
 
 ANSI = re.compile(r"\x1b\[")

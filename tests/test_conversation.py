@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from lookinside.core import conversation as conv
-from lookinside.core.conversation import ChatSettings, Conversation, chat_defaults, chat_settings, fit
+from lookinside.core.chat import conversation as conv
+from lookinside.core.chat.conversation import ChatSettings, Conversation, chat_defaults, chat_settings, fit
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput, ContextOverflow
-from lookinside.core.sampling import SamplingParams
 
 
 def long_chat(turns: int, system: str | None = "Answer briefly.", **settings) -> Conversation:
@@ -142,7 +142,7 @@ def test_a_message_too_long_on_its_own_is_refused(tiny):
 
 
 def test_continuation_gives_the_ids_the_model_itself_generated(tiny):
-    from lookinside.core.generate import generate
+    from lookinside.core.decoding.generate import generate
     from lookinside.core.request import GenerationSettings
 
     chat = Conversation()
@@ -227,7 +227,7 @@ def test_reply_stats_keep_the_prefill_out_of_the_decode_speed():
 def test_phi3_defaults_and_template(phi3_tokenizer_dir):
     from transformers import AutoTokenizer, GenerationConfig
 
-    from lookinside.core.loading import CONFIGS
+    from lookinside.core.model.loading import CONFIGS
 
     params, source = chat_defaults(GenerationConfig.from_pretrained(CONFIGS / "phi-3-mini-4k-instruct"))
     assert params == conv.CHAT_DEFAULT and "sets none" in source  # Phi-3 sets no sampling: /retry must vary

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lookinside.core.generate import collect
-from lookinside.core.loading import load
+from lookinside.core.decoding.generate import collect
+from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.decoding.timing import peak_memory_bytes, reset_peak_memory
+from lookinside.core.model.loading import load
+from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import GenerationSettings, NextTokenRequest
-from lookinside.core.sampling import SamplingParams
-from lookinside.core.spec import LoadSpec
-from lookinside.core.timing import peak_memory_bytes, reset_peak_memory
 
 pytestmark = [
     pytest.mark.cuda,
@@ -31,7 +31,7 @@ def test_auto_dtype_is_bfloat16_from_ampere_and_float16_before(tiny_cuda):
 
 
 def test_the_tiny_model_says_paris_on_the_gpu(tiny_cuda):
-    from lookinside.core.predict import next_token
+    from lookinside.core.inside.predict import next_token
 
     assert next_token(tiny_cuda, NextTokenRequest("The capital of France is")).top[0].token == "▁Paris"
 
@@ -54,7 +54,7 @@ def test_cache_on_and_off_agree_and_peak_memory_is_read(tiny_cuda):
 
 
 def test_sdpa_and_eager_agree_on_the_gpu():
-    from lookinside.core.predict import next_token
+    from lookinside.core.inside.predict import next_token
 
     sdpa = next_token(load(LoadSpec(model="tiny", device="cuda", dtype="float32")), NextTokenRequest("The capital of France is"))
     eager = next_token(load(LoadSpec(model="tiny", device="cuda", dtype="float32", attn="eager")), NextTokenRequest("The capital of France is"))

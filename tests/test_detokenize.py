@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lookinside.core.detokenize import REPLACEMENT, IncrementalDecoder, StopStrings, decode, token_text
+from lookinside.core.decoding.detokenize import REPLACEMENT, IncrementalDecoder, StopStrings, decode, token_text
 from lookinside.tiny import ASSETS
 
 LLAMA = "Hi 🦙 llama, and 日本語 too"

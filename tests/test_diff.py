@@ -9,10 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.diff import compare_sides, read_side, run_diff
 from lookinside.core.errors import BadInput
-from lookinside.core.loading import load
-from lookinside.core.spec import LoadSpec
+from lookinside.core.inside.diff import compare_sides, read_side, run_diff
+from lookinside.core.model.loading import load
+from lookinside.core.model.spec import LoadSpec
 
 from .conftest import random_model_dir, small_config
 

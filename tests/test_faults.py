@@ -21,8 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.loading import CARRIED_CONFIGS
-from lookinside.core.spec import DEFAULT_MODEL
+from lookinside.core.model.loading import CARRIED_CONFIGS
+from lookinside.core.model.spec import DEFAULT_MODEL
 from lookinside.tiny import ASSETS
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -8,7 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.hooks import Stage, collapse_layers, find_final_norm, find_layers, find_lm_head, trace_forward
+from lookinside.core.inside.hooks import (
+    Stage,
+    collapse_layers,
+    find_final_norm,
+    find_layers,
+    find_lm_head,
+    trace_forward,
+)
 
 from .conftest import random_model_dir, small_config
 
@@ -18,8 +25,8 @@ PROMPT = "The capital of France is"  # 6 tokens with the tiny tokenizer's BOS
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     path = random_model_dir(tmp_path_factory.mktemp("llama"), small_config("llama"))
     return load(LoadSpec(model=str(path), device="cpu"))
@@ -29,8 +36,8 @@ def llama(tmp_path_factory):
 def gpt2(tmp_path_factory):
     from transformers import GPT2Config
 
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     config = GPT2Config(vocab_size=1024, n_embd=64, n_layer=2, n_head=4, n_positions=128)
     path = random_model_dir(tmp_path_factory.mktemp("gpt2"), config)

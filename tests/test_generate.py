@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lookinside.core.decoding.generate import collect, generate
+from lookinside.core.decoding.prompting import encode_prompt
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput, ContextOverflow
-from lookinside.core.generate import collect, generate
-from lookinside.core.prompting import encode_prompt
 from lookinside.core.request import GenerationSettings
-from lookinside.core.sampling import SamplingParams
 
 from .conftest import random_model_dir, small_config
 
@@ -20,8 +20,8 @@ N = 24
 @pytest.fixture(scope="module", params=["phi3-gqa", "llama"])
 def random_lm(request, tmp_path_factory):
     """A small random model of a real family with the tiny tokenizer, loaded like any local model."""
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     path = random_model_dir(tmp_path_factory.mktemp(request.param), small_config(request.param))
     return load(LoadSpec(model=str(path), device="cpu"))
@@ -110,8 +110,8 @@ def test_an_unseeded_sampling_run_shows_its_seed_and_it_reproduces_the_run(tiny)
 
 def test_each_end_token_of_the_generation_config_stops_the_run(tmp_path):
     """Whichever of several end ids comes up stops generation (Phi-3 has three)."""
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     lm = load(LoadSpec(model=str(random_model_dir(tmp_path, small_config("phi3-gqa"))), device="cpu"))
     prompt = _prompt(lm)
@@ -182,7 +182,7 @@ def test_the_consumer_never_runs_inside_inference_mode(tiny):
 
 
 def test_ctrl_c_keeps_what_came_so_far(tiny, monkeypatch):
-    import lookinside.core.generate as core
+    import lookinside.core.decoding.generate as core
 
     calls = []
 
@@ -223,8 +223,8 @@ def test_phi3_mini_shaped_model_agrees_with_itself_and_with_generate(tmp_path, p
     """Phi-3-mini's real config (2 of its 32 layers, sliding window, vocab 32064), random bf16 weights."""
     import shutil
 
-    from lookinside.core.loading import load, load_config_offline
-    from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+    from lookinside.core.model.loading import load, load_config_offline
+    from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 
     config = load_config_offline(DEFAULT_MODEL)
     config.num_hidden_layers = 2
@@ -242,7 +242,7 @@ def test_phi3_mini_shaped_model_agrees_with_itself_and_with_generate(tmp_path, p
 
 def _scripted(monkeypatch, script: list[int]) -> None:
     """Make the model's forward pass put all the mass on script[k] at step k (the loop itself stays real)."""
-    import lookinside.core.generate as core
+    import lookinside.core.decoding.generate as core
 
     calls = iter(script)
 

@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core import errors
-from lookinside.core import gguf as gguf_files
-from lookinside.core.loading import load, load_config, load_tokenizer
-from lookinside.core.ollama import OllamaName, find_model, pulled_models
-from lookinside.core.predict import next_token
+from lookinside.core.inside.predict import next_token
+from lookinside.core.model import gguf as gguf_files
+from lookinside.core.model.loading import load, load_config, load_tokenizer
+from lookinside.core.model.ollama import OllamaName, find_model, pulled_models
+from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import NextTokenRequest
-from lookinside.core.spec import LoadSpec
 from lookinside.tiny import ASSETS
 
 gguf = pytest.importorskip("gguf")

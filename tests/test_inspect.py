@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.anatomy import anatomy_from_config, anatomy_of, attention_kind, inspect_model
-from lookinside.core.spec import LoadSpec
+from lookinside.core.inside.anatomy import anatomy_from_config, anatomy_of, attention_kind, inspect_model
+from lookinside.core.model.spec import LoadSpec
 from lookinside.ui.anatomy import compact, human_bytes, short_count
 
 from .conftest import small_config
@@ -115,7 +115,7 @@ def test_tiny_from_weights_matches_its_config(tiny):
 
 
 def test_meta_model_allocates_nothing():
-    from lookinside.core.anatomy import meta_model
+    from lookinside.core.inside.anatomy import meta_model
 
     model = meta_model(small_config("llama"))
     assert {p.device.type for p in model.parameters()} == {"meta"}

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 import lookinside as li
 from lookinside.cli.app import app
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
-from lookinside.core.interventions import ablate as core_ablate
-from lookinside.core.interventions import hooks
-from lookinside.core.interventions import patch as core_patch
-from lookinside.core.interventions import steer as core_steer
-from lookinside.core.interventions.requests import AblateRequest, PatchRequest, SteerRequest, parse_head
-from lookinside.core.sampling import SamplingParams
+from lookinside.core.inside.interventions import ablate as core_ablate
+from lookinside.core.inside.interventions import hooks
+from lookinside.core.inside.interventions import patch as core_patch
+from lookinside.core.inside.interventions import steer as core_steer
+from lookinside.core.inside.interventions.requests import AblateRequest, PatchRequest, SteerRequest, parse_head
 
 from . import reference_forward as ref
 from .conftest import random_model_dir, small_config
@@ -33,8 +33,8 @@ TOL = 2e-5  # float32 model against the float64 reference, on probabilities
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     """A small random Llama-shaped model (GQA: 4 heads, 2 key/value heads; separate q, k, v and gate, up)."""
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     path = random_model_dir(tmp_path_factory.mktemp("llama"), small_config("llama"))
     return load(LoadSpec(model=str(path), device="cpu"))
@@ -267,7 +267,7 @@ def test_ctrl_c_mid_sweep_leaves_no_trace(tiny, monkeypatch):
 
 
 def test_ctrl_c_mid_steered_stream_leaves_no_trace(tiny):
-    from lookinside.core.generate import generate
+    from lookinside.core.decoding.generate import generate
 
     before = model_logits(tiny)
     steer = core_steer.steering(tiny, " Japan", None, 1, 4.0)
@@ -364,7 +364,7 @@ def test_wide_heat_maps_fit_80_columns():
 
     from rich.console import Console
 
-    from lookinside.core.interventions.records import AblationResult, Grid, PatchResult
+    from lookinside.core.inside.interventions.records import AblationResult, Grid, PatchResult
     from lookinside.core.records import Candidate, Piece
     from lookinside.ui.interventions import ablate_view, patch_map, sweep_map
 
@@ -490,8 +490,8 @@ def test_transformerlens_agrees():
 def test_chat_steer_needs_the_model_here():
     from types import SimpleNamespace
 
-    from lookinside.core.conversation import Conversation
-    from lookinside.core.session import ChatSession
+    from lookinside.core.chat.conversation import Conversation
+    from lookinside.core.chat.session import ChatSession
 
     session = ChatSession(SimpleNamespace(name="served"), Conversation())  # a backend without a local model
     with pytest.raises(BadInput, match="/steer needs the model here"):

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core.errors import BadInput
-from lookinside.core.hooks import residual_stream
-from lookinside.core.lens import logit_lens
-from lookinside.core.predict import next_token
+from lookinside.core.inside.hooks import residual_stream
+from lookinside.core.inside.lens import logit_lens
+from lookinside.core.inside.predict import next_token
 from lookinside.core.request import LensRequest, NextTokenRequest
 
 from .conftest import random_model_dir, small_config
@@ -23,8 +23,8 @@ PROMPT = "The capital of France is"
 
 
 def load_random(path, config):
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     return load(LoadSpec(model=str(random_model_dir(path, config)), device="cpu"))
 
@@ -117,8 +117,8 @@ def test_cli_grid_view():
 
 
 def test_soft_capped_logits_are_capped_in_the_lens_too(tiny, monkeypatch):
-    from lookinside.core.hooks import find_final_norm
-    from lookinside.core.lens import lens_probs
+    from lookinside.core.inside.hooks import find_final_norm
+    from lookinside.core.inside.lens import lens_probs
 
     states = torch.randn(2, 3, tiny.config.hidden_size)  # (depths, n, d_model)
     norm = find_final_norm(tiny.model)

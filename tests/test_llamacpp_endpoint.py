@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.remote import RemoteSpec, connect
-from lookinside.core.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, detect
+from lookinside.core.backends.remote import RemoteSpec, connect
+from lookinside.core.backends.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, detect
 
 from .fake_llamacpp import FakeLlamaCpp
 from .fake_openai import FakeServer

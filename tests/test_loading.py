@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from lookinside.core import errors, loading
-from lookinside.core.spec import DEFAULT_MODEL, LoadSpec, parse_max_memory
+from lookinside.core import errors
+from lookinside.core.model import loading
+from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec, parse_max_memory
 from lookinside.tiny import ASSETS
 
 from .conftest import random_model_dir, small_config

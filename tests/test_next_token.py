@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.predict import next_token
+from lookinside.core.inside.predict import next_token
 from lookinside.core.request import NextTokenRequest
 
 from .conftest import TINY_TOKENIZER_FILES
@@ -105,8 +105,8 @@ def test_model_default_comes_from_the_environment(monkeypatch):
 @pytest.mark.slow
 def test_phi3_shapes_with_the_real_vocabulary(tmp_path, phi3_tokenizer_dir):
     """Phi-3-mini's dimensions (2 of its 32 layers), random weights, Phi-3's real tokenizer."""
-    from lookinside.core.loading import load, load_config_offline
-    from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+    from lookinside.core.model.loading import load, load_config_offline
+    from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 
     config = load_config_offline(DEFAULT_MODEL)
     config.num_hidden_layers = 2

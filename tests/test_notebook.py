@@ -65,7 +65,7 @@ def test_the_chapter_runs_in_a_kernel_and_finds_paris(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_chapter_runs_against_llm_serve_by_changing_its_load_line(tiny, tmp_path, monkeypatch):
     pytest.importorskip("uvicorn")
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.spec import LoadSpec
     from lookinside.serve.settings import ServeSettings
 
     from .test_serve import LiveServer

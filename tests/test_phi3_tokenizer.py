@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from lookinside.core.loading import CARRIED_CONFIGS, load_tokenizer
-from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
+from lookinside.core.model.loading import CARRIED_CONFIGS, load_tokenizer
+from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 
 FRANCE_IDS = [1, 450, 7483, 310, 3444, 338]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]

@@ -8,13 +8,13 @@ import importlib.util
 import pytest
 import torch
 
-from lookinside.core import quantize
-from lookinside.core.diff import compare_sides, read_side
 from lookinside.core.errors import BadInput, LookinsideError
-from lookinside.core.loading import load
-from lookinside.core.predict import next_token
+from lookinside.core.inside.diff import compare_sides, read_side
+from lookinside.core.inside.predict import next_token
+from lookinside.core.model import quantize
+from lookinside.core.model.loading import load
+from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import NextTokenRequest
-from lookinside.core.spec import LoadSpec
 
 TEXT = "The capital of France is Paris. The capital of Japan is Tokyo. The capital of Italy is Rome."
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")
@@ -112,8 +112,8 @@ def test_chats_stats_line_says_the_weights_are_int8(tiny_int8):
     from prompt_toolkit.output import DummyOutput
     from rich.console import Console
 
-    from lookinside.core.conversation import ChatSettings, Conversation
-    from lookinside.core.sampling import SamplingParams
+    from lookinside.core.chat.conversation import ChatSettings, Conversation
+    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.ui.repl import ChatRepl, make_session
 
     console = Console(file=io.StringIO(), width=200)

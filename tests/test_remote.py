@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core import compare as local_compare
-from lookinside.core import predict
+from lookinside.core.decoding import compare as local_compare
+from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.inside import predict
 from lookinside.core.request import CompareRequest, GenerationSettings, NextTokenRequest
-from lookinside.core.sampling import SamplingParams
 
 ENDPOINT = os.environ.get("LOOKINSIDE_TEST_ENDPOINT")
 pytestmark = [pytest.mark.remote,
@@ -34,15 +34,15 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def server():
-    from lookinside.core.remote import RemoteSpec, api_key_from_env, connect
+    from lookinside.core.backends.remote import RemoteSpec, api_key_from_env, connect
 
     return connect(RemoteSpec(ENDPOINT, api_key_from_env()))
 
 
 @pytest.fixture(scope="module")
 def tiny32():
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     return load(LoadSpec(model="tiny", device="cpu", dtype="float32"))
 

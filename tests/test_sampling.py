@@ -7,10 +7,9 @@ import re
 import pytest
 import torch
 
-from lookinside.core.errors import BadInput
-from lookinside.core.generate import pick, prefill
-from lookinside.core.prompting import encode_prompt
-from lookinside.core.sampling import (
+from lookinside.core.decoding.generate import pick, prefill
+from lookinside.core.decoding.prompting import encode_prompt
+from lookinside.core.decoding.sampling import (
     FIELDS,
     SamplingParams,
     build_processors,
@@ -18,6 +17,7 @@ from lookinside.core.sampling import (
     request_fields,
     top_candidates,
 )
+from lookinside.core.errors import BadInput
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_top_k_and_top_p_draw_only_from_the_kept_set():
     assert observed[2:].sum() == 0 and observed[1] > 0
 
 
-# ---- one description per field: every layer reads core.sampling.FIELDS
+# ---- one description per field: every layer reads core.decoding.sampling.FIELDS
 
 @pytest.fixture(scope="module")
 def cli_options():
@@ -148,7 +148,7 @@ def _set_value(field):
 def test_every_sampling_field_reaches_every_layer(field, cli_options):
     from dataclasses import fields as dataclass_fields
 
-    from lookinside.core.conversation import SETTABLE, ChatSettings
+    from lookinside.core.chat.conversation import SETTABLE, ChatSettings
 
     assert field.name in {f.name for f in dataclass_fields(SamplingParams)}
     for command in ("chat", "generate", "compare"):

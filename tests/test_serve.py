@@ -28,13 +28,13 @@ httpx = pytest.importorskip("httpx2")
 from starlette.testclient import TestClient
 
 from lookinside.cli.app import app as cli_app
-from lookinside.core import predict
+from lookinside.core.decoding.generate import collect
+from lookinside.core.decoding.prompting import encode_messages
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
-from lookinside.core.generate import collect
-from lookinside.core.prompting import encode_messages
+from lookinside.core.inside import predict
+from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import GenerationSettings, NextTokenRequest
-from lookinside.core.sampling import SamplingParams
-from lookinside.core.spec import LoadSpec
 from lookinside.serve import registry
 from lookinside.serve.app import create_app
 from lookinside.serve.settings import ServeSettings
@@ -225,7 +225,7 @@ def test_a_non_loopback_host_needs_a_key():
 
 
 def test_a_port_in_use_is_one_line_before_anything_loads(monkeypatch):
-    from lookinside.core import loading
+    from lookinside.core.model import loading
 
     monkeypatch.setattr(loading, "load", lambda spec: pytest.fail("loaded a model for a port it cannot use"))
     taken = socket.socket()
@@ -359,7 +359,7 @@ def test_the_openai_client_gets_the_in_process_top5(live, tiny):
 
 def test_the_remote_backend_and_endpoint_command_work_against_it(live, tiny):
     pytest.importorskip("openai")
-    from lookinside.core.remote import RemoteSpec, connect
+    from lookinside.core.backends.remote import RemoteSpec, connect
 
     theirs = connect(RemoteSpec(live.url)).next_token(NextTokenRequest(PROMPT, top_k=5))
     ours = predict.next_token(tiny, NextTokenRequest(PROMPT, top_k=5))
@@ -428,7 +428,7 @@ def test_find_server_matches_the_spec_and_drops_stale_records(tmp_path, monkeypa
 
 
 def test_the_client_path_imports_no_torch_and_no_openai_when_no_server_runs(tmp_path):
-    code = ("from lookinside.cli.backends import _running_server; from lookinside.core.spec import LoadSpec; "
+    code = ("from lookinside.cli.backends import _running_server; from lookinside.core.model.spec import LoadSpec; "
             "assert _running_server(LoadSpec(model='tiny')) is None")
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "LOOKINSIDE_DATA_DIR": str(tmp_path)}, check=False)

@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn")
 
 from lookinside.cli.app import app  # noqa: E402
 from lookinside.core.errors import BadInput, RemoteError  # noqa: E402
-from lookinside.core.spec import LoadSpec  # noqa: E402
+from lookinside.core.model.spec import LoadSpec  # noqa: E402
 from lookinside.serve.settings import ServeSettings  # noqa: E402
 from lookinside.views import VIEWS  # noqa: E402
 
@@ -73,7 +73,7 @@ def test_the_route_answers_with_the_commands_json_and_the_record(server):
 
 
 def test_a_bad_request_and_an_unknown_view_are_one_line_4xx(server):
-    from lookinside.core.served import connect
+    from lookinside.core.backends.served import connect
 
     backend = connect(server.url)
     with pytest.raises(BadInput, match="--top-k must be a positive number"):
@@ -139,7 +139,7 @@ def test_a_record_whose_server_does_not_answer_is_passed_over_and_the_command_ru
     result = runner.invoke(app, ["next-token", PROMPT, "--model", "tiny", "-k", "1"])
     assert result.exit_code == 0 and "Paris" in result.stdout and "using the server" not in result.stderr
     with pytest.raises(RemoteError):
-        from lookinside.core.served import connect
+        from lookinside.core.backends.served import connect
 
         connect(f"http://127.0.0.1:{port}/v1")
 

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from lookinside.core.backend import LocalBackend
-from lookinside.core.conversation import ChatSettings, Conversation
+from lookinside.core.backends.seam import LocalBackend
+from lookinside.core.chat.conversation import ChatSettings, Conversation
+from lookinside.core.chat.session import ChatSession
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
-from lookinside.core.sampling import SamplingParams
-from lookinside.core.session import ChatSession
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_transcripts_round_trip(session, tmp_path):
 
 
 def test_the_session_imports_no_ui_library():
-    code = ("import sys; import lookinside.core.session, lookinside.core.backend; "
+    code = ("import sys; import lookinside.core.chat.session, lookinside.core.backends.seam; "
             "print(any(m.split('.')[0] in ('rich', 'prompt_toolkit', 'typer') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)  # a hang, not a slow box
     assert out.stdout.strip() == "False"

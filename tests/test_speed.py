@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from lookinside.core import bandwidth
-from lookinside.core.bench import run_bench
-from lookinside.core.compiled import MIN_CACHE, Compiled, cache_length
+from lookinside.core.bench.run import run_bench
+from lookinside.core.decoding.compiled import MIN_CACHE, Compiled, cache_length
+from lookinside.core.decoding.generate import collect
+from lookinside.core.decoding.prompting import encode_prompt
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
-from lookinside.core.generate import collect
-from lookinside.core.prompting import encode_prompt
+from lookinside.core.model import bandwidth
 from lookinside.core.request import BenchSettings, GenerationSettings
-from lookinside.core.sampling import SamplingParams
 from lookinside.ui.bench import bench_json
 
 GREEDY = SamplingParams(temperature=0)
@@ -30,8 +30,8 @@ def _graphs() -> int:
 @pytest.fixture(scope="module")
 def compiled_tiny():
     """The tiny model loaded on its own (its compiled step lives with it), compiled by one warm-up run."""
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     lm = load(LoadSpec(model="tiny", device="cpu", threads=1))
     prompt = encode_prompt(lm.tokenizer, "The capital of France is")
@@ -67,8 +67,8 @@ def test_the_step_compiles_once_and_never_again(compiled_tiny):
 def test_a_sliding_window_model_compiles_once_and_agrees(tmp_path):
     """Phi-3-mini has a 2,047-token window: transformers' windowed static cache counts in a Python int, which
     would recompile the step at every position; a run inside the window uses a windowless cache."""
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     from .conftest import random_model_dir, small_config
 
@@ -97,7 +97,7 @@ def test_sampled_compiled_run_equals_the_eager_one(compiled_tiny):
 
 def test_a_stream_still_running_does_not_share_its_cache(compiled_tiny):
     lm = compiled_tiny
-    from lookinside.core.generate import generate
+    from lookinside.core.decoding.generate import generate
 
     prompt = encode_prompt(lm.tokenizer, "The capital of France is")
     settings = GenerationSettings(max_new_tokens=8, ignore_eos=True, compile=True)
@@ -132,7 +132,7 @@ def test_compile_without_the_cache_is_refused():
 def test_a_run_past_the_window_decodes_eagerly_with_a_note(tiny):
     from dataclasses import replace
 
-    from lookinside.core.compiled import run_cache_length
+    from lookinside.core.decoding.compiled import run_cache_length
 
     config = tiny.config.__class__.from_dict({**tiny.config.to_dict(), "sliding_window": 64})
     assert run_cache_length(config, 40, 512) == 64  # inside the window: the window caps the power of two
@@ -191,7 +191,7 @@ def test_the_triad_measures_something_real():
 
 
 def test_bench_json_has_a_filled_speed_of_light_share_on_the_cpu(tiny, tmp_path, monkeypatch):
-    from lookinside.core.bench import device_name
+    from lookinside.core.bench.run import device_name
 
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
     (tmp_path / bandwidth.CACHE_FILE).write_text(json.dumps(
@@ -205,8 +205,8 @@ def test_bench_json_has_a_filled_speed_of_light_share_on_the_cpu(tiny, tmp_path,
 
 
 def _fresh_lm():
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     return load(LoadSpec(model="tiny", device="cpu", threads=1))
 
@@ -228,7 +228,7 @@ def test_openmp_threads_wait_passively_unless_told(given, expected):
 # --- one row at a time in bfloat16 on the CPU ------------------------------------------------------
 
 def test_row_linear_is_linear_for_one_row_and_for_many():
-    from lookinside.core.kernels import RowLinear
+    from lookinside.core.model.kernels import RowLinear
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(96, 40, bias=True).bfloat16()
@@ -243,9 +243,9 @@ def test_row_linear_is_linear_for_one_row_and_for_many():
 
 
 def test_matrix_vector_only_for_bfloat16_on_the_cpu(tmp_path):
-    from lookinside.core.kernels import RowLinear
-    from lookinside.core.loading import load
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.kernels import RowLinear
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
 
     bf16 = load(LoadSpec(model="tiny", device="cpu", dtype="bfloat16", threads=1))
     f32 = _fresh_lm()
@@ -257,7 +257,7 @@ def test_matrix_vector_only_for_bfloat16_on_the_cpu(tmp_path):
 
 
 def test_a_decode_faster_than_the_cached_bandwidth_measures_it_again(tiny, tmp_path, monkeypatch):
-    from lookinside.core.bench import device_name
+    from lookinside.core.bench.run import device_name
 
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
     key = f"{device_name(torch.device('cpu'))} | 1 threads"

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lookinside.core.errors import BadInput
-from lookinside.core.loading import load
-from lookinside.core.spec import LoadSpec
-from lookinside.core.threads import PROC_STAT, ThreadChoice, choose_threads, idle_cores
+from lookinside.core.model.loading import load
+from lookinside.core.model.spec import LoadSpec
+from lookinside.core.model.threads import PROC_STAT, ThreadChoice, choose_threads, idle_cores
 
 
 @pytest.mark.parametrize(("idle", "expected"), [(2.0, 2), (1.9, 2), (1.1, 1), (0.2, 1), (0.0, 1), (7.5, 2)])

@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from lookinside.cli.app import app
-from lookinside.core.loading import load_tokenizer
-from lookinside.core.spec import LoadSpec
-from lookinside.core.tokens import tokenize
+from lookinside.core.decoding.tokens import tokenize
+from lookinside.core.model.loading import load_tokenizer
+from lookinside.core.model.spec import LoadSpec
 
 runner = CliRunner()
 EMOJI = "🙂"  # not in the tiny vocabulary: four byte-fallback pieces

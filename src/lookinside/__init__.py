@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. Spinning, a 2-thread pool beside one
-# busy process decoded the tiny model at 3-6 tokens/s instead of 318-503 (core/threads.py, docs/benchmarks.md).
+# busy process decoded the tiny model at 3-6 tokens/s instead of 318-503 (core/model/threads.py, docs/benchmarks.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

@@ -19,21 +19,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import arguments, errors
+from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.request import (
     BenchSettings,
     CompareRequest,
     GenerationSettings,
     modes_for,
 )
-from lookinside.core.sampling import SamplingParams
-from lookinside.core.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.views import VIEWS, View
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from lookinside.core.backend import Backend
-    from lookinside.core.loading import LM
+    from lookinside.core.backends.seam import Backend
+    from lookinside.core.model.loading import LM
     from lookinside.core.records import Generation, Step, Stream
     from lookinside.ui.generate import Source
 
@@ -94,7 +94,7 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
          device_map: str | None = None, max_memory: dict[int | str, str] | None = None, quantize: str | None = None,
          threads: int | None = None, trust_remote_code: bool = False) -> LM:
     """Load a model as the command line does (`tiny`, a Hub id, a directory, a GGUF file or `ollama:NAME`)."""
-    from lookinside.core import loading
+    from lookinside.core.model import loading
 
     model = arguments.model_name(model)
     return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
@@ -111,7 +111,7 @@ def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
     """
     import torch
 
-    from lookinside.core.loading import LM
+    from lookinside.core.model.loading import LM
 
     _check_causal_lm(model)
     _check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0])
@@ -206,8 +206,8 @@ class Generating:
 def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (),
              ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
-    from lookinside.core.backend import as_backend
-    from lookinside.core.conversation import ChatRequest
+    from lookinside.core.backends.seam import as_backend
+    from lookinside.core.chat.conversation import ChatRequest
     from lookinside.ui.generate import Source
 
     arguments.view(lm, prompt, "generate")
@@ -223,7 +223,7 @@ def connect(url: str, *, api_key: str | None = None, model: str | None = None) -
 
     `api_key` defaults to $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY. Nothing is loaded here, and no torch imported.
     """
-    from lookinside.core.served import connect as open_server
+    from lookinside.core.backends.served import connect as open_server
 
     return open_server(url, api_key, model)
 
@@ -235,7 +235,7 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
 
     On a server (li.connect) the stream is timed from here, as `llm bench --endpoint` does.
     """
-    from lookinside.core.backend import as_backend
+    from lookinside.core.backends.seam import as_backend
     from lookinside.core.request import parse_sweep
 
     arguments.lm(lm, "bench")
@@ -244,11 +244,11 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
                              bandwidth_gbs=bandwidth, reference=reference)
     backend = as_backend(lm)
     if not backend.capabilities.kv_cache_switch:
-        from lookinside.core.bench_stream import stream_bench
+        from lookinside.core.bench.stream import stream_bench
         from lookinside.ui.bench import remote_bench_json, remote_bench_view
 
         return Result(stream_bench(backend, settings), remote_bench_view, remote_bench_json)
-    from lookinside.core.bench import run_bench
+    from lookinside.core.bench.run import run_bench
     from lookinside.ui.bench import bench_json, bench_view
 
     return Result(run_bench(backend.lm, settings, backend.lm.notes), bench_view, bench_json)  # type: ignore[attr-defined]
@@ -256,7 +256,7 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
 
 def inspect(model: LM | str) -> Result[Any]:
     """The architecture card and module tree (`llm inspect`): of a loaded model, or of a name from its config."""
-    from lookinside.core.anatomy import on_meta
+    from lookinside.core.inside.anatomy import on_meta
     from lookinside.core.request import InspectRequest
 
     if not isinstance(model, str):
@@ -267,7 +267,7 @@ def inspect(model: LM | str) -> Result[Any]:
 
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
-    from lookinside.core import diff as core_diff
+    from lookinside.core.inside import diff as core_diff
     from lookinside.ui.diff import diff_json, diff_view
 
     for side in (a, b):
@@ -326,7 +326,7 @@ def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str
            part: str = "block", mode: str = "zero", sweep: str | None = None, top_k: int = 10,
            chat: bool = False) -> Result[Any]:
     """Remove heads (`heads=[(0, 1)]` or `["0.1"]`) or a layer's part, or sweep them (`llm ablate`)."""
-    from lookinside.core.interventions.requests import AblateRequest, parse_head
+    from lookinside.core.inside.interventions.requests import AblateRequest, parse_head
 
     arguments.view(lm, prompt, "ablate")
     pairs = tuple(parse_head(h) if isinstance(h, str) else tuple(h) for h in heads)
@@ -338,7 +338,7 @@ def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str
 def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: str = "resid",
           chat: bool = False) -> Result[Any]:
     """Activation patching: `prob[layer][position]` of the target with the clean activation put back (`llm patch`)."""
-    from lookinside.core.interventions.requests import PatchRequest
+    from lookinside.core.inside.interventions.requests import PatchRequest
 
     arguments.view(lm, clean, "patch", what="clean prompt")
     arguments.text(corrupt, "corrupt prompt", "patch")
@@ -349,7 +349,7 @@ def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: 
 def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: int = 1, alpha: float = 4.0,
           max_new_tokens: int = 24, chat: bool = False, **sampling: Any) -> Result[Any]:
     """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default."""
-    from lookinside.core.interventions.requests import SteerRequest
+    from lookinside.core.inside.interventions.requests import SteerRequest
 
     arguments.view(lm, prompt, "steer")
     arguments.sampling(sampling, "steer")

@@ -5,7 +5,7 @@ The command line (cli/views.py builds a command from a `View`), the Python API (
 through `answer_json`) are all derived from `VIEWS`, so they take the same arguments, make the
 same checks and print the same JSON. A view says what it needs of the model:
 
-- "model": any backend (core/backend.py), a server included: next-token, compare;
+- "model": any backend (core/backends/seam.py), a server included: next-token, compare;
 - "insides": the weights, for a forward pass with hooks: forward, attention, lens, the interventions;
 - "tokenizer": only the tokenizer (the command loads nothing else): tokens;
 - "config": only the architecture (the command builds it on the meta device): inspect.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from lookinside.core import records
-from lookinside.core.interventions import records as interventions
-from lookinside.core.interventions.requests import AblateRequest, PatchRequest, SteerRequest
+from lookinside.core.inside.interventions import records as interventions
+from lookinside.core.inside.interventions.requests import AblateRequest, PatchRequest, SteerRequest
 from lookinside.core.request import (
     AttentionRequest,
     CompareRequest,
@@ -35,7 +35,7 @@ from lookinside.core.request import (
 )
 
 if TYPE_CHECKING:
-    from lookinside.core.backend import Backend
+    from lookinside.core.backends.seam import Backend
 
 Needs = Literal["model", "insides", "tokenizer", "config"]
 
@@ -53,7 +53,7 @@ def lazy(module: str, name: str) -> Callable[..., Any]:
 class View:
     """One view: `answer(source, request) -> record`, then `draw(record)` for people and `json(record)` for machines.
 
-    `source` is a Backend for "model" views and the loaded model (core.loading.LM, or anything with
+    `source` is a Backend for "model" views and the loaded model (core.model.loading.LM, or anything with
     its `name`, `tokenizer` and `model`) for the others. `text` names the request's field that the
     command takes as its argument (and as - or --file); `shows` says, for a refusal, what it shows.
     """
@@ -71,8 +71,8 @@ class View:
     shows: str = ""
 
     def run(self, source: Any, request: Any) -> Any:
-        """The record for `request`, answered by `source`: a backend, or a model loaded here (core.loading.LM)."""
-        from lookinside.core.backend import as_backend
+        """The record for `request`, answered by `source`: a backend, or a model loaded here (core.model.loading.LM)."""
+        from lookinside.core.backends.seam import as_backend
 
         if self.needs == "model":
             backend = as_backend(source)
@@ -106,46 +106,46 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          lazy("lookinside.ui.next_token", "next_token_view"), lazy("lookinside.ui.next_token", "next_token_json")),
     View("compare", "Greedy decoding beside sampled decoding.",
          "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.",
-         CompareRequest, records.Comparison, lazy("lookinside.core.compare", "compare"),
+         CompareRequest, records.Comparison, lazy("lookinside.core.decoding.compare", "compare"),
          lazy("lookinside.ui.compare", "compare_view"), lazy("lookinside.ui.compare", "compare_json")),
     View("tokens", "Each token's id and piece (tokenizer only).",
          "Each token of TEXT with its id and piece (loads only the tokenizer).",
-         TokensRequest, records.Tokenization, lazy("lookinside.core.tokens", "tokens_of"),
+         TokensRequest, records.Tokenization, lazy("lookinside.core.decoding.tokens", "tokens_of"),
          lazy("lookinside.ui.tokens", "tokens_view"), lazy("lookinside.ui.tokens", "tokens_json"),
          needs="tokenizer", text="text", shows="the tokenizer's pieces"),
     View("inspect", "The module tree and architecture card (config only).",
          "The module tree and architecture card, built from the config alone (no weights read).",
-         InspectRequest, records.Anatomy, lazy("lookinside.core.anatomy", "anatomy_for"),
+         InspectRequest, records.Anatomy, lazy("lookinside.core.inside.anatomy", "anatomy_for"),
          lazy("lookinside.ui.anatomy", "anatomy_view"), lazy("lookinside.ui.anatomy", "anatomy_json"),
          needs="config", text=None, shows="the module tree"),
     View("forward", "The shapes through one forward pass, stage by stage.",
          "The shapes through one forward pass, stage by stage, read with hooks.",
-         ForwardRequest, records.ForwardPass, lazy("lookinside.core.hooks", "forward_of"),
+         ForwardRequest, records.ForwardPass, lazy("lookinside.core.inside.hooks", "forward_of"),
          lazy("lookinside.ui.forward", "forward_view"), lazy("lookinside.ui.forward", "forward_json"),
          needs="insides", shows="the shapes inside a forward pass"),
     View("attention", "Attention heat maps of one layer.",
          "Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted).",
-         AttentionRequest, records.AttentionMaps, lazy("lookinside.core.attention", "attention_of"),
+         AttentionRequest, records.AttentionMaps, lazy("lookinside.core.inside.attention", "attention_of"),
          lazy("lookinside.ui.attention", "attention_view"), lazy("lookinside.ui.attention", "attention_json"),
          needs="insides", shows="attention weights"),
     View("lens", "The logit lens: what each layer would predict.",
          "The logit lens: each layer's residual stream through the final norm and LM head.",
-         LensRequest, records.LogitLens, lazy("lookinside.core.lens", "logit_lens"),
+         LensRequest, records.LogitLens, lazy("lookinside.core.inside.lens", "logit_lens"),
          lazy("lookinside.ui.lens", "lens_view"), lazy("lookinside.ui.lens", "lens_json"),
          needs="insides", shows="each layer's residual stream"),
     View("ablate", "Remove heads or layers: the next-token table before and after.",
          "Remove heads or a layer's part and compare the next-token table before and after, or sweep them.",
-         AblateRequest, interventions.AblationResult, lazy("lookinside.core.interventions.ablate", "ablate"),
+         AblateRequest, interventions.AblationResult, lazy("lookinside.core.inside.interventions.ablate", "ablate"),
          lazy("lookinside.ui.interventions", "ablate_view"), lazy("lookinside.ui.interventions", "ablate_json"),
          needs="insides", shows="its heads and layers to ablate"),
     View("patch", "Activation patching: clean activations put into a corrupted run.",
          "Activation patching: the corrupted prompt run with the clean run's activation put back.",
-         PatchRequest, interventions.PatchResult, lazy("lookinside.core.interventions.patch", "patch"),
+         PatchRequest, interventions.PatchResult, lazy("lookinside.core.inside.interventions.patch", "patch"),
          lazy("lookinside.ui.interventions", "patch_view"), lazy("lookinside.ui.interventions", "patch_json"),
          needs="insides", text=None, shows="its activations to patch"),
     View("steer", "Add a direction to the residual stream while generating.",
          "Activation addition: generate with and without a direction added to the residual stream.",
-         SteerRequest, interventions.SteerResult, lazy("lookinside.core.interventions.steer", "steer"),
+         SteerRequest, interventions.SteerResult, lazy("lookinside.core.inside.interventions.steer", "steer"),
          lazy("lookinside.ui.interventions", "steer_view"), lazy("lookinside.ui.interventions", "steer_json"),
          needs="insides", shows="its residual stream to steer"),
 )}
@@ -162,7 +162,7 @@ def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
 
     Raises KeyError for an unknown view, BadInput for a body that is not the view's request.
     """
-    from lookinside.core.backend import LocalBackend
+    from lookinside.core.backends.seam import LocalBackend
     from lookinside.core.errors import BadInput
     from lookinside.core.finite import json_safe
     from lookinside.core.wire import from_wire, to_wire

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from lookinside.cli.options import Remote
 
 if TYPE_CHECKING:
-    from lookinside.core.backend import Backend
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.backends.seam import Backend
+    from lookinside.core.model.spec import LoadSpec
 
 
 def open_backend(spec: LoadSpec, remote: Remote) -> Backend:
@@ -17,7 +17,7 @@ def open_backend(spec: LoadSpec, remote: Remote) -> Backend:
     served = open_server(spec, remote)
     if served is not None:
         return served
-    from lookinside.core.backend import LocalBackend
+    from lookinside.core.backends.seam import LocalBackend
     from lookinside.ui.progress import load_with_progress
 
     return LocalBackend(load_with_progress(spec))
@@ -26,7 +26,7 @@ def open_backend(spec: LoadSpec, remote: Remote) -> Backend:
 def open_server(spec: LoadSpec, remote: Remote) -> Backend | None:
     """The server --endpoint names, else a running `llm serve` that loaded this model the same way, else None."""
     if remote.endpoint:
-        from lookinside.core.served import connect
+        from lookinside.core.backends.served import connect
 
         return connect(remote.endpoint, remote.api_key, spec.model if spec.model_named else None)
     return None if remote.no_server else _running_server(spec)
@@ -39,8 +39,8 @@ def _running_server(spec: LoadSpec) -> Backend | None:
     record = find_server(spec)
     if record is None:
         return None
+    from lookinside.core.backends.served import ServedBackend, probe
     from lookinside.core.errors import RemoteError
-    from lookinside.core.served import ServedBackend, probe
     from lookinside.ui.console import stderr_console
 
     try:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from lookinside.cli.options import MODEL_PANEL, JsonOpt, Keep, Remote, keep_options, model_options, remote_options
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 
 BENCH_PANEL = "Benchmark"
 
@@ -71,13 +71,13 @@ def bench(
         if given:
             raise BadInput(f"{', '.join(given)} need the model here: a server keeps its own KV cache and weights")
         from lookinside.cli.backends import open_backend
-        from lookinside.core.bench_stream import stream_bench
+        from lookinside.core.bench.stream import stream_bench
         from lookinside.ui.bench import remote_bench_json, remote_bench_view
 
         report = stream_bench(open_backend(spec, remote), settings, progress=tell_progress)
         show(report, remote_bench_view, remote_bench_json, as_json=json, keep=keep)
         return
-    from lookinside.core.bench import run_bench
+    from lookinside.core.bench.run import run_bench
 
     lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)

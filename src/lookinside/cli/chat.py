@@ -8,7 +8,7 @@ import typer
 
 from lookinside.cli.inputs import text_argument
 from lookinside.cli.options import MaxNewTokensOpt, Remote, model_options, remote_options, sampling_options
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 
 
 @model_options
@@ -38,7 +38,7 @@ def chat(
     """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
     from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import read_stdin
-    from lookinside.core.conversation import ChatRequest, Conversation, continued
+    from lookinside.core.chat.conversation import ChatRequest, Conversation, continued
     from lookinside.core.errors import BadInput
     from lookinside.core.paths import last_session, new_chat_file
     from lookinside.ui.console import stdout_console

@@ -19,7 +19,7 @@ from lookinside.cli.options import (
     remote_options,
     sampling_options,
 )
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 
 SamplesOpt = Annotated[int, typer.Option("--samples", "-s", help="How many sampled runs to show beside the greedy one.",
                                          rich_help_panel=SAMPLING_PANEL)]
@@ -50,8 +50,8 @@ def compare(
     (a seed is drawn and shown when --seed is not given), so a comparison can be repeated exactly.
     """
     from lookinside.cli.views import answer_here, show_record
+    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.request import CompareRequest, GenerationSettings
-    from lookinside.core.sampling import SamplingParams
     from lookinside.views import VIEWS
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos)

@@ -7,7 +7,7 @@ import typer
 
 from lookinside.cli.inputs import text_argument
 from lookinside.cli.options import FileOpt, JsonOpt, Keep, keep_options, model_options
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 
 AGAINST = "Against (B)"
 TextArg = Annotated[Optional[str], typer.Argument(
@@ -48,8 +48,8 @@ def diff(
     in memory at a time.
     """
     from lookinside.cli.inputs import text_or_file
-    from lookinside.core import diff as core_diff
     from lookinside.core.errors import BadInput
+    from lookinside.core.inside import diff as core_diff
     from lookinside.ui.console import show
     from lookinside.ui.diff import diff_json, diff_view
     from lookinside.ui.progress import load_with_progress

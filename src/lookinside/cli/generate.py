@@ -16,7 +16,7 @@ from lookinside.cli.options import (
     remote_options,
     sampling_options,
 )
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 
 PromptText = Annotated[Optional[str], typer.Argument(
     metavar="[PROMPT]", help="The text to continue (- reads stdin; one trailing newline is dropped).", show_default=False, callback=text_argument)]
@@ -55,7 +55,7 @@ def generate(
     """
     from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import text_or_file
-    from lookinside.core.conversation import ChatRequest
+    from lookinside.core.chat.conversation import ChatRequest
     from lookinside.core.errors import BadInput
     from lookinside.core.request import GenerationSettings
     from lookinside.ui.console import stderr_console
@@ -75,7 +75,7 @@ def generate(
     run = stream_out(backend.generate(text, params, config, chat), source,
                      "json" if json else "jsonl" if jsonl else "text")
     if compile:
-        from lookinside.core.compiled import Compiled
+        from lookinside.core.decoding.compiled import Compiled
 
         if note := Compiled.for_model(backend.lm).note:  # type: ignore[attr-defined]
             stderr_console().print(f"note: {note}", highlight=False, markup=False)

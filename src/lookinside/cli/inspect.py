@@ -22,7 +22,7 @@ from lookinside.cli.options import (
     remote_options,
 )
 from lookinside.cli.views import show_record
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 from lookinside.views import VIEWS
 
 TextArg = Annotated[Optional[str], typer.Argument(
@@ -42,7 +42,7 @@ AllPositionsOpt = Annotated[bool, typer.Option("--all-positions", help="A layer-
 @keep_options
 def inspect_command(json: JsonOpt = False, *, spec: LoadSpec, keep: Keep) -> None:
     """The module tree and architecture card, built from the config alone (no weights read)."""
-    from lookinside.core.anatomy import on_meta
+    from lookinside.core.inside.anatomy import on_meta
     from lookinside.core.request import InspectRequest
 
     view = VIEWS["inspect"]
@@ -59,7 +59,7 @@ def attention(
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
     from lookinside.cli.backends import open_server
-    from lookinside.core import attention as core_attention
+    from lookinside.core.inside import attention as core_attention
     from lookinside.core.request import AttentionRequest
     from lookinside.ui.console import stderr_console
     from lookinside.ui.progress import load_with_progress

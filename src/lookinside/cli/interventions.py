@@ -22,7 +22,7 @@ from lookinside.cli.options import (
     sampling_options,
 )
 from lookinside.cli.views import answer_here, show_record
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 from lookinside.views import VIEWS
 
 HeadsOpt = Annotated[Optional[list[str]], typer.Option(
@@ -71,7 +71,7 @@ def ablate(
     A head is ablated in its slice of the attention output, before the output projection; a layer's attn or
     mlp in its output, a block in its contribution to the residual stream.
     """
-    from lookinside.core.interventions.requests import AblateRequest, parse_head
+    from lookinside.core.inside.interventions.requests import AblateRequest, parse_head
 
     request = AblateRequest(prompt or "", heads=tuple(parse_head(h) for h in head or ()), layer=layer, part=part,
                             mode=mode, sweep=sweep, top_k=top_k, chat=chat)  # type: ignore[arg-type]
@@ -91,7 +91,7 @@ def patch(
     clean probability. --json's prob[layer][position] counts layer 0 as the embeddings' output.
     """
     from lookinside.core.errors import BadInput
-    from lookinside.core.interventions.requests import PatchRequest
+    from lookinside.core.inside.interventions.requests import PatchRequest
 
     if clean is None or corrupt is None:
         raise BadInput('give both prompts: --clean "The capital of France is" --corrupt "The capital of Japan is"')
@@ -114,9 +114,9 @@ def steer(
     Each text's residual stream is read at --layer at its last position; the difference is added at every
     position while generating. Both runs use the same seed (greedy unless --temperature is given).
     """
+    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.errors import BadInput
-    from lookinside.core.interventions.requests import SteerRequest
-    from lookinside.core.sampling import SamplingParams
+    from lookinside.core.inside.interventions.requests import SteerRequest
 
     if add is None:
         raise BadInput('give the direction to add: --add " Japan" (and --subtract " France" to take one away)')

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.core.sampling import FIELDS, SamplingField
-from lookinside.core.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
+from lookinside.core.decoding.sampling import FIELDS, SamplingField
+from lookinside.core.model.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
 
 MODEL_PANEL = "Model"
 SAMPLING_PANEL = "Sampling"
@@ -76,7 +76,7 @@ def _load_parameters() -> list[inspect.Parameter]:
 
 
 def _sampling_parameters() -> list[inspect.Parameter]:
-    """One option per field of core.sampling.FIELDS (so a new sampler needs no edit here)."""
+    """One option per field of core.decoding.sampling.FIELDS (so a new sampler needs no edit here)."""
     def option(f: SamplingField) -> inspect.Parameter:
         flag = typer.Option(f.flag, *f.shorts, help=f.help, rich_help_panel=SAMPLING_PANEL, show_default=False)
         return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,

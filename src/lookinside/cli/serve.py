@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from lookinside.cli.options import model_options
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 
 SERVER_PANEL = "Server"
 

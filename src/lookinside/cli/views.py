@@ -19,7 +19,7 @@ import typer
 
 from lookinside.cli.inputs import text_argument
 from lookinside.cli.options import JsonOpt, Keep, Remote, file_option, keep_options, model_options, remote_options
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 from lookinside.views import View
 
 
@@ -33,12 +33,12 @@ def open_for(view: View, spec: LoadSpec, remote: Remote) -> Any:
     if view.needs == "model":
         return open_backend(spec, remote)
     if view.needs == "tokenizer":
-        from lookinside.core.loading import load_tokenizer
-        from lookinside.core.tokens import TokenizerOnly
+        from lookinside.core.decoding.tokens import TokenizerOnly
+        from lookinside.core.model.loading import load_tokenizer
 
         return TokenizerOnly(spec.model, load_tokenizer(spec))
     if view.needs == "config":
-        from lookinside.core.anatomy import on_meta
+        from lookinside.core.inside.anatomy import on_meta
 
         return on_meta(spec)
     from lookinside.ui.progress import load_with_progress

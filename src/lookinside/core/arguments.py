@@ -36,7 +36,7 @@ def model_name(value: Any) -> str:
 
 def lm(value: Any, fn: str, runs: bool = True) -> Any:
     """`value` if it is an LM from li.load() or li.wrap() (with weights, when the function `runs` the model)."""
-    from lookinside.core.loading import LM
+    from lookinside.core.model.loading import LM
 
     if hasattr(value, "capabilities"):  # a backend: a server from li.connect(), or a model here behind the seam
         return value
@@ -52,8 +52,8 @@ def lm(value: Any, fn: str, runs: bool = True) -> Any:
 
 
 def sampling(values: dict[str, Any], fn: str) -> dict[str, Any]:
-    """Sampling keywords: only the fields lookinside knows (core/sampling.py FIELDS)."""
-    from lookinside.core.sampling import FIELD
+    """Sampling keywords: only the fields lookinside knows (core/decoding/sampling.py FIELDS)."""
+    from lookinside.core.decoding.sampling import FIELD
 
     unknown = sorted(set(values) - set(FIELD))
     if unknown:

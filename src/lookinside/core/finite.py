@@ -3,7 +3,7 @@
 `check_logits(lm, logits)` raises `NonFiniteLogits` when a forward pass gave NaN or +inf (or a
 row with no finite value), naming what is most likely at fault: a non-positive `rms_norm_eps`
 or `layer_norm_eps` in config.json, weights that hold NaN or inf, or a float16 overflow.
-Every forward path calls it (core/passes.py; the generation loop should call it on each step's
+Every forward path calls it (core/inside/passes.py; the generation loop should call it on each step's
 logits too).
 
 `json_safe(data)` is for every JSON lookinside writes (`--json`, `--jsonl`, transcripts): a
@@ -23,7 +23,7 @@ from lookinside.core.errors import LookinsideError
 if TYPE_CHECKING:
     import torch
 
-    from lookinside.core.loading import LM
+    from lookinside.core.model.loading import LM
 
 NULLS = "nulls"  # the top-level key that says why a number is null
 

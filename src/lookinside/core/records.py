@@ -1,6 +1,6 @@
 """The results the views draw, as plain data: nothing here imports torch.
 
-Every backend (this process, or a server: core/backend.py) returns these, and each view in
+Every backend (this process, or a server: core/backends/seam.py) returns these, and each view in
 ui/ is a function of one of them. Two records describe a token: `Piece`, a token of the
 input (id, vocabulary piece, text, kind), and `Candidate`, a token the model might produce
 next (rank, id, text, probability).
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lookinside.core.quantize import Estimate
+from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.model.quantize import Estimate
 from lookinside.core.request import GenerationSettings
-from lookinside.core.sampling import SamplingParams
 
 Finish = Literal["eos", "length", "stop"]
 WORST = 10  # positions a diff lists where the two models differ most

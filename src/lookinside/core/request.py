@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from lookinside.core.decoding.prompting import check_prompt
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput, EmptyPrompt
-from lookinside.core.prompting import check_prompt
-from lookinside.core.sampling import SamplingParams
 
 CacheKind = Literal["dynamic", "static", "none"]
 CACHE_KINDS: tuple[CacheKind, ...] = ("dynamic", "static", "none")
@@ -50,7 +50,7 @@ class GenerationSettings:
     cache: CacheKind = "dynamic"
     stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False
-    compile: bool = False  # decode with a torch.compile'd step over a static cache (core/compiled.py)
+    compile: bool = False  # decode with a torch.compile'd step over a static cache (core/decoding/compiled.py)
 
     def __post_init__(self) -> None:
         if self.compile and self.cache == "none":
@@ -183,7 +183,7 @@ class InspectRequest:
     quantize: str | None = None
 
     def __post_init__(self) -> None:
-        from lookinside.core.spec import QUANTIZE
+        from lookinside.core.model.spec import QUANTIZE
 
         if self.quantize is not None and self.quantize not in QUANTIZE:
             raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
@@ -210,7 +210,7 @@ class BenchSettings:
     bandwidth_gbs: float | None = None
     reference: bool = True
     threads: int | None = None  # CPU threads for torch; None leaves torch's default
-    compile: bool = False  # time the decode step torch.compile'd over a static cache (core/compiled.py)
+    compile: bool = False  # time the decode step torch.compile'd over a static cache (core/decoding/compiled.py)
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:

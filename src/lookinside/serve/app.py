@@ -34,7 +34,7 @@ from lookinside.serve.worker import ModelWorker, QueueFull, stream_on_model
 from lookinside.serve.worker import run_on_model as _run_on_worker
 
 if TYPE_CHECKING:
-    from lookinside.core.loading import LM
+    from lookinside.core.model.loading import LM
 
 T = TypeVar("T")
 log = logging.getLogger("lookinside.serve")

@@ -3,7 +3,7 @@
 `parse_completion` and `parse_chat` turn a request body into a checked request or raise
 `ApiError` (a 4xx with one line). `completion_job` and `chat_job` run on the model's thread
 (serve/worker.py): they encode the prompt, check it against the context, and emit a `Prologue`
-and then one `Scored` token per step of `core.generate.generate`, already named as the wire names
+and then one `Scored` token per step of `core.decoding.generate.generate`, already named as the wire names
 them (`token_id:N` with vLLM's `return_tokens_as_token_ids`), so no tokenizer is touched off that
 thread. The `*_response` and `*_chunk` functions shape them as OpenAI's JSON, streamed or whole.
 
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
+from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.request import GenerationSettings
-from lookinside.core.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from lookinside.core.loading import LM
+    from lookinside.core.model.loading import LM
     from lookinside.serve.settings import ServeSettings
     from lookinside.serve.worker import Cancel
 
@@ -147,7 +147,7 @@ def _sampling(body: dict[str, Any], settings: ServeSettings, length: str, defaul
 
 def _params(body: dict[str, Any]) -> SamplingParams:
     """SamplingParams from the request's own and extra fields; each checked by its SamplingField."""
-    from lookinside.core.sampling import FIELD
+    from lookinside.core.decoding.sampling import FIELD
 
     given = {name: body[name] for name in FIELD if body.get(name) is not None}
     if given.get("top_k") == -1:
@@ -252,8 +252,8 @@ Emit = Callable[[Any], None]
 
 def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, emit: Emit, cancel: Cancel) -> None:
     """Run a completion on the model (on its thread), emitting a Prologue and then one Scored per token."""
-    from lookinside.core.detokenize import decode
-    from lookinside.core.prompting import encode_prompt
+    from lookinside.core.decoding.detokenize import decode
+    from lookinside.core.decoding.prompting import encode_prompt
 
     sampling = request.sampling
     if isinstance(request.prompt, str):
@@ -270,7 +270,7 @@ def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, 
 
 def chat_job(lm: LM, request: ChatRequest, settings: ServeSettings, emit: Emit, cancel: Cancel) -> None:
     """Run a chat completion on the model (on its thread), through the model's chat template."""
-    from lookinside.core.prompting import encode_messages
+    from lookinside.core.decoding.prompting import encode_messages
 
     ids = encode_messages(lm.tokenizer, list(request.messages))
     want = request.top_logprobs if request.logprobs else None
@@ -280,8 +280,8 @@ def chat_job(lm: LM, request: ChatRequest, settings: ServeSettings, emit: Emit, 
 
 def _generate(lm: LM, ids: list[int], sampling: Sampling, settings: ServeSettings, want: int | None, emit: Emit,
               cancel: Cancel, prologue: Callable[[int | None], Prologue], chat: bool) -> None:
-    from lookinside.core.generate import generate
-    from lookinside.core.prompting import check_fits
+    from lookinside.core.decoding.generate import generate
+    from lookinside.core.decoding.prompting import check_fits
 
     room = lm.context_length - len(ids)
     max_tokens = sampling.max_tokens if sampling.max_tokens is not None else min(room, settings.max_tokens or room)
@@ -309,7 +309,7 @@ def _prompt_scores(lm: LM, ids: list[int], n: int, as_ids: bool, with_top: bool)
     """The prompt's tokens with their log-probabilities given what comes before (the first: None)."""
     import torch
 
-    from lookinside.core import passes
+    from lookinside.core.inside import passes
 
     name = _namer(lm, as_ids)
     out = passes.forward(lm, ids)
@@ -331,7 +331,7 @@ def _check_ids(lm: LM, ids: list[int]) -> None:
 
 
 def _namer(lm: LM, as_ids: bool) -> Callable[[int], str]:
-    from lookinside.core.detokenize import token_text
+    from lookinside.core.decoding.detokenize import token_text
 
     return (lambda i: f"token_id:{i}") if as_ids else (lambda i: token_text(lm.tokenizer, i))
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lookinside.core.model.spec import LoadSpec
 from lookinside.core.paths import data_dir
-from lookinside.core.spec import LoadSpec
 
 NO_SERVER_ENV = "LOOKINSIDE_NO_SERVER"
 # LoadSpec fields that do not change what the model computes: a server loaded with other ones still matches.

@@ -26,7 +26,7 @@ from lookinside.serve.settings import ServeSettings
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from lookinside.core.loading import LM
+    from lookinside.core.model.loading import LM
 
 
 def bind(settings: ServeSettings) -> socket.socket:

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from lookinside.core.errors import BadInput
-from lookinside.core.spec import LoadSpec
+from lookinside.core.model.spec import LoadSpec
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765  # beside vLLM's 8000 and Ollama's 11434, so all three can run on one machine

@@ -12,8 +12,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 if TYPE_CHECKING:
-    from lookinside.core.anatomy import Anatomy, Architecture, ModuleNode
-    from lookinside.core.quantize import Estimate
+    from lookinside.core.inside.anatomy import Anatomy, Architecture, ModuleNode
+    from lookinside.core.model.quantize import Estimate
 
 LINEAR = re.compile(r"in_features=(\d+), out_features=(\d+), bias=(True|False)")
 PLAIN_ROPE = {("rope_type", "default"), ("partial_rotary_factor", 1.0)}  # not worth a word on the card
@@ -138,7 +138,7 @@ QUANTIZE_NAMES = {"int8": "int8 weights (torchao)", "8bit": "8-bit (bitsandbytes
 
 def quantize_view(estimate: Estimate) -> Text:
     """The footprint under --quantize, with its arithmetic."""
-    from lookinside.core.quantize import STORAGE
+    from lookinside.core.model.quantize import STORAGE
 
     bits, block = STORAGE[estimate.kind]
     scales = f"one float32 scale per {block} weights" if block else "one float32 scale per output row"

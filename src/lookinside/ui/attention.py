@@ -20,7 +20,7 @@ from lookinside.ui.tokens import shown
 
 if TYPE_CHECKING:
 
-    from lookinside.core.attention import AttentionMaps, HeadSummary
+    from lookinside.core.inside.attention import AttentionMaps, HeadSummary
 
 # (lowest weight, glyph): a cell gets the glyph of the last threshold it reaches
 SHADES = ((0.0, " "), (0.02, "░"), (0.1, "▒"), (0.3, "▓"), (0.6, "█"))

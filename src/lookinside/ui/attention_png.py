@@ -12,7 +12,7 @@ from lookinside.core.errors import LookinsideError
 from lookinside.ui.attention import heat_rgb
 
 if TYPE_CHECKING:
-    from lookinside.core.attention import AttentionMaps
+    from lookinside.core.inside.attention import AttentionMaps
 
 MASK_RGB = (200, 200, 200)
 BACKGROUND = (255, 255, 255)

@@ -18,7 +18,7 @@ from rich.text import Text
 from lookinside.ui.console import stderr_console
 
 if TYPE_CHECKING:
-    from lookinside.core.bench_report import BenchReport, ModeResult, ReferenceRun, RemoteBenchReport, SpeedOfLight
+    from lookinside.core.bench.report import BenchReport, ModeResult, ReferenceRun, RemoteBenchReport, SpeedOfLight
 
 CACHE_MARK, NO_CACHE_MARK, BOTH_MARK = "•", "×", "◆"
 CACHE_STYLE, NO_CACHE_STYLE = "green", "red"

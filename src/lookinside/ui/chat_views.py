@@ -14,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from lookinside.core.conversation import ChatSettings, Conversation, ReplyStats
+from lookinside.core.chat.conversation import ChatSettings, Conversation, ReplyStats
 from lookinside.core.records import ModelFacts
 from lookinside.ui.text import bar, prob_style, visible
 

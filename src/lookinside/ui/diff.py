@@ -16,7 +16,7 @@ from rich.text import Text
 from lookinside.ui.text import fmt_prob, visible
 
 if TYPE_CHECKING:
-    from lookinside.core.diff import Diff, Position
+    from lookinside.core.inside.diff import Diff, Position
 
 # KL in nats: what each colour means. Below 0.001 the two are the same for any practical purpose.
 KL_LEVELS = ((1e-3, "green"), (1e-2, "yellow"), (1e-1, "dark_orange"), (math.inf, "red"))

@@ -11,7 +11,7 @@ from rich.text import Text
 from lookinside.ui.next_token import tokens_line
 
 if TYPE_CHECKING:
-    from lookinside.core.hooks import ForwardPass, LayerRun, Stage
+    from lookinside.core.inside.hooks import ForwardPass, LayerRun, Stage
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:

@@ -20,7 +20,7 @@ from lookinside.ui.text import fmt_prob, prob_style, visible
 from lookinside.ui.tokens import shown
 
 if TYPE_CHECKING:
-    from lookinside.core.interventions.records import AblationResult, Grid, PatchResult, Shift, SteerResult
+    from lookinside.core.inside.interventions.records import AblationResult, Grid, PatchResult, Shift, SteerResult
     from lookinside.core.records import Candidate, Piece
 
 VERDICT_POSITIONS = 4  # positions named in the patching verdict

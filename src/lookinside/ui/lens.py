@@ -12,7 +12,7 @@ from lookinside.ui.text import bar, prob_style, visible
 from lookinside.ui.tokens import shown
 
 if TYPE_CHECKING:
-    from lookinside.core.lens import LogitLens
+    from lookinside.core.inside.lens import LogitLens
     from lookinside.core.records import Candidate
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from lookinside.ui.console import stderr_console
 
 if TYPE_CHECKING:
-    from lookinside.core.loading import LM
-    from lookinside.core.spec import LoadSpec
+    from lookinside.core.model.loading import LM
+    from lookinside.core.model.spec import LoadSpec
 
 
 def load_with_progress(spec: LoadSpec) -> LM:
@@ -21,7 +21,7 @@ def load_with_progress(spec: LoadSpec) -> LM:
     import transformers
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    from lookinside.core.loading import load
+    from lookinside.core.model.loading import load
 
     transformers.logging.set_verbosity_error()
     show = sys.stderr.isatty() and spec.model != "tiny"

@@ -2,7 +2,7 @@
 
 `ChatRepl` owns a `Conversation` and a loaded model; `run()` reads messages until
 Ctrl-D or /exit and returns the exit code. Every generated token comes from
-`core.generate.generate` (injectable, so tests can interrupt it). Ctrl-C during a
+`core.decoding.generate.generate` (injectable, so tests can interrupt it). Ctrl-C during a
 reply stops it and keeps the partial reply, marked as cut; an expected mistake
 (a bad /set value, an unknown command, a conversation that does not fit) is one
 line, never a traceback.
@@ -34,15 +34,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from lookinside.core import errors
-from lookinside.core.conversation import SETTABLE, Conversation, export_markdown
+from lookinside.core.chat.conversation import SETTABLE, Conversation, export_markdown
+from lookinside.core.chat.session import ChatSession, Reply, survivable
 from lookinside.core.paths import data_dir, new_chat_file
-from lookinside.core.session import ChatSession, Reply, survivable
 from lookinside.ui.chat_views import WhyRow, context_meter, help_view, show_view, stats_line, why_view
 from lookinside.ui.stream import Mode, StreamPrinter
 
 if TYPE_CHECKING:
-    from lookinside.core.backend import Backend, GenerateFn
-    from lookinside.core.loading import LM
+    from lookinside.core.backends.seam import Backend, GenerateFn
+    from lookinside.core.model.loading import LM
     from lookinside.core.records import Step
 
 QUOTES = '"""'
@@ -188,12 +188,12 @@ def make_session(keep_history: bool = True, **kwargs: Any) -> PromptSession[str]
 
 
 class ChatRepl:
-    """Keys in, drawing out: a `ChatSession` (core/session.py) does the chat, this class only talks to the terminal."""
+    """Keys in, drawing out: a `ChatSession` (core/chat/session.py) does the chat, this class only talks to the terminal."""
 
     def __init__(self, model: LM | Backend, conversation: Conversation, console: Console,
                  session: PromptSession[str] | None = None, mode: Mode = "markdown",
                  generate_fn: GenerateFn | None = None) -> None:
-        from lookinside.core.backend import LocalBackend
+        from lookinside.core.backends.seam import LocalBackend
 
         backend = model if hasattr(model, "stream") else LocalBackend(model, generate_fn)  # an LM has no stream()
         self.chat = ChatSession(backend, conversation)  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ from rich.text import Text
 from lookinside.ui.text import visible
 
 if TYPE_CHECKING:
+    from lookinside.core.decoding.tokens import Tokenization
     from lookinside.core.records import Piece
-    from lookinside.core.tokens import Tokenization
 
 STRIPES = ("on grey23", "on grey35")
 KIND_STYLES = {"special": "bold magenta", "byte": "yellow", "text": ""}

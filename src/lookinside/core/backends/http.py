@@ -1,0 +1,54 @@
+"""JSON over HTTP with the standard library, for the calls the openai client does not make (or should not pay for).
+
+`call` GETs or POSTs JSON and turns every failure into one typed line: a refused key, a 4xx
+with the server's own message (BadInput), nothing listening, or an answer that is not JSON.
+Nothing here imports more than urllib.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from lookinside.core import errors
+from lookinside.core.backends.remote_guard import DeadlinePassed, deadline
+
+
+def call(root: str, path: str, key: str | None, body: Any, timeout_s: float) -> Any:
+    """GET (no body) or POST JSON to the server; its answer's JSON, or one-line errors."""
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body, allow_nan=False).encode()
+        headers["Content-Type"] = "application/json"
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(root + path, data=data, headers=headers, method="POST" if data else "GET")
+    try:
+        with deadline(timeout_s), urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            return json.loads(response.read())
+    except DeadlinePassed:  # a server that drips: the socket's timeout is per read, this one is for the whole answer
+        raise errors.RemoteError(f"the server at {root} did not answer within {timeout_s:g} s") from None
+    except urllib.error.HTTPError as exc:
+        raise _refusal(root, exc) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise errors.RemoteError(f"nothing answers at {root} ({reason}): is the server running?") from None
+    except ValueError:
+        raise errors.RemoteError(f"{root}{path} answered, but not with JSON") from None
+
+
+def _refusal(root: str, exc: urllib.error.HTTPError) -> errors.LookinsideError:
+    """The server's one-line error as the typed error the CLI turns into its exit code."""
+    try:
+        message = str(json.loads(exc.read())["error"]["message"]).splitlines()[0]
+    except (ValueError, KeyError, TypeError, IndexError):
+        message = exc.reason or "no reason given"
+    if exc.code == 401:
+        return errors.RemoteError(f"the server at {root} refused the API key (401): give --api-key or set "
+                                  "LOOKINSIDE_API_KEY")
+    if 400 <= exc.code < 500 and exc.code != 404:
+        return errors.BadInput(f"the server refused the request: {message}")
+    return errors.RemoteError(f"the server at {root} answered {exc.code}: {message}")

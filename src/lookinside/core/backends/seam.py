@@ -1,0 +1,223 @@
+"""The seam between the views and a model: "gives next-token log-probabilities and streams tokens".
+
+Every command talks to a `Backend`: `LocalBackend` wraps a model loaded here (core/model/loading.py);
+core/backends/remote.py's backend talks to an OpenAI-compatible server. A backend gives a few primitives
+(the next-token distribution of a prompt, a stream of generated tokens with their probabilities,
+the prompt's ids, a token's text) and says what else it can give in one typed value,
+`Capabilities`, which views and commands read instead of asking which backend they have.
+Drivers such as compare (core/decoding/compare.py) are written once over the primitives. What a backend
+cannot give it leaves as None with a reason in the record, never a made-up value.
+
+This module imports no torch: a remote command must not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from lookinside.core.chat.conversation import Conversation, Fitted
+    from lookinside.core.decoding.sampling import SamplingParams
+    from lookinside.core.model.loading import LM
+    from lookinside.core.records import ModelFacts, NextToken, Step, Stream
+    from lookinside.core.request import GenerationSettings, NextTokenRequest
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can give beyond the primitives every backend has (each False: said in one line, or None)."""
+
+    ids: bool = True  # the model's own token ids (a server may name tokens by their text only)
+    shapes: bool = True  # tensor shapes and logits, not just log-probabilities
+    insides: bool = True  # a forward pass with hooks: forward, attention, lens, interventions
+    kv_cache_switch: bool = True  # generation without a KV cache, or with a static one
+    continue_reply: bool = True  # go on from a partial reply (chat's /continue)
+    extra_samplers: bool = True  # top-k, min-p, repetition penalty
+    ignore_eos: bool = True  # generate past end tokens
+    views: bool = False  # answers every lookinside view itself (a `llm serve` server)
+    kind: str = "local"  # what it is, in words a message can name: local, vllm, llama.cpp, lookinside, ...
+
+    def refuse(self, what: str, why: str) -> None:
+        """Raise BadInput saying in one line that this backend cannot give `what`."""
+        from lookinside.core.errors import BadInput
+
+        raise BadInput(f"{what}: {why} (the model here: without --endpoint)")
+
+
+LOCAL = Capabilities()
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a reply used beyond time: peak accelerator memory, CPU threads, quantized weights (None: not known)."""
+
+    peak_memory_bytes: int | None = None
+    threads: int | None = None
+    quantized: str | None = None
+
+
+class Backend(Protocol):
+    """A model the views can ask; `name` and `context_length` (None where the server does not say) describe it."""
+
+    name: str
+    context_length: int | None
+    capabilities: Capabilities
+
+    def next_token(self, request: NextTokenRequest) -> NextToken:
+        """The top-k next tokens of a prompt."""
+        ...
+
+    def prompt_ids(self, prompt: str, chat: bool = False) -> list[int] | None:
+        """The prompt's token ids as the model reads them (None where the backend does not show them)."""
+        ...
+
+    def prompt_tokens(self, prompt: str) -> int | None:
+        """How many tokens the model makes of `prompt` (None where the backend cannot count)."""
+        ...
+
+    def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
+        """A continuation of a text prompt (through the chat template with `chat`), one step per token."""
+        ...
+
+    def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
+        """The next chat prompt, oldest turns dropped while it does not fit (where the backend can count)."""
+        ...
+
+    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
+        """The reply to a fitted prompt, one step per token; `stream.seed` is the seed in effect."""
+        ...
+
+    def count_tokens(self, conversation: Conversation) -> int | None:
+        """Tokens the conversation takes in the chat template (None where the backend cannot count)."""
+        ...
+
+    def token_text(self, token_id: int) -> str:
+        """A token id's text, as a reply shows it."""
+        ...
+
+    def start_reply(self) -> None:
+        """Called before each reply (a local GPU resets its peak-memory counter)."""
+        ...
+
+    def facts(self) -> ModelFacts:
+        """What chat's /show tells about the model."""
+        ...
+
+    @property
+    def generation_config(self) -> Any:
+        """The model's transformers GenerationConfig (its sampling defaults), or None where it is not known."""
+        ...
+
+    def resources(self) -> Resources:
+        """What the last reply used."""
+        ...
+
+
+GenerateFn = Callable[..., Iterator["Step"]]
+
+
+class LocalBackend:
+    """A model loaded in this process: every view, and the numbers only it can give.
+
+    `generate_fn` replaces the token loop (`core.decoding.generate.generate`'s signature); tests use it to
+    script replies or to interrupt one.
+    """
+
+    def __init__(self, lm: LM, generate_fn: GenerateFn | None = None) -> None:
+        self.lm = lm
+        self.name = lm.name
+        self.context_length: int | None = lm.context_length
+        self.generate_fn = generate_fn
+        self.capabilities = LOCAL
+
+    def next_token(self, request: NextTokenRequest) -> NextToken:
+        """`core.inside.predict.next_token` on the local model."""
+        from lookinside.core.inside import predict
+
+        return predict.next_token(self.lm, request)
+
+    def prompt_ids(self, prompt: str, chat: bool = False) -> list[int]:
+        """The local tokenizer's ids (through the chat template with `chat`)."""
+        from lookinside.core.decoding.prompting import encode_prompt
+
+        return encode_prompt(self.lm.tokenizer, prompt, chat=chat)
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens the local tokenizer makes of `prompt`."""
+        return len(self.prompt_ids(prompt))
+
+    def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
+        """The one token loop over the encoded prompt."""
+        from lookinside.core.decoding import generate
+
+        return generate.generate(self.lm, self.prompt_ids(prompt, chat), params, settings)
+
+    def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
+        """`core.chat.conversation.fit` with the local tokenizer and context."""
+        from lookinside.core.chat import conversation as chat
+
+        return chat.fit(self.lm.tokenizer, conversation, self.lm.context_length, continuation)
+
+    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
+        """The one token loop, `core.decoding.generate.generate` (or the substitute given)."""
+        from lookinside.core.decoding import generate
+        from lookinside.core.records import Stream
+
+        if self.generate_fn is None:
+            return generate.generate(self.lm, fitted.ids or [], params, settings)
+        params = generate.with_seed(params)
+        return Stream(iter(self.generate_fn(self.lm, fitted.ids or [], params, settings)), params)
+
+    def count_tokens(self, conversation: Conversation) -> int | None:
+        """Tokens through the local chat template."""
+        from lookinside.core.chat import conversation as chat
+
+        return chat.count_tokens(self.lm.tokenizer, conversation)
+
+    def token_text(self, token_id: int) -> str:
+        """The local tokenizer's text for the id."""
+        from lookinside.core.decoding.detokenize import token_text
+
+        return token_text(self.lm.tokenizer, token_id)
+
+    def start_reply(self) -> None:
+        """Reset CUDA's peak-memory counter, so the stats show this reply's peak."""
+        from lookinside.core.decoding.timing import reset_peak_memory
+
+        if self.lm.device.type == "cuda":
+            reset_peak_memory(self.lm.device)
+
+    @property
+    def generation_config(self) -> Any:
+        """The loaded model's GenerationConfig."""
+        return self.lm.model.generation_config
+
+    def facts(self) -> ModelFacts:
+        """Name, size, dtype, device, attention, context, end tokens and chat template of the loaded model."""
+        from lookinside.core.records import ModelFacts
+
+        lm = self.lm
+        return ModelFacts(
+            name=lm.name, source=lm.source, parameters=sum(p.numel() for p in lm.model.parameters()),
+            dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device), context_length=lm.context_length,
+            attention=lm.attn_implementation, end_tokens=[(i, self.token_text(i)) for i in lm.end_token_ids],
+            chat_template=getattr(lm.tokenizer, "chat_template", None),
+        )
+
+    def resources(self) -> Resources:
+        """Peak CUDA memory, torch's CPU threads, and the quantization, as they apply to this device."""
+        from lookinside.core.decoding.timing import peak_memory_bytes
+
+        lm = self.lm
+        return Resources(
+            peak_memory_bytes=peak_memory_bytes(lm.device) if lm.device.type == "cuda" else None,
+            threads=lm.threads.count if lm.threads and lm.device.type == "cpu" else None,
+            quantized=lm.quantized.short() if lm.quantized else None,
+        )
+
+
+def as_backend(model: Backend | LM) -> Backend:
+    """A backend as it is, or a model loaded here wrapped in a `LocalBackend`."""
+    return model if hasattr(model, "capabilities") else LocalBackend(model)  # type: ignore[arg-type]

@@ -1,0 +1,172 @@
+"""The decode step compiled: torch.compile over one token's forward with a static KV cache (`--compile`).
+
+A small model spends most of a decode step in Python between kernels (transformers' modules, their
+hooks and checks: the tiny model 2 ms a token for well under 1 ms of kernels); compiled, that Python
+runs once at trace time. `Compiled.for_model(lm)` holds one compiled step per model, and one static
+cache per length, reused run after run: the length is rounded up to a power of two (at least
+`MIN_CACHE`), so runs of different lengths share it and the step compiles once, at the first call,
+and never again (`dynamic=False`: every shape is the same at every step; the position lives in the
+cache's tensors). On CUDA the compiled step replays CUDA graphs ("reduce-overhead").
+
+When compiling fails (no C compiler for inductor, a model that does not trace as one graph), or a run
+passes the model's sliding window, the run goes on eagerly and `note` says why in one line; the
+model is not compiled again in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, StaticCache
+
+    from lookinside.core.model.loading import LM
+
+MIN_CACHE = 256
+
+
+def cache_length(needed: int, context: int) -> int:
+    """`needed` rounded up to a power of two, at least `MIN_CACHE`, at most the context (never below `needed`)."""
+    length = MIN_CACHE
+    while length < needed:
+        length *= 2
+    return max(needed, min(length, context))
+
+
+def sliding_window(config: PretrainedConfig) -> int | None:
+    """The model's attention window, when it has one."""
+    window = getattr(config.get_text_config(), "sliding_window", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
+def run_cache_length(config: PretrainedConfig, needed: int, context: int) -> int:
+    """The static cache's length for a run of `needed` positions: a power of two (`cache_length`), within the
+    attention window when the run fits in it (Phi-3-mini's 2,047)."""
+    window = sliding_window(config)
+    return cache_length(needed, min(context, window) if window and needed <= window else context)
+
+
+def windowless(config: PretrainedConfig, length: int) -> PretrainedConfig:
+    """`config` for a cache of `length` positions: without its sliding window when the whole cache fits in it.
+
+    transformers' sliding-window cache layers count positions in a Python int, which torch.compile bakes
+    into the graph (a recompilation at every step); a window longer than the run changes nothing anyway.
+    """
+    import copy
+
+    window = sliding_window(config)
+    if window is None or length > window:
+        return config
+    text = copy.deepcopy(config.get_text_config())
+    text.sliding_window = None
+    if getattr(text, "layer_types", None):
+        text.layer_types = ["full_attention" if kind == "sliding_attention" else kind for kind in text.layer_types]
+    return text
+
+
+def compile_mode(device: torch.device) -> str | None:
+    """CUDA graphs on a GPU, where launching kernels is the overhead; inductor's default elsewhere."""
+    return "reduce-overhead" if device.type == "cuda" else None
+
+
+@dataclass
+class Compiled:
+    """One model's compiled decode step and the static caches it runs over."""
+
+    lm: LM
+    step: Callable[[torch.Tensor, StaticCache], torch.Tensor] | None = None
+    note: str | None = None  # why the run is eager after all, once compiling failed
+    _caches: dict[int, StaticCache] = field(default_factory=dict)
+    _lent: set[int] = field(default_factory=set)
+    _cache_kwarg: str = "past_key_values"
+    _observe: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def for_model(cls, lm: LM) -> Compiled:
+        """The model's compiled step, made on first use and kept for as long as the model lives."""
+        held = getattr(lm.model, _ATTRIBUTE, None)
+        if held is None:
+            held = cls(lm)
+            object.__setattr__(lm.model, _ATTRIBUTE, held)  # dies with the model (a cycle, not a global)
+        return held
+
+    @property
+    def failed(self) -> bool:
+        """True once compiling failed: decode eagerly from then on."""
+        return self.note is not None
+
+    def borrow_cache(self, needed: int) -> StaticCache:
+        """A cleared static cache for `needed` positions, the same tensors each run (CUDA graphs replay on fixed
+        addresses); a fresh one when the held one is still in use by another stream."""
+        from transformers import StaticCache
+
+        length = run_cache_length(self.lm.config, needed, self.lm.context_length)
+        window = sliding_window(self.lm.config)
+        if window is not None and length > window and not self.failed:
+            self.note = (f"--compile: a run of {needed} positions passes the model's {window}-token attention window, "
+                         "whose cache would recompile at every step; decoding eagerly instead")
+        cache = self._caches.get(length)
+        if cache is None or length in self._lent:
+            fresh = StaticCache(config=windowless(self.lm.config, length), max_cache_len=length)
+            if cache is not None:
+                return fresh
+            cache = self._caches[length] = fresh
+        else:
+            with torch.inference_mode():  # its tensors were made in inference mode, by the prefill
+                cache.reset()
+        self._lent.add(length)
+        return cache
+
+    def give_back(self, cache: StaticCache) -> None:
+        """The stream that borrowed `cache` is done with it."""
+        for length, held in self._caches.items():
+            if held is cache:
+                self._lent.discard(length)
+
+    def decode(self, ids: torch.Tensor, cache: StaticCache, eager: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The next position's logits for the newest token `ids` (1, 1); `eager` when compiling failed."""
+        if self.failed:
+            return eager()
+        if self.step is None:
+            from lookinside.core.decoding.generate import cache_argument
+
+            self._cache_kwarg = cache_argument(self.lm.model)  # read here: inspect.signature does not trace
+            self.step = torch.compile(self._forward, fullgraph=True, dynamic=False,
+                                      mode=compile_mode(self.lm.device))
+        try:
+            logits = self.step(ids, cache)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly, say so once
+            self.note = f"--compile: compiling failed ({_first_line(exc)}); decoding eagerly instead"
+            return eager()
+        # CUDA graphs write their outputs into the same memory at the next replay: keep this step's copy.
+        return logits.clone() if self.lm.device.type == "cuda" else logits
+
+    def observation(self, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """generate.observation compiled too: a dozen small ops over the vocabulary become one kernel call."""
+        from lookinside.core.decoding.generate import observation
+
+        if self.failed:
+            return observation(logits, token)
+        if self._observe is None:
+            self._observe = torch.compile(observation, fullgraph=True, dynamic=False)
+        try:
+            return self._observe(logits, token)
+        except Exception as exc:  # noqa: BLE001 - as in decode
+            self.note = f"--compile: compiling failed ({_first_line(exc)}); decoding eagerly instead"
+            return observation(logits, token)
+
+    def _forward(self, ids: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        out = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+        return out.logits[:, -1, :].float()  # (1, vocab)
+
+
+_ATTRIBUTE = "_lookinside_compiled"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__

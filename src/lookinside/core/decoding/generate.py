@@ -1,0 +1,232 @@
+"""The only loop over tokens: prefill the prompt, then decode one token per step.
+
+`generate` returns a `Stream` of `Step`s, one per new token: its id, its text
+delta, its probability and rank under the raw (temperature 1, unpenalised)
+distribution, the top alternatives, and how long it took. With the KV cache
+("dynamic", or a preallocated "static" one) each step feeds only the newest
+token and reuses transformers' cache; with cache "none" it feeds the whole
+sequence again at every step, as the book describes.
+
+It stops at `max_new_tokens`, at an end token (the generation config's eos ids,
+unless `ignore_eos`), or at a stop string (the text is cut before it; the token
+ids keep every token generated). To stop from outside, stop iterating (break) or
+let KeyboardInterrupt propagate out of the loop. A sampled run always has a
+concrete seed, known from the stream (`stream.seed`) before the first step.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from lookinside.core.decoding.compiled import Compiled
+from lookinside.core.decoding.detokenize import IncrementalDecoder, StopStrings
+from lookinside.core.decoding.prompting import check_fits
+from lookinside.core.decoding.sampling import SamplingParams, build_processors, sample
+from lookinside.core.decoding.timing import now
+from lookinside.core.finite import check_logits
+from lookinside.core.records import Finish, Generation, Step, Stream
+from lookinside.core.request import CacheKind, GenerationSettings
+
+if TYPE_CHECKING:
+    from transformers import Cache, LogitsProcessorList
+
+    from lookinside.core.model.loading import LM
+
+TOP_ALTERNATIVES = 5
+
+
+def generate(
+    lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings = GenerationSettings(),
+    alternatives: int = TOP_ALTERNATIVES,
+) -> Stream:
+    """One `Step` per new token until an end token, a stop string or `max_new_tokens`.
+
+    An unseeded sampling `params` gets a fresh seed here, readable as `stream.seed`. Each step keeps
+    the `alternatives` most probable tokens (a server asked for logprobs=20 wants more than five).
+    """
+    check_fits(len(prompt_ids), lm.context_length, settings.max_new_tokens)
+    params = with_seed(params)
+    return Stream(_steps(lm, list(prompt_ids), params, settings, alternatives), params)
+
+
+def with_seed(params: SamplingParams) -> SamplingParams:
+    """The params a run uses: greedy as they are, sampled with a concrete seed (drawn here when none is given)."""
+    return params if params.greedy else params.seeded()
+
+
+def collect(
+    lm: LM,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    settings: GenerationSettings = GenerationSettings(),
+    keep_on_interrupt: bool = False,
+) -> Generation:
+    """Run `generate` to the end and keep every step (with `keep_on_interrupt`, Ctrl-C keeps what came so far)."""
+    stream = generate(lm, prompt_ids, params, settings)
+    run = Generation(prompt_ids=list(prompt_ids), seed=stream.seed)
+    try:
+        run.steps.extend(stream)
+    except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            raise
+        run.interrupted = True
+    return run
+
+
+def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings,
+           alternatives: int = TOP_ALTERNATIVES) -> Iterator[Step]:
+    n = len(prompt_ids)
+    compiled = Compiled.for_model(lm) if settings.compile else None
+    if compiled is not None:
+        cache = compiled.borrow_cache(n + settings.max_new_tokens)
+        try:
+            yield from _loop(lm, prompt_ids, params, settings, cache, compiled, alternatives)
+        finally:
+            compiled.give_back(cache)
+        return
+    cache = make_cache(lm, settings.cache, n + settings.max_new_tokens)
+    yield from _loop(lm, prompt_ids, params, settings, cache, None, alternatives)
+
+
+def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings, cache: Cache | None,
+          compiled: Compiled | None, alternatives: int) -> Iterator[Step]:
+    processors = build_processors(params)
+    generator = _generator(params, lm.device)
+    ends = frozenset() if settings.ignore_eos else frozenset(lm.end_token_ids)
+    decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids)
+    stops = StopStrings(settings.stop_strings)
+    n = len(prompt_ids)
+    # inference_mode is entered around the tensor work only, never held across a `yield`: the consumer's
+    # code between steps (and a stream abandoned half-way) must not run inside it.
+    with torch.inference_mode():
+        # Every id of the run in one preallocated row: no per-step concatenation, and writing a token is not a sync.
+        buffer = torch.empty((1, n + settings.max_new_tokens), dtype=torch.long, device=lm.device)  # (1, seq)
+        buffer[0, :n] = torch.tensor(prompt_ids, dtype=torch.long)
+        start = now(lm.device)
+        logits = prefill(lm, buffer[:, :n], cache)  # (1, vocab)
+        check_logits(lm, logits)  # NaN weights or a bad epsilon: one line, never a table of nan
+    for index in range(settings.max_new_tokens):
+        with torch.inference_mode():
+            token = pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
+            buffer[:, n + index] = token
+            packer = compiled.observation if compiled is not None and alternatives == TOP_ALTERNATIVES else None
+            token_id, prob, rank, top = _observe(logits[0], token, alternatives, packer)  # one device -> host copy
+        finish: Finish | None = None
+        if token_id in ends:
+            text, finish = stops.push(decoder.flush()) + stops.flush(), "eos"
+        else:
+            text = stops.push(decoder.push(token_id))
+            if stops.stopped:
+                finish = "stop"
+            elif index + 1 == settings.max_new_tokens:
+                text, finish = text + stops.push(decoder.flush()) + stops.flush(), "length"
+                finish = "stop" if stops.stopped else finish
+        yield Step(index, token_id, text, prob, rank, top, time.perf_counter() - start, finish)
+        if finish is not None:
+            return
+        start = time.perf_counter()  # the consumer's time between steps is not the model's
+        with torch.inference_mode():
+            ids = buffer[:, : n + index + 1]  # (1, seq so far)
+            if compiled is not None and cache is not None:
+                logits = compiled.decode(token.view(1, 1), cache, lambda: decode_one_token(lm, ids, cache))
+            else:
+                logits = decode_one_token(lm, ids, cache)
+
+
+def make_cache(lm: LM, kind: CacheKind, max_len: int) -> Cache | None:
+    """A transformers cache for the run: dynamic (grows), static (preallocated) or none."""
+    from transformers import DynamicCache, StaticCache
+
+    if kind == "none":
+        return None
+    if kind == "static":
+        return StaticCache(config=lm.config, max_cache_len=max_len)
+    return DynamicCache(config=lm.config)
+
+
+def prefill(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    """Run the whole prompt once; the last position's logits.  # (1, vocab)"""
+    return _forward(lm, ids, cache)
+
+
+def decode_one_token(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    """Logits for the next position: only the newest token with a cache, everything without."""
+    return _forward(lm, ids[:, -1:] if cache is not None else ids, cache)
+
+
+def pick(
+    logits: torch.Tensor, ids: torch.Tensor, processors: LogitsProcessorList, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The next token after `processors`: the top score without `generator`, else one draw; left on the device.
+
+    # (1, vocab) -> (1,)
+    """
+    scores = processors(ids, logits) if processors else logits  # (1, vocab)
+    if generator is None:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores, dim=-1)  # (1, vocab)
+    if probs.device != generator.device:
+        return sample(probs.to(generator.device), generator).to(probs.device)
+    return sample(probs, generator)
+
+
+def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES,
+             packer: Callable[..., torch.Tensor] | None = None,
+             ) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
+    """The token, its raw probability and rank, and the top alternatives, in one copy to the host."""
+    # float64 holds every token id exactly; one .tolist() is one device sync instead of a dozen .item()s.
+    packed = (packer(logits, token) if packer else observation(logits, token, alternatives)).tolist()
+    k = (len(packed) - 3) // 2
+    top = tuple((int(i), math.exp(lp)) for i, lp in zip(packed[3 : 3 + k], packed[3 + k :]))
+    return int(packed[0]), math.exp(packed[1]), int(packed[2]), top
+
+
+def observation(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES) -> torch.Tensor:
+    """[token, log p, rank, top ids..., top log ps...] as one float64 row (compiled with the step under --compile).
+
+    # (vocab,), (1,) -> (3 + 2k,)
+    """
+    # log p = logit - logsumexp: one reduction over the vocab instead of a whole log-softmax tensor.
+    logits = logits.float()  # (vocab,)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (1,)
+    chosen = logits[token]  # (1,)
+    rank = (logits > chosen).sum().unsqueeze(0) + 1  # (1,)
+    top_logits, top_ids = logits.topk(min(alternatives, logits.shape[-1]))  # (k,), (k,)
+    chosen, top_logp = chosen - lse, top_logits - lse  # (1,), (k,)
+    return torch.cat([token.double(), chosen.double(), rank.double(), top_ids.double(), top_logp.double()])
+
+
+def _forward(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    kwargs = {cache_argument(lm.model): cache} if cache is not None else {}
+    out = lm.model(input_ids=ids, use_cache=cache is not None, logits_to_keep=1, **kwargs)
+    # With an accelerate device map the head may sit on another device than the ids; bring it home.
+    return out.logits[:, -1, :].float().to(ids.device)  # (1, vocab)
+
+
+@functools.cache
+def _forward_parameters(forward_type: type) -> frozenset[str]:
+    return frozenset(inspect.signature(forward_type.forward).parameters)
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """`cache` in newer transformers 5 releases, `past_key_values` before them and in remote code."""
+    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
+
+
+def _generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """A generator seeded from `params` (None for greedy); on the model's device where torch allows it."""
+    if params.greedy:
+        return None
+    if params.seed is None:
+        raise ValueError("a sampling run needs a seed: call params.seeded() first")
+    generator = torch.Generator(device=device if device.type in ("cuda", "cpu") else "cpu")
+    generator.manual_seed(params.seed)
+    return generator
+

@@ -1,0 +1,112 @@
+"""Steering (activation addition): add alpha x a direction to the residual stream at one depth.
+
+The direction is the residual stream of `add` minus that of `subtract` (or `add` alone), each
+read at the chosen depth at its last position. It is added at every position while generating
+(the prompt's and each new token's), through the one token loop (`core.decoding.generate`), so the steered
+and unsteered runs share the seed and differ only by the steer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from lookinside.core.decoding.generate import collect, with_seed
+from lookinside.core.decoding.prompting import check_top_k
+from lookinside.core.inside import passes
+from lookinside.core.inside.interventions import hooks
+from lookinside.core.inside.interventions.records import SteerResult
+from lookinside.core.inside.interventions.requests import resolve
+from lookinside.core.inside.interventions.shift import shift
+from lookinside.core.records import Step, Stream
+from lookinside.core.request import GenerationSettings
+
+if TYPE_CHECKING:
+    from lookinside.core.inside.interventions.requests import SteerRequest
+    from lookinside.core.model.loading import LM
+
+
+@dataclass(frozen=True)
+class Steering:
+    """A steering vector ready to add: where, how strongly, and what it was made from."""
+
+    vector: torch.Tensor  # (d_model,)
+    depth: int  # 0: entering block 0; i: leaving block i-1
+    alpha: float
+    add: str
+    subtract: str | None
+
+    def describe(self) -> str:
+        """One line for a stats line or a /steer reply."""
+        minus = f" - {self.subtract!r}" if self.subtract is not None else ""
+        return f"steer {self.alpha:g} x ({self.add!r}{minus}) at layer {self.depth}"
+
+    def label(self) -> str:
+        """A few words for the chat's stats line."""
+        return f"steer on (layer {self.depth}, alpha {self.alpha:g})"
+
+
+def depth_of(lm: LM, layer: int) -> int:
+    """A --layer value as a depth 0..blocks (negative counts from the end), or one line saying the range."""
+    count = len(hooks.blocks(lm.model)) + 1
+    return resolve("--layer", layer, count, f"a model of {count - 1} blocks (0: the embeddings' output)")
+
+
+def stream_at(lm: LM, text: str, depth: int, chat: bool = False) -> torch.Tensor:
+    """The residual stream of `text` at `depth`, at its last position.  # (d_model,)"""
+    ids = passes.prompt_ids(lm, text, chat)
+    found = hooks.blocks(lm.model)
+    module, entering = (found[0].module, True) if depth == 0 else (found[depth - 1].module, False)
+    with hooks.recording([("stream", module, entering)]) as kept:
+        hooks.last_logits(lm, ids)
+    return kept["stream"][0, -1]
+
+
+def steering(lm: LM, add: str, subtract: str | None, layer: int, alpha: float, chat: bool = False) -> Steering:
+    """The steering vector: stream(add) - stream(subtract) at depth `layer`, last positions."""
+    depth = depth_of(lm, layer)
+    vector = stream_at(lm, add, depth, chat)
+    if subtract is not None:
+        vector = vector - stream_at(lm, subtract, depth, chat)
+    return Steering(vector=vector, depth=depth, alpha=float(alpha), add=add, subtract=subtract)
+
+
+def steering_hooks(lm: LM, steer: Steering) -> list[hooks.Install]:
+    """The hook that adds alpha x vector at every position of the steer's depth."""
+    return [hooks.on_stream(lm, steer.depth, hooks.added(steer.alpha * steer.vector))]
+
+
+def steered(lm: LM, stream: Stream, steer: Steering) -> Stream:
+    """`stream` with the steer on while each step computes (and off between steps, where the caller runs)."""
+    def steps() -> Iterator[Step]:
+        while True:
+            with hooks.installed(steering_hooks(lm, steer)):
+                step = next(stream, None)
+            if step is None:
+                return
+            yield step
+
+    return Stream(steps(), stream.params)
+
+
+def steer(lm: LM, request: SteerRequest) -> SteerResult:
+    """The same seed's continuation without and with the steer, and how the next-token table moved."""
+    check_top_k(request.top_k, lm.model.get_output_embeddings().weight.shape[0])
+    ids = passes.prompt_ids(lm, request.prompt, request.chat)  # a prompt over the context is refused before any run
+    settings = GenerationSettings(max_new_tokens=request.max_new_tokens)
+    vector = steering(lm, request.add, request.subtract, request.layer, request.alpha, request.chat)
+    params = with_seed(request.params)
+    before = hooks.last_logits(lm, ids)[0]  # (vocab,)
+    with hooks.installed(steering_hooks(lm, vector)):
+        after = hooks.last_logits(lm, ids)[0]
+    plain = collect(lm, ids, params, settings)
+    with hooks.installed(steering_hooks(lm, vector)):
+        moved = collect(lm, ids, params, settings)
+    return SteerResult(
+        model=lm.name, prompt=request.prompt, add=request.add, subtract=request.subtract, layer=vector.depth,
+        alpha=vector.alpha, norm=float(vector.vector.float().norm()), seed=None if params.greedy else params.seed,
+        unsteered=plain.text, steered=moved.text, shift=shift(lm, before, after, request.top_k),
+    )
