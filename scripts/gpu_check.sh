@@ -137,7 +137,8 @@ print(f"{n} layers, {dtype}: max |logit difference| {diff:.2e}; same top-1 at {s
 EOF
 step "Chat: peak memory for one reply" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
 import sys
-from lookinside.core.chat.conversation import Conversation, chat_settings, fit
+from lookinside.core.chat.conversation import Conversation, fit
+from lookinside.core.chat.defaults import chat_settings
 from lookinside.core.decoding.generate import collect
 from lookinside.core.request import GenerationSettings
 from lookinside.core.model.loading import load

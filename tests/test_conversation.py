@@ -11,7 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from lookinside.core.chat import conversation as conv
-from lookinside.core.chat.conversation import ChatSettings, Conversation, chat_defaults, chat_settings, fit
+from lookinside.core.chat import defaults, transcripts
+from lookinside.core.chat import stats as reply
+from lookinside.core.chat.conversation import Conversation, fit
+from lookinside.core.chat.defaults import ChatSettings, chat_defaults, chat_settings
 from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput, ContextOverflow
 
@@ -64,7 +67,7 @@ def test_defaults_follow_the_generation_config():
     greedy, _ = chat_defaults(SimpleNamespace(do_sample=False, repetition_penalty=1.1))
     assert greedy.greedy and greedy.repetition_penalty == 1.1
     unset, source = chat_defaults(SimpleNamespace(do_sample=None, repetition_penalty=None))
-    assert unset == conv.CHAT_DEFAULT and "sets none" in source
+    assert unset == defaults.CHAT_DEFAULT and "sets none" in source
 
 
 def test_options_override_the_defaults_and_say_so():
@@ -163,26 +166,26 @@ def test_save_then_load_round_trips(tmp_path: Path):
     chat.settings = ChatSettings(params=SamplingParams(temperature=0.3, top_k=20, seed=5), max_new_tokens=64, trim=False)
     chat.add("assistant", "The capital of Japan", cut=True)
     chat.window = 2
-    path = conv.write_transcript(chat, tmp_path / "sub" / "chat.json", model="tiny", make_parents=True)
-    loaded, model = conv.read_transcript(path)
+    path = transcripts.write_transcript(chat, tmp_path / "sub" / "chat.json", model="tiny", make_parents=True)
+    loaded, model = transcripts.read_transcript(path)
     assert model == "tiny"
     assert (loaded.system, loaded.messages, loaded.window) == (chat.system, chat.messages, chat.window)
     assert (loaded.settings.params, loaded.settings.max_new_tokens, loaded.settings.trim) == (
         chat.settings.params, 64, False)
-    assert json.loads(path.read_text())["version"] == conv.TRANSCRIPT_VERSION
+    assert json.loads(path.read_text())["version"] == transcripts.TRANSCRIPT_VERSION
     assert os.listdir(path.parent) == ["chat.json"]  # no temp file left behind
 
 
 def test_a_failed_save_leaves_the_old_file_whole(tmp_path: Path, monkeypatch):
-    path = conv.write_transcript(long_chat(1), tmp_path / "chat.json", model="tiny")
+    path = transcripts.write_transcript(long_chat(1), tmp_path / "chat.json", model="tiny")
     before = path.read_text()
 
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(conv.os, "replace", crash)
-    with pytest.raises(conv.errors.BadInput, match="disk full; nothing was written"):
-        conv.write_transcript(long_chat(5), path, model="tiny")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(BadInput, match="disk full; nothing was written"):
+        transcripts.write_transcript(long_chat(5), path, model="tiny")
     assert path.read_text() == before
     assert os.listdir(tmp_path) == ["chat.json"]
 
@@ -200,28 +203,28 @@ def test_load_refuses_what_is_not_a_transcript(tmp_path: Path, content, message)
     if content is not None:
         path.write_text(content)
     with pytest.raises(BadInput, match=message):
-        conv.read_transcript(path)
+        transcripts.read_transcript(path)
 
 
 def test_markdown_export(tmp_path: Path):
     chat = Conversation(system="Be brief.")
     chat.add("user", "What is the capital of Japan?")
     chat.add("assistant", "The capital of Japan", cut=True)
-    path = conv.export_markdown(chat, tmp_path / "chat.md", model="tiny")
+    path = transcripts.export_markdown(chat, tmp_path / "chat.md", model="tiny")
     assert path.read_text() == (
         "# Chat with tiny\n\nSettings: temperature=0.7, top_p=0.9, max_new_tokens=256\n\n"
         "## System\n\nBe brief.\n\n## User\n\nWhat is the capital of Japan?\n\n"
         "## Assistant (cut)\n\nThe capital of Japan\n")
     with pytest.raises(BadInput, match="should end in .md"):
-        conv.export_markdown(chat, tmp_path / "chat.txt", model="tiny")
+        transcripts.export_markdown(chat, tmp_path / "chat.txt", model="tiny")
 
 
 def test_reply_stats_keep_the_prefill_out_of_the_decode_speed():
     steps = [SimpleNamespace(seconds=0.5), SimpleNamespace(seconds=0.1), SimpleNamespace(seconds=0.1)]
-    stats = conv.reply_stats(steps, prompt_tokens=10, context_length=512, seed=4)
+    stats = reply.reply_stats(steps, prompt_tokens=10, context_length=512, seed=4)
     assert (stats.ttft_s, stats.generated_tokens, stats.context_used) == (0.5, 3, 13)
     assert stats.decode_tokens_per_s == pytest.approx(10.0)
-    assert conv.reply_stats(steps[:1], 10, 512, None).decode_tokens_per_s is None
+    assert reply.reply_stats(steps[:1], 10, 512, None).decode_tokens_per_s is None
 
 
 def test_phi3_defaults_and_template(phi3_tokenizer_dir):
@@ -230,7 +233,7 @@ def test_phi3_defaults_and_template(phi3_tokenizer_dir):
     from lookinside.core.model.loading import CONFIGS
 
     params, source = chat_defaults(GenerationConfig.from_pretrained(CONFIGS / "phi-3-mini-4k-instruct"))
-    assert params == conv.CHAT_DEFAULT and "sets none" in source  # Phi-3 sets no sampling: /retry must vary
+    assert params == defaults.CHAT_DEFAULT and "sets none" in source  # Phi-3 sets no sampling: /retry must vary
     tokenizer = AutoTokenizer.from_pretrained(phi3_tokenizer_dir)
     chat = long_chat(30, max_new_tokens=64)
     fitted = fit(tokenizer, chat, context=400)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from lookinside.core.chat.conversation import read_transcript
 from lookinside.core.chat.journal import journal_path
+from lookinside.core.chat.transcripts import read_transcript
 from lookinside.core.paths import new_chat_file
 
 from .fake_openai import FakeServer
@@ -169,7 +169,8 @@ def _chat_with_autosave(lm, autosave: Path, keys: str, generate_fn):
 
 
 def test_a_journal_from_another_state_of_the_transcript_is_ignored(tmp_path):
-    from lookinside.core.chat.conversation import Conversation, write_transcript
+    from lookinside.core.chat.conversation import Conversation
+    from lookinside.core.chat.transcripts import write_transcript
 
     conversation = Conversation()
     conversation.add("user", "Hi")
@@ -419,7 +420,8 @@ def test_print_json_is_strict_and_says_why_a_number_is_null(capsys):
 
 
 def test_a_transcript_with_a_nan_probability_is_strict_json(tmp_path):
-    from lookinside.core.chat.conversation import Conversation, write_transcript
+    from lookinside.core.chat.conversation import Conversation
+    from lookinside.core.chat.transcripts import write_transcript
 
     conversation = Conversation()
     conversation.add("user", "Hi")

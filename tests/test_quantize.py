@@ -112,7 +112,8 @@ def test_chats_stats_line_says_the_weights_are_int8(tiny_int8):
     from prompt_toolkit.output import DummyOutput
     from rich.console import Console
 
-    from lookinside.core.chat.conversation import ChatSettings, Conversation
+    from lookinside.core.chat.conversation import Conversation
+    from lookinside.core.chat.defaults import ChatSettings
     from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.ui.repl import ChatRepl, make_session
 

@@ -148,7 +148,7 @@ def _set_value(field):
 def test_every_sampling_field_reaches_every_layer(field, cli_options):
     from dataclasses import fields as dataclass_fields
 
-    from lookinside.core.chat.conversation import SETTABLE, ChatSettings
+    from lookinside.core.chat.defaults import SETTABLE, ChatSettings
 
     assert field.name in {f.name for f in dataclass_fields(SamplingParams)}
     for command in ("chat", "generate", "compare"):

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from lookinside.core.backends.seam import LocalBackend
-from lookinside.core.chat.conversation import ChatSettings, Conversation
+from lookinside.core.chat.conversation import Conversation
+from lookinside.core.chat.defaults import ChatSettings
 from lookinside.core.chat.session import ChatSession
 from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput

@@ -207,7 +207,7 @@ def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: 
              ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
     from lookinside.core.backends.seam import as_backend
-    from lookinside.core.chat.conversation import ChatRequest
+    from lookinside.core.chat.defaults import ChatRequest
     from lookinside.ui.generate import Source
 
     arguments.view(lm, prompt, "generate")

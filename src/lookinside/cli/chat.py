@@ -38,7 +38,9 @@ def chat(
     """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
     from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import read_stdin
-    from lookinside.core.chat.conversation import ChatRequest, Conversation, continued
+    from lookinside.core.chat.conversation import Conversation
+    from lookinside.core.chat.defaults import ChatRequest
+    from lookinside.core.chat.transcripts import continued
     from lookinside.core.errors import BadInput
     from lookinside.core.paths import last_session, new_chat_file
     from lookinside.ui.console import stdout_console

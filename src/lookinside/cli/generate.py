@@ -55,7 +55,7 @@ def generate(
     """
     from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import text_or_file
-    from lookinside.core.chat.conversation import ChatRequest
+    from lookinside.core.chat.defaults import ChatRequest
     from lookinside.core.errors import BadInput
     from lookinside.core.request import GenerationSettings
     from lookinside.ui.console import stderr_console

@@ -221,6 +221,15 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What a reply used beyond time: peak accelerator memory, CPU threads, quantized weights (None: not known)."""
+
+    peak_memory_bytes: int | None = None
+    threads: int | None = None
+    quantized: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     """What chat's /show tells about the model (a server fills what it knows; the rest is None)."""
 

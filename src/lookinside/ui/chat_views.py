@@ -14,7 +14,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from lookinside.core.chat.conversation import ChatSettings, Conversation, ReplyStats
+from lookinside.core.chat.conversation import Conversation
+from lookinside.core.chat.defaults import ChatSettings
+from lookinside.core.chat.stats import ReplyStats
 from lookinside.core.records import ModelFacts
 from lookinside.ui.text import bar, prob_style, visible
 

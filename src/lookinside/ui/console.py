@@ -38,7 +38,7 @@ def show(result: Any, view: Callable[[Any], RenderableType], to_json: Callable[[
 
 def save_view(renderable: RenderableType, svg: Path | None, html: Path | None, width: int = 100) -> None:
     """Draw `renderable` on a recording console and write it as SVG and/or HTML, each atomically or not at all."""
-    from lookinside.core.chat.conversation import write_atomically
+    from lookinside.core.files import write_atomically
 
     console = recorded(renderable, width)
     if svg:

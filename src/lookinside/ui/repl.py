@@ -34,8 +34,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from lookinside.core import errors
-from lookinside.core.chat.conversation import SETTABLE, Conversation, export_markdown
+from lookinside.core.chat.conversation import Conversation
+from lookinside.core.chat.defaults import SETTABLE
 from lookinside.core.chat.session import ChatSession, Reply, survivable
+from lookinside.core.chat.transcripts import export_markdown
 from lookinside.core.paths import data_dir, new_chat_file
 from lookinside.ui.chat_views import WhyRow, context_meter, help_view, show_view, stats_line, why_view
 from lookinside.ui.stream import Mode, StreamPrinter

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lookinside.core.records import Resources  # noqa: F401  (what a reply used: plain data)
+
 if TYPE_CHECKING:
     from lookinside.core.chat.conversation import Conversation, Fitted
     from lookinside.core.decoding.sampling import SamplingParams
@@ -47,15 +49,6 @@ class Capabilities:
 
 
 LOCAL = Capabilities()
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What a reply used beyond time: peak accelerator memory, CPU threads, quantized weights (None: not known)."""
-
-    peak_memory_bytes: int | None = None
-    threads: int | None = None
-    quantized: str | None = None
 
 
 class Backend(Protocol):

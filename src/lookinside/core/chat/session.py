@@ -20,15 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.chat.conversation import (
-    Conversation,
-    Fitted,
-    ReplyStats,
-    read_transcript,
-    reply_stats,
-    write_transcript,
-)
+from lookinside.core.chat.conversation import Conversation, Fitted
 from lookinside.core.chat.journal import Journal, journal_path, remove_stale, token_record
+from lookinside.core.chat.stats import ReplyStats, reply_stats
+from lookinside.core.chat.transcripts import read_transcript, write_transcript
 from lookinside.core.records import Step
 from lookinside.core.request import GenerationSettings
 

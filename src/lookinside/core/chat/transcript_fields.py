@@ -1,6 +1,6 @@
 """A transcript's JSON checked field by field, so a bad file is one line naming the file and the field.
 
-`core/chat/conversation.read_transcript` parses the file and hands the object here; `checked` returns
+`core/chat/transcripts.read_transcript` parses the file and hands the object here; `checked` returns
 the parts of a `Conversation`, or raises BadInput("FILE: FIELD ..."). A transcript written by
 `write_transcript` always passes; so does one written before tokens kept their rank and
 runners-up. Nothing here imports torch.

@@ -1,0 +1,95 @@
+"""Conversations on disk: JSON transcripts written atomically, read back field by field, exported to markdown.
+
+A transcript keeps each reply's tokens with their probabilities, so a chat loaded later can still
+answer `/why`; a reply cut by a crash is folded back from its journal (core/chat/journal.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lookinside.core import errors
+from lookinside.core.chat.conversation import Conversation
+from lookinside.core.chat.defaults import ChatSettings
+from lookinside.core.chat.journal import fold
+from lookinside.core.chat.transcript_fields import checked
+from lookinside.core.files import write_atomically
+from lookinside.core.finite import dumps
+
+TRANSCRIPT_VERSION = 1
+
+
+def write_transcript(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
+    """Write the transcript as JSON atomically: a crash leaves the old file or the new one, never half."""
+    data = {
+        "version": TRANSCRIPT_VERSION,
+        "model": model,
+        "system": conversation.system,
+        "messages": conversation.messages,
+        "window": conversation.window,
+        "settings": conversation.settings.to_json(),
+    }
+    path = path.expanduser()
+    write_atomically(path, dumps(data, indent=2) + "\n", make_parents)  # strict JSON: a NaN is null, said in "nulls"
+    return path
+
+
+def read_transcript(path: Path) -> tuple[Conversation, str | None]:
+    """A conversation saved by `write_transcript`, and the model it was held with."""
+    path = path.expanduser()
+    try:
+        if path.exists() and not path.is_file():  # a directory, or a FIFO that would wait forever for a writer
+            raise errors.BadInput(f"{path} is not a file: give a transcript written by /save")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise errors.BadInput(f"no transcript at {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.BadInput(f"{path} is not a readable JSON transcript ({exc})") from None
+    version = data.get("version") if isinstance(data, dict) else None
+    if version is not None and version != TRANSCRIPT_VERSION:
+        raise errors.BadInput(f"{path} is a transcript of version {version!r}; this lookinside reads version "
+                              f"{TRANSCRIPT_VERSION}")
+    system, messages, window, settings, model = checked(data, path)  # each field, or one line naming it
+    conversation = Conversation(system=system, messages=messages, settings=ChatSettings.from_json(settings),
+                                window=window)
+    fold(path, conversation)  # the reply a killed process was writing, as far as it got
+    return conversation, model
+
+
+def to_markdown(conversation: Conversation, model: str) -> str:
+    """The conversation as a markdown document."""
+    settings = f"Settings: {conversation.settings.params.describe()}, max_new_tokens={conversation.settings.max_new_tokens}"
+    lines = [f"# Chat with {model}", "", settings, ""]
+    if conversation.system:
+        lines += ["## System", "", conversation.system, ""]
+    for message in conversation.messages:
+        title = "User" if message["role"] == "user" else "Assistant"
+        cut = " (cut)" if message.get("cut") else ""
+        lines += [f"## {title}{cut}", "", message["content"], ""]
+    return "\n".join(lines)
+
+
+def export_markdown(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
+    """Write `to_markdown` to `path` (which must end in .md), atomically."""
+    path = path.expanduser()
+    if path.suffix.lower() not in (".md", ".markdown"):
+        raise errors.BadInput(f"export to a markdown file: {path.name} should end in .md (or .html or .svg for "
+                              "a picture with each token coloured)")
+    write_atomically(path, to_markdown(conversation, model), make_parents)
+    return path
+
+
+def continued(path: Path, system: str | None, overrides: dict[str, Any]) -> tuple[Conversation, str | None]:
+    """A saved conversation to go on with: its system prompt and settings, unless the user gave new ones."""
+    conversation, model = read_transcript(path)
+    if system is not None:
+        conversation.system = system
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if given:
+        settings = conversation.settings
+        conversation.settings = replace(settings, params=settings.params.updated(**given),
+                                        source=f"{settings.source}, then your options")
+    return conversation, model
