@@ -45,16 +45,16 @@ def no_server_of_the_users(monkeypatch):
 def tiny_loaded_once(monkeypatch):
     """Commands run in-process (CliRunner) load each spec of the built-in tiny model once per session.
 
-    Only the commands' way in (`ui.progress.load_with_progress`) is cached: a second command with the
+    Only the commands' way in (`cli.loading.load_here`) is cached: a second command with the
     same LoadSpec gets the same LM, with torch's thread count set as `load` would set it. Tests that
     call `core.model.loading.load` themselves still load for real.
     """
+    from lookinside.cli import loading as way_in
     from lookinside.core.model import loading
-    from lookinside.ui import progress
 
-    real, real_load = progress.load_with_progress, loading.load
+    real, real_load = way_in.load_here, loading.load
 
-    def load_with_progress(spec):
+    def load_here(spec):
         patched = loading.load is not real_load  # a test watching for loads must see every one
         if patched or spec.model != "tiny" or spec.random_weights or spec.max_memory is not None:
             return real(spec)
@@ -63,7 +63,7 @@ def tiny_loaded_once(monkeypatch):
         loading.set_threads(spec.threads)
         return _CLI_MODELS[spec]
 
-    monkeypatch.setattr(progress, "load_with_progress", load_with_progress)
+    monkeypatch.setattr(way_in, "load_here", load_here)
 
 
 @pytest.fixture(scope="session")

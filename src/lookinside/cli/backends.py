@@ -17,10 +17,10 @@ def open_backend(spec: LoadSpec, remote: Remote) -> Backend:
     served = open_server(spec, remote)
     if served is not None:
         return served
+    from lookinside.cli.loading import load_here
     from lookinside.core.backends.seam import LocalBackend
-    from lookinside.ui.progress import load_with_progress
 
-    return LocalBackend(load_with_progress(spec))
+    return LocalBackend(load_here(spec))
 
 
 def open_server(spec: LoadSpec, remote: Remote) -> Backend | None:

@@ -55,11 +55,11 @@ def bench(
     remote: Remote,
 ) -> None:
     """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
+    from lookinside.cli.loading import load_here
     from lookinside.core.errors import BadInput
     from lookinside.core.request import BenchSettings, modes_for, parse_sweep
     from lookinside.ui.bench import bench_json, bench_view, tell_progress
     from lookinside.ui.console import show
-    from lookinside.ui.progress import load_with_progress
 
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens,
                              modes=modes_for(cache, modes), warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep),
@@ -79,6 +79,6 @@ def bench(
         return
     from lookinside.core.bench.run import run_bench
 
-    lm = load_with_progress(replace(spec, random_weights=random_weights, layers=layers))
+    lm = load_here(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
     show(report, bench_view, bench_json, as_json=json, keep=keep)

@@ -48,16 +48,16 @@ def diff(
     in memory at a time.
     """
     from lookinside.cli.inputs import text_or_file
+    from lookinside.cli.loading import load_here
     from lookinside.core.errors import BadInput
     from lookinside.core.inside import diff as core_diff
     from lookinside.ui.console import show
     from lookinside.ui.diff import diff_json, diff_view
-    from lookinside.ui.progress import load_with_progress
 
     if top_k < 1:
         raise BadInput(f"--top-k must be a positive number, not {top_k}")
     text = text_or_file(text, file)
     other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
                     attn=against_attn or spec.attn, quantize=against_quantize or spec.quantize)
-    result = core_diff.run_diff(load_with_progress, spec, other, text, top_k=top_k, chunked=chunked)
+    result = core_diff.run_diff(load_here, spec, other, text, top_k=top_k, chunked=chunked)
     show(result, diff_view, diff_json, as_json=json, keep=keep)

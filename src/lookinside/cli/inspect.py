@@ -59,10 +59,10 @@ def attention(
 ) -> None:
     """Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted)."""
     from lookinside.cli.backends import open_server
+    from lookinside.cli.loading import load_here
     from lookinside.core.inside import attention as core_attention
     from lookinside.core.request import AttentionRequest
     from lookinside.ui.console import stderr_console
-    from lookinside.ui.progress import load_with_progress
 
     view, request = VIEWS["attention"], AttentionRequest(prompt, layer=layer, head=head, chat=chat)
     if png is not None:
@@ -75,7 +75,7 @@ def attention(
         spec, note = core_attention.eager_spec(spec)
         if note:
             stderr_console().print(f"note: {note}", style="dim", markup=False)
-        source = load_with_progress(spec)
+        source = load_here(spec)
     maps = view.run(source, request)
     if png is not None:
         attention_png.save_png(maps, png)

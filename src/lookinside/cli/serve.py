@@ -45,11 +45,11 @@ def serve(
         from lookinside.core.errors import BadInput
 
         raise BadInput('llm serve needs starlette and uvicorn: pip install "lookinside[serve]"') from None
+    from lookinside.cli.loading import load_here
     from lookinside.ui.console import stderr_console
-    from lookinside.ui.progress import load_with_progress
 
     sock = server.bind(settings)
-    lm = load_with_progress(spec)
+    lm = load_here(spec)
     server.quiet_libraries()
     server.serve(lm, settings, sock, lambda line: stderr_console().print(line, markup=False, highlight=False,
                                                                           soft_wrap=True))

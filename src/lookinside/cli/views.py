@@ -41,9 +41,9 @@ def open_for(view: View, spec: LoadSpec, remote: Remote) -> Any:
         from lookinside.core.inside.anatomy import on_meta
 
         return on_meta(spec)
-    from lookinside.ui.progress import load_with_progress
+    from lookinside.cli.loading import load_here
 
-    return load_with_progress(spec)
+    return load_here(spec)
 
 
 def answer_here(view: View, request: Any, spec: LoadSpec, remote: Remote) -> Any:
