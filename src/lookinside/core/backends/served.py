@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.records import Stream
     from lookinside.core.request import GenerationSettings, NextTokenRequest
-    from lookinside.views import View
 
 SERVED = Capabilities(kv_cache_switch=False, continue_reply=False, views=True, kind="lookinside")
 INFO_PATH = "/lookinside/v1/info"
@@ -93,20 +92,25 @@ class ServedBackend:
 
     # ---- the views
 
-    def view(self, view: View, request: Any) -> Any:
-        """The server's record for `request`, rebuilt here (its JSON is the command's --json)."""
-        answer = call(self.root, f"/lookinside/v1/views/{view.name}", self.key, to_wire(request), self.timeout_s)
+    def view(self, view: Any, request: Any) -> Any:
+        """The server's record for `request` (a lookinside.views.View's), rebuilt here."""
+        return self.ask(view.name, request, view.record)
+
+    def ask(self, name: str, request: Any, record: type) -> Any:
+        """POST the request to the view `name`; the record the server made, rebuilt here as `record`.
+
+        Its JSON (the command's --json) comes in the same answer; the record is what this side draws.
+        """
+        answer = call(self.root, f"/lookinside/v1/views/{name}", self.key, to_wire(request), self.timeout_s)
         try:
-            return from_wire(view.record, answer["record"])
+            return from_wire(record, answer["record"])
         except (KeyError, TypeError, errors.BadInput) as exc:
-            raise errors.RemoteError(f"{self.root} answered the {view.name} view in a shape this lookinside "
+            raise errors.RemoteError(f"{self.root} answered the {name} view in a shape this lookinside "
                                      f"does not read ({exc}); is it the same version?") from None
 
     def next_token(self, request: NextTokenRequest) -> NextToken:
         """The next-token view, as the server computes it (shapes and ids included)."""
-        from lookinside.views import VIEWS
-
-        return self.view(VIEWS["next-token"], request)
+        return self.ask("next-token", request, NextToken)
 
     # ---- generation, through the OpenAI-compatible API
 
@@ -119,10 +123,10 @@ class ServedBackend:
 
     def prompt_ids(self, prompt: str, chat: bool = False) -> list[int]:
         """The prompt's ids, from the server's tokens view."""
+        from lookinside.core.records import Tokenization
         from lookinside.core.request import TokensRequest
-        from lookinside.views import VIEWS
 
-        return [piece.id for piece in self.view(VIEWS["tokens"], TokensRequest(prompt, chat)).tokens]
+        return [piece.id for piece in self.ask("tokens", TokensRequest(prompt, chat), Tokenization).tokens]
 
     @property
     def endpoint(self) -> str:
