@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from lookinside.core import errors
 from lookinside.core.backends import remote_guard as guard
 from lookinside.core.backends.seam import Capabilities, Resources
-from lookinside.core.backends.server_kind import UNKNOWN, VLLM, ServerKind, detect
+from lookinside.core.backends.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, ServerKind, detect
 from lookinside.core.chat.conversation import Conversation, Fitted
 from lookinside.core.decoding.prompting import chat_messages
 from lookinside.core.decoding.sampling import SamplingParams, request_fields
@@ -316,8 +316,10 @@ class RemoteBackend:
             else:
                 response = self.client.completions.create(
                     model=self.name, prompt=prompt or "", stream=True, logprobs=TOP_ALTERNATIVES, **body)
-        # Each token is held until the next arrives: llama.cpp gives the last one's finish reason in a closing chunk
-        # that carries no token, and that reason belongs to the last step.
+        # llama.cpp gives the last token's finish reason in a closing chunk that carries no token: for it, each token
+        # is held until the next arrives (the display lags one token), so the reason lands on the last step. Every
+        # other server names the reason on the token's own chunk, and each token is shown as it comes.
+        hold = self.kind.name in (LLAMA_CPP, LLAMA_CPP_PYTHON)
         index, finish_reason, held = 0, None, None
         try:
             with _translated(self.spec, streaming=True, timed=False):
@@ -327,7 +329,13 @@ class RemoteBackend:
                         now = time.perf_counter()
                         if held is not None:
                             yield self._step(*held)
-                        held, start, index = (index, token, lp, top, now - start, finish), now, index + 1
+                            held = None
+                        step = (index, token, lp, top, now - start, finish)
+                        start, index = now, index + 1
+                        if hold:
+                            held = step
+                        else:
+                            yield self._step(*step)
         except errors.LookinsideError:
             if held is not None:  # what came before the break is kept
                 yield self._step(*held)
