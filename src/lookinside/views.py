@@ -151,12 +151,6 @@ VIEWS: dict[str, View] = {view.name: view for view in (
 )}
 
 
-def register(view: View) -> View:
-    """Add a view (the interventions add theirs here); every front end serves it from then on."""
-    VIEWS[view.name] = view
-    return view
-
-
 def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
     """A server's answer to `POST /lookinside/v1/views/<name>`: the command's --json and the record to redraw.
 
