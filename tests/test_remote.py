@@ -77,12 +77,24 @@ def test_a_seeded_remote_sample_repeats(server):
     assert first.samples[0].text != first.samples[1].text
 
 
+def served_by_lookinside() -> bool:
+    """True when the endpoint is `llm serve`, which answers every view itself (shapes, logits and ids included)."""
+    from lookinside.core.backends.remote import api_key_from_env
+    from lookinside.core.backends.served import probe
+
+    return probe(ENDPOINT, api_key_from_env()) is not None
+
+
 def test_next_token_json_says_what_a_server_cannot_give():
     result = runner.invoke(app, ["next-token", "The capital of France is", "--endpoint", ENDPOINT, "--json", "-k", "3"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["top"][0]["token"] == " Paris" and data["top"][0]["logit"] is None and data["shapes"] is None
-    assert "shapes" in data["unavailable"] and "logit" in data["unavailable"]
+    assert data["top"][0]["token"] == " Paris"
+    if served_by_lookinside():  # the whole view, from the server
+        assert data["top"][0]["logit"] > 10 and data["shapes"]["logits"] == [1, 6, 1024] and "unavailable" not in data
+    else:
+        assert data["top"][0]["logit"] is None and data["shapes"] is None
+        assert "shapes" in data["unavailable"] and "logit" in data["unavailable"]
 
 
 def test_chat_streams_a_reply_and_compare_draws_the_runs(tmp_path, monkeypatch):
@@ -93,7 +105,10 @@ def test_chat_streams_a_reply_and_compare_draws_the_runs(tmp_path, monkeypatch):
                                    "-n", "12", "--json"])
     data = json.loads(compared.stdout)
     assert data["greedy"]["text"].startswith(" Paris") and [s["seed"] for s in data["samples"]] == [5, 6, 7]
-    assert data["greedy"]["token_ids"] is None and "token_ids" in data["unavailable"]
+    if served_by_lookinside():  # compare runs on the server: the model's own ids
+        assert data["greedy"]["token_ids"][0] == 635 and "unavailable" not in data
+    else:
+        assert data["greedy"]["token_ids"] is None and "token_ids" in data["unavailable"]
 
 
 def test_generate_streams_the_same_greedy_text_as_here(tiny32):
@@ -119,7 +134,10 @@ def test_bench_times_the_stream_and_the_prefix_cache():
 
 def test_over_max_logprobs_and_over_the_context_are_one_line():
     many = runner.invoke(app, ["next-token", "hi", "--endpoint", ENDPOINT, "-k", "25"])
-    assert many.exit_code == 2 and "more than vLLM returns by default (20)" in many.stderr
+    if served_by_lookinside():  # the view runs on the server, over the whole distribution: no logprobs cap
+        assert many.exit_code == 0 and "Top 25 next tokens" in many.stdout, many.output
+    else:
+        assert many.exit_code == 2 and "more than vLLM returns by default (20)" in many.stderr
     long = runner.invoke(app, ["compare", "word " * 600, "--endpoint", ENDPOINT])
     assert long.exit_code == 2 and long.stderr.count("\n") == 1 and "the server refused the request" in long.stderr
 

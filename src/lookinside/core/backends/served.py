@@ -121,12 +121,10 @@ class ServedBackend:
 
         return connect(RemoteSpec(self.root + "/v1", self.key, self.name))
 
-    def prompt_ids(self, prompt: str, chat: bool = False) -> list[int]:
-        """The prompt's ids, from the server's tokens view."""
-        from lookinside.core.records import Tokenization
-        from lookinside.core.request import TokensRequest
-
-        return [piece.id for piece in self.ask("tokens", TokensRequest(prompt, chat), Tokenization).tokens]
+    def prompt_ids(self, prompt: str, chat: bool = False) -> None:
+        """None: a completion streamed through the OpenAI API names its tokens by their text, so its ids here would
+        be lookinside's, not the model's (the views, compare included, come from the server with the real ids)."""
+        return None
 
     @property
     def endpoint(self) -> str:
@@ -134,8 +132,11 @@ class ServedBackend:
         return self.root
 
     def prompt_tokens(self, prompt: str) -> int:
-        """How many tokens the served model makes of `prompt`."""
-        return len(self.prompt_ids(prompt))
+        """How many tokens the served model makes of `prompt`, from the server's tokens view."""
+        from lookinside.core.records import Tokenization
+        from lookinside.core.request import TokensRequest
+
+        return len(self.ask("tokens", TokensRequest(prompt), Tokenization).tokens)
 
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """A streamed completion from the server."""
