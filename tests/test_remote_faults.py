@@ -287,3 +287,19 @@ def test_generate_streams_from_a_server_with_the_ids_left_out():
     payload = __import__("json").loads(data.stdout)
     assert payload["text"] == text.stdout.rstrip("\n") and payload["token_ids"] is None
     assert payload["steps"][0]["token"] and payload["steps"][0]["token_id"] is None
+
+
+def test_continue_is_refused_by_a_chat_server_from_its_capabilities():
+    from lookinside.core.backends.served import connect
+    from lookinside.core.chat.conversation import Conversation
+    from lookinside.core.chat.session import ChatSession
+    from lookinside.core.errors import BadInput
+
+    with FakeServer() as url:
+        backend = connect(url, "sekret-key-123")
+        conversation = Conversation()
+        conversation.add("user", "hi")
+        conversation.add("assistant", "Hello", cut=True)
+        assert not backend.capabilities.continue_reply
+        with pytest.raises(BadInput, match="/continue needs the model here"):
+            ChatSession(backend, conversation).begin(continuation=True)

@@ -268,20 +268,16 @@ def inspect(model: LM | str) -> Result[Any]:
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
     from lookinside.core.inside import diff as core_diff
+    from lookinside.core.request import whole
     from lookinside.ui.diff import diff_json, diff_view
 
     for side in (a, b):
         arguments.lm(side, "diff")
     arguments.text(text, "text", "diff")
-    _whole_k(top_k)
+    whole("--top-k", top_k, low=1)
     sides = [core_diff.read_side(lm, text, core_diff.describe(lm)) for lm in (a, b)]
     core_diff.check_same_vocabulary(*sides)
     return Result(core_diff.compare_sides(sides[0], sides[1], top_k), diff_view, diff_json)
-
-
-def _whole_k(top_k: Any) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise errors.BadInput(f"top_k must be a positive whole number, not {top_k!r}")
 
 
 def _view_function(name: str) -> Callable[..., Result[Any]]:

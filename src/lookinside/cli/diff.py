@@ -49,13 +49,12 @@ def diff(
     """
     from lookinside.cli.inputs import text_or_file
     from lookinside.cli.loading import load_here
-    from lookinside.core.errors import BadInput
     from lookinside.core.inside import diff as core_diff
+    from lookinside.core.request import whole
     from lookinside.ui.console import show
     from lookinside.ui.diff import diff_json, diff_view
 
-    if top_k < 1:
-        raise BadInput(f"--top-k must be a positive number, not {top_k}")
+    whole("--top-k", top_k, low=1)
     text = text_or_file(text, file)
     other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
                     attn=against_attn or spec.attn, quantize=against_quantize or spec.quantize)

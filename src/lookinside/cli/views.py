@@ -60,7 +60,7 @@ def show_record(view: View, record: Any, as_json: bool, keep: Keep) -> None:
 
 def request_parameters(view: View) -> list[inspect.Parameter]:
     """The command's own parameters: the request's fields as an argument and options, then --json."""
-    hints = typing.get_type_hints(view.request, include_extras=True)
+    hints = typing.get_type_hints(view.request)
     parameters = []
     for f in dataclasses.fields(view.request):
         if "argument" in f.metadata:

@@ -34,7 +34,7 @@ def text(metavar: str = "[PROMPT]", help: str = PROMPT_HELP) -> Any:
     return field(metadata={"argument": metavar, "help": help})
 
 
-def _whole(name: str, value: object, low: int | None = None) -> None:
+def whole(name: str, value: object, low: int | None = None) -> None:
     """Refuse a value that is not a whole number (at least `low`, when given)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadInput(f"{name} must be a whole number, not {value!r}")
@@ -78,7 +78,7 @@ class NextTokenRequest:
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
-        _whole("--top-k", self.top_k, low=1)
+        whole("--top-k", self.top_k, low=1)
         if self.temperature is not None and (isinstance(self.temperature, bool)
                                              or not isinstance(self.temperature, (int, float))
                                              or not 0 <= self.temperature < float("inf")):
@@ -124,8 +124,8 @@ class LensRequest:
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
-        _whole("--top-k", self.top_k, low=1)
-        _whole("--position", self.position)
+        whole("--top-k", self.top_k, low=1)
+        whole("--position", self.position)
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,9 @@ class AttentionRequest:
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
-        _whole("--layer", self.layer)
+        whole("--layer", self.layer)
         if self.head is not None:
-            _whole("--head", self.head)
+            whole("--head", self.head)
 
     def resolved(self, layers: int, heads: int) -> tuple[int, int | None]:
         """The (layer, head) in range for a model of `layers` blocks and `heads` heads."""

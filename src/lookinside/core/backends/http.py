@@ -16,8 +16,11 @@ from lookinside.core import errors
 from lookinside.core.backends.remote_guard import DeadlinePassed, deadline
 
 
-def call(root: str, path: str, key: str | None, body: Any, timeout_s: float) -> Any:
-    """GET (no body) or POST JSON to the server; its answer's JSON, or one-line errors."""
+def call(root: str, path: str, key: str | None, body: Any, timeout_s: float, optional: bool = False) -> Any:
+    """GET (no body) or POST JSON to the server; its answer's JSON, or one-line errors.
+
+    With `optional`, a route the server does not have (a 4xx other than 401, or an answer that is not JSON) is None.
+    """
     headers = {"Accept": "application/json"}
     data = None
     if body is not None:
@@ -32,11 +35,15 @@ def call(root: str, path: str, key: str | None, body: Any, timeout_s: float) -> 
     except DeadlinePassed:  # a server that drips: the socket's timeout is per read, this one is for the whole answer
         raise errors.RemoteError(f"the server at {root} did not answer within {timeout_s:g} s") from None
     except urllib.error.HTTPError as exc:
+        if optional and 400 <= exc.code < 500 and exc.code != 401:
+            return None
         raise _refusal(root, exc) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise errors.RemoteError(f"nothing answers at {root} ({reason}): is the server running?") from None
     except ValueError:
+        if optional:
+            return None
         raise errors.RemoteError(f"{root}{path} answered, but not with JSON") from None
 
 

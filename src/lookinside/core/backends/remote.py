@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backends import remote_guard as guard
-from lookinside.core.backends.seam import Capabilities, Resources
+from lookinside.core.backends.seam import Capabilities
 from lookinside.core.backends.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, ServerKind, detect
 from lookinside.core.chat.conversation import Conversation, Fitted
 from lookinside.core.decoding.prompting import chat_messages
@@ -41,6 +41,7 @@ from lookinside.core.records import (
     ModelFacts,
     NextToken,
     Piece,
+    Resources,
     Step,
     Stream,
     gather,
@@ -119,7 +120,7 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
 def server_capabilities(kind: ServerKind) -> Capabilities:
     """What a server gives, from what it is (core/backends/server_kind.py): vLLM, and `llm serve` speaking as vLLM does,
     give ids and take every sampler; the others neither."""
-    remote = Capabilities(shapes=False, insides=False, kv_cache_switch=False, continue_reply=False)
+    remote = Capabilities(insides=False, kv_cache_switch=False, continue_reply=False)
     extra = kind.extra_fields() or {}
     return replace(remote, ids=kind.is_vllm or kind.tokenizes, extra_samplers="top_k" in extra,
                    ignore_eos="ignore_eos" in extra, kind=kind.describe())
@@ -270,9 +271,8 @@ class RemoteBackend:
     # ---- chat
 
     def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
-        """The whole conversation: the server applies the template and counts; it refuses what does not fit."""
-        if continuation is not None:
-            raise errors.BadInput("/continue needs the model here: a chat server cannot go on from a partial reply")
+        """The whole conversation (a continuation is refused before, by its capability): the server applies the
+        template and counts; it refuses what does not fit."""
         return Fitted(ids=None, dropped_turns=0, dropped_tokens=0, messages=conversation.as_messages())
 
     def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lookinside.core.records import Resources  # noqa: F401  (what a reply used: plain data)
+from lookinside.core.records import Resources
 
 if TYPE_CHECKING:
     from lookinside.core.chat.conversation import Conversation, Fitted
@@ -32,7 +32,6 @@ class Capabilities:
     """What a backend can give beyond the primitives every backend has (each False: said in one line, or None)."""
 
     ids: bool = True  # the model's own token ids (a server may name tokens by their text only)
-    shapes: bool = True  # tensor shapes and logits, not just log-probabilities
     insides: bool = True  # a forward pass with hooks: forward, attention, lens, interventions
     kv_cache_switch: bool = True  # generation without a KV cache, or with a static one
     continue_reply: bool = True  # go on from a partial reply (chat's /continue)
@@ -40,12 +39,6 @@ class Capabilities:
     ignore_eos: bool = True  # generate past end tokens
     views: bool = False  # answers every lookinside view itself (a `llm serve` server)
     kind: str = "local"  # what it is, in words a message can name: local, vllm, llama.cpp, lookinside, ...
-
-    def refuse(self, what: str, why: str) -> None:
-        """Raise BadInput saying in one line that this backend cannot give `what`."""
-        from lookinside.core.errors import BadInput
-
-        raise BadInput(f"{what}: {why} (the model here: without --endpoint)")
 
 
 LOCAL = Capabilities()

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backends.http import call
-from lookinside.core.backends.seam import Capabilities, Resources
-from lookinside.core.records import ModelFacts, NextToken
+from lookinside.core.backends.seam import Capabilities
+from lookinside.core.records import ModelFacts, NextToken, Resources
 from lookinside.core.wire import from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -37,14 +37,7 @@ def server_root(url: str) -> str:
 
 def probe(url: str, key: str | None, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """The facts of the lookinside server at `url` (GET /lookinside/v1/info), or None when it is another server."""
-    try:
-        info = call(server_root(url), INFO_PATH, key, None, timeout_s)
-    except errors.RemoteError as exc:
-        if "answered 404" in str(exc) or "not with JSON" in str(exc):
-            return None
-        raise
-    except errors.BadInput:  # a 4xx other than 404: a server that is not ours, refusing a path it does not know
-        return None
+    info = call(server_root(url), INFO_PATH, key, None, timeout_s, optional=True)  # another server has no such route
     return info if isinstance(info, dict) and info.get("lookinside") is True else None
 
 

@@ -71,8 +71,7 @@ def prefix_cache(backend: Backend, repeat: int, notes: dict[str, str] | None = N
     """
     cold: list[float] = []
     warm: list[float] = []
-    words = long_prompt_words(backend)
-    prompt = long_prompt(words)
+    words, prompt = long_prompt_words(backend), ""
     for _ in range(max(repeat, 2)):
         prompt = long_prompt(words)
         while True:

@@ -114,6 +114,8 @@ class ChatSession:
         previous = self.conversation.last_reply if continuation else None
         if continuation and previous is None:
             raise errors.BadInput("nothing to continue: /continue goes on from the last reply")
+        if continuation and not self.backend.capabilities.continue_reply:
+            raise errors.BadInput("/continue needs the model here: a chat server cannot go on from a partial reply")
         fitted = self.backend.fit(self.conversation, previous["content"] if previous else None)
         settings = GenerationSettings(max_new_tokens=self.conversation.settings.max_new_tokens)
         journal = self.open_journal(continues=previous is not None)

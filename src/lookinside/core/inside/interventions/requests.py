@@ -13,6 +13,7 @@ from typing import Literal
 from lookinside.core.decoding.prompting import check_prompt
 from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
+from lookinside.core.request import whole
 
 Part = Literal["attn", "mlp", "block"]
 PARTS: tuple[Part, ...] = ("attn", "mlp", "block")
@@ -23,13 +24,6 @@ SWEEPS: tuple[Sweep, ...] = ("heads", "layers")
 PatchPart = Literal["resid", "attn", "mlp"]
 PATCH_PARTS: tuple[PatchPart, ...] = ("resid", "attn", "mlp")
 TOP_K = 10
-
-
-def _whole(name: str, value: object, low: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadInput(f"{name} must be a whole number, not {value!r}")
-    if low is not None and value < low:
-        raise BadInput(f"{name} must be at least {low}, not {value}")
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -65,15 +59,15 @@ class AblateRequest:
         check_prompt(self.prompt)
         object.__setattr__(self, "heads", tuple(tuple(h) for h in self.heads))
         for layer, head in self.heads:
-            _whole("--head's layer", layer)
-            _whole("--head's head", head)
+            whole("--head's layer", layer)
+            whole("--head's head", head)
         if self.layer is not None:
-            _whole("--layer", self.layer)
+            whole("--layer", self.layer)
         _one_of("--part", self.part, PARTS)
         _one_of("--mode", self.mode, MODES)
         if self.sweep is not None:
             _one_of("--sweep", self.sweep, SWEEPS)
-        _whole("--top-k", self.top_k, low=1)
+        whole("--top-k", self.top_k, low=1)
         chosen = sum((bool(self.heads), self.layer is not None, self.sweep is not None))
         if chosen != 1:
             raise BadInput("say what to ablate: --head L.H (repeatable), --layer L [--part attn|mlp|block], "
@@ -118,10 +112,10 @@ class SteerRequest:
             raise BadInput("--add is empty: give the text whose direction to add")
         if self.subtract is not None and not self.subtract.strip():
             raise BadInput("--subtract is empty: give some text, or leave it out")
-        _whole("--layer", self.layer)
+        whole("--layer", self.layer)
         check_alpha(self.alpha)
-        _whole("--max-new-tokens", self.max_new_tokens, low=1)
-        _whole("--top-k", self.top_k, low=1)
+        whole("--max-new-tokens", self.max_new_tokens, low=1)
+        whole("--top-k", self.top_k, low=1)
 
 
 def check_alpha(alpha: object) -> None:
