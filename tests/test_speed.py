@@ -64,6 +64,24 @@ def test_the_step_compiles_once_and_never_again(compiled_tiny):
     assert _graphs() == before  # other prompts and lengths within the cache's length: no recompilation
 
 
+def test_int8_compiles_and_equals_eager_int8():
+    """The CPU's int8 layers hold opaque fbgemm weights; under torch.compile they call lookinside::int8_linear,
+    so `--compile --quantize int8` compiles (no eager fallback) and picks the eager int8 tokens."""
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
+
+    lm = load(LoadSpec(model="tiny", device="cpu", threads=1, quantize="int8"))
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    eager = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    settings = GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True)
+    compiled = collect(lm, prompt, GREEDY, settings)
+    assert Compiled.for_model(lm).note is None
+    before = _graphs()
+    again = collect(lm, prompt, GREEDY, settings)
+    assert compiled.token_ids == again.token_ids == eager.token_ids and compiled.steps[0].text == " Paris"
+    assert _graphs() == before
+
+
 def test_a_sliding_window_model_compiles_once_and_agrees(tmp_path):
     """Phi-3-mini has a 2,047-token window: transformers' windowed static cache counts in a Python int, which
     would recompile the step at every position; a run inside the window uses a windowless cache."""

@@ -324,7 +324,9 @@ def _prompt_scores(lm: LM, ids: list[int], n: int, as_ids: bool, with_top: bool)
 
 
 def _check_ids(lm: LM, ids: list[int]) -> None:
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    from lookinside.core.inside.hooks import head_rows
+
+    vocab = head_rows(lm.model)
     bad = next((i for i in ids if not 0 <= i < vocab), None)
     if bad is not None:
         raise ApiError(f"token id {bad} is outside this model's vocabulary of {vocab:,}", param="prompt")

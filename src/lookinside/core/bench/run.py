@@ -67,11 +67,14 @@ def measured_cache_bytes(lm: LM, ids: list[int], kind: CacheKind = "dynamic", ma
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of weights one decode step reads: all parameters but an untied input-embedding table."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of weights one decode step reads: all the weights as stored (the packed int8 ones of the CPU's
+    `--quantize int8` too, which are no parameters) but an untied input-embedding table."""
+    from lookinside.core.model.quantize import stored_bytes
+
+    total = stored_bytes(model)
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if embed is not None and (output is None or output.weight is not embed.weight):
+    if embed is not None and (output is None or getattr(output, "weight", None) is not embed.weight):
         total -= embed.weight.numel() * embed.weight.element_size()  # a lookup reads one row, not the table
     return total
 

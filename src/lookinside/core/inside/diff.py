@@ -23,6 +23,7 @@ from lookinside.core.decoding.detokenize import token_text
 from lookinside.core.decoding.generate import collect
 from lookinside.core.decoding.prompting import check_fits, check_prompt
 from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.inside.hooks import head_rows
 from lookinside.core.records import WORST, Diff, Position, first_difference  # noqa: F401  (the records live there)
 from lookinside.core.request import GenerationSettings
 
@@ -90,7 +91,7 @@ def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str
         lm = load(spec)
         if sides:  # B reads A's ids, so a tokenizer that splits some text otherwise (a GGUF's) changes nothing
             _refuse_other_vocabulary(sides[0].name, sides[0].tokenizer, sides[0].logprobs.shape[-1],
-                                     lm.name, lm.tokenizer, lm.model.get_output_embeddings().weight.shape[0])
+                                     lm.name, lm.tokenizer, head_rows(lm.model))
         sides.append(read_side(lm, text, describe(lm, spec.quantize), ids=sides[0].ids if sides else None,
                                chunked=chunked))
         del lm

@@ -57,6 +57,19 @@ def find_lm_head(model: nn.Module) -> nn.Module:
     return head
 
 
+def head_rows(model: nn.Module) -> int:
+    """How many tokens the LM head scores: its output rows, also where its weight is packed (the CPU's int8)."""
+    head = find_lm_head(model)
+    rows = getattr(head, "out_features", None)
+    return rows if isinstance(rows, int) else head.weight.shape[0]
+
+
+def head_device(model: nn.Module) -> torch.device:
+    """Where the LM head computes: its weight's device (the CPU for a packed int8 head, which only runs there)."""
+    weight = getattr(find_lm_head(model), "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+
+
 def first_tensor(value: Any) -> torch.Tensor | None:
     """The first tensor in a module's output or arguments (a tensor, a tuple, a dict)."""
     if isinstance(value, torch.Tensor):

@@ -18,7 +18,7 @@ from lookinside.core.decoding.detokenize import token_text
 from lookinside.core.decoding.prompting import check_top_k
 from lookinside.core.decoding.tokens import pieces
 from lookinside.core.inside import passes
-from lookinside.core.inside.hooks import find_final_norm, find_lm_head, residual_stream
+from lookinside.core.inside.hooks import find_final_norm, find_lm_head, head_device, head_rows, residual_stream
 from lookinside.core.records import Candidate, LensRow, LogitLens, Piece  # noqa: F401  (the records live there)
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 def logit_lens(lm: LM, request: LensRequest) -> LogitLens:
     """Run the prompt once and read every depth's residual stream through the final norm and LM head."""
-    check_top_k(request.top_k, lm.model.get_output_embeddings().weight.shape[0])
+    check_top_k(request.top_k, head_rows(lm.model))
     ids = passes.prompt_ids(lm, request.prompt, request.chat)
     if not -len(ids) <= request.position < len(ids):
         raise errors.BadInput(
@@ -40,7 +40,7 @@ def logit_lens(lm: LM, request: LensRequest) -> LogitLens:
         passes.forward(lm, ids)
     norm = find_final_norm(lm.model)
     with torch.inference_mode():
-        device = find_lm_head(lm.model).weight.device  # blocks may sit on several devices (--device-map)
+        device = head_device(lm.model)  # blocks may sit on several devices (--device-map)
         states = torch.stack([s[0].to(device) for s in stream])  # (layers + 1, n, d_model)
         probs = lens_probs(lm.model, norm, states if all_positions else states[:, position : position + 1])
     at = probs[:, position if all_positions else 0]  # (layers + 1, vocab)

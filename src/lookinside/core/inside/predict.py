@@ -13,6 +13,7 @@ from lookinside.core.decoding.prompting import check_top_k
 from lookinside.core.decoding.sampling import logits_to_probs, top_candidates
 from lookinside.core.decoding.tokens import pieces
 from lookinside.core.inside import passes
+from lookinside.core.inside.hooks import head_rows
 from lookinside.core.records import Candidate, NextToken
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def next_token(lm: LM, request: NextTokenRequest) -> NextToken:
     """Run the prompt once and rank the `request.top_k` most probable next tokens."""
-    check_top_k(request.top_k, lm.model.get_output_embeddings().weight.shape[0])
+    check_top_k(request.top_k, head_rows(lm.model))
     ids = passes.prompt_ids(lm, request.prompt, request.chat)
     out = passes.forward(lm, ids, output_hidden_states=True)
     last = out.logits[0, -1].float()  # (vocab,)

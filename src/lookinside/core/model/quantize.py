@@ -1,8 +1,8 @@
 """Low-precision loading: int8 through torch's dynamic int8 matmuls (CPU) or torchao (GPU), 8-bit and 4-bit NF4
 through bitsandbytes (CUDA).
 
-On the CPU `--quantize int8` converts every linear layer after loading to torch's dynamically quantized
-int8 Linear (int8 weights per output channel, activations quantized per step, int8 x int8 matmuls in
+On the CPU `--quantize int8` converts every linear layer (the output head too) after loading to torch's
+dynamically quantized int8 Linear (int8 weights per output channel, activations quantized per step, int8 x int8 matmuls in
 fbgemm/oneDNN): on the 2-layer Phi-3 shape it decoded 2-4x faster than float32, where torchao's int8
 weight-only layers (dequantized to float at every matmul) decoded about 7x slower (docs/benchmarks.md).
 It computes in float32, so the model is loaded in float32 first.
@@ -108,8 +108,14 @@ def load_dtype(kind: str | None, device: torch.device, dtype: torch.dtype) -> to
 
 
 def convert_after_loading(kind: str | None, model: torch.nn.Module, device: torch.device) -> None:
-    """The CPU's int8: every linear layer but the output head (kept float, as the other loaders keep it, and read
-    as a weight by the logit lens) becomes a dynamically quantized int8 Linear (weights per output channel)."""
+    """The CPU's int8: every linear layer, the output head too, becomes a dynamically quantized int8 Linear
+    (weights per output channel).
+
+    The head is the largest single matrix a decode step reads (Phi-3-mini's: 32,064 x 3,072): kept in float32 it
+    was two thirds of the bytes of the 2-layer Phi-3 shape's step, which decoded at 29.7 tokens/s, and 51.7 with
+    it converted (2 threads). llama.cpp's q8_0 converts its output matrix as well. The logit lens calls the head as
+    a module, which works the same on the converted one.
+    """
     if not dynamic_int8(kind, device):
         return
     import warnings
@@ -120,9 +126,8 @@ def convert_after_loading(kind: str | None, model: torch.nn.Module, device: torc
     with warnings.catch_warnings():  # torch 2.13 announces the quantized tensor types will move to torchao
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         names = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
-                 if isinstance(module, torch.nn.Linear) and module is not head}
+                 if isinstance(module, torch.nn.Linear)}
         quantize_dynamic(model, names, dtype=torch.qint8, inplace=True, mapping={torch.nn.Linear: _int8_linear()})
 
 
@@ -199,20 +204,33 @@ def _is_dynamic_int8(module: torch.nn.Module) -> bool:
 
 @functools.cache
 def _int8_linear() -> type:
-    """torch's dynamic int8 Linear, quantizing activations to all 8 bits where the CPU multiplies int8 with VNNI.
+    """torch's dynamic int8 Linear, quantizing activations to all 8 bits where the CPU multiplies int8 with VNNI,
+    and traceable by torch.compile (`--compile --quantize int8`: core/model/kernels.int8_linear).
 
     torch's own module uses 7 (`reduce_range`), which keeps AVX2's 16-bit intermediate sums from saturating
     and is not needed with VNNI's 32-bit ones; on the tiny model the 8th bit cut the mean KL divergence from
     float32 twelvefold (0.021 -> 0.0018 nats) at the same speed.
     """
+    import torch
     from torch.ao.nn.quantized.dynamic import Linear
+
+    from lookinside.core.model import kernels
 
     full = _cpu_has_vnni()
 
     class Int8Linear(Linear):
-        def forward(self, x):  # noqa: ANN001, ANN202 - torch's signature
-            import torch
+        @classmethod
+        def from_float(cls, *args: Any, **kwargs: Any) -> Linear:
+            layer = super().from_float(*args, **kwargs)
+            layer.key = kernels.register_int8(layer)
+            return layer
 
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch.compiler.is_compiling():
+                return kernels.int8_linear(x, self.key, self.out_features)
+            return self.matmul(x)
+
+        def matmul(self, x: torch.Tensor) -> torch.Tensor:
             y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=not full)
             return y.to(x.dtype)
 

@@ -17,6 +17,7 @@ import torch
 from lookinside.core.decoding.prompting import check_top_k
 from lookinside.core.decoding.tokens import pieces
 from lookinside.core.inside import passes
+from lookinside.core.inside.hooks import head_rows
 from lookinside.core.inside.interventions import hooks
 from lookinside.core.inside.interventions.records import AblationResult, Grid
 from lookinside.core.inside.interventions.requests import PARTS, resolve
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 def ablate(lm: LM, request: AblateRequest, batched: bool = True) -> AblationResult:
     """The next-token table with the asked part removed, beside the table without; or a whole sweep."""
-    check_top_k(request.top_k, lm.model.get_output_embeddings().weight.shape[0])
+    check_top_k(request.top_k, head_rows(lm.model))
     ids = passes.prompt_ids(lm, request.prompt, request.chat)
     found = hooks.blocks(lm.model)
     before = hooks.last_logits(lm, ids)[0]  # (vocab,)

@@ -17,6 +17,7 @@ import torch
 from lookinside.core.decoding.generate import collect, with_seed
 from lookinside.core.decoding.prompting import check_top_k
 from lookinside.core.inside import passes
+from lookinside.core.inside.hooks import head_rows
 from lookinside.core.inside.interventions import hooks
 from lookinside.core.inside.interventions.records import SteerResult
 from lookinside.core.inside.interventions.requests import resolve
@@ -94,7 +95,7 @@ def steered(lm: LM, stream: Stream, steer: Steering) -> Stream:
 
 def steer(lm: LM, request: SteerRequest) -> SteerResult:
     """The same seed's continuation without and with the steer, and how the next-token table moved."""
-    check_top_k(request.top_k, lm.model.get_output_embeddings().weight.shape[0])
+    check_top_k(request.top_k, head_rows(lm.model))
     ids = passes.prompt_ids(lm, request.prompt, request.chat)  # a prompt over the context is refused before any run
     settings = GenerationSettings(max_new_tokens=request.max_new_tokens)
     vector = steering(lm, request.add, request.subtract, request.layer, request.alpha, request.chat)
