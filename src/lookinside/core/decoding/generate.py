@@ -116,7 +116,8 @@ def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gener
         with torch.inference_mode():
             token = pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
             buffer[:, n + index] = token
-            packer = compiled.observation if compiled is not None and alternatives == TOP_ALTERNATIVES else None
+            packer = (functools.partial(compiled.observation, checked=index > 0)
+                      if compiled is not None and alternatives == TOP_ALTERNATIVES else None)
             token_id, prob, rank, top = _observe(logits[0], token, alternatives, packer)  # one device -> host copy
         finish: Finish | None = None
         if token_id in ends:
@@ -135,7 +136,7 @@ def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gener
         with torch.inference_mode():
             ids = buffer[:, : n + index + 1]  # (1, seq so far)
             if compiled is not None and cache is not None:
-                logits = compiled.decode(token.view(1, 1), cache, lambda: decode_one_token(lm, ids, cache))
+                logits = compiled.decode(token.view(1, 1), cache, lambda: decode_one_token(lm, ids, cache), index > 0)
             else:
                 logits = decode_one_token(lm, ids, cache)
 
