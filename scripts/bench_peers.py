@@ -16,10 +16,13 @@ project, not even for tests): where it is missing this says so in one line and e
 
 from __future__ import annotations
 
+import os
+
+WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # the user's, read before lookinside sets its own
+
 import argparse
 import gc
 import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
@@ -48,6 +51,7 @@ class Row:
     dtype: str  # ours: float32 or bfloat16
     quantize: str | None  # ours: None or int8
     threads: int
+    compile: bool = False  # ours with --compile
 
 
 def rows(cores: int) -> dict[str, Row]:
@@ -55,6 +59,7 @@ def rows(cores: int) -> dict[str, Row]:
     two = min(2, cores)
     return {
         "tiny": Row("tiny, f32, 1", "tiny", "f32", "float32", None, 1),
+        "tiny-compile": Row("tiny, f32, 1, ours with `--compile`", "tiny", "f32", "float32", None, 1, compile=True),
         "phi3-f32-1": Row("Phi-3 shape 2 layers, f32, 1", "phi3", "f32", "float32", None, 1),
         "phi3-f32-2": Row(f"Phi-3 shape 2 layers, f32, {two}", "phi3", "f32", "float32", None, two),
         "phi3-bf16": Row(f"Phi-3 shape 2 layers, bf16, {two}", "phi3", "bf16", "bfloat16", None, two),
@@ -82,7 +87,8 @@ class LlamaCpp:
         """`n` greedy ids after `prompt`, and each step's seconds (step 0: the prompt and the first token)."""
         self.llm.reset()
         start = time.perf_counter()
-        self.llm.eval(prompt)
+        for token in prompt:  # one at a time: llama.cpp's batched int8 path (AMX) dies of SIGILL on this VM
+            self.llm.eval([token])
         ids, seconds = [self._top()], [time.perf_counter() - start]
         for _ in range(n - 1):
             start = time.perf_counter()
@@ -92,8 +98,14 @@ class LlamaCpp:
         return ids, seconds
 
 
-def _serve(connection: Connection, path: str, threads: int, n_ctx: int) -> None:
-    """The child process: llama.cpp loaded once, one run per request until told to stop."""
+def _serve(connection: Connection, path: str, threads: int, n_ctx: int, wait_policy: str | None) -> None:
+    """The child process: llama.cpp loaded once, one run per request until told to stop. Its OpenMP threads wait
+    as the user's environment has them (by default spinning), not as lookinside sets it for itself
+    (`lookinside/__init__.py`), which the child inherited."""
+    if wait_policy is None:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = wait_policy
     engine = LlamaCpp(Path(path), threads, n_ctx)
     connection.send("ready")
     while (request := connection.recv()) is not None:
@@ -105,9 +117,11 @@ class Peer:
     so neither engine's idle threads spin inside the other's timing."""
 
     def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
+        self.path = path
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, str(path), threads, n_ctx), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, str(path), threads, n_ctx, WAIT_POLICY),
+                                       daemon=True)
         self.process.start()
         if self.connection.recv() != "ready":
             raise RuntimeError("llama.cpp did not start")
@@ -115,7 +129,11 @@ class Peer:
     def run(self, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
         """As `LlamaCpp.run`, in the child."""
         self.connection.send((prompt, n))
-        return self.connection.recv()
+        try:
+            return self.connection.recv()
+        except EOFError:
+            self.process.join(timeout=30)
+            sys.exit(f"llama.cpp's process died (exit code {self.process.exitcode}) on {self.path.name}")
 
     def close(self) -> None:
         """Stop the child."""
@@ -188,7 +206,7 @@ def measure(row: Row, work: Path, args: argparse.Namespace) -> tuple[float, floa
         convert(model_dir, gguf, row.gguf)
     prompt = prompt_ids(model_dir, args.prompt_tokens)
     peer = Peer(gguf, row.threads, n_ctx=args.prompt_tokens + args.tokens + 8)
-    mine, lm = ours(row, model_dir, args.compile)
+    mine, lm = ours(row, model_dir, args.compile or row.compile)
     theirs_ids, _ = peer.run(prompt, args.tokens)
     our_ids, _ = mine(prompt, args.tokens)
     agree = next((i for i, (a, b) in enumerate(zip(our_ids, theirs_ids)) if a != b), len(our_ids))
