@@ -5,7 +5,7 @@ writer, the vocabulary padded to the embedding's rows and built from tokenizer.j
 llama.cpp through llama-cpp-python and in lookinside, checks that the greedy tokens agree, then times
 both engines in turns (`--repeat` rounds, after a warm-up of each) and prints the table of
 issue 22 with the machine's load before and after. Decode tokens/s is the same on both sides: the
-steps after the first token, over their summed time, the median over the rounds.
+steps after the first token, over their summed time, the median over the rounds (and their range).
 
     python scripts/bench_peers.py                 # the issue's five rows, 128 tokens after 32
     python scripts/bench_peers.py --rows tiny --repeat 3 --compile
@@ -198,8 +198,8 @@ def prompt_ids(model_dir: Path, count: int) -> list[int]:
     return bench_prompt_ids(tokenizer, BenchSettings(prompt_tokens=count))
 
 
-def measure(row: Row, work: Path, args: argparse.Namespace) -> tuple[float, float, int]:
-    """llama.cpp's and our median decode tokens/s for `row`, and how many greedy tokens agree."""
+def measure(row: Row, work: Path, args: argparse.Namespace) -> tuple[list[float], list[float], int]:
+    """llama.cpp's and our decode tokens/s in each round for `row`, and how many greedy tokens agree."""
     model_dir = TINY if row.model == "tiny" else phi3_dir(work)
     gguf = work / f"{row.model}-{row.gguf}.gguf"
     if not gguf.exists():
@@ -221,7 +221,13 @@ def measure(row: Row, work: Path, args: argparse.Namespace) -> tuple[float, floa
     peer.close()
     del mine, lm
     gc.collect()
-    return statistics.median(rates["llama.cpp"]), statistics.median(rates["ours"]), agree
+    return rates["llama.cpp"], rates["ours"], agree
+
+
+def spread(rates: list[float]) -> str:
+    """`median (min-max)` of one engine's rounds."""
+    places = 1 if max(rates) < 100 else 0
+    return f"{statistics.median(rates):.1f} ({min(rates):.{places}f}–{max(rates):.{places}f})"
 
 
 def main() -> None:
@@ -246,11 +252,12 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {cores} cores; "
           f"{args.tokens} new tokens after {args.prompt_tokens}; median of {args.repeat} alternating rounds"
           f"{'; ours with --compile' if args.compile else ''}")
-    print("\n| model, precision, threads | llama.cpp | `llm bench` | ratio | greedy tokens agree |")
+    print("\n| model, precision, threads | llama.cpp, median (min–max) | `llm bench` | ratio | greedy tokens agree |")
     print("|---|---:|---:|---:|---:|")
     for row in chosen:
         theirs, mine, agree = measure(row, work, args)
-        print(f"| {row.label} | {theirs:.1f} | {mine:.1f} | {mine / theirs:.2f} | {agree}/{args.tokens} |", flush=True)
+        ratio = statistics.median(mine) / statistics.median(theirs)
+        print(f"| {row.label} | {spread(theirs)} | {spread(mine)} | {ratio:.2f} | {agree}/{args.tokens} |", flush=True)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
