@@ -2,9 +2,10 @@
 through bitsandbytes (CUDA).
 
 On the CPU `--quantize int8` converts every linear layer (the output head too) after loading to torch's
-dynamically quantized int8 Linear (int8 weights per output channel, activations quantized per step, int8 x int8 matmuls in
-fbgemm/oneDNN): on the 2-layer Phi-3 shape it decoded 2-4x faster than float32, where torchao's int8
-weight-only layers (dequantized to float at every matmul) decoded about 7x slower (docs/benchmarks.md).
+dynamically quantized int8 Linear (int8 weights per output channel, activations quantized per step, int8 x
+int8 matmuls in fbgemm/oneDNN): on the 2-layer Phi-3 shape it decoded about 3x faster than float32, where
+torchao's int8 weight-only layers (dequantized to float at every matmul) decoded about 7x slower
+(docs/benchmarks.md).
 It computes in float32, so the model is loaded in float32 first.
 
 `quantization_config` turns `--quantize` into transformers' config for `from_pretrained` (None for the
@@ -112,7 +113,7 @@ def convert_after_loading(kind: str | None, model: torch.nn.Module, device: torc
     (weights per output channel).
 
     The head is the largest single matrix a decode step reads (Phi-3-mini's: 32,064 x 3,072): kept in float32 it
-    was two thirds of the bytes of the 2-layer Phi-3 shape's step, which decoded at 29.7 tokens/s, and 51.7 with
+    was two thirds of the bytes of the 2-layer Phi-3 shape's step, which decoded at 29.7 tokens/s, and 52-54 with
     it converted (2 threads). llama.cpp's q8_0 converts its output matrix as well. The logit lens calls the head as
     a module, which works the same on the converted one.
     """
