@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core.bench import run as bench
-from lookinside.core.bench.report import ModeResult, SweepLine, loglog_slope, noise_reasons, percentile
+from lookinside.core.bench.report import Bandwidth, ModeResult, SweepLine, loglog_slope, noise_reasons, percentile
 from lookinside.core.bench.run import kv_cache_bytes, resolve_bandwidth, run_bench
 from lookinside.core.errors import BadInput
 from lookinside.core.model.hardware import known_gpu
@@ -161,6 +162,15 @@ def test_faster_than_the_bandwidth_is_flagged(tiny):
     assert light.share > 1 and light.warning
     assert report.warnings and "impossible" in report.warnings[0]
     assert "warning:" in render(bench_view(report))
+
+
+def test_beating_the_cpus_measured_bandwidth_is_put_down_to_its_caches(tiny):
+    """A CPU with a large last-level cache (300 MiB here) serves part of a step's weights from it: the share goes
+    past the triad's figure without a wrong clock (the CPU's is synchronous)."""
+    report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=("dynamic",),
+                                           reference=False, bandwidth_gbs=1e-6))
+    light = replace(report.runs[0].speed_of_light, bandwidth=Bandwidth(1e-6, "measured: triad, 1 thread (cached)"))
+    assert light.share > 1 and "came from the CPU's caches" in light.warning and "impossible" not in light.warning
 
 
 # --- the tiny model, both modes --------------------------------------------------------------
