@@ -143,30 +143,27 @@ async def models(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     """POST /v1/completions."""
-    state = state_of(request)
-    parsed = oa.parse_completion(await read_json(request, state.settings.max_body_bytes), state.settings)
-    _check_model(state, parsed.sampling.model)
-    items = await _start(state, lambda emit, cancel: oa.completion_job(state.lm, parsed, state.settings,
-                                                                      state.counted(emit), cancel))
-    rid, model = oa.new_id("cmpl"), state.model_id
-    if parsed.sampling.stream:
-        return _sse(_completion_chunks(parsed, items, model, rid))
-    answer = await _gather_while_connected(request, items)
-    return _json(oa.completion_response(parsed, answer, model, rid))
+    return await _generation(request, oa.parse_completion, oa.completion_job, _completion_chunks,
+                             oa.completion_response, "cmpl")
 
 
 async def chat_completions(request: Request) -> Response:
     """POST /v1/chat/completions."""
+    return await _generation(request, oa.parse_chat, oa.chat_job, _chat_chunks, oa.chat_response, "chatcmpl")
+
+
+async def _generation(request: Request, parse: Callable[..., Any], job: Callable[..., Any],
+                      chunks: Callable[..., Any], respond: Callable[..., Any], prefix: str) -> Response:
+    """One OpenAI generation route: parse the body, check the model, start the job, then stream it or answer whole."""
     state = state_of(request)
-    parsed = oa.parse_chat(await read_json(request, state.settings.max_body_bytes), state.settings)
+    parsed = parse(await read_json(request, state.settings.max_body_bytes), state.settings)
     _check_model(state, parsed.sampling.model)
-    items = await _start(state, lambda emit, cancel: oa.chat_job(state.lm, parsed, state.settings,
-                                                                state.counted(emit), cancel))
-    rid, model = oa.new_id("chatcmpl"), state.model_id
+    items = await _start(state, lambda emit, cancel: job(state.lm, parsed, state.settings, state.counted(emit), cancel))
+    rid, model = oa.new_id(prefix), state.model_id
     if parsed.sampling.stream:
-        return _sse(_chat_chunks(parsed, items, model, rid))
+        return _sse(chunks(parsed, items, model, rid))
     answer = await _gather_while_connected(request, items)
-    return _json(oa.chat_response(parsed, answer, model, rid))
+    return _json(respond(parsed, answer, model, rid))
 
 
 # ---- streaming
