@@ -169,7 +169,7 @@ def quantization_facts(kind: str, model: torch.nn.Module, dtype: torch.dtype) ->
         raise errors.LookinsideError(f"--quantize {kind}: the model loaded, but none of its {len(linear)} linear "
                                      "weights was converted; refusing to show full-precision numbers as quantized")
     bits = torch.finfo(dtype).bits
-    float_params = sum(p.numel() for p in model.parameters()) + sum(m.weight().numel() + _bias_numel(m) for m in dynamic)
+    float_params = sum(p.numel() for p in model.parameters()) + sum(_int8_numel(m) + _bias_numel(m) for m in dynamic)
     return Quantized(kind, converted, len(linear), float_params * bits // 8, stored_bytes(model),
                      CPU_INT8 if dynamic else "")
 
@@ -192,8 +192,7 @@ def stored_bytes(model: torch.nn.Module) -> int:
         total += sum(getattr(parameter, name).nbytes for name in inner) if inner else parameter.nbytes
     for module in model.modules():
         if _is_dynamic_int8(module):  # its packed weights are no parameter: int8 values, a scale and zero per row
-            weight = module.weight()
-            total += weight.numel() + weight.shape[0] * 16 + _bias_numel(module) * 4
+            total += _int8_numel(module) + module.out_features * 16 + _bias_numel(module) * 4
     return total
 
 
@@ -244,6 +243,11 @@ def _cpu_has_vnni() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _int8_numel(module: torch.nn.Module) -> int:
+    """A dynamic int8 layer's weight count, from its shape (`weight()` would unpack a copy; bench asks per run)."""
+    return module.in_features * module.out_features
 
 
 def _bias_numel(module: torch.nn.Module) -> int:
