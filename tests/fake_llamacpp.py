@@ -9,12 +9,15 @@ Two flavours, as the two servers answer (llama-server as its source, tools/serve
 - `llama-cpp-python`: its Python server. /v1/models says `owned_by: me` with an empty `permissions`
   list, there is no /props (its context is not told), `echo` sends the prompt's tokens back, and
   log-probabilities come in OpenAI's completion format: texts only, no ids.
-Both give no finish reason on a token's chunk (only in a closing chunk without a token) and refuse
-a prompt that with `max_tokens` outgrows their small context with a 400.
+Both give no finish reason on a token's chunk (only in a closing chunk without a token). A prompt that
+does not fit the context: llama-server refuses it (with `max_tokens`) with a 400; llama-cpp-python checks
+the prompt alone (with its BOS), with a 400 that names its context when not streaming, but in a stream only
+after the 200 has started, and then drops the connection without a chunk (as its real server does).
 
 The "model" splits a prompt at spaces (a token per word) and answers " Paris. It is" and so on;
 `eos_first` makes it end every reply before its first token, as a model that emits an end token
-at once does (the servers do not stream the end token).
+at once does (the servers do not stream the end token); `drop_streams` drops every stream after its
+200, as a server that fails for another reason than the context does.
 """
 
 from __future__ import annotations
@@ -64,9 +67,10 @@ class QuietServer(ThreadingHTTPServer):
 class FakeLlamaCpp:
     """`with FakeLlamaCpp("llama-server", n_ctx=512) as url:`; `requests` records every (method, path, body)."""
 
-    def __init__(self, flavour: str = "llama-server", n_ctx: int = 512, eos_first: bool = False) -> None:
+    def __init__(self, flavour: str = "llama-server", n_ctx: int = 512, eos_first: bool = False,
+                 drop_streams: bool = False) -> None:
         assert flavour in ("llama-server", "llama-cpp-python")
-        self.flavour, self.n_ctx, self.eos_first = flavour, n_ctx, eos_first
+        self.flavour, self.n_ctx, self.eos_first, self.drop_streams = flavour, n_ctx, eos_first, drop_streams
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         server = self
 
@@ -124,17 +128,28 @@ class FakeLlamaCpp:
                     return
                 chat = self.path.endswith("/chat/completions")
                 prompt = " ".join(m["content"] for m in body["messages"]) if chat else body.get("prompt", "")
-                asked = len(words(prompt)) + int(body.get("max_tokens") or 16)
-                if asked > server.n_ctx:
-                    message = (f"Requested tokens ({asked}) exceed context window of {server.n_ctx}"
-                               if server.flavour == "llama-cpp-python" else
-                               "the request exceeds the available context size, try increasing it")
-                    self._json(400, {"error": {"message": message, "type": "invalid_request_error", "code": 400}})
+                if server.flavour == "llama-cpp-python" and len(words(prompt)) + 1 >= server.n_ctx:  # with its BOS
+                    if body.get("stream"):  # checked inside the started stream: a 200, then the connection drops
+                        self._dropped_stream()
+                    else:  # its error handler words ValueError("Requested tokens (N) exceed ...") as OpenAI does
+                        prompt_tokens, completion = len(words(prompt)) + 1, body.get("max_tokens")
+                        self._json(400, {"error": {"message": (
+                            f"This model's maximum context length is {server.n_ctx} tokens, however you requested "
+                            f"{prompt_tokens + (completion or 0)} tokens ({prompt_tokens} in your prompt; {completion} "
+                            "for the completion). Please reduce your prompt; or completion length."),
+                            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+                    return
+                if server.flavour == "llama-server" and len(words(prompt)) + int(body.get("max_tokens") or 16) \
+                        > server.n_ctx:
+                    self._json(400, {"error": {"message": "the request exceeds the available context size, try "
+                                               "increasing it", "type": "invalid_request_error", "code": 400}})
                     return
                 wanted = int(body.get("max_tokens") or 16)
                 reply = (REPLY * 8)[:wanted] if body.get("ignore_eos") else [] if server.eos_first else REPLY[:wanted]
                 finish = "length" if len(reply) == int(body.get("max_tokens") or 16) else "stop"
-                if body.get("stream"):
+                if body.get("stream") and server.drop_streams:  # a server that fails mid-stream, for no good reason
+                    self._dropped_stream()
+                elif body.get("stream"):
                     self._stream(chat, reply, finish)
                 elif chat:
                     self._json(200, server.chat_answer(reply, finish, body))
@@ -151,6 +166,14 @@ class FakeLlamaCpp:
                 self._event(server.chunk(chat, None, 0.0, finish))  # the closing chunk: no token, the reason
                 self._event("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
+
+            def _dropped_stream(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.flush()
+                self.close_connection = True  # no chunk, no closing chunk: the body ends unfinished
 
             def _event(self, data: Any) -> None:
                 payload = b"data: " + (data if isinstance(data, str) else json.dumps(data)).encode() + b"\n\n"

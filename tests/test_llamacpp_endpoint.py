@@ -104,19 +104,41 @@ def test_bench_fits_the_long_prompt_into_the_servers_context(server):
     result = llm("bench", "--endpoint", server.endpoint, "--repeat", "2", "--new-tokens", "4", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    sent = [len(body["prompt"].split(" ")) + body["max_tokens"] for method, path, body in server.requests
-            if path.endswith("/completions") and body.get("max_tokens") == 1]  # the prefix-cache probes
-    refused = [size for size in sent if size > 512]
-    # llama-server tells its context: nothing is refused; llama-cpp-python refuses the first try only, then the
-    # shrunk prompt is kept for every later probe
-    assert len(refused) == (0 if server.flavour == "llama-server" else 1) and len(sent) - len(refused) >= 4
+    probes = [(len(body["prompt"].split(" ")), bool(body.get("stream"))) for method, path, body in server.requests
+              if path.endswith("/completions") and body.get("max_tokens") == 1]  # the prefix-cache probes
+    too_long = [probe for probe in probes if probe[0] + 1 >= 512]
     assert report["prefix_cache"]["prompt_tokens"] > 128  # long still: most of the context, not a token or two
-    if server.flavour == "llama-cpp-python":  # it does not tell its context: the prompt shrank, and it says so
-        assert "was shrunk to" in report["unavailable"]["full_long_prompt"]
-        assert "llama-cpp-python cannot be told to ignore end tokens" in report["unavailable"]["exact_length"]
-    else:  # llama-server tells its context, and takes ignore_eos: every stream has the tokens asked for
-        assert "full_long_prompt" not in report["unavailable"] and "exact_length" not in report["unavailable"]
-        assert all(len(row) == 4 for row in report["step_seconds"])
+    if server.flavour == "llama-server":  # it tells its context: nothing is refused, nothing is said
+        assert too_long == [] and len(probes) == 4
+        assert "context_length" not in report["unavailable"] and "exact_length" not in report["unavailable"]
+        assert all(len(row) == 4 for row in report["step_seconds"])  # it takes ignore_eos: the tokens asked for
+        return
+    # llama-cpp-python does not tell it: the first stream drops at once (its refusal comes inside the 200), the same
+    # request unstreamed says why and names the context, and the prompt fitted to it is used once more and kept
+    assert [streamed for _, streamed in too_long] == [True, False] and probes[:2] == too_long
+    assert len(probes) == 6 and all(size + 1 < 512 * 0.75 for size, _ in probes[2:])
+    note = report["unavailable"]["context_length"]
+    assert note.startswith("llama-cpp-python does not say its context, and it refused the ")
+    assert "(a context of 512 tokens, its refusal said): the prompt was fitted to " in note
+    assert "llama-cpp-python cannot be told to ignore end tokens" in report["unavailable"]["exact_length"]
+    shown = llm("bench", "--endpoint", server.endpoint, "--repeat", "2", "--new-tokens", "4")
+    assert shown.exit_code == 0 and "no context length: llama-cpp-python does not say its context" in \
+        " ".join(shown.stdout.split())
+
+
+def test_a_prompt_over_the_context_is_the_servers_refusal_even_inside_a_started_stream(server):
+    result = llm("compare", "word " * 600, "--endpoint", server.endpoint, "--samples", "1")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith("error: the server refused the request: ")
+    if server.flavour == "llama-cpp-python":
+        assert "maximum context length is 512 tokens" in result.stderr and "its stream had ended" in result.stderr
+
+
+def test_a_stream_that_drops_for_another_reason_stays_an_error():
+    with FakeLlamaCpp("llama-cpp-python", drop_streams=True) as url:  # every stream drops; unstreamed ones answer
+        result = llm("bench", "--endpoint", url, "--repeat", "2", "--new-tokens", "4")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "stopped sending" in result.stderr and "refused" not in result.stderr
 
 
 def test_bench_says_plainly_when_no_token_came_back():

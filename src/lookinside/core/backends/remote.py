@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 ENDPOINT_ENV = "LOOKINSIDE_ENDPOINT"
 KEY_ENVS = ("LOOKINSIDE_API_KEY", "OPENAI_API_KEY")
 TOP_ALTERNATIVES = 5
-VLLM_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 NO_SHAPES = "a server does not show its tensors: run the model here (without --endpoint) for the shapes"
 NO_LOGITS = "a server returns log-probabilities, not logits"
 ProgressFn = Callable[[str], None]
@@ -224,8 +223,9 @@ class RemoteBackend:
         return [piece for piece, _ in pieces], [i for _, i in pieces]
 
     def _check_k(self, k: int) -> None:
-        if self.kind.is_vllm and k > VLLM_MAX_LOGPROBS:
-            raise errors.BadInput(f"--top-k {k} is more than vLLM returns by default ({VLLM_MAX_LOGPROBS}); "
+        cap = self.kind.max_logprobs
+        if cap is not None and k > cap:
+            raise errors.BadInput(f"--top-k {k} is more than vLLM returns by default ({cap}); "
                                   "ask for fewer, or start the server with a larger --max-logprobs")
 
     # ---- completions
@@ -336,6 +336,13 @@ class RemoteBackend:
                             held = step
                         else:
                             yield self._step(*step)
+        except errors.StreamBroken:
+            refused = self._refusal(prompt, messages, body) if index == 0 else None
+            if refused is not None:
+                raise refused from None
+            if held is not None:  # what came before the break is kept
+                yield self._step(*held)
+            raise
         except errors.LookinsideError:
             if held is not None:  # what came before the break is kept
                 yield self._step(*held)
@@ -345,7 +352,30 @@ class RemoteBackend:
         if held is not None:
             yield self._step(*held[:5], held[5] or finish_reason)
         if not finish_reason:  # the connection closed without a finish reason: the server went away mid-reply
+            refused = self._refusal(prompt, messages, body) if index == 0 else None
+            if refused is not None:
+                raise refused
             raise errors.StreamBroken(f"the server at {self.spec.base_url} stopped sending before the reply ended")
+
+    def _refusal(self, prompt: str | None, messages: list[Any] | None, body: dict[str, Any]) -> errors.BadInput | None:
+        """Why a stream ended before its first token, when the server says so unstreamed; None where it does not.
+
+        llama-cpp-python checks a prompt against its context only once its stream has started (a 200), then drops
+        the connection without a word; asked the same without streaming (one token), it refuses with a 400 that
+        says why. Only that refusal is returned: a server that answers, or fails otherwise, leaves the break as it is.
+        """
+        once = {**body, "max_tokens": 1}
+        try:
+            with _translated(self.spec):
+                if messages is not None:
+                    self.client.chat.completions.create(model=self.name, messages=messages, **once)
+                else:
+                    self.client.completions.create(model=self.name, prompt=prompt or "", **once)
+        except errors.BadInput as refused:
+            return errors.BadInput(f"{refused} (asked again unstreamed: its stream had ended before the first token)")
+        except errors.LookinsideError:
+            return None
+        return None
 
     def _step(self, index: int, token: str, logprob: float, top: dict[str, float], seconds: float,
               finish: str | None) -> Step:

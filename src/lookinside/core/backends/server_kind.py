@@ -22,6 +22,7 @@ from typing import Any
 VLLM, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN = "vLLM", "llama.cpp", "llama-cpp-python", "Ollama", "unknown"
 LOOKINSIDE = "lookinside"  # `llm serve`: vLLM's dialect (ids on request, the same extra fields)
 PROBE_TIMEOUT_S = 5.0
+VLLM_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 # The request fields beyond OpenAI's (core.decoding.sampling's "extra" ones, and ignore_eos) as each server names them.
 EXTRA_FIELDS = {
     VLLM: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"},
@@ -44,6 +45,12 @@ class ServerKind:
     def is_vllm(self) -> bool:
         """vLLM, or `llm serve` speaking its dialect: token ids on request (`return_tokens_as_token_ids`)."""
         return self.name in (VLLM, LOOKINSIDE)
+
+    @property
+    def max_logprobs(self) -> int | None:
+        """The most log-probabilities a request may ask for where the server caps them (vLLM's --max-logprobs, 20 by
+        default, and `llm serve`'s, the same); None where no cap is known (llama.cpp's servers)."""
+        return VLLM_MAX_LOGPROBS if self.is_vllm else None
 
     @property
     def echoes(self) -> bool:

@@ -9,6 +9,7 @@ llama.cpp, Ollama or `llm serve` alike. Nothing here imports torch.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -66,33 +67,58 @@ def short_streams(rows: tuple[tuple[float, ...], ...], asked: int) -> dict[str, 
 def prefix_cache(backend: Backend, repeat: int, notes: dict[str, str] | None = None) -> PrefixCache:
     """One-token requests with long prompts the server has not seen (each starts with a fresh nonce), then again.
 
-    A server that does not tell its context and refuses the prompt as too long gets one half as long, and `notes`
-    says so.
+    The long prompt is fitted to the context the server tells (`fitted_words`). Where it does not tell it and
+    refuses the prompt as too long (llama-cpp-python, 2,048 tokens assumed), the prompt is fitted once more to the
+    context its refusal names (or made half as long), tried once, and `notes` says so; a second refusal, or a
+    failure of another kind, is the error it is.
     """
     cold: list[float] = []
     warm: list[float] = []
-    words, prompt = long_prompt_words(backend), ""
-    for _ in range(max(repeat, 2)):
+    words = fitted_words(backend, backend.context_length)
+    prompt = long_prompt(words)
+    try:
+        cold.append(one_token(backend, prompt))
+    except BadInput as exc:
+        if not too_long(str(exc)):
+            raise
+        refused, said = backend.prompt_tokens(prompt), said_context(str(exc))
+        words = fitted_words(backend, said) if said else words // 2
         prompt = long_prompt(words)
-        while True:
-            try:
-                cold.append(one_token(backend, prompt))
-                break
-            except BadInput as exc:
-                if words <= 16 or not too_long(str(exc)):
-                    raise
-                words //= 2
-                prompt = long_prompt(words)
-                if notes is not None:
-                    notes["full_long_prompt"] = (f"{backend.capabilities.kind} did not say its context and refused "
-                                                 f"the long prompt as too long; it was shrunk to {words:,} words")
+        cold.append(one_token(backend, prompt))
+        if notes is not None:
+            notes["context_length"] = refit_note(backend, refused, said, backend.prompt_tokens(prompt), words)
+    warm.append(one_token(backend, prompt))
+    for _ in range(max(repeat, 2) - 1):
+        prompt = long_prompt(words)
+        cold.append(one_token(backend, prompt))
         warm.append(one_token(backend, prompt))
     return PrefixCache(backend.prompt_tokens(prompt), tuple(cold), tuple(warm))
 
 
-def long_prompt_words(backend: Backend) -> int:
-    """About three quarters of the context in words (2,048 tokens' worth when the server does not say)."""
-    return max(int((backend.context_length or 2048) * 0.75) // 2 - 8, 8)  # ~2 tokens a word in small vocabularies
+def refit_note(backend: Backend, refused: int | None, said: int | None, tokens: int | None, words: int) -> str:
+    """What the bench did when the long prompt did not fit, in one sentence."""
+    kind = backend.capabilities.kind
+    told = (f"{kind} said its context is {backend.context_length:,} tokens, but" if backend.context_length
+            else f"{kind} does not say its context, and")
+    size = f"{refused:,}-token" if refused else "long"
+    why = f" (a context of {said:,} tokens, its refusal said)" if said else ""
+    fitted = f"{tokens:,} tokens" if tokens else f"{words:,} words"
+    return f"{told} it refused the {size} prompt as too long{why}: the prompt was fitted to {fitted} and tried again"
+
+
+def fitted_words(backend: Backend, context: int | None) -> int:
+    """Words of the long prompt for about three quarters of `context` (2,048 tokens when unknown): ~2 tokens a word,
+    scaled by what the server's tokenizer makes of them where it has a tokenize route."""
+    target = int((context or 2048) * 0.75)
+    words = max(target // 2 - 8, 8)  # ~2 tokens a word in small vocabularies
+    tokens = backend.prompt_tokens(long_prompt(words))
+    return max(int(words * target / tokens) - 2, 8) if tokens else words
+
+
+def said_context(message: str) -> int | None:
+    """The context a refusal names ("maximum context length is 512 tokens", "context window of 512"), or None."""
+    found = re.search(r"context (?:length|window|size)(?: is| of)? (\d+)", message, re.IGNORECASE)
+    return int(found.group(1)) if found else None
 
 
 def long_prompt(words: int) -> str:
