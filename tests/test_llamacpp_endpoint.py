@@ -153,3 +153,55 @@ def test_chat_streams_the_whole_reply(server):
     result = llm("chat", "What is the capital of France?", "--endpoint", server.endpoint)
     assert result.exit_code == 0, result.output
     assert "Paris. It is a city of light. The" in result.stdout  # the last token too, held for its finish reason
+
+
+# ---- the tiny model's GGUF for llama.cpp (scripts/tiny_for_llamacpp.py)
+
+
+def tiny_for_llamacpp():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tiny_for_llamacpp.py"
+    spec = importlib.util.spec_from_file_location("tiny_for_llamacpp", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tiny_gguf_marks_the_chat_markers_so_llamacpp_reads_them_as_the_model_does(tmp_path):
+    """The chat markers are CONTROL tokens, and the name is one llama.cpp reads as Phi-3's: only then does it strip
+    the newline after them as tokenizer.json does (`rstrip`), so its template gives the model's own 10 prompt ids
+    (measured with llama-cpp-python 0.3.36: 18 ids, and a reply of "1", under another name; docs/remote.md)."""
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from lookinside.tiny import ASSETS
+
+    script = tiny_for_llamacpp()
+    reader = gguf.GGUFReader(script.write_gguf(tmp_path / "tiny.gguf"))
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    markers = ["<|user|>", "<|assistant|>", "<|end|>", "<|system|>", "<|endoftext|>", "<s>", "</s>"]
+    assert {t: types[tokens.index(t)] for t in markers} == dict.fromkeys(markers, gguf.TokenType.CONTROL)
+    assert sum(1 for kind in types if kind == gguf.TokenType.CONTROL) == 8  # those and <unk>, as the converter marks
+    assert "phi3" in fields["general.name"].lower()  # llama-vocab.cpp: `_contains_any(model_name, {"phi-3", "phi3"})`
+    vocab = json.loads((ASSETS / "tokenizer.json").read_text())["model"]["vocab"]
+    assert tokens[:len(vocab)] == sorted(vocab, key=vocab.get) and len(tokens) == 1024  # padded to the embedding
+    assert fields["tokenizer.ggml.add_bos_token"] is True and fields["tokenizer.ggml.bos_token_id"] == 1
+    assert fields["tokenizer.chat_template"] == (ASSETS / "chat_template.jinja").read_text()
+    # the directory for llama.cpp's own converter names the model so too (its naming is gguf's Metadata)
+    script.prepare(tmp_path / "tiny-hf")
+    assert gguf.Metadata.load(None, tmp_path / "tiny-hf", None).name == "Tiny Phi3"
+
+
+def test_the_tiny_gguf_is_the_tiny_model(tmp_path):
+    """Its weights and vocabulary are the model's: here, the same prompt ids and top-5 next tokens."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("sentencepiece")
+    path = tiny_for_llamacpp().write_gguf(tmp_path / "tiny.gguf")
+    ours = json.loads(llm("next-token", PROMPT, "--model", "tiny", "--dtype", "float32", "--json").stdout)
+    theirs = json.loads(llm("next-token", PROMPT, "--model", str(path), "--json").stdout)
+    assert [t["id"] for t in theirs["tokens"]] == [t["id"] for t in ours["tokens"]]
+    assert [c["id"] for c in theirs["top"]] == [c["id"] for c in ours["top"]]
+    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(theirs["top"], ours["top"])) < 1e-6
