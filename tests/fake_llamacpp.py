@@ -12,12 +12,13 @@ Two flavours, as the two servers answer (llama-server as its source, tools/serve
 Both give no finish reason on a token's chunk (only in a closing chunk without a token). A prompt that
 does not fit the context: llama-server refuses it (with `max_tokens`) with a 400; llama-cpp-python checks
 the prompt alone (with its BOS), with a 400 that names its context when not streaming, but in a stream only
-after the 200 has started, and then drops the connection without a chunk (as its real server does).
+after the 200 has started, and then ends the stream without an event (as llama-cpp-python 0.3.36 does: a 200,
+then the closing chunk at once).
 
 The "model" splits a prompt at spaces (a token per word) and answers " Paris. It is" and so on;
 `eos_first` makes it end every reply before its first token, as a model that emits an end token
-at once does (the servers do not stream the end token); `drop_streams` drops every stream after its
-200, as a server that fails for another reason than the context does.
+at once does (the servers do not stream the end token); `empty_streams` ends every stream so, after its
+200, as a server that fails for another reason than the context would.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ class FakeLlamaCpp:
     """`with FakeLlamaCpp("llama-server", n_ctx=512) as url:`; `requests` records every (method, path, body)."""
 
     def __init__(self, flavour: str = "llama-server", n_ctx: int = 512, eos_first: bool = False,
-                 drop_streams: bool = False) -> None:
+                 empty_streams: bool = False) -> None:
         assert flavour in ("llama-server", "llama-cpp-python")
-        self.flavour, self.n_ctx, self.eos_first, self.drop_streams = flavour, n_ctx, eos_first, drop_streams
+        self.flavour, self.n_ctx, self.eos_first, self.empty_streams = flavour, n_ctx, eos_first, empty_streams
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         server = self
 
@@ -129,8 +130,8 @@ class FakeLlamaCpp:
                 chat = self.path.endswith("/chat/completions")
                 prompt = " ".join(m["content"] for m in body["messages"]) if chat else body.get("prompt", "")
                 if server.flavour == "llama-cpp-python" and len(words(prompt)) + 1 >= server.n_ctx:  # with its BOS
-                    if body.get("stream"):  # checked inside the started stream: a 200, then the connection drops
-                        self._dropped_stream()
+                    if body.get("stream"):  # checked inside the started stream: a 200, then nothing
+                        self._empty_stream()
                     else:  # its error handler words ValueError("Requested tokens (N) exceed ...") as OpenAI does
                         prompt_tokens, completion = len(words(prompt)) + 1, body.get("max_tokens")
                         self._json(400, {"error": {"message": (
@@ -147,8 +148,8 @@ class FakeLlamaCpp:
                 wanted = int(body.get("max_tokens") or 16)
                 reply = (REPLY * 8)[:wanted] if body.get("ignore_eos") else [] if server.eos_first else REPLY[:wanted]
                 finish = "length" if len(reply) == int(body.get("max_tokens") or 16) else "stop"
-                if body.get("stream") and server.drop_streams:  # a server that fails mid-stream, for no good reason
-                    self._dropped_stream()
+                if body.get("stream") and server.empty_streams:  # a server that fails for no reason it says
+                    self._empty_stream()
                 elif body.get("stream"):
                     self._stream(chat, reply, finish)
                 elif chat:
@@ -167,13 +168,12 @@ class FakeLlamaCpp:
                 self._event("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
 
-            def _dropped_stream(self) -> None:
+            def _empty_stream(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                self.wfile.flush()
-                self.close_connection = True  # no chunk, no closing chunk: the body ends unfinished
+                self.wfile.write(b"0\r\n\r\n")  # the body ends at once: no event, no [DONE], no reason
 
             def _event(self, data: Any) -> None:
                 payload = b"data: " + (data if isinstance(data, str) else json.dumps(data)).encode() + b"\n\n"

@@ -113,7 +113,7 @@ def test_bench_fits_the_long_prompt_into_the_servers_context(server):
         assert "context_length" not in report["unavailable"] and "exact_length" not in report["unavailable"]
         assert all(len(row) == 4 for row in report["step_seconds"])  # it takes ignore_eos: the tokens asked for
         return
-    # llama-cpp-python does not tell it: the first stream drops at once (its refusal comes inside the 200), the same
+    # llama-cpp-python does not tell it: the first stream ends empty (its refusal comes inside the 200), the same
     # request unstreamed says why and names the context, and the prompt fitted to it is used once more and kept
     assert [streamed for _, streamed in too_long] == [True, False] and probes[:2] == too_long
     assert len(probes) == 6 and all(size + 1 < 512 * 0.75 for size, _ in probes[2:])
@@ -134,8 +134,8 @@ def test_a_prompt_over_the_context_is_the_servers_refusal_even_inside_a_started_
         assert "maximum context length is 512 tokens" in result.stderr and "its stream had ended" in result.stderr
 
 
-def test_a_stream_that_drops_for_another_reason_stays_an_error():
-    with FakeLlamaCpp("llama-cpp-python", drop_streams=True) as url:  # every stream drops; unstreamed ones answer
+def test_a_stream_that_ends_empty_for_another_reason_stays_an_error():
+    with FakeLlamaCpp("llama-cpp-python", empty_streams=True) as url:  # every stream ends empty; unstreamed ones answer
         result = llm("bench", "--endpoint", url, "--repeat", "2", "--new-tokens", "4")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
     assert "stopped sending" in result.stderr and "refused" not in result.stderr
