@@ -52,7 +52,8 @@ start() {
         unset API_KEY  # it reads its settings from the environment too: an empty key would be a key
         if [ -n "${LOOKINSIDE_LLAMACPP_API_KEY:-}" ]; then export API_KEY="$LOOKINSIDE_LLAMACPP_API_KEY"; fi
         exec setsid "$SERVER_PYTHON" -m llama_cpp.server --model "$RUN/tiny.gguf" --model_alias tiny \
-            --host 127.0.0.1 --port "$port" --n_ctx 512 --n_threads 1 --n_threads_batch 1 >"$RUN/server.log" 2>&1
+            --host 127.0.0.1 --port "$port" --n_ctx 512 --type_k 0 --type_v 0 --n_threads 1 --n_threads_batch 1 \
+            >"$RUN/server.log" 2>&1
     ) &
     echo $! >"$RUN/pid"
     echo "$url" >"$RUN/url"

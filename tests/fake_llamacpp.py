@@ -199,9 +199,10 @@ class FakeLlamaCpp:
             logprobs = {"content": [content_item(t, -0.1) for t in tokens]}
         elif body.get("logprobs") is not None:
             all_tokens = echoed + tokens
-            logprobs = {"tokens": all_tokens, "text_offset": list(range(len(all_tokens))),
-                        "token_logprobs": [None] * len(echoed) + [-0.1] * len(tokens),
-                        "top_logprobs": [None] * len(echoed) + [top_for(t, -0.1) for t in tokens]}
+            logprobs = {"tokens": all_tokens, "text_offset": list(range(len(all_tokens))),  # the first has none
+                        "token_logprobs": [None if i == 0 else -0.5 for i in range(len(echoed))] + [-0.1] * len(tokens),
+                        "top_logprobs": [None if i == 0 else top_for(t, -0.5) for i, t in enumerate(echoed)]
+                        + [top_for(t, -0.1) for t in tokens]}
         return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "tiny-q8_0.gguf",
                 "choices": [{"text": "".join(tokens), "index": 0, "logprobs": logprobs, "finish_reason": finish}],
                 "usage": {"prompt_tokens": len(words(prompt)), "completion_tokens": len(tokens),

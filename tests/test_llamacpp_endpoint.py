@@ -75,6 +75,15 @@ def test_next_token_draws_no_made_up_ids(server):
         assert "prompt tokens (6): <s>·1" in result.stdout
 
 
+def test_no_next_token_is_said_not_drawn_from_the_prompts_last_position():
+    # llama-cpp-python stops before an end token and sends none: with `echo`, what comes back is the prompt alone,
+    # whose last log-probabilities are for the prompt's last token, not for the next one
+    with FakeLlamaCpp("llama-cpp-python", eos_first=True) as url:
+        result = llm("next-token", PROMPT, "--endpoint", url)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "llama-cpp-python sent no next token for this prompt: the most likely one ends the reply" in result.stderr
+
+
 def test_the_finish_reason_comes_from_the_closing_chunk(server):
     result = llm("compare", PROMPT, "--endpoint", server.endpoint, "--samples", "1", "--max-new-tokens", "4",
                  "--json")

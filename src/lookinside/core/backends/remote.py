@@ -163,6 +163,10 @@ class RemoteBackend:
         with _translated(self.spec):
             out = self.client.completions.create(model=self.name, prompt=request.prompt, max_tokens=1,
                                                  logprobs=request.top_k, echo=self.kind.echoes, temperature=0)
+        usage = getattr(out, "usage", None)
+        if self.kind.echoes and getattr(usage, "completion_tokens", None) == 0:  # what came back is the prompt only
+            raise errors.RemoteError(f"{self.kind.describe()} sent no next token for this prompt: the most likely one "
+                                     "ends the reply, and this server does not send an end token's log-probabilities")
         tokens, tops, top_ids = _completion_logprobs(out.choices[0].logprobs)
         if not tops or not tops[-1]:
             raise errors.RemoteError("the server gave no log-probabilities (it may not support logprobs)")

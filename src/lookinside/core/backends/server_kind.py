@@ -53,6 +53,12 @@ class ServerKind:
         return VLLM_MAX_LOGPROBS if self.is_vllm else None
 
     @property
+    def streams_end_token(self) -> bool:
+        """Whether a stream's last step is the end token itself (vLLM, `llm serve`: finish "eos", no text); llama.cpp's
+        servers end the reply without it, on the last token they show (finish "stop")."""
+        return self.is_vllm
+
+    @property
     def echoes(self) -> bool:
         """Whether /v1/completions may be asked to send the prompt's tokens back (llama-server refuses `echo`)."""
         return self.name != LLAMA_CPP
