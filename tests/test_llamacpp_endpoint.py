@@ -91,7 +91,9 @@ def test_the_finish_reason_comes_from_the_closing_chunk(server):
     record = json.loads(result.stdout)
     assert record["greedy"]["finish"] == "length"
     shown = llm("compare", PROMPT, "--endpoint", server.endpoint, "--samples", "1", "--max-new-tokens", "20")
-    assert "10 tokens · stop" in shown.stdout and "None" not in shown.stdout
+    # no stop string was asked for, so the "stop" of the closing chunk is an end token; the last token is kept
+    assert "10 tokens · eos" in shown.stdout and "None" not in shown.stdout and "[stop string]" not in shown.stdout
+    assert "light. The" in shown.stdout
 
 
 def test_extra_sampling_fields_go_by_the_servers_names_or_are_refused_naming_it(server):

@@ -311,6 +311,7 @@ class RemoteBackend:
                 settings: GenerationSettings) -> Iterator[Step]:
         """Steps from a streamed completion (`prompt`) or chat completion (`messages`), timed as they arrive."""
         body = self._request(params, settings)
+        stops = bool(settings.stop_strings)
         start = time.perf_counter()
         with _translated(self.spec):
             if messages is not None:
@@ -332,29 +333,29 @@ class RemoteBackend:
                     for token, lp, top, finish in _chunk_tokens(chunk):
                         now = time.perf_counter()
                         if held is not None:
-                            yield self._step(*held)
+                            yield self._step(*held, stops=stops)
                             held = None
                         step = (index, token, lp, top, now - start, finish)
                         start, index = now, index + 1
                         if hold:
                             held = step
                         else:
-                            yield self._step(*step)
+                            yield self._step(*step, stops=stops)
         except errors.StreamBroken:
             refused = self._refusal(prompt, messages, body) if index == 0 else None
             if refused is not None:
                 raise refused from None
             if held is not None:  # what came before the break is kept
-                yield self._step(*held)
+                yield self._step(*held, stops=stops)
             raise
         except errors.LookinsideError:
             if held is not None:  # what came before the break is kept
-                yield self._step(*held)
+                yield self._step(*held, stops=stops)
             raise
         finally:
             response.close()
         if held is not None:
-            yield self._step(*held[:5], held[5] or finish_reason)
+            yield self._step(*held[:5], held[5] or finish_reason, stops=stops)
         if not finish_reason:  # the connection closed without a finish reason: the server went away mid-reply
             refused = self._refusal(prompt, messages, body) if index == 0 else None
             if refused is not None:
@@ -382,7 +383,8 @@ class RemoteBackend:
         return None
 
     def _step(self, index: int, token: str, logprob: float, top: dict[str, float], seconds: float,
-              finish: str | None) -> Step:
+              finish: str | None, stops: bool = False) -> Step:
+        """One streamed token as a step; `stops`: the request asked for stop strings (else "stop" is an end token)."""
         ranked = _ranked(top)
         logprob = guard.logprob(logprob, token)
         rank = 1 + sum(1 for _, lp in ranked if lp > logprob)
@@ -392,8 +394,10 @@ class RemoteBackend:
         if finish == "length":
             ended = "length"
         elif finish is not None:  # "stop": an end token (its text is not part of the reply) or a stop string
-            ended = "eos" if _looks_special(token) else "stop"
-            text = "" if ended == "eos" else token
+            # with no stop string asked for, only an end token stops a reply: llama.cpp's servers do not send it, and
+            # name the reason on the last token they show (held for it, see `_stream`)
+            ended = "eos" if _looks_special(token) or not stops else "stop"
+            text = "" if _looks_special(token) else token
         return Step(index, self.intern(token), text, math.exp(logprob), rank, alternatives, seconds, ended)
 
     def _request(self, params: SamplingParams, settings: GenerationSettings) -> dict[str, Any]:

@@ -57,7 +57,8 @@ def short_streams(rows: tuple[tuple[float, ...], ...], asked: int) -> dict[str, 
     """Say plainly when the streams gave no token, or only one: the rates below are then not measured."""
     longest = max((len(row) for row in rows), default=0)
     if longest == 0:
-        return {"tokens": "no token came back: the server ended every reply before its first token"}
+        return {"tokens": "no token came back: the server ended every reply before its first token (the model's "
+                          "first token ends it); give a --prompt the model goes on from"}
     if longest == 1 < asked:
         return {"decode_rate": "only one token came back per stream (the model ended its reply at once, e.g. with "
                                "an end token): nothing was decoded after it; give a --prompt the model goes on from"}
