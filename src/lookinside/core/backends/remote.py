@@ -341,13 +341,6 @@ class RemoteBackend:
                             held = step
                         else:
                             yield self._step(*step, stops=stops)
-        except errors.StreamBroken:
-            refused = self._refusal(prompt, messages, body) if index == 0 else None
-            if refused is not None:
-                raise refused from None
-            if held is not None:  # what came before the break is kept
-                yield self._step(*held, stops=stops)
-            raise
         except errors.LookinsideError:
             if held is not None:  # what came before the break is kept
                 yield self._step(*held, stops=stops)
@@ -356,7 +349,8 @@ class RemoteBackend:
             response.close()
         if held is not None:
             yield self._step(*held[:5], held[5] or finish_reason, stops=stops)
-        if not finish_reason:  # the connection closed without a finish reason: the server went away mid-reply
+        if not finish_reason:  # the stream ended without a finish reason: the server went away mid-reply, or, before
+            # the first token, it may have refused the request inside a started stream (llama-cpp-python)
             refused = self._refusal(prompt, messages, body) if index == 0 else None
             if refused is not None:
                 raise refused
@@ -365,9 +359,9 @@ class RemoteBackend:
     def _refusal(self, prompt: str | None, messages: list[Any] | None, body: dict[str, Any]) -> errors.BadInput | None:
         """Why a stream ended before its first token, when the server says so unstreamed; None where it does not.
 
-        llama-cpp-python checks a prompt against its context only once its stream has started (a 200), then drops
-        the connection without a word; asked the same without streaming (one token), it refuses with a 400 that
-        says why. Only that refusal is returned: a server that answers, or fails otherwise, leaves the break as it is.
+        llama-cpp-python checks a prompt against its context only once its stream has started (a 200), then ends
+        the stream without an event; asked the same without streaming (one token), it refuses with a 400 that says
+        why. Only that refusal is returned: a server that answers, or fails otherwise, leaves the break as it is.
         """
         once = {**body, "max_tokens": 1}
         try:
