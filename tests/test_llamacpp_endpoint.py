@@ -1,10 +1,12 @@
 """llama.cpp's servers as `--endpoint`: real ids where llama-server gives them and none made up where a server
-gives none, a finish reason from the closing chunk, refusals that name the server, a bench that fits the
-server's context and says when no token came back.
+gives none, a finish reason from the closing chunk, refusals that name the server (even one made inside a
+started stream), a bench that fits the server's context and says when no token came back; and the tiny
+model's GGUF that llama.cpp serves (scripts/tiny_for_llamacpp.py).
 
 Against tests/fake_llamacpp.py, which answers as llama.cpp's `llama-server` (as its source reads) and
-llama-cpp-python do: a 512-token context, the finish reason only in a closing chunk; a real llama.cpp
-server compiles for about an hour here, so it is for a manual run (docs/remote.md).
+llama-cpp-python 0.3.36 (as its real server answered) do: a 512-token context, the finish reason only in a
+closing chunk. llama-cpp-python compiles llama.cpp when it installs, so the real server is not in CI:
+scripts/llamacpp_server.sh runs tests/test_remote.py against it where it is installed (docs/remote.md).
 """
 
 from __future__ import annotations
