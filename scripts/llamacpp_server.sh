@@ -40,10 +40,9 @@ start() {
         cat "$RUN/url"
         return
     fi
-    if [ ! -s "$RUN/tiny.gguf" ]; then
-        "$PYTHON" "$ROOT/scripts/tiny_for_llamacpp.py" --gguf "$RUN/tiny.gguf.part" >/dev/null
-        mv "$RUN/tiny.gguf.part" "$RUN/tiny.gguf"
-    fi
+    # written afresh each time (a few seconds), so it is never a stale copy of an older model or script
+    "$PYTHON" "$ROOT/scripts/tiny_for_llamacpp.py" --gguf "$RUN/tiny.gguf.part" >/dev/null
+    mv "$RUN/tiny.gguf.part" "$RUN/tiny.gguf"
     local port
     port="$(free_port)"
     local url="http://127.0.0.1:$port/v1"
