@@ -71,12 +71,12 @@ class ServeSettings:
         """The Host headers that name this server: loopback and the bound address, with the port, and the allowed."""
         names = {*LOOPBACK_NAMES, self.host.lower()}
         names |= {f"[{n}]" for n in names if ":" in n and not n.startswith("[")}
-        return frozenset({*(f"{n}:{self.port}" for n in names), *self.allow_hosts})
+        return frozenset({*(f"{n}:{self.port}" for n in names), *LOOPBACK_NAMES, *self.allow_hosts})
 
     def own_origins(self) -> frozenset[str]:
         """The origins of this server's own pages (the web inspector at /), and those the user allowed."""
-        return frozenset({f"http://{host}" for host in self.own_hosts() if host not in self.allow_hosts}
-                         | set(self.allow_origins))
+        own = {host for host in self.own_hosts() if host not in self.allow_hosts and host not in LOOPBACK_NAMES}
+        return frozenset({f"http://{host}" for host in own} | set(self.allow_origins))
 
     @property
     def any_host(self) -> bool:
