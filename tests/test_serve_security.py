@@ -422,7 +422,7 @@ def test_a_signal_cuts_every_job_ends_streams_and_exits_0(tmp_path, sig):
     for thread in threads:
         thread.join(60)
     assert code == 0, server.stderr()
-    assert took < 3.0, took  # jobs cut within a second; the rest is the interpreter's exit
+    assert took < 2.0, took  # jobs cut within a second (0.2 to 0.3 s measured), with room for a loaded machine
     assert stream_lines[-1] == "data: [DONE]" and "server_shutting_down" in stream_lines[-2], stream_lines[-3:]
     assert view_answer and view_answer[0][0] in (0, 503), view_answer
     assert not list((server.data / "servers").glob("*.json"))

@@ -70,3 +70,4 @@ def serve(
     server.quiet_libraries()
     server.serve(lm, settings, sock, lambda line: stderr_console().print(line, markup=False, highlight=False,
                                                                           soft_wrap=True))
+    server.exit_now()
