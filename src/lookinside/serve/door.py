@@ -45,8 +45,7 @@ class Door:
     def __init__(self, app: ASGIApp, settings: ServeSettings) -> None:
         self.app = app
         self.settings = settings
-        self.hosts = settings.own_hosts()
-        self.origins = settings.own_origins()
+        self.named: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # by the port a request came to
         self.key = settings.api_key.encode() if settings.api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,12 +66,13 @@ class Door:
 
     def refusal(self, scope: Scope, headers: dict[bytes, bytes], origin: str | None) -> ApiError | None:
         """Why this request is refused at the door, or None."""
+        hosts, origins = self.names(scope)
         host = headers.get(b"host", b"").decode("latin-1").strip().lower()
-        if host and not self.settings.any_host and host not in self.hosts:
+        if host and not self.settings.any_host and host not in hosts:
             return ApiError(f"the Host {host!r} does not name this server (a page on another name, rebound to this "
                             "machine?): call it as 127.0.0.1 or localhost, or allow the name with --allow-host",
                             status=403, kind="forbidden_host")
-        if origin is not None and origin not in self.origins and "*" not in self.origins:
+        if origin is not None and origin not in origins and "*" not in origins:
             return ApiError(f"requests from the web page at {origin} are refused: start the server with "
                             "--allow-origin ORIGIN (or set LOOKINSIDE_ORIGINS) to let a page in",
                             status=403, kind="forbidden_origin")
@@ -85,6 +85,13 @@ class Door:
             return ApiError(f"a POST's body must be JSON, sent with Content-Type: application/json, not "
                             f"{media or 'none'!r}", status=415, kind="unsupported_media_type")
         return None
+
+    def names(self, scope: Scope) -> tuple[frozenset[str], frozenset[str]]:
+        """(Hosts, origins) that name this server on the port the request came to (the socket's, not a setting)."""
+        port = int((scope.get("server") or (None, self.settings.port))[1] or self.settings.port)
+        if port not in self.named:
+            self.named[port] = (self.settings.own_hosts(port), self.settings.own_origins(port))
+        return self.named[port]
 
     def _keyed(self, headers: dict[bytes, bytes]) -> bool:
         scheme, _, token = headers.get(b"authorization", b"").partition(b" ")

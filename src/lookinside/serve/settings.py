@@ -67,16 +67,17 @@ class ServeSettings:
         return f"http://{host}:{self.port}/v1"
 
 
-    def own_hosts(self) -> frozenset[str]:
-        """The Host headers that name this server: loopback and the bound address, with the port, and the allowed."""
+    def own_hosts(self, port: int | None = None) -> frozenset[str]:
+        """The Host headers that name this server on `port` (default: --port): loopback and the bound address, with
+        the port (or none), and the names allowed."""
         names = {*LOOPBACK_NAMES, self.host.lower()}
-        names |= {f"[{n}]" for n in names if ":" in n and not n.startswith("[")}
-        return frozenset({*(f"{n}:{self.port}" for n in names), *LOOPBACK_NAMES, *self.allow_hosts})
+        names = {f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names}
+        return frozenset({*(f"{n}:{port or self.port}" for n in names), *LOOPBACK_NAMES, *self.allow_hosts})
 
-    def own_origins(self) -> frozenset[str]:
-        """The origins of this server's own pages (the web inspector at /), and those the user allowed."""
-        own = {host for host in self.own_hosts() if host not in self.allow_hosts and host not in LOOPBACK_NAMES}
-        return frozenset({f"http://{host}" for host in own} | set(self.allow_origins))
+    def own_origins(self, port: int | None = None) -> frozenset[str]:
+        """The origins of this server's own pages on `port` (the web inspector at /), and those the user allowed."""
+        own = {f"http://{host}" for host in self.own_hosts(port) if host.endswith(f":{port or self.port}")}
+        return frozenset(own | set(self.allow_origins))
 
     @property
     def any_host(self) -> bool:
