@@ -11,8 +11,8 @@ h11 protocol with two changes:
   (reading a request, or idle between two), so /health still answers; when every one is being
   answered, the new one is told 503 and closed.
 
-`cap` is also kept below the process's descriptor limit (`affordable_connections`), so accept()
-never fails for want of one.
+`cap` is also kept to half the descriptors the process has left (`affordable_connections`), so
+accept() does not fail for want of one (asyncio then stops accepting for a second, and logs it).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+ACCEPT_BURST = 64  # asyncio accepts up to `backlog` sockets at once (uvicorn's default, 2048, took every descriptor)
 SPARE_DESCRIPTORS = 64  # for the model's files, the log, the worker: what the process needs besides connections
 _BUSY_BODY = b'{"error":{"message":"too many open connections: retry in a moment","type":"server_busy",' \
              b'"param":null,"code":503}}'
@@ -44,7 +45,9 @@ def affordable_connections(wanted: int) -> int:
             pass
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     open_now = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 32
-    return max(1, min(wanted, soft - open_now - SPARE_DESCRIPTORS))
+    # Half of what is left: asyncio accepts a burst of sockets before any of them is counted here, and the
+    # connections closed to make room give back their descriptors only on the loop's next turn.
+    return max(8, min(wanted, (soft - open_now - SPARE_DESCRIPTORS) // 2))
 
 
 def guarded_protocol(read_timeout_s: float, cap: int) -> type[H11Protocol]:
@@ -128,4 +131,4 @@ def protocol_options(settings: Any) -> dict[str, Any]:
     """uvicorn.Config's options for `settings`: this protocol, and keep-alive shorter than the read deadline."""
     cap = affordable_connections(settings.max_connections)
     return {"http": guarded_protocol(settings.read_timeout_s, cap), "timeout_keep_alive": 5,
-            "h11_max_incomplete_event_size": 16 * 1024}
+            "h11_max_incomplete_event_size": 16 * 1024, "backlog": ACCEPT_BURST}
