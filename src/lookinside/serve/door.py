@@ -72,7 +72,8 @@ class Door:
             return ApiError(f"the Host {host!r} does not name this server (a page on another name, rebound to this "
                             "machine?): call it as 127.0.0.1 or localhost, or allow the name with --allow-host",
                             status=403, kind="forbidden_host")
-        if origin is not None and origin not in origins and "*" not in origins:
+        same_origin = origin == f"http://{host}"  # a page this server served, under a Host checked above
+        if origin is not None and not same_origin and origin not in origins and "*" not in origins:
             return ApiError(f"requests from the web page at {origin} are refused: start the server with "
                             "--allow-origin ORIGIN (or set LOOKINSIDE_ORIGINS) to let a page in",
                             status=403, kind="forbidden_origin")
