@@ -190,6 +190,41 @@ def test_curl_the_openai_client_and_llm_work_as_before(server):
     assert json.loads(command.stdout)["top"][0]["token"] == " Paris"
 
 
+def test_the_door_on_every_address_same_origin_and_allowed_hosts(tiny):
+    """Bound to 0.0.0.0 (with a key) any Host is let in and a page the server served (Origin = http://Host) too;
+    --allow-host lets a proxy's name in on loopback; a preflight carries no key."""
+    from starlette.testclient import TestClient
+
+    from lookinside.serve.app import create_app
+    from lookinside.serve.settings import ServeSettings
+
+    spec = LoadSpec(model="tiny", device="cpu")
+    wide = ServeSettings(spec=spec, host="0.0.0.0", api_key="k", port=8765)
+    with TestClient(create_app(tiny, wide), base_url="http://10.0.0.5:8765") as client:
+        keyed = {"Authorization": "Bearer k"}
+        assert client.get("/lookinside/v1/info", headers=keyed).status_code == 200
+        assert client.get("/lookinside/v1/info").status_code == 401
+        assert client.get("/v1/models", headers={**keyed, "Origin": "http://10.0.0.5:8765"}).status_code == 200
+        assert client.get("/v1/models", headers={**keyed, "Origin": "http://evil.example"}).status_code == 403
+        preflight = {"Origin": "http://10.0.0.5:8765", "Access-Control-Request-Method": "POST"}
+        assert client.options("/v1/completions", headers=preflight).status_code == 204
+    proxied = ServeSettings(spec=spec, allow_hosts=("proxy.lan",), allow_origins=("*",))
+    with TestClient(create_app(tiny, proxied), base_url="http://proxy.lan") as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"Origin": "http://anything.example"}).status_code == 200
+        assert client.get("/health", headers={"Host": "other.lan"}).status_code == 403
+
+
+def test_allowed_origins_are_checked_once_in_settings():
+    from lookinside.core.errors import BadInput
+    from lookinside.serve.settings import ServeSettings, origin
+
+    assert origin(" HTTP://LocalHost:3000/ ") == "http://localhost:3000" and origin("*") == "*"
+    for bad in ("localhost:3000", "ftp://x", "http://x/path", "http://user@x"):
+        with pytest.raises(BadInput, match="scheme://host"):
+            ServeSettings(allow_origins=(bad,))
+
+
 # ---- 3. every route under the server's limits
 
 
