@@ -2,8 +2,7 @@
 
 A request's job waits in the queue (a full queue refuses at once: the caller answers 503) and
 then runs alone on the model. A generating job is handed a `Cancel`, which it checks between
-tokens: a client that went away, or the server shutting down, stops it at the next token. A job
-cut by the server's shutdown ends its stream with `ServerStopping`, so the client is told.
+tokens: a client that went away, or the server shutting down, stops it at the next token.
 `run_on_model` awaits any job from an async route; `stream_on_model` carries the items a job
 emits, one by one, to an async iterator (a streamed reply).
 """
@@ -30,7 +29,7 @@ class Cut(Exception):
 
 
 class ServerStopping(Cut):
-    """Raised inside (or after) a job that the server's shutdown cut."""
+    """Raised inside (or after) a job that the server's shutdown cut: its stream ends with it, so the client is told."""
 
 
 class Cancel:
