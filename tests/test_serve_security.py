@@ -405,6 +405,17 @@ def test_health_answers_while_the_connection_cap_is_reached(server):
     assert len(server.stderr()) - len(before) < 2000
 
 
+def test_requests_that_are_not_http_do_not_fill_the_log(server):
+    before = len(server.stderr())
+    for _ in range(50):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+            with contextlib.suppress(OSError):
+                assert sock.recv(1024).startswith(b"HTTP/1.1 400")
+    assert request(server, "GET", "/health")[0] == 200
+    assert len(server.stderr()) - before < 200, server.stderr()[before:]
+
+
 @pytest.mark.slow
 def test_a_descriptor_limit_is_never_reached_and_nothing_floods_the_log(tmp_path):
     server = start(tmp_path / "data", "--read-timeout", "30", limit_fds=256)

@@ -60,7 +60,7 @@ def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[s
     app.state.lookinside.info["started"] = time.time()
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.grace_s,
                             lifespan="on", server_header=False, **protocol_options(settings))
-    quiet_asyncio()
+    quiet_logs()
     server = _Server(config, app, lm, settings, say)
     try:
         server.run(sockets=[sock])
@@ -129,9 +129,11 @@ def exit_now() -> None:
     os._exit(0)
 
 
-def quiet_asyncio() -> None:
-    """asyncio logs a failed accept() or a reset connection with a traceback each; one line per kind is enough."""
-    logging.getLogger("asyncio").addFilter(_OncePerKind())
+def quiet_logs() -> None:
+    """asyncio logs a failed accept() or a reset connection with a traceback each, and uvicorn each request that is
+    not HTTP: one line per kind is enough, or a client could fill the log."""
+    for name in ("asyncio", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_OncePerKind())
 
 
 class _OncePerKind(logging.Filter):
