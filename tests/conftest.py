@@ -23,6 +23,25 @@ def data_dir_of_the_run(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_client_on_loopback():
+    """starlette's TestClient calls its app `testserver`, a Host `llm serve` refuses (a page on a name rebound to this
+    machine sends its own); the suite's clients call it 127.0.0.1, as a local client does."""
+    try:
+        from starlette import testclient
+    except ImportError:
+        yield
+        return
+    original = testclient.TestClient.__init__
+
+    def on_loopback(self, app, base_url: str = "http://127.0.0.1", *args, **kwargs):
+        original(self, app, base_url, *args, **kwargs)
+
+    testclient.TestClient.__init__ = on_loopback
+    yield
+    testclient.TestClient.__init__ = original
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The built-in tiny model, loaded once on the CPU."""

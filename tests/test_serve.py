@@ -403,28 +403,32 @@ def test_a_vanished_client_stops_a_reply_that_is_not_streamed_too(live):
 # ---- the record, and the commands that find it
 
 
-def test_find_server_matches_the_spec_and_drops_stale_records(tmp_path, monkeypatch):
+def test_find_server_matches_the_spec_and_drops_stale_records(live, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LOOKINSIDE_NO_SERVER", raising=False)
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    listening.listen()
-    url = f"http://127.0.0.1:{listening.getsockname()[1]}/v1"
-    path = registry.write_record(registry.ServerRecord(url, os.getpid(), "tiny", registry.spec_identity(SPEC), "k"))
+    nonce = live.state.nonce.hex()  # the server proves it knows it before the key is sent (test_serve_security.py)
+    path = registry.write_record(registry.ServerRecord(live.url, os.getpid(), "tiny", registry.spec_identity(SPEC), "k",
+                                                       nonce))
     assert path.stat().st_mode & 0o777 == 0o600
-    assert registry.find_server(LoadSpec(model="tiny", device="cpu", threads=3)).url == url  # threads do not matter
-    assert registry.find_server(LoadSpec(model="tiny", device="cpu", dtype="bfloat16")) is None
+    assert registry.find_server(LoadSpec(model="tiny", device="cpu", threads=3))[0].url == live.url  # threads do not matter
+    assert registry.find_server(LoadSpec(model="tiny", device="cpu", dtype="bfloat16"))[0] is None
     monkeypatch.setenv("LOOKINSIDE_NO_SERVER", "1")
-    assert registry.find_server(SPEC) is None
+    assert registry.find_server(SPEC)[0] is None
     monkeypatch.delenv("LOOKINSIDE_NO_SERVER")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = registry.write_record(registry.ServerRecord(url, dead.pid, "tiny", registry.spec_identity(SPEC)))
-    (tmp_path / "servers" / "junk.json").write_text("{not json")
-    assert [r.pid for _, r in registry.running_servers()] == [os.getpid()]
-    assert not stale.exists() and not (tmp_path / "servers" / "junk.json").exists() and path.exists()
-    listening.close()
-    assert registry.find_server(SPEC) is None  # a live pid that does not listen is not a server
+    stale = registry.write_record(registry.ServerRecord(live.url, dead.pid, "tiny", registry.spec_identity(SPEC),
+                                                        None, nonce))
+    (tmp_path / "servers" / "1.json").write_text("{not json")
+    (tmp_path / "servers" / "1.json").chmod(0o600)
+    found = registry.running_servers()
+    assert [r.pid for _, r in found.records] == [os.getpid()] and len(found.notes) == 1
+    assert not stale.exists() and not (tmp_path / "servers" / "1.json").exists() and path.exists()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nothing = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    registry.write_record(registry.ServerRecord(nothing, os.getpid(), "tiny", registry.spec_identity(SPEC), None, nonce))
+    assert registry.find_server(SPEC)[0] is None  # a live pid that does not listen is not a server
 
 
 def test_the_client_path_imports_no_torch_and_no_openai_when_no_server_runs(tmp_path):

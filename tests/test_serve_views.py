@@ -117,7 +117,8 @@ def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(serv
     monkeypatch.delenv("LOOKINSIDE_NO_SERVER", raising=False)
     import os
 
-    write_record(ServerRecord(server.url, os.getpid(), "tiny", spec_identity(LoadSpec(model="tiny"))))
+    write_record(ServerRecord(server.url, os.getpid(), "tiny", spec_identity(LoadSpec(model="tiny")), None,
+                              server.state.nonce.hex()))
     served = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1"])
     here = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1", "--no-server"])
     assert served.exit_code == 0 and served.stderr.startswith("using the server at " + server.url), served.output
@@ -135,7 +136,7 @@ def test_a_record_whose_server_does_not_answer_is_passed_over_and_the_command_ru
         port = s.getsockname()[1]
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
     write_record(ServerRecord(f"http://127.0.0.1:{port}/v1", os.getpid(), "tiny",
-                              spec_identity(LoadSpec(model="tiny"))))
+                              spec_identity(LoadSpec(model="tiny")), None, "ab" * 16))
     result = runner.invoke(app, ["next-token", PROMPT, "--model", "tiny", "-k", "1"])
     assert result.exit_code == 0 and "Paris" in result.stdout and "using the server" not in result.stderr
     with pytest.raises(RemoteError):
@@ -161,7 +162,8 @@ def test_a_warm_look_through_the_server_imports_no_torch_transformers_or_openai(
 
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("LOOKINSIDE_NO_SERVER", raising=False)
-    write_record(ServerRecord(server.url, os.getpid(), "tiny", spec_identity(LoadSpec(model="tiny"))))
+    write_record(ServerRecord(server.url, os.getpid(), "tiny", spec_identity(LoadSpec(model="tiny")), None,
+                              server.state.nonce.hex()))
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "lookinside", "lens", PROMPT, "--model", "tiny"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"}, check=False)
     assert out.returncode == 0 and "␣Paris" in out.stdout, out.stderr[-2000:]

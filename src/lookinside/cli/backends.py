@@ -36,12 +36,16 @@ def _running_server(spec: LoadSpec) -> Backend | None:
     """The `llm serve` that loaded this model the same way, said in one dim line on stderr; None if there is none."""
     from lookinside.serve.registry import find_server
 
-    record = find_server(spec)
+    record, notes = find_server(spec)
+    if notes or record is not None:
+        from lookinside.ui.console import stderr_console
+
+        for note in notes:
+            stderr_console().print(f"note: {note}", markup=False, highlight=False, soft_wrap=True, style="dim")
     if record is None:
         return None
     from lookinside.core.backends.served import ServedBackend, probe
     from lookinside.core.errors import RemoteError
-    from lookinside.ui.console import stderr_console
 
     try:
         info = probe(record.url, record.key)

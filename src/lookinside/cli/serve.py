@@ -28,6 +28,20 @@ def serve(
                                               help="The most logprobs / top_logprobs a request may ask.")] = 20,
     max_body: Annotated[int, typer.Option("--max-body", metavar="BYTES", rich_help_panel=SERVER_PANEL,
                                           help="The largest request body accepted.")] = 1_000_000,
+    allow_origin: Annotated[Optional[list[str]], typer.Option(
+        "--allow-origin", metavar="ORIGIN", rich_help_panel=SERVER_PANEL, show_default=False,
+        help="A web page's origin (http://host:port, or *) let in beside the server's own; repeatable. "
+             "Also $LOOKINSIDE_ORIGINS, comma-separated.")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        "--allow-host", metavar="HOST[:PORT]", rich_help_panel=SERVER_PANEL, show_default=False,
+        help="A Host header accepted beside loopback and --host (a proxy's name); repeatable.")] = None,
+    read_timeout: Annotated[float, typer.Option("--read-timeout", metavar="SECONDS", rich_help_panel=SERVER_PANEL,
+                                                help="A request's headers and body must arrive within this.")] = 10.0,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", metavar="N", rich_help_panel=SERVER_PANEL,
+        help="Open connections; past it the oldest one not being answered is closed.")] = 256,
+    debug: Annotated[bool, typer.Option("--debug", rich_help_panel=SERVER_PANEL,
+                                        help="Log an unexpected error's traceback, not only its one line.")] = False,
     *,
     spec: LoadSpec,
 ) -> None:
@@ -35,10 +49,13 @@ def serve(
 
     Commands with the same model options then use this server (--no-server runs them here).
     """
-    from lookinside.serve.settings import ServeSettings
+    from lookinside.serve.settings import ServeSettings, origins_from_env
 
     settings = ServeSettings(spec=spec, host=host, port=port, api_key=api_key, queue=queue, max_tokens=max_tokens,
-                             max_logprobs=max_logprobs, max_body_bytes=max_body)
+                             max_logprobs=max_logprobs, max_body_bytes=max_body,
+                             allow_origins=(*(allow_origin or ()), *origins_from_env()),
+                             allow_hosts=tuple(allow_host or ()), read_timeout_s=read_timeout,
+                             max_connections=max_connections, debug=debug)
     try:
         from lookinside.serve import server
     except ImportError:
@@ -53,3 +70,4 @@ def serve(
     server.quiet_libraries()
     server.serve(lm, settings, sock, lambda line: stderr_console().print(line, markup=False, highlight=False,
                                                                           soft_wrap=True))
+    server.exit_now()

@@ -4,18 +4,26 @@
 `await run_on_model(state_of(request), job)`, through the same bounded queue, and any error it
 raises is answered as below. Every answer that is not a success is OpenAI's one-line error object:
 4xx for what the client sent (a bad body, a wrong key, a prompt over the context), 503 with
-Retry-After when the queue is full, and 500 only for a bug in the server.
+Retry-After when the queue is full, and 500 only for a bug in the server. What reaches a route
+has passed the door (serve/door.py: Host, Origin, key, content type); a body is read by `read_json`,
+which refuses what no field could hold (deep nesting, lone surrogates, numbers past 64 bits or
+non-finite). Every job runs with a hook that cuts it at its next forward pass once its client has
+gone or the server is stopping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+import math
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
@@ -23,15 +31,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lookinside import __version__
 from lookinside.core import errors
 from lookinside.serve import openai_api as oa
+from lookinside.serve.door import WHOAMI_PATH, Door, unexpected
+from lookinside.serve.door import dumps as _dumps
+from lookinside.serve.door import json_response as _json
 from lookinside.serve.openai_api import ApiError
 from lookinside.serve.settings import ServeSettings
-from lookinside.serve.worker import ModelWorker, QueueFull, stream_on_model
-from lookinside.serve.worker import run_on_model as _run_on_worker
+from lookinside.serve.worker import Cancel, Cut, ModelWorker, QueueFull, ServerStopping, stream_on_model
 
 if TYPE_CHECKING:
     from lookinside.core.model.loading import LM
@@ -39,7 +48,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("lookinside.serve")
 RETRY_AFTER_S = 1
-OPEN_PATHS = ("/health",)  # answered without the key, so a load balancer or a script can wait for the server
+MAX_DEPTH = 32  # JSON nesting: the deepest request (a chat message's content parts) needs 5
+LARGEST_INT = 2**63  # a number no field takes beyond: seeds are 64-bit, and torch's integers too
 
 
 @dataclass
@@ -50,6 +60,7 @@ class AppState:
     settings: ServeSettings
     worker: ModelWorker
     info: dict[str, Any]
+    nonce: bytes = field(default_factory=lambda: secrets.token_bytes(16), repr=False)  # in the record; never sent
     tokens_generated: int = 0  # counted on the model's thread as each token is made: a cut generation shows here
 
     def counted(self, emit: oa.Emit) -> oa.Emit:
@@ -73,8 +84,50 @@ def state_of(request: Request) -> AppState:
 
 
 async def run_on_model(state: AppState, job: Callable[[], T]) -> T:
-    """Run `job` on the model's thread through the bounded queue; a full queue is answered 503 by the app."""
-    return await _run_on_worker(state.worker, job)
+    """Run `job` on the model's thread through the bounded queue; a full queue is answered 503 by the app.
+
+    The job is cut at its next forward pass when the awaiting task is cancelled or the server stops.
+    """
+    cancel = state.worker.cancel()
+    future = state.worker.submit(lambda: _cut_when(state.lm, cancel, job))
+    try:
+        return await asyncio.wrap_future(future)
+    finally:
+        cancel.set()  # a job still running (its caller left) stops at its next forward pass
+        future.cancel()
+
+
+async def run_while_connected(request: Request, job: Callable[[], T]) -> T:
+    """`run_on_model`, cut at its next forward pass if the client disconnects first (answered 499)."""
+    running = asyncio.ensure_future(run_on_model(state_of(request), job))
+    leaving = asyncio.ensure_future(_disconnected(request))
+    done, _ = await asyncio.wait({running, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    if running in done:
+        leaving.cancel()
+        return running.result()
+    running.cancel()
+    raise ApiError("the client disconnected", status=499, kind="client_closed_request")
+
+
+def _cut_when(lm: LM, cancel: Cancel, job: Callable[[], T]) -> T:
+    """`job()`, with a hook that raises `Cut` before any forward pass once `cancel` is set (removed after)."""
+    with cut_at_next_pass(lm, cancel):
+        return job()
+
+
+@contextmanager
+def cut_at_next_pass(lm: LM, cancel: Cancel) -> Iterator[None]:
+    """While inside, every forward pass of the model first checks `cancel`: a view, a sweep or a generation all
+    stop at their next step, whichever loop runs them."""
+    def check(module: Any, args: Any) -> None:
+        if cancel:
+            raise ServerStopping() if cancel.stopping else Cut()
+
+    handle = lm.model.register_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
@@ -90,6 +143,7 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route(WHOAMI_PATH, whoami, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -97,11 +151,11 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
         *view_routes(),
         *extra_routes,
     ]
-    handlers = {ApiError: _api_error, HTTPException: _http_error, QueueFull: _queue_full,
-                errors.LookinsideError: _api_error, Exception: _api_error}
+    handlers = {ApiError: _api_error, HTTPException: _http_error, QueueFull: _queue_full, Cut: _api_error,
+                errors.LookinsideError: _api_error}  # anything else is a bug: the door makes it one line
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.lookinside = state
-    app.add_middleware(KeyCheck, key=settings.api_key)  # type: ignore[arg-type]
+    app.add_middleware(Door, settings=settings)  # type: ignore[arg-type]
     return app
 
 
@@ -123,6 +177,20 @@ def model_info(lm: LM, settings: ServeSettings) -> dict[str, Any]:
 async def health(request: Request) -> Response:
     """200 while the server runs."""
     return _json({"status": "ok"})
+
+
+async def whoami(request: Request) -> Response:
+    """The proof that this is the recorded server: its pid, and an HMAC of the caller's challenge under the nonce
+    only its record holds (so a command sends the key only to the server that wrote the record)."""
+    challenge = request.query_params.get("challenge", "")
+    if not 16 <= len(challenge) <= 128 or not challenge.isalnum():
+        raise ApiError("whoami wants ?challenge= 16 to 128 letters or digits", param="challenge")
+    return _json({"lookinside": True, "pid": os.getpid(), "proof": proof(state_of(request).nonce, challenge)})
+
+
+def proof(nonce: bytes, challenge: str) -> str:
+    """What the server with `nonce` answers to `challenge` (hex HMAC-SHA256)."""
+    return hmac.new(nonce, challenge.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 async def info(request: Request) -> Response:
@@ -177,7 +245,7 @@ class _Started:
 
 
 async def _start(state: AppState, job: Callable[[oa.Emit, Any], None]) -> _Started:
-    items = stream_on_model(state.worker, job)
+    items = stream_on_model(state.worker, lambda emit, cancel: _cut_when(state.lm, cancel, lambda: job(emit, cancel)))
     try:
         first = await items.__anext__()
     except StopAsyncIteration:
@@ -262,9 +330,44 @@ async def read_json(request: Request, limit: int) -> Any:
         if len(body) > limit:
             raise _too_large(limit)
     try:
-        return json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ApiError(f"the body is nested more than {MAX_DEPTH} deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(f"the body is not JSON ({str(exc).splitlines()[0]})") from None
+    check_values(data)
+    return data
+
+
+def check_values(data: Any) -> None:
+    """Refuse what no field takes: nesting past MAX_DEPTH, text that is not Unicode (a lone surrogate), an integer
+    of 64 bits or more (walked without recursion, so a deep body cannot overflow the stack)."""
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise ApiError(f"the body is nested more than {MAX_DEPTH} deep")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(f"the body holds text that is not Unicode (a lone surrogate, {value[:20]!r}...)") from None
+        elif isinstance(value, int) and not isinstance(value, bool) and not -LARGEST_INT <= value < LARGEST_INT:
+            raise ApiError(f"the body holds the number {str(value)[:30]}, past what any field takes (64 bits)")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:30]} is past the largest number a field takes")
+    return value
 
 
 def _too_large(limit: int) -> ApiError:
@@ -277,51 +380,30 @@ def _check_model(state: AppState, model: str | None) -> None:
         raise ApiError(f"The model `{model}` does not exist.", status=404, kind="NotFoundError", param="model")
 
 
-# ---- the key
-
-
-class KeyCheck:
-    """Refuse every request but /health without `Authorization: Bearer <key>` (compared in constant time)."""
-
-    def __init__(self, app: ASGIApp, key: str | None) -> None:
-        self.app = app
-        self.key = key.encode() if key else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.key is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
-            await self.app(scope, receive, send)
-            return
-        error = ApiError("the API key is missing or wrong", status=401, kind="authentication_error")
-        await _json(error.body(), 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-
-    def _allowed(self, scope: Scope) -> bool:
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = given.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key or b"")
-
-
 # ---- errors: one line each, never a traceback
 
 
-def _error_for(exc: BaseException) -> ApiError:
+def _error_for(exc: BaseException, debug: bool = False) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, ServerStopping):
+        return ApiError("the server is shutting down: the job was cut", status=503, kind="server_shutting_down")
+    if isinstance(exc, Cut):
+        return ApiError("the client disconnected", status=499, kind="client_closed_request")
     if isinstance(exc, QueueFull):
         return ApiError(f"the server is busy: {exc}; retry in a moment", status=503, kind="server_busy")
     if isinstance(exc, errors.BadInput):
         return ApiError(str(exc), status=400)
-    if isinstance(exc, errors.LookinsideError):
-        return ApiError(str(exc), status=500, kind="server_error")
+    if isinstance(exc, errors.LookinsideError):  # the request, on this model, cannot be answered (an intervention
+        return ApiError(str(exc), status=422, kind="unprocessable_request")  # that overflows it), not a bug
     if errors.is_out_of_memory(exc):
         return ApiError("the server ran out of memory on this request: try a shorter prompt or fewer tokens",
                         status=507, kind="server_error")
-    log.error("a bug in the server: %s: %s", type(exc).__name__, (str(exc).splitlines() or [""])[0])
-    return ApiError(f"internal error ({type(exc).__name__}): a bug in lookinside's server", status=500,
-                    kind="server_error")
+    return unexpected(exc, debug)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
-    error = _error_for(exc)
+    error = _error_for(exc, state_of(request).settings.debug)
     return _json(error.body(), error.status)
 
 
@@ -339,9 +421,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _json(error.body(), exc.status_code, dict(exc.headers or {}))
 
 
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_dumps(data), status_code=status, headers=headers, media_type="application/json")

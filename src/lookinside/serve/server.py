@@ -2,25 +2,29 @@
 
 The socket is bound before the model loads, so a port in use is one line at once, not after a
 minute of loading. Once uvicorn listens, the server records itself (serve/registry.py) and says
-where it is in one line on stderr. SIGTERM or Ctrl-C stops taking requests; replies in flight may
-finish for `grace_s` seconds, then every generation is cut at its next token; the record is removed
-and the process exits 0. A second Ctrl-C cuts at once.
+where it is in one line on stderr. SIGTERM, SIGINT (Ctrl-C) or SIGHUP (the terminal closed) stops
+taking requests and cuts every job at its next forward pass at once; a streamed reply ends with an
+error event and `[DONE]`, one that was not streamed with a 503; the record is removed and the
+process exits 0. Connections are read under a deadline and capped (serve/connections.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
-import threading
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from lookinside.core import errors
-from lookinside.serve.registry import ServerRecord, remove_record, spec_identity, write_record
+from lookinside.serve.connections import protocol_options
+from lookinside.serve.registry import RegistryError, ServerRecord, remove_record, spec_identity, write_record
 from lookinside.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -55,18 +59,19 @@ def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[s
     app = create_app(lm, settings)
     app.state.lookinside.info["started"] = time.time()
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.grace_s,
-                            lifespan="on", server_header=False)
+                            lifespan="on", server_header=False, **protocol_options(settings))
+    quiet_logs()
     server = _Server(config, app, lm, settings, say)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run(sockets=[sock])  # uvicorn re-raises the signal it caught when it is done: ignored above
+        server.run(sockets=[sock])
     finally:
         app.state.lookinside.worker.close()
         if server.record_path is not None:
             remove_record(server.record_path)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sock.close()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class _Server(uvicorn.Server):
@@ -82,29 +87,69 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.should_exit:
             return
+        state = self.app.state.lookinside
         record = ServerRecord(self.settings.url, os.getpid(), self.lm.name, spec_identity(self.settings.spec),
-                              self.settings.api_key)
-        self.record_path = write_record(record)
+                              self.settings.api_key, state.nonce.hex())
+        try:
+            self.record_path = write_record(record)
+        except RegistryError as exc:
+            self.say(f"note: not recorded, so commands will not find this server: {exc}")
         locked = " (an API key is required)" if self.settings.api_key else ""
         self.say(f"serving {self.lm.name} at {self.settings.url}{locked}; pid {os.getpid()}; Ctrl-C stops it")
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGTERM, SIGINT and SIGHUP stop the server (uvicorn's own catches no SIGHUP, and re-raises the signal
+        once done, which would kill the process before it exits 0)."""
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def handle_exit(self, sig: int, frame: Any) -> None:
-        first = not self.should_exit
-        super().handle_exit(sig, frame)
-        closing = self.app.state.lookinside.worker.closing
-        if self.force_exit:
-            closing.set()
-        elif first:
-            self.say(f"stopping: replies in flight may finish for {self.settings.grace_s:g} s")
-            timer = threading.Timer(self.settings.grace_s, closing.set)
-            timer.daemon = True
-            timer.start()
+        if not self.should_exit:
+            self.say(f"stopping ({signal.Signals(sig).name}): jobs are cut at their next step")
+        self.should_exit = True
+        self.app.state.lookinside.worker.closing.set()
 
 
 def _fields(settings: ServeSettings) -> dict[str, Any]:
     from dataclasses import fields
 
     return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+def exit_now() -> None:
+    """Exit 0 at once, once `serve` has returned: every answer is sent and the record removed, and the interpreter's
+    own teardown (torch's, measured at 3 s for the tiny model) would only keep a stopping server around."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def quiet_logs() -> None:
+    """asyncio logs a failed accept() or a reset connection with a traceback each, and uvicorn each request that is
+    not HTTP: one line per kind is enough, or a client could fill the log."""
+    for name in ("asyncio", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_OncePerKind())
+
+
+class _OncePerKind(logging.Filter):
+    """Let each distinct message through once, without its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)[:80]
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 def quiet_libraries() -> None:

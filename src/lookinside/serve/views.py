@@ -4,16 +4,28 @@ The answer is `{"view", "json", "record"}`: `json` is exactly what `llm <name> -
 `record` the record itself (core/wire.py), which `llm <name> --endpoint` and `li.connect` draw
 with the same view as a local run. The routes are read from lookinside.views.VIEWS, so a view
 added there is served with no code here. `GET /lookinside/v1/views` lists them.
+
+A view is held to the server's limits as the OpenAI routes are: the tokens each of its runs
+generates at most `--max-tokens` (compare's greedy run and every sample, steer's two runs), and
+its prompt plus them within the context; a request over either is a 400 naming the limit before
+it waits in the queue. A client that leaves stops the view at its next forward pass.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lookinside.serve.app import _json, read_json, run_on_model, state_of
+from lookinside.core.errors import BadInput
+from lookinside.core.inside.interventions.requests import SteerRequest
+from lookinside.core.request import CompareRequest
+from lookinside.core.wire import from_wire
+from lookinside.serve.app import _json, read_json, run_while_connected, state_of
 from lookinside.serve.openai_api import ApiError
+from lookinside.serve.settings import ServeSettings
 from lookinside.views import VIEWS, answer_json
 
 
@@ -23,7 +35,32 @@ async def answer_view(request: Request) -> Response:
     if name not in VIEWS:
         raise ApiError(f"no view {name!r}; the views are {', '.join(sorted(VIEWS))}", status=404, kind="not_found")
     body = await read_json(request, state.settings.max_body_bytes)
-    return _json(await run_on_model(state, lambda: answer_json(state.lm, name, body)))
+    if isinstance(body, dict):  # anything else is refused by answer_json, in one line
+        check_cost(from_wire(VIEWS[name].request, body), state.settings, state.lm.context_length)
+    return _json(await run_while_connected(request, lambda: answer_json(state.lm, name, body)))
+
+
+def new_tokens(request: Any) -> tuple[int, int] | None:
+    """(runs, tokens each run may generate) for a view that generates; None for one forward pass or a sweep
+    (whose passes are fixed by the model's shape, and their length by the context)."""
+    if isinstance(request, CompareRequest):
+        return request.samples + 1, request.settings.max_new_tokens
+    if isinstance(request, SteerRequest):
+        return 2, request.max_new_tokens
+    return None
+
+
+def check_cost(request: Any, settings: ServeSettings, context: int) -> None:
+    """Refuse a view that would generate past --max-tokens per run, or more tokens than the context holds."""
+    cost = new_tokens(request)
+    if cost is None:
+        return
+    runs, tokens = cost
+    limit = settings.max_tokens or context
+    if tokens > limit:
+        raise BadInput(f"max_new_tokens must be in [1, {limit}] on this server (--max-tokens), not {tokens}")
+    if tokens >= context:
+        raise BadInput(f"max_new_tokens {tokens} leaves no room in the model's context of {context} tokens")
 
 
 async def list_views(request: Request) -> Response:

@@ -24,19 +24,36 @@ class QueueFull(Exception):
     """Every place in the queue is taken."""
 
 
+class Cut(Exception):
+    """Raised inside a job whose client has gone, to stop it at its next step."""
+
+
+class ServerStopping(Cut):
+    """Raised inside (or after) a job that the server's shutdown cut: its stream ends with it, so the client is told."""
+
+
 class Cancel:
     """Set when a job's client has gone or the server is stopping; checked between tokens."""
 
     def __init__(self, closing: threading.Event) -> None:
         self._own = threading.Event()
         self._closing = closing
+        self.stopped = False  # the job saw the server stopping, so it was cut by the shutdown
 
     def set(self) -> None:
         """Stop the job at its next token."""
         self._own.set()
 
+    @property
+    def stopping(self) -> bool:
+        """The server is shutting down."""
+        return self._closing.is_set()
+
     def __bool__(self) -> bool:
-        return self._own.is_set() or self._closing.is_set()
+        if self._closing.is_set() and not self._own.is_set():
+            self.stopped = True
+            return True
+        return self._own.is_set()
 
 
 class ModelWorker:
@@ -128,6 +145,8 @@ def stream_on_model(worker: ModelWorker, job: Callable[[Callable[[Any], None], C
         try:
             if not cancel:
                 job(emit, cancel)
+            if cancel.stopped:
+                raise ServerStopping()
         except BaseException as exc:  # noqa: BLE001 (carried to the route, which answers for it)
             emit(_Raised(exc))
         finally:

@@ -1,12 +1,14 @@
 """JSON over HTTP with the standard library, for the calls the openai client does not make (or should not pay for).
 
 `call` GETs or POSTs JSON and turns every failure into one typed line: a refused key, a 4xx
-with the server's own message (BadInput), nothing listening, or an answer that is not JSON.
+with the server's own message (BadInput), nothing listening, an endpoint that is not a URL, bytes
+that are not HTTP, or an answer that is not JSON.
 Nothing here imports more than urllib.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -38,6 +40,11 @@ def call(root: str, path: str, key: str | None, body: Any, timeout_s: float, opt
         if optional and 400 <= exc.code < 500 and exc.code != 401:
             return None
         raise _refusal(root, exc) from None
+    except http.client.InvalidURL as exc:
+        raise errors.BadInput(f"the endpoint {root!r} is not a valid URL ({str(exc).splitlines()[0]})") from None
+    except http.client.HTTPException as exc:  # bytes that are not HTTP (BadStatusLine), or an answer cut short
+        raise errors.RemoteError(f"the program at {root} does not answer in HTTP ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:80] if str(exc) else 'no status line'})") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise errors.RemoteError(f"nothing answers at {root} ({reason}): is the server running?") from None
