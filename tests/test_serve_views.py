@@ -54,9 +54,14 @@ def test_every_view_is_served_and_tried_here():
     assert set(COMMANDS) == set(VIEWS) - {"inspect"}  # inspect reads only a config: tested by test_inspect
 
 
+def same_threads(tiny) -> str:
+    """The server's thread count (tiny's, chosen at its load), pinned here too: equal to the last digit needs equal sums."""
+    return str(tiny.threads.count)
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_each_view_through_the_server_is_the_commands_json_here(server, name):
-    here = llm(*COMMANDS[name], "--model", "tiny", "--device", "cpu", "--no-server")
+def test_each_view_through_the_server_is_the_commands_json_here(server, tiny, name):
+    here = llm(*COMMANDS[name], "--model", "tiny", "--device", "cpu", "--no-server", "--threads", same_threads(tiny))
     assert llm(*COMMANDS[name], "--endpoint", server.url) == here
 
 
@@ -101,8 +106,10 @@ def _unchecked(**fields):
 
 def test_li_connect_gives_the_same_results_as_a_model_here(server, tiny):
     import lookinside as li
+    from lookinside.core.model.loading import use_threads
 
     served = li.connect(server.url)
+    use_threads(tiny)  # this thread sums as the server's does
     for call in (lambda m: li.next_token(m, PROMPT, top_k=3), lambda m: li.lens(m, PROMPT),
                  lambda m: li.attention(m, PROMPT, layer=2), lambda m: li.forward(m, PROMPT),
                  lambda m: li.tokens(m, PROMPT)):
@@ -110,7 +117,7 @@ def test_li_connect_gives_the_same_results_as_a_model_here(server, tiny):
     assert "Paris" in served.next_token(VIEWS["next-token"].request(PROMPT)).top[0].token
 
 
-def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(server, tmp_path, monkeypatch):
+def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(server, tiny, tmp_path, monkeypatch):
     from lookinside.serve.registry import ServerRecord, spec_identity, write_record
 
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
@@ -119,7 +126,8 @@ def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(serv
 
     write_record(ServerRecord(server.url, os.getpid(), "tiny", spec_identity(LoadSpec(model="tiny"))))
     served = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1"])
-    here = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1", "--no-server"])
+    here = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1", "--no-server", "--threads",
+                               same_threads(tiny)])
     assert served.exit_code == 0 and served.stderr.startswith("using the server at " + server.url), served.output
     assert served.stdout == here.stdout and "note: using eager attention" not in served.stderr
 

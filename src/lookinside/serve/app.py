@@ -81,7 +81,10 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
     """The app serving `lm` as `settings` say; `extra_routes` are added beside the built-in ones."""
     from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
 
-    state = AppState(lm, settings, ModelWorker(settings.queue), model_info(lm, settings))
+    from lookinside.core.model.loading import use_threads  # loading imports torch; the app needs it anyway
+
+    # The model's thread count, chosen at load, on the model's own thread: each thread has its own count.
+    state = AppState(lm, settings, ModelWorker(settings.queue, lambda: use_threads(lm)), model_info(lm, settings))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
