@@ -54,8 +54,10 @@ class Result(Generic[T]):
         return cls(record, view.draw, view.json)
 
     def to_dict(self) -> dict[str, Any]:
-        """What the command's --json prints, as a dict."""
-        return self.json(self.record)
+        """What the command's --json prints, as a dict: a NaN or infinity is None, said in "nulls" (core/finite.py)."""
+        from lookinside.core.finite import json_safe
+
+        return json_safe(self.json(self.record))
 
     def __rich__(self) -> RenderableType:
         return self.view(self.record)

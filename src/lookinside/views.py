@@ -152,17 +152,17 @@ VIEWS: dict[str, View] = {view.name: view for view in (
 
 
 def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
-    """A server's answer to `POST /lookinside/v1/views/<name>`: the command's --json and the record to redraw.
+    """A server's answer to `POST /lookinside/v1/views/<name>`: the record (core/wire.py), which the client draws
+    and turns into the command's --json with the same `View.json` as here: one form on the wire, not two.
 
     Raises KeyError for an unknown view, BadInput for a body that is not the view's request.
     """
     from lookinside.core.backends.seam import LocalBackend
     from lookinside.core.errors import BadInput
-    from lookinside.core.finite import json_safe
     from lookinside.core.wire import from_wire, to_wire
 
     view = VIEWS[name]
     if not isinstance(body, dict):
         raise BadInput(f"the body must be a JSON object of {view.request.__name__}'s fields")
     record = view.run(LocalBackend(lm), from_wire(view.request, body))
-    return {"view": name, "json": json_safe(view.json(record)), "record": to_wire(record)}
+    return {"view": name, "record": to_wire(record)}

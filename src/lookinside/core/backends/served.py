@@ -1,6 +1,6 @@
 """A model kept warm by `llm serve`, as a `Backend` that shows every view, the insides included.
 
-The server answers `POST /lookinside/v1/views/<name>` with the command's --json and the record
+The server answers `POST /lookinside/v1/views/<name>` with the record
 (core/wire.py), so this side draws the very record the server made, with the view it would have
 drawn here. The views go over the standard library's HTTP client: a warm look imports neither
 torch nor transformers nor the `openai` client. Generation (chat, generate, bench) streams through
@@ -92,7 +92,7 @@ class ServedBackend:
     def ask(self, name: str, request: Any, record: type) -> Any:
         """POST the request to the view `name`; the record the server made, rebuilt here as `record`.
 
-        Its JSON (the command's --json) comes in the same answer; the record is what this side draws.
+        The record is all the server sends: this side draws it and makes its --json, as it would here.
         """
         answer = call(self.root, f"/lookinside/v1/views/{name}", self.key, to_wire(request), self.timeout_s)
         try:
