@@ -19,14 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import arguments, errors
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
-from lookinside.core.request import (
-    BenchSettings,
-    CompareRequest,
-    GenerationSettings,
-    modes_for,
-)
+from lookinside.core.request import BenchSettings, GenerationSettings, build, knobs, modes_for
 from lookinside.views import VIEWS, View
 
 if TYPE_CHECKING:
@@ -161,16 +155,6 @@ def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
 # ---- the views
 
 
-def compare(lm: LM, prompt: str, *, samples: int = 3, max_new_tokens: int = 40, stop: tuple[str, ...] = (),
-            ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Result[Any]:
-    """Greedy decoding beside `samples` seeded samples (`llm compare`); sampling keywords as the flags."""
-    arguments.view(lm, prompt, "compare")
-    arguments.sampling(sampling, "compare")
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
-    request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
-    return Result.of(VIEWS["compare"], VIEWS["compare"].run(lm, request))
-
-
 class Generating:
     """`li.generate`'s answer: iterate it for `Step`s as they are made; `result()` runs to the end."""
 
@@ -256,17 +240,6 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
     return Result(run_bench(backend.lm, settings, backend.lm.notes), bench_view, bench_json)  # type: ignore[attr-defined]
 
 
-def inspect(model: LM | str) -> Result[Any]:
-    """The architecture card and module tree (`llm inspect`): of a loaded model, or of a name from its config."""
-    from lookinside.core.inside.anatomy import on_meta
-    from lookinside.core.request import InspectRequest
-
-    if not isinstance(model, str):
-        arguments.lm(model, "inspect", runs=False)
-    source = on_meta(LoadSpec(model=model)) if isinstance(model, str) else model
-    return Result.of(VIEWS["inspect"], VIEWS["inspect"].run(source, InspectRequest()))
-
-
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
     from lookinside.core.inside import diff as core_diff
@@ -283,34 +256,58 @@ def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
 
 
 def _view_function(name: str) -> Callable[..., Result[Any]]:
-    """`li.<name>(lm, ...)`: the view's request from the arguments (the command's options, by field name), answered."""
+    """`li.<name>(lm, ...)`: the view's request from the arguments (its knobs, core/request.py), answered.
+
+    The required knobs (the prompt, patch's two prompts, steer's `add`) may be given by position; the
+    rest are keywords named as the command's options (sampling ones as in `FIELDS`). A view that reads
+    only the config (inspect) also takes a model's name in place of a loaded model.
+    """
     view = VIEWS[name]
-
-    def function(lm: LM, *args: Any, **kwargs: Any) -> Result[Any]:
-        fn = name.replace("-", "_")
-        arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))
-        if view.text is not None:
-            arguments.text(args[0] if args else kwargs.get(view.text), view.text, fn)
-        try:
-            request = view.request(*args, **kwargs)
-        except TypeError as exc:  # an unknown keyword, a missing prompt
-            raise errors.BadInput(f"{name.replace('-', '_')}(): {str(exc).split(': ', 1)[-1]}") from None
-        return Result.of(view, view.run(lm, request))
-
-    fields = inspect_module.signature(view.request).parameters.values()
-    function.__signature__ = inspect_module.Signature([  # type: ignore[attr-defined]
+    fn = name.replace("-", "_")
+    asked = knobs(view.request)
+    signature = inspect_module.Signature([
         inspect_module.Parameter("lm", inspect_module.Parameter.POSITIONAL_OR_KEYWORD, annotation="LM"),
-        *(p.replace(kind=inspect_module.Parameter.KEYWORD_ONLY) if p.default is not p.empty else p for p in fields)])
-    function.__name__ = function.__qualname__ = name.replace("-", "_")
-    function.__doc__ = f"{view.help} (`llm {name}`; the keywords are its options)"
+        *(inspect_module.Parameter(k.name, inspect_module.Parameter.POSITIONAL_OR_KEYWORD, annotation=k.kind)
+          for k in asked if k.required),
+        *(inspect_module.Parameter(k.name, inspect_module.Parameter.KEYWORD_ONLY, default=k.default,
+                                   annotation=k.kind) for k in asked if not k.required)])
+
+    def function(*args: Any, **kwargs: Any) -> Result[Any]:
+        unknown = sorted(set(kwargs) - set(signature.parameters))
+        if unknown:
+            raise errors.BadInput(f"{fn}() got unknown keyword {', '.join(map(repr, unknown))}; its keywords are "
+                                  f"{', '.join(k.name for k in asked if not k.required)}")
+        try:
+            values = signature.bind(*args, **kwargs).arguments
+        except TypeError as exc:  # an unknown keyword, a missing prompt
+            raise errors.BadInput(f"{fn}(): {exc}") from None
+        lm = values.pop("lm")
+        if view.needs == "config" and isinstance(lm, str):
+            from lookinside.core.inside.anatomy import on_meta
+
+            lm = on_meta(LoadSpec(model=lm))
+        arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))
+        for knob in asked:
+            if knob.required and knob.kind is str:  # bound above, so given: text, not bytes or None
+                arguments.text(values[knob.name], knob.name.replace("_", " "), fn)
+        return Result.of(view, view.run(lm, build(view.request, values)))
+
+    function.__signature__ = signature  # type: ignore[attr-defined]
+    function.__name__ = function.__qualname__ = fn
+    function.__doc__ = f"{view.help.splitlines()[0]} (`llm {name}`; the keywords are its options)"
     return function
 
 
 next_token = _view_function("next-token")
+compare = _view_function("compare")
 tokens = _view_function("tokens")
+inspect = _view_function("inspect")
 forward = _view_function("forward")
 attention = _view_function("attention")
 lens = _view_function("lens")
+ablate = _view_function("ablate")
+patch = _view_function("patch")
+steer = _view_function("steer")
 
 
 def __getattr__(name: str) -> Any:
@@ -318,40 +315,3 @@ def __getattr__(name: str) -> Any:
     if name.replace("_", "-") in VIEWS:
         return _view_function(name.replace("_", "-"))
     raise AttributeError(f"module 'lookinside.api' has no attribute {name!r}")
-
-
-def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str] = (), layer: int | None = None,
-           part: str = "block", mode: str = "zero", sweep: str | None = None, top_k: int = 10,
-           chat: bool = False) -> Result[Any]:
-    """Remove heads (`heads=[(0, 1)]` or `["0.1"]`) or a layer's part, or sweep them (`llm ablate`)."""
-    from lookinside.core.inside.interventions.requests import AblateRequest, parse_head
-
-    arguments.view(lm, prompt, "ablate")
-    pairs = tuple(parse_head(h) if isinstance(h, str) else tuple(h) for h in heads)
-    request = AblateRequest(prompt, heads=pairs, layer=layer, part=part, mode=mode, sweep=sweep,  # type: ignore[arg-type]
-                            top_k=top_k, chat=chat)
-    return Result.of(VIEWS["ablate"], VIEWS["ablate"].run(lm, request))
-
-
-def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: str = "resid",
-          chat: bool = False) -> Result[Any]:
-    """Activation patching: `prob[layer][position]` of the target with the clean activation put back (`llm patch`)."""
-    from lookinside.core.inside.interventions.requests import PatchRequest
-
-    arguments.view(lm, clean, "patch", what="clean prompt")
-    arguments.text(corrupt, "corrupt prompt", "patch")
-    request = PatchRequest(clean, corrupt, target=target, part=part, chat=chat)  # type: ignore[arg-type]
-    return Result.of(VIEWS["patch"], VIEWS["patch"].run(lm, request))
-
-
-def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: int = 1, alpha: float = 4.0,
-          max_new_tokens: int = 24, chat: bool = False, **sampling: Any) -> Result[Any]:
-    """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default."""
-    from lookinside.core.inside.interventions.requests import SteerRequest
-
-    arguments.view(lm, prompt, "steer")
-    arguments.sampling(sampling, "steer")
-    request = SteerRequest(prompt, add=add, subtract=subtract, layer=layer, alpha=alpha,
-                           params=SamplingParams(**{"temperature": 0.0, **sampling}), max_new_tokens=max_new_tokens,
-                           chat=chat)
-    return Result.of(VIEWS["steer"], VIEWS["steer"].run(lm, request))

@@ -69,6 +69,8 @@ class View:
     needs: Needs = "model"
     text: str | None = "prompt"
     shows: str = ""
+    # (spec, request) -> (the spec to load here, a note for stderr): what a view changes in how the model loads
+    prepare: Callable[[Any, Any], tuple[Any, str | None]] | None = None
 
     def run(self, source: Any, request: Any) -> Any:
         """The record for `request`, answered by `source`: a backend, or a model loaded here (core.model.loading.LM)."""
@@ -105,7 +107,9 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          NextTokenRequest, records.NextToken, _next_token,
          lazy("lookinside.ui.next_token", "next_token_view"), lazy("lookinside.ui.next_token", "next_token_json")),
     View("compare", "Greedy decoding beside sampled decoding.",
-         "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.",
+         "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.\n\n"
+         "Samples use temperature 1 and no filters unless told otherwise; sample i uses seed --seed + i (a seed is "
+         "drawn and shown when --seed is not given), so a comparison can be repeated exactly.",
          CompareRequest, records.Comparison, lazy("lookinside.core.decoding.compare", "compare"),
          lazy("lookinside.ui.compare", "compare_view"), lazy("lookinside.ui.compare", "compare_json")),
     View("tokens", "Each token's id and piece (tokenizer only).",
@@ -127,24 +131,31 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted).",
          AttentionRequest, records.AttentionMaps, lazy("lookinside.core.inside.attention", "attention_of"),
          lazy("lookinside.ui.attention", "attention_view"), lazy("lookinside.ui.attention", "attention_json"),
-         needs="insides", shows="attention weights"),
+         needs="insides", shows="attention weights", prepare=lazy("lookinside.core.inside.attention", "prepare")),
     View("lens", "The logit lens: what each layer would predict.",
          "The logit lens: each layer's residual stream through the final norm and LM head.",
          LensRequest, records.LogitLens, lazy("lookinside.core.inside.lens", "logit_lens"),
          lazy("lookinside.ui.lens", "lens_view"), lazy("lookinside.ui.lens", "lens_json"),
          needs="insides", shows="each layer's residual stream"),
     View("ablate", "Remove heads or layers: the next-token table before and after.",
-         "Remove heads or a layer's part and compare the next-token table before and after, or sweep them.",
+         "Remove heads or a layer's part and compare the next-token table before and after, or sweep them all.\n\n"
+         "A head is ablated in its slice of the attention output, before the output projection; a layer's attn or "
+         "mlp in its output, a block in its contribution to the residual stream.",
          AblateRequest, interventions.AblationResult, lazy("lookinside.core.inside.interventions.ablate", "ablate"),
          lazy("lookinside.ui.interventions", "ablate_view"), lazy("lookinside.ui.interventions", "ablate_json"),
          needs="insides", shows="its heads and layers to ablate"),
     View("patch", "Activation patching: clean activations put into a corrupted run.",
-         "Activation patching: the corrupted prompt run with the clean run's activation put back.",
+         "Activation patching: the corrupted prompt run with the clean run's activation put back at each "
+         "(layer, position).\n\nThe heat map shows the target token's probability per cell; the last layer at the "
+         "last position gives back the clean probability. --json's prob[layer][position] counts layer 0 as the "
+         "embeddings' output.",
          PatchRequest, interventions.PatchResult, lazy("lookinside.core.inside.interventions.patch", "patch"),
          lazy("lookinside.ui.interventions", "patch_view"), lazy("lookinside.ui.interventions", "patch_json"),
          needs="insides", text=None, shows="its activations to patch"),
     View("steer", "Add a direction to the residual stream while generating.",
-         "Activation addition: generate with and without a direction added to the residual stream.",
+         "Activation addition: generate with and without alpha x (stream of --add - stream of --subtract) added.\n\n"
+         "Each text's residual stream is read at --layer at its last position; the difference is added at every "
+         "position while generating. Both runs use the same seed (greedy unless --temperature is given).",
          SteerRequest, interventions.SteerResult, lazy("lookinside.core.inside.interventions.steer", "steer"),
          lazy("lookinside.ui.interventions", "steer_view"), lazy("lookinside.ui.interventions", "steer_json"),
          needs="insides", shows="its residual stream to steer"),

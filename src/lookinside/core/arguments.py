@@ -51,17 +51,6 @@ def lm(value: Any, fn: str, runs: bool = True) -> Any:
     return value
 
 
-def sampling(values: dict[str, Any], fn: str) -> dict[str, Any]:
-    """Sampling keywords: only the fields lookinside knows (core/decoding/sampling.py FIELDS)."""
-    from lookinside.core.decoding.sampling import FIELD
-
-    unknown = sorted(set(values) - set(FIELD))
-    if unknown:
-        raise errors.BadInput(f"{fn}() got unknown keyword {', '.join(map(repr, unknown))}; the sampling keywords "
-                              f"are {', '.join(FIELD)}")
-    return values
-
-
 def _on_meta(model: Any) -> bool:
     try:
         return any(p.device.type == "meta" for p in model.parameters())
