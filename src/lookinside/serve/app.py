@@ -229,7 +229,7 @@ async def _completion_chunks(request: oa.CompletionRequest, started: _Started, m
         yield oa.usage_chunk(answer, rid, model, "text_completion")
 
 
-async def _chat_chunks(request: oa.ChatRequest, started: _Started, model: str, rid: str) -> AsyncIterator[dict[str, Any]]:
+async def _chat_chunks(request: oa.ChatBody, started: _Started, model: str, rid: str) -> AsyncIterator[dict[str, Any]]:
     answer = oa.Answer(started.prologue)
     yield oa.chat_chunk(request, {"role": "assistant", "content": ""}, [], None, model, rid)
     async for token in started.rest:
