@@ -127,7 +127,7 @@ def test_a_chat_template_that_raises_is_one_line(tmp_path):
     (("lens", "hi", "--top-k", "2000"), "--top-k 2000 is more than this model's vocabulary of 1,024 tokens"),
     (("next-token", "hi", "--top-k", "5000"), "--top-k 5000 is more than this model's vocabulary of 1,024 tokens"),
     (("next-token", "hi", "--attn", "flash_attention_2"), "pip install flash-attn"),
-    (("next-token", "hi", "--threads", "0"), "--threads must be at least 1"),
+    (("next-token", "hi", "--threads", "0"), "--threads must be a whole number >= 1"),
 ])
 def test_bad_flags_are_one_line(args, message):
     result = llm(*args, "--model", "tiny")

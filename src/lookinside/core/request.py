@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional
 from lookinside.core.decoding.prompting import check_prompt
 from lookinside.core.decoding.sampling import FIELDS, SamplingParams
 from lookinside.core.errors import BadInput, EmptyPrompt
+from lookinside.core.model.threads import check_threads
 
 CacheKind = Literal["dynamic", "static", "none"]
 CACHE_KINDS: tuple[CacheKind, ...] = ("dynamic", "static", "none")
@@ -136,6 +137,13 @@ def whole(name: str, value: object, low: int | None = None) -> None:
         raise BadInput(f"{name} must be {'a positive number' if low == 1 else f'at least {low}'}, not {value}")
 
 
+def new_tokens(value: object, name: str = "max_new_tokens") -> int:
+    """The one rule for how many tokens to generate: a whole number, at least 1 (every command, /set, the API)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInput(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What to generate: how many tokens, when to stop, and which KV cache to use."""
@@ -150,8 +158,7 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.compile and self.cache == "none":
             raise BadInput("--compile needs the KV cache: it compiles the one-token step over a static cache")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise BadInput(f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens!r}")
+        new_tokens(self.max_new_tokens)
         if self.cache not in CACHE_KINDS:
             raise BadInput(f"cache must be one of {', '.join(CACHE_KINDS)}, not {self.cache!r}")
         if isinstance(self.stop_strings, str):  # a lone string would be read as one stop string per character
@@ -309,8 +316,7 @@ class BenchSettings:
     compile: bool = False  # time the decode step torch.compile'd over a static cache (core/decoding/compiled.py)
 
     def __post_init__(self) -> None:
-        if self.new_tokens < 1:
-            raise BadInput(f"--new-tokens must be at least 1, not {self.new_tokens}")
+        new_tokens(self.new_tokens, "--new-tokens")
         if self.prompt is not None and self.prompt_tokens is not None:
             raise BadInput("give --prompt or --prompt-tokens, not both")
         if self.prompt is not None and not self.prompt.strip():
@@ -327,8 +333,7 @@ class BenchSettings:
             raise BadInput(f"--repeat must be at least 1, not {self.repeat}")
         if any(n < 1 for n in self.sweep):
             raise BadInput(f"--sweep lengths must be at least 1, not {min(self.sweep)}")
-        if self.threads is not None and self.threads < 1:
-            raise BadInput(f"--threads must be at least 1, not {self.threads}")
+        check_threads(self.threads)
         if self.bandwidth_gbs is not None and not self.bandwidth_gbs > 0:
             raise BadInput(f"--bandwidth must be a positive number of GB/s, not {self.bandwidth_gbs}")
 

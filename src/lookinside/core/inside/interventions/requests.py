@@ -13,7 +13,7 @@ from typing import Literal
 from lookinside.core.decoding.prompting import check_prompt
 from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
-from lookinside.core.request import CHAT_HELP, REQUIRED, group, option, text, whole
+from lookinside.core.request import CHAT_HELP, REQUIRED, group, new_tokens, option, text, whole
 
 Part = Literal["attn", "mlp", "block"]
 PARTS: tuple[Part, ...] = ("attn", "mlp", "block")
@@ -126,7 +126,7 @@ class SteerRequest:
             raise BadInput("--subtract is empty: give some text, or leave it out")
         whole("--layer", self.layer)
         check_alpha(self.alpha)
-        whole("--max-new-tokens", self.max_new_tokens, low=1)
+        new_tokens(self.max_new_tokens)
         whole("--rows", self.rows, low=1)
 
 
