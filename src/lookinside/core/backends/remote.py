@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backends import remote_guard as guard
+from lookinside.core.backends.http import server_root
 from lookinside.core.backends.seam import Capabilities
 from lookinside.core.backends.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, ServerKind, detect
 from lookinside.core.chat.conversation import Conversation, Fitted
@@ -37,21 +38,18 @@ from lookinside.core.decoding.sampling import SamplingParams, request_fields
 from lookinside.core.records import (
     Candidate,
     Finish,
-    Generation,
     ModelFacts,
     NextToken,
     Piece,
     Resources,
     Step,
     Stream,
-    gather,
 )
 from lookinside.core.request import GenerationSettings, NextTokenRequest
 
 if TYPE_CHECKING:
     import openai
 
-ENDPOINT_ENV = "LOOKINSIDE_ENDPOINT"
 KEY_ENVS = ("LOOKINSIDE_API_KEY", "OPENAI_API_KEY")
 TOP_ALTERNATIVES = 5
 VLLM_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
@@ -218,7 +216,7 @@ class RemoteBackend:
         """The prompt's pieces and ids as llama-server's /tokenize gives them (with BOS, as a completion reads it)."""
         body = {"content": prompt, "add_special": True, "with_pieces": True}
         with _translated(self.spec):
-            out = self.client.post(_root_url(self.spec.base_url) + "/tokenize", body=body, cast_to=object)
+            out = self.client.post(server_root(self.spec.base_url) + "/tokenize", body=body, cast_to=object)
         pieces = [(t["piece"] if isinstance(t["piece"], str) else bytes(t["piece"]).decode("utf-8", "replace"),
                    int(t["id"])) for t in out["tokens"]]
         return [piece for piece, _ in pieces], [i for _, i in pieces]
@@ -246,7 +244,7 @@ class RemoteBackend:
         """
         from lookinside.core.backends.http import call
 
-        root = self.spec.base_url.removesuffix("/v1")
+        root = server_root(self.spec.base_url)
         for path, name in (("/tokenize", "prompt"), ("/tokenize", "content"), ("/extras/tokenize", "input")):
             try:
                 answer = call(root, path, self.spec.api_key, {"model": self.name, name: prompt}, self.spec.timeout_s)
@@ -262,11 +260,6 @@ class RemoteBackend:
         params = params if params.greedy else params.seeded()
         return Stream(self._stream(None if chat else prompt, chat_messages(prompt) if chat else None, params,
                                    settings), params)
-
-    def complete(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False,
-                 ) -> Generation:
-        """One whole completion (the chat template only with `chat`), as a `Generation`."""
-        return gather(self.generate(prompt, params, settings, chat))
 
     # ---- chat
 
@@ -439,11 +432,6 @@ def _completion_logprobs(logprobs: Any) -> tuple[list[str], list[dict[str, float
 def _field(item: Any, name: str) -> Any:
     """A field of a parsed object or of a plain dict (what the client could not parse stays a dict)."""
     return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-
-
-def _root_url(base_url: str) -> str:
-    """The server's root, where llama-server keeps /tokenize and /props."""
-    return base_url.rstrip("/").removesuffix("/v1")
 
 
 def _finish_reason(chunk: Any) -> str | None:

@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.backends.http import call
+from lookinside.core.backends.http import call, server_root
 from lookinside.core.backends.seam import Capabilities
 from lookinside.core.records import ModelFacts, NextToken, Resources
 from lookinside.core.wire import from_wire, to_wire
@@ -27,12 +27,6 @@ if TYPE_CHECKING:
 
 SERVED = Capabilities(kv_cache_switch=False, continue_reply=False, views=True, kind="lookinside")
 INFO_PATH = "/lookinside/v1/info"
-
-
-def server_root(url: str) -> str:
-    """The server's root URL, from a base URL that may end in /v1."""
-    url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def probe(url: str, key: str | None, timeout_s: float = 5.0) -> dict[str, Any] | None:
