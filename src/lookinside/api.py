@@ -229,7 +229,8 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
                              prompt=prompt, prompt_tokens=prompt_tokens, sweep=parse_sweep(sweep),
                              bandwidth_gbs=bandwidth, reference=reference)
     backend = as_backend(lm)
-    if not backend.capabilities.kv_cache_switch:
+    here = backend.weights
+    if here is None or not backend.capabilities.kv_cache_switch:
         from lookinside.core.bench.stream import stream_bench
         from lookinside.ui.bench import remote_bench_json, remote_bench_view
 
@@ -237,7 +238,7 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
     from lookinside.core.bench.run import run_bench
     from lookinside.ui.bench import bench_json, bench_view
 
-    return Result(run_bench(backend.lm, settings, backend.lm.notes), bench_view, bench_json)  # type: ignore[attr-defined]
+    return Result(run_bench(here, settings, here.notes), bench_view, bench_json)
 
 
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:

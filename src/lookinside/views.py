@@ -10,8 +10,8 @@ same checks and print the same JSON. A view says what it needs of the model:
 - "tokenizer": only the tokenizer (the command loads nothing else): tokens;
 - "config": only the architecture (the command builds it on the meta device): inspect.
 
-A lookinside server (`Capabilities.views`) answers any view itself; another server answers only
-"model" views, and the rest are refused in one line. Nothing here imports torch or Rich.
+A lookinside server (core/backends/served.py) answers any view itself; another server answers only
+"model" views, and the rest are refused in one line (`Backend.view`). Nothing here imports torch or Rich.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from lookinside.core import records
 from lookinside.core.inside.interventions import records as interventions
@@ -73,28 +73,21 @@ class View:
     prepare: Callable[[Any, Any], tuple[Any, str | None]] | None = None
 
     def run(self, source: Any, request: Any) -> Any:
-        """The record for `request`, answered by `source`: a backend, or a model loaded here (core.model.loading.LM)."""
-        from lookinside.core.backends.seam import as_backend
+        """The record for `request`, answered by `source`: a backend (core/backends/seam.py), or a model loaded here
+        (core.model.loading.LM), its tokenizer alone (`tokens`) or its config on the meta device (`inspect`)."""
+        from lookinside.core.backends.seam import Backend, LocalBackend
 
-        if self.needs == "model":
-            backend = as_backend(source)
-            return backend.view(self, request) if backend.capabilities.views else self.answer(backend, request)
-        if not hasattr(source, "capabilities"):  # the model itself, its tokenizer, or its config
-            return self.answer(source, request)
-        if source.capabilities.views:
+        if isinstance(source, Backend):
             return source.view(self, request)
-        if not source.capabilities.insides:
-            raise_no_insides(self)
-        return self.answer(source.lm, request)
+        return self.answer(LocalBackend(source) if self.needs == "model" else source, request)
 
+    def refuse(self) -> NoReturn:
+        """Refuse this view of the insides against a server that only generates, in one line."""
+        from lookinside.core.errors import BadInput
 
-def raise_no_insides(view: View) -> None:
-    """Refuse a view of the insides against a server that only generates, in one line."""
-    from lookinside.core.errors import BadInput
-
-    raise BadInput(f"an OpenAI-compatible server does not show {view.shows}: run this view without --endpoint, "
-                   "with the model here (--device-map auto or --quantize 4bit when it is large), or against "
-                   "`llm serve`, which shows every view")
+        raise BadInput(f"an OpenAI-compatible server does not show {self.shows}: run this view without --endpoint, "
+                       "with the model here (--device-map auto or --quantize 4bit when it is large), or against "
+                       "`llm serve`, which shows every view")
 
 
 def _next_token(backend: Backend, request: NextTokenRequest) -> records.NextToken:

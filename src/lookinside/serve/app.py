@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lookinside import __version__
 from lookinside.core import errors
+from lookinside.core.decoding.sampling import FIELDS
 from lookinside.serve import openai_api as oa
 from lookinside.serve.openai_api import ApiError
 from lookinside.serve.settings import ServeSettings
@@ -115,6 +116,7 @@ def model_info(lm: LM, settings: ServeSettings) -> dict[str, Any]:
         "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device), "context_length": lm.context_length,
         "parameters": sum(p.numel() for p in lm.model.parameters()), "attention": lm.attn_implementation,
         "spec": json.loads(json.dumps(asdict(settings.spec))),
+        "samplers": [f.name for f in FIELDS],  # a client refuses in one line a sampler this server lacks
         "limits": {"queue": settings.queue, "max_tokens": settings.max_tokens or lm.context_length,
                    "max_logprobs": settings.max_logprobs, "max_body_bytes": settings.max_body_bytes},
     }

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 from lookinside.core import errors
 from lookinside.core.backends import remote_guard as guard
 from lookinside.core.backends.http import server_root
-from lookinside.core.backends.seam import Capabilities
+from lookinside.core.backends.seam import Backend, Capabilities
 from lookinside.core.backends.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, ServerKind, detect
 from lookinside.core.chat.conversation import Conversation, Fitted
 from lookinside.core.decoding.prompting import chat_messages
-from lookinside.core.decoding.sampling import SamplingParams, request_fields
+from lookinside.core.decoding.sampling import FIELDS, SamplingParams, request_fields
 from lookinside.core.records import (
     Candidate,
     Finish,
@@ -117,14 +117,15 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
 
 def server_capabilities(kind: ServerKind) -> Capabilities:
     """What a server gives, from what it is (core/backends/server_kind.py): vLLM, and `llm serve` speaking as vLLM does,
-    give ids and take every sampler; the others neither."""
+    give ids and take every sampler; the others OpenAI's own samplers only."""
     remote = Capabilities(insides=False, kv_cache_switch=False, continue_reply=False)
     extra = kind.extra_fields() or {}
-    return replace(remote, ids=kind.is_vllm or kind.tokenizes, extra_samplers="top_k" in extra,
-                   ignore_eos="ignore_eos" in extra, kind=kind.describe())
+    samplers = frozenset(f.name for f in FIELDS if f.api == "openai" or f.name in extra)
+    return replace(remote, ids=kind.is_vllm or kind.tokenizes, samplers=samplers, ignore_eos="ignore_eos" in extra,
+                   kind=kind.describe())
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """The `Backend` protocol over HTTP (see the module docstring for what each view asks)."""
 
     def __init__(self, client: openai.OpenAI, spec: RemoteSpec, context_length: int | None, owner: str = "",
@@ -357,6 +358,7 @@ class RemoteBackend:
 
     def _request(self, params: SamplingParams, settings: GenerationSettings) -> dict[str, Any]:
         """The sampling and length fields of a request; vLLM's extra ones in `extra_body`."""
+        self.capabilities.check_samplers(params)  # a sampler this server lacks: one line, not a KeyError below
         wire = request_fields(params)
         body: dict[str, Any] = {"max_tokens": settings.max_new_tokens, **wire["openai"]}
         if params.greedy:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lookinside.core import errors
+from lookinside.core.decoding.sampling import FIELDS
 from lookinside.core.backends.http import call, server_root
 
 VLLM, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN = "vLLM", "llama.cpp", "llama-cpp-python", "Ollama", "unknown"
@@ -25,8 +26,8 @@ PROBE_TIMEOUT_S = 5.0
 # The request fields beyond OpenAI's (core.decoding.sampling's "extra" ones, and ignore_eos) as each server names them.
 EXTRA_FIELDS = {
     VLLM: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"},
-    LOOKINSIDE: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-                 "ignore_eos": "ignore_eos"},
+    # `llm serve` reads every sampler of FIELDS by its own name (serve/openai_api.py), a new one included
+    LOOKINSIDE: {**{f.name: f.name for f in FIELDS if f.api == "extra"}, "ignore_eos": "ignore_eos"},
     LLAMA_CPP: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty", "ignore_eos": "ignore_eos"},
 }
 
