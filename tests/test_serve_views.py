@@ -177,3 +177,42 @@ def test_a_warm_look_through_the_server_imports_no_torch_transformers_or_openai(
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert not imported & {"torch", "transformers", "openai", "httpx"}, imported
     assert "using the server at " + server.url in out.stderr
+
+
+def _heavy(importtime: str) -> set[str]:
+    """torch and transformers, where `python -X importtime` says they were imported."""
+    return {line.split("|")[-1].strip() for line in importtime.splitlines() if "|" in line} & {"torch", "transformers"}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_no_command_imports_torch_when_the_server_answers(server, name):
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "lookinside", *COMMANDS[name], "--endpoint",
+                          server.url, "--json"], capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "LOOKINSIDE_API_KEY": "", "OPENAI_API_KEY": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not _heavy(out.stderr)
+
+
+def test_li_connect_and_every_function_on_it_import_no_torch(server):
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import lookinside as li
+b, p = li.connect({server.url!r}), {PROMPT!r}
+for call in (lambda: li.next_token(b, p), lambda: li.compare(b, p, max_new_tokens=3, samples=1),
+             lambda: li.tokens(b, p), lambda: li.forward(b, p), lambda: li.attention(b, p), lambda: li.lens(b, p),
+             lambda: li.ablate(b, p, heads=["1.0"]), lambda: li.patch(b, p, "The capital of Japan is"),
+             lambda: li.steer(b, p, add=" Japan", max_new_tokens=2), lambda: li.generate(b, p, max_new_tokens=2).result(),
+             lambda: li.bench(b, repeat=1, new_tokens=2)):
+    call().to_dict()
+"""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=300,
+                         check=False, env={**os.environ, "LOOKINSIDE_API_KEY": "", "OPENAI_API_KEY": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not _heavy(out.stderr)
