@@ -19,9 +19,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 from lookinside.core import records
+from lookinside.core.backends.seam import Backend, LocalBackend
+from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions import records as interventions
 from lookinside.core.inside.interventions.requests import AblateRequest, PatchRequest, SteerRequest
 from lookinside.core.request import (
@@ -33,9 +35,7 @@ from lookinside.core.request import (
     NextTokenRequest,
     TokensRequest,
 )
-
-if TYPE_CHECKING:
-    from lookinside.core.backends.seam import Backend
+from lookinside.core.wire import from_wire, to_wire
 
 Needs = Literal["model", "insides", "tokenizer", "config"]
 
@@ -75,16 +75,12 @@ class View:
     def run(self, source: Any, request: Any) -> Any:
         """The record for `request`, answered by `source`: a backend (core/backends/seam.py), or a model loaded here
         (core.model.loading.LM), its tokenizer alone (`tokens`) or its config on the meta device (`inspect`)."""
-        from lookinside.core.backends.seam import Backend, LocalBackend
-
         if isinstance(source, Backend):
             return source.view(self, request)
         return self.answer(LocalBackend(source) if self.needs == "model" else source, request)
 
     def refuse(self) -> NoReturn:
         """Refuse this view of the insides against a server that only generates, in one line."""
-        from lookinside.core.errors import BadInput
-
         raise BadInput(f"an OpenAI-compatible server does not show {self.shows}: run this view without --endpoint, "
                        "with the model here (--device-map auto or --quantize 4bit when it is large), or against "
                        "`llm serve`, which shows every view")
@@ -161,10 +157,6 @@ def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
 
     Raises KeyError for an unknown view, BadInput for a body that is not the view's request.
     """
-    from lookinside.core.backends.seam import LocalBackend
-    from lookinside.core.errors import BadInput
-    from lookinside.core.wire import from_wire, to_wire
-
     view = VIEWS[name]
     if not isinstance(body, dict):
         raise BadInput(f"the body must be a JSON object of {view.request.__name__}'s fields")

@@ -28,7 +28,6 @@ from lookinside.core.records import Resources
 if TYPE_CHECKING:
     from lookinside.core.chat.conversation import Conversation, Fitted
     from lookinside.core.model.loading import LM
-    from lookinside.views import View
     from lookinside.core.records import ModelFacts, NextToken, Step, Stream
     from lookinside.core.request import GenerationSettings, NextTokenRequest
 
@@ -73,7 +72,7 @@ class Backend(ABC):
         """The model loaded in this process, for what hooks its forward pass or times its cache (None: a server)."""
         return None
 
-    def view(self, view: View, request: Any) -> Any:
+    def view(self, view: Any, request: Any) -> Any:  # a lookinside.views.View (views.py imports this module)
         """The record of one lookinside view: a "model" view from the primitives, the others from the weights here;
         a backend without them refuses in one line (`llm serve`'s backend sends the whole view to the server)."""
         if view.needs == "model":
