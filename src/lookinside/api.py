@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import arguments, errors
+from lookinside.core.backends.seam import as_backend
+from lookinside.core.chat.defaults import ChatRequest
+from lookinside.core.finite import json_safe
+from lookinside.core.records import Generation
 from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
-from lookinside.core.request import BenchSettings, GenerationSettings, build, knobs, modes_for
+from lookinside.core.request import BenchSettings, GenerationSettings, build, knobs, modes_for, parse_sweep, whole
 from lookinside.views import VIEWS, View
 
 if TYPE_CHECKING:
@@ -28,8 +32,8 @@ if TYPE_CHECKING:
 
     from lookinside.core.backends.seam import Backend
     from lookinside.core.model.loading import LM
-    from lookinside.core.records import Generation, Step, Stream
-    from lookinside.ui.generate import Source
+    from lookinside.core.records import Step, Stream
+    from lookinside.ui.generate import Source  # Rich (ui/): not for `import lookinside`
 
 T = TypeVar("T")
 
@@ -49,8 +53,6 @@ class Result(Generic[T]):
 
     def to_dict(self) -> dict[str, Any]:
         """What the command's --json prints, as a dict: a NaN or infinity is None, said in "nulls" (core/finite.py)."""
-        from lookinside.core.finite import json_safe
-
         return json_safe(self.json(self.record))
 
     def __rich__(self) -> RenderableType:
@@ -58,14 +60,14 @@ class Result(Generic[T]):
 
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the terminal's picture as HTML, colours kept."""
-        from lookinside.ui.console import recorded
+        from lookinside.ui.console import recorded  # Rich: only when a result is drawn
 
         return recorded(self.view(self.record)).export_html(
             inline_styles=True, code_format="<pre style=\"font-family:monospace\">{code}</pre>")
 
     def save(self, path: str | Path) -> Path:
         """Write the picture to `path` as the command's --svg or --html does (by its suffix), atomically."""
-        from lookinside.ui.console import save_view
+        from lookinside.ui.console import save_view  # Rich: only when a result is drawn
 
         target = Path(path)
         kind = target.suffix.lower()
@@ -90,7 +92,7 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
          device_map: str | None = None, max_memory: dict[int | str, str] | None = None, quantize: str | None = None,
          threads: int | None = None, trust_remote_code: bool = False) -> LM:
     """Load a model as the command line does (`tiny`, a Hub id, a directory, a GGUF file or `ollama:NAME`)."""
-    from lookinside.core.model import loading
+    from lookinside.core.model import loading  # torch and transformers: only when a model loads
 
     model = arguments.model_name(model)
     return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
@@ -105,7 +107,7 @@ def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
     model that is not a causal LM (no LM head, or an encoder-decoder), and a tokenizer that does not
     fit the model's embedding (more tokens than rows, or fewer than half: it belongs to another model).
     """
-    import torch
+    import torch  # wrap() is handed a torch model: torch is there already
 
     from lookinside.core.model.loading import LM
 
@@ -121,7 +123,7 @@ def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
 
 def _check_causal_lm(model: Any) -> None:
     """Raise NotACausalLM unless `model` is a transformers model that predicts the next token from the left."""
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel  # transformers: only for a model being wrapped
 
     if not isinstance(model, PreTrainedModel):
         raise errors.NotACausalLM(f"wrap() needs a transformers model, not {type(model).__name__}")
@@ -139,7 +141,7 @@ def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
 
     Embeddings are often padded past the tokenizer (Phi-3: 32,064 rows for 32,011 tokens), never by half.
     """
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase  # transformers: as above
 
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         raise errors.BadInput(f"wrap() needs a transformers tokenizer, not {type(tokenizer).__name__}")
@@ -159,8 +161,6 @@ class Generating:
     """`li.generate`'s answer: iterate it for `Step`s as they are made; `result()` runs to the end."""
 
     def __init__(self, source: Source, stream: Stream) -> None:
-        from lookinside.core.records import Generation
-
         self.source, self.stream = source, stream
         self.run: Generation = Generation(prompt_ids=list(source.prompt_ids or []), seed=stream.seed)
 
@@ -180,7 +180,7 @@ class Generating:
 
     def result(self) -> Result[Generation]:
         """Generate what is left and return the whole run (`llm generate --json`'s object)."""
-        from lookinside.ui.compare import run_text
+        from lookinside.ui.compare import run_text  # Rich: only when a result is drawn
         from lookinside.ui.generate import generation_json
 
         for _ in self:
@@ -192,9 +192,7 @@ class Generating:
 def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (),
              ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
-    from lookinside.core.backends.seam import as_backend
-    from lookinside.core.chat.defaults import ChatRequest
-    from lookinside.ui.generate import Source
+    from lookinside.ui.generate import Source  # Rich (ui/): not for `import lookinside`
 
     arguments.view(lm, prompt, "generate")
     backend = as_backend(lm)
@@ -209,7 +207,7 @@ def connect(url: str, *, api_key: str | None = None, model: str | None = None) -
 
     `api_key` defaults to $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY. Nothing is loaded here, and no torch imported.
     """
-    from lookinside.core.backends.served import connect as open_server
+    from lookinside.core.backends.served import connect as open_server  # urllib and the openai client on use
 
     return open_server(url, api_key, model)
 
@@ -221,8 +219,6 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
 
     On a server (li.connect) the stream is timed from here, as `llm bench --endpoint` does.
     """
-    from lookinside.core.backends.seam import as_backend
-    from lookinside.core.request import parse_sweep
 
     arguments.lm(lm, "bench")
     settings = BenchSettings(new_tokens=new_tokens, warmup=warmup, repeat=repeat, modes=modes_for(cache, modes),
@@ -231,11 +227,11 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
     backend = as_backend(lm)
     here = backend.weights
     if here is None or not backend.capabilities.kv_cache_switch:
-        from lookinside.core.bench.stream import stream_bench
+        from lookinside.core.bench.stream import stream_bench  # Rich's ui.bench beside it
         from lookinside.ui.bench import remote_bench_json, remote_bench_view
 
         return Result(stream_bench(backend, settings), remote_bench_view, remote_bench_json)
-    from lookinside.core.bench.run import run_bench
+    from lookinside.core.bench.run import run_bench  # torch
     from lookinside.ui.bench import bench_json, bench_view
 
     return Result(run_bench(here, settings, here.notes), bench_view, bench_json)
@@ -243,8 +239,7 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
 
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
-    from lookinside.core.inside import diff as core_diff
-    from lookinside.core.request import whole
+    from lookinside.core.inside import diff as core_diff  # torch
     from lookinside.ui.diff import diff_json, diff_view
 
     for side in (a, b):
@@ -284,7 +279,7 @@ def _view_function(name: str) -> Callable[..., Result[Any]]:
             raise errors.BadInput(f"{fn}(): {exc}") from None
         lm = values.pop("lm")
         if view.needs == "config" and isinstance(lm, str):
-            from lookinside.core.inside.anatomy import on_meta
+            from lookinside.core.inside.anatomy import on_meta  # torch and transformers (the meta device)
 
             lm = on_meta(LoadSpec(model=lm))
         arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))

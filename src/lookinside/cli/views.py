@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
 
+from lookinside.cli.backends import open_backend, open_server
 from lookinside.cli.inputs import text_argument
 from lookinside.cli.options import (
     SAMPLING_PANEL,
@@ -47,28 +48,26 @@ class Extra:
 
 def open_for(view: View, spec: LoadSpec, remote: Remote, request: Any) -> Any:
     """What the view reads: a backend (here or a server), or for the others the model, tokenizer or config here."""
-    from lookinside.cli.backends import open_backend, open_server
-
     served = open_server(spec, remote)
     if served is not None:
         return served  # `llm serve` answers the view itself; another server what it can, refusing the rest in one line
     if view.needs == "model":
         return open_backend(spec, remote)
     if view.needs == "tokenizer":
-        from lookinside.core.decoding.tokens import TokenizerOnly
+        from lookinside.core.decoding.tokens import TokenizerOnly  # transformers, and torch: only for a load here
         from lookinside.core.model.loading import load_tokenizer
 
         return TokenizerOnly(spec.model, load_tokenizer(spec))
     if view.needs == "config":
-        from lookinside.core.inside.anatomy import on_meta
+        from lookinside.core.inside.anatomy import on_meta  # torch and transformers, for the meta device
 
         return on_meta(spec)
-    from lookinside.cli.loading import load_here
+    from lookinside.cli.loading import load_here  # torch, via the loader
 
     if view.prepare is not None:  # only when nothing else answers: it reads the config, and may import torch
         spec, note = view.prepare(spec, request)
         if note:
-            from lookinside.ui.console import stderr_console
+            from lookinside.ui.console import stderr_console  # Rich: not for `llm --help`
 
             stderr_console().print(f"note: {note}", style="dim", markup=False)
     return load_here(spec)
@@ -76,7 +75,7 @@ def open_for(view: View, spec: LoadSpec, remote: Remote, request: Any) -> Any:
 
 def show_record(view: View, record: Any, as_json: bool, keep: Keep) -> None:
     """Print the record as the view draws it, or its JSON; keep SVG/HTML copies."""
-    from lookinside.ui.console import show
+    from lookinside.ui.console import show  # Rich: not for `llm --help`
 
     show(record, view.draw, view.json, as_json=as_json, keep=keep)
 

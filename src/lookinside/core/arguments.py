@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from lookinside.core import errors
+from lookinside.core.backends.seam import Backend
 
 
 def text(value: Any, what: str, fn: str) -> str:
@@ -36,8 +37,6 @@ def model_name(value: Any) -> str:
 
 def lm(value: Any, fn: str, runs: bool = True) -> Any:
     """`value` if it is an LM from li.load() or li.wrap() (with weights, when the function `runs` the model)."""
-    from lookinside.core.backends.seam import Backend
-
     if isinstance(value, Backend):  # a server from li.connect(), or a model here behind the seam
         return value
     from lookinside.core.model.loading import LM  # imports torch: only for a model, never for li.connect()'s backend

@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional
 from lookinside.core.decoding.prompting import check_prompt
 from lookinside.core.decoding.sampling import FIELDS, SamplingParams
 from lookinside.core.errors import BadInput, EmptyPrompt
+from lookinside.core.model.spec import QUANTIZE
 from lookinside.core.model.threads import check_threads
 
 CacheKind = Literal["dynamic", "static", "none"]
@@ -286,8 +287,6 @@ class InspectRequest:
     quantize: str | None = from_spec("quantize")
 
     def __post_init__(self) -> None:
-        from lookinside.core.model.spec import QUANTIZE
-
         if self.quantize is not None and self.quantize not in QUANTIZE:
             raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
 

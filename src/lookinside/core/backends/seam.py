@@ -11,7 +11,8 @@ subclasses `Backend`, so a backend is told from a loaded model by its type; what
 beyond the primitives is here too: `view` (one whole view: `llm serve` answers it there), `weights`
 (the model loaded here, None for a server) and `endpoint` (where it answers, None here).
 
-This module imports no torch: a remote command must not pay for it.
+This module imports no torch: a remote command must not pay for it. `LocalBackend`'s methods import
+the core modules they call inside their bodies, since those import torch and transformers.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core.decoding.sampling import FIELD, SamplingParams
 from lookinside.core.errors import BadInput
-from lookinside.core.records import Resources
+from lookinside.core.records import ModelFacts, Resources, Stream
 
 if TYPE_CHECKING:
     from lookinside.core.chat.conversation import Conversation, Fitted
     from lookinside.core.model.loading import LM
-    from lookinside.core.records import ModelFacts, NextToken, Step, Stream
+    from lookinside.core.records import NextToken, Step
     from lookinside.core.request import GenerationSettings, NextTokenRequest
 
 
@@ -196,7 +197,6 @@ class LocalBackend(Backend):
     def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
         """The one token loop, `core.decoding.generate.generate` (or the substitute given)."""
         from lookinside.core.decoding import generate
-        from lookinside.core.records import Stream
 
         if self.generate_fn is None:
             return generate.generate(self.lm, fitted.ids or [], params, settings)
@@ -229,8 +229,6 @@ class LocalBackend(Backend):
 
     def facts(self) -> ModelFacts:
         """Name, size, dtype, device, attention, context, end tokens and chat template of the loaded model."""
-        from lookinside.core.records import ModelFacts
-
         lm = self.lm
         return ModelFacts(
             name=lm.name, source=lm.source, parameters=sum(p.numel() for p in lm.model.parameters()),

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.request import new_tokens
 from lookinside.core.decoding.sampling import FIELD, FIELDS, SamplingParams
+from lookinside.core.request import new_tokens
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
