@@ -45,3 +45,8 @@ def test_a_required_option_left_out_is_its_own_line():
         build(VIEWS["patch"].request, {"clean": "a"})
     with pytest.raises(BadInput, match="give the direction to add"):
         build(VIEWS["steer"].request, {"prompt": "hi"})
+
+
+def test_inspect_takes_a_loaded_model_or_a_models_name_and_quantize_as_a_keyword(tiny):
+    by_name = li.inspect("tiny", quantize="int8").to_dict()
+    assert by_name["layers"] == li.inspect(tiny).to_dict()["layers"] and "quantize_estimate" in by_name

@@ -278,11 +278,12 @@ def _view_function(name: str) -> Callable[..., Result[Any]]:
         except TypeError as exc:  # an unknown keyword, a missing prompt
             raise errors.BadInput(f"{fn}(): {exc}") from None
         lm = values.pop("lm")
-        if view.needs == "config" and isinstance(lm, str):
+        if view.needs == "config" and isinstance(lm, str):  # a model's name: its config, on the meta device
             from lookinside.core.inside.anatomy import on_meta  # torch and transformers (the meta device)
 
-            lm = on_meta(LoadSpec(model=lm))
-        arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))
+            lm = on_meta(LoadSpec(model=arguments.model_name(lm)))
+        else:
+            arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))
         for knob in asked:
             if knob.required and knob.kind is str:  # bound above, so given: text, not bytes or None
                 arguments.text(values[knob.name], knob.name.replace("_", " "), fn)
