@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,14 +15,37 @@ PHI3_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "phi3-tokenize
 TINY_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def data_dir_of_the_run(tmp_path_factory):
-    """The data directory (histories, chats, the CPU's measured bandwidth) is the run's own, never the user's."""
-    import os
+# What the user's shell may set that changes what the suite sees: colours and widths (Rich reads these),
+# and every setting of lookinside or of the OpenAI client. LOOKINSIDE_TEST_* are the suite's own inputs
+# (tests/test_remote.py's real server, whose key is LOOKINSIDE_API_KEY when one is named).
+USERS_ENVIRONMENT = ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TERM", "LOOKINSIDE_", "OPENAI_")
+_DATA_DIR: list[str] = []
 
-    if "LOOKINSIDE_DATA_DIR" not in os.environ:
-        os.environ["LOOKINSIDE_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
-    yield
+
+def hermetic_environment(environ=os.environ) -> None:
+    """Clear what the user's environment says (USERS_ENVIRONMENT) and give the run its own data directory.
+
+    Run at configure time, before any test module is imported, so a module that copies
+    `os.environ` for its child processes copies this clean one, never the user's data directory.
+    """
+    keep_key = "LOOKINSIDE_TEST_ENDPOINT" in environ
+    for name in list(environ):
+        if name.startswith("LOOKINSIDE_TEST_") or (keep_key and name == "LOOKINSIDE_API_KEY"):
+            continue
+        if any(name == prefix or (prefix.endswith("_") and name.startswith(prefix)) for prefix in USERS_ENVIRONMENT):
+            del environ[name]
+    if not _DATA_DIR:
+        _DATA_DIR.append(tempfile.mkdtemp(prefix="lookinside-test-data-"))
+    environ["LOOKINSIDE_DATA_DIR"] = _DATA_DIR[0]  # histories, chats, the measured bandwidth: the run's own
+
+
+def pytest_configure(config) -> None:
+    hermetic_environment()
+
+
+def pytest_unconfigure(config) -> None:
+    for path in _DATA_DIR:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

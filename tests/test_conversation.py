@@ -51,7 +51,7 @@ def test_set_parses_and_validates_each_name():
     ("top_p", "0", "top_p must be in (0, 1]"),
     ("min_p", "2", "min_p must be in [0, 1]"),
     ("seed", "-3", "seed must be in [0, 2**63), not -3"),
-    ("max_new_tokens", "0", "max_new_tokens must be >= 1"),
+    ("max_new_tokens", "0", "max_new_tokens must be a whole number >= 1, not 0"),
     ("colour", "blue", "unknown setting 'colour'"),
 ])
 def test_set_refuses_bad_values_with_a_reason(name, value, message):

@@ -26,7 +26,13 @@ from lookinside.core.model.spec import DEFAULT_MODEL
 from lookinside.tiny import ASSETS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-ENV = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+
+
+def child_env() -> dict[str, str]:
+    """A child process's environment, read when it starts: after conftest gave the run its own data directory."""
+    return {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+
+
 runner = CliRunner()
 
 
@@ -41,7 +47,7 @@ def llm(*args: str):
 def child(*args: str | bytes, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, **kwargs) -> subprocess.CompletedProcess:
     """`python -m lookinside ARGS` in a real process."""
     out = subprocess.run([sys.executable, "-m", "lookinside", *args], stdin=stdin, stdout=stdout,
-                         stderr=subprocess.PIPE, env=ENV, timeout=600, **kwargs)
+                         stderr=subprocess.PIPE, env=child_env(), timeout=600, **kwargs)
     assert b"Traceback" not in out.stderr and b"Exception ignored" not in out.stderr, out.stderr.decode()
     return out
 
@@ -121,7 +127,7 @@ def test_a_chat_template_that_raises_is_one_line(tmp_path):
     (("lens", "hi", "--top-k", "2000"), "--top-k 2000 is more than this model's vocabulary of 1,024 tokens"),
     (("next-token", "hi", "--top-k", "5000"), "--top-k 5000 is more than this model's vocabulary of 1,024 tokens"),
     (("next-token", "hi", "--attn", "flash_attention_2"), "pip install flash-attn"),
-    (("next-token", "hi", "--threads", "0"), "--threads must be at least 1"),
+    (("next-token", "hi", "--threads", "0"), "--threads must be a whole number >= 1"),
 ])
 def test_bad_flags_are_one_line(args, message):
     result = llm(*args, "--model", "tiny")
@@ -185,7 +191,7 @@ def test_a_closed_stdin_in_chat_is_one_line():
 @pytest.mark.slow
 def test_a_pipe_closed_early_exits_quietly():
     process = subprocess.Popen([sys.executable, "-m", "lookinside", "tokens", "word " * 2000, "--model", "tiny"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     process.stdout.read(10)  # like `| head -c 10`
     process.stdout.close()
     _, err = process.communicate(timeout=600)
@@ -216,7 +222,7 @@ def _reached(pid: int, stage: str, limit_s: float = 600) -> None:
 @pytest.mark.slow
 def test_two_quick_ctrl_cs_exit_130_quietly(stage):
     process = subprocess.Popen([sys.executable, "-m", "lookinside", "bench", "--model", "tiny", "-n", "300"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     _reached(process.pid, stage)  # during the load, then during generation, however slow the machine
     process.send_signal(signal.SIGINT)
     time.sleep(0.01)

@@ -30,7 +30,13 @@ from .test_chat import ENTER, chat, scripted
 from .test_faults import _type, _wait_for
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-ENV = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "LOOKINSIDE_API_KEY": "", "OPENAI_API_KEY": ""}
+
+
+def child_env() -> dict[str, str]:
+    """A child process's environment, read when it starts: after conftest gave the run its own data directory."""
+    return {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "LOOKINSIDE_API_KEY": "", "OPENAI_API_KEY": ""}
+
+
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
@@ -104,7 +110,7 @@ def test_two_chats_in_the_same_second_get_two_files(tmp_path, monkeypatch):
     code = ("import time; time.strftime = lambda f, *a: f.replace('%Y%m%d-%H%M%S', '20260101-120000'); "
             "from lookinside.core.paths import new_chat_file; print(new_chat_file('session'))")
     other = subprocess.run([sys.executable, "-c", code],
-                           env={**ENV, "LOOKINSIDE_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, check=True)
+                           env={**child_env(), "LOOKINSIDE_DATA_DIR": str(tmp_path)}, capture_output=True, text=True, check=True)
     assert here.name.startswith("session-20260101-120000") and Path(other.stdout.strip()).name.startswith(
         "session-20260101-120000")
     assert Path(other.stdout.strip()) != here
@@ -112,7 +118,7 @@ def test_two_chats_in_the_same_second_get_two_files(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_one_shot_chats_at_once_keep_both_questions(tmp_path):
-    env = {**ENV, "LOOKINSIDE_DATA_DIR": str(tmp_path)}
+    env = {**child_env(), "LOOKINSIDE_DATA_DIR": str(tmp_path)}
     questions = ["What is the capital of Japan?", "What is the capital of France?"]
     processes = [subprocess.Popen([sys.executable, "-m", "lookinside", "chat", q, "--model", "tiny", "-t", "0"],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for q in questions]
@@ -402,7 +408,7 @@ def test_dash_and_dev_stdout_are_standard_output(name):
 @pytest.mark.slow
 def test_dev_stdout_in_a_real_process_is_the_pipe(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny", "--svg",
-                          "/dev/stdout"], env=ENV, capture_output=True, timeout=600, cwd=tmp_path, check=False)
+                          "/dev/stdout"], env=child_env(), capture_output=True, timeout=600, cwd=tmp_path, check=False)
     assert out.returncode == 0 and b"<svg" in out.stdout and b"Traceback" not in out.stderr
     assert not (tmp_path / "-").exists()
 
@@ -757,9 +763,9 @@ def test_a_prompt_from_stdin_loses_echos_newline_and_only_that(tmp_path):
 @pytest.mark.slow
 def test_echo_into_generate_answers_as_the_argument_does():
     piped = subprocess.run([sys.executable, "-m", "lookinside", "generate", "-", "--model", "tiny", "-t", "0", "-n", "4"],
-                           input=b"The capital of Italy is\n", capture_output=True, env=ENV, timeout=600, check=False)
+                           input=b"The capital of Italy is\n", capture_output=True, env=child_env(), timeout=600, check=False)
     argued = subprocess.run([sys.executable, "-m", "lookinside", "generate", "The capital of Italy is", "--model",
-                             "tiny", "-t", "0", "-n", "4"], capture_output=True, env=ENV, timeout=600, check=False)
+                             "tiny", "-t", "0", "-n", "4"], capture_output=True, env=child_env(), timeout=600, check=False)
     assert piped.returncode == 0 and piped.stdout == argued.stdout and piped.stdout.startswith(b" Rome")
 
 
@@ -783,7 +789,7 @@ def _started(process: subprocess.Popen, words: int, limit_s: float = 600) -> byt
 def test_ctrl_c_during_generate_keeps_the_text_and_exits_130_with_a_note():
     process = subprocess.Popen([sys.executable, "-m", "lookinside", "generate", "Once upon a time", "--model", "tiny",
                                 "-n", "490", "--ignore-eos", "-t", "1", "--seed", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     seen = _started(process, 2)  # the first words are out: generation is under way
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=600)
@@ -796,7 +802,7 @@ def test_ctrl_c_during_generate_keeps_the_text_and_exits_130_with_a_note():
 @pytest.mark.parametrize("delay", [0.3, 0.6, 1.0, 1.5])
 def test_ctrl_c_in_the_first_second_prints_no_traceback(delay):
     process = subprocess.Popen([sys.executable, "-m", "lookinside", "next-token", "hi", "--model", "tiny"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     time.sleep(delay)  # the point is the moment: somewhere in the imports
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=600)

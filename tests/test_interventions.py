@@ -176,7 +176,7 @@ def test_patch_with_a_named_target(tiny):
 
 
 def test_steering_vector_and_next_token_match_reference(lm):
-    request = SteerRequest(CLEAN, add=" Japan", subtract=" France", layer=2, alpha=3.0, max_new_tokens=3, top_k=5)
+    request = SteerRequest(CLEAN, add=" Japan", subtract=" France", layer=2, alpha=3.0, max_new_tokens=3, rows=5)
     result = core_steer.steer(lm, request)
     vector = ref.forward(lm.model, ids(lm, " Japan")).stream[2][-1] - ref.forward(lm.model, ids(lm, " France")).stream[2][-1]
     assert result.norm == pytest.approx(float(vector.norm()), rel=1e-5)

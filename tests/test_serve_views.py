@@ -54,9 +54,14 @@ def test_every_view_is_served_and_tried_here():
     assert set(COMMANDS) == set(VIEWS) - {"inspect"}  # inspect reads only a config: tested by test_inspect
 
 
+def same_threads(tiny) -> str:
+    """The server's thread count (tiny's, chosen at its load), pinned here too: equal to the last digit needs equal sums."""
+    return str(tiny.threads.count)
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_each_view_through_the_server_is_the_commands_json_here(server, name):
-    here = llm(*COMMANDS[name], "--model", "tiny", "--device", "cpu", "--no-server")
+def test_each_view_through_the_server_is_the_commands_json_here(server, tiny, name):
+    here = llm(*COMMANDS[name], "--model", "tiny", "--device", "cpu", "--no-server", "--threads", same_threads(tiny))
     assert llm(*COMMANDS[name], "--endpoint", server.url) == here
 
 
@@ -68,8 +73,9 @@ def test_the_route_answers_with_the_commands_json_and_the_record(server):
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         answer = json.loads(response.read())
-    assert answer["view"] == "next-token" and answer["json"]["top"][0]["token"] == " Paris"
-    assert answer["json"]["shapes"]["logits"] == [1, 6, 1024] and answer["record"]["top"][0]["id"] == 635
+    assert set(answer) == {"view", "record"}  # one form on the wire: the record; its --json is made from it
+    assert answer["view"] == "next-token" and answer["record"]["top"][0]["token"] == " Paris"
+    assert answer["record"]["shapes"]["logits"] == [1, 6, 1024] and answer["record"]["top"][0]["id"] == 635
 
 
 def test_a_bad_request_and_an_unknown_view_are_one_line_4xx(server):
@@ -101,8 +107,10 @@ def _unchecked(**fields):
 
 def test_li_connect_gives_the_same_results_as_a_model_here(server, tiny):
     import lookinside as li
+    from lookinside.core.model.loading import use_threads
 
     served = li.connect(server.url)
+    use_threads(tiny)  # this thread sums as the server's does
     for call in (lambda m: li.next_token(m, PROMPT, top_k=3), lambda m: li.lens(m, PROMPT),
                  lambda m: li.attention(m, PROMPT, layer=2), lambda m: li.forward(m, PROMPT),
                  lambda m: li.tokens(m, PROMPT)):
@@ -110,7 +118,7 @@ def test_li_connect_gives_the_same_results_as_a_model_here(server, tiny):
     assert "Paris" in served.next_token(VIEWS["next-token"].request(PROMPT)).top[0].token
 
 
-def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(server, tmp_path, monkeypatch):
+def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(server, tiny, tmp_path, monkeypatch):
     from lookinside.serve.registry import ServerRecord, spec_identity, write_record
 
     monkeypatch.setenv("LOOKINSIDE_DATA_DIR", str(tmp_path))
@@ -120,7 +128,8 @@ def test_a_running_server_is_found_by_its_record_and_said_on_the_first_line(serv
     write_record(ServerRecord(server.url, os.getpid(), "tiny", spec_identity(LoadSpec(model="tiny")), None,
                               server.state.nonce.hex()))
     served = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1"])
-    here = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1", "--no-server"])
+    here = runner.invoke(app, ["attention", PROMPT, "--model", "tiny", "--layer", "1", "--no-server", "--threads",
+                               same_threads(tiny)])
     assert served.exit_code == 0 and served.stderr.startswith("using the server at " + server.url), served.output
     assert served.stdout == here.stdout and "note: using eager attention" not in served.stderr
 
@@ -170,3 +179,42 @@ def test_a_warm_look_through_the_server_imports_no_torch_transformers_or_openai(
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert not imported & {"torch", "transformers", "openai", "httpx"}, imported
     assert "using the server at " + server.url in out.stderr
+
+
+def _heavy(importtime: str) -> set[str]:
+    """torch and transformers, where `python -X importtime` says they were imported."""
+    return {line.split("|")[-1].strip() for line in importtime.splitlines() if "|" in line} & {"torch", "transformers"}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_no_command_imports_torch_when_the_server_answers(server, name):
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "lookinside", *COMMANDS[name], "--endpoint",
+                          server.url, "--json"], capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "LOOKINSIDE_API_KEY": "", "OPENAI_API_KEY": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not _heavy(out.stderr)
+
+
+def test_li_connect_and_every_function_on_it_import_no_torch(server):
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import lookinside as li
+b, p = li.connect({server.url!r}), {PROMPT!r}
+for call in (lambda: li.next_token(b, p), lambda: li.compare(b, p, max_new_tokens=3, samples=1),
+             lambda: li.tokens(b, p), lambda: li.forward(b, p), lambda: li.attention(b, p), lambda: li.lens(b, p),
+             lambda: li.ablate(b, p, heads=["1.0"]), lambda: li.patch(b, p, "The capital of Japan is"),
+             lambda: li.steer(b, p, add=" Japan", max_new_tokens=2), lambda: li.generate(b, p, max_new_tokens=2).result(),
+             lambda: li.bench(b, repeat=1, new_tokens=2)):
+    call().to_dict()
+"""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=300,
+                         check=False, env={**os.environ, "LOOKINSIDE_API_KEY": "", "OPENAI_API_KEY": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not _heavy(out.stderr)

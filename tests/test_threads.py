@@ -33,7 +33,7 @@ def test_a_given_count_wins_and_bad_counts_are_refused():
     for bad in (0, -1, True, 1.5):
         with pytest.raises(BadInput, match="--threads"):
             choose_threads(bad)
-    with pytest.raises(BadInput, match="--threads must be at least 1"):
+    with pytest.raises(BadInput, match="--threads must be a whole number >= 1"):
         LoadSpec(model="tiny", threads=0)
 
 

@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import arguments, errors
-from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.backends.seam import as_backend
+from lookinside.core.chat.defaults import ChatRequest
+from lookinside.core.finite import json_safe
+from lookinside.core.records import Generation
 from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
-from lookinside.core.request import (
-    BenchSettings,
-    CompareRequest,
-    GenerationSettings,
-    modes_for,
-)
+from lookinside.core.request import BenchSettings, GenerationSettings, build, knobs, modes_for, parse_sweep, whole
 from lookinside.views import VIEWS, View
 
 if TYPE_CHECKING:
@@ -34,8 +32,8 @@ if TYPE_CHECKING:
 
     from lookinside.core.backends.seam import Backend
     from lookinside.core.model.loading import LM
-    from lookinside.core.records import Generation, Step, Stream
-    from lookinside.ui.generate import Source
+    from lookinside.core.records import Step, Stream
+    from lookinside.ui.generate import Source  # Rich (ui/): not for `import lookinside`
 
 T = TypeVar("T")
 
@@ -54,22 +52,22 @@ class Result(Generic[T]):
         return cls(record, view.draw, view.json)
 
     def to_dict(self) -> dict[str, Any]:
-        """What the command's --json prints, as a dict."""
-        return self.json(self.record)
+        """What the command's --json prints, as a dict: a NaN or infinity is None, said in "nulls" (core/finite.py)."""
+        return json_safe(self.json(self.record))
 
     def __rich__(self) -> RenderableType:
         return self.view(self.record)
 
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the terminal's picture as HTML, colours kept."""
-        from lookinside.ui.console import recorded
+        from lookinside.ui.console import recorded  # Rich: only when a result is drawn
 
         return recorded(self.view(self.record)).export_html(
             inline_styles=True, code_format="<pre style=\"font-family:monospace\">{code}</pre>")
 
     def save(self, path: str | Path) -> Path:
         """Write the picture to `path` as the command's --svg or --html does (by its suffix), atomically."""
-        from lookinside.ui.console import save_view
+        from lookinside.ui.console import save_view  # Rich: only when a result is drawn
 
         target = Path(path)
         kind = target.suffix.lower()
@@ -94,7 +92,7 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
          device_map: str | None = None, max_memory: dict[int | str, str] | None = None, quantize: str | None = None,
          threads: int | None = None, trust_remote_code: bool = False) -> LM:
     """Load a model as the command line does (`tiny`, a Hub id, a directory, a GGUF file or `ollama:NAME`)."""
-    from lookinside.core.model import loading
+    from lookinside.core.model import loading  # torch and transformers: only when a model loads
 
     model = arguments.model_name(model)
     return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
@@ -109,7 +107,7 @@ def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
     model that is not a causal LM (no LM head, or an encoder-decoder), and a tokenizer that does not
     fit the model's embedding (more tokens than rows, or fewer than half: it belongs to another model).
     """
-    import torch
+    import torch  # wrap() is handed a torch model: torch is there already
 
     from lookinside.core.model.loading import LM
 
@@ -125,7 +123,7 @@ def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
 
 def _check_causal_lm(model: Any) -> None:
     """Raise NotACausalLM unless `model` is a transformers model that predicts the next token from the left."""
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel  # transformers: only for a model being wrapped
 
     if not isinstance(model, PreTrainedModel):
         raise errors.NotACausalLM(f"wrap() needs a transformers model, not {type(model).__name__}")
@@ -143,7 +141,7 @@ def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
 
     Embeddings are often padded past the tokenizer (Phi-3: 32,064 rows for 32,011 tokens), never by half.
     """
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase  # transformers: as above
 
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         raise errors.BadInput(f"wrap() needs a transformers tokenizer, not {type(tokenizer).__name__}")
@@ -159,22 +157,10 @@ def _check_tokenizer_fits(tokenizer: Any, rows: int) -> None:
 # ---- the views
 
 
-def compare(lm: LM, prompt: str, *, samples: int = 3, max_new_tokens: int = 40, stop: tuple[str, ...] = (),
-            ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Result[Any]:
-    """Greedy decoding beside `samples` seeded samples (`llm compare`); sampling keywords as the flags."""
-    arguments.view(lm, prompt, "compare")
-    arguments.sampling(sampling, "compare")
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
-    request = CompareRequest(prompt, SamplingParams(**sampling), settings, samples=samples, chat=chat)
-    return Result.of(VIEWS["compare"], VIEWS["compare"].run(lm, request))
-
-
 class Generating:
     """`li.generate`'s answer: iterate it for `Step`s as they are made; `result()` runs to the end."""
 
     def __init__(self, source: Source, stream: Stream) -> None:
-        from lookinside.core.records import Generation
-
         self.source, self.stream = source, stream
         self.run: Generation = Generation(prompt_ids=list(source.prompt_ids or []), seed=stream.seed)
 
@@ -194,7 +180,7 @@ class Generating:
 
     def result(self) -> Result[Generation]:
         """Generate what is left and return the whole run (`llm generate --json`'s object)."""
-        from lookinside.ui.compare import run_text
+        from lookinside.ui.compare import run_text  # Rich: only when a result is drawn
         from lookinside.ui.generate import generation_json
 
         for _ in self:
@@ -206,9 +192,7 @@ class Generating:
 def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (),
              ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
-    from lookinside.core.backends.seam import as_backend
-    from lookinside.core.chat.defaults import ChatRequest
-    from lookinside.ui.generate import Source
+    from lookinside.ui.generate import Source  # Rich (ui/): not for `import lookinside`
 
     arguments.view(lm, prompt, "generate")
     backend = as_backend(lm)
@@ -223,7 +207,7 @@ def connect(url: str, *, api_key: str | None = None, model: str | None = None) -
 
     `api_key` defaults to $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY. Nothing is loaded here, and no torch imported.
     """
-    from lookinside.core.backends.served import connect as open_server
+    from lookinside.core.backends.served import connect as open_server  # urllib and the openai client on use
 
     return open_server(url, api_key, model)
 
@@ -235,40 +219,27 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
 
     On a server (li.connect) the stream is timed from here, as `llm bench --endpoint` does.
     """
-    from lookinside.core.backends.seam import as_backend
-    from lookinside.core.request import parse_sweep
 
     arguments.lm(lm, "bench")
     settings = BenchSettings(new_tokens=new_tokens, warmup=warmup, repeat=repeat, modes=modes_for(cache, modes),
                              prompt=prompt, prompt_tokens=prompt_tokens, sweep=parse_sweep(sweep),
                              bandwidth_gbs=bandwidth, reference=reference)
     backend = as_backend(lm)
-    if not backend.capabilities.kv_cache_switch:
-        from lookinside.core.bench.stream import stream_bench
+    here = backend.weights
+    if here is None or not backend.capabilities.kv_cache_switch:
+        from lookinside.core.bench.stream import stream_bench  # Rich's ui.bench beside it
         from lookinside.ui.bench import remote_bench_json, remote_bench_view
 
         return Result(stream_bench(backend, settings), remote_bench_view, remote_bench_json)
-    from lookinside.core.bench.run import run_bench
+    from lookinside.core.bench.run import run_bench  # torch
     from lookinside.ui.bench import bench_json, bench_view
 
-    return Result(run_bench(backend.lm, settings, backend.lm.notes), bench_view, bench_json)  # type: ignore[attr-defined]
-
-
-def inspect(model: LM | str) -> Result[Any]:
-    """The architecture card and module tree (`llm inspect`): of a loaded model, or of a name from its config."""
-    from lookinside.core.inside.anatomy import on_meta
-    from lookinside.core.request import InspectRequest
-
-    if not isinstance(model, str):
-        arguments.lm(model, "inspect", runs=False)
-    source = on_meta(LoadSpec(model=model)) if isinstance(model, str) else model
-    return Result.of(VIEWS["inspect"], VIEWS["inspect"].run(source, InspectRequest()))
+    return Result(run_bench(here, settings, here.notes), bench_view, bench_json)
 
 
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
-    from lookinside.core.inside import diff as core_diff
-    from lookinside.core.request import whole
+    from lookinside.core.inside import diff as core_diff  # torch
     from lookinside.ui.diff import diff_json, diff_view
 
     for side in (a, b):
@@ -281,34 +252,59 @@ def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
 
 
 def _view_function(name: str) -> Callable[..., Result[Any]]:
-    """`li.<name>(lm, ...)`: the view's request from the arguments (the command's options, by field name), answered."""
+    """`li.<name>(lm, ...)`: the view's request from the arguments (its knobs, core/request.py), answered.
+
+    The required knobs (the prompt, patch's two prompts, steer's `add`) may be given by position; the
+    rest are keywords named as the command's options (sampling ones as in `FIELDS`). A view that reads
+    only the config (inspect) also takes a model's name in place of a loaded model.
+    """
     view = VIEWS[name]
-
-    def function(lm: LM, *args: Any, **kwargs: Any) -> Result[Any]:
-        fn = name.replace("-", "_")
-        arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))
-        if view.text is not None:
-            arguments.text(args[0] if args else kwargs.get(view.text), view.text, fn)
-        try:
-            request = view.request(*args, **kwargs)
-        except TypeError as exc:  # an unknown keyword, a missing prompt
-            raise errors.BadInput(f"{name.replace('-', '_')}(): {str(exc).split(': ', 1)[-1]}") from None
-        return Result.of(view, view.run(lm, request))
-
-    fields = inspect_module.signature(view.request).parameters.values()
-    function.__signature__ = inspect_module.Signature([  # type: ignore[attr-defined]
+    fn = name.replace("-", "_")
+    asked = knobs(view.request)
+    signature = inspect_module.Signature([
         inspect_module.Parameter("lm", inspect_module.Parameter.POSITIONAL_OR_KEYWORD, annotation="LM"),
-        *(p.replace(kind=inspect_module.Parameter.KEYWORD_ONLY) if p.default is not p.empty else p for p in fields)])
-    function.__name__ = function.__qualname__ = name.replace("-", "_")
-    function.__doc__ = f"{view.help} (`llm {name}`; the keywords are its options)"
+        *(inspect_module.Parameter(k.name, inspect_module.Parameter.POSITIONAL_OR_KEYWORD, annotation=k.kind)
+          for k in asked if k.required),
+        *(inspect_module.Parameter(k.name, inspect_module.Parameter.KEYWORD_ONLY, default=k.default,
+                                   annotation=k.kind) for k in asked if not k.required)])
+
+    def function(*args: Any, **kwargs: Any) -> Result[Any]:
+        unknown = sorted(set(kwargs) - set(signature.parameters))
+        if unknown:
+            raise errors.BadInput(f"{fn}() got unknown keyword {', '.join(map(repr, unknown))}; its keywords are "
+                                  f"{', '.join(k.name for k in asked if not k.required)}")
+        try:
+            values = signature.bind(*args, **kwargs).arguments
+        except TypeError as exc:  # an unknown keyword, a missing prompt
+            raise errors.BadInput(f"{fn}(): {exc}") from None
+        lm = values.pop("lm")
+        if view.needs == "config" and isinstance(lm, str):  # a model's name: its config, on the meta device
+            from lookinside.core.inside.anatomy import on_meta  # torch and transformers (the meta device)
+
+            lm = on_meta(LoadSpec(model=arguments.model_name(lm)))
+        else:
+            arguments.lm(lm, fn, runs=view.needs in ("model", "insides"))
+        for knob in asked:
+            if knob.required and knob.kind is str:  # bound above, so given: text, not bytes or None
+                arguments.text(values[knob.name], knob.name.replace("_", " "), fn)
+        return Result.of(view, view.run(lm, build(view.request, values)))
+
+    function.__signature__ = signature  # type: ignore[attr-defined]
+    function.__name__ = function.__qualname__ = fn
+    function.__doc__ = f"{view.help.splitlines()[0]} (`llm {name}`; the keywords are its options)"
     return function
 
 
 next_token = _view_function("next-token")
+compare = _view_function("compare")
 tokens = _view_function("tokens")
+inspect = _view_function("inspect")
 forward = _view_function("forward")
 attention = _view_function("attention")
 lens = _view_function("lens")
+ablate = _view_function("ablate")
+patch = _view_function("patch")
+steer = _view_function("steer")
 
 
 def __getattr__(name: str) -> Any:
@@ -316,40 +312,3 @@ def __getattr__(name: str) -> Any:
     if name.replace("_", "-") in VIEWS:
         return _view_function(name.replace("_", "-"))
     raise AttributeError(f"module 'lookinside.api' has no attribute {name!r}")
-
-
-def ablate(lm: LM, prompt: str, *, heads: tuple[tuple[int, int], ...] | list[str] = (), layer: int | None = None,
-           part: str = "block", mode: str = "zero", sweep: str | None = None, top_k: int = 10,
-           chat: bool = False) -> Result[Any]:
-    """Remove heads (`heads=[(0, 1)]` or `["0.1"]`) or a layer's part, or sweep them (`llm ablate`)."""
-    from lookinside.core.inside.interventions.requests import AblateRequest, parse_head
-
-    arguments.view(lm, prompt, "ablate")
-    pairs = tuple(parse_head(h) if isinstance(h, str) else tuple(h) for h in heads)
-    request = AblateRequest(prompt, heads=pairs, layer=layer, part=part, mode=mode, sweep=sweep,  # type: ignore[arg-type]
-                            top_k=top_k, chat=chat)
-    return Result.of(VIEWS["ablate"], VIEWS["ablate"].run(lm, request))
-
-
-def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: str = "resid",
-          chat: bool = False) -> Result[Any]:
-    """Activation patching: `prob[layer][position]` of the target with the clean activation put back (`llm patch`)."""
-    from lookinside.core.inside.interventions.requests import PatchRequest
-
-    arguments.view(lm, clean, "patch", what="clean prompt")
-    arguments.text(corrupt, "corrupt prompt", "patch")
-    request = PatchRequest(clean, corrupt, target=target, part=part, chat=chat)  # type: ignore[arg-type]
-    return Result.of(VIEWS["patch"], VIEWS["patch"].run(lm, request))
-
-
-def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: int = 1, alpha: float = 4.0,
-          max_new_tokens: int = 24, chat: bool = False, **sampling: Any) -> Result[Any]:
-    """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default."""
-    from lookinside.core.inside.interventions.requests import SteerRequest
-
-    arguments.view(lm, prompt, "steer")
-    arguments.sampling(sampling, "steer")
-    request = SteerRequest(prompt, add=add, subtract=subtract, layer=layer, alpha=alpha,
-                           params=SamplingParams(**{"temperature": 0.0, **sampling}), max_new_tokens=max_new_tokens,
-                           chat=chat)
-    return Result.of(VIEWS["steer"], VIEWS["steer"].run(lm, request))

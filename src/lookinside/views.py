@@ -10,8 +10,8 @@ same checks and print the same JSON. A view says what it needs of the model:
 - "tokenizer": only the tokenizer (the command loads nothing else): tokens;
 - "config": only the architecture (the command builds it on the meta device): inspect.
 
-A lookinside server (`Capabilities.views`) answers any view itself; another server answers only
-"model" views, and the rest are refused in one line. Nothing here imports torch or Rich.
+A lookinside server (core/backends/served.py) answers any view itself; another server answers only
+"model" views, and the rest are refused in one line (`Backend.view`). Nothing here imports torch or Rich.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, NoReturn
 
 from lookinside.core import records
+from lookinside.core.backends.seam import Backend, LocalBackend
+from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions import records as interventions
 from lookinside.core.inside.interventions.requests import AblateRequest, PatchRequest, SteerRequest
 from lookinside.core.request import (
@@ -33,9 +35,7 @@ from lookinside.core.request import (
     NextTokenRequest,
     TokensRequest,
 )
-
-if TYPE_CHECKING:
-    from lookinside.core.backends.seam import Backend
+from lookinside.core.wire import from_wire, to_wire
 
 Needs = Literal["model", "insides", "tokenizer", "config"]
 
@@ -69,30 +69,21 @@ class View:
     needs: Needs = "model"
     text: str | None = "prompt"
     shows: str = ""
+    # (spec, request) -> (the spec to load here, a note for stderr): what a view changes in how the model loads
+    prepare: Callable[[Any, Any], tuple[Any, str | None]] | None = None
 
     def run(self, source: Any, request: Any) -> Any:
-        """The record for `request`, answered by `source`: a backend, or a model loaded here (core.model.loading.LM)."""
-        from lookinside.core.backends.seam import as_backend
-
-        if self.needs == "model":
-            backend = as_backend(source)
-            return backend.view(self, request) if backend.capabilities.views else self.answer(backend, request)
-        if not hasattr(source, "capabilities"):  # the model itself, its tokenizer, or its config
-            return self.answer(source, request)
-        if source.capabilities.views:
+        """The record for `request`, answered by `source`: a backend (core/backends/seam.py), or a model loaded here
+        (core.model.loading.LM), its tokenizer alone (`tokens`) or its config on the meta device (`inspect`)."""
+        if isinstance(source, Backend):
             return source.view(self, request)
-        if not source.capabilities.insides:
-            raise_no_insides(self)
-        return self.answer(source.lm, request)
+        return self.answer(LocalBackend(source) if self.needs == "model" else source, request)
 
-
-def raise_no_insides(view: View) -> None:
-    """Refuse a view of the insides against a server that only generates, in one line."""
-    from lookinside.core.errors import BadInput
-
-    raise BadInput(f"an OpenAI-compatible server does not show {view.shows}: run this view without --endpoint, "
-                   "with the model here (--device-map auto or --quantize 4bit when it is large), or against "
-                   "`llm serve`, which shows every view")
+    def refuse(self) -> NoReturn:
+        """Refuse this view of the insides against a server that only generates, in one line."""
+        raise BadInput(f"an OpenAI-compatible server does not show {self.shows}: run this view without --endpoint, "
+                       "with the model here (--device-map auto or --quantize 4bit when it is large), or against "
+                       "`llm serve`, which shows every view")
 
 
 def _next_token(backend: Backend, request: NextTokenRequest) -> records.NextToken:
@@ -105,7 +96,9 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          NextTokenRequest, records.NextToken, _next_token,
          lazy("lookinside.ui.next_token", "next_token_view"), lazy("lookinside.ui.next_token", "next_token_json")),
     View("compare", "Greedy decoding beside sampled decoding.",
-         "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.",
+         "Greedy decoding beside sampled decoding: same prompt, each token coloured by its probability.\n\n"
+         "Samples use temperature 1 and no filters unless told otherwise; sample i uses seed --seed + i (a seed is "
+         "drawn and shown when --seed is not given), so a comparison can be repeated exactly.",
          CompareRequest, records.Comparison, lazy("lookinside.core.decoding.compare", "compare"),
          lazy("lookinside.ui.compare", "compare_view"), lazy("lookinside.ui.compare", "compare_json")),
     View("tokens", "Each token's id and piece (tokenizer only).",
@@ -127,24 +120,31 @@ VIEWS: dict[str, View] = {view.name: view for view in (
          "Attention weights of one layer as heat maps (query rows, key columns, the causal mask dotted).",
          AttentionRequest, records.AttentionMaps, lazy("lookinside.core.inside.attention", "attention_of"),
          lazy("lookinside.ui.attention", "attention_view"), lazy("lookinside.ui.attention", "attention_json"),
-         needs="insides", shows="attention weights"),
+         needs="insides", shows="attention weights", prepare=lazy("lookinside.core.inside.attention", "prepare")),
     View("lens", "The logit lens: what each layer would predict.",
          "The logit lens: each layer's residual stream through the final norm and LM head.",
          LensRequest, records.LogitLens, lazy("lookinside.core.inside.lens", "logit_lens"),
          lazy("lookinside.ui.lens", "lens_view"), lazy("lookinside.ui.lens", "lens_json"),
          needs="insides", shows="each layer's residual stream"),
     View("ablate", "Remove heads or layers: the next-token table before and after.",
-         "Remove heads or a layer's part and compare the next-token table before and after, or sweep them.",
+         "Remove heads or a layer's part and compare the next-token table before and after, or sweep them all.\n\n"
+         "A head is ablated in its slice of the attention output, before the output projection; a layer's attn or "
+         "mlp in its output, a block in its contribution to the residual stream.",
          AblateRequest, interventions.AblationResult, lazy("lookinside.core.inside.interventions.ablate", "ablate"),
          lazy("lookinside.ui.interventions", "ablate_view"), lazy("lookinside.ui.interventions", "ablate_json"),
          needs="insides", shows="its heads and layers to ablate"),
     View("patch", "Activation patching: clean activations put into a corrupted run.",
-         "Activation patching: the corrupted prompt run with the clean run's activation put back.",
+         "Activation patching: the corrupted prompt run with the clean run's activation put back at each "
+         "(layer, position).\n\nThe heat map shows the target token's probability per cell; the last layer at the "
+         "last position gives back the clean probability. --json's prob[layer][position] counts layer 0 as the "
+         "embeddings' output.",
          PatchRequest, interventions.PatchResult, lazy("lookinside.core.inside.interventions.patch", "patch"),
          lazy("lookinside.ui.interventions", "patch_view"), lazy("lookinside.ui.interventions", "patch_json"),
          needs="insides", text=None, shows="its activations to patch"),
     View("steer", "Add a direction to the residual stream while generating.",
-         "Activation addition: generate with and without a direction added to the residual stream.",
+         "Activation addition: generate with and without alpha x (stream of --add - stream of --subtract) added.\n\n"
+         "Each text's residual stream is read at --layer at its last position; the difference is added at every "
+         "position while generating. Both runs use the same seed (greedy unless --temperature is given).",
          SteerRequest, interventions.SteerResult, lazy("lookinside.core.inside.interventions.steer", "steer"),
          lazy("lookinside.ui.interventions", "steer_view"), lazy("lookinside.ui.interventions", "steer_json"),
          needs="insides", shows="its residual stream to steer"),
@@ -152,17 +152,13 @@ VIEWS: dict[str, View] = {view.name: view for view in (
 
 
 def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
-    """A server's answer to `POST /lookinside/v1/views/<name>`: the command's --json and the record to redraw.
+    """A server's answer to `POST /lookinside/v1/views/<name>`: the record (core/wire.py), which the client draws
+    and turns into the command's --json with the same `View.json` as here: one form on the wire, not two.
 
     Raises KeyError for an unknown view, BadInput for a body that is not the view's request.
     """
-    from lookinside.core.backends.seam import LocalBackend
-    from lookinside.core.errors import BadInput
-    from lookinside.core.finite import json_safe
-    from lookinside.core.wire import from_wire, to_wire
-
     view = VIEWS[name]
     if not isinstance(body, dict):
         raise BadInput(f"the body must be a JSON object of {view.request.__name__}'s fields")
     record = view.run(LocalBackend(lm), from_wire(view.request, body))
-    return {"view": name, "json": json_safe(view.json(record)), "record": to_wire(record)}
+    return {"view": name, "record": to_wire(record)}

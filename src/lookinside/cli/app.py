@@ -9,14 +9,12 @@ from typing import Annotated
 import typer
 
 from lookinside import __version__
+from lookinside.cli.attention import PNG
 from lookinside.cli.bench import bench
 from lookinside.cli.chat import chat
-from lookinside.cli.compare import compare
 from lookinside.cli.diff import diff
 from lookinside.cli.edge import friendly, run
 from lookinside.cli.generate import generate
-from lookinside.cli.inspect import attention, inspect_command
-from lookinside.cli.interventions import ablate, patch, steer
 from lookinside.cli.serve import serve
 from lookinside.cli.views import command_for
 from lookinside.views import VIEWS
@@ -47,14 +45,13 @@ def root(
     """Look inside a large language model while you talk to it."""
 
 
-# Commands whose options are more than their request's fields; they too answer through their view.
-OWN_COMMANDS = {"compare": compare, "inspect": inspect_command, "attention": attention, "ablate": ablate, "patch": patch,
-                "steer": steer}
+# What a view's command has beyond its request, declared once (cli/views.py's Extra).
+EXTRAS = {"attention": (PNG,)}
 
 app.command("chat", short_help="Chat with the model: a streaming REPL with /why and /probs.")(friendly(chat))
 app.command("generate", short_help="Continue a prompt: the completion, streamed (--json, --jsonl).")(friendly(generate))
 for view in VIEWS.values():  # every view in lookinside.views is a command
-    app.command(view.name, short_help=view.short)(friendly(OWN_COMMANDS.get(view.name) or command_for(view)))
+    app.command(view.name, short_help=view.short)(friendly(command_for(view, EXTRAS.get(view.name, ()))))
 app.command("bench", short_help="Time generation with the KV cache on and off.")(friendly(bench))
 app.command("diff", short_help="What another dtype, attention or model changes, token by token.")(friendly(diff))
 app.command("serve", short_help="Load the model once and serve it over HTTP (OpenAI-compatible).")(friendly(serve))

@@ -68,7 +68,7 @@ def generate(
     config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos,
                                 compile=compile)
     backend = open_backend(spec, remote)
-    if compile and not backend.capabilities.kv_cache_switch:
+    if compile and (backend.weights is None or not backend.capabilities.kv_cache_switch):
         raise BadInput("--compile needs the model here: a server compiles (or not) on its own side")
     params = request.settings(backend.generation_config).params
     source = Source(backend.name, text, backend.prompt_ids(text, chat), backend.token_text)
@@ -77,7 +77,7 @@ def generate(
     if compile:
         from lookinside.core.decoding.compiled import Compiled
 
-        if note := Compiled.for_model(backend.lm).note:  # type: ignore[attr-defined]
+        if note := Compiled.for_model(backend.weights).note:
             stderr_console().print(f"note: {note}", highlight=False, markup=False)
     if not (json or jsonl) and sys.stderr is not None and sys.stderr.isatty():
         stderr_console().print(f"[dim]{stats_line(run)}[/]", highlight=False)

@@ -18,16 +18,14 @@ import typer
 
 from lookinside.cli.inputs import text_argument
 from lookinside.core.decoding.sampling import FIELDS, SamplingField
+from lookinside.core.request import CHAT_HELP
 from lookinside.core.model.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
 
 MODEL_PANEL = "Model"
 SAMPLING_PANEL = "Sampling"
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the view.")]
-ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template first.")]
-PromptArg = Annotated[Optional[str], typer.Argument(
-    metavar="[PROMPT]", help="The text to run through the model (- reads stdin; or --file PATH; one trailing newline is dropped).", show_default=False,
-    callback=text_argument)]
+ChatOpt = Annotated[bool, typer.Option("--chat", help=CHAT_HELP)]
 FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", metavar="PATH", help="Read the text from this file.",
                                                  show_default=False)]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.",

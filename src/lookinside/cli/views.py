@@ -1,95 +1,130 @@
-"""A command for every view in lookinside.views: its options come from the request's fields.
+"""A command for every view in lookinside.views: its argument and options come from the request's knobs.
 
 `command_for(view)` gives a Typer command whose argument is the request's text field (also
-`-` or `--file PATH`), with one option per other field (flags and help from the field's
-metadata, core/request.py's `option`), the model, remote and --svg/--html options, and --json.
-Its body builds the request (checked before anything loads), opens what the view needs
-(`open_for`), answers it and shows the record. No torch at import.
+`-` or `--file PATH`), with one option per other knob (core/request.py's `knobs`: flags, help
+and defaults from the request's fields, the sampling flags from `FIELDS`), the model, remote
+and --svg/--html options, and --json. Its body builds the request (checked before anything
+loads), opens what the view needs (`open_for`), answers it and shows the record. What a
+command has beyond its request (attention's --png) is an `Extra`, declared once beside it.
+No torch at import.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
+import types
 import typing
-from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
 
+from lookinside.cli.backends import open_backend, open_server
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import JsonOpt, Keep, Remote, file_option, keep_options, model_options, remote_options
+from lookinside.cli.options import (
+    SAMPLING_PANEL,
+    JsonOpt,
+    Keep,
+    Remote,
+    file_option,
+    keep_options,
+    model_options,
+    remote_options,
+)
 from lookinside.core.model.spec import LoadSpec
+from lookinside.core.request import Knob, build, knobs
 from lookinside.views import View
 
 
-def open_for(view: View, spec: LoadSpec, remote: Remote) -> Any:
-    """What the view reads: a backend (here or a server), or for the others the model, tokenizer or config here."""
-    from lookinside.cli.backends import open_backend, open_server
+@dataclass(frozen=True)
+class Extra:
+    """An option a view's command has beyond its request: checked before anything loads, used on the record."""
 
+    parameter: inspect.Parameter
+    check: Callable[[Any], None]  # (the option's value) before loading
+    use: Callable[[Any, Any], None]  # (record, value) once the record is there
+
+
+def open_for(view: View, spec: LoadSpec, remote: Remote, request: Any) -> Any:
+    """What the view reads: a backend (here or a server), or for the others the model, tokenizer or config here."""
     served = open_server(spec, remote)
     if served is not None:
         return served  # `llm serve` answers the view itself; another server what it can, refusing the rest in one line
     if view.needs == "model":
         return open_backend(spec, remote)
     if view.needs == "tokenizer":
-        from lookinside.core.decoding.tokens import TokenizerOnly
+        from lookinside.core.decoding.tokens import TokenizerOnly  # transformers, and torch: only for a load here
         from lookinside.core.model.loading import load_tokenizer
 
         return TokenizerOnly(spec.model, load_tokenizer(spec))
     if view.needs == "config":
-        from lookinside.core.inside.anatomy import on_meta
+        from lookinside.core.inside.anatomy import on_meta  # torch and transformers, for the meta device
 
         return on_meta(spec)
-    from lookinside.cli.loading import load_here
+    from lookinside.cli.loading import load_here  # torch, via the loader
 
+    if view.prepare is not None:  # only when nothing else answers: it reads the config, and may import torch
+        spec, note = view.prepare(spec, request)
+        if note:
+            from lookinside.ui.console import stderr_console  # Rich: not for `llm --help`
+
+            stderr_console().print(f"note: {note}", style="dim", markup=False)
     return load_here(spec)
-
-
-def answer_here(view: View, request: Any, spec: LoadSpec, remote: Remote) -> Any:
-    """The record for `request`, from the model these options name."""
-    return view.run(open_for(view, spec, remote), request)
 
 
 def show_record(view: View, record: Any, as_json: bool, keep: Keep) -> None:
     """Print the record as the view draws it, or its JSON; keep SVG/HTML copies."""
-    from lookinside.ui.console import show
+    from lookinside.ui.console import show  # Rich: not for `llm --help`
 
     show(record, view.draw, view.json, as_json=as_json, keep=keep)
 
 
-def request_parameters(view: View) -> list[inspect.Parameter]:
-    """The command's own parameters: the request's fields as an argument and options, then --json."""
-    hints = typing.get_type_hints(view.request)
-    parameters = []
-    for f in dataclasses.fields(view.request):
-        if "argument" in f.metadata:
-            annotation: Any = Annotated[Optional[str], typer.Argument(
-                metavar=f.metadata["argument"], help=f.metadata["help"], show_default=False, callback=text_argument)]
-            parameters.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                                                annotation=annotation))
-        elif "flags" in f.metadata:
-            flag = typer.Option(*f.metadata["flags"], help=f.metadata["help"], show_default=f.default is not None)
-            parameters.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
-                                                annotation=Annotated[hints[f.name], flag]))
-    parameters.append(inspect.Parameter("json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False,
-                                        annotation=JsonOpt))
-    return parameters
+def _cli_type(knob: Knob) -> Any:
+    """The type Typer reads for `knob`: its own, a Literal as str, optional when it may be left out."""
+    kind = knob.cli or knob.kind
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (Union, types.UnionType) and len(args) == 1:
+        kind = args[0]
+    if typing.get_origin(kind) is Literal:
+        kind = str
+    return kind if isinstance(knob.default, (bool, int, float, str)) else Optional[kind]
 
 
-def command_for(view: View) -> Callable[..., None]:
-    """The Typer command for `view`."""
-    names = [f.name for f in dataclasses.fields(view.request) if f.metadata]
+def _parameter(knob: Knob) -> inspect.Parameter:
+    scalar = isinstance(knob.default, (bool, int, float, str))
+    if knob.argument:
+        info: Any = typer.Argument(metavar=knob.argument, help=knob.help, show_default=False, callback=text_argument)
+    else:
+        info = typer.Option(*knob.flags, help=knob.help, metavar=knob.metavar, show_default=scalar,
+                            rich_help_panel=SAMPLING_PANEL if knob.sampling else None)
+    return inspect.Parameter(knob.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=knob.default if scalar else None,
+                             annotation=Annotated[_cli_type(knob), info])
 
-    def command(*, spec: LoadSpec, keep: Keep, remote: Remote, json: bool = False, **given: Any) -> None:
-        request = view.request(**{name: given[name] for name in names})
-        show_record(view, answer_here(view, request, spec, remote), json, keep)
+
+def command_for(view: View, extras: Sequence[Extra] = ()) -> Callable[..., None]:
+    """The Typer command for `view`, with `extras` beside its request's knobs."""
+    asked = [k for k in knobs(view.request) if k.spec is None]
+    from_spec = [k for k in knobs(view.request) if k.spec is not None]
+    remote_too = view.needs != "config"  # a config is read here, never asked of a server
+
+    def command(*, spec: LoadSpec, keep: Keep, remote: Remote = Remote(), json: bool = False, **given: Any) -> None:
+        own = {e.parameter.name: given.pop(e.parameter.name) for e in extras}
+        for extra in extras:
+            extra.check(own[extra.parameter.name])  # before loading: a missing library should not cost a load
+        request = build(view.request, {**given, **{k.name: getattr(spec, k.spec) for k in from_spec}})  # type: ignore[arg-type]
+        record = view.run(open_for(view, spec, remote, request), request)
+        for extra in extras:
+            extra.use(record, own[extra.parameter.name])
+        show_record(view, record, json, keep)
 
     command.__name__ = view.name.replace("-", "_")
     command.__doc__ = view.help
-    own = request_parameters(view)
+    context = [("spec", LoadSpec), ("keep", Keep), *([("remote", Remote)] if remote_too else [])]
     command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-        *own, *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a)
-                for n, a in (("spec", LoadSpec), ("keep", Keep), ("remote", Remote)))])
-    decorated = keep_options(remote_options(model_options(command)))
+        *(_parameter(k) for k in asked), *(e.parameter for e in extras),
+        inspect.Parameter("json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=JsonOpt),
+        *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a) for n, a in context)])
+    decorated = model_options(command)
+    decorated = keep_options(remote_options(decorated) if remote_too else decorated)
     return file_option(view.text)(decorated) if view.text else decorated

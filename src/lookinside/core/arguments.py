@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from lookinside.core import errors
+from lookinside.core.backends.seam import Backend
 
 
 def text(value: Any, what: str, fn: str) -> str:
@@ -36,10 +37,10 @@ def model_name(value: Any) -> str:
 
 def lm(value: Any, fn: str, runs: bool = True) -> Any:
     """`value` if it is an LM from li.load() or li.wrap() (with weights, when the function `runs` the model)."""
-    from lookinside.core.model.loading import LM
-
-    if hasattr(value, "capabilities"):  # a backend: a server from li.connect(), or a model here behind the seam
+    if isinstance(value, Backend):  # a server from li.connect(), or a model here behind the seam
         return value
+    from lookinside.core.model.loading import LM  # imports torch: only for a model, never for li.connect()'s backend
+
     if isinstance(value, str):
         raise errors.BadInput(f"{fn}() takes a model from li.load(), li.wrap() or li.connect(), not the string "
                               f"{value!r}: lm = li.load({value!r}) first")
@@ -49,17 +50,6 @@ def lm(value: Any, fn: str, runs: bool = True) -> Any:
         raise errors.BadInput(f"{fn}(): the weights of {value.name} are on the meta device (shapes without values), "
                               "so nothing can run; load them, e.g. with li.load() or model.to_empty() and a state dict")
     return value
-
-
-def sampling(values: dict[str, Any], fn: str) -> dict[str, Any]:
-    """Sampling keywords: only the fields lookinside knows (core/decoding/sampling.py FIELDS)."""
-    from lookinside.core.decoding.sampling import FIELD
-
-    unknown = sorted(set(values) - set(FIELD))
-    if unknown:
-        raise errors.BadInput(f"{fn}() got unknown keyword {', '.join(map(repr, unknown))}; the sampling keywords "
-                              f"are {', '.join(FIELD)}")
-    return values
 
 
 def _on_meta(model: Any) -> bool:

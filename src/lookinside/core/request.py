@@ -1,37 +1,133 @@
 """What the user asks of the model, as data checked on creation: nothing here loads or imports torch.
 
 Each command builds its request once, before the model is loaded, so a bad flag costs no load;
-the core functions take the request as it is. What can only be checked against the model
+the core functions take the request as it is. A request's fields say how they are asked for
+(`text`, `option`, `group`, `from_spec`); `knobs(kind)` reads that once for the command line
+(cli/views.py) and the Python API (api.py), and `build(kind, values)` makes the request from them,
+so an option is added to a view in this file alone. What can only be checked against the model
 (a --top-k above the vocabulary, a prompt over the context, a --position past the prompt)
 is checked by the core function once the model is there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from functools import cache
+from typing import Any, Literal, Optional
 
 from lookinside.core.decoding.prompting import check_prompt
-from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.decoding.sampling import FIELDS, SamplingParams
 from lookinside.core.errors import BadInput, EmptyPrompt
+from lookinside.core.model.spec import QUANTIZE
+from lookinside.core.model.threads import check_threads
 
 CacheKind = Literal["dynamic", "static", "none"]
 CACHE_KINDS: tuple[CacheKind, ...] = ("dynamic", "static", "none")
 MAX_SAMPLES = 16
 
 
-PROMPT_HELP = "The text to run through the model (- reads stdin; or --file PATH)."
+PROMPT_HELP = "The text to run through the model (- reads stdin; or --file PATH; one trailing newline is dropped)."
 CHAT_HELP = "Wrap the prompt in the model's chat template first."
 
 
-def option(default: Any, *flags: str, help: str) -> Any:
-    """A request field with the command-line flags and help that cli/views.py gives it."""
-    return field(default=default, metadata={"flags": flags, "help": help})
+REQUIRED: Any = dataclasses.MISSING  # an option the request cannot do without (`missing` says so in one line)
+
+
+def option(default: Any, *flags: str, help: str, metavar: str | None = None, cli: Any = None, keyword: str | None = None,
+           missing: str | None = None) -> Any:
+    """A request field asked for by `flags` on the command line and by its name (or `keyword`) in the API.
+
+    `cli` is the type the command line reads when it is not the field's (`list[str]` for a repeatable flag the
+    request parses); `missing` is the one line for a REQUIRED option left out.
+    """
+    metadata = {"flags": flags, "help": help, "metavar": metavar, "cli": cli, "keyword": keyword, "missing": missing}
+    return field(metadata=metadata) if default is REQUIRED else field(default=default, metadata=metadata)
 
 
 def text(metavar: str = "[PROMPT]", help: str = PROMPT_HELP) -> Any:
     """The request field a command takes as its argument (or from - or --file)."""
     return field(metadata={"argument": metavar, "help": help})
+
+
+def group(default: Any) -> Any:
+    """A field made of settings asked for one by one: `SamplingParams` (one knob per sampler in `FIELDS`) or a
+    dataclass whose own fields are options (`GenerationSettings`); `default` holds this request's defaults."""
+    return field(default_factory=lambda: default, metadata={"group": True})
+
+
+def from_spec(name: str) -> Any:
+    """A field the command line takes from the model options (`LoadSpec.<name>`), the API as a keyword."""
+    return field(default=None, metadata={"spec": name, "help": f"as --{name.replace('_', '-')}"})
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One thing a view's request is asked for: a command's argument or option, an API keyword."""
+
+    name: str  # the API keyword and the command's parameter
+    path: tuple[str, ...]  # where it lands in the request: ("samples",), ("params", "temperature")
+    kind: Any  # its type hint in the request
+    default: Any  # REQUIRED, or the value when it is not given (None for a group's: the group's default)
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    cli: Any = None
+    missing: str | None = None
+    argument: str | None = None  # the command's argument (its metavar), not an option
+    spec: str | None = None  # taken from the model options on the command line
+    sampling: bool = False
+
+    @property
+    def required(self) -> bool:
+        """True when the request cannot be made without it."""
+        return self.default is REQUIRED
+
+
+@cache
+def knobs(kind: type) -> tuple[Knob, ...]:
+    """Every knob of request type `kind`, in the order of its fields."""
+    hints = typing.get_type_hints(kind)
+    found: list[Knob] = []
+    for f in dataclasses.fields(kind):
+        meta = f.metadata
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
+        if "group" in meta:
+            found += _group_knobs(f.name, hints[f.name], default)
+        elif meta:
+            found.append(Knob(meta.get("keyword") or f.name, (f.name,), hints[f.name], default, meta["help"],
+                              meta.get("flags", ()), meta.get("metavar"), meta.get("cli"), meta.get("missing"),
+                              meta.get("argument"), meta.get("spec")))
+    return tuple(found)
+
+
+def _group_knobs(name: str, kind: type, default: Any) -> list[Knob]:
+    if kind is SamplingParams:
+        return [Knob(f.name, (name, f.name), Optional[f.kind], None, f.help, (f.flag, *f.shorts), sampling=True)
+                for f in FIELDS]
+    return [replace(k, path=(name, *k.path), default=getattr(default, k.path[0])) for k in knobs(kind)]
+
+
+def build(kind: type, values: Mapping[str, Any]) -> Any:
+    """The request of type `kind` from its knobs' values by name; a knob left out or None keeps its default."""
+    fields: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for knob in knobs(kind):
+        value = values.get(knob.name)
+        if value is None and knob.required and knob.missing:
+            raise BadInput(knob.missing)
+        if value is None and not knob.required:
+            continue
+        if len(knob.path) == 1:
+            fields[knob.path[0]] = value
+        else:
+            groups.setdefault(knob.path[0], {})[knob.path[1]] = value
+    defaults = {f.name: f.default_factory for f in dataclasses.fields(kind) if f.name in groups}
+    fields |= {name: replace(defaults[name](), **changes) for name, changes in groups.items()}  # type: ignore[misc]
+    return kind(**fields)
 
 
 def whole(name: str, value: object, low: int | None = None) -> None:
@@ -42,21 +138,28 @@ def whole(name: str, value: object, low: int | None = None) -> None:
         raise BadInput(f"{name} must be {'a positive number' if low == 1 else f'at least {low}'}, not {value}")
 
 
+def new_tokens(value: object, name: str = "max_new_tokens") -> int:
+    """The one rule for how many tokens to generate: a whole number, at least 1 (every command, /set, the API)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInput(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What to generate: how many tokens, when to stop, and which KV cache to use."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = option(128, "--max-new-tokens", "-n", help="Most tokens to generate.")
     cache: CacheKind = "dynamic"
-    stop_strings: tuple[str, ...] = ()
-    ignore_eos: bool = False
+    stop_strings: tuple[str, ...] = option((), "--stop", cli=list[str], keyword="stop",
+                                           help="Stop when this text appears (repeatable); it is not printed.")
+    ignore_eos: bool = option(False, "--ignore-eos", help="Go on past end tokens until --max-new-tokens.")
     compile: bool = False  # decode with a torch.compile'd step over a static cache (core/decoding/compiled.py)
 
     def __post_init__(self) -> None:
         if self.compile and self.cache == "none":
             raise BadInput("--compile needs the KV cache: it compiles the one-token step over a static cache")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise BadInput(f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens!r}")
+        new_tokens(self.max_new_tokens)
         if self.cache not in CACHE_KINDS:
             raise BadInput(f"cache must be one of {', '.join(CACHE_KINDS)}, not {self.cache!r}")
         if isinstance(self.stop_strings, str):  # a lone string would be read as one stop string per character
@@ -89,11 +192,11 @@ class NextTokenRequest:
 class CompareRequest:
     """`compare`: the greedy run and `samples` sampled runs of one prompt; sample i uses seed base + i."""
 
-    prompt: str
-    params: SamplingParams = field(default_factory=SamplingParams)
-    settings: GenerationSettings = field(default_factory=GenerationSettings)
-    samples: int = 3
-    chat: bool = False
+    prompt: str = text()
+    params: SamplingParams = group(SamplingParams())
+    settings: GenerationSettings = group(GenerationSettings(max_new_tokens=40))
+    samples: int = option(3, "--samples", "-s", help="How many sampled runs to show beside the greedy one.")
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -168,7 +271,8 @@ class ForwardRequest:
 class TokensRequest:
     """`tokens`: the text to cut into tokens (it may be empty: an empty text is zero tokens and a BOS)."""
 
-    text: str = text("[TEXT]", "The text to cut into tokens (- reads stdin; or --file PATH).")
+    text: str = text("[TEXT]", "The text to cut into tokens (- reads stdin; or --file PATH; one trailing "
+                      "newline is dropped).")
     chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
@@ -180,11 +284,9 @@ class TokensRequest:
 class InspectRequest:
     """`inspect`: the architecture card, and what --quantize KIND would make of the weights."""
 
-    quantize: str | None = None
+    quantize: str | None = from_spec("quantize")
 
     def __post_init__(self) -> None:
-        from lookinside.core.model.spec import QUANTIZE
-
         if self.quantize is not None and self.quantize not in QUANTIZE:
             raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
 
@@ -213,8 +315,7 @@ class BenchSettings:
     compile: bool = False  # time the decode step torch.compile'd over a static cache (core/decoding/compiled.py)
 
     def __post_init__(self) -> None:
-        if self.new_tokens < 1:
-            raise BadInput(f"--new-tokens must be at least 1, not {self.new_tokens}")
+        new_tokens(self.new_tokens, "--new-tokens")
         if self.prompt is not None and self.prompt_tokens is not None:
             raise BadInput("give --prompt or --prompt-tokens, not both")
         if self.prompt is not None and not self.prompt.strip():
@@ -231,8 +332,7 @@ class BenchSettings:
             raise BadInput(f"--repeat must be at least 1, not {self.repeat}")
         if any(n < 1 for n in self.sweep):
             raise BadInput(f"--sweep lengths must be at least 1, not {min(self.sweep)}")
-        if self.threads is not None and self.threads < 1:
-            raise BadInput(f"--threads must be at least 1, not {self.threads}")
+        check_threads(self.threads)
         if self.bandwidth_gbs is not None and not self.bandwidth_gbs > 0:
             raise BadInput(f"--bandwidth must be a positive number of GB/s, not {self.bandwidth_gbs}")
 

@@ -2,41 +2,51 @@
 
 `to_wire` turns a frozen dataclass (and what it holds: tuples, lists, dicts, nested dataclasses)
 into JSON values; `from_wire` rebuilds it from its type hints, so a client draws a server's
-answer with the same view as a local one. A number that is not finite travels as the string
-"inf", "-inf" or "nan" and comes back as that float; JSON itself never holds NaN. A request
+answer with the same view as a local one. A number that is not finite follows the one rule of
+every JSON lookinside writes (core/finite.py): it is null, and a top-level "nulls" object says
+where and what it was (`{"nulls": {"top[0].logit": "-Infinity"}}`); `from_wire` puts it back.
+(The OpenAI routes alone keep vLLM's own convention: serve/openai_api.py's NEG_INF.) A request
 rebuilt here is checked by its own `__post_init__`, so a bad field is the same one-line error
 on a server as on the command line. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from functools import cache
 from typing import Any, Literal, Union, get_args, get_origin
 
 from lookinside.core.errors import BadInput
+from lookinside.core.finite import NULLS, json_safe
 
-NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}  # as "nulls" names them
+_STEP = re.compile(r"\[(\d+)\]|\.?([^.\[]+)")
 
 
 def to_wire(value: Any) -> Any:
-    """`value` as JSON values: dataclasses as objects of their fields, non-finite floats as strings."""
+    """`value` as strict JSON values: dataclasses as objects of their fields, a non-finite float null (said in "nulls")."""
+    return json_safe(_plain(value))
+
+
+def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
-        return [to_wire(v) for v in value]
+        return [_plain(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): to_wire(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items()}
     return value
 
 
 def from_wire(kind: Any, data: Any, where: str = "") -> Any:
     """A value of type `kind` rebuilt from `to_wire`'s output; BadInput naming the field when it does not fit."""
+    if not where and isinstance(data, dict) and NULLS in data:
+        data = _with_non_finite(data)
     origin, args = get_origin(kind), get_args(kind)
     if kind is Any:
         return data
@@ -90,10 +100,30 @@ def _dataclass(kind: type, data: Any, where: str) -> Any:
         raise BadInput(f"{_at(where)}{_first_line(exc)}") from None
 
 
+def _with_non_finite(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without its "nulls", each null it names put back as the number it was."""
+    data = copy.deepcopy(data)
+    nulls = data.pop(NULLS)
+    if not isinstance(nulls, dict):
+        raise BadInput(f"{NULLS!r} must map places to NaN, Infinity or -Infinity")
+    for place, what in nulls.items():
+        steps = [int(index) if index else key for index, key in _STEP.findall(place)]
+        if what not in NON_FINITE or not steps:
+            raise BadInput(f"{NULLS}: {place!r} cannot be {what!r}")
+        parent = data
+        try:
+            for step in steps[:-1]:
+                parent = parent[step]
+            if parent[steps[-1]] is not None:
+                raise BadInput(f"{NULLS}: {place!r} is not null")
+            parent[steps[-1]] = NON_FINITE[what]
+        except (KeyError, IndexError, TypeError):
+            raise BadInput(f"{NULLS}: there is no {place!r}") from None
+    return data
+
+
 def _scalar(kind: Any, data: Any, where: str) -> Any:
     if kind is float:
-        if isinstance(data, str) and data in NON_FINITE:
-            return NON_FINITE[data]
         if isinstance(data, (int, float)) and not isinstance(data, bool):
             return float(data)
     elif kind is int:

@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 
 from lookinside import __version__
 from lookinside.core import errors
+from lookinside.core.decoding.sampling import FIELDS
 from lookinside.serve import openai_api as oa
 from lookinside.serve.door import WHOAMI_PATH, Door, unexpected
 from lookinside.serve.door import dumps as _dumps
@@ -134,7 +135,10 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
     """The app serving `lm` as `settings` say; `extra_routes` are added beside the built-in ones."""
     from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
 
-    state = AppState(lm, settings, ModelWorker(settings.queue), model_info(lm, settings))
+    from lookinside.core.model.loading import use_threads  # loading imports torch; the app needs it anyway
+
+    # The model's thread count, chosen at load, on the model's own thread: each thread has its own count.
+    state = AppState(lm, settings, ModelWorker(settings.queue, lambda: use_threads(lm)), model_info(lm, settings))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -166,6 +170,7 @@ def model_info(lm: LM, settings: ServeSettings) -> dict[str, Any]:
         "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device), "context_length": lm.context_length,
         "parameters": sum(p.numel() for p in lm.model.parameters()), "attention": lm.attn_implementation,
         "spec": json.loads(json.dumps(asdict(settings.spec))),
+        "samplers": [f.name for f in FIELDS],  # a client refuses in one line a sampler this server lacks
         "limits": {"queue": settings.queue, "max_tokens": settings.max_tokens or lm.context_length,
                    "max_logprobs": settings.max_logprobs, "max_body_bytes": settings.max_body_bytes},
     }
@@ -294,7 +299,7 @@ async def _completion_chunks(request: oa.CompletionRequest, started: _Started, m
         yield oa.usage_chunk(answer, rid, model, "text_completion")
 
 
-async def _chat_chunks(request: oa.ChatRequest, started: _Started, model: str, rid: str) -> AsyncIterator[dict[str, Any]]:
+async def _chat_chunks(request: oa.ChatBody, started: _Started, model: str, rid: str) -> AsyncIterator[dict[str, Any]]:
     answer = oa.Answer(started.prologue)
     yield oa.chat_chunk(request, {"role": "assistant", "content": ""}, [], None, model, rid)
     async for token in started.rest:

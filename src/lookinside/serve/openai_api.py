@@ -81,7 +81,7 @@ class CompletionRequest:
 
 
 @dataclass(frozen=True)
-class ChatRequest:
+class ChatBody:
     """POST /v1/chat/completions, checked."""
 
     messages: tuple[dict[str, str], ...]
@@ -108,7 +108,7 @@ def parse_completion(body: Any, settings: ServeSettings) -> CompletionRequest:
     return CompletionRequest(prompt, sampling, logprobs, echo)
 
 
-def parse_chat(body: Any, settings: ServeSettings) -> ChatRequest:
+def parse_chat(body: Any, settings: ServeSettings) -> ChatBody:
     """A chat completion request from its JSON body, or ApiError."""
     body = _object(body)
     messages = body.get("messages")
@@ -120,7 +120,7 @@ def parse_chat(body: Any, settings: ServeSettings) -> ChatRequest:
     if top and not logprobs:
         raise ApiError("top_logprobs needs logprobs: true", param="top_logprobs")
     limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return ChatRequest(checked, _sampling(body, settings, limit, None), logprobs, top)
+    return ChatBody(checked, _sampling(body, settings, limit, None), logprobs, top)
 
 
 def _sampling(body: dict[str, Any], settings: ServeSettings, length: str, default: int | None,
@@ -268,7 +268,7 @@ def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, 
               lambda seed: Prologue(len(ids), text if request.echo else "", echoed, seed), chat=False)
 
 
-def chat_job(lm: LM, request: ChatRequest, settings: ServeSettings, emit: Emit, cancel: Cancel) -> None:
+def chat_job(lm: LM, request: ChatBody, settings: ServeSettings, emit: Emit, cancel: Cancel) -> None:
     """Run a chat completion on the model (on its thread), through the model's chat template."""
     from lookinside.core.decoding.prompting import encode_messages
 
@@ -397,7 +397,7 @@ def chat_logprobs(tokens: list[Scored]) -> dict[str, Any]:
                         for t in tokens]}
 
 
-def chat_response(request: ChatRequest, answer: Answer, model: str, rid: str) -> dict[str, Any]:
+def chat_response(request: ChatBody, answer: Answer, model: str, rid: str) -> dict[str, Any]:
     """The whole /v1/chat/completions answer."""
     choice = {"index": 0, "message": {"role": "assistant", "content": answer.text, "tool_calls": []},
               "logprobs": chat_logprobs(answer.tokens) if request.logprobs else None,
@@ -406,7 +406,7 @@ def chat_response(request: ChatRequest, answer: Answer, model: str, rid: str) ->
             "usage": _usage(answer), "system_fingerprint": None}
 
 
-def chat_chunk(request: ChatRequest, delta: dict[str, Any], tokens: list[Scored], finish: str | None, model: str,
+def chat_chunk(request: ChatBody, delta: dict[str, Any], tokens: list[Scored], finish: str | None, model: str,
                rid: str) -> dict[str, Any]:
     """One streamed /v1/chat/completions chunk."""
     choice = {"index": 0, "delta": delta, "logprobs": chat_logprobs(tokens) if request.logprobs and tokens else None,

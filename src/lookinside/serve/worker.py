@@ -59,8 +59,9 @@ class Cancel:
 class ModelWorker:
     """One thread that runs jobs in the order they came, with at most `size` waiting."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, setup: Callable[[], None] | None = None) -> None:
         self.size = size
+        self._setup = setup  # run first on the thread: torch's thread count is the calling thread's own
         self.closing = threading.Event()
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue(maxsize=size)
         self.busy = False  # a job is running now
@@ -104,6 +105,8 @@ class ModelWorker:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
         while True:
             item = self._jobs.get()
             if item is None:

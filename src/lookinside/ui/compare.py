@@ -143,20 +143,16 @@ def run_json(run: Generation, departs: int | None = None, seed: int | None = Non
         "text": run.text,
         "token_ids": run.token_ids if ids else None,
         "deltas": [step.text for step in run.steps],
-        "logprobs": [_finite(lp) for lp in run.logprobs],
+        "logprobs": run.logprobs,
         "probs": [step.prob for step in run.steps],
         "ranks": [step.rank for step in run.steps],
-        "mean_logprob": _finite(run.mean_logprob),
-        "perplexity": _finite(run.perplexity),
+        "mean_logprob": run.mean_logprob,
+        "perplexity": run.perplexity,
         "finish": run.finish,
     }
     if seed is not None:
         data["departs_at"] = departs  # index into token_ids; null when the run equals the greedy one
     return data
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _number(x: float) -> str:

@@ -18,10 +18,17 @@ from lookinside.core import errors
 from lookinside.core.backends.remote_guard import DeadlinePassed, deadline
 
 
-def call(root: str, path: str, key: str | None, body: Any, timeout_s: float, optional: bool = False) -> Any:
+def server_root(url: str) -> str:
+    """The server's root URL from a base URL that may end in /v1 (where its own routes live: /tokenize, /props...)."""
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def call(root: str, path: str, key: str | None, body: Any, timeout_s: float, optional: bool = False,
+         headers_seen: dict[str, str] | None = None, limit: int = -1) -> Any:
     """GET (no body) or POST JSON to the server; its answer's JSON, or one-line errors.
 
     With `optional`, a route the server does not have (a 4xx other than 401, or an answer that is not JSON) is None.
+    `headers_seen` receives the answer's headers (lower-cased names); `limit` caps the bytes read.
     """
     headers = {"Accept": "application/json"}
     data = None
@@ -33,7 +40,9 @@ def call(root: str, path: str, key: str | None, body: Any, timeout_s: float, opt
     request = urllib.request.Request(root + path, data=data, headers=headers, method="POST" if data else "GET")
     try:
         with deadline(timeout_s), urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            return json.loads(response.read())
+            if headers_seen is not None:
+                headers_seen.update((k.lower(), v) for k, v in response.headers.items())
+            return json.loads(response.read(limit) or b"null")
     except DeadlinePassed:  # a server that drips: the socket's timeout is per read, this one is for the whole answer
         raise errors.RemoteError(f"the server at {root} did not answer within {timeout_s:g} s") from None
     except urllib.error.HTTPError as exc:

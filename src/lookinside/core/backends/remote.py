@@ -29,29 +29,27 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backends import remote_guard as guard
-from lookinside.core.backends.seam import Capabilities
+from lookinside.core.backends.http import server_root
+from lookinside.core.backends.seam import Backend, Capabilities
 from lookinside.core.backends.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, ServerKind, detect
 from lookinside.core.chat.conversation import Conversation, Fitted
 from lookinside.core.decoding.prompting import chat_messages
-from lookinside.core.decoding.sampling import SamplingParams, request_fields
+from lookinside.core.decoding.sampling import FIELDS, SamplingParams, request_fields
 from lookinside.core.records import (
     Candidate,
     Finish,
-    Generation,
     ModelFacts,
     NextToken,
     Piece,
     Resources,
     Step,
     Stream,
-    gather,
 )
 from lookinside.core.request import GenerationSettings, NextTokenRequest
 
 if TYPE_CHECKING:
     import openai
 
-ENDPOINT_ENV = "LOOKINSIDE_ENDPOINT"
 KEY_ENVS = ("LOOKINSIDE_API_KEY", "OPENAI_API_KEY")
 TOP_ALTERNATIVES = 5
 NO_SHAPES = "a server does not show its tensors: run the model here (without --endpoint) for the shapes"
@@ -118,14 +116,15 @@ def connect(spec: RemoteSpec) -> RemoteBackend:
 
 def server_capabilities(kind: ServerKind) -> Capabilities:
     """What a server gives, from what it is (core/backends/server_kind.py): vLLM, and `llm serve` speaking as vLLM does,
-    give ids and take every sampler; the others neither."""
+    give ids and take every sampler; the others OpenAI's own samplers only."""
     remote = Capabilities(insides=False, kv_cache_switch=False, continue_reply=False)
     extra = kind.extra_fields() or {}
-    return replace(remote, ids=kind.is_vllm or kind.tokenizes, extra_samplers="top_k" in extra,
-                   ignore_eos="ignore_eos" in extra, kind=kind.describe())
+    samplers = frozenset(f.name for f in FIELDS if f.api == "openai" or f.name in extra)
+    return replace(remote, ids=kind.is_vllm or kind.tokenizes, samplers=samplers, ignore_eos="ignore_eos" in extra,
+                   kind=kind.describe())
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """The `Backend` protocol over HTTP (see the module docstring for what each view asks)."""
 
     def __init__(self, client: openai.OpenAI, spec: RemoteSpec, context_length: int | None, owner: str = "",
@@ -221,7 +220,7 @@ class RemoteBackend:
         """The prompt's pieces and ids as llama-server's /tokenize gives them (with BOS, as a completion reads it)."""
         body = {"content": prompt, "add_special": True, "with_pieces": True}
         with _translated(self.spec):
-            out = self.client.post(_root_url(self.spec.base_url) + "/tokenize", body=body, cast_to=object)
+            out = self.client.post(server_root(self.spec.base_url) + "/tokenize", body=body, cast_to=object)
         pieces = [(t["piece"] if isinstance(t["piece"], str) else bytes(t["piece"]).decode("utf-8", "replace"),
                    int(t["id"])) for t in out["tokens"]]
         return [piece for piece, _ in pieces], [i for _, i in pieces]
@@ -250,7 +249,7 @@ class RemoteBackend:
         """
         from lookinside.core.backends.http import call
 
-        root = self.spec.base_url.removesuffix("/v1")
+        root = server_root(self.spec.base_url)
         for path, name in (("/tokenize", "prompt"), ("/tokenize", "content"), ("/extras/tokenize", "input")):
             try:
                 answer = call(root, path, self.spec.api_key, {"model": self.name, name: prompt}, self.spec.timeout_s)
@@ -266,11 +265,6 @@ class RemoteBackend:
         params = params if params.greedy else params.seeded()
         return Stream(self._stream(None if chat else prompt, chat_messages(prompt) if chat else None, params,
                                    settings), params)
-
-    def complete(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False,
-                 ) -> Generation:
-        """One whole completion (the chat template only with `chat`), as a `Generation`."""
-        return gather(self.generate(prompt, params, settings, chat))
 
     # ---- chat
 
@@ -396,6 +390,7 @@ class RemoteBackend:
 
     def _request(self, params: SamplingParams, settings: GenerationSettings) -> dict[str, Any]:
         """The sampling and length fields of a request; vLLM's extra ones in `extra_body`."""
+        self.capabilities.check_samplers(params)  # a sampler this server lacks: one line, not a KeyError below
         wire = request_fields(params)
         body: dict[str, Any] = {"max_tokens": settings.max_new_tokens, **wire["openai"]}
         if params.greedy:
@@ -471,11 +466,6 @@ def _completion_logprobs(logprobs: Any) -> tuple[list[str], list[dict[str, float
 def _field(item: Any, name: str) -> Any:
     """A field of a parsed object or of a plain dict (what the client could not parse stays a dict)."""
     return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-
-
-def _root_url(base_url: str) -> str:
-    """The server's root, where llama-server keeps /tokenize and /props."""
-    return base_url.rstrip("/").removesuffix("/v1")
 
 
 def _finish_reason(chunk: Any) -> str | None:

@@ -6,24 +6,30 @@ core/backends/remote.py's backend talks to an OpenAI-compatible server. A backen
 the prompt's ids, a token's text) and says what else it can give in one typed value,
 `Capabilities`, which views and commands read instead of asking which backend they have.
 Drivers such as compare (core/decoding/compare.py) are written once over the primitives. What a backend
-cannot give it leaves as None with a reason in the record, never a made-up value.
+cannot give it leaves as None with a reason in the record, never a made-up value. Every backend
+subclasses `Backend`, so a backend is told from a loaded model by its type; what the views need
+beyond the primitives is here too: `view` (one whole view: `llm serve` answers it there), `weights`
+(the model loaded here, None for a server) and `endpoint` (where it answers, None here).
 
-This module imports no torch: a remote command must not pay for it.
+This module imports no torch: a remote command must not pay for it. `LocalBackend`'s methods import
+the core modules they call inside their bodies, since those import torch and transformers.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from lookinside.core.records import Resources
+from lookinside.core.decoding.sampling import FIELD, SamplingParams
+from lookinside.core.errors import BadInput
+from lookinside.core.records import ModelFacts, Resources, Stream
 
 if TYPE_CHECKING:
     from lookinside.core.chat.conversation import Conversation, Fitted
-    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.model.loading import LM
-    from lookinside.core.records import ModelFacts, NextToken, Step, Stream
+    from lookinside.core.records import NextToken, Step
     from lookinside.core.request import GenerationSettings, NextTokenRequest
 
 
@@ -32,70 +38,107 @@ class Capabilities:
     """What a backend can give beyond the primitives every backend has (each False: said in one line, or None)."""
 
     ids: bool = True  # the model's own token ids (a server may name tokens by their text only)
-    insides: bool = True  # a forward pass with hooks: forward, attention, lens, interventions
+    insides: bool = True  # a forward pass with hooks: forward, attention, lens, interventions (here or served)
     kv_cache_switch: bool = True  # generation without a KV cache, or with a static one
     continue_reply: bool = True  # go on from a partial reply (chat's /continue)
-    extra_samplers: bool = True  # top-k, min-p, repetition penalty
+    samplers: frozenset[str] | None = None  # the samplers (FIELDS names) it takes; None: every one
     ignore_eos: bool = True  # generate past end tokens
-    views: bool = False  # answers every lookinside view itself (a `llm serve` server)
     kind: str = "local"  # what it is, in words a message can name: local, vllm, llama.cpp, lookinside, ...
+
+    def check_samplers(self, params: SamplingParams) -> None:
+        """Refuse in one line the samplers `params` turns on that this backend does not take."""
+        if self.samplers is None:
+            return
+        refused = [f.flag for name, f in FIELD.items() if name not in self.samplers
+                   and getattr(params, name) not in (None, f.off)]
+        if refused:
+            them = "it" if len(refused) == 1 else "them"
+            raise BadInput(f"{', '.join(refused)} need a server that takes {them} (this one is {self.kind}): leave "
+                           f"{them} out, or ask vLLM, llama.cpp or an `llm serve` of this version, which take every one")
 
 
 LOCAL = Capabilities()
 
 
-class Backend(Protocol):
+class Backend(ABC):
     """A model the views can ask; `name` and `context_length` (None where the server does not say) describe it."""
 
     name: str
     context_length: int | None
     capabilities: Capabilities
+    endpoint: str | None = None  # where it answers (a server's URL); None for a model here
 
+    @property
+    def weights(self) -> LM | None:
+        """The model loaded in this process, for what hooks its forward pass or times its cache (None: a server)."""
+        return None
+
+    def view(self, view: Any, request: Any) -> Any:  # a lookinside.views.View (views.py imports this module)
+        """The record of one lookinside view: a "model" view from the primitives, the others from the weights here;
+        a backend without them refuses in one line (`llm serve`'s backend sends the whole view to the server)."""
+        if view.needs == "model":
+            return view.answer(self, request)
+        if not self.capabilities.insides or self.weights is None:
+            view.refuse()
+        return view.answer(self.weights, request)
+
+    @abstractmethod
     def next_token(self, request: NextTokenRequest) -> NextToken:
         """The top-k next tokens of a prompt."""
         ...
 
+    @abstractmethod
     def prompt_ids(self, prompt: str, chat: bool = False) -> list[int] | None:
         """The prompt's token ids as the model reads them (None where the backend does not show them)."""
         ...
 
+    @abstractmethod
     def prompt_tokens(self, prompt: str) -> int | None:
         """How many tokens the model makes of `prompt` (None where the backend cannot count)."""
         ...
 
+    @abstractmethod
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """A continuation of a text prompt (through the chat template with `chat`), one step per token."""
         ...
 
+    @abstractmethod
     def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
         """The next chat prompt, oldest turns dropped while it does not fit (where the backend can count)."""
         ...
 
+    @abstractmethod
     def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
         """The reply to a fitted prompt, one step per token; `stream.seed` is the seed in effect."""
         ...
 
+    @abstractmethod
     def count_tokens(self, conversation: Conversation) -> int | None:
         """Tokens the conversation takes in the chat template (None where the backend cannot count)."""
         ...
 
+    @abstractmethod
     def token_text(self, token_id: int) -> str:
         """A token id's text, as a reply shows it."""
         ...
 
+    @abstractmethod
     def start_reply(self) -> None:
         """Called before each reply (a local GPU resets its peak-memory counter)."""
         ...
 
+    @abstractmethod
     def facts(self) -> ModelFacts:
         """What chat's /show tells about the model."""
         ...
 
     @property
+    @abstractmethod
     def generation_config(self) -> Any:
         """The model's transformers GenerationConfig (its sampling defaults), or None where it is not known."""
         ...
 
+    @abstractmethod
     def resources(self) -> Resources:
         """What the last reply used."""
         ...
@@ -104,7 +147,7 @@ class Backend(Protocol):
 GenerateFn = Callable[..., Iterator["Step"]]
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """A model loaded in this process: every view, and the numbers only it can give.
 
     `generate_fn` replaces the token loop (`core.decoding.generate.generate`'s signature); tests use it to
@@ -117,6 +160,11 @@ class LocalBackend:
         self.context_length: int | None = lm.context_length
         self.generate_fn = generate_fn
         self.capabilities = LOCAL
+
+    @property
+    def weights(self) -> LM:
+        """The model loaded here."""
+        return self.lm
 
     def next_token(self, request: NextTokenRequest) -> NextToken:
         """`core.inside.predict.next_token` on the local model."""
@@ -149,7 +197,6 @@ class LocalBackend:
     def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
         """The one token loop, `core.decoding.generate.generate` (or the substitute given)."""
         from lookinside.core.decoding import generate
-        from lookinside.core.records import Stream
 
         if self.generate_fn is None:
             return generate.generate(self.lm, fitted.ids or [], params, settings)
@@ -182,8 +229,6 @@ class LocalBackend:
 
     def facts(self) -> ModelFacts:
         """Name, size, dtype, device, attention, context, end tokens and chat template of the loaded model."""
-        from lookinside.core.records import ModelFacts
-
         lm = self.lm
         return ModelFacts(
             name=lm.name, source=lm.source, parameters=sum(p.numel() for p in lm.model.parameters()),
@@ -206,4 +251,4 @@ class LocalBackend:
 
 def as_backend(model: Backend | LM) -> Backend:
     """A backend as it is, or a model loaded here wrapped in a `LocalBackend`."""
-    return model if hasattr(model, "capabilities") else LocalBackend(model)  # type: ignore[arg-type]
+    return model if isinstance(model, Backend) else LocalBackend(model)

@@ -1,6 +1,6 @@
 """A model kept warm by `llm serve`, as a `Backend` that shows every view, the insides included.
 
-The server answers `POST /lookinside/v1/views/<name>` with the command's --json and the record
+The server answers `POST /lookinside/v1/views/<name>` with the record
 (core/wire.py), so this side draws the very record the server made, with the view it would have
 drawn here. The views go over the standard library's HTTP client: a warm look imports neither
 torch nor transformers nor the `openai` client. Generation (chat, generate, bench) streams through
@@ -9,12 +9,13 @@ the server's OpenAI-compatible API, with the openai client, opened on first use.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.backends.http import call
-from lookinside.core.backends.seam import Capabilities
+from lookinside.core.backends.http import call, server_root
+from lookinside.core.backends.seam import Backend, Capabilities
 from lookinside.core.records import ModelFacts, NextToken, Resources
 from lookinside.core.wire import from_wire, to_wire
 
@@ -25,14 +26,8 @@ if TYPE_CHECKING:
     from lookinside.core.records import Stream
     from lookinside.core.request import GenerationSettings, NextTokenRequest
 
-SERVED = Capabilities(kv_cache_switch=False, continue_reply=False, views=True, kind="lookinside")
+SERVED = Capabilities(kv_cache_switch=False, continue_reply=False, kind="lookinside")
 INFO_PATH = "/lookinside/v1/info"
-
-
-def server_root(url: str) -> str:
-    """The server's root URL, from a base URL that may end in /v1."""
-    url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def probe(url: str, key: str | None, timeout_s: float = 5.0) -> dict[str, Any] | None:
@@ -57,7 +52,7 @@ def connect(endpoint: str, api_key: str | None = None, model: str | None = None)
     return ServedBackend(spec.base_url, spec.api_key, info, spec.timeout_s)
 
 
-class ServedBackend:
+class ServedBackend(Backend):
     """A `llm serve` server: every view answered there; generation streamed through its OpenAI API."""
 
     def __init__(self, url: str, key: str | None, info: dict[str, Any], timeout_s: float = 300.0) -> None:
@@ -68,7 +63,8 @@ class ServedBackend:
         self.name: str = str(info.get("model") or "?")
         context = info.get("context_length")
         self.context_length: int | None = int(context) if isinstance(context, int) else None
-        self.capabilities = SERVED
+        samplers = info.get("samplers")  # the samplers that server takes (one of an older version lacks a new one)
+        self.capabilities = replace(SERVED, samplers=frozenset(samplers) if isinstance(samplers, list) else None)
 
     @property
     def device(self) -> str:
@@ -86,13 +82,13 @@ class ServedBackend:
     # ---- the views
 
     def view(self, view: Any, request: Any) -> Any:
-        """The server's record for `request` (a lookinside.views.View's), rebuilt here."""
+        """The server's record for `request` (a lookinside.views.View's), rebuilt here: the server answers every view."""
         return self.ask(view.name, request, view.record)
 
     def ask(self, name: str, request: Any, record: type) -> Any:
         """POST the request to the view `name`; the record the server made, rebuilt here as `record`.
 
-        Its JSON (the command's --json) comes in the same answer; the record is what this side draws.
+        The record is all the server sends: this side draws it and makes its --json, as it would here.
         """
         answer = call(self.root, f"/lookinside/v1/views/{name}", self.key, to_wire(request), self.timeout_s)
         try:
@@ -112,7 +108,9 @@ class ServedBackend:
         """The server's OpenAI-compatible side (imports the openai client on first use)."""
         from lookinside.core.backends.remote import RemoteSpec, connect
 
-        return connect(RemoteSpec(self.root + "/v1", self.key, self.name))
+        remote = connect(RemoteSpec(self.root + "/v1", self.key, self.name))
+        remote.capabilities = replace(remote.capabilities, samplers=self.capabilities.samplers)  # what the server said
+        return remote
 
     def prompt_ids(self, prompt: str, chat: bool = False) -> None:
         """None: a completion streamed through the OpenAI API names its tokens by their text, so its ids here would

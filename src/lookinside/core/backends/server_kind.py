@@ -13,11 +13,12 @@ context again, `n_ctx`), Ollama's `/api/version`, vLLM's `/version`. Nothing her
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from lookinside.core import errors
+from lookinside.core.decoding.sampling import FIELDS
+from lookinside.core.backends.http import call, server_root
 
 VLLM, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN = "vLLM", "llama.cpp", "llama-cpp-python", "Ollama", "unknown"
 LOOKINSIDE = "lookinside"  # `llm serve`: vLLM's dialect (ids on request, the same extra fields)
@@ -26,8 +27,8 @@ VLLM_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 # The request fields beyond OpenAI's (core.decoding.sampling's "extra" ones, and ignore_eos) as each server names them.
 EXTRA_FIELDS = {
     VLLM: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"},
-    LOOKINSIDE: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-                 "ignore_eos": "ignore_eos"},
+    # `llm serve` reads every sampler of FIELDS by its own name (serve/openai_api.py), a new one included
+    LOOKINSIDE: {**{f.name: f.name for f in FIELDS if f.api == "extra"}, "ignore_eos": "ignore_eos"},
     LLAMA_CPP: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty", "ignore_eos": "ignore_eos"},
 }
 
@@ -83,22 +84,22 @@ def detect(base_url: str, model: dict[str, Any], api_key: str | None = None,
            timeout_s: float = PROBE_TIMEOUT_S) -> ServerKind:
     """The kind of server at `base_url` (ending in /v1), given the /v1/models entry of the model in use."""
     owner = str(model.get("owned_by") or "")
-    root = base_url.rstrip("/").removesuffix("/v1")
+    root = server_root(base_url)
     timeout = min(timeout_s, PROBE_TIMEOUT_S)
     if owner == LOOKINSIDE:
         return ServerKind(LOOKINSIDE, owner, _int(model.get("max_model_len")))
     if owner == "vllm" and "max_model_len" in model:
         return ServerKind(VLLM, owner, _int(model.get("max_model_len")))
     meta = model.get("meta") if isinstance(model.get("meta"), dict) else {}
-    props, headers = _get(f"{root}/props", api_key, timeout)
+    props, headers = _get(root, "/props", api_key, timeout)
     if isinstance(props, dict) and ("default_generation_settings" in props or "llama.cpp" in headers.get("server", "")):
         return ServerKind(LLAMA_CPP, owner, _int(meta.get("n_ctx")) or _props_context(props), _str(props.get("build_info")))
-    ollama, _ = _get(f"{root}/api/version", api_key, timeout)
+    ollama, _ = _get(root, "/api/version", api_key, timeout)
     if isinstance(ollama, dict) and "version" in ollama:
         return ServerKind(OLLAMA, owner, None, _str(ollama.get("version")))
     if owner == "me" and "permissions" in model:
         return ServerKind(LLAMA_CPP_PYTHON, owner)
-    version, _ = _get(f"{root}/version", api_key, timeout)
+    version, _ = _get(root, "/version", api_key, timeout)
     if owner == "vllm" or (isinstance(version, dict) and "max_model_len" in model):
         return ServerKind(VLLM, owner, _int(model.get("max_model_len")), _str((version or {}).get("version")))
     return ServerKind(UNKNOWN, owner)
@@ -110,14 +111,12 @@ def _props_context(props: dict[str, Any]) -> int | None:
     return _int(settings.get("n_ctx")) if isinstance(settings, dict) and "n_ctx" in settings else _int(props.get("n_ctx"))
 
 
-def _get(url: str, api_key: str | None, timeout: float) -> tuple[Any, dict[str, str]]:
-    """The JSON at `url` and the response's headers (lower-cased), or (None, {}) for anything else."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+def _get(root: str, path: str, api_key: str | None, timeout: float) -> tuple[Any, dict[str, str]]:
+    """The JSON at `root + path` and the response's headers (lower-cased), or (None, {}) for anything else."""
+    headers: dict[str, str] = {}
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            return json.loads(response.read(1_000_000) or b"null"), headers
-    except (urllib.error.URLError, OSError, ValueError):
+        return call(root, path, api_key, None, timeout, optional=True, headers_seen=headers, limit=1_000_000), headers
+    except errors.LookinsideError:  # a probe: a server without the route, or not answering, is simply not that kind
         return None, {}
 
 

@@ -49,7 +49,7 @@ def stream_bench(backend: Backend, settings: BenchSettings, progress: ProgressFn
                                        "llama.cpp can); runs may stop early")
     unavailable |= short_streams(rows, settings.new_tokens)
     prefix = prefix_cache(backend, settings.repeat, unavailable)
-    return RemoteBenchReport(backend.name, backend.endpoint, backend.capabilities.kind, settings.new_tokens,  # type: ignore[attr-defined]
+    return RemoteBenchReport(backend.name, backend.endpoint or "here", backend.capabilities.kind, settings.new_tokens,
                              rows, prefix, unavailable)
 
 

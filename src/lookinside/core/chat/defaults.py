@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.decoding.sampling import FIELD, FIELDS, SamplingParams
+from lookinside.core.request import new_tokens
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
@@ -36,8 +37,7 @@ class ChatSettings:
     source: str = "lookinside's chat default"  # where the sampling defaults came from, for /show
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise errors.BadInput("max_new_tokens must be >= 1")
+        new_tokens(self.max_new_tokens)
 
     def updated(self, name: str, value: str) -> ChatSettings:
         """A copy with one setting changed from its text form, as `/set NAME VALUE` gives it."""
@@ -114,8 +114,7 @@ class ChatRequest:
                 raise errors.BadInput(f"unknown sampling setting {name!r}: one of {', '.join(FIELD)}")
             if value is not None:
                 FIELD[name].check(value)
-        if self.max_new_tokens < 1:
-            raise errors.BadInput("max_new_tokens must be >= 1")
+        new_tokens(self.max_new_tokens)
 
     def settings(self, generation_config: GenerationConfig | None) -> ChatSettings:
         """The model's defaults with these flags laid over them."""

@@ -124,7 +124,7 @@ class ChatSession:
         if self.steer is not None:
             from lookinside.core.inside.interventions.steer import steered
 
-            stream = steered(self.backend.lm, stream, self.steer)  # type: ignore[attr-defined]
+            stream = steered(self.backend.weights, stream, self.steer)  # set_steer refused a backend without weights
         return Reply(fitted, stream, previous, journal=journal, token_text=self.backend.token_text)
 
     def finish(self, reply: Reply) -> ReplyStats | None:
@@ -152,7 +152,7 @@ class ChatSession:
         from lookinside.core.inside.interventions.requests import check_alpha
         from lookinside.core.inside.interventions.steer import steering
 
-        lm = getattr(self.backend, "lm", None)
+        lm = self.backend.weights
         if lm is None:
             raise errors.BadInput("/steer needs the model here: a server does not let us add to its residual stream")
         check_alpha(alpha)

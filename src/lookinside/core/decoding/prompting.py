@@ -60,7 +60,7 @@ def check_fits(n_prompt: int, context: int, new_tokens: int = 0) -> None:
         )
 
 
-def check_top_k(top_k: int, vocab_size: int) -> None:
-    """Refuse a --top-k larger than the model's vocabulary (known only once it is loaded)."""
+def check_top_k(top_k: int, vocab_size: int, flag: str = "--top-k") -> None:
+    """Refuse a --top-k (or `flag`) larger than the model's vocabulary (known only once it is loaded)."""
     if top_k > vocab_size:
-        raise errors.BadInput(f"--top-k {top_k} is more than this model's vocabulary of {vocab_size:,} tokens")
+        raise errors.BadInput(f"{flag} {top_k} is more than this model's vocabulary of {vocab_size:,} tokens")

@@ -43,6 +43,12 @@ def precheck(spec: LoadSpec, request: AttentionRequest) -> None:
     request.resolved(config.num_hidden_layers, config.num_attention_heads)
 
 
+def prepare(spec: LoadSpec, request: AttentionRequest) -> tuple[LoadSpec, str | None]:
+    """What to load for `request` here: checked against the config first, then with eager attention (and the note)."""
+    precheck(spec, request)
+    return eager_spec(spec)
+
+
 def use_eager(lm: LM) -> None:
     """Make the model form its attention weights (a no-op when it already does)."""
     if lm.attn_implementation != "eager":

@@ -291,6 +291,12 @@ def set_threads(requested: int | None) -> ThreadChoice:
     return choice
 
 
+def use_threads(lm: LM) -> None:
+    """Run torch's CPU kernels on this thread with the count chosen when `lm` was loaded (the count is per thread)."""
+    if lm.threads is not None:
+        torch.set_num_threads(lm.threads.count)
+
+
 def _load_kwargs(spec: LoadSpec, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "dtype": dtype,

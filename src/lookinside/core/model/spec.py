@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lookinside.core.errors import BadInput
+from lookinside.core.model.threads import check_threads
 
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -50,8 +51,7 @@ class LoadSpec:
             raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
         if self.quantize is not None and self.random_weights:
             raise BadInput("--quantize needs real weights to convert; drop --random-weights")
-        if self.threads is not None and self.threads < 1:
-            raise BadInput(f"--threads must be at least 1, not {self.threads}")
+        check_threads(self.threads)
         if self.layers is not None and not self.random_weights:
             raise BadInput("--layers only works with --random-weights (it shrinks the architecture)")
 

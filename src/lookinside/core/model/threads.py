@@ -4,15 +4,13 @@ torch's default is one thread per core. On a machine where another process keeps
 busy, that default makes every matrix multiply wait for a thread that cannot run: the tiny
 model fell from 271 to 87 tokens/s, the Phi-3 shape from 11.8 to 6.9 (docs/benchmarks.md,
 scripts/bench_threads.py). Idle, more threads win (tiny 246 -> 309, Phi-3 shape 10.8 -> 18.3
-with 2). So the default is the number of cores that are idle right now, read from
-/proc/stat over a tenth of a second, and at least one; `--threads N` overrides it.
+with 2). So the default is the number of cores that are idle right now, read (psutil: /proc/stat on Linux) over a tenth of a second, and at least one; `--threads N` overrides it.
 No torch import here: the choice is plain data, applied by the loader.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +32,17 @@ class ThreadChoice:
         return f"{self.count} thread{'s' * (self.count != 1)} ({self.reason})"
 
 
+def check_threads(requested: object) -> None:
+    """The one rule for --threads (LoadSpec, BenchSettings, here): None, or a whole number >= 1."""
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
+        raise BadInput(f"--threads must be a whole number >= 1, not {requested!r}")
+
+
 def choose_threads(requested: int | None, cores: int | None = None, idle: float | None = None) -> ThreadChoice:
     """`requested` as given, else one thread per idle core (measured when `idle` is None), at least one."""
     cores = cores or os.cpu_count() or 1
+    check_threads(requested)
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-            raise BadInput(f"--threads must be a whole number >= 1, not {requested!r}")
         return ThreadChoice(requested, "--threads")
     idle = idle_cores(cores) if idle is None else idle
     if idle is None:
@@ -50,24 +53,13 @@ def choose_threads(requested: int | None, cores: int | None = None, idle: float 
 
 
 def idle_cores(cores: int, seconds: float = SAMPLE_SECONDS) -> float | None:
-    """How many cores were idle over the last `seconds`, from /proc/stat (None where it cannot be read)."""
-    first = _cpu_times()
-    if first is None:
-        return None
-    time.sleep(seconds)
-    second = _cpu_times()
-    if second is None:
-        return None
-    total = sum(second) - sum(first)
-    idle = (second[3] + second[4]) - (first[3] + first[4])  # idle + iowait jiffies
-    return cores * idle / total if total > 0 else None
+    """How many cores were idle over the last `seconds` (idle and iowait time, psutil's reading of /proc/stat or the
+    system's own counters); None where it cannot be read."""
+    import psutil  # deferred: 5-40 ms, paid only when a model loads (with torch), never by `llm --help`
 
-
-def _cpu_times() -> list[int] | None:
     try:
-        fields = PROC_STAT.read_text().splitlines()[0].split()
-    except (OSError, IndexError):
+        times = psutil.cpu_times_percent(interval=seconds)
+    except (OSError, RuntimeError, NotImplementedError):
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 6:
-        return None
-    return [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = times.idle + getattr(times, "iowait", 0.0)  # percent of all cores' time
+    return cores * idle / 100

@@ -82,22 +82,19 @@ def heads_of(lm: LM, block: Block) -> tuple[int, int]:
     return heads, width // heads
 
 
-def _replace_first(value: Any, tensor: torch.Tensor) -> Any:
+def _edited(value: Any, edit: Edit) -> Any:
+    """A module's output with its tensor (or a tuple's first item) put through `edit`, the rest as it was."""
     if isinstance(value, torch.Tensor):
-        return tensor
-    if isinstance(value, tuple):
-        return (tensor, *value[1:])
+        return edit(value)
+    if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+        return (edit(value[0]), *value[1:])
     raise TypeError(f"cannot edit a module output of type {type(value).__name__}")
-
-
-def _first(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else value[0]
 
 
 def on_output(module: nn.Module, edit: Edit) -> Install:
     """The module's output (its first tensor, for modules that return a tuple) goes through `edit`."""
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-        return _replace_first(output, edit(_first(output)))
+        return _edited(output, edit)
 
     return lambda: module.register_forward_hook(hook)
 
@@ -116,8 +113,7 @@ def on_contribution(module: nn.Module, edit: Edit) -> Install:
     """A block's output becomes its input plus `edit(output - input)`: the block's contribution is edited."""
     def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         entering = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs["hidden_states"]
-        leaving = _first(output)
-        return _replace_first(output, entering + edit(leaving - entering))
+        return _edited(output, lambda leaving: entering + edit(leaving - entering))
 
     return lambda: module.register_forward_hook(hook, with_kwargs=True)
 

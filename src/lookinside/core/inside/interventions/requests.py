@@ -7,13 +7,13 @@ context, a target that is one token) is checked by the core function once the mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from lookinside.core.decoding.prompting import check_prompt
 from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
-from lookinside.core.request import whole
+from lookinside.core.request import CHAT_HELP, REQUIRED, group, new_tokens, option, text, whole
 
 Part = Literal["attn", "mlp", "block"]
 PARTS: tuple[Part, ...] = ("attn", "mlp", "block")
@@ -24,6 +24,8 @@ SWEEPS: tuple[Sweep, ...] = ("heads", "layers")
 PatchPart = Literal["resid", "attn", "mlp"]
 PATCH_PARTS: tuple[PatchPart, ...] = ("resid", "attn", "mlp")
 TOP_K = 10
+ROWS_HELP = "Rows of the next-token tables."
+BOTH = 'give both prompts: --clean "The capital of France is" --corrupt "The capital of Japan is"'
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -46,18 +48,23 @@ def parse_head(text: str) -> tuple[int, int]:
 class AblateRequest:
     """`ablate`: heads (layer, head) or one layer's part, or a sweep of every head or every layer and part."""
 
-    prompt: str
-    heads: tuple[tuple[int, int], ...] = ()
-    layer: int | None = None
-    part: Part = "block"
-    mode: Mode = "zero"
-    sweep: Sweep | None = None
-    top_k: int = TOP_K
-    chat: bool = False
+    prompt: str = text()
+    heads: tuple[tuple[int, int], ...] = option(
+        (), "--head", metavar="L.H", cli=list[str],
+        help="Ablate head H of layer L, e.g. 0.1 (repeatable; negative numbers count from the end).")
+    layer: int | None = option(None, "--layer", "-l", help="Ablate one layer's --part (0 is the first block, -1 the last).")
+    part: Part = option("block", "--part", metavar="PART",
+                        help="With --layer: attn | mlp (the sublayer's output) | block (its whole contribution).")
+    mode: Mode = option("zero", "--mode", metavar="MODE",
+                        help="zero: put zeros in its place; mean: its mean over the prompt's positions.")
+    sweep: Sweep | None = option(None, "--sweep", metavar="KIND", help="heads: every head alone, as a layers x heads "
+                                 "heat map; layers: every layer's attn, mlp and block alone.")
+    top_k: int = option(TOP_K, "--top-k", "-k", help=ROWS_HELP)
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
-        check_prompt(self.prompt)
-        object.__setattr__(self, "heads", tuple(tuple(h) for h in self.heads))
+        check_prompt(self.prompt)  # a head is (layer, head) or, as the flag gives it, "L.H"
+        object.__setattr__(self, "heads", tuple(parse_head(h) if isinstance(h, str) else tuple(h) for h in self.heads))
         for layer, head in self.heads:
             whole("--head's layer", layer)
             whole("--head's head", head)
@@ -78,11 +85,14 @@ class AblateRequest:
 class PatchRequest:
     """`patch`: the clean and corrupted prompts, the token to watch (None: the clean top token), and what to patch."""
 
-    clean: str
-    corrupt: str
-    target: str | None = None
-    part: PatchPart = "resid"
-    chat: bool = False
+    clean: str = option(REQUIRED, "--clean", metavar="TEXT", missing=BOTH, help="The prompt whose activations are put back.")
+    corrupt: str = option(REQUIRED, "--corrupt", metavar="TEXT", missing=BOTH,
+                          help="The prompt that runs, patched one cell at a time (same number of tokens as --clean).")
+    target: str | None = option(None, "--target", metavar="TOKEN", help="The token whose probability to watch, "
+                                "e.g. ' Paris' (one token; default: the clean run's top token).")
+    part: PatchPart = option("resid", "--part", metavar="PART",
+                             help="resid: the residual stream; attn or mlp: that sublayer's output.")
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
         check_prompt(self.clean)
@@ -96,15 +106,17 @@ class PatchRequest:
 class SteerRequest:
     """`steer`: add alpha x (stream of `add` - stream of `subtract`) at depth `layer`, at every position, while generating."""
 
-    prompt: str
-    add: str
-    subtract: str | None = None
-    layer: int = 1
-    alpha: float = 4.0
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0))
-    max_new_tokens: int = 24
-    top_k: int = TOP_K
-    chat: bool = False
+    prompt: str = text()
+    add: str = option(REQUIRED, "--add", metavar="TEXT", help="The text whose direction is added.",
+                      missing='give the direction to add: --add " Japan" (and --subtract " France" to take one away)')
+    subtract: str | None = option(None, "--subtract", metavar="TEXT", help="The text whose direction is taken away.")
+    layer: int = option(1, "--layer", "-l",
+                        help="The depth: 0 is the embeddings' output, i the residual stream after block i-1.")
+    alpha: float = option(4.0, "--alpha", "-a", help="How strongly to add the vector (a finite number).")
+    params: SamplingParams = group(SamplingParams(temperature=0.0))  # greedy unless told
+    max_new_tokens: int = option(24, "--max-new-tokens", "-n", help="Most tokens to generate.")
+    rows: int = option(TOP_K, "--rows", help=ROWS_HELP)  # not --top-k: that is the sampler's
+    chat: bool = option(False, "--chat", help=CHAT_HELP)
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -114,8 +126,8 @@ class SteerRequest:
             raise BadInput("--subtract is empty: give some text, or leave it out")
         whole("--layer", self.layer)
         check_alpha(self.alpha)
-        whole("--max-new-tokens", self.max_new_tokens, low=1)
-        whole("--top-k", self.top_k, low=1)
+        new_tokens(self.max_new_tokens)
+        whole("--rows", self.rows, low=1)
 
 
 def check_alpha(alpha: object) -> None:

@@ -95,7 +95,7 @@ def steered(lm: LM, stream: Stream, steer: Steering) -> Stream:
 
 def steer(lm: LM, request: SteerRequest) -> SteerResult:
     """The same seed's continuation without and with the steer, and how the next-token table moved."""
-    check_top_k(request.top_k, head_rows(lm.model))
+    check_top_k(request.rows, head_rows(lm.model), "--rows")
     ids = passes.prompt_ids(lm, request.prompt, request.chat)  # a prompt over the context is refused before any run
     settings = GenerationSettings(max_new_tokens=request.max_new_tokens)
     vector = steering(lm, request.add, request.subtract, request.layer, request.alpha, request.chat)
@@ -109,5 +109,5 @@ def steer(lm: LM, request: SteerRequest) -> SteerResult:
     return SteerResult(
         model=lm.name, prompt=request.prompt, add=request.add, subtract=request.subtract, layer=vector.depth,
         alpha=vector.alpha, norm=float(vector.vector.float().norm()), seed=None if params.greedy else params.seed,
-        unsteered=plain.text, steered=moved.text, shift=shift(lm, before, after, request.top_k),
+        unsteered=plain.text, steered=moved.text, shift=shift(lm, before, after, request.rows),
     )
