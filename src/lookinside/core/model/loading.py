@@ -178,10 +178,12 @@ def load_config(spec: LoadSpec) -> tuple[str, PretrainedConfig]:
     source = CARRIED_CONFIGS.get(spec.model) if spec.random_weights else None
     source = str(source) if source and not _cached_on_disk(spec.model) else resolve_source(spec.model)
     checks.check_files(spec.model, source)  # a local directory's files, before transformers reads them
-    with _hub_errors(spec.model):
-        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
-    check_causal_lm(spec.model, config)
-    checks.check_config(spec.model, config, checks.config_file(spec.model, source))
+    with checks.held() as release:  # transformers' warnings about a broken config only after our checks passed
+        with _hub_errors(spec.model):
+            config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+        check_causal_lm(spec.model, config)
+        checks.check_config(spec.model, config, checks.config_file(spec.model, source))
+    release()
     return source, config
 
 
