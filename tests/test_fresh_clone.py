@@ -1,0 +1,76 @@
+"""What a new user hit on a fresh clone (issue 32): a chat reply's first space, the steer defaults, the GGUF
+writer, the notebooks, --dtype's help, the heat map's scale."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from lookinside.cli.app import app
+
+runner = CliRunner()
+QUESTION = "What is the capital of Japan?"
+
+
+# ---- item 7: a chat reply starts with its first word, in `llm generate --chat` and on the OpenAI chat route
+
+
+def test_generate_chat_starts_with_the_first_word():
+    result = runner.invoke(app, ["generate", QUESTION, "--chat", "--model", "tiny", "-t", "0", "--no-server"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "The capital of Japan is Tokyo.\n"
+
+
+def test_the_openai_chat_route_starts_with_the_first_word(tiny):
+    from lookinside.core.model.spec import LoadSpec
+    from lookinside.serve.app import create_app
+    from lookinside.serve.settings import ServeSettings
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 12, "temperature": 0}
+    with TestClient(create_app(tiny, ServeSettings(spec=LoadSpec(model="tiny", device="cpu")))) as client:
+        whole = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+            chunks = [line for line in response.iter_lines() if line.startswith("data: {")]
+    import json
+
+    deltas = [json.loads(c[6:])["choices"][0]["delta"].get("content") or "" for c in chunks]
+    assert whole == "The capital of Japan is Tokyo." == "".join(deltas)
+
+
+def test_a_plain_prompt_keeps_the_space_before_its_next_word(tiny):
+    from lookinside.core.decoding.detokenize import IncrementalDecoder
+
+    context = tiny.tokenizer("The capital of France is").input_ids
+    paris = tiny.tokenizer(" Paris", add_special_tokens=False).input_ids
+    decoder = IncrementalDecoder(tiny.tokenizer, context=context)
+    assert "".join(decoder.push(i) for i in paris) == " Paris"
+
+
+# ---- item 6: scripts/hf_to_gguf.py keeps <s> and says what it wrote
+
+
+def test_hf_to_gguf_keeps_the_bos_and_the_probabilities(tiny, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("gguf")
+    import lookinside as li
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
+    from lookinside.tiny import ASSETS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        from hf_to_gguf import convert
+    finally:
+        sys.path.pop(0)
+    out = convert(ASSETS, tmp_path / "tiny.gguf")
+    said = capsys.readouterr().err
+    assert f"wrote {out}: phi3, 4 blocks" in said and "prompts start with <s>: yes" in said
+    gguf_lm = load(LoadSpec(model=str(out), device="cpu", threads=1))
+    prompt = "The capital of France is"
+    assert gguf_lm.tokenizer(prompt).input_ids == tiny.tokenizer(prompt).input_ids  # <s> first, 6 tokens
+    here, there = li.next_token(tiny, prompt).record, li.next_token(gguf_lm, prompt).record
+    assert there.top[0].token == " Paris"
+    assert abs(there.top[0].prob - here.top[0].prob) < 1e-4
