@@ -74,3 +74,28 @@ def test_hf_to_gguf_keeps_the_bos_and_the_probabilities(tiny, tmp_path, capsys):
     here, there = li.next_token(tiny, prompt).record, li.next_token(gguf_lm, prompt).record
     assert there.top[0].token == " Paris"
     assert abs(there.top[0].prob - here.top[0].prob) < 1e-4
+
+
+# ---- item 9: --dtype's help says what auto does on the CPU; the heat map has a colour scale
+
+
+def test_dtype_help_says_what_auto_does_on_the_cpu():
+    result = runner.invoke(app, ["next-token", "--help"])
+    text = " ".join(result.output.replace("│", " ").split())  # the help's lines joined back
+    assert "float32 on CPU" not in text
+    assert "bfloat16 checkpoint stays bfloat16 where the CPU has bfloat16 arithmetic, else float32" in text
+
+
+def test_the_png_heat_map_has_a_colour_scale(tiny):
+    pytest.importorskip("PIL")
+    import lookinside as li
+    from lookinside.ui.attention import heat_rgb
+    from lookinside.ui.attention_png import SCALE, render_png
+
+    image = render_png(li.attention(tiny, "The capital of France is", layer=1, head=0).record)
+    left, top, right, bottom = SCALE
+    middle = (top + bottom) // 2
+    for share in (0, 0.5, 1):
+        x = round(left + share * (right - left))
+        assert image.getpixel((x, middle)) == heat_rgb((x - left) / (right - left))
+    assert image.getpixel((left, middle)) != image.getpixel((right, middle))  # dark blue to yellow
