@@ -97,9 +97,10 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
     from lookinside.core.model import loading
 
     model = arguments.model_name(model)
-    return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
-                                 max_memory=max_memory, quantize=quantize, threads=threads,
-                                 trust_remote_code=trust_remote_code))
+    with loading.progress(bars=model != "tiny"):  # the tiny model loads in a blink: no bar in a notebook's output
+        return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
+                                     max_memory=max_memory, quantize=quantize, threads=threads,
+                                     trust_remote_code=trust_remote_code))
 
 
 def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
@@ -342,9 +343,12 @@ def patch(lm: LM, clean: str, corrupt: str, *, target: str | None = None, part: 
     return Result.of(VIEWS["patch"], VIEWS["patch"].run(lm, request))
 
 
-def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: int = 1, alpha: float = 4.0,
+def steer(lm: LM, prompt: str, *, add: str, subtract: str | None = None, layer: int | None = None,
+          alpha: float | None = None,
           max_new_tokens: int = 24, chat: bool = False, **sampling: Any) -> Result[Any]:
-    """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default."""
+    """Generate with and without alpha x (stream of `add` - stream of `subtract`) added (`llm steer`); greedy by default.
+
+    `layer` defaults to the middle block's output, `alpha` to a size of 0.75 of the prompt's stream there."""
     from lookinside.core.inside.interventions.requests import SteerRequest
 
     arguments.view(lm, prompt, "steer")

@@ -226,6 +226,29 @@ def carried_tokenizer(name: str) -> str | None:
     return str(carried)
 
 
+@contextmanager
+def progress(bars: bool) -> Iterator[None]:
+    """While loading: transformers' and the Hub's progress bars on or off (then as they were), and never tqdm's
+    warning that a notebook lacks ipywidgets (its text bar works without them)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")  # raised once, where tqdm.auto is imported
+        import transformers
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        had_bar, hub_off = transformers.utils.logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+        (transformers.logging.enable_progress_bar if bars else transformers.logging.disable_progress_bar)()
+        (enable_progress_bars if bars else disable_progress_bars)()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            yield
+    finally:
+        (transformers.logging.enable_progress_bar if had_bar else transformers.logging.disable_progress_bar)()
+        (disable_progress_bars if hub_off else enable_progress_bars)()
+
+
 def load(spec: LoadSpec) -> LM:
     """Load model and tokenizer as `spec` says, in eval mode."""
     from transformers import AutoModelForCausalLM
