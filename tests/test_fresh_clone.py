@@ -99,3 +99,28 @@ def test_the_png_heat_map_has_a_colour_scale(tiny):
         x = round(left + share * (right - left))
         assert image.getpixel((x, middle)) == heat_rgb((x - left) / (right - left))
     assert image.getpixel((left, middle)) != image.getpixel((right, middle))  # dark blue to yellow
+
+
+# ---- item 4: README's form of steer (--add alone, the defaults) shows a readable steer
+
+
+def test_steer_with_the_defaults_stays_readable_and_shows(tiny):
+    import lookinside as li
+    from lookinside.core.inside.interventions.steer import STEER_SIZE, ids_stream, stream_at
+
+    prompt = "The capital of France is"
+    result = li.steer(tiny, prompt, add=" Japan").record
+    assert result.layer == 2  # the middle of tiny's 4 blocks
+    ids = tiny.tokenizer(result.steered, add_special_tokens=False).input_ids
+    assert ids and not any(len(set(ids[i : i + 4])) == 1 for i in range(len(ids) - 3))  # not ''''''''
+    assert result.shift.kl is not None and result.shift.kl > 0.01  # the steer shows in the next-token table
+    prompt_ids = tiny.tokenizer(prompt).input_ids
+    size = result.alpha * result.norm / float(ids_stream(tiny, prompt_ids, 2).norm())
+    assert abs(size - STEER_SIZE) < 1e-4 and abs(result.norm - float(stream_at(tiny, " Japan", 2).norm())) < 1e-3
+
+
+def test_an_explicit_layer_and_alpha_are_kept(tiny):
+    import lookinside as li
+
+    result = li.steer(tiny, "The capital of France is", add=" Japan", subtract=" France", layer=2, alpha=4).record
+    assert (result.layer, result.alpha, result.steered) == (2, 4.0, " City.")

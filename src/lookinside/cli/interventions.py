@@ -52,9 +52,12 @@ AddOpt = Annotated[Optional[str], typer.Option(
     "--add", metavar="TEXT", show_default=False, help="The text whose direction is added.")]
 SubtractOpt = Annotated[Optional[str], typer.Option(
     "--subtract", metavar="TEXT", show_default=False, help="The text whose direction is taken away.")]
-SteerLayerOpt = Annotated[int, typer.Option(
-    "--layer", "-l", help="The depth: 0 is the embeddings' output, i the residual stream after block i-1.")]
-AlphaOpt = Annotated[float, typer.Option("--alpha", "-a", help="How strongly to add the vector (a finite number).")]
+SteerLayerOpt = Annotated[Optional[int], typer.Option(
+    "--layer", "-l", show_default=False, help="The depth: 0 is the embeddings' output, i the residual stream after "
+    "block i-1. [default: the middle block's]")]
+AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", show_default=False, help=(
+    "How strongly to add the vector (a finite number). [default: sized to 0.75 of the prompt's own stream there, "
+    "docs/interventions.md]"))]
 
 
 @model_options
@@ -105,8 +108,8 @@ def patch(
 @keep_options
 @file_option("prompt")
 def steer(
-    prompt: PromptArg = None, add: AddOpt = None, subtract: SubtractOpt = None, layer: SteerLayerOpt = 1,
-    alpha: AlphaOpt = 4.0, max_new_tokens: MaxNewTokensOpt = 24, chat: ChatOpt = False,
+    prompt: PromptArg = None, add: AddOpt = None, subtract: SubtractOpt = None, layer: SteerLayerOpt = None,
+    alpha: AlphaOpt = None, max_new_tokens: MaxNewTokensOpt = 24, chat: ChatOpt = False,
     json: JsonOpt = False, *, spec: LoadSpec, sampling: dict[str, Any], keep: Keep, remote: Remote,
 ) -> None:
     """Activation addition: generate with and without alpha x (stream of --add - stream of --subtract) added.

@@ -99,8 +99,8 @@ class SteerRequest:
     prompt: str
     add: str
     subtract: str | None = None
-    layer: int = 1
-    alpha: float = 4.0
+    layer: int | None = None  # None: the middle of the model (core/inside/interventions/steer.default_depth)
+    alpha: float | None = None  # None: sized to the stream there (steer.STEER_SIZE, chosen by measurement)
     params: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0))
     max_new_tokens: int = 24
     top_k: int = TOP_K
@@ -112,8 +112,10 @@ class SteerRequest:
             raise BadInput("--add is empty: give the text whose direction to add")
         if self.subtract is not None and not self.subtract.strip():
             raise BadInput("--subtract is empty: give some text, or leave it out")
-        whole("--layer", self.layer)
-        check_alpha(self.alpha)
+        if self.layer is not None:
+            whole("--layer", self.layer)
+        if self.alpha is not None:
+            check_alpha(self.alpha)
         whole("--max-new-tokens", self.max_new_tokens, low=1)
         whole("--top-k", self.top_k, low=1)
 
