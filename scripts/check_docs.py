@@ -11,10 +11,20 @@ bar charts (runs of ▁▂▃▄▅▆▇█) may take another shape; the words 
 
     <!-- check_docs: measured, numbers within 50% -->
 
+A block that shows a command answered by a running `llm serve` is marked on the line before its
+fence; the check then starts a real `llm serve --model tiny` on 127.0.0.1 and a free port (once,
+with its own data directory, stopped at the end), runs the block's commands with that data
+directory (so they find the server, as a user's do) and with the page's URL in a command replaced
+by the server's. The output is compared with the server's URL and pid written as the page writes
+them, SERVED_URL and SERVED_PID:
+
+    <!-- check_docs: served -->
+
 Skipped, with the reason printed: timings (`llm bench`, which the pages show from a measured run),
 other scripts, and commands that need a GPU or a download.
 
     python scripts/check_docs.py                    # every page
+    python scripts/check_docs.py docs/serve.md      # one page
     python scripts/check_docs.py --tests "337 passed, 1 skipped"   # also README's test count
 
 Exit 1 on any difference, naming the page, the block's line and the first differing line.
@@ -25,8 +35,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +60,10 @@ SKIP = {
     "ollama:": "needs a model in Ollama's store (docs/models.md lays one out)",
 }
 SERVED = "LOOKINSIDE_ENDPOINT=$(scripts/vllm.sh url)"  # checked for real while scripts/vllm.sh has one running
+SERVED_MARK = re.compile(r"<!--\s*check_docs:\s*served\s*-->")
+SERVED_URL = "http://127.0.0.1:8765"  # how the pages write the URL of the `llm serve` a served block runs against
+SERVED_PID = "19149"  # and its pid
+SERVE_START_S = 180  # a cold start imports torch and loads tiny; on a loaded 2-core machine it has taken a minute
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,7 @@ class Example:
     command: str
     shown: list[str]
     tolerance: float | None = None  # a measured block's share by which numbers may differ (see the docstring)
+    served: bool = False  # runs against the `llm serve` this check starts (see the docstring)
 
 
 def examples(page: Path) -> list[Example]:
@@ -65,6 +85,7 @@ def examples(page: Path) -> list[Example]:
     fenced = checked = False
     current: Example | None = None
     tolerance: float | None = None
+    served = False
     for number, line in enumerate(lines, start=1):
         if line.startswith("```"):
             if current:
@@ -72,13 +93,15 @@ def examples(page: Path) -> list[Example]:
             current = None
             fenced = not fenced
             checked = fenced and line.strip() in ("```", "```text", "```console")
-            marker = MEASURED.search(lines[number - 2]) if fenced and number >= 2 else None
+            before = lines[number - 2] if fenced and number >= 2 else ""
+            marker = MEASURED.search(before)
             tolerance = float(marker.group(1)) / 100 if marker else None
+            served = bool(SERVED_MARK.search(before))
             continue
         if checked and line.startswith("$ "):
             if current:
                 found.append(current)
-            current = Example(page, number, line[2:].strip(), [], tolerance)
+            current = Example(page, number, line[2:].strip(), [], tolerance, served)
         elif checked and current:
             current.shown.append(line)
     return found
@@ -97,17 +120,80 @@ def server_running() -> bool:
     return out.returncode == 0 and out.stdout.startswith("http")
 
 
-def run(command: str) -> list[str]:
-    """The command's output (stdout and stderr, as a terminal user sees them) at 80 columns."""
-    command = re.sub(r"\s+#.*$", "", command)  # a trailing comment
+def environment(data_dir: Path | None = None) -> dict[str, str]:
+    """The commands' environment: 80 columns, offline, no colour; with `data_dir`, the served check's data directory
+    (whose `llm serve` they find), else none found (a `llm serve` left running would answer, and say so)."""
     env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "TERM": "dumb",
-           "LOOKINSIDE_NO_SERVER": "1",  # a `llm serve` left running would answer, and say so
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("LOOKINSIDE_MODEL", None)
+    for name in ("LOOKINSIDE_MODEL", "LOOKINSIDE_ENDPOINT", "LOOKINSIDE_NO_SERVER", "LOOKINSIDE_API_KEY"):
+        env.pop(name, None)
+    if data_dir is None:
+        env["LOOKINSIDE_NO_SERVER"] = "1"
+    else:
+        env["LOOKINSIDE_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def run(command: str, server: Server | None = None) -> list[str]:
+    """The command's output (stdout and stderr, as a terminal user sees them) at 80 columns; with `server`, run
+    against it, its URL and pid written as the pages write them."""
+    command = re.sub(r"\s+#.*$", "", command)  # a trailing comment
+    if server is not None:
+        command = command.replace(SERVED_URL, server.url)
     script = f'llm() {{ "{sys.executable}" -m lookinside "$@"; }}\n{command}\n'
-    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, timeout=300)
-    return out.stdout.splitlines()
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=environment(server.data_dir if server else None),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    text = out.stdout
+    if server is not None:
+        text = text.replace(server.url, SERVED_URL).replace(f"pid {server.pid}", f"pid {SERVED_PID}")
+    return text.splitlines()
+
+
+@dataclass
+class Server:
+    """A real `llm serve --model tiny` on 127.0.0.1 for the served blocks, with a data directory of its own."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+
+    @property
+    def pid(self) -> int:
+        """The server's process id, as its record and the commands name it."""
+        return self.process.pid
+
+    @classmethod
+    def start(cls, data_dir: Path) -> Server:
+        """Start the server and wait until /health answers (RuntimeError, with its output, if it does not)."""
+        with socket.socket() as probe:  # a free port; the server binds it a moment later
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log = data_dir / "serve.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen([sys.executable, "-m", "lookinside", "serve", "--model", "tiny", "--host",
+                                        "127.0.0.1", "--port", str(port)], cwd=ROOT, env=environment(data_dir),
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = cls(process, f"http://127.0.0.1:{port}", data_dir)
+        deadline = time.monotonic() + SERVE_START_S
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as answer:  # noqa: S310 - loopback
+                    if answer.status == 200:
+                        return server
+            except OSError:
+                time.sleep(0.5)
+        server.stop()
+        raise RuntimeError(f"llm serve --model tiny did not come up: {log.read_text(errors='replace')[-2000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM (it removes its record), then SIGKILL if it is still there after 15 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def same_line(shown: str, got: str, tolerance: float | None = None) -> bool:
@@ -134,9 +220,9 @@ def _close(shown: str, got: str, tolerance: float | None = None) -> bool:
     return abs(a - b) <= max(unit * 1.0001, (tolerance or 0.0) * abs(a))
 
 
-def check(example: Example) -> str | None:
+def check(example: Example, server: Server | None = None) -> str | None:
     """None when the command still prints what the page shows; else where they part."""
-    got = run(example.command)
+    got = run(example.command, server if example.served else None)
     shown = [line for line in example.shown if line.strip() != "..."]
     if "..." in (line.strip() for line in example.shown):  # the page elides: compare the lines it shows, in order
         got = [line for line in got if any(same_line(s, line, example.tolerance) for s in shown)] or got
@@ -165,18 +251,27 @@ def main() -> int:
     parser.add_argument("pages", nargs="*", type=Path, default=PAGES)
     args = parser.parse_args()
     failures = 0
-    for page in args.pages:
-        for example in examples(page.resolve()):
-            where = f"{page.resolve().relative_to(ROOT)}:{example.line}"
-            reason = skip_reason(example)
-            if reason:
-                print(f"skip  {where}  {example.command}  ({reason})")
-                continue
-            problem = check(example)
-            print(f"{'ok   ' if problem is None else 'DIFF '} {where}  {example.command}")
-            if problem:
-                print(f"      {problem}")
-                failures += 1
+    server: Server | None = None
+    with tempfile.TemporaryDirectory(prefix="check-docs-") as scratch:
+        try:
+            for page in args.pages:
+                for example in examples(page.resolve()):
+                    where = f"{page.resolve().relative_to(ROOT)}:{example.line}"
+                    reason = skip_reason(example)
+                    if reason:
+                        print(f"skip  {where}  {example.command}  ({reason})")
+                        continue
+                    if example.served and server is None:
+                        server = Server.start(Path(scratch))
+                        print(f"      (llm serve --model tiny at {server.url}, pid {server.pid}, for the served blocks)")
+                    problem = check(example, server)
+                    print(f"{'ok   ' if problem is None else 'DIFF '} {where}  {example.command}")
+                    if problem:
+                        print(f"      {problem}")
+                        failures += 1
+        finally:
+            if server is not None:
+                server.stop()
     if args.tests:
         problem = check_test_count(args.tests)
         print("ok    README.md test count" if problem is None else f"DIFF  {problem}")

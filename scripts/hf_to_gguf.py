@@ -9,6 +9,10 @@ llama.cpp's own converter does not do for these models, done here:
   ("llama") vocabulary: Phi-3's checkout carries no tokenizer.model. The benchmark feeds token ids, so
   the vocabulary must only be complete and well-formed, never used to tokenize.
 
+Whether a prompt starts with `<s>` is written as the Hugging Face tokenizer does it (add_bos_token),
+so that a GGUF tokenized from text (`llm ... --model OUT.gguf`, llama.cpp's own prompt) sees the
+same tokens and gives the same probabilities as the checkout. The script prints what it wrote.
+
     python scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|bf16|q8_0]
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +84,16 @@ def vocabulary(model_dir: Path, rows: int) -> tuple[list[str], list[float], list
     return tokens, scores, types, special
 
 
+def adds_bos(model_dir: Path, bos_id: int | None) -> bool:
+    """Whether the checkout's tokenizer starts every prompt with <s> (what the model was trained to see)."""
+    from transformers import AutoTokenizer
+
+    if bos_id is None:
+        return False
+    ids = AutoTokenizer.from_pretrained(str(model_dir)).encode("x")
+    return bool(ids) and ids[0] == bos_id
+
+
 def convert(model_dir: Path, out: Path, kind: str = "f32") -> Path:
     """Write `model_dir`'s config, vocabulary and weights (safetensors) to `out` as GGUF of `kind`."""
     import gguf
@@ -130,7 +145,8 @@ def convert(model_dir: Path, out: Path, kind: str = "f32") -> Path:
                      ("unk_token", writer.add_unk_token_id), ("pad_token", writer.add_pad_token_id)):
         if key in special:
             add(special[key])
-    writer.add_add_bos_token(False)  # the benchmark feeds ids, the BOS among them
+    bos = adds_bos(model_dir, special.get("bos_token"))
+    writer.add_add_bos_token(bos)  # as the checkout's tokenizer; the benchmark feeds ids, the BOS among them
     for name, tensor in weights.items():
         array = tensor.float().numpy()
         if kind == "f32" or array.ndim == 1:  # norms stay float32, as llama.cpp's converter keeps them
@@ -142,10 +158,15 @@ def convert(model_dir: Path, out: Path, kind: str = "f32") -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    padded = sum(t == int(gguf.TokenType.UNUSED) for t in types)
+    print(f"wrote {out}: {arch}, {config['num_hidden_layers']} blocks, {len(weights)} tensors as {kind}; "
+          f"{rows - padded} tokens (+{padded} unused to fill the embedding's {rows} rows); "
+          f"prompts start with <s>: {'yes' if bos else 'no'}, as the checkout's tokenizer does", file=sys.stderr)
     return out
 
 
 def main() -> None:
+    """Convert MODEL_DIR to OUT.gguf; the path on stdout, what was written on stderr."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("out", type=Path)

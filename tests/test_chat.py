@@ -110,8 +110,9 @@ def test_turns_and_system_prompt_whole_transcript(tiny):
     texts = [{k: v for k, v in m.items() if k != "tokens"} for m in run.messages]
     assert texts == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
                      {"role": "user", "content": "And you?"}, {"role": "assistant", "content": "I am fine."}]
-    # kept for /export and for /why after a reload: text, probability, rank, runners-up
-    assert run.messages[1]["tokens"] == [["Hello", 0.9, 1, []], [" the", 0.9, 1, []], ["re", 0.9, 1, []], [".", 0.9, 1, []]]
+    # kept for /export and for /why after a reload: text, probability, rank, runners-up, the token itself
+    assert run.messages[1]["tokens"] == [["Hello", 0.9, 1, [], " Hello"], [" the", 0.9, 1, [], " the"],
+                                         ["re", 0.9, 1, [], "re"], [".", 0.9, 1, [], "."]]
     assert "<|system|>" not in fake.prompts[0]
     assert fake.prompts[1].startswith("<|system|> Be brief.<|end|><|user|> Hi<|end|><|assistant|> Hello there.")
 

@@ -47,3 +47,31 @@ def test_a_measured_block_tolerates_what_another_cpu_computes_and_nothing_else(t
     assert not check_docs.same_line("│ KL median │ 6.10e-06 │", "│ KL mean │ 6.10e-06 │", measured.tolerance)
     assert check_docs.same_line("         ┤▃▃ ▅▁ ▁▁▃▁▃▃█▁ ▁▁███▂", "         ┤▃▂ ▅▂ ▁▁▃▁▃▃█▁ ▂▁██▇▂", 0.5)
     assert not check_docs.same_line("         ┤▃▃ ▅▁ ▁▁▃▁▃▃█▁ ▁▁███▂", "         ┤▃▂ ▅▂ ▁▁▃▁▃▃█▁ ▂▁██▇▂")
+
+
+def test_a_served_block_is_marked_and_the_server_pages_are_covered(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- check_docs: served -->\n```text\n$ llm lens x --endpoint http://127.0.0.1:8765/v1\nout\n```\n"
+                    "```text\n$ llm lens y\nout\n```\n")
+    assert [e.served for e in check_docs.examples(page)] == [True, False]
+    # docs/serve.md and docs/remote.md each have a block checked against a real server, none skipped
+    for name in ("serve.md", "remote.md"):
+        found = check_docs.examples(ROOT / "docs" / name)
+        assert any(e.served and check_docs.skip_reason(e) is None for e in found), name
+
+
+def test_a_served_block_runs_against_a_real_llm_serve_it_starts_and_stops(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- check_docs: served -->\n```text\n"
+                    '$ llm next-token "The capital of France is" --model tiny -k 1 2>&1 | head -1\n'
+                    "using the server at http://127.0.0.1:8765/v1 (llm serve, pid 19149); --no-server to run here\n"
+                    '$ llm tokens "Paris" --endpoint http://127.0.0.1:8765/v1 --json | python3 -c '
+                    '"import json, sys; print(json.load(sys.stdin)[\\"model\\"])"\n'
+                    "tiny\n```\n")
+    server = check_docs.Server.start(tmp_path)
+    try:
+        problems = [check_docs.check(e, server) for e in check_docs.examples(page)]
+    finally:
+        server.stop()
+    assert problems == [None, None]
+    assert server.process.returncode is not None and not list((tmp_path / "servers").glob("*.json"))

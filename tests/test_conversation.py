@@ -195,7 +195,7 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path: Path, monkeypatch):
     ("{not json", "not a readable JSON transcript"),
     ('{"messages": [{"role": "wizard", "content": "x"}]}', r"messages\[0\].role must be \"user\" or \"assistant\""),
     ('{"messages": [], "settings": {"params": {"temperature": -1}}}', "temperature must be >= 0"),
-    ('{"version": 7, "messages": []}', "a transcript of version 7; this lookinside reads version 1"),
+    ('{"version": 7, "messages": []}', "a transcript of version 7; this lookinside reads versions 1, 2"),
     ("[1, 2]", "not a lookinside transcript"),
 ])
 def test_load_refuses_what_is_not_a_transcript(tmp_path: Path, content, message):

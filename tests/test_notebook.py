@@ -57,9 +57,15 @@ def _finds_paris_and_the_shapes(outputs: dict[str, str]) -> None:
 
 @pytest.mark.slow
 def test_the_chapter_runs_in_a_kernel_and_finds_paris(tmp_path, monkeypatch):
-    outputs = _run(nbformat.read(NOTEBOOK, as_version=4), tmp_path, monkeypatch)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    outputs = _run(notebook, tmp_path, monkeypatch)
     _finds_paris_and_the_shapes(outputs)
     assert "speedup" in outputs["li.bench(lm, new_tokens=48, repeat=2, reference=False)"]
+    load = next(text for source, text in outputs.items() if "li.load(MODEL)" in source)
+    assert load.strip() == "tiny cpu torch.float32 context 512"  # no TqdmWarning, no loading bar
+    lens = outputs["li.lens(lm, prompt, top_k=3)"]
+    said = next(cell.source for cell in notebook.cells if cell.source.startswith("## 8. The logit lens"))
+    assert "top-1 first at layer 1 (after block 0)" in lens and "after\nthe first block (layer 1" in said
 
 
 @pytest.mark.slow

@@ -95,9 +95,10 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
     from lookinside.core.model import loading  # torch and transformers: only when a model loads
 
     model = arguments.model_name(model)
-    return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
-                                 max_memory=max_memory, quantize=quantize, threads=threads,
-                                 trust_remote_code=trust_remote_code))
+    with loading.progress(bars=model != "tiny"):  # the tiny model loads in a blink: no bar in a notebook's output
+        return loading.load(LoadSpec(model=model, device=device, dtype=dtype, attn=attn, device_map=device_map,
+                                     max_memory=max_memory, quantize=quantize, threads=threads,
+                                     trust_remote_code=trust_remote_code))
 
 
 def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:

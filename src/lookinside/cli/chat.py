@@ -1,19 +1,31 @@
 """`llm chat`: talk to the model in a REPL, or answer one piped message."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from lookinside.cli.inputs import text_argument
-from lookinside.cli.options import MaxNewTokensOpt, Remote, model_options, remote_options, sampling_options
+from lookinside.cli.options import (
+    MaxNewTokensOpt,
+    Remote,
+    _adding,  # the option-group decorator of options.py, so the sampling flags stay declared once, there
+    _sampling_parameters,
+    model_options,
+    remote_options,
+)
+from lookinside.core.chat.defaults import ChatRequest
 from lookinside.core.model.spec import LoadSpec
+
+# The sampling flags arrive as one typed, checked value (bad values fail before the model loads).
+chat_sampling_options = _adding("request", _sampling_parameters, lambda given: ChatRequest(overrides=given))
 
 
 @model_options
 @remote_options
-@sampling_options
+@chat_sampling_options
 def chat(
     question: Annotated[Optional[str], typer.Argument(
         metavar="[MESSAGE]", help="Answer this one message and exit (piped input is added below it).",
@@ -32,30 +44,32 @@ def chat(
     max_new_tokens: MaxNewTokensOpt = 256,
     *,
     spec: LoadSpec,
-    sampling: dict[str, Any],
+    request: ChatRequest,
     remote: Remote,
 ) -> None:
-    """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds."""
+    """Chat with the model: streamed replies, slash commands (/help), and a look at each token's odds.
+
+    --resume and --load go on with the model the conversation was held with, unless --model says another.
+    """
     from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import read_stdin
     from lookinside.core.chat.conversation import Conversation
-    from lookinside.core.chat.defaults import ChatRequest
     from lookinside.core.chat.transcripts import continued
     from lookinside.core.errors import BadInput
     from lookinside.core.paths import last_session, new_chat_file
     from lookinside.ui.console import stdout_console
     from lookinside.ui.repl import ChatRepl, make_session
 
-    request = ChatRequest(sampling, max_new_tokens, trim=not no_trim)  # bad values fail before the model loads
+    request = replace(request, max_new_tokens=max_new_tokens, trim=not no_trim)
     if load is not None and resume:
         raise BadInput("--load FILE or --resume: choose one")
     source = last_session() if resume else load
-    saved = continued(source, system, sampling)[0] if source is not None else None  # a bad file fails before loading
+    saved, held_with = continued(source, system, request) if source is not None else (None, None)  # before loading
     piped = read_stdin() if sys.stdin is None or not sys.stdin.isatty() else None
     message = "\n\n".join(part.strip() for part in (question, piped) if part is not None and part.strip())
     if (question is not None or piped is not None) and not message:
         return  # nothing to answer
-    backend = open_backend(spec, remote)
+    backend = open_backend(_held_with(spec, remote, held_with), remote)
     conversation = saved or Conversation(system=system, settings=request.settings(backend.generation_config))
     console = stdout_console()
     one_shot = question is not None or piped is not None
@@ -74,3 +88,10 @@ def chat(
     if saved is not None:
         repl.recap()
     raise typer.Exit(repl.run())
+
+
+def _held_with(spec: LoadSpec, remote: Remote, model: Any) -> LoadSpec:
+    """The model a saved conversation was held with, where the user named none (no --model, no --endpoint)."""
+    if spec.model_named or remote.endpoint or not isinstance(model, str) or not model:
+        return spec
+    return replace(spec, model=model, model_named=True)

@@ -51,7 +51,8 @@ def _load_parameters() -> list[inspect.Parameter]:
             help=f"{_choice(DEVICES)}|cuda:N. auto: CUDA if available, else MPS, else CPU.")]),
         option("dtype", "auto", Annotated[str, typer.Option(
             "--dtype", metavar="DTYPE", rich_help_panel=MODEL_PANEL,
-            help=f"{_choice(DTYPES)}. auto: bfloat16 on GPUs that have it, float16 on older ones, float32 on CPU.")]),
+            help=f"{_choice(DTYPES)}. auto: bfloat16 on GPUs that have it, float16 on older ones; on the CPU a "
+            "bfloat16 checkpoint stays bfloat16 where the CPU has bfloat16 arithmetic, else float32.")]),
         option("attn", "sdpa", Annotated[str, typer.Option(
             "--attn", metavar="IMPL", rich_help_panel=MODEL_PANEL,
             help=f"Attention implementation: {_choice(ATTENTIONS)}.")]),

@@ -42,5 +42,9 @@ def last_session() -> Path:
     never a one-shot or piped question (those are `asked-...`)."""
     found = [p for p in chats_dir().glob("*.json") if p.name.startswith(("session-", "rescued-"))]
     if not found:
+        journals = sorted(chats_dir().glob("session-*.json.part"))
+        if journals:  # a reply's journal whose transcript is gone: nothing whole to go on with
+            raise errors.BadInput(f"no conversation to resume: {journals[-1]} is the journal of a reply, but its "
+                                  f"transcript {journals[-1].with_suffix('')} is gone")
         raise errors.BadInput(f"no conversation to resume: none has been saved in {chats_dir()} yet")
     return max(found, key=lambda p: p.stat().st_mtime)

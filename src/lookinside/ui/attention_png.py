@@ -1,7 +1,7 @@
 """Attention heat maps as a PNG image, drawn with Pillow (an optional dependency: `lookinside[png]`).
 
 The colours and the mask match the terminal view: dark blue (0) to yellow (1),
-masked cells in flat grey.
+masked cells in flat grey; a colour scale under the title says so.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 MASK_RGB = (200, 200, 200)
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
-TOP = 64  # room for the title and the head labels
+TOP = 100  # room for the title, the colour scale and the head labels
+SCALE = (8, 30, 208, 42)  # the colour scale's bar: left, top, right, bottom
 
 
 def require_pillow() -> Any:
@@ -43,6 +44,21 @@ def _draw_map(draw: Any, maps: AttentionMaps, head: int, left: int, top: int, ce
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
 
 
+def _draw_scale(draw: Any, font: Any) -> None:
+    """The colour scale: the weights 0 to 1 as the cells show them, and the masked cells' grey."""
+    left, top, right, bottom = SCALE
+    for x in range(left, right + 1):
+        draw.line([x, top, x, bottom], fill=heat_rgb((x - left) / (right - left)))
+    for value in (0, 0.5, 1):
+        x = left + value * (right - left)
+        draw.line([x, bottom, x, bottom + 3], fill=INK)
+        draw.text((x - 6 if value else x, bottom + 4), f"{value:g}", fill=INK, font=font)
+    draw.text((right + 12, top - 1), "attention weight", fill=INK, font=font)
+    mask_left = right + 140
+    draw.rectangle([mask_left, top, mask_left + 12, bottom], fill=MASK_RGB)
+    draw.text((mask_left + 18, top - 1), "masked (a later token)", fill=INK, font=font)
+
+
 def render_png(maps: AttentionMaps) -> Any:
     """One head with token labels, or every head in a grid; returns a PIL image."""
     image_mod, draw_mod, font_mod = require_pillow()
@@ -60,10 +76,12 @@ def render_png(maps: AttentionMaps) -> Any:
     title = f"{maps.model}  layer {maps.layer}  " + (f"head {maps.head}" if maps.head is not None else "all heads")
     title += "  (rows: queries, columns: keys; grey: masked)"
     title_width = int(draw_mod.Draw(image_mod.new("RGB", (1, 1))).textlength(title, font=font)) + 16
-    width, height = max(margin + cols * (size + 16) + 8, title_width), TOP + rows * (size + 40)
+    scale_width = SCALE[2] + 320  # the bar, its caption and the masked swatch
+    width, height = max(margin + cols * (size + 16) + 8, title_width, scale_width), TOP + rows * (size + 40)
     image = image_mod.new("RGB", (width, height), BACKGROUND)
     draw = draw_mod.Draw(image)
     draw.text((8, 8), title, fill=INK, font=font)
+    _draw_scale(draw, font)
     for slot, head in enumerate(heads):
         left = margin + (slot % cols) * (size + 16)
         top = TOP + (slot // cols) * (size + 40)

@@ -102,10 +102,12 @@ def transcript_view(conversation: Conversation, model: str) -> Group:
     for message in conversation.messages:
         title = "User" if message["role"] == "user" else "Assistant" + (" (cut)" if message.get("cut") else "")
         parts += [Text(), Text(title, style="bold blue" if message["role"] == "user" else "bold green")]
+        if message.get("steer"):
+            parts.append(Text(f"steered: {message['steer']}; not the model's plain answer", style="bold magenta"))
         tokens = message.get("tokens")
         if message["role"] == "assistant" and tokens:
             text = Text()
-            for i, (piece, prob, *_) in enumerate(tokens):  # [text, prob] or [text, prob, rank, runners-up]
+            for i, (piece, prob, *_) in enumerate(tokens):  # [text, prob, ...]: core/chat/journal.token_record
                 text.append(piece.lstrip() if i == 0 else piece, style=prob_style(prob) if prob is not None else "")
             parts.append(text)
         else:

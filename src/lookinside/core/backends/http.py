@@ -69,6 +69,10 @@ def _refusal(root: str, exc: urllib.error.HTTPError) -> errors.LookinsideError:
         message = str(json.loads(exc.read())["error"]["message"]).splitlines()[0]
     except (ValueError, KeyError, TypeError, IndexError):
         message = exc.reason or "no reason given"
+    if 300 <= exc.code < 400:  # urllib gives up on a loop with a three-line message of its own
+        where = exc.headers.get("Location") if exc.headers else None
+        return errors.RemoteError(f"the server at {root} redirects in a loop ({exc.code} to {where or 'itself'}): "
+                                  "give the URL it answers at")
     if exc.code == 401:
         return errors.RemoteError(f"the server at {root} refused the API key (401): give --api-key or set "
                                   "LOOKINSIDE_API_KEY")

@@ -33,10 +33,12 @@ class Conversation:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + [{"role": m["role"], "content": m["content"]} for m in self.messages[self.window :]]
 
-    def add(self, role: str, content: str, cut: bool = False, tokens: list[list[Any]] | None = None) -> None:
-        """Append a turn; `cut` marks a reply stopped before its end; `tokens` are a reply's [text, probability]s."""
+    def add(self, role: str, content: str, cut: bool = False, tokens: list[list[Any]] | None = None,
+            steer: str | None = None) -> None:
+        """Append a turn; `cut` marks a reply stopped before its end; `tokens` are a reply's tokens with their
+        probabilities (core/chat/journal.token_record); `steer` says how the reply was steered, if it was."""
         self.messages.append({"role": role, "content": content, **({"cut": True} if cut else {}),
-                              **({"tokens": tokens} if tokens else {})})
+                              **({"steer": steer} if steer else {}), **({"tokens": tokens} if tokens else {})})
 
     @property
     def last_reply(self) -> Message | None:

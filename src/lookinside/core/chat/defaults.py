@@ -9,6 +9,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
@@ -104,7 +105,7 @@ class ChatRequest:
     `settings` lays them over a model's defaults once the model (or server) is known.
     """
 
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     trim: bool = True
 
@@ -119,3 +120,10 @@ class ChatRequest:
     def settings(self, generation_config: GenerationConfig | None) -> ChatSettings:
         """The model's defaults with these flags laid over them."""
         return chat_settings(generation_config, self.overrides, self.max_new_tokens, self.trim)
+
+    def laid_over(self, settings: ChatSettings) -> ChatSettings:
+        """`settings` (a saved conversation's) with the sampling flags given here laid over them."""
+        given = {name: value for name, value in self.overrides.items() if value is not None}
+        if not given:
+            return settings
+        return replace(settings, params=settings.params.updated(**given), source=f"{settings.source}, then your options")

@@ -4,8 +4,9 @@ The autosave (`session-....json`) is rewritten whole, atomically, before a reply
 user's message is on disk before the first token is computed) and again when the reply ends.
 Between the two, every token is appended as one JSON line to `session-....json.part`:
 
-    {"after": 4, "continues": false}        the header: the transcript had 4 messages
-    [" The", 0.9997, 1, [[" A", 0.0002]]]   one line per token: text, probability, rank, alternatives
+    {"after": 4, "continues": false}                 the header: the transcript had 4 messages
+    [" The", 0.99971, 1, [[" A", 0.00021]], " The"]  one line per token: text, probability, rank,
+                                                     alternatives, the token as /why shows it
 
 When the reply ends and the autosave is whole again, the journal is deleted. After a `kill -9`
 or a power cut, `fold` reads the journal back into the conversation: the reply as far as it got,
@@ -38,12 +39,15 @@ def journal_path(transcript: Path) -> Path:
 
 
 def token_record(step: Step, token_text: Callable[[int], str] | None = None) -> list[Any]:
-    """A streamed token as the transcript keeps it: [text, probability, rank, [[alternative, probability], ...]]."""
-    prob = round(step.prob, 4) if math.isfinite(step.prob) else None
+    """A streamed token as the transcript keeps it, probabilities at full precision (JSON keeps every digit):
+    [text, probability, rank, [[alternative, probability], ...], token], where text is what the token added
+    to the reply (empty for `<|end|>`, or a byte of a character still incomplete) and token is the token
+    itself, as /why shows it."""
+    prob = step.prob if math.isfinite(step.prob) else None
     record: list[Any] = [step.text, prob]
     if token_text is not None:
-        alternatives = [[token_text(i), round(p, 4)] for i, p in step.top if i != step.token_id and math.isfinite(p)]
-        record += [step.rank, alternatives[:ALTERNATIVES]]
+        alternatives = [[token_text(i), p] for i, p in step.top if i != step.token_id and math.isfinite(p)]
+        record += [step.rank, alternatives[:ALTERNATIVES], token_text(step.token_id)]
     return record
 
 
@@ -55,12 +59,14 @@ class Journal:
     file: IO[str]
 
     @classmethod
-    def open(cls, transcript: Path, after: int, continues: bool) -> Journal:
-        """Start the journal of a reply to a transcript of `after` messages (OSError when it cannot be written)."""
+    def open(cls, transcript: Path, after: int, continues: bool, steer: str | None = None) -> Journal:
+        """Start the journal of a reply to a transcript of `after` messages, steered as `steer` says (OSError when it
+        cannot be written)."""
         path = journal_path(transcript)
         file = path.open("w", encoding="utf-8")
         try:
-            file.write(json.dumps({"after": after, "continues": continues}) + "\n")
+            header = {"after": after, "continues": continues, **({"steer": steer} if steer else {})}
+            file.write(json.dumps(header, ensure_ascii=False) + "\n")
             file.flush()
         except BaseException:
             file.close()
@@ -98,6 +104,7 @@ def fold(transcript: Path, conversation: Conversation) -> bool:
     if header.get("after") != len(messages) or not tokens:
         return False  # written for another state of the transcript, or no token arrived
     text = "".join(token[0] for token in tokens)
+    steer = header.get("steer")
     if header.get("continues"):
         if not messages or messages[-1]["role"] != "assistant":
             return False
@@ -105,10 +112,12 @@ def fold(transcript: Path, conversation: Conversation) -> bool:
         previous["content"] = (previous["content"] + text).rstrip()
         previous["tokens"] = previous.get("tokens", []) + tokens
         previous["cut"] = True
+        if isinstance(steer, str):
+            previous["steer"] = steer
         return True
     if not messages or messages[-1]["role"] != "user":
         return False
-    conversation.add("assistant", text.strip(), cut=True, tokens=tokens)
+    conversation.add("assistant", text.strip(), cut=True, tokens=tokens, steer=steer if isinstance(steer, str) else None)
     return True
 
 

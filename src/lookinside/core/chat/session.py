@@ -60,7 +60,7 @@ class Reply:
             yield step
 
     def _journal(self, step: Step) -> None:
-        if self.journal is None or not step.text:
+        if self.journal is None:
             return
         try:
             self.journal.append(token_record(step, self.token_text))
@@ -129,15 +129,19 @@ class ChatSession:
 
     def finish(self, reply: Reply) -> ReplyStats | None:
         """Keep the reply in the conversation (marked if cut); its stats (None when no token came)."""
-        tokens = [token_record(step, self.backend.token_text) for step in reply.steps if step.text]
+        # Every token, the end token and the bytes of an unfinished character included: /why shows them all.
+        tokens = [token_record(step, self.backend.token_text) for step in reply.steps]
+        steer = self.steer.describe() if self.steer is not None else None
         if reply.previous is None:
-            self.conversation.add("assistant", reply.text.strip(), cut=reply.cut, tokens=tokens)
+            self.conversation.add("assistant", reply.text.strip(), cut=reply.cut, tokens=tokens, steer=steer)
         else:
             reply.previous["content"] = (reply.previous["content"] + reply.text).rstrip()
             reply.previous["tokens"] = reply.previous.get("tokens", []) + tokens
             reply.previous.pop("cut", None)
             if reply.cut:
                 reply.previous["cut"] = True
+            if steer is not None:
+                reply.previous["steer"] = steer
         self.last_steps = (self.last_steps if reply.previous is not None else []) + reply.steps
         self.close_journal(reply)
         if not reply.steps:
@@ -228,7 +232,8 @@ class ChatSession:
         if self.autosave is None or self.save_quietly() is not None or self.autosave is None:
             return None
         try:
-            return Journal.open(self.autosave, len(self.conversation.messages), continues)
+            steer = self.steer.describe() if self.steer is not None else None
+            return Journal.open(self.autosave, len(self.conversation.messages), continues, steer)
         except OSError as exc:
             self._autosave_off(f"cannot write {journal_path(self.autosave)}: {exc.strerror or exc}")
             return None

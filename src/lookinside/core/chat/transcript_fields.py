@@ -3,7 +3,8 @@
 `core/chat/transcripts.read_transcript` parses the file and hands the object here; `checked` returns
 the parts of a `Conversation`, or raises BadInput("FILE: FIELD ..."). A transcript written by
 `write_transcript` always passes; so does one written before tokens kept their rank and
-runners-up. Nothing here imports torch.
+runners-up, or before they kept the token itself and a reply's steer (version 1). Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def _check_message(message: Any, where: str, bad: Any) -> None:
         raise bad(f"{where}.content", f"must be text, not {_short(message.get('content'))}")
     if "cut" in message and not isinstance(message["cut"], bool):
         raise bad(f"{where}.cut", f"must be true or false, not {_short(message['cut'])}")
+    if "steer" in message and not isinstance(message["steer"], str):
+        raise bad(f"{where}.steer", f"must be text saying how the reply was steered, not {_short(message['steer'])}")
     tokens = message.get("tokens")
     if tokens is None:
         return
@@ -66,9 +69,12 @@ def _check_message(message: Any, where: str, bad: Any) -> None:
 
 
 def _check_token(token: Any, where: str, bad: Any) -> None:
-    """[text, probability] or [text, probability, rank, [[runner-up, probability], ...]]."""
-    if not isinstance(token, list) or len(token) not in (2, 4) or not isinstance(token[0], str):
-        raise bad(where, f"must be [text, probability] or [text, probability, rank, runners-up], not {_short(token)}")
+    """[text, probability], [text, probability, rank, [[runner-up, probability], ...]], or those and the token."""
+    if not isinstance(token, list) or len(token) not in (2, 4, 5) or not isinstance(token[0], str):
+        raise bad(where, f"must be [text, probability] or [text, probability, rank, runners-up, token], "
+                  f"not {_short(token)}")
+    if len(token) == 5 and not isinstance(token[4], str):
+        raise bad(f"{where}[4]", f"must be the token's text, not {_short(token[4])}")
     if not _probability(token[1], none_ok=True):
         raise bad(f"{where}[1]", f"must be a probability between 0 and 1 (or null), not {token[1]!r}")
     if len(token) == 2:

@@ -29,6 +29,10 @@ class IncrementalDecoder:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, context: list[int] | None = None) -> None:
         self.tokenizer = tokenizer
+        # After a special token (a chat template's <|assistant|>) the text starts afresh: SentencePiece's "▁" on
+        # the first word is its prefix space, not text, so the reply is decoded as HF and vLLM decode it alone
+        # ("The capital...", not " The capital..."). After ordinary text the context keeps the space (" Paris").
+        context = [] if context and context[-1] in special_ids(tokenizer) else context
         self.ids: list[int] = list(context or [])[-CONTEXT_TOKENS:]
         self.prefix_offset = 0  # start of the context window used for decoding
         self.read_offset = len(self.ids)  # ids before this are already emitted
@@ -55,6 +59,12 @@ class IncrementalDecoder:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The ids of the tokenizer's special tokens (<s>, <|end|>, a chat template's role tags)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return frozenset(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:

@@ -12,16 +12,21 @@ config.json that is a FIFO makes it wait forever. So `core/model/loading.py` cal
   the hidden size, a known rope type, a pad id inside the vocabulary, a positive epsilon;
 - `generation_config_error(...)` words a bad value of generation_config.json as the file's.
 
+transformers' own warnings about the config (an id outside a vocabulary of 0) are `held` while it
+parses, and printed only when `check_config` passed: a broken file is our one line, not three of
+theirs before it.
+
 Each raises `BrokenModel` (or `errors.CorruptWeights` for weights) with one line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,3 +206,24 @@ def generation_config_error(exc: errors.BadInput) -> errors.BadInput:
     """A bad sampling value from the model's generation_config.json, said as the file's (not as if the user typed it)."""
     return errors.BadInput(f"the model's generation_config.json has a bad value: {exc}; fix that file, or give the "
                            "setting yourself (for example --temperature 0.7)")
+
+
+@contextmanager
+def held(logger_name: str = "transformers") -> Iterator[Callable[[], None]]:
+    """Hold what `logger_name` logs in the block; the function it yields prints it (call it once the config passed)."""
+    from logging.handlers import BufferingHandler
+
+    logger = logging.getLogger(logger_name)
+    handlers, propagate = logger.handlers[:], logger.propagate
+    buffer = BufferingHandler(capacity=1000)
+    logger.handlers, logger.propagate = [buffer], False
+
+    def release() -> None:
+        for record in buffer.buffer:
+            logger.handle(record)
+        buffer.buffer.clear()
+
+    try:
+        yield release
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate

@@ -178,10 +178,12 @@ def load_config(spec: LoadSpec) -> tuple[str, PretrainedConfig]:
     source = CARRIED_CONFIGS.get(spec.model) if spec.random_weights else None
     source = str(source) if source and not _cached_on_disk(spec.model) else resolve_source(spec.model)
     checks.check_files(spec.model, source)  # a local directory's files, before transformers reads them
-    with _hub_errors(spec.model):
-        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
-    check_causal_lm(spec.model, config)
-    checks.check_config(spec.model, config, checks.config_file(spec.model, source))
+    with checks.held() as release:  # transformers' warnings about a broken config only after our checks passed
+        with _hub_errors(spec.model):
+            config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+        check_causal_lm(spec.model, config)
+        checks.check_config(spec.model, config, checks.config_file(spec.model, source))
+    release()
     return source, config
 
 
@@ -222,6 +224,29 @@ def carried_tokenizer(name: str) -> str | None:
     if carried is None or not (carried / "tokenizer.json").exists() or _cached_on_disk(name):
         return None
     return str(carried)
+
+
+@contextmanager
+def progress(bars: bool) -> Iterator[None]:
+    """While loading: transformers' and the Hub's progress bars on or off (then as they were), and never tqdm's
+    warning that a notebook lacks ipywidgets (its text bar works without them)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")  # raised once, where tqdm.auto is imported
+        import transformers
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        had_bar, hub_off = transformers.utils.logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+        (transformers.logging.enable_progress_bar if bars else transformers.logging.disable_progress_bar)()
+        (enable_progress_bars if bars else disable_progress_bars)()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            yield
+    finally:
+        (transformers.logging.enable_progress_bar if had_bar else transformers.logging.disable_progress_bar)()
+        (disable_progress_bars if hub_off else enable_progress_bars)()
 
 
 def load(spec: LoadSpec) -> LM:

@@ -18,6 +18,9 @@ from lookinside.core.errors import BadInput
 
 PROC_STAT = Path("/proc/stat")
 SAMPLE_SECONDS = 0.1
+# Past a few threads a core, torch's threads only wait for each other; far past it the OpenMP runtime
+# cannot start them at all and prints its own line ("libgomp: Thread creation failed") instead of ours.
+MAX_THREADS_PER_CORE = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ def choose_threads(requested: int | None, cores: int | None = None, idle: float 
     cores = cores or os.cpu_count() or 1
     check_threads(requested)
     if requested is not None:
+        if requested > (most := MAX_THREADS_PER_CORE * cores):
+            raise BadInput(f"--threads {requested} is more than this machine can run: it has {cores} "
+                           f"core{'s' * (cores != 1)}, so at most {most} ({MAX_THREADS_PER_CORE} a core)")
         return ThreadChoice(requested, "--threads")
     idle = idle_cores(cores) if idle is None else idle
     if idle is None:

@@ -110,9 +110,12 @@ class SteerRequest:
     add: str = option(REQUIRED, "--add", metavar="TEXT", help="The text whose direction is added.",
                       missing='give the direction to add: --add " Japan" (and --subtract " France" to take one away)')
     subtract: str | None = option(None, "--subtract", metavar="TEXT", help="The text whose direction is taken away.")
-    layer: int = option(1, "--layer", "-l",
-                        help="The depth: 0 is the embeddings' output, i the residual stream after block i-1.")
-    alpha: float = option(4.0, "--alpha", "-a", help="How strongly to add the vector (a finite number).")
+    # None: the middle block's output (steer.default_depth); alpha None: sized to the prompt's own stream there
+    # (steer.STEER_SIZE, chosen by measurement: docs/interventions.md)
+    layer: int | None = option(None, "--layer", "-l", help="The depth: 0 is the embeddings' output, i the residual "
+                               "stream after block i-1. [default: the middle block's]")
+    alpha: float | None = option(None, "--alpha", "-a", help="How strongly to add the vector (a finite number). "
+                                 "[default: sized to 0.75 of the prompt's own stream there, docs/interventions.md]")
     params: SamplingParams = group(SamplingParams(temperature=0.0))  # greedy unless told
     max_new_tokens: int = option(24, "--max-new-tokens", "-n", help="Most tokens to generate.")
     rows: int = option(TOP_K, "--rows", help=ROWS_HELP)  # not --top-k: that is the sampler's
@@ -124,8 +127,10 @@ class SteerRequest:
             raise BadInput("--add is empty: give the text whose direction to add")
         if self.subtract is not None and not self.subtract.strip():
             raise BadInput("--subtract is empty: give some text, or leave it out")
-        whole("--layer", self.layer)
-        check_alpha(self.alpha)
+        if self.layer is not None:
+            whole("--layer", self.layer)
+        if self.alpha is not None:
+            check_alpha(self.alpha)
         new_tokens(self.max_new_tokens)
         whole("--rows", self.rows, low=1)
 
