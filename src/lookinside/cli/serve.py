@@ -28,6 +28,8 @@ def serve(
                                               help="The most logprobs / top_logprobs a request may ask.")] = 20,
     max_body: Annotated[int, typer.Option("--max-body", metavar="BYTES", rich_help_panel=SERVER_PANEL,
                                           help="The largest request body accepted.")] = 1_000_000,
+    open_page: Annotated[bool, typer.Option("--open", rich_help_panel=SERVER_PANEL,
+                                            help="Open the web inspector (at /) in the browser once serving.")] = False,
     *,
     spec: LoadSpec,
 ) -> None:
@@ -46,10 +48,12 @@ def serve(
 
         raise BadInput('llm serve needs starlette and uvicorn: pip install "lookinside[serve]"') from None
     from lookinside.cli.loading import load_here
+    from lookinside.serve.web import open_in_browser
     from lookinside.ui.console import stderr_console
 
     sock = server.bind(settings)
     lm = load_here(spec)
     server.quiet_libraries()
     server.serve(lm, settings, sock, lambda line: stderr_console().print(line, markup=False, highlight=False,
-                                                                          soft_wrap=True))
+                                                                          soft_wrap=True),
+                 on_ready=open_in_browser if open_page else None)

@@ -80,6 +80,7 @@ async def run_on_model(state: AppState, job: Callable[[], T]) -> T:
 def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The app serving `lm` as `settings` say; `extra_routes` are added beside the built-in ones."""
     from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
+    from lookinside.serve.web import is_page, web_routes  # the web inspector at /, drawn from those views
 
     state = AppState(lm, settings, ModelWorker(settings.queue), model_info(lm, settings))
 
@@ -95,13 +96,14 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/lookinside/v1/info", info, methods=["GET"]),
         *view_routes(),
+        *web_routes(),
         *extra_routes,
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, QueueFull: _queue_full,
                 errors.LookinsideError: _api_error, Exception: _api_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.lookinside = state
-    app.add_middleware(KeyCheck, key=settings.api_key)  # type: ignore[arg-type]
+    app.add_middleware(KeyCheck, key=settings.api_key, also_open=is_page)  # type: ignore[arg-type]
     return app
 
 
@@ -283,12 +285,13 @@ def _check_model(state: AppState, model: str | None) -> None:
 class KeyCheck:
     """Refuse every request but /health without `Authorization: Bearer <key>` (compared in constant time)."""
 
-    def __init__(self, app: ASGIApp, key: str | None) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, key: str | None, also_open: Callable[[str], bool] = lambda path: False) -> None:
+        self.app, self.also_open = app, also_open  # also_open: the web page's files, which ask for the key themselves
         self.key = key.encode() if key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.key is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        if (self.key is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS or self.also_open(scope["path"])
+                or self._allowed(scope)):
             await self.app(scope, receive, send)
             return
         error = ApiError("the API key is missing or wrong", status=401, kind="authentication_error")

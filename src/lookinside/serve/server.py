@@ -46,8 +46,12 @@ def bind(settings: ServeSettings) -> socket.socket:
     return sock
 
 
-def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[str], None]) -> None:
-    """Serve `lm` on `sock` until SIGTERM or Ctrl-C; returns once everything in flight is finished or cut."""
+def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[str], None],
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve `lm` on `sock` until SIGTERM or Ctrl-C; returns once everything in flight is finished or cut.
+
+    `on_ready(url)` is called once the server listens (`llm serve --open` opens the web inspector there).
+    """
     from lookinside.serve.app import create_app
 
     port = sock.getsockname()[1]
@@ -57,6 +61,7 @@ def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[s
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.grace_s,
                             lifespan="on", server_header=False)
     server = _Server(config, app, lm, settings, say)
+    server.on_ready = on_ready
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])  # uvicorn re-raises the signal it caught when it is done: ignored above
@@ -77,6 +82,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.app, self.lm, self.settings, self.say = app, lm, settings, say
         self.record_path = None
+        self.on_ready: Callable[[str], None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -87,6 +93,8 @@ class _Server(uvicorn.Server):
         self.record_path = write_record(record)
         locked = " (an API key is required)" if self.settings.api_key else ""
         self.say(f"serving {self.lm.name} at {self.settings.url}{locked}; pid {os.getpid()}; Ctrl-C stops it")
+        if self.on_ready is not None:
+            self.on_ready(self.settings.url)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         first = not self.should_exit
