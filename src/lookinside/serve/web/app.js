@@ -178,7 +178,8 @@ async function route() {
   panel.dataset.state = "loading";
   showError("");
   busy(true);
-  const ctx = { body, query: q, card: loadCard, chatLog, clearPrompt: () => { const t = $("f-prompt"); if (t) t.value = ""; },
+  const shown = () => { if (window.lookinside.firstDrawMs === undefined) window.lookinside.firstDrawMs = performance.now(); };
+  const ctx = { body, query: q, card: loadCard, shown, chatLog, clearPrompt: () => { const t = $("f-prompt"); if (t) t.value = ""; },
     remember: (changes) => {
       const now = new URLSearchParams(location.search);
       for (const [k, v] of Object.entries(changes)) if (v === null) now.delete(k); else now.set(k, v);
@@ -190,7 +191,7 @@ async function route() {
     await DRAW[name](panel, answer, ctx);
     if (current !== controller) return;
     panel.dataset.state = "drawn";
-    if (window.lookinside.firstDrawMs === undefined) window.lookinside.firstDrawMs = performance.now();
+    shown();
   } catch (err) {
     if (err.name === "AbortError" || current !== controller) return;
     panel.dataset.state = "error";

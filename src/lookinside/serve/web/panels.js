@@ -84,13 +84,14 @@ export async function nextToken(panel, answer, ctx) {
     const temBar = h("span", { class: "bar t" });
     const tr = h("tr", { "data-id": c.id }, h("td", { class: "num" }, c.rank), h("td", { class: "tok" }, show(c.token)),
       h("td", { class: "num" }, c.id), h("td", { class: "num" }, c.logit === null || c.logit === undefined ? "–"
-        : c.logit.toFixed(3)), raw, h("td", {}, rawBar), tem, h("td", {}, temBar));
+        : c.logit.toFixed(3)), raw, h("td", { class: "barcell" }, rawBar), tem,
+      h("td", { class: "barcell" }, temBar));
     tbody.append(tr);
     return { c, tem, temBar };
   });
   const tableEl = h("div", { class: "scroll" }, h("table", { id: "next-table" }, h("thead", {}, h("tr", {},
     ["#", "token", "id", "logit", "prob", "", "sampled", ""].map((x, i) => h("th", { class: [0, 2, 3, 4, 6].includes(i)
-      ? "num" : "" }, x)))), tbody));
+      ? "num" : x ? "" : "barcell" }, x)))), tbody));
   const chart = h("div", { class: "chart" });
   const note = h("p", { class: "note" });
   panel.append(...head(`Top ${j.top.length} next tokens after ${JSON.stringify(j.prompt)}`, "next-token", panel, () => j),
@@ -101,6 +102,7 @@ export async function nextToken(panel, answer, ctx) {
     panel.append(h("p", { class: "note" }, `The server's probabilities at temperature ${j.temperature} (--temperature): `
       + j.top.map((c) => `${show(c.token)} ${prob(c.prob_at_temperature)}`).join(", ")));
   }
+  ctx.shown();  // the command's rows are on screen; the controls come alive once the whole distribution is here
   // The whole distribution, for the controls: the same route with top_k = the vocabulary.
   const vocab = j.shapes && j.shapes.logits ? j.shapes.logits[j.shapes.logits.length - 1] : null;
   let logits = null, index = new Map();
