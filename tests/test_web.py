@@ -374,6 +374,8 @@ def test_screenshots_of_every_view_at_both_sizes(browser, server, shots):
             tab.page.screenshot(path=shots / f"{view}-{size}.png", full_page=True)
             # at phone width the page itself never scrolls sideways (wide pictures scroll in their own box)
             assert tab.js("document.documentElement.scrollWidth") <= SIZES[size]["width"] + 1, (view, size)
+        tab.open(view="next-token", prompt="I think", temperature=1.5, top_p=0.9)  # the controls at work
+        tab.page.screenshot(path=shots / f"next-token-controls-{size}.png", full_page=True)
         tab.close()
 
 

@@ -29,7 +29,7 @@ def serve(
     max_body: Annotated[int, typer.Option("--max-body", metavar="BYTES", rich_help_panel=SERVER_PANEL,
                                           help="The largest request body accepted.")] = 1_000_000,
     open_page: Annotated[bool, typer.Option("--open", rich_help_panel=SERVER_PANEL,
-                                            help="Open the web inspector (at /) in the browser once serving.")] = False,
+                                            help="Open the web inspector (at /) in the browser.")] = False,
     *,
     spec: LoadSpec,
 ) -> None:

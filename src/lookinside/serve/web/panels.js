@@ -20,6 +20,11 @@ function head(title, name, panel, json) {
   return [h("h2", {}, title), saveBar(name, panel, json)];
 }
 
+/** A probability short enough for a heat map's cell: 0.9995, 0.0123, 1e-8. */
+function brief(p) {
+  return p >= 1e-4 || p === 0 ? p.toFixed(4) : p.toExponential(0);
+}
+
 function range(min, max) {
   return (v) => (max > min ? (v - min) / (max - min) : 1);
 }
@@ -286,7 +291,7 @@ export function ablate(panel, answer) {
       h("div", { class: "scroll" }, heatmap({ matrix: m, rows: j.sweep.rows, cols: j.sweep.columns, t: range(lo, hi), size: 56,
         out, title: "ablation sweep", cell: (r, c) => `${j.sweep.rows[r]}, ${j.sweep.columns[c]} removed: P(${show(j.top.token)}) = `
           + `${prob(m[r][c])} (${(m[r][c] - j.top.prob >= 0 ? "+" : "")}${(m[r][c] - j.top.prob).toFixed(4)})`,
-        text: (v) => prob(v).slice(0, 6) })), out, legend(prob(lo), prob(hi), `P(${show(j.top.token)})`));
+        text: brief })), out, legend(prob(lo), prob(hi), `P(${show(j.top.token)})`));
   }
   if (j.shift) shiftTables(panel, j.shift, "before", "after");
 }
@@ -309,7 +314,7 @@ export function patch(panel, answer) {
   h("p", {}, `P(${show(j.target.token)}): clean ${prob(j.clean_prob)}, corrupt ${prob(j.corrupt_prob)}; each cell: the `
     + "corrupt run with the clean run's activation at that layer and position put back."),
   h("div", { class: "scroll" }, heatmap({ matrix: j.prob, rows: j.layers, cols: positions, t: range(lo, hi), size: 52, out,
-    title: "activation patching", text: (v) => prob(v).slice(0, 6),
+    title: "activation patching", text: brief,
     cell: (l, p) => `${j.layers[l]}, position ${positions[p]} patched: P(${show(j.target.token)}) = ${prob(j.prob[l][p])}` })),
   out, legend(prob(lo), prob(hi), `P(${show(j.target.token)})`));
 }
