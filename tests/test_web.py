@@ -262,7 +262,8 @@ def test_lens_patch_ablate_show_the_commands_numbers(tab):
     lens = run_json("lens", PROMPT, "--all-positions")
     tab.open(view="lens", prompt=PROMPT)
     assert "all_positions=true" in tab.page.url
-    assert tab.cells("rect.cell") == pytest.approx(by_cell([[c["prob"] for c in row] for row in lens["grid"]]), abs=1e-6)
+    grid = [[c["prob"] for c in row] for row in lens["grid"]]
+    assert tab.cells("rect.cell") == pytest.approx(by_cell(grid), abs=1e-6)
     assert tab.page.text_content("#panel table").count("␣Paris 0.9995") == 1
 
     patch = run_json("patch", "--clean", PROMPT, "--corrupt", "The capital of Italy is")
@@ -358,7 +359,8 @@ def test_first_draw_and_redraw_times(browser, server):
     first.sort(), redraw.sort()
     size = sum((WEB / name).stat().st_size for name in web.FILES)
     print(f"\nfirst view drawn: median {first[2]:.0f} ms of 5 loads ({first[0]:.0f}-{first[-1]:.0f}); slider redraw: "
-          f"median {redraw[len(redraw) // 2]:.2f} ms, max {redraw[-1]:.2f} ms of {len(redraw)}; page files {size:,} bytes")
+          f"median {redraw[len(redraw) // 2]:.2f} ms, max {redraw[-1]:.2f} ms of {len(redraw)}; "
+          f"page files {size:,} bytes")
     assert first[2] < 5_000 and redraw[-1] < 500  # loose for a loaded CI machine; docs/web.md has the measured numbers
 
 

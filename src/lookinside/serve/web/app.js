@@ -12,11 +12,12 @@ const ORDER = ["tokens", "next-token", "forward", "attention", "lens", "ablate",
 const DRAW = { tokens: panels.tokens, "next-token": panels.nextToken, forward: panels.forward, attention: panels.attention,
   lens: panels.lens, ablate: panels.ablate, patch: panels.patch, steer: panels.steer, compare: panels.compare,
   inspect: panels.inspect, bench: panels.bench, chat: panels.chat };
-// What a bare address starts with, so that every view draws something at once.
+// What a bare address starts with, so that every view draws something at once (chat starts empty).
 const EXAMPLE = { prompt: "The capital of France is", text: "The capital of France is", clean: "The capital of France is",
   corrupt: "The capital of Italy is", add: " Paris" };
-// The page's own defaults where the command's would draw less than the view can (the lens grid, a sweep to ablate).
-const PAGE_DEFAULTS = { lens: { all_positions: "true" }, ablate: { sweep: "heads" }, steer: { add: " Paris" } };
+// The page's own defaults where the command's would draw less than the view can: the lens grid, and a sweep
+// to ablate unless the address names heads or a layer.
+const PAGE_DEFAULTS = { lens: { all_positions: "true" }, ablate: { sweep: "heads" } };
 // Query keys the page keeps for itself: the sampling controls of next-token (not request fields).
 const CONTROLS = ["top_p", "min_p", "sampler_top_k"];
 
@@ -160,11 +161,10 @@ async function route() {
   let { name, body, q } = readAddress();
   // A bare address draws an example, written into the address so that it is what a reload shows.
   const keys = new Set(flat(name).map(([k]) => k));
-  const fill = { ...(PAGE_DEFAULTS[name] || {}) };
-  if (name !== "chat") for (const [k, v] of Object.entries(EXAMPLE)) if (keys.has(k)) fill[k] = v;
-  const missing = Object.entries(fill).filter(([k]) => keys.has(k) && !q.has(k) && (name !== "ablate" || k !== "sweep"
-    || !(q.has("heads") || q.has("layer"))));
-  if (missing.length && (name !== "steer" || !q.has("add"))) {
+  const fill = { ...(name === "chat" ? {} : EXAMPLE), ...(PAGE_DEFAULTS[name] || {}) };
+  if (q.has("heads") || q.has("layer")) delete fill.sweep;
+  const missing = Object.entries(fill).filter(([k]) => keys.has(k) && !q.has(k));
+  if (missing.length) {
     for (const [k, v] of missing) q.set(k, v);
     history.replaceState(null, "", `/?${q}`);
     ({ name, body, q } = readAddress());

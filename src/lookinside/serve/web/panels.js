@@ -377,10 +377,32 @@ export function inspect(panel, answer) {
   const tree = (m) => h("details", { open: m.name === "" || m.name === "model" || m.name === "layers" },
     h("summary", {}, `${m.name || "(model)"}: ${m.type}${m.repeat ? ` ×${m.repeat}` : ""} · ${m.parameters.toLocaleString()} parameters`
       + (m.detail ? ` (${m.detail})` : "")), ...(m.children || []).map(tree));
-  panel.append(...head(`${j.architecture} (${j.model})`, "inspect", panel, () => j),
-    h("div", { class: "row" }, table(["field", "value"], [...plain.map(([k, v]) => [k, v === null ? "–" : typeof v === "number"
-      ? v.toLocaleString() : String(v)]), ...nested.map(([k, v]) => [k, Object.entries(v).map(([a, b]) => `${a} ${typeof b === "number"
-      ? b.toLocaleString() : b}`).join(", ")])]), h("div", {}, h("h3", {}, "module tree"), j.modules ? tree(j.modules) : "")));
+  const value = (v) => (v === null ? "–" : Number.isInteger(v) ? v.toLocaleString() : String(v));
+  panel.append(...head(`${j.architecture} (${j.model})`, "inspect", panel, () => j), card(j),
+    h("div", { class: "row" }, table(["field", "value"], [...plain.map(([k, v]) => [k, value(v)]),
+      ...nested.map(([k, v]) => [k, Object.entries(v).map(([a, b]) => `${a} ${value(b)}`).join(", ")])]),
+    h("div", {}, h("h3", {}, "module tree"), j.modules ? tree(j.modules) : "")));
+}
+
+/** The architecture as the chapter draws it: embeddings, N blocks (attention and feed-forward), norm, LM head. */
+function card(j) {
+  const W = 560, rows = [
+    ["embed_tokens", `${j.vocab_size.toLocaleString()} × ${j.hidden_size}`, 0],
+    [`attention (${j.attention})`, `${j.heads} heads, ${j.kv_heads} key/value heads of ${j.head_dim}, ${j.positions}`, 1],
+    [`feed-forward (${j.ffn})`, `${j.hidden_size} → ${j.intermediate_size} → ${j.hidden_size}, ${j.activation}`, 1],
+    [`norm (${j.norm})`, `${j.hidden_size}`, 0],
+    ["lm_head", `${j.hidden_size} × ${j.vocab_size.toLocaleString()}${j.tied_embeddings ? " (tied)" : ""}`, 0]];
+  const svg = s("svg", { width: W, height: rows.length * 40 + 40, viewBox: `0 0 ${W} ${rows.length * 40 + 40}`,
+    class: "picture", role: "img", "aria-label": "the architecture" });
+  rows.forEach(([name, what, inBlock], i) => {
+    const y = 8 + i * 40 + (i > 2 ? 20 : i > 0 ? 10 : 0);
+    svg.append(s("rect", { x: inBlock ? 30 : 10, y, width: inBlock ? W - 50 : W - 20, height: 30, rx: 4, class: "box" }),
+      s("text", { x: inBlock ? 40 : 20, y: y + 19, class: "mono", text: name }),
+      s("text", { x: inBlock ? W - 30 : W - 20, y: y + 19, "text-anchor": "end", class: "small", text: what }));
+  });
+  svg.append(s("rect", { x: 20, y: 44, width: W - 30, height: 92, rx: 6, class: "group" }),
+    s("text", { x: W - 20, y: 55, "text-anchor": "end", class: "small", text: `× ${j.layers} blocks` }));
+  return svg;
 }
 
 // ---- page-only panels: the bench's per-position chart, and a streamed chat
