@@ -179,10 +179,14 @@ async function route() {
   showError("");
   busy(true);
   const shown = () => { if (window.lookinside.firstDrawMs === undefined) window.lookinside.firstDrawMs = performance.now(); };
-  const ctx = { body, query: q, card: loadCard, shown, chatLog, clearPrompt: () => { const t = $("f-prompt"); if (t) t.value = ""; },
+  const ctx = { body, query: q, card: loadCard, shown, chatLog,
     remember: (changes) => {
       const now = new URLSearchParams(location.search);
-      for (const [k, v] of Object.entries(changes)) if (v === null) now.delete(k); else now.set(k, v);
+      for (const [k, v] of Object.entries(changes)) {
+        if (v === null) now.delete(k); else now.set(k, v);
+        const input = document.getElementById(`f-${k}`);  // the form shows what the address says
+        if (input) input.value = v === null ? "" : String(v);
+      }
       history.replaceState(null, "", `/?${now}`);
     } };
   try {

@@ -352,7 +352,9 @@ export async function compare(panel, answer, ctx) {
   const j = answer.json, rec = answer.record;
   if (ctx.body.params === undefined || ctx.body.params.seed === undefined) ctx.remember({ seed: j.settings.seed });
   const out = readout();
-  const w = Math.min(900, (panel.clientWidth || 1100) - 10);
+  const wide = (panel.clientWidth || 1100) >= 900;  // side by side on a wide screen, one under another on a phone
+  const w = wide ? 380 : Math.min(900, (panel.clientWidth || 390) - 10);
+  const columns = h("div", { class: "row" });
   const runs = [["greedy", rec.greedy, j.greedy], ...rec.samples.map((g, i) => [`sample ${i + 1} (seed ${j.samples[i].seed})`, g, j.samples[i]])];
   panel.append(...head(`Greedy against sampled: ${JSON.stringify(j.prompt)}`, "compare", panel, () => j),
     h("p", { class: "note" }, `sampling: ${Object.entries(j.settings).map(([k, v]) => `${k} ${v}`).join(", ")}. `
@@ -362,10 +364,10 @@ export async function compare(panel, answer, ctx) {
     const why = await runners(gen.steps);
     const items = gen.steps.map((st, i) => ({ text: st.text, t: st.prob, prob: st.prob, mark: js.departs_at === i,
       say: `${name}, token ${i}: ${JSON.stringify(st.text)} (id ${st.token_id}) p ${prob(st.prob)} rank ${st.rank}; runners-up: ${why[i]}` }));
-    panel.append(h("h3", {}, `${name}: perplexity ${js.perplexity.toFixed(3)}, ${gen.steps.length} tokens, ${js.finish}`),
-      tokenRun(items, { width: w, out, label: name }));
+    columns.append(h("div", {}, h("h3", {}, name), h("p", { class: "note" }, `perplexity ${js.perplexity.toFixed(3)}, `
+      + `${gen.steps.length} tokens, ${js.finish}`), tokenRun(items, { width: w, out, label: name })));
   }
-  panel.append(out, legend(0, 1, "probability of the token"));
+  panel.append(columns, out, legend(0, 1, "probability of the token"));
 }
 
 // ---- the architecture card
@@ -483,5 +485,4 @@ export async function chat(panel, _answer, ctx) {
     reply.content += (choice.delta && choice.delta.content) || "";
     draw();
   }
-  ctx.clearPrompt();
 }
