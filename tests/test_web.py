@@ -30,6 +30,7 @@ from lookinside.core.model.spec import LoadSpec  # noqa: E402
 from lookinside.serve import web  # noqa: E402
 from lookinside.serve.app import create_app  # noqa: E402
 from lookinside.serve.settings import ServeSettings  # noqa: E402
+from lookinside.ui.text import fmt_prob  # noqa: E402
 
 SPEC = LoadSpec(model="tiny", device="cpu")
 WEB = Path(web.__file__).parent / "web"
@@ -255,6 +256,9 @@ def test_attention_draws_every_head_and_a_click_enlarges_one(tab):
     tab.page.focus(".head[data-head='3']")
     tab.page.keyboard.press("Enter")  # from the keyboard too
     assert tab.page.get_attribute("#enlarged", "data-head") == "3"
+    tab.page.click("button[aria-pressed=false]:text-is('2')")  # another layer, drawn anew
+    tab.page.wait_for_selector("#panel[data-state=drawn] h2:text('layer 2 of 4')", state="attached")
+    assert "layer=2" in tab.page.url
 
 
 @pytest.mark.slow
@@ -265,6 +269,13 @@ def test_lens_patch_ablate_show_the_commands_numbers(tab):
     grid = [[c["prob"] for c in row] for row in lens["grid"]]
     assert tab.cells("rect.cell") == pytest.approx(by_cell(grid), abs=1e-6)
     assert tab.page.text_content("#panel table").count("␣Paris 0.9995") == 1
+    tab.page.click("rect.cell[data-row='4'][data-col='3']")  # a click on a column reads that position
+    tab.page.wait_for_selector("#panel[data-state=drawn] h2:text('at position 3')", state="attached")
+    assert "position=3" in tab.page.url
+    at_3 = run_json("lens", PROMPT, "--all-positions", "--position", "3")
+    rows = tab.page.eval_on_selector_all("#panel table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    assert [row[:4] for row in rows] == [[str(layer["layer"]), *(f"{c['token'].replace(' ', '␣', 1)} {fmt_prob(c['prob'])}"
+                                                                 for c in layer["top"])] for layer in at_3["layers"]]
 
     patch = run_json("patch", "--clean", PROMPT, "--corrupt", "The capital of Italy is")
     tab.open(view="patch", clean=PROMPT, corrupt="The capital of Italy is")

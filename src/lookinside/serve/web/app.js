@@ -180,15 +180,8 @@ async function route() {
   busy(true);
   const shown = () => { if (window.lookinside.firstDrawMs === undefined) window.lookinside.firstDrawMs = performance.now(); };
   const ctx = { body, query: q, card: loadCard, shown, chatLog,
-    remember: (changes) => {
-      const now = new URLSearchParams(location.search);
-      for (const [k, v] of Object.entries(changes)) {
-        if (v === null) now.delete(k); else now.set(k, v);
-        const input = document.getElementById(`f-${k}`);  // the form shows what the address says
-        if (input) input.value = v === null ? "" : String(v);
-      }
-      history.replaceState(null, "", `/?${now}`);
-    } };
+    go: (changes) => { history.pushState(null, "", edited(changes)); route(); },  // another look, drawn anew
+    remember: (changes) => history.replaceState(null, "", edited(changes)) };
   try {
     const answer = forms[name] ? await api(`/lookinside/v1/views/${name}`, body, controller.signal) : null;
     if (controller.signal.aborted) return;
@@ -203,6 +196,17 @@ async function route() {
   } finally {
     if (current === controller) busy(false);
   }
+}
+
+/** The address with `changes` made (null removes a field); the form shows the new values too. */
+function edited(changes) {
+  const now = new URLSearchParams(location.search);
+  for (const [k, v] of Object.entries(changes)) {
+    if (v === null) now.delete(k); else now.set(k, v);
+    const input = document.getElementById(`f-${k}`);
+    if (input) input.value = v === null ? "" : String(v);
+  }
+  return `/?${now}`;
 }
 
 async function loadCard() {

@@ -248,15 +248,18 @@ export async function attention(panel, answer, ctx) {
       size: Math.max(4, Math.floor(120 / labels.length)), title: `head ${hd}` }), h("p", {}, `head ${hd}`));
     return b;
   }));
+  const layers = h("div", { class: "save", role: "group", "aria-label": "layer" }, "layer ",
+    Array.from({ length: j.layers }, (_, l) => h("button", { type: "button", "aria-pressed": String(l === j.layer),
+      onclick: () => ctx.go({ layer: l, head: null }) }, String(l))));
   panel.append(...head(`Attention of layer ${j.layer} of ${j.layers} (${j.heads} heads, ${j.kv_heads} key/value heads, `
-    + `${j.attention})`, "attention", panel, () => j), h("p", { class: "note" }, "click a head (or Tab to it and press Enter) to enlarge it; hover a cell for its tokens and weight."),
+    + `${j.attention})`, "attention", panel, () => j), layers, h("p", { class: "note" }, "click a head (or Tab to it and press Enter) to enlarge it; hover a cell for its tokens and weight."),
   small, big);
   enlarge(j.head !== null && j.head !== undefined ? j.head : heads[0]);
 }
 
 // ---- the logit lens
 
-export function lens(panel, answer) {
+export function lens(panel, answer, ctx) {
   const j = answer.json;
   const out = readout();
   panel.append(...head(`The logit lens at position ${j.position} of ${JSON.stringify(j.prompt)}`, "lens", panel, () => j),
@@ -264,9 +267,9 @@ export function lens(panel, answer) {
   if (j.grid) {
     const positions = j.tokens.map((t, i) => `${i} ${show(t.piece)}`);
     const rows = j.grid.map((_, l) => `layer ${l}`);
-    panel.append(h("h3", {}, "each layer's top token at every position (layers × positions)"),
+    panel.append(h("h3", {}, "each layer's top token at every position (layers × positions); click a column to read it below"),
       h("div", { class: "scroll" }, heatmap({ matrix: j.grid.map((r) => r.map((c) => c.prob)), rows, cols: positions,
-        t: (v) => v, size: 64, out, title: "logit lens grid",
+        t: (v) => v, size: 64, out, title: "logit lens grid", onCell: (_, p) => ctx.go({ position: p }),
         cell: (l, p) => `layer ${l}, position ${positions[p]}: top ${JSON.stringify(j.grid[l][p].token)} ${prob(j.grid[l][p].prob)}`,
         text: (v, l, p) => show(j.grid[l][p].token).slice(0, 8) })), out, legend(0, 1, "top token's probability"));
   }
