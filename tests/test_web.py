@@ -273,9 +273,10 @@ def test_lens_patch_ablate_show_the_commands_numbers(tab):
     tab.page.wait_for_selector("#panel[data-state=drawn] h2:text('at position 3')", state="attached")
     assert "position=3" in tab.page.url
     at_3 = run_json("lens", PROMPT, "--all-positions", "--position", "3")
-    rows = tab.page.eval_on_selector_all("#panel table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
-    assert [row[:4] for row in rows] == [[str(layer["layer"]), *(f"{c['token'].replace(' ', '␣', 1)} {fmt_prob(c['prob'])}"
-                                                                 for c in layer["top"])] for layer in at_3["layers"]]
+    rows = tab.page.eval_on_selector_all("#panel table tbody tr",
+                                         "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    cell = lambda c: f"{c['token'].replace(' ', '␣', 1)} {fmt_prob(c['prob'])}"  # noqa: E731
+    assert [row[:4] for row in rows] == [[str(layer["layer"]), *map(cell, layer["top"])] for layer in at_3["layers"]]
 
     patch = run_json("patch", "--clean", PROMPT, "--corrupt", "The capital of Italy is")
     tab.open(view="patch", clean=PROMPT, corrupt="The capital of Italy is")
