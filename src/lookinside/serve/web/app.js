@@ -106,9 +106,10 @@ function buildForm(name, q) {
   const fields = flat(name);
   const info = forms[name];
   form.replaceChildren(
-    ...fields.map(([key, , f]) => fieldInput(key, f, q.has(key) ? q.getAll(key).join(f.kind === "pairs" ? "," : "") : null)),
+    ...fields.map(([key, , f]) => fieldInput(key, f, !q.has(key) ? null : f.kind === "pairs" ? q.getAll(key).join(",")
+      : q.get(key))),
     h("button", { type: "submit", class: "primary" }, name === "chat" ? "Send" : "Run"),
-    info ? h("p", { class: "note", style: null }, info.help) : "");
+    info ? h("p", { class: "note" }, info.help) : "");
   form.onsubmit = (e) => {
     e.preventDefault();
     const next = new URLSearchParams({ view: name });

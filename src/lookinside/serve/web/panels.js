@@ -248,7 +248,7 @@ export async function attention(panel, answer, ctx) {
       size: Math.max(4, Math.floor(120 / labels.length)), title: `head ${hd}` }), h("p", {}, `head ${hd}`));
     return b;
   }));
-  const layers = h("div", { class: "save", role: "group", "aria-label": "layer" }, "layer ",
+  const layers = h("div", { class: "save layers", role: "group", "aria-label": "layer" }, "layer ",
     Array.from({ length: j.layers }, (_, l) => h("button", { type: "button", "aria-pressed": String(l === j.layer),
       onclick: () => ctx.go({ layer: l, head: null }) }, String(l))));
   panel.append(...head(`Attention of layer ${j.layer} of ${j.layers} (${j.heads} heads, ${j.kv_heads} key/value heads, `
