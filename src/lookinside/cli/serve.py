@@ -42,6 +42,8 @@ def serve(
         help="Open connections; past it the oldest one not being answered is closed.")] = 256,
     debug: Annotated[bool, typer.Option("--debug", rich_help_panel=SERVER_PANEL,
                                         help="Log an unexpected error's traceback, not only its one line.")] = False,
+    open_page: Annotated[bool, typer.Option("--open", rich_help_panel=SERVER_PANEL,
+                                            help="Open the web inspector (at /) in the browser.")] = False,
     *,
     spec: LoadSpec,
 ) -> None:
@@ -63,11 +65,13 @@ def serve(
 
         raise BadInput('llm serve needs starlette and uvicorn: pip install "lookinside[serve]"') from None
     from lookinside.cli.loading import load_here
+    from lookinside.serve.web import open_in_browser
     from lookinside.ui.console import stderr_console
 
     sock = server.bind(settings)
     lm = load_here(spec)
     server.quiet_libraries()
     server.serve(lm, settings, sock, lambda line: stderr_console().print(line, markup=False, highlight=False,
-                                                                          soft_wrap=True))
+                                                                          soft_wrap=True),
+                 on_ready=open_in_browser if open_page else None)
     server.exit_now()

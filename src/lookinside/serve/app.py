@@ -134,6 +134,7 @@ def cut_at_next_pass(lm: LM, cancel: Cancel) -> Iterator[None]:
 def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The app serving `lm` as `settings` say; `extra_routes` are added beside the built-in ones."""
     from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
+    from lookinside.serve.web import is_page, web_routes  # the web inspector at /, drawn from those views
 
     from lookinside.core.model.loading import use_threads  # loading imports torch; the app needs it anyway
 
@@ -153,13 +154,14 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/lookinside/v1/info", info, methods=["GET"]),
         *view_routes(),
+        *web_routes(),
         *extra_routes,
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, QueueFull: _queue_full, Cut: _api_error,
                 errors.LookinsideError: _api_error}  # anything else is a bug: the door makes it one line
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.state.lookinside = state
-    app.add_middleware(Door, settings=settings)  # type: ignore[arg-type]
+    app.add_middleware(Door, settings=settings, also_open=is_page)  # type: ignore[arg-type]
     return app
 
 

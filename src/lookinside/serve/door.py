@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import Response
@@ -42,9 +43,11 @@ CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
 class Door:
     """Refuse what is not for this server: a foreign Host or Origin, a missing key, a POST that is not JSON."""
 
-    def __init__(self, app: ASGIApp, settings: ServeSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ServeSettings, also_open: Callable[[str], bool] = lambda path: False
+                 ) -> None:
         self.app = app
         self.settings = settings
+        self.also_open = also_open  # the web page's files: the page asks for the key itself, for its requests
         self.named: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # by the port a request came to
         self.key = settings.api_key.encode() if settings.api_key else None
 
@@ -79,7 +82,8 @@ class Door:
                             status=403, kind="forbidden_origin")
         if scope["method"] == "OPTIONS" and origin is not None:
             return None  # a preflight carries no key: the browser sends it on the request that follows
-        if self.key is not None and scope["path"] not in OPEN_PATHS and not self._keyed(headers):
+        page = scope["method"] == "GET" and self.also_open(scope["path"])
+        if self.key is not None and scope["path"] not in OPEN_PATHS and not page and not self._keyed(headers):
             return ApiError("the API key is missing or wrong", status=401, kind="authentication_error")
         media = headers.get(b"content-type", b"").decode("latin-1").partition(";")[0].strip().lower()
         if scope["method"] == "POST" and media not in JSON_TYPES:

@@ -50,8 +50,12 @@ def bind(settings: ServeSettings) -> socket.socket:
     return sock
 
 
-def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[str], None]) -> None:
-    """Serve `lm` on `sock` until SIGTERM or Ctrl-C; returns once everything in flight is finished or cut."""
+def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[str], None],
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve `lm` on `sock` until SIGTERM or Ctrl-C; returns once everything in flight is finished or cut.
+
+    `on_ready(url)` is called once the server listens (`llm serve --open` opens the web inspector there).
+    """
     from lookinside.serve.app import create_app
 
     port = sock.getsockname()[1]
@@ -62,6 +66,7 @@ def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[s
                             lifespan="on", server_header=False, **protocol_options(settings))
     quiet_logs()
     server = _Server(config, app, lm, settings, say)
+    server.on_ready = on_ready
     try:
         server.run(sockets=[sock])
     finally:
@@ -82,6 +87,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.app, self.lm, self.settings, self.say = app, lm, settings, say
         self.record_path = None
+        self.on_ready: Callable[[str], None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -96,6 +102,8 @@ class _Server(uvicorn.Server):
             self.say(f"note: not recorded, so commands will not find this server: {exc}")
         locked = " (an API key is required)" if self.settings.api_key else ""
         self.say(f"serving {self.lm.name} at {self.settings.url}{locked}; pid {os.getpid()}; Ctrl-C stops it")
+        if self.on_ready is not None:
+            self.on_ready(self.settings.url)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
