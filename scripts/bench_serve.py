@@ -100,7 +100,7 @@ def overhead(url: str, runs: int) -> None:
     request = oa.parse_completion(body, settings)
 
     def direct() -> None:
-        oa.completion_job(lm, request, settings, lambda item: None, Cancel(threading.Event()))
+        oa.run_here(lm, oa.completion_job(lm, request, settings, lambda item: None, Cancel(threading.Event())))
 
     def timed(fn, n: int) -> list[float]:
         fn()
