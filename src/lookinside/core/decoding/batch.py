@@ -30,6 +30,7 @@ from lookinside.core.decoding.generate import (
     TOP_ALTERNATIVES,
     Sequence,
     cache_argument,
+    observe_rows,
     prefill,
     with_seed,
 )
@@ -107,12 +108,16 @@ class Batch:
         self._settle()
         if self._rows:
             self._forward()
+        members = [m for m in self.members if not m.left]
+        if not members:
+            return []
+        with torch.inference_mode():
+            logits = torch.cat([m.logits for m in members if m.logits is not None])  # (rows, vocab)
+            tokens = torch.cat([m.sequence.pick(m.logits) for m in members if m.logits is not None])  # (rows,)
+            seen = observe_rows(logits, tokens, max(m.sequence.alternatives for m in members))  # one copy to the host
         out = []
-        for member in self.members:
-            if member.left:
-                continue
-            assert member.logits is not None  # settled rows were just run; a new member has its prefill's
-            step = member.sequence.advance(member.logits, member.started)
+        for member, (token_id, prob, rank, top) in zip(members, seen):
+            step = member.sequence.record(token_id, prob, rank, top[: member.sequence.alternatives], member.started)
             member.logits = None
             if step.finish is not None:
                 member.left = True
@@ -173,8 +178,10 @@ class Batch:
             ids = torch.stack([m.sequence.last.reshape(1) for m in rows])  # (rows, 1)
             positions = torch.tensor([[m.sequence.n + m.sequence.index - 1] for m in rows], device=ids.device)  # (rows, 1)
             self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)  # (rows, width + 1)
-            out = self.lm.model(input_ids=ids, attention_mask=self._mask, position_ids=positions, use_cache=True,
-                                logits_to_keep=1, **{cache_argument(self.lm.model): self._cache})
+            # Rows of one length need no mask: the model then runs the single loop's unmasked attention.
+            padded = {"attention_mask": self._mask, "position_ids": positions} if not bool(self._mask.all()) else {}
+            out = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                                **{cache_argument(self.lm.model): self._cache}, **padded)
             logits = out.logits[:, -1, :].float().to(ids.device)  # (rows, vocab)
         for i, member in enumerate(rows):
             member.logits, member.started = logits[i : i + 1], start

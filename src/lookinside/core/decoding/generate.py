@@ -155,24 +155,32 @@ class Sequence:
     def advance(self, logits: torch.Tensor, start: float,
                 packer: Callable[..., torch.Tensor] | None = None) -> Step:
         """Pick the next token from `logits` (1, vocab), name it, and say whether the sequence ends there."""
-        index = self.index
         with torch.inference_mode():
-            token = pick(logits, self.ids, self.processors, self.generator)  # (1,) on the device
-            self.buffer[:, self.n + index] = token
-            self.last = token
+            token = self.pick(logits)  # (1,) on the device
             token_id, prob, rank, top = _observe(logits[0], token, self.alternatives, packer)  # one device -> host copy
+        return self.record(token_id, prob, rank, top, start)
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token from `logits` (1, vocab) by this sequence's sampler, kept in its ids; left on the device."""
+        token = pick(logits, self.ids, self.processors, self.generator)  # (1,)
+        self.buffer[:, self.n + self.index] = token
+        self.last = token
+        return token
+
+    def record(self, token_id: int, prob: float, rank: int, top: tuple[tuple[int, float], ...], start: float) -> Step:
+        """The step for the token just picked: its text, and whether an end token, a stop or the length ends it."""
+        index = self.index
         self.index += 1
         stops, decoder = self.stops, self.decoder
         finish: Finish | None = None
         stop: str | int | None = None
         if token_id in self.ends or token_id in self.stop_ids:
-            held = stops.push(decoder.flush()) + stops.flush()
+            text = stops.push(decoder.flush()) + stops.flush()
             if token_id in self.ends:
                 finish = "eos"
             else:
                 finish, stop = "stop", token_id
-                held += stops.push(decoder.push(token_id)) + stops.flush() if self.settings.include_stop_string else ""
-            text = held
+                text += stops.push(decoder.push(token_id)) + stops.flush() if self.settings.include_stop_string else ""
         else:
             text = stops.push(decoder.push(token_id))
             if stops.stopped:
@@ -219,13 +227,30 @@ def pick(
 
     # (1, vocab) -> (1,)
     """
-    scores = processors(ids, logits) if processors else logits  # (1, vocab)
+    scores = logits  # (1, vocab)
+    for processor in processors:  # called directly: the list's __call__ inspects each signature at every step
+        scores = processor(ids, scores)
     if generator is None:
         return scores.argmax(-1)
     probs = torch.softmax(scores, dim=-1)  # (1, vocab)
     if probs.device != generator.device:
         return sample(probs.to(generator.device), generator).to(probs.device)
     return sample(probs, generator)
+
+
+def observe_rows(logits: torch.Tensor, tokens: torch.Tensor,
+                 alternatives: int) -> list[tuple[int, float, int, tuple[tuple[int, float], ...]]]:
+    """`_observe` for every row at once, in one copy to the host.  # (rows, vocab), (rows,)"""
+    logits = logits.float()  # (rows, vocab)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (rows, 1)
+    chosen = logits.gather(-1, tokens.view(-1, 1))  # (rows, 1)
+    rank = (logits > chosen).sum(-1, keepdim=True) + 1  # (rows, 1)
+    top_logits, top_ids = logits.topk(min(alternatives, logits.shape[-1]), dim=-1)  # (rows, k), (rows, k)
+    packed = torch.cat([tokens.view(-1, 1).double(), (chosen - lse).double(), rank.double(), top_ids.double(),
+                        (top_logits - lse).double()], dim=-1).tolist()  # (rows, 3 + 2k)
+    k = top_ids.shape[-1]
+    return [(int(row[0]), math.exp(row[1]), int(row[2]),
+             tuple((int(i), math.exp(lp)) for i, lp in zip(row[3 : 3 + k], row[3 + k :]))) for row in packed]
 
 
 def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES,
