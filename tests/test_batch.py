@@ -68,6 +68,22 @@ def test_sequences_that_join_and_leave_get_what_they_get_alone(tiny):
         same_run(run, got[k][1])
 
 
+def test_prompts_of_different_lengths_prefilled_together_get_what_they_get_alone(tiny):
+    from lookinside.core.decoding.batch import Prompt
+
+    ids = [encode_prompt(tiny.tokenizer, p) for p in PROMPTS]
+    settings = [GenerationSettings(max_new_tokens=n, ignore_eos=True) for n in LENGTHS]
+    alone = [collect(tiny, i, p, s) for i, p, s in zip(ids, PARAMS, settings)]
+    batch = Batch(tiny)
+    members = batch.join_many([Prompt(i, [p], s) for i, p, s in zip(ids, PARAMS, settings)])  # one forward pass
+    got = {id(m): [] for m in members}
+    while len(batch):
+        for member, record in batch.step():
+            got[id(member)].append(record)
+    for run, member in zip(alone, members):
+        same_run(run, got[id(member)])
+
+
 def test_stops_and_end_tokens_end_a_sequence_as_alone(tiny):
     ids = encode_prompt(tiny.tokenizer, "The capital of France is")
     cases = [GenerationSettings(max_new_tokens=12), GenerationSettings(max_new_tokens=12, stop_strings=(".",)),

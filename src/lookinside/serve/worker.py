@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from lookinside.core.decoding.batch import Batcher
+    from lookinside.core.decoding.batch import Batcher, Work
 
 T = TypeVar("T")
 _DONE = object()
@@ -108,14 +108,20 @@ class ModelWorker:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        joining: list[Work] = []  # jobs' Work taken since the last step: prefilled together before it
         while True:
             batcher = self._batcher
-            decoding = batcher is not None and len(batcher) > 0
-            if decoding and self.closing.is_set():
-                batcher.step()  # every Cancel is set now: each sequence leaves at this step
-                continue
+            decoding = (batcher is not None and len(batcher) > 0) or bool(joining)
+            if self.closing.is_set() and (decoding or joining):
+                for work in joining:
+                    work.on_done(None)  # the server is stopping: their streams end before a token
+                joining = []
+                if batcher is not None and len(batcher):
+                    batcher.step()  # every Cancel is set now: each sequence leaves at this step
+                    continue
             item: Any = _NOTHING
-            if not decoding or (batcher is not None and batcher.room):
+            taken = (len(batcher) if batcher is not None else 0) + sum(w.size for w in joining)
+            if not decoding or taken < self.batch:
                 try:
                     item = self._jobs.get(block=not decoding)  # wait only when nothing decodes
                 except queue.Empty:
@@ -123,28 +129,36 @@ class ModelWorker:
             if item is None:
                 return
             if item is not _NOTHING:
-                self._start(*item)  # every waiting job that fits joins before the next step
-            elif batcher is not None:
-                batcher.step()
+                work = self._start(*item)  # every waiting job that fits is taken before the next step
+                if work is not None:
+                    joining.append(work)
+                continue
+            if joining:
+                if self._batcher is None:
+                    from lookinside.core.decoding.batch import Batcher
 
-    def _start(self, job: Callable[[], Any], future: Future[Any]) -> None:
+                    self._batcher = Batcher(joining[0].lm, self.batch)
+                self._batcher.add_all(joining)  # their prompts prefilled in one forward pass
+                joining = []
+            if self._batcher is not None and len(self._batcher):
+                self._batcher.step()
+
+    def _start(self, job: Callable[[], Any], future: Future[Any]) -> Work | None:
+        """Run `job` now; the Work it returns (to decode in the batch), else None."""
         if not future.set_running_or_notify_cancel():
-            return  # its caller gave up while it waited
+            return None  # its caller gave up while it waited
         self._running = True
         try:
             result = job()
         except BaseException as exc:  # noqa: BLE001 (handed to the awaiting route, which answers for it)
             future.set_exception(exc)
-            return
+            return None
         finally:
             self._running = False
-        from lookinside.core.decoding.batch import Batcher, Work  # torch: imported once a job has run
-
-        if isinstance(result, Work) and result.lm is not None:
-            if self._batcher is None:
-                self._batcher = Batcher(result.lm, self.batch)
-            self._batcher.add(result)  # its prompts prefilled now, alone; it decodes from the next step
         future.set_result(result)
+        from lookinside.core.decoding.batch import Work  # torch: imported once a job has run
+
+        return result if isinstance(result, Work) and result.lm is not None else None
 
 
 async def run_on_model(worker: ModelWorker, job: Callable[[], T]) -> T:

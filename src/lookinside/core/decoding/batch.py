@@ -47,6 +47,17 @@ if TYPE_CHECKING:
     from lookinside.core.request import GenerationSettings
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt to prefill, and the sequences to decode from it (one per params)."""
+
+    ids: list[int]
+    params: Seq[SamplingParams]
+    settings: GenerationSettings
+    alternatives: int = TOP_ALTERNATIVES
+    tags: Seq[Any] | None = None
+
+
 @dataclass(eq=False)
 class Member:
     """One sequence in a batch: its token state, and where its next logits come from."""
@@ -58,6 +69,8 @@ class Member:
     started: float  # when the work for its next step began
     left: bool = False
     tag: Any = None  # the caller's: what the member belongs to
+    row: int = 0  # its row in `cache` (a prefill of several prompts)
+    skip: int = 0  # the left padding of that row, not its own
 
     @property
     def seed(self) -> int | None:
@@ -80,22 +93,41 @@ class Batch:
 
     def join(self, prompt_ids: list[int], params: Seq[SamplingParams], settings: GenerationSettings,
              alternatives: int = TOP_ALTERNATIVES, tags: Seq[Any] | None = None) -> list[Member]:
-        """Prefill `prompt_ids` once (alone) and add one sequence per `params`; they decode from the next `step`."""
+        """Prefill `prompt_ids` once and add one sequence per `params`; they decode from the next `step`."""
+        return self.join_many([Prompt(prompt_ids, params, settings, alternatives, tags)])
+
+    def join_many(self, prompts: Seq[Prompt]) -> list[Member]:
+        """Prefill several prompts in one forward pass (left-padded to the longest) and add their sequences."""
         from transformers import DynamicCache
 
-        check_fits(len(prompt_ids), self.lm.context_length, settings.max_new_tokens)
+        for prompt in prompts:
+            check_fits(len(prompt.ids), self.lm.context_length, prompt.settings.max_new_tokens)
+        width = max(len(p.ids) for p in prompts)
         with torch.inference_mode():
             start = now(self.lm.device)
             cache = DynamicCache(config=self.lm.config)
-            ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.lm.device)  # (1, seq)
-            logits = prefill(self.lm, ids, cache)  # (1, vocab)
+            ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.lm.device)  # (prompts, width)
+            mask = torch.zeros_like(ids)  # (prompts, width)
+            for row, prompt in enumerate(prompts):
+                ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids, dtype=torch.long)
+                mask[row, width - len(prompt.ids) :] = 1
+            if bool(mask.all()):  # one length: the single loop's own unmasked prefill
+                logits = prefill(self.lm, ids, cache)  # (prompts, vocab)
+            else:
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (prompts, width)
+                out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                    logits_to_keep=1, **{cache_argument(self.lm.model): cache})
+                logits = out.logits[:, -1, :].float().to(ids.device)  # (prompts, vocab)
             check_logits(self.lm, logits)
         joined = []
-        for i, p in enumerate(params):
-            p = with_seed(p)
-            sequence = Sequence(self.lm, prompt_ids, p, settings, alternatives)
-            # The members of one prompt share its prefilled cache: padding it into the batch copies it per row.
-            joined.append(Member(sequence, p, cache, logits, start, tag=tags[i] if tags else None))
+        for row, prompt in enumerate(prompts):
+            for i, p in enumerate(prompt.params):
+                p = with_seed(p)
+                sequence = Sequence(self.lm, prompt.ids, p, settings=prompt.settings, alternatives=prompt.alternatives)
+                # The members of one prefill share its cache: padding a row into the batch copies it.
+                joined.append(Member(sequence, p, cache, logits[row : row + 1], start,
+                                     tag=prompt.tags[i] if prompt.tags else None, row=row,
+                                     skip=width - len(prompt.ids)))
         self.members.extend(joined)
         return joined
 
@@ -150,14 +182,16 @@ class Batch:
     def _pad_in(self, member: Member) -> None:
         cache, member.cache = member.cache, None
         assert cache is not None
-        length = cache.get_seq_length()
+        row, skip = member.row, member.skip
+        length = cache.get_seq_length() - skip
         if self._cache is None or self._mask is None:
             from transformers import DynamicCache
 
             self._cache = DynamicCache(config=self.lm.config)
-            for mine, theirs in zip(self._cache.layers, cache.layers):  # a cache of its own: a prompt's members share theirs
+            for mine, theirs in zip(self._cache.layers, cache.layers):  # a cache of its own: a prefill's members share
                 mine.lazy_initialization(theirs.keys, theirs.values)
-                mine.keys, mine.values = theirs.keys, theirs.values
+                mine.keys = theirs.keys[row : row + 1, :, skip:]  # (1, heads, seq, dim)
+                mine.values = theirs.values[row : row + 1, :, skip:]
             self._mask = torch.ones((1, length), dtype=torch.long, device=self.lm.device)
             self._rows = [member]
             return
@@ -166,8 +200,9 @@ class Batch:
         self._mask = torch.cat([_left_pad(self._mask, grow, -1),
                                 _left_pad(torch.ones((1, length), dtype=torch.long, device=self._mask.device), pad, -1)])
         for mine, theirs in zip(self._cache.layers, cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, grow, -2), _left_pad(theirs.keys, pad, -2)])
-            mine.values = torch.cat([_left_pad(mine.values, grow, -2), _left_pad(theirs.values, pad, -2)])
+            keys, values = theirs.keys[row : row + 1, :, skip:], theirs.values[row : row + 1, :, skip:]
+            mine.keys = torch.cat([_left_pad(mine.keys, grow, -2), _left_pad(keys, pad, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, grow, -2), _left_pad(values, pad, -2)])
         self._rows.append(member)
 
     def _forward(self) -> None:
@@ -270,22 +305,42 @@ class Batcher:
 
     def add(self, work: Work) -> None:
         """Prefill `work`'s prompts and add its sequences (its on_done gets any error, and nothing joins)."""
-        members: list[Member] = []
-        try:
+        self.add_all([work])
+
+    def add_all(self, works: Seq[Work]) -> None:
+        """Prefill every prompt of `works` in one forward pass and add their sequences; a failed work is told."""
+        ready, prompts = [], []
+        for work in works:
+            try:
+                for ids, _, settings, _ in work.prompts:
+                    check_fits(len(ids), self.batch.lm.context_length, settings.max_new_tokens)
+            except BaseException as exc:  # noqa: BLE001 (the work's caller answers for it)
+                work.on_done(exc)
+                continue
+            ready.append(work)
             number = 0
             for ids, params, settings, alternatives in work.prompts:
-                tags = [(work, number + i) for i in range(len(params))]
-                members += self.batch.join(ids, params, settings, alternatives, tags)
+                prompts.append(Prompt(ids, params, settings, alternatives,
+                                      [(work, number + i) for i in range(len(params))]))
                 number += len(params)
-            work.on_start([m.seed for m in members])
-        except BaseException as exc:  # noqa: BLE001 (the work's caller answers for it)
-            for member in members:
-                self.batch.leave(member)
-            work.on_done(exc)
+        try:
+            members = self.batch.join_many(prompts) if prompts else []
+        except BaseException as exc:  # noqa: BLE001 (a failed prefill fails every work in it)
+            for work in ready:
+                work.on_done(exc)
             return
-        work._open = len(members)
-        if not members:
-            work.on_done(None)
+        for work in ready:
+            mine = [m for m in members if m.tag[0] is work]
+            try:
+                work.on_start([m.seed for m in mine])
+            except BaseException as exc:  # noqa: BLE001
+                for member in mine:
+                    self.batch.leave(member)
+                work.on_done(exc)
+                continue
+            work._open = len(mine)
+            if not mine:
+                work.on_done(None)
 
     def step(self) -> None:
         """One step of every sequence; each step goes to its work, which may ask it to leave."""
