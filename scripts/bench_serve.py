@@ -4,9 +4,14 @@
    the in-process command (--no-server), alternated in the same run, wall time of the whole process.
 2. The server's per-request overhead: the same one-token request with logprobs and echo, as an HTTP
    round trip against the core called directly in this process (serve.openai_api.completion_job).
-3. Throughput and time to first token (p50, p99) of streamed completions with 1, 4 and 16 clients.
+3. Many clients: total tokens/s, time to first token and inter-token latency (p50, p99) of streamed
+   completions (32 tokens, sampled, each client its own seed) with 1, 4, 16 and 32 clients at once.
+   With --url it measures that server instead (e.g. `transformers serve --continuous-batching`) on
+   the same prompts, with --model as the request's model and --no-eos-field for a server without
+   vLLM's ignore_eos (the length is then asked through transformers' generation_config).
 
-    python scripts/bench_serve.py [--runs 7] [--requests 8] [--tokens 32]
+    python scripts/bench_serve.py [--runs 7] [--requests 8] [--tokens 32] [--clients 1,4,16,32]
+    python scripts/bench_serve.py --only-clients [--url URL --model NAME --no-eos-field]
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ def overhead(url: str, runs: int) -> None:
     request = oa.parse_completion(body, settings)
 
     def direct() -> None:
-        oa.completion_job(lm, request, settings, lambda item: None, Cancel(threading.Event()))
+        oa.run_here(lm, oa.completion_job(lm, request, settings, lambda item: None, Cancel(threading.Event())))
 
     def timed(fn, n: int) -> list[float]:
         fn()
@@ -121,55 +126,101 @@ def overhead(url: str, runs: int) -> None:
     print(f"  the server's overhead:   {(mh - mc) * 1000:.2f} ms per request")
 
 
-def stream_one(http: httpx.Client, url: str, tokens: int) -> tuple[float, int, float]:
-    """(time to the first token, tokens received, total seconds) of one streamed completion."""
-    body = {"prompt": PROMPT, "max_tokens": tokens, "ignore_eos": True, "temperature": 0.8, "seed": 1, "stream": True}
+def stream_one(http: httpx.Client, url: str, tokens: int, seed: int, model: str | None,
+               eos_field: bool) -> tuple[float, int, float, float | None]:
+    """(time to the first token, tokens made, total seconds, mean gap between tokens) of one streamed completion.
+
+    The tokens are the usage's count (stream_options.include_usage): a server that sends no chunk for a
+    special token (transformers serve) still counts it; the gap is (last chunk - first chunk) / (tokens - 1).
+    """
+    body: dict = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "seed": seed, "stream": True,
+                  "stream_options": {"include_usage": True}}
+    if model:
+        body["model"] = model
+    if eos_field:
+        body["ignore_eos"] = True
+    else:  # transformers serve: no end token through its generation_config field, so every reply is `tokens` long
+        body["generation_config"] = json.dumps({"eos_token_id": -1})
     start = time.perf_counter()
-    first, count = None, 0
+    first, last, made = None, 0.0, 0
     with http.stream("POST", url + "/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
-            if line.startswith("data: {"):
-                count += 1
-                first = first if first is not None else time.perf_counter() - start
-    return first or 0.0, count, time.perf_counter() - start
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            if event.get("usage"):
+                made = event["usage"]["completion_tokens"]
+            if event.get("choices"):
+                last = time.perf_counter() - start
+                first = last if first is None else first
+    gap = (last - first) / (made - 1) if first is not None and made > 1 else None
+    return first or 0.0, made, time.perf_counter() - start, gap
 
 
-def throughput(url: str, clients: int, requests: int, tokens: int) -> None:
-    def client(_: int) -> list[tuple[float, int, float]]:
-        with httpx.Client(timeout=300) as http:
-            return [stream_one(http, url, tokens) for _ in range(requests)]
+def percentile(values: list[float], q: float) -> float:
+    """The q-th quantile (nearest rank) of `values`."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
+
+def throughput(url: str, clients: int, requests: int, tokens: int, model: str | None = None,
+               eos_field: bool = True) -> float:
+    """Run `clients` clients at once, each streaming `requests` completions; print and return tokens/s."""
+    def client(number: int) -> list[tuple[float, int, float, float | None]]:
+        with httpx.Client(timeout=600) as http:
+            return [stream_one(http, url, tokens, 1000 * number + i, model, eos_field) for i in range(requests)]
+
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = [r for rs in pool.map(client, range(clients)) for r in rs]
     seconds = time.perf_counter() - start
-    ttft = sorted(r[0] for r in results)
+    ttft = [r[0] for r in results]
+    gaps = [r[3] for r in results if r[3] is not None]
     made = sum(r[1] for r in results)
-    p99 = ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))]
-    print(f"  {clients:>2} clients x {requests} requests x {tokens} tokens: {made / seconds:7.0f} tok/s, "
-          f"{len(results) / seconds:5.1f} req/s, TTFT p50 {statistics.median(ttft) * 1000:7.1f} ms, "
-          f"p99 {p99 * 1000:7.1f} ms")
+    print(f"  {clients:>2} clients x {requests} x {tokens} tokens: {made / seconds:6.0f} tok/s, "
+          f"TTFT p50 {statistics.median(ttft) * 1000:7.1f} ms p99 {percentile(ttft, 0.99) * 1000:7.1f} ms, "
+          f"ITL p50 {statistics.median(gaps) * 1000:6.1f} ms p99 {percentile(gaps, 0.99) * 1000:6.1f} ms "
+          f"(load {load:.1f}; {made} tokens)")
+    return made / seconds
+
+
+def many_clients(url: str, counts: list[int], requests: int, tokens: int, model: str | None,
+                 eos_field: bool) -> None:
+    throughput(url, 4, 1, tokens, model, eos_field)  # warm-up: not counted
+    print("streamed completions, clients at once:")
+    rates = {n: throughput(url, n, requests, tokens, model, eos_field) for n in counts}
+    if 1 in rates and 16 in rates:
+        print(f"  16 clients / 1 client: {rates[16] / rates[1]:.1f}x the tokens/s (goal >= 4x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=8, help="requests per client")
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--clients", default="1,4,16,32", help="client counts, comma-separated")
+    parser.add_argument("--only-clients", action="store_true", help="measure many clients only (part 3)")
+    parser.add_argument("--url", help="measure this running server (its /v1 URL) instead of starting llm serve")
+    parser.add_argument("--model", help="the request's model field (for --url)")
+    parser.add_argument("--no-eos-field", action="store_true", help="the server has no ignore_eos (for --url)")
     args = parser.parse_args()
+    counts = [int(n) for n in args.clients.split(",")]
     print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
-    with tempfile.TemporaryDirectory() as tmp:
-        process, url = start_server(Path(tmp))
-        try:
-            command_wall_times(Path(tmp), url, args.runs)
-            overhead(url, args.runs * 8)
-            print("streamed completions (one model, requests queue):")
-            for clients in (1, 4, 16):
-                throughput(url, clients, args.requests, args.tokens)
-        finally:
-            process.terminate()
-            process.wait(60)
+    if args.url:
+        many_clients(args.url.rstrip("/"), counts, args.requests, args.tokens, args.model, not args.no_eos_field)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            process, url = start_server(Path(tmp))
+            try:
+                if not args.only_clients:
+                    command_wall_times(Path(tmp), url, args.runs)
+                    overhead(url, args.runs * 8)
+                many_clients(url, counts, args.requests, args.tokens, None, True)
+            finally:
+                process.terminate()
+                process.wait(60)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -167,11 +167,11 @@ def test_a_stop_string_cuts_the_text(client):
 
 BAD = [
     (b"{", 400), (b"[1, 2]", 400), (b'"text"', 400),
-    ({}, 400), ({"prompt": 3}, 400), ({"prompt": ""}, 400), ({"prompt": [[1], [2]]}, 400),
+    ({}, 400), ({"prompt": 3}, 400), ({"prompt": ""}, 400), ({"prompt": [[1], []]}, 400),
     ({"prompt": "hi", "max_tokens": 0}, 400), ({"prompt": "hi", "max_tokens": "5"}, 400),
     ({"prompt": "hi", "max_tokens": 10**9}, 400), ({"prompt": "hi", "logprobs": 21}, 400),
     ({"prompt": "hi", "temperature": -1}, 400), ({"prompt": "hi", "temperature": "hot"}, 400),
-    ({"prompt": "hi", "top_p": 2}, 400), ({"prompt": "hi", "seed": -1}, 400), ({"prompt": "hi", "n": 2}, 400),
+    ({"prompt": "hi", "top_p": 2}, 400), ({"prompt": "hi", "seed": -1}, 400), ({"prompt": "hi", "n": 0}, 400),
     ({"prompt": "hi", "stop": [1]}, 400), ({"prompt": "hi", "stream": "yes"}, 400),
     ({"prompt": [1, 10**9]}, 400), ({"prompt": "word " * 600}, 400), ({"prompt": "hi", "model": "phi-9"}, 404),
     ({"prompt": "x" * 2_000_000}, 413),

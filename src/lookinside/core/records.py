@@ -85,6 +85,7 @@ class Step:
     top: tuple[tuple[int, float], ...]  # the raw distribution's best (id, prob) pairs
     seconds: float  # the step's wall time, device synchronised; step 0 includes the prefill
     finish: Finish | None = None
+    stop: str | int | None = None  # what stopped it with finish "stop": the stop string, or the stop token's id
 
     @property
     def logprob(self) -> float:

@@ -155,6 +155,11 @@ class GenerationSettings:
                                            help="Stop when this text appears (repeatable); it is not printed.")
     ignore_eos: bool = option(False, "--ignore-eos", help="Go on past end tokens until --max-new-tokens.")
     compile: bool = False  # decode with a torch.compile'd step over a static cache (core/decoding/compiled.py)
+    # What an OpenAI-compatible request may add (vLLM's names in serve/openai_api.py):
+    stop_token_ids: tuple[int, ...] = ()  # tokens that end the reply as an end token does, finish "stop"
+    min_new_tokens: int = 0  # the end tokens and stop_token_ids cannot be picked before this many tokens
+    include_stop_string: bool = False  # the text keeps the stop string (or stop token) that ended it
+    skip_special_tokens: bool = False  # special tokens (chat markers) are left out of the text
 
     def __post_init__(self) -> None:
         if self.compile and self.cache == "none":
@@ -167,6 +172,9 @@ class GenerationSettings:
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
         if any(not isinstance(s, str) or not s for s in self.stop_strings):
             raise BadInput("stop strings must be non-empty text")
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise BadInput(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], not {self.min_new_tokens}")
 
 
 @dataclass(frozen=True)

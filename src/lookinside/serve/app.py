@@ -234,7 +234,7 @@ async def _generation(request: Request, parse: Callable[..., Any], job: Callable
     parsed = parse(await read_json(request, state.settings.max_body_bytes), state.settings)
     _check_model(state, parsed.sampling.model)
     items = await _start(state, lambda emit, cancel: job(state.lm, parsed, state.settings, state.counted(emit), cancel))
-    rid, model = oa.new_id(prefix), state.model_id
+    rid, model = oa.new_id(prefix, parsed.sampling.request_id), state.model_id
     if parsed.sampling.stream:
         return _sse(chunks(parsed, items, model, rid))
     answer = await _gather_while_connected(request, items)
@@ -263,7 +263,7 @@ async def _start(state: AppState, job: Callable[[oa.Emit, Any], None]) -> _Start
 async def _gather(started: _Started) -> oa.Answer:
     answer = oa.Answer(started.prologue)
     async for token in started.rest:
-        answer.tokens.append(token)
+        answer.add(token)
     return answer
 
 
@@ -287,26 +287,31 @@ async def _disconnected(request: Request) -> None:
 
 async def _completion_chunks(request: oa.CompletionRequest, started: _Started, model: str,
                              rid: str) -> AsyncIterator[dict[str, Any]]:
-    answer = oa.Answer(started.prologue)
-    offset = len(started.prologue.echo_text)
+    answer, choices = oa.Answer(started.prologue), started.prologue.choices
+    offsets = {c.index: len(c.echo_text) for c in choices}
     if request.echo:
-        yield oa.completion_chunk(request, list(started.prologue.echoed), started.prologue.echo_text, None, model, rid, 0)
+        for c in choices:
+            yield oa.completion_chunk(request, list(c.echoed), c.echo_text, None, model, rid, 0, c.index)
     async for token in started.rest:
-        answer.tokens.append(token)
-        yield oa.completion_chunk(request, [token], token.text, token.finish, model, rid, offset)
-        offset += len(token.text)
-    if not answer.tokens:
-        yield oa.completion_chunk(request, [], "", "length", model, rid, offset)
+        answer.add(token)
+        yield oa.completion_chunk(request, [token], token.text, token.finish, model, rid, offsets[token.index],
+                                  token.index, token.stop_reason)
+        offsets[token.index] += len(token.text)
+    for c in choices:
+        if not answer.of(c.index):
+            yield oa.completion_chunk(request, [], "", "length", model, rid, offsets[c.index], c.index)
     if request.sampling.include_usage:
         yield oa.usage_chunk(answer, rid, model, "text_completion")
 
 
 async def _chat_chunks(request: oa.ChatBody, started: _Started, model: str, rid: str) -> AsyncIterator[dict[str, Any]]:
     answer = oa.Answer(started.prologue)
-    yield oa.chat_chunk(request, {"role": "assistant", "content": ""}, [], None, model, rid)
+    for c in started.prologue.choices:
+        yield oa.chat_chunk(request, {"role": "assistant", "content": ""}, [], None, model, rid, c.index)
     async for token in started.rest:
-        answer.tokens.append(token)
-        yield oa.chat_chunk(request, {"content": token.text}, [token], token.finish, model, rid)
+        answer.add(token)
+        yield oa.chat_chunk(request, {"content": token.text}, [token], token.finish, model, rid, token.index,
+                            token.stop_reason)
     if request.sampling.include_usage:
         yield oa.usage_chunk(answer, rid, model, "chat.completion.chunk")
 

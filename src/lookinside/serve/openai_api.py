@@ -1,11 +1,14 @@
 """The OpenAI-compatible API as vLLM serves it: requests checked, answered by the one token loop.
 
 `parse_completion` and `parse_chat` turn a request body into a checked request or raise
-`ApiError` (a 4xx with one line). `completion_job` and `chat_job` run on the model's thread
-(serve/worker.py): they encode the prompt, check it against the context, and emit a `Prologue`
-and then one `Scored` token per step of `core.decoding.generate.generate`, already named as the wire names
-them (`token_id:N` with vLLM's `return_tokens_as_token_ids`), so no tokenizer is touched off that
-thread. The `*_response` and `*_chunk` functions shape them as OpenAI's JSON, streamed or whole.
+`ApiError` (a 4xx with one line); every field of vLLM's request types is honoured or refused by
+name, never dropped (`HONOURED`, `NEUTRAL`). `completion_job` and `chat_job` run on the model's
+thread (serve/worker.py): they encode the prompts, check them against the context, score an echoed
+prompt, and return the `Work` that decodes them in the batch (core/decoding/batch.py), which emits a
+`Prologue` and then one `Scored` token per step of each choice, already named as the wire names them
+(`token_id:N` with vLLM's `return_tokens_as_token_ids`), so no tokenizer is touched off that thread.
+The `*_response` and `*_chunk` functions shape them as OpenAI's JSON, streamed or whole; choices are
+indexed as OpenAI and vLLM index them: prompt i's sample j is choice i * n + j.
 
 Log-probabilities are natural logs under the raw distribution (temperature 1, no penalty), as the
 in-process views show them; a completion's `top_logprobs` holds the N best and the chosen token,
@@ -14,11 +17,12 @@ and echo gives the prompt's tokens with theirs, the first one null, as vLLM does
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
@@ -26,16 +30,49 @@ from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.request import GenerationSettings
 
 if TYPE_CHECKING:
+    import torch
+
+    from lookinside.core.decoding.batch import Work
     from lookinside.core.model.loading import LM
+    from lookinside.core.records import Step
     from lookinside.serve.settings import ServeSettings
     from lookinside.serve.worker import Cancel
 
 NEG_INF = -9999.0  # what vLLM writes for a log-probability of -inf (JSON has no infinity)
 MAX_STOPS = 16
+MAX_SEQUENCES = 64  # prompts x best_of in one request: each is a sequence on the model (the cost is bounded at the door)
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
-UNSUPPORTED = {"n": 1, "best_of": 1, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None,
-               "suffix": None, "tools": None, "functions": None, "response_format": None}
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+# Every field of vLLM's request types (vllm/entrypoints/openai/protocol.py, CompletionRequest and
+# ChatCompletionRequest, vLLM 0.10 at commit 0052bed3) is either read by name in this module (HONOURED) or
+# listed in NEUTRAL with the values that change nothing here: any other value is a 400 that names the field,
+# and so is a field vLLM does not have. tests/test_openai_fields.py walks vLLM's lists against these.
+SAMPLING_FIELDS = frozenset({"model", "seed", "stop", "stream", "stream_options", "temperature", "top_p", "n",
+                             "best_of", "top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignore_eos",
+                             "include_stop_str_in_output", "min_tokens", "skip_special_tokens", "prompt_logprobs",
+                             "return_tokens_as_token_ids", "request_id", "max_tokens"})
+HONOURED = {
+    "completion": SAMPLING_FIELDS | {"prompt", "echo", "logprobs"},
+    "chat": SAMPLING_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"},
+}
+_ANY = object()  # metadata with no effect on the reply here (no prefix cache to salt, no tools to call)
+_COMMON_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},), "response_format": ({"type": "text"},),
+    "use_beam_search": (False,), "length_penalty": (1,), "truncate_prompt_tokens": (), "allowed_token_ids": (),
+    "spaces_between_special_tokens": (True,), "guided_json": (), "guided_regex": (), "guided_choice": (),
+    "guided_grammar": (), "guided_decoding_backend": (), "guided_whitespace_pattern": (), "priority": (0,),
+    "logits_processors": ([],), "kv_transfer_params": ({},), "vllm_xargs": ({},), "user": (_ANY,),
+    "cache_salt": (_ANY,),
+}
+NEUTRAL: dict[str, dict[str, tuple[Any, ...]]] = {
+    "completion": _COMMON_NEUTRAL | {"suffix": ("",), "prompt_embeds": (), "add_special_tokens": (True,)},
+    "chat": _COMMON_NEUTRAL | {
+        "tools": ([],), "tool_choice": ("none", "auto"), "parallel_tool_calls": (_ANY,), "reasoning_effort": (),
+        "include_reasoning": (_ANY,), "bad_words": ([],), "echo": (False,), "add_generation_prompt": (True,),
+        "continue_final_message": (False,), "add_special_tokens": (False,), "documents": (), "chat_template": (),
+        "chat_template_kwargs": ({},), "mm_processor_kwargs": ({},), "structural_tag": ()},
+}
 
 
 class ApiError(Exception):
@@ -58,7 +95,7 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """What both endpoints share: the model, the sampling settings, the length and how to name tokens."""
+    """What both endpoints share: the model, the sampling settings, the length, the stops and how to name tokens."""
 
     model: str | None
     params: SamplingParams
@@ -68,13 +105,21 @@ class Sampling:
     stream: bool
     include_usage: bool
     token_ids: bool  # vLLM's return_tokens_as_token_ids
+    n: int = 1  # choices per prompt
+    best_of: int = 1  # sequences per prompt, of which the n most probable are returned
+    stop_token_ids: tuple[int, ...] = ()
+    min_tokens: int = 0
+    include_stop: bool = False  # vLLM's include_stop_str_in_output
+    skip_special: bool = True  # vLLM's skip_special_tokens (its default too)
+    prompt_logprobs: int | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """POST /v1/completions, checked."""
+    """POST /v1/completions, checked: one or several prompts (text or token ids)."""
 
-    prompt: str | tuple[int, ...]
+    prompts: tuple[str | tuple[int, ...], ...]
     sampling: Sampling
     logprobs: int | None
     echo: bool
@@ -93,24 +138,21 @@ class ChatBody:
 def parse_completion(body: Any, settings: ServeSettings) -> CompletionRequest:
     """A completion request from its JSON body, or ApiError."""
     body = _object(body)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
-        prompt = tuple(prompt)
-    elif not isinstance(prompt, str):
-        raise ApiError("prompt must be a string or a list of token ids (one prompt per request)", param="prompt")
-    if isinstance(prompt, str) and not prompt.strip():
-        raise ApiError("prompt is empty", param="prompt")
+    _check_fields(body, "completion")
+    prompts = _prompts(body.get("prompt"))
     logprobs = _optional_int(body, "logprobs", 0, settings.max_logprobs)
     echo = _bool(body, "echo")
     sampling = _sampling(body, settings, "max_tokens", COMPLETION_DEFAULT_MAX_TOKENS, allow_zero=echo)
-    return CompletionRequest(prompt, sampling, logprobs, echo)
+    if len(prompts) * sampling.best_of > MAX_SEQUENCES:
+        raise ApiError(f"{len(prompts)} prompts x best_of {sampling.best_of} is more than this server's "
+                       f"{MAX_SEQUENCES} sequences per request", param="prompt")
+    return CompletionRequest(prompts, sampling, logprobs, echo)
 
 
 def parse_chat(body: Any, settings: ServeSettings) -> ChatBody:
     """A chat completion request from its JSON body, or ApiError."""
     body = _object(body)
+    _check_fields(body, "chat")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError("messages must be a non-empty list of {role, content} objects", param="messages")
@@ -123,12 +165,52 @@ def parse_chat(body: Any, settings: ServeSettings) -> ChatBody:
     return ChatBody(checked, _sampling(body, settings, limit, None), logprobs, top)
 
 
+def _check_fields(body: dict[str, Any], endpoint: str) -> None:
+    """Refuse, naming it, a field this server would otherwise drop: unknown, or set to what it cannot do."""
+    neutral = NEUTRAL[endpoint]
+    for name, value in body.items():
+        if name in HONOURED[endpoint] or value is None:
+            continue
+        if name not in neutral:
+            raise ApiError(f"{name} is not a field of this endpoint (lookinside serve)", param=name)
+        allowed = neutral[name]
+        if _ANY not in allowed and not any(_same(value, a) for a in allowed):
+            raise ApiError(f"{name} is not supported by this server (lookinside serve): only "
+                           f"{' or '.join(json.dumps(a) for a in allowed) or 'null'}", param=name)
+
+
+def _same(value: Any, allowed: Any) -> bool:
+    """Equal as JSON values (so 0 is not false, and 1.0 is 1)."""
+    if isinstance(allowed, bool):
+        return isinstance(value, bool) and value == allowed
+    return not isinstance(value, bool) and value == allowed
+
+
+def _prompts(prompt: Any) -> tuple[str | tuple[int, ...], ...]:
+    """vLLM's four prompt shapes: a string, a list of strings, a list of ids, a list of lists of ids."""
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+        items = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        items = prompt
+    else:
+        raise ApiError("prompt must be a string, a list of token ids, or a non-empty list of either", param="prompt")
+    out: list[str | tuple[int, ...]] = []
+    for item in items:
+        if isinstance(item, str):
+            if not item.strip():
+                raise ApiError("prompt is empty", param="prompt")
+            out.append(item)
+        elif isinstance(item, list) and item and all(_is_int(t) for t in item):
+            out.append(tuple(item))
+        else:
+            raise ApiError("each prompt must be a non-empty string or a non-empty list of token ids", param="prompt")
+    return tuple(out)
+
+
 def _sampling(body: dict[str, Any], settings: ServeSettings, length: str, default: int | None,
               allow_zero: bool = False) -> Sampling:
-    for name, neutral in UNSUPPORTED.items():
-        value = body.get(name)
-        if value is not None and value != neutral and value != {}:
-            raise ApiError(f"{name} is not supported by this server (lookinside serve)", param=name)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError("model must be a string", param="model")
@@ -141,8 +223,28 @@ def _sampling(body: dict[str, Any], settings: ServeSettings, length: str, defaul
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError("stream_options must be an object", param="stream_options")
-    return Sampling(model, _params(body), max_tokens, tuple(stops), _bool(body, "ignore_eos"), _bool(body, "stream"),
-                    bool((options or {}).get("include_usage")), _bool(body, "return_tokens_as_token_ids"))
+    stream = _bool(body, "stream")
+    n = _optional_int(body, "n", 1, MAX_SEQUENCES) or 1
+    best_of = _optional_int(body, "best_of", 1, MAX_SEQUENCES) or n
+    if best_of < n:
+        raise ApiError(f"best_of must be >= n ({n}), not {best_of}", param="best_of")
+    if stream and best_of > n:
+        raise ApiError("best_of above n cannot stream: the best are known only at the end", param="best_of")
+    stop_ids = body.get("stop_token_ids") or []
+    if not isinstance(stop_ids, list) or len(stop_ids) > MAX_STOPS or not all(_is_int(t) and t >= 0 for t in stop_ids):
+        raise ApiError(f"stop_token_ids must be a list of at most {MAX_STOPS} token ids", param="stop_token_ids")
+    min_tokens = _optional_int(body, "min_tokens", 0, max_tokens) or 0
+    prompt_logprobs = _optional_int(body, "prompt_logprobs", 0, settings.max_logprobs)
+    if stream and prompt_logprobs:
+        raise ApiError("prompt_logprobs are not available when stream is true", param="prompt_logprobs")
+    request_id = body.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()
+                                   or len(request_id) > 128):
+        raise ApiError("request_id must be printable text of at most 128 characters", param="request_id")
+    return Sampling(model, _params(body), max_tokens, tuple(stops), _bool(body, "ignore_eos"), stream,
+                    bool((options or {}).get("include_usage")), _bool(body, "return_tokens_as_token_ids"),
+                    n, best_of, tuple(stop_ids), min_tokens, _bool(body, "include_stop_str_in_output"),
+                    _bool(body, "skip_special_tokens", default=True), prompt_logprobs, request_id)
 
 
 def _params(body: dict[str, Any]) -> SamplingParams:
@@ -184,10 +286,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _bool(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, False)
+def _bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name, default)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise ApiError(f"{name} must be true or false, not {value!r}"[:200], param=name)
     return value
@@ -210,110 +312,211 @@ def _optional_int(body: dict[str, Any], name: str, low: int, high: int | None) -
 
 @dataclass(frozen=True)
 class Scored:
-    """One token as the wire names it: its text in the reply, its name, log-probability and the best others."""
+    """One token as the wire names it: its choice, its text in the reply, its name, log-probability and the best others."""
 
     text: str
     token: str
     logprob: float | None
     top: dict[str, float] | None
     finish: str | None = None
+    index: int = 0  # the choice it belongs to
+    stop_reason: str | int | None = None  # as vLLM fills it: the stop string or stop token id that ended the choice
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What is known of one choice before its first token: its prompt, and that prompt's echo and log-probs."""
+
+    index: int
+    prompt_tokens: int
+    echo_text: str = ""
+    echoed: tuple[Scored, ...] = ()
+    prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None
 
 
 @dataclass(frozen=True)
 class Prologue:
-    """What is known before the first new token: the prompt's length, its echo and the seed in effect."""
+    """What is known before the first new token: the choices, the prompts' length and the seed in effect."""
 
-    prompt_tokens: int
-    echo_text: str = ""
-    echoed: tuple[Scored, ...] = ()
+    choices: tuple[Choice, ...]
+    prompt_tokens: int  # all the prompts' tokens, each prompt counted once (n choices share it)
     seed: int | None = None
 
 
 @dataclass
 class Answer:
-    """A whole reply, gathered from what the job emitted."""
+    """A whole reply, gathered from what the job emitted: the tokens of each choice."""
 
     prologue: Prologue
-    tokens: list[Scored] = field(default_factory=list)
+    tokens: dict[int, list[Scored]] = field(default_factory=dict)
 
-    @property
-    def text(self) -> str:
-        """The reply's text (after any echo)."""
-        return "".join(t.text for t in self.tokens)
+    def add(self, token: Scored) -> None:
+        """Keep one token of its choice."""
+        self.tokens.setdefault(token.index, []).append(token)
 
-    @property
-    def finish(self) -> str | None:
-        """Why it ended (OpenAI's words)."""
-        return self.tokens[-1].finish if self.tokens else "length"
+    def of(self, index: int) -> list[Scored]:
+        """The tokens of choice `index`."""
+        return self.tokens.get(index, [])
+
+    def text(self, index: int = 0) -> str:
+        """The choice's text (after any echo)."""
+        return "".join(t.text for t in self.of(index))
+
+    def finish(self, index: int = 0) -> str | None:
+        """Why the choice ended (OpenAI's words)."""
+        tokens = self.of(index)
+        return tokens[-1].finish if tokens else "length"
+
+    def stop_reason(self, index: int = 0) -> str | int | None:
+        """vLLM's stop_reason: the stop string or token id that ended the choice, else null."""
+        tokens = self.of(index)
+        return tokens[-1].stop_reason if tokens else None
 
 
 Emit = Callable[[Any], None]
 
 
-def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, emit: Emit, cancel: Cancel) -> None:
-    """Run a completion on the model (on its thread), emitting a Prologue and then one Scored per token."""
+def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, emit: Emit,
+                   cancel: Cancel) -> Work | None:
+    """Set up a completion on the model's thread: its prompts encoded, checked and (with echo) scored.
+
+    The decoding itself is the returned `Work`, which the worker adds to the batch; its Prologue and then
+    one Scored per token are emitted from there (None: nothing to decode, the Prologue is already out).
+    """
     from lookinside.core.decoding.detokenize import decode
     from lookinside.core.decoding.prompting import encode_prompt
 
-    sampling = request.sampling
-    if isinstance(request.prompt, str):
-        ids, text = encode_prompt(lm.tokenizer, request.prompt), request.prompt
-    else:
-        ids = list(request.prompt)
-        _check_ids(lm, ids)
-        text = decode(lm.tokenizer, ids) if request.echo else ""
-    want = request.logprobs
-    echoed = tuple(_prompt_scores(lm, ids, want or 0, sampling.token_ids, want is not None)) if request.echo else ()
-    _generate(lm, ids, sampling, settings, want, emit, cancel,
-              lambda seed: Prologue(len(ids), text if request.echo else "", echoed, seed), chat=False)
+    sampling, want = request.sampling, request.logprobs
+    max_tokens = _max_tokens(lm, sampling, settings, 0)
+    prompts, choices = [], []
+    for p, prompt in enumerate(request.prompts):
+        if isinstance(prompt, str):
+            ids, text = encode_prompt(lm.tokenizer, prompt), prompt
+        else:
+            ids = list(prompt)
+            _check_ids(lm, ids)
+            text = decode(lm.tokenizer, ids) if request.echo else ""
+        _check_fits(lm, ids, max_tokens)
+        echoed, prompt_logprobs = _prompt_pass(lm, ids, sampling, want, request.echo, chat=False)
+        choices += [Choice(p * sampling.n + j, len(ids), text if request.echo else "", echoed, prompt_logprobs)
+                    for j in range(sampling.n)]
+        prompts.append(ids)
+    return _decode(lm, prompts, choices, sampling, max_tokens, want, emit, cancel, chat=False)
 
 
-def chat_job(lm: LM, request: ChatBody, settings: ServeSettings, emit: Emit, cancel: Cancel) -> None:
-    """Run a chat completion on the model (on its thread), through the model's chat template."""
+def chat_job(lm: LM, request: ChatBody, settings: ServeSettings, emit: Emit, cancel: Cancel) -> Work | None:
+    """Set up a chat completion on the model's thread, through the model's chat template (see completion_job)."""
     from lookinside.core.decoding.prompting import encode_messages
 
     ids = encode_messages(lm.tokenizer, list(request.messages))
+    sampling = request.sampling
+    max_tokens = _max_tokens(lm, sampling, settings, len(ids))
+    _check_fits(lm, ids, max_tokens)
     want = request.top_logprobs if request.logprobs else None
-    _generate(lm, ids, request.sampling, settings, want, emit, cancel, lambda seed: Prologue(len(ids), seed=seed),
-              chat=True)
+    _, prompt_logprobs = _prompt_pass(lm, ids, sampling, want, False, chat=True)
+    choices = [Choice(j, len(ids), prompt_logprobs=prompt_logprobs) for j in range(sampling.n)]
+    return _decode(lm, [ids], choices, sampling, max_tokens, want, emit, cancel, chat=True)
 
 
-def _generate(lm: LM, ids: list[int], sampling: Sampling, settings: ServeSettings, want: int | None, emit: Emit,
-              cancel: Cancel, prologue: Callable[[int | None], Prologue], chat: bool) -> None:
-    from lookinside.core.decoding.generate import generate
+def run_here(lm: LM, work: Work | None) -> None:
+    """Decode a job's `Work` to its end on this thread, alone (scripts and tests; the server batches it)."""
+    from lookinside.core.decoding.batch import Batcher
+
+    if work is not None:
+        Batcher(lm, work.size).run(work)
+
+
+def _max_tokens(lm: LM, sampling: Sampling, settings: ServeSettings, prompt_length: int) -> int:
+    room = max(lm.context_length - prompt_length, 0)
+    return sampling.max_tokens if sampling.max_tokens is not None else min(room, settings.max_tokens or room)
+
+
+def _check_fits(lm: LM, ids: list[int], max_tokens: int) -> None:
     from lookinside.core.decoding.prompting import check_fits
 
-    room = lm.context_length - len(ids)
-    max_tokens = sampling.max_tokens if sampling.max_tokens is not None else min(room, settings.max_tokens or room)
     check_fits(len(ids), lm.context_length, max_tokens)
-    if max_tokens == 0:  # echo only: the prompt scored, nothing generated
-        emit(prologue(None))
-        return
-    run = GenerationSettings(max_new_tokens=max_tokens, stop_strings=sampling.stop, ignore_eos=sampling.ignore_eos)
-    stream = generate(lm, ids, sampling.params, run, alternatives=max(want or 0, 1))
-    emit(prologue(None if sampling.params.greedy else stream.seed))
+
+
+def _decode(lm: LM, prompts: list[list[int]], choices: list[Choice], sampling: Sampling, max_tokens: int,
+            want: int | None, emit: Emit, cancel: Cancel, chat: bool) -> Work | None:
+    """The Work that decodes `best_of` sequences per prompt and emits the `n` choices of each."""
+    from lookinside.core.decoding.batch import Work
+
+    base = sampling.params if sampling.params.greedy else sampling.params.seeded()
+    prologue = Prologue(tuple(choices), sum(len(ids) for ids in prompts), base.seed if not base.greedy else None)
+    if max_tokens == 0:  # echo only: the prompts scored, nothing generated
+        emit(prologue)
+        return None
+    n, best_of = sampling.n, sampling.best_of
+    run = GenerationSettings(max_new_tokens=max_tokens, stop_strings=sampling.stop, ignore_eos=sampling.ignore_eos,
+                             stop_token_ids=sampling.stop_token_ids, min_new_tokens=sampling.min_tokens,
+                             include_stop_string=sampling.include_stop, skip_special_tokens=sampling.skip_special)
+    # Sample j of each prompt draws from seed + j, as compare's samples do: a seeded request is repeatable.
+    params = [base if base.greedy else base.updated(seed=(base.seed or 0) + j) for j in range(best_of)]
     name = _namer(lm, sampling.token_ids)
-    for step in stream:
-        if cancel:
-            return  # the client went away, or the server is stopping: no more tokens
+    kept: dict[int, list[Scored]] = {}  # best_of > n: every sequence's tokens, until the best are known
+
+    def scored(number: int, step: Step) -> Scored:
         logprob = _log(step.prob)
         top = None
         if want is not None:
             top = {name(i): _log(p) for i, p in step.top[:want]}
             if not chat:
                 top.setdefault(name(step.token_id), logprob)  # vLLM lists the chosen token too
-        emit(Scored(step.text, name(step.token_id), logprob, top, FINISH.get(step.finish or "")))
+        prompt, j = divmod(number, best_of)
+        return Scored(step.text, name(step.token_id), logprob, top, FINISH.get(step.finish or ""), prompt * n + j,
+                      step.stop if step.finish == "stop" else None)
+
+    def on_step(number: int, step: Step) -> bool:
+        if cancel:
+            return False  # the client went away, or the server is stopping: its slot is free at the next step
+        token = scored(number, step)
+        if best_of > n:
+            kept.setdefault(number, []).append(token)
+        else:
+            emit(token)
+        return True
+
+    def on_done(error: BaseException | None) -> None:
+        if error is None and best_of > n and not cancel:
+            for prompt in range(len(prompts)):
+                runs = sorted(range(prompt * best_of, (prompt + 1) * best_of),
+                              key=lambda k: -sum(t.logprob or 0.0 for t in kept.get(k, [])))
+                for j, number in enumerate(runs[:n]):
+                    for token in kept.get(number, []):
+                        emit(replace(token, index=prompt * n + j))
+
+    return Work([(ids, params, run, max(want or 0, 1)) for ids in prompts], on_step,
+                on_start=lambda seeds: emit(prologue), on_done=on_done, lm=lm)
 
 
-def _prompt_scores(lm: LM, ids: list[int], n: int, as_ids: bool, with_top: bool) -> Iterator[Scored]:
-    """The prompt's tokens with their log-probabilities given what comes before (the first: None)."""
+def _prompt_pass(lm: LM, ids: list[int], sampling: Sampling, want: int | None, echo: bool,
+                 chat: bool) -> tuple[tuple[Scored, ...], list[dict[str, dict[str, Any]] | None] | None]:
+    """The echoed prompt's tokens (completions) and vLLM's prompt_logprobs, from one forward pass over the prompt."""
+    if not echo and sampling.prompt_logprobs is None:
+        return (), None
+    logp = _prompt_logp(lm, ids)
+    echoed = tuple(_prompt_scores(lm, ids, logp, want or 0, sampling.token_ids, want is not None)) if echo else ()
+    wanted = sampling.prompt_logprobs
+    return echoed, (_vllm_prompt_logprobs(lm, ids, logp, wanted) if wanted is not None else None)
+
+
+def _prompt_logp(lm: LM, ids: list[int]) -> torch.Tensor:
+    """Each prompt position's log-probabilities of the next token.  # (n-1, vocab)"""
     import torch
 
     from lookinside.core.inside import passes
 
-    name = _namer(lm, as_ids)
     out = passes.forward(lm, ids)
-    logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)  # (n-1, vocab): position i predicts token i+1
+    return torch.log_softmax(out.logits[0, :-1].float(), dim=-1)  # (n-1, vocab): position i predicts token i+1
+
+
+def _prompt_scores(lm: LM, ids: list[int], logp: torch.Tensor, n: int, as_ids: bool,
+                   with_top: bool) -> Iterator[Scored]:
+    """The prompt's tokens with their log-probabilities given what comes before (the first: None)."""
+    import torch
+
+    name = _namer(lm, as_ids)
     chosen = logp.gather(-1, torch.tensor(ids[1:], device=logp.device).unsqueeze(-1)).squeeze(-1).tolist()  # (n-1,)
     values, best = logp.topk(max(n, 1), dim=-1) if len(ids) > 1 else (logp, logp)  # (n-1, n)
     yield Scored(name(ids[0]), name(ids[0]), None, None)
@@ -321,6 +524,29 @@ def _prompt_scores(lm: LM, ids: list[int], n: int, as_ids: bool, with_top: bool)
         top = {name(int(t)): _log_value(float(v)) for t, v in zip(best[i][:n].tolist(), values[i][:n].tolist())}
         top.setdefault(name(token_id), _log_value(chosen[i]))
         yield Scored(name(token_id), name(token_id), _log_value(chosen[i]), top if with_top else None)
+
+
+def _vllm_prompt_logprobs(lm: LM, ids: list[int], logp: torch.Tensor,
+                          n: int) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's prompt_logprobs: per prompt token (the first: null) its id -> logprob, rank, decoded text; and the n best."""
+    import torch
+
+    from lookinside.core.decoding.detokenize import token_text
+
+    out: list[dict[str, dict[str, Any]] | None] = [None]
+    if len(ids) < 2:
+        return out
+    chosen = logp.gather(-1, torch.tensor(ids[1:], device=logp.device).unsqueeze(-1))  # (n-1, 1)
+    ranks = ((logp > chosen).sum(-1) + 1).tolist()  # (n-1,)
+    values, best = logp.topk(max(n, 1), dim=-1)  # (n-1, n)
+    for i, token_id in enumerate(ids[1:]):
+        entry = {str(token_id): {"logprob": _log_value(float(chosen[i, 0])), "rank": int(ranks[i]),
+                                 "decoded_token": token_text(lm.tokenizer, token_id)}}
+        for r, (t, v) in enumerate(zip(best[i][:n].tolist(), values[i][:n].tolist())):
+            entry.setdefault(str(int(t)), {"logprob": _log_value(float(v)), "rank": r + 1,
+                                          "decoded_token": token_text(lm.tokenizer, int(t))})
+        out.append(entry)
+    return out
 
 
 def _check_ids(lm: LM, ids: list[int]) -> None:
@@ -349,13 +575,13 @@ def _log_value(value: float) -> float:
 # ---- answers, as OpenAI's JSON
 
 
-def new_id(prefix: str) -> str:
-    """An id as vLLM makes them: cmpl-..., chatcmpl-..."""
-    return f"{prefix}-{uuid.uuid4().hex}"
+def new_id(prefix: str, request_id: str | None = None) -> str:
+    """An id as vLLM makes them: cmpl-..., chatcmpl-... (from the request's request_id when it gave one)."""
+    return f"{prefix}-{request_id or uuid.uuid4().hex}"
 
 
 def _usage(answer: Answer) -> dict[str, int]:
-    completion = len(answer.tokens)
+    completion = sum(len(tokens) for tokens in answer.tokens.values())
     return {"prompt_tokens": answer.prologue.prompt_tokens, "completion_tokens": completion,
             "total_tokens": answer.prologue.prompt_tokens + completion}
 
@@ -371,20 +597,25 @@ def completion_logprobs(tokens: list[Scored] | tuple[Scored, ...], start: int = 
 
 
 def completion_response(request: CompletionRequest, answer: Answer, model: str, rid: str) -> dict[str, Any]:
-    """The whole /v1/completions answer."""
-    tokens = [*answer.prologue.echoed, *answer.tokens]
-    logprobs = completion_logprobs(tokens) if request.logprobs is not None else None
-    choice = {"index": 0, "text": answer.prologue.echo_text + answer.text, "logprobs": logprobs,
-              "finish_reason": answer.finish, "stop_reason": None}
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": [choice],
+    """The whole /v1/completions answer: one choice per prompt and sample, in index order."""
+    choices = []
+    for choice in answer.prologue.choices:
+        tokens = [*choice.echoed, *answer.of(choice.index)]
+        logprobs = completion_logprobs(tokens) if request.logprobs is not None else None
+        entry = {"index": choice.index, "text": choice.echo_text + answer.text(choice.index), "logprobs": logprobs,
+                 "finish_reason": answer.finish(choice.index), "stop_reason": answer.stop_reason(choice.index)}
+        if choice.prompt_logprobs is not None:
+            entry["prompt_logprobs"] = choice.prompt_logprobs
+        choices.append(entry)
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": choices,
             "usage": _usage(answer), "system_fingerprint": None}
 
 
 def completion_chunk(request: CompletionRequest, tokens: list[Scored], text: str, finish: str | None, model: str,
-                     rid: str, offset: int) -> dict[str, Any]:
-    """One streamed /v1/completions chunk."""
+                     rid: str, offset: int, index: int = 0, stop_reason: str | int | None = None) -> dict[str, Any]:
+    """One streamed /v1/completions chunk, of choice `index`."""
     logprobs = completion_logprobs(tokens, offset) if request.logprobs is not None and tokens else None
-    choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish, "stop_reason": None}
+    choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish, "stop_reason": stop_reason}
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": [choice]}
 
 
@@ -398,19 +629,25 @@ def chat_logprobs(tokens: list[Scored]) -> dict[str, Any]:
 
 
 def chat_response(request: ChatBody, answer: Answer, model: str, rid: str) -> dict[str, Any]:
-    """The whole /v1/chat/completions answer."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": answer.text, "tool_calls": []},
-              "logprobs": chat_logprobs(answer.tokens) if request.logprobs else None,
-              "finish_reason": answer.finish, "stop_reason": None}
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model, "choices": [choice],
-            "usage": _usage(answer), "system_fingerprint": None}
+    """The whole /v1/chat/completions answer, one choice per sample."""
+    choices = [{"index": c.index, "message": {"role": "assistant", "content": answer.text(c.index), "tool_calls": []},
+                "logprobs": chat_logprobs(answer.of(c.index)) if request.logprobs else None,
+                "finish_reason": answer.finish(c.index), "stop_reason": answer.stop_reason(c.index)}
+               for c in answer.prologue.choices]
+    out = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model, "choices": choices,
+           "usage": _usage(answer), "system_fingerprint": None}
+    if request.sampling.prompt_logprobs is not None and answer.prologue.choices:
+        out["prompt_logprobs"] = answer.prologue.choices[0].prompt_logprobs
+    return out
 
 
 def chat_chunk(request: ChatBody, delta: dict[str, Any], tokens: list[Scored], finish: str | None, model: str,
-               rid: str) -> dict[str, Any]:
-    """One streamed /v1/chat/completions chunk."""
-    choice = {"index": 0, "delta": delta, "logprobs": chat_logprobs(tokens) if request.logprobs and tokens else None,
-              "finish_reason": finish}
+               rid: str, index: int = 0, stop_reason: str | int | None = None) -> dict[str, Any]:
+    """One streamed /v1/chat/completions chunk, of choice `index`."""
+    choice = {"index": index, "delta": delta,
+              "logprobs": chat_logprobs(tokens) if request.logprobs and tokens else None, "finish_reason": finish}
+    if finish is not None:
+        choice["stop_reason"] = stop_reason
     return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
             "choices": [choice]}
 

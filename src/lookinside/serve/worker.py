@@ -1,8 +1,12 @@
 """The model runs on ONE thread; every request reaches it through one bounded queue.
 
 A request's job waits in the queue (a full queue refuses at once: the caller answers 503) and
-then runs alone on the model. A generating job is handed a `Cancel`, which it checks between
-tokens: a client that went away, or the server shutting down, stops it at the next token.
+then runs alone on the model. A generating job returns the `Work` that decodes its sequences
+(core/decoding/batch.py): the thread adds it to the batch, and between jobs runs one step of every
+sequence in the batch, so concurrent completions share forward passes while a view's job still
+runs alone between two steps. Jobs are taken while the batch has room (`batch` sequences).
+A generating job is handed a `Cancel`, which it checks between tokens: a client that went away,
+or the server shutting down, stops it, and frees its place in the batch, at the next step.
 `run_on_model` awaits any job from an async route; `stream_on_model` carries the items a job
 emits, one by one, to an async iterator (a streamed reply).
 """
@@ -10,14 +14,20 @@ emits, one by one, to an async iterator (a streamed reply).
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from lookinside.core.decoding.batch import Batcher, Work
 
 T = TypeVar("T")
 _DONE = object()
+_NOTHING = object()  # no job was waiting
+BATCH = 32  # sequences that decode together at most (vLLM's max_num_seqs; llama.cpp's parallel slots)
 
 
 class QueueFull(Exception):
@@ -59,14 +69,25 @@ class Cancel:
 class ModelWorker:
     """One thread that runs jobs in the order they came, with at most `size` waiting."""
 
-    def __init__(self, size: int, setup: Callable[[], None] | None = None) -> None:
-        self.size = size
+    def __init__(self, size: int, setup: Callable[[], None] | None = None, batch: int = BATCH) -> None:
+        self.size, self.batch = size, batch
         self._setup = setup  # run first on the thread: torch's thread count is the calling thread's own
         self.closing = threading.Event()
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue(maxsize=size)
-        self.busy = False  # a job is running now
+        self._running = False  # a job is running now
+        self._batcher: Batcher | None = None  # made from the first Work: it needs the model
         self._thread = threading.Thread(target=self._run, name="lookinside-model", daemon=True)
         self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """A job runs now, or sequences are decoding."""
+        return self._running or self.decoding > 0
+
+    @property
+    def decoding(self) -> int:
+        """Sequences in the batch now."""
+        return len(self._batcher) if self._batcher is not None else 0
 
     @property
     def waiting(self) -> int:
@@ -107,20 +128,57 @@ class ModelWorker:
     def _run(self) -> None:
         if self._setup is not None:
             self._setup()
+        joining: list[Work] = []  # jobs' Work taken since the last step: prefilled together before it
         while True:
-            item = self._jobs.get()
+            batcher = self._batcher
+            decoding = (batcher is not None and len(batcher) > 0) or bool(joining)
+            if self.closing.is_set() and (decoding or joining):
+                for work in joining:
+                    work.on_done(ServerStopping())  # the server is stopping: their streams end before a token
+                joining = []
+                if batcher is not None and len(batcher):
+                    batcher.step()  # every Cancel is set now: each sequence leaves at this step
+                    continue
+            item: Any = _NOTHING
+            taken = (len(batcher) if batcher is not None else 0) + sum(w.size for w in joining)
+            if not decoding or taken < self.batch:
+                try:
+                    item = self._jobs.get(block=not decoding)  # wait only when nothing decodes
+                except queue.Empty:
+                    pass
             if item is None:
                 return
-            job, future = item
-            if not future.set_running_or_notify_cancel():
-                continue  # its caller gave up while it waited
-            self.busy = True
-            try:
-                future.set_result(job())
-            except BaseException as exc:  # noqa: BLE001 (handed to the awaiting route, which answers for it)
-                future.set_exception(exc)
-            finally:
-                self.busy = False
+            if item is not _NOTHING:
+                work = self._start(*item)  # every waiting job that fits is taken before the next step
+                if work is not None:
+                    joining.append(work)
+                continue
+            if joining:
+                if self._batcher is None:
+                    from lookinside.core.decoding.batch import Batcher
+
+                    self._batcher = Batcher(joining[0].lm, self.batch)
+                self._batcher.add_all(joining)  # their prompts prefilled in one forward pass
+                joining = []
+            if self._batcher is not None and len(self._batcher):
+                self._batcher.step()
+
+    def _start(self, job: Callable[[], Any], future: Future[Any]) -> Work | None:
+        """Run `job` now; the Work it returns (to decode in the batch), else None."""
+        if not future.set_running_or_notify_cancel():
+            return None  # its caller gave up while it waited
+        self._running = True
+        try:
+            result = job()
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting route, which answers for it)
+            future.set_exception(exc)
+            return None
+        finally:
+            self._running = False
+        future.set_result(result)
+        from lookinside.core.decoding.batch import Work  # torch: imported once a job has run
+
+        return result if isinstance(result, Work) and result.lm is not None else None
 
 
 async def run_on_model(worker: ModelWorker, job: Callable[[], T]) -> T:
@@ -144,19 +202,38 @@ def stream_on_model(worker: ModelWorker, job: Callable[[Callable[[Any], None], C
     def emit(item: Any) -> None:
         loop.call_soon_threadsafe(items.put_nowait, item)
 
-    def run() -> None:
+    def run() -> Any:
         try:
-            if not cancel:
-                job(emit, cancel)
-            if cancel.stopped:
+            result = None if cancel else job(emit, cancel)
+            if result is None and cancel.stopped:
                 raise ServerStopping()
         except BaseException as exc:  # noqa: BLE001 (carried to the route, which answers for it)
             emit(_Raised(exc))
-        finally:
             emit(_DONE)
+            return None
+        from lookinside.core.decoding.batch import Work
+
+        if isinstance(result, Work):  # the stream ends when the batch has decoded the work
+            result.on_done = functools.partial(_finish, result.on_done, emit, cancel)
+            return result
+        emit(_DONE)
+        return result
 
     future = worker.submit(run)
     return _drain(items, cancel, future)
+
+
+def _finish(then: Callable[[BaseException | None], None], emit: Callable[[Any], None], cancel: Cancel,
+            error: BaseException | None) -> None:
+    try:
+        then(error)
+    except BaseException as exc:  # noqa: BLE001
+        error = error or exc
+    if error is None and cancel.stopped:
+        error = ServerStopping()  # cut by the shutdown: the stream ends with an error event, so the client is told
+    if error is not None:
+        emit(_Raised(error))
+    emit(_DONE)
 
 
 class _Raised:

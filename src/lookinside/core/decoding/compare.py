@@ -4,6 +4,8 @@ Sample i (counting from 0) uses seed `base + i`, so the whole comparison is
 reproduced from the one base seed it shows. The greedy run keeps the repetition
 penalty, so the only difference between the runs is how each token is picked.
 A backend that names tokens by their text (a server) leaves the ids out, with the reason.
+With the model here (and the dynamic cache), the prompt is prefilled once and every run decodes
+in one batch (core/decoding/batch.py); each run's tokens are those it gets alone.
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ def compare(model: Backend | LM, request: CompareRequest) -> Comparison:
     """Generate greedily once and by sampling `request.samples` times from the same prompt."""
     backend, request = as_backend(model), request.seeded()
     greedy_params = request.params.updated(temperature=0.0, seed=None)
-    runs = [gather(backend.generate(request.prompt, params, request.settings, request.chat))
-            for params in (greedy_params, *request.sample_params())]
+    every = (greedy_params, *request.sample_params())
+    settings = request.settings
+    if backend.capabilities.insides and settings.cache == "dynamic" and not settings.compile:  # the weights are here: .lm
+        from lookinside.core.decoding.batch import decode_together
+
+        runs = decode_together(backend.lm, backend.prompt_ids(request.prompt, request.chat), every, settings)
+    else:
+        runs = [gather(backend.generate(request.prompt, params, settings, request.chat)) for params in every]
     prompt_ids = backend.prompt_ids(request.prompt, request.chat) if backend.capabilities.ids else None
     for run in runs:
         run.prompt_ids = list(prompt_ids or [])

@@ -27,12 +27,14 @@ CONTEXT_TOKENS = 4
 class IncrementalDecoder:
     """Feed ids one at a time; get back only complete new text."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, context: list[int] | None = None) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, context: list[int] | None = None,
+                 skip_special: bool = False) -> None:
         self.tokenizer = tokenizer
         # After a special token (a chat template's <|assistant|>) the text starts afresh: SentencePiece's "▁" on
         # the first word is its prefix space, not text, so the reply is decoded as HF and vLLM decode it alone
         # ("The capital...", not " The capital..."). After ordinary text the context keeps the space (" Paris").
         context = [] if context and context[-1] in special_ids(tokenizer) else context
+        self.skip_special = skip_special  # vLLM's skip_special_tokens: chat markers left out of the text
         self.ids: list[int] = list(context or [])[-CONTEXT_TOKENS:]
         self.prefix_offset = 0  # start of the context window used for decoding
         self.read_offset = len(self.ids)  # ids before this are already emitted
@@ -58,7 +60,7 @@ class IncrementalDecoder:
         return full[len(prefix) :]
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special, clean_up_tokenization_spaces=False)
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -89,10 +91,12 @@ def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
 class StopStrings:
     """Finds the first stop string in streamed text; holds back any tail that could begin one."""
 
-    def __init__(self, stops: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(self, stops: tuple[str, ...] | list[str] = (), include: bool = False) -> None:
         self.stops = tuple(s for s in stops if s)
+        self.include = include  # keep the stop string in the text (vLLM's include_stop_str_in_output)
         self.pending = ""  # decoded text not yet released: it may be the start of a stop string
         self.stopped = False
+        self.matched: str | None = None  # the stop string found
 
     def push(self, text: str) -> str:
         """Add decoded text; return what is safe to show (cut before a stop string once one is found)."""
@@ -101,10 +105,11 @@ class StopStrings:
         if not self.stops:
             return text
         self.pending += text
-        hits = [i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0]
+        hits = [(at, stop) for at, stop in ((self.pending.find(stop), stop) for stop in self.stops) if at >= 0]
         if hits:
+            at, self.matched = min(hits, key=lambda hit: hit[0])
             self.stopped = True
-            out, self.pending = self.pending[: min(hits)], ""
+            out, self.pending = self.pending[: at + (len(self.matched) if self.include else 0)], ""
             return out
         hold = self._held_tail()
         out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]

@@ -21,7 +21,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -97,48 +97,106 @@ def _steps(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gene
 
 def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings, cache: Cache | None,
           compiled: Compiled | None, alternatives: int) -> Iterator[Step]:
-    processors = build_processors(params)
-    generator = _generator(params, lm.device)
-    ends = frozenset() if settings.ignore_eos else frozenset(lm.end_token_ids)
-    decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids)
-    stops = StopStrings(settings.stop_strings)
-    n = len(prompt_ids)
+    sequence = Sequence(lm, prompt_ids, params, settings, alternatives)
     # inference_mode is entered around the tensor work only, never held across a `yield`: the consumer's
     # code between steps (and a stream abandoned half-way) must not run inside it.
     with torch.inference_mode():
-        # Every id of the run in one preallocated row: no per-step concatenation, and writing a token is not a sync.
-        buffer = torch.empty((1, n + settings.max_new_tokens), dtype=torch.long, device=lm.device)  # (1, seq)
-        buffer[0, :n] = torch.tensor(prompt_ids, dtype=torch.long)
         start = now(lm.device)
-        logits = prefill(lm, buffer[:, :n], cache)  # (1, vocab)
+        logits = prefill(lm, sequence.ids, cache)  # (1, vocab)
         check_logits(lm, logits)  # NaN weights or a bad epsilon: one line, never a table of nan
-    for index in range(settings.max_new_tokens):
-        with torch.inference_mode():
-            token = pick(logits, buffer[:, : n + index], processors, generator)  # (1,) on the device
-            buffer[:, n + index] = token
-            packer = (functools.partial(compiled.observation, checked=index > 0)
-                      if compiled is not None and alternatives == TOP_ALTERNATIVES else None)
-            token_id, prob, rank, top = _observe(logits[0], token, alternatives, packer)  # one device -> host copy
-        finish: Finish | None = None
-        if token_id in ends:
-            text, finish = stops.push(decoder.flush()) + stops.flush(), "eos"
-        else:
-            text = stops.push(decoder.push(token_id))
-            if stops.stopped:
-                finish = "stop"
-            elif index + 1 == settings.max_new_tokens:
-                text, finish = text + stops.push(decoder.flush()) + stops.flush(), "length"
-                finish = "stop" if stops.stopped else finish
-        yield Step(index, token_id, text, prob, rank, top, time.perf_counter() - start, finish)
-        if finish is not None:
+    while True:
+        packer = (functools.partial(compiled.observation, checked=sequence.index > 0)
+                  if compiled is not None and alternatives == TOP_ALTERNATIVES else None)
+        step = sequence.advance(logits, start, packer)
+        yield step
+        if step.finish is not None:
             return
         start = time.perf_counter()  # the consumer's time between steps is not the model's
         with torch.inference_mode():
-            ids = buffer[:, : n + index + 1]  # (1, seq so far)
+            ids = sequence.ids  # (1, seq so far)
             if compiled is not None and cache is not None:
-                logits = compiled.decode(token.view(1, 1), cache, lambda: decode_one_token(lm, ids, cache), index > 0)
+                logits = compiled.decode(sequence.last.view(1, 1), cache, lambda: decode_one_token(lm, ids, cache),
+                                         sequence.index > 1)
             else:
                 logits = decode_one_token(lm, ids, cache)
+
+
+class Sequence:
+    """One sequence's token-by-token state: it picks each token from the logits it is given and names it.
+
+    It holds the ids so far, the sampler (processors and a seeded generator of its own), the text decoder
+    and the stop rules; it runs no forward pass, so the single loop above and the batch
+    (core/decoding/batch.py) feed it logits the same way and get the same `Step`s.
+    """
+
+    def __init__(self, lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings,
+                 alternatives: int = TOP_ALTERNATIVES) -> None:
+        self.n, self.index, self.settings, self.alternatives = len(prompt_ids), 0, settings, alternatives
+        self.processors = build_processors(params)
+        self.generator = _generator(params, lm.device)
+        self.ends = frozenset() if settings.ignore_eos else frozenset(lm.end_token_ids)
+        self.stop_ids = frozenset(settings.stop_token_ids)
+        if settings.min_new_tokens and (self.ends or self.stop_ids):
+            self.processors.insert(0, _min_new_tokens(self.n, settings.min_new_tokens, self.ends | self.stop_ids,
+                                                      lm.device))
+        self.decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids, skip_special=settings.skip_special_tokens)
+        self.stops = StopStrings(settings.stop_strings, include=settings.include_stop_string)
+        with torch.inference_mode():
+            # Every id of the run in one preallocated row: no per-step concatenation, and writing a token is not a sync.
+            self.buffer = torch.empty((1, self.n + settings.max_new_tokens), dtype=torch.long, device=lm.device)
+            self.buffer[0, : self.n] = torch.tensor(prompt_ids, dtype=torch.long)  # (1, seq)
+        self.last = self.buffer[0, self.n - 1 : self.n]  # (1,) the newest token, as the next forward pass feeds it
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """The prompt and every token picked so far.  # (1, seq)"""
+        return self.buffer[:, : self.n + self.index]
+
+    def advance(self, logits: torch.Tensor, start: float,
+                packer: Callable[..., torch.Tensor] | None = None) -> Step:
+        """Pick the next token from `logits` (1, vocab), name it, and say whether the sequence ends there."""
+        with torch.inference_mode():
+            token = self.pick(logits)  # (1,) on the device
+            token_id, prob, rank, top = _observe(logits[0], token, self.alternatives, packer)  # one device -> host copy
+        return self.record(token_id, prob, rank, top, start)
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token from `logits` (1, vocab) by this sequence's sampler, kept in its ids; left on the device."""
+        token = pick(logits, self.ids, self.processors, self.generator)  # (1,)
+        self.buffer[:, self.n + self.index] = token
+        self.last = token
+        return token
+
+    def record(self, token_id: int, prob: float, rank: int, top: tuple[tuple[int, float], ...], start: float) -> Step:
+        """The step for the token just picked: its text, and whether an end token, a stop or the length ends it."""
+        index = self.index
+        self.index += 1
+        stops, decoder = self.stops, self.decoder
+        finish: Finish | None = None
+        stop: str | int | None = None
+        if token_id in self.ends or token_id in self.stop_ids:
+            text = stops.push(decoder.flush()) + stops.flush()
+            if token_id in self.ends:
+                finish = "eos"
+            else:
+                finish, stop = "stop", token_id
+                text += stops.push(decoder.push(token_id)) + stops.flush() if self.settings.include_stop_string else ""
+        else:
+            text = stops.push(decoder.push(token_id))
+            if stops.stopped:
+                finish, stop = "stop", stops.matched
+            elif index + 1 == self.settings.max_new_tokens:
+                text, finish = text + stops.push(decoder.flush()) + stops.flush(), "length"
+                if stops.stopped:
+                    finish, stop = "stop", stops.matched
+        return Step(index, token_id, text, prob, rank, top, time.perf_counter() - start, finish, stop)
+
+
+def _min_new_tokens(prompt_length: int, minimum: int, ends: frozenset[int], device: torch.device) -> Any:
+    """transformers' processor that keeps the end tokens from being picked before `minimum` new tokens."""
+    from transformers import MinNewTokensLengthLogitsProcessor
+
+    return MinNewTokensLengthLogitsProcessor(prompt_length, minimum, sorted(ends), device=str(device))
 
 
 def make_cache(lm: LM, kind: CacheKind, max_len: int) -> Cache | None:
@@ -169,13 +227,30 @@ def pick(
 
     # (1, vocab) -> (1,)
     """
-    scores = processors(ids, logits) if processors else logits  # (1, vocab)
+    scores = logits  # (1, vocab)
+    for processor in processors:  # called directly: the list's __call__ inspects each signature at every step
+        scores = processor(ids, scores)
     if generator is None:
         return scores.argmax(-1)
     probs = torch.softmax(scores, dim=-1)  # (1, vocab)
     if probs.device != generator.device:
         return sample(probs.to(generator.device), generator).to(probs.device)
     return sample(probs, generator)
+
+
+def observe_rows(logits: torch.Tensor, tokens: torch.Tensor,
+                 alternatives: int) -> list[tuple[int, float, int, tuple[tuple[int, float], ...]]]:
+    """`_observe` for every row at once, in one copy to the host.  # (rows, vocab), (rows,)"""
+    logits = logits.float()  # (rows, vocab)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (rows, 1)
+    chosen = logits.gather(-1, tokens.view(-1, 1))  # (rows, 1)
+    rank = (logits > chosen).sum(-1, keepdim=True) + 1  # (rows, 1)
+    top_logits, top_ids = logits.topk(min(alternatives, logits.shape[-1]), dim=-1)  # (rows, k), (rows, k)
+    packed = torch.cat([tokens.view(-1, 1).double(), (chosen - lse).double(), rank.double(), top_ids.double(),
+                        (top_logits - lse).double()], dim=-1).tolist()  # (rows, 3 + 2k)
+    k = top_ids.shape[-1]
+    return [(int(row[0]), math.exp(row[1]), int(row[2]),
+             tuple((int(i), math.exp(lp)) for i, lp in zip(row[3 : 3 + k], row[3 + k :]))) for row in packed]
 
 
 def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES,

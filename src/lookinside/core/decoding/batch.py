@@ -1,0 +1,395 @@
+"""Many sequences decoded together: one forward pass per step for all of them (continuous batching).
+
+`Batch` holds the sequences that decode now. `join` prefills a prompt alone (one forward pass
+for one or several sequences that share it) and adds its sequences; `step` runs ONE forward pass
+over every sequence that goes on and gives each its next `Step`; a sequence that finished, or that
+`leave` was called for, is out of the next step. Sequences join and leave between any two steps.
+
+Each sequence is a `generate.Sequence`, the single loop's own per-token state: its processors,
+its own seeded `torch.Generator`, its stops and its decoder; so a sequence's tokens are the ones it
+gets alone (greedy identical, a seeded sample drawn from its own generator), and its
+log-probabilities equal to float error (tests/test_batch.py holds them to 1e-5).
+
+The batch keeps one transformers `DynamicCache` whose rows are the sequences, left-padded to the
+longest: the padding is masked out by the attention mask and each row gets its own position ids,
+so a row sees exactly its own tokens. A joining sequence's prefilled cache is padded into it; a
+leaving row is cut out and columns of padding no row needs are dropped. Models whose cache is not
+a plain one (sliding windows, remote code without masks or position ids) decode one at a time:
+`capacity` says how many may share a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lookinside.core.decoding.generate import (
+    TOP_ALTERNATIVES,
+    Sequence,
+    cache_argument,
+    observe_rows,
+    prefill,
+    with_seed,
+)
+from lookinside.core.decoding.prompting import check_fits
+from lookinside.core.decoding.timing import now
+from lookinside.core.finite import check_logits
+from lookinside.core.records import Generation, Step
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
+
+    from lookinside.core.decoding.sampling import SamplingParams
+    from lookinside.core.model.loading import LM
+    from lookinside.core.request import GenerationSettings
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt to prefill, and the sequences to decode from it (one per params)."""
+
+    ids: list[int]
+    params: Seq[SamplingParams]
+    settings: GenerationSettings
+    alternatives: int = TOP_ALTERNATIVES
+    tags: Seq[Any] | None = None
+
+
+@dataclass(eq=False)
+class Member:
+    """One sequence in a batch: its token state, and where its next logits come from."""
+
+    sequence: Sequence
+    params: SamplingParams  # with the seed in effect
+    cache: DynamicCache | None  # its own prefilled cache until it is padded into the batch's
+    logits: torch.Tensor | None  # (1, vocab) the next token's logits, when known
+    started: float  # when the work for its next step began
+    left: bool = False
+    tag: Any = None  # the caller's: what the member belongs to
+    row: int = 0  # its row in `cache` (a prefill of several prompts)
+    skip: int = 0  # the left padding of that row, not its own
+
+    @property
+    def seed(self) -> int | None:
+        """The seed its sampler uses (None when greedy)."""
+        return None if self.params.greedy else self.params.seed
+
+
+class Batch:
+    """The sequences decoding together on one model; `step` advances each by one token."""
+
+    def __init__(self, lm: LM) -> None:
+        self.lm = lm
+        self.members: list[Member] = []  # in the order they joined
+        self._rows: list[Member] = []  # the members whose keys and values are rows of `_cache`, in row order
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (rows, width) 1 where a row has a token, 0 for left padding
+
+    def __len__(self) -> int:
+        return sum(not m.left for m in self.members)
+
+    def join(self, prompt_ids: list[int], params: Seq[SamplingParams], settings: GenerationSettings,
+             alternatives: int = TOP_ALTERNATIVES, tags: Seq[Any] | None = None) -> list[Member]:
+        """Prefill `prompt_ids` once and add one sequence per `params`; they decode from the next `step`."""
+        return self.join_many([Prompt(prompt_ids, params, settings, alternatives, tags)])
+
+    def join_many(self, prompts: Seq[Prompt]) -> list[Member]:
+        """Prefill several prompts in one forward pass (left-padded to the longest) and add their sequences."""
+        from transformers import DynamicCache
+
+        for prompt in prompts:
+            check_fits(len(prompt.ids), self.lm.context_length, prompt.settings.max_new_tokens)
+        width = max(len(p.ids) for p in prompts)
+        with torch.inference_mode():
+            start = now(self.lm.device)
+            cache = DynamicCache(config=self.lm.config)
+            ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.lm.device)  # (prompts, width)
+            mask = torch.zeros_like(ids)  # (prompts, width)
+            for row, prompt in enumerate(prompts):
+                ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids, dtype=torch.long)
+                mask[row, width - len(prompt.ids) :] = 1
+            if bool(mask.all()):  # one length: the single loop's own unmasked prefill
+                logits = prefill(self.lm, ids, cache)  # (prompts, vocab)
+            else:
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (prompts, width)
+                out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                    logits_to_keep=1, **{cache_argument(self.lm.model): cache})
+                logits = out.logits[:, -1, :].float().to(ids.device)  # (prompts, vocab)
+            check_logits(self.lm, logits)
+        joined = []
+        for row, prompt in enumerate(prompts):
+            for i, p in enumerate(prompt.params):
+                p = with_seed(p)
+                sequence = Sequence(self.lm, prompt.ids, p, settings=prompt.settings, alternatives=prompt.alternatives)
+                # The members of one prefill share its cache: padding a row into the batch copies it.
+                joined.append(Member(sequence, p, cache, logits[row : row + 1], start,
+                                     tag=prompt.tags[i] if prompt.tags else None, row=row,
+                                     skip=width - len(prompt.ids)))
+        self.members.extend(joined)
+        return joined
+
+    def leave(self, member: Member) -> None:
+        """Take `member` out: it is in no forward pass after this."""
+        member.left = True
+
+    def step(self) -> list[tuple[Member, Step]]:
+        """One forward pass for every sequence that goes on, then each one's next token."""
+        self._settle()
+        if self._rows:
+            self._forward()
+        members = [m for m in self.members if not m.left]
+        if not members:
+            return []
+        with torch.inference_mode():
+            logits = torch.cat([m.logits for m in members if m.logits is not None])  # (rows, vocab)
+            tokens = torch.cat([m.sequence.pick(m.logits) for m in members if m.logits is not None])  # (rows,)
+            seen = observe_rows(logits, tokens, max(m.sequence.alternatives for m in members))  # one copy to the host
+        out = []
+        for member, (token_id, prob, rank, top) in zip(members, seen):
+            step = member.sequence.record(token_id, prob, rank, top[: member.sequence.alternatives], member.started)
+            member.logits = None
+            if step.finish is not None:
+                member.left = True
+            out.append((member, step))
+        return out
+
+    def _settle(self) -> None:
+        """Drop the rows of members that left; pad in the caches of members that have taken their first token."""
+        kept = [i for i, m in enumerate(self._rows) if not m.left]
+        if len(kept) < len(self._rows):
+            self._select(kept)
+        self.members = [m for m in self.members if not m.left]
+        for member in self.members:
+            if member.cache is not None and member.logits is None:
+                self._pad_in(member)
+
+    def _select(self, kept: list[int]) -> None:
+        self._rows = [self._rows[i] for i in kept]
+        if not kept or self._cache is None or self._mask is None:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(kept, device=self._mask.device)
+        mask = self._mask.index_select(0, index)  # (rows, width)
+        first = int(mask.any(0).nonzero()[0])  # padding that every row has on its left is dropped
+        self._mask = mask[:, first:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[:, :, first:]  # (rows, heads, seq, dim)
+            layer.values = layer.values.index_select(0, index.to(layer.values.device))[:, :, first:]
+
+    def _pad_in(self, member: Member) -> None:
+        cache, member.cache = member.cache, None
+        assert cache is not None
+        row, skip = member.row, member.skip
+        length = cache.get_seq_length() - skip
+        if self._cache is None or self._mask is None:
+            from transformers import DynamicCache
+
+            self._cache = DynamicCache(config=self.lm.config)
+            for mine, theirs in zip(self._cache.layers, cache.layers):  # a cache of its own: a prefill's members share
+                mine.lazy_initialization(theirs.keys, theirs.values)
+                mine.keys = theirs.keys[row : row + 1, :, skip:]  # (1, heads, seq, dim)
+                mine.values = theirs.values[row : row + 1, :, skip:]
+            self._mask = torch.ones((1, length), dtype=torch.long, device=self.lm.device)
+            self._rows = [member]
+            return
+        width = self._mask.shape[1]
+        grow, pad = max(0, length - width), max(0, width - length)
+        self._mask = torch.cat([_left_pad(self._mask, grow, -1),
+                                _left_pad(torch.ones((1, length), dtype=torch.long, device=self._mask.device), pad, -1)])
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            keys, values = theirs.keys[row : row + 1, :, skip:], theirs.values[row : row + 1, :, skip:]
+            mine.keys = torch.cat([_left_pad(mine.keys, grow, -2), _left_pad(keys, pad, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, grow, -2), _left_pad(values, pad, -2)])
+        self._rows.append(member)
+
+    def _forward(self) -> None:
+        assert self._cache is not None and self._mask is not None
+        rows = self._rows
+        with torch.inference_mode():
+            start = now(self.lm.device)
+            ids = torch.stack([m.sequence.last.reshape(1) for m in rows])  # (rows, 1)
+            positions = torch.tensor([[m.sequence.n + m.sequence.index - 1] for m in rows], device=ids.device)  # (rows, 1)
+            self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)  # (rows, width + 1)
+            # Rows of one length need no mask: the model then runs the single loop's unmasked attention.
+            padded = {"attention_mask": self._mask, "position_ids": positions} if not bool(self._mask.all()) else {}
+            out = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                                **{cache_argument(self.lm.model): self._cache}, **padded)
+            logits = out.logits[:, -1, :].float().to(ids.device)  # (rows, vocab)
+        for i, member in enumerate(rows):
+            member.logits, member.started = logits[i : i + 1], start
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`tensor` with `width` zeros before it along `dim`."""
+    if width == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = width
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def capacity(lm: LM, wanted: int) -> int:
+    """How many sequences may share a step on `lm`: `wanted`, or 1 where its cache cannot be padded row by row."""
+    return wanted if _batchable(lm) else 1
+
+
+def _batchable(lm: LM) -> bool:
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    from lookinside.core.decoding.generate import _forward_parameters
+
+    takes = _forward_parameters(type(lm.model))
+    if not {"attention_mask", "position_ids"} <= takes:
+        return False
+    try:
+        layers = DynamicCache(config=lm.config).layers
+    except Exception:  # noqa: BLE001 (a config transformers cannot make a cache for decodes alone)
+        return False
+    return all(type(layer) is DynamicLayer for layer in layers)
+
+
+def decode_together(lm: LM, prompt_ids: list[int], params: Seq[SamplingParams], settings: GenerationSettings,
+                    alternatives: int = TOP_ALTERNATIVES) -> list[Generation]:
+    """Several runs of one prompt after one prefill, decoded as one batch; each run as `collect` gives it alone."""
+    if capacity(lm, len(params)) < len(params):
+        from lookinside.core.decoding.generate import collect
+
+        return [collect(lm, prompt_ids, p, settings) for p in params]
+    batch = Batch(lm)
+    members = batch.join(prompt_ids, params, settings, alternatives)
+    runs = {id(m): Generation(prompt_ids=list(prompt_ids), seed=m.seed) for m in members}
+    while len(batch):
+        for member, step in batch.step():
+            runs[id(member)].steps.append(step)
+    return [runs[id(m)] for m in members]
+
+
+# ---- the server's side: sequences with somewhere to send their steps
+
+
+@dataclass(eq=False)
+class Work:
+    """Sequences a caller hands to a `Batcher`: each step goes to `on_step` (False: leave), `on_done` at the end."""
+
+    prompts: list[tuple[list[int], list[SamplingParams], GenerationSettings, int]]  # ids, params, settings, alternatives
+    on_step: Callable[[int, Step], bool]  # (the sequence's number in this work, counted over its prompts, step)
+    on_start: Callable[[list[int | None]], None] = lambda seeds: None  # the seed of each sequence, before any step
+    on_done: Callable[[BaseException | None], None] = lambda error: None
+    lm: LM | None = None  # the model it runs on (a worker makes its batcher from the first work it gets)
+    _open: int = field(default=0, init=False)
+
+    @property
+    def size(self) -> int:
+        """How many sequences it decodes."""
+        return sum(len(params) for _, params, _, _ in self.prompts)
+
+
+class Batcher:
+    """A `Batch` fed by `Work`s: the model thread's side of continuous batching in `llm serve`."""
+
+    def __init__(self, lm: LM, size: int) -> None:
+        self.batch = Batch(lm)
+        self.size = capacity(lm, size)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    @property
+    def room(self) -> bool:
+        """Whether another sequence may join now."""
+        return len(self.batch) < self.size
+
+    def add(self, work: Work) -> None:
+        """Prefill `work`'s prompts and add its sequences (its on_done gets any error, and nothing joins)."""
+        self.add_all([work])
+
+    def add_all(self, works: Seq[Work]) -> None:
+        """Prefill every prompt of `works` in one forward pass and add their sequences; a failed work is told."""
+        ready, prompts = [], []
+        for work in works:
+            try:
+                for ids, _, settings, _ in work.prompts:
+                    check_fits(len(ids), self.batch.lm.context_length, settings.max_new_tokens)
+            except BaseException as exc:  # noqa: BLE001 (the work's caller answers for it)
+                work.on_done(exc)
+                continue
+            ready.append(work)
+            number = 0
+            for ids, params, settings, alternatives in work.prompts:
+                prompts.append(Prompt(ids, params, settings, alternatives,
+                                      [(work, number + i) for i in range(len(params))]))
+                number += len(params)
+        try:
+            members = self.batch.join_many(prompts) if prompts else []
+        except BaseException as exc:  # noqa: BLE001 (a failed prefill fails every work in it)
+            for work in ready:
+                work.on_done(exc)
+            return
+        for work in ready:
+            mine = [m for m in members if m.tag[0] is work]
+            try:
+                work.on_start([m.seed for m in mine])
+            except BaseException as exc:  # noqa: BLE001
+                for member in mine:
+                    self.batch.leave(member)
+                work.on_done(exc)
+                continue
+            work._open = len(mine)
+            if not mine:
+                work.on_done(None)
+
+    def step(self) -> None:
+        """One step of every sequence; each step goes to its work, which may ask it to leave."""
+        try:
+            steps = self.batch.step()
+        except BaseException as exc:  # noqa: BLE001 (a failed forward pass fails every sequence in it)
+            self.cut(exc)
+            return
+        for member, step in steps:
+            work, number = member.tag
+            if work._open <= 0:
+                continue  # the work failed on an earlier sequence's step
+            try:
+                stay = work.on_step(number, step)
+            except BaseException as exc:  # noqa: BLE001
+                self._close_work(work, exc)
+                continue
+            if not stay:
+                self.batch.leave(member)
+            if member.left:
+                self._finished(work)
+
+    def cut(self, error: BaseException | None = None) -> None:
+        """Every sequence leaves now; each work is told (with `error`, if any)."""
+        works = {id(m.tag[0]): m.tag[0] for m in self.batch.members if not m.left}
+        for member in self.batch.members:
+            self.batch.leave(member)
+        for work in works.values():
+            work._open = 0
+            work.on_done(error)
+
+    def _close_work(self, work: Work, error: BaseException) -> None:
+        for member in self.batch.members:
+            if member.tag[0] is work:
+                self.batch.leave(member)
+        work._open = 0
+        work.on_done(error)
+
+    def _finished(self, work: Work) -> None:
+        if work._open <= 0:
+            return
+        work._open -= 1
+        if work._open == 0:
+            work.on_done(None)
+
+    def run(self, work: Work) -> None:
+        """`work` to its end on this thread (with whatever else is in the batch)."""
+        self.add(work)
+        while work._open > 0 and len(self.batch):
+            self.step()
+
+
