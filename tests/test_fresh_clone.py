@@ -28,7 +28,8 @@ def test_the_openai_chat_route_starts_with_the_first_word(tiny):
     from lookinside.serve.settings import ServeSettings
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 12, "temperature": 0}
-    with TestClient(create_app(tiny, ServeSettings(spec=LoadSpec(model="tiny", device="cpu")))) as client:
+    app = create_app(tiny, ServeSettings(spec=LoadSpec(model="tiny", device="cpu")))
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a local client's Host, as llm serve wants
         whole = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
         with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
             chunks = [line for line in response.iter_lines() if line.startswith("data: {")]
