@@ -493,7 +493,7 @@ def test_chat_steer_needs_the_model_here():
     from lookinside.core.chat.conversation import Conversation
     from lookinside.core.chat.session import ChatSession
 
-    session = ChatSession(SimpleNamespace(name="served"), Conversation())  # a backend without a local model
+    session = ChatSession(SimpleNamespace(name="served", weights=None), Conversation())  # a server: no weights here
     with pytest.raises(BadInput, match="/steer needs the model here"):
         session.set_steer("Japan", None, 1, 4.0)
 
