@@ -24,6 +24,7 @@ from typing import Any, Literal, NoReturn
 from lookinside.core import records
 from lookinside.core.backends.seam import Backend, LocalBackend
 from lookinside.core.errors import BadInput
+from lookinside.core.finite import json_safe
 from lookinside.core.inside.interventions import records as interventions
 from lookinside.core.inside.interventions.requests import AblateRequest, PatchRequest, SteerRequest
 from lookinside.core.request import (
@@ -151,9 +152,10 @@ VIEWS: dict[str, View] = {view.name: view for view in (
 )}
 
 
-def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
+def answer_json(lm: Any, name: str, body: Any, with_json: bool = False) -> dict[str, Any]:
     """A server's answer to `POST /lookinside/v1/views/<name>`: the record (core/wire.py), which the client draws
     and turns into the command's --json with the same `View.json` as here: one form on the wire, not two.
+    `with_json` (`?json=1`, what the web page asks) adds that --json, made here, for a client without `View.json`.
 
     Raises KeyError for an unknown view, BadInput for a body that is not the view's request.
     """
@@ -161,4 +163,5 @@ def answer_json(lm: Any, name: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadInput(f"the body must be a JSON object of {view.request.__name__}'s fields")
     record = view.run(LocalBackend(lm), from_wire(view.request, body))
-    return {"view": name, "record": to_wire(record)}
+    answer = {"view": name, "record": to_wire(record)}
+    return {**answer, "json": json_safe(view.json(record))} if with_json else answer

@@ -184,7 +184,7 @@ async function route() {
     go: (changes) => { history.pushState(null, "", edited(changes)); route(); },  // another look, drawn anew
     remember: (changes) => history.replaceState(null, "", edited(changes)) };
   try {
-    const answer = forms[name] ? await api(`/lookinside/v1/views/${name}`, body, controller.signal) : null;
+    const answer = forms[name] ? await api(`/lookinside/v1/views/${name}?json=1`, body, controller.signal) : null;
     if (controller.signal.aborted) return;
     await DRAW[name](panel, answer, ctx);
     if (current !== controller) return;
@@ -211,7 +211,7 @@ function edited(changes) {
 }
 
 async function loadCard() {
-  if (card === null) card = (await api("/lookinside/v1/views/inspect", {})).json;
+  if (card === null) card = (await api("/lookinside/v1/views/inspect?json=1", {})).json;
   return card;
 }
 

@@ -113,7 +113,7 @@ export async function nextToken(panel, answer, ctx) {
   let logits = null, index = new Map();
   if (vocab) {
     note.textContent = "reading the whole distribution for the controls…";
-    const all = await api("/lookinside/v1/views/next-token", { ...ctx.body, top_k: vocab, temperature: null });
+    const all = await api("/lookinside/v1/views/next-token?json=1", { ...ctx.body, top_k: vocab, temperature: null });
     logits = all.json.top.map((c) => c.logit);
     all.json.top.forEach((c, i) => index.set(c.id, i));
   }
@@ -426,7 +426,7 @@ export async function bench(panel, _answer, ctx) {
   const modes = ["dynamic", "none"];
   const series = [];
   for (const cache of modes) {
-    const a = await api("/lookinside/v1/views/compare", { prompt: ctx.body.prompt ?? "The capital of France is", samples: 1,
+    const a = await api("/lookinside/v1/views/compare?json=1", { prompt: ctx.body.prompt ?? "The capital of France is", samples: 1,
       params: { temperature: 0.0001, seed: 0 }, settings: { max_new_tokens: n, cache, ignore_eos: true } });
     series.push({ cache, ms: a.record.greedy.steps.map((st) => 1000 * st.seconds) });
   }
