@@ -6,12 +6,14 @@ way out either: standard output closed or full when Python flushes it at exit, o
 second Ctrl-C arriving while the first is being handled (it exits 130, quietly).
 """
 
+import contextlib
 import errno
 import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -61,6 +63,27 @@ def friendly(fn: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def interrupt_held() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until its end, then raise it as KeyboardInterrupt.
+
+    Importing torch runs Python code called from C++ (pybind11); a KeyboardInterrupt raised there
+    cannot unwind and aborts the process ("terminate called after throwing ... KeyboardInterrupt",
+    status -6, seen with Ctrl-C 1.5 s into a command on a loaded machine) instead of exiting 130.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def quiet_stdout() -> None:

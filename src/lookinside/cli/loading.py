@@ -16,10 +16,13 @@ if TYPE_CHECKING:
 
 def load_here(spec: LoadSpec) -> LM:
     """Load the model `spec` names, telling the user what is happening."""
-    import transformers
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from lookinside.cli.edge import interrupt_held
 
-    from lookinside.core.model.loading import load
+    with interrupt_held():  # a Ctrl-C inside torch's import would abort the process: it waits for the import's end
+        import transformers
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        from lookinside.core.model.loading import load
     from lookinside.ui.console import stderr_console
     from lookinside.ui.progress import loaded_lines, loading_line
 

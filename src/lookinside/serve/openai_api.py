@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.decoding.sampling import FIELD, SamplingParams
 from lookinside.core.request import GenerationSettings
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 SAMPLING_FIELDS = frozenset({"model", "seed", "stop", "stream", "stream_options", "temperature", "top_p", "n",
                              "best_of", "top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignore_eos",
                              "include_stop_str_in_output", "min_tokens", "skip_special_tokens", "prompt_logprobs",
-                             "return_tokens_as_token_ids", "request_id", "max_tokens"})
+                             "return_tokens_as_token_ids", "request_id", "max_tokens"}) | frozenset(FIELD)
+# (FIELD: every sampler lookinside has, by its own name, so one added by the recipe is honoured here too)
 HONOURED = {
     "completion": SAMPLING_FIELDS | {"prompt", "echo", "logprobs"},
     "chat": SAMPLING_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"},
@@ -249,8 +250,6 @@ def _sampling(body: dict[str, Any], settings: ServeSettings, length: str, defaul
 
 def _params(body: dict[str, Any]) -> SamplingParams:
     """SamplingParams from the request's own and extra fields; each checked by its SamplingField."""
-    from lookinside.core.decoding.sampling import FIELD
-
     given = {name: body[name] for name in FIELD if body.get(name) is not None}
     if given.get("top_k") == -1:
         given["top_k"] = 0  # vLLM's "off"
