@@ -50,3 +50,17 @@ def test_a_required_option_left_out_is_its_own_line():
 def test_inspect_takes_a_loaded_model_or_a_models_name_and_quantize_as_a_keyword(tiny):
     by_name = li.inspect("tiny", quantize="int8").to_dict()
     assert by_name["layers"] == li.inspect(tiny).to_dict()["layers"] and "quantize_estimate" in by_name
+
+
+@pytest.mark.parametrize("name", sorted(VIEWS))
+def test_every_view_takes_no_server(name):
+    # the flag a user adds to every command is never Click's "No such option" (issue 32: `llm inspect --no-server`)
+    assert any("--no-server" in p.opts for p in _command(name).params), name
+
+
+def test_inspect_with_no_server_reads_the_config_here():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["inspect", "--model", "tiny", "--no-server", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"Phi3ForCausalLM"' in result.output or "Phi3ForCausalLM" in result.output

@@ -102,6 +102,12 @@ def _parameter(knob: Knob) -> inspect.Parameter:
                              annotation=Annotated[_cli_type(knob), info])
 
 
+# Every other view takes --no-server (from the remote options); one that reads only a config takes it too, as a
+# no-op, so the flag a user adds to every command is never Click's "No such option" here.
+NoServerHereOpt = Annotated[bool, typer.Option("--no-server", help="Run here: this view always does (it reads only the "
+                                                                   "model's config, never a server).")]
+
+
 def command_for(view: View, extras: Sequence[Extra] = ()) -> Callable[..., None]:
     """The Typer command for `view`, with `extras` beside its request's knobs."""
     asked = [k for k in knobs(view.request) if k.spec is None]
@@ -109,6 +115,7 @@ def command_for(view: View, extras: Sequence[Extra] = ()) -> Callable[..., None]
     remote_too = view.needs != "config"  # a config is read here, never asked of a server
 
     def command(*, spec: LoadSpec, keep: Keep, remote: Remote = Remote(), json: bool = False, **given: Any) -> None:
+        given.pop("no_server", None)  # a config view never asks a server: the flag changes nothing
         own = {e.parameter.name: given.pop(e.parameter.name) for e in extras}
         for extra in extras:
             extra.check(own[extra.parameter.name])  # before loading: a missing library should not cost a load
@@ -124,6 +131,8 @@ def command_for(view: View, extras: Sequence[Extra] = ()) -> Callable[..., None]
     command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
         *(_parameter(k) for k in asked), *(e.parameter for e in extras),
         inspect.Parameter("json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=JsonOpt),
+        *([] if remote_too else [inspect.Parameter("no_server", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False,
+                                                   annotation=NoServerHereOpt)]),
         *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a) for n, a in context)])
     decorated = model_options(command)
     decorated = keep_options(remote_options(decorated) if remote_too else decorated)
