@@ -125,7 +125,9 @@ def environment(data_dir: Path | None = None) -> dict[str, str]:
     (whose `llm serve` they find), else none found (a `llm serve` left running would answer, and say so)."""
     env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "TERM": "dumb",
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for name in ("LOOKINSIDE_MODEL", "LOOKINSIDE_ENDPOINT", "LOOKINSIDE_NO_SERVER", "LOOKINSIDE_API_KEY"):
+    # LOOKINSIDE_API_KEY stays: README's remote example runs against CI's vLLM, which wants it (a server without a
+    # key, like the served blocks' own, takes a request that carries one)
+    for name in ("LOOKINSIDE_MODEL", "LOOKINSIDE_ENDPOINT", "LOOKINSIDE_NO_SERVER"):
         env.pop(name, None)
     if data_dir is None:
         env["LOOKINSIDE_NO_SERVER"] = "1"
