@@ -45,7 +45,7 @@ def test_int8_still_says_paris_and_stays_close_to_float32(tiny, tiny_int8):
 
 
 def test_bitsandbytes_needs_cuda():
-    with pytest.raises(BadInput, match="needs a CUDA GPU .* use --quantize int8"):
+    with pytest.raises(BadInput, match="needs a CUDA GPU .* use --quantize int4 or int8"):
         load(LoadSpec(model="tiny", device="cpu", quantize="4bit"))
 
 
