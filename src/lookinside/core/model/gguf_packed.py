@@ -43,15 +43,15 @@ def fill(model: PreTrainedModel, file: GgufFile, device: torch.device, dtype: to
         TENSOR_PROCESSORS,
         TensorProcessor,
         get_gguf_hf_weights_map,
-        load_gguf_checkpoint,
     )
 
-    parsed = load_gguf_checkpoint(str(file.path), return_tensors=False)
-    processor = TENSOR_PROCESSORS.get(file.architecture, TensorProcessor)(config=parsed.get("config", {}))
+    # The processors read the config's head counts, by transformers' names: the model's config has them, without
+    # parsing the file's metadata (its whole vocabulary) once more.
+    processor = TENSOR_PROCESSORS.get(file.architecture, TensorProcessor)(config=model.config.to_dict())
     names = get_gguf_hf_weights_map(model, processor)
     reader = GGUFReader(file.path)
     kept: Counter[str] = Counter()
-    tied_source = None
+    tensor = tied_source = None
     for tensor in reader.tensors:
         name = names.get(tensor.name)
         if name is None:
@@ -63,7 +63,7 @@ def fill(model: PreTrainedModel, file: GgufFile, device: torch.device, dtype: to
     if isinstance(head, torch.nn.Linear) and head.weight.is_meta and tied_source is not None:
         head_name = next(n for n, m in model.named_modules() if m is head)  # tied to the embedding in the file
         kept[_place(model, f"{head_name}.weight", tied_source, processor, names, device, dtype)] += 1
-    del reader
+    del reader, tensor, tied_source  # the file's mapping goes with the last view of it
     _check_filled(model, file)
     _give_back_freed_memory()
     return tuple(f"{how} x{count}" for how, count in kept.most_common() if how)
