@@ -7,8 +7,13 @@ both engines in turns (`--repeat` rounds, after a warm-up of each) and prints th
 issue 22 with the machine's load before and after. Decode tokens/s is the same on both sides: the
 steps after the first token, over their summed time, the median over the rounds (and their range).
 
-    python scripts/bench_peers.py                 # the issue's five rows, 128 tokens after 32
+    python scripts/bench_peers.py                 # every row, 128 tokens after 32
     python scripts/bench_peers.py --rows tiny --repeat 3 --compile
+    python scripts/bench_peers.py --rows quantized --compile   # issue 31's rows: int4 and both int8 kinds
+
+The quantized rows (issue 31): llama.cpp's q4_0 against the same Q4_0 file loaded here kept in int4, and
+against `--quantize int4` from the float weights; llama.cpp's q8_0 against `--quantize int8-dynamic` and
+`--quantize int8-weight`; each at 1 and 2 threads.
 
 llama-cpp-python is optional (it compiles llama.cpp from source, so it is no dependency of this
 project, not even for tests): where it is missing this says so in one line and exits 0.
@@ -49,9 +54,10 @@ class Row:
     model: str  # "tiny" or "phi3" (the Phi-3-mini shape, 2 layers, random weights saved once)
     gguf: str  # f32, bf16, q8_0
     dtype: str  # ours: float32 or bfloat16
-    quantize: str | None  # ours: None or int8
+    quantize: str | None  # ours: None, or a --quantize kind
     threads: int
     compile: bool = False  # ours with --compile
+    from_gguf: bool = False  # ours loads the very GGUF file llama.cpp runs (kept quantized), not the float weights
 
 
 def rows(cores: int) -> dict[str, Row]:
@@ -65,7 +71,27 @@ def rows(cores: int) -> dict[str, Row]:
         "phi3-bf16": Row(f"Phi-3 shape 2 layers, bf16, {two}", "phi3", "bf16", "bfloat16", None, two),
         "phi3-int8": Row(f"Phi-3 shape 2 layers, llama.cpp q8_0 vs `--quantize int8`, {two}", "phi3", "q8_0",
                          "float32", "int8", two),
+        **quantized_rows(cores),
     }
+
+
+QUANTIZED = "quantized"  # --rows quantized: every row of quantized_rows
+
+
+def quantized_rows(cores: int) -> dict[str, Row]:
+    """Issue 31's rows: our int4 against q4_0 (the same file, and from the float weights), both int8 kinds
+    against q8_0, at 1 and 2 threads."""
+    found: dict[str, Row] = {}
+    for threads in sorted({1, min(2, cores)}):
+        shape = f"Phi-3 shape 2 layers, {threads}"
+        found[f"phi3-q4_0-gguf-{threads}"] = Row(f"{shape}: q4_0 vs the same Q4_0 file kept int4", "phi3", "q4_0",
+                                                 "float32", None, threads, from_gguf=True)
+        found[f"phi3-int4-{threads}"] = Row(f"{shape}: q4_0 vs `--quantize int4`", "phi3", "q4_0", "float32", "int4",
+                                            threads)
+        for kind in ("int8-dynamic", "int8-weight"):
+            found[f"phi3-{kind}-{threads}"] = Row(f"{shape}: q8_0 vs `--quantize {kind}`", "phi3", "q8_0", "float32",
+                                                  kind, threads)
+    return found
 
 
 class LlamaCpp:
@@ -141,8 +167,8 @@ class Peer:
         self.process.join(timeout=30)
 
 
-def ours(row: Row, model_dir: Path, compile: bool) -> tuple[Callable[[list[int], int], tuple[list[int], list[float]]],
-                                                            object]:
+def ours(row: Row, model_dir: Path, compile: bool,
+         gguf: Path | None = None) -> tuple[Callable[[list[int], int], tuple[list[int], list[float]]], object]:
     """lookinside's generation loop as `llm bench` times it (greedy, end tokens ignored, the dynamic cache)."""
     from transformers.utils import logging
 
@@ -151,8 +177,8 @@ def ours(row: Row, model_dir: Path, compile: bool) -> tuple[Callable[[list[int],
     from lookinside.core.model.spec import LoadSpec
 
     logging.disable_progress_bar()
-    lm = load(LoadSpec(model=str(model_dir), device="cpu", dtype=row.dtype, quantize=row.quantize,
-                       threads=row.threads))
+    lm = load(LoadSpec(model=str(gguf if row.from_gguf and gguf else model_dir), device="cpu", dtype=row.dtype,
+                       quantize=row.quantize, threads=row.threads))
 
     def run(prompt: list[int], n: int) -> tuple[list[int], list[float]]:
         timed = our_loop(lm, prompt, "static" if compile else "dynamic", n, compile)()
@@ -206,7 +232,7 @@ def measure(row: Row, work: Path, args: argparse.Namespace) -> tuple[list[float]
         convert(model_dir, gguf, row.gguf)
     prompt = prompt_ids(model_dir, args.prompt_tokens)
     peer = Peer(gguf, row.threads, n_ctx=args.prompt_tokens + args.tokens + 8)
-    mine, lm = ours(row, model_dir, args.compile or row.compile)
+    mine, lm = ours(row, model_dir, args.compile or row.compile, gguf)
     theirs_ids, _ = peer.run(prompt, args.tokens)
     our_ids, _ = mine(prompt, args.tokens)
     agree = next((i for i, (a, b) in enumerate(zip(our_ids, theirs_ids)) if a != b), len(our_ids))
@@ -246,18 +272,24 @@ def main() -> None:
         print("llama-cpp-python is not installed: nothing to compare with (pip install llama-cpp-python, "
               "which compiles llama.cpp from source); skipped")
         return
-    chosen = [rows(cores)[name] for name in args.rows.split(",")]
+    names = [n for name in args.rows.split(",") for n in (quantized_rows(cores) if name == QUANTIZED else [name])]
+    unknown = [name for name in names if name not in rows(cores)]
+    if unknown:
+        sys.exit(f"--rows: no row {', '.join(unknown)}; there are {', '.join(rows(cores))} and {QUANTIZED}")
+    chosen = [rows(cores)[name] for name in names]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-peers-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {cores} cores; "
           f"{args.tokens} new tokens after {args.prompt_tokens}; median of {args.repeat} alternating rounds"
           f"{'; ours with --compile' if args.compile else ''}")
-    print("\n| model, precision, threads | llama.cpp, median (min–max) | `llm bench` | ratio | greedy tokens agree |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| model, precision, threads | llama.cpp, median (min–max) | `llm bench` | ratio | greedy tokens agree "
+          "| load |")
+    print("|---|---:|---:|---:|---:|---:|")
     for row in chosen:
         theirs, mine, agree = measure(row, work, args)
         ratio = statistics.median(mine) / statistics.median(theirs)
-        print(f"| {row.label} | {spread(theirs)} | {spread(mine)} | {ratio:.2f} | {agree}/{args.tokens} |", flush=True)
+        print(f"| {row.label} | {spread(theirs)} | {spread(mine)} | {ratio:.2f} | {agree}/{args.tokens} | "
+              f"{os.getloadavg()[0]:.2f} |", flush=True)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -8,8 +8,9 @@
 # float32, cache modes agree, peak memory, sdpa == eager); `llm bench --random-weights
 # --dtype bfloat16` on the full 32-layer Phi-3-mini shape with a 32,128,512 sweep; decode speed and
 # speed-of-light share (warned above 100 %) eager, compiled with CUDA graphs (--compile:
-# "reduce-overhead"), in float32, and with --quantize 4bit (NF4, on the shape saved with random
-# weights), with and without --compile; sdpa against eager on that shape; chat's peak
+# "reduce-overhead"), in float32, with --quantize int4 and int8 and 4bit (NF4) on the shape saved with
+# random weights, and that shape written as a Q4_0 GGUF and loaded kept in int4, with and without
+# --compile; sdpa against eager on that shape; chat's peak
 # memory for one reply. Each step's output goes into the report as it ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,9 +66,10 @@ step "Phi-3-mini shape, random weights, KV cache on and off" \
   "${LLM[@]}" bench --random-weights --device "$DEVICE" --dtype "$DTYPE" "${LAYERS[@]}"
 step "Phi-3-mini shape, length sweep" \
   "${LLM[@]}" bench --random-weights --device "$DEVICE" --dtype "$DTYPE" "${LAYERS[@]}" --sweep "$SWEEP" --no-reference
-step "Speed of light by configuration: eager, compiled (CUDA graphs), 4-bit" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
+step "Speed of light by configuration: eager, compiled (CUDA graphs), int4, int8, Q4_0 GGUF, 4-bit" python3 - "$DEVICE" "$DTYPE" "${LAYERS[@]}" <<'EOF'
 """Decode tokens/s and the share of the memory bandwidth for each way of running the Phi-3-mini shape."""
 import importlib.util, json, subprocess, sys, tempfile
+sys.path.insert(0, "scripts")
 device, dtype, *layers = sys.argv[1:]
 bench = [sys.executable, "-m", "lookinside", "bench", "--device", device, "--cache", "--no-reference",
          "--new-tokens", "128", "--prompt-tokens", "32", "--repeat", "3", "--json"]
@@ -76,18 +78,26 @@ compiled = "CUDA graphs" if device == "cuda" else "inductor"
 configs = {f"{dtype}, eager": [*random, "--dtype", dtype],
            f"{dtype}, --compile ({compiled})": [*random, "--dtype", dtype, "--compile"],
            "float32, eager": [*random, "--dtype", "float32"]}
+# --quantize needs real weights to convert: the random shape saved once (float32, as the GGUF writer reads it),
+# then loaded like any local model, and written as a Q4_0 GGUF that loads kept in int4
+saved = tempfile.mkdtemp(prefix="phi3-shape-")
+keep = f", layers={layers[1]}" if layers else ""
+subprocess.run([sys.executable, "-c", (
+    "import torch\n"
+    "from lookinside.core.model.loading import load\n"
+    "from lookinside.core.model.spec import LoadSpec\n"
+    "torch.manual_seed(0)\n"
+    f"lm = load(LoadSpec(device='cpu', dtype='float32', random_weights=True{keep}))\n"
+    f"lm.model.save_pretrained('{saved}')\n"
+    f"lm.tokenizer.save_pretrained('{saved}')\n")], check=True)
+from hf_to_gguf import convert
+q4_0 = convert(__import__("pathlib").Path(saved), __import__("pathlib").Path(saved) / "shape-q4_0.gguf", "q4_0")
+for kind in ("int4", "int8"):
+    configs[f"--quantize {kind}"] = ["--model", saved, "--dtype", dtype, "--quantize", kind]
+    configs[f"--quantize {kind}, --compile"] = ["--model", saved, "--dtype", dtype, "--quantize", kind, "--compile"]
+configs["Q4_0 GGUF kept in int4"] = ["--model", str(q4_0), "--dtype", dtype]
+configs["Q4_0 GGUF kept in int4, --compile"] = ["--model", str(q4_0), "--dtype", dtype, "--compile"]
 if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
-    # --quantize needs real weights to convert: the random shape saved once, then loaded like any local model
-    saved = tempfile.mkdtemp(prefix="phi3-shape-")
-    keep = f", layers={layers[1]}" if layers else ""
-    subprocess.run([sys.executable, "-c", (
-        "import torch\n"
-        "from lookinside.core.model.loading import load\n"
-        "from lookinside.core.model.spec import LoadSpec\n"
-        "torch.manual_seed(0)\n"
-        f"lm = load(LoadSpec(device='cpu', dtype='{dtype}', random_weights=True{keep}))\n"
-        f"lm.model.save_pretrained('{saved}')\n"
-        f"lm.tokenizer.save_pretrained('{saved}')\n")], check=True)
     configs["--quantize 4bit (NF4, bitsandbytes)"] = ["--model", saved, "--dtype", dtype, "--quantize", "4bit"]
     configs["--quantize 4bit, --compile"] = ["--model", saved, "--dtype", dtype, "--quantize", "4bit", "--compile"]
 else:

@@ -13,7 +13,7 @@ Whether a prompt starts with `<s>` is written as the Hugging Face tokenizer does
 so that a GGUF tokenized from text (`llm ... --model OUT.gguf`, llama.cpp's own prompt) sees the
 same tokens and gives the same probabilities as the checkout. The script prints what it wrote.
 
-    python scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|bf16|q8_0]
+    python scripts/hf_to_gguf.py MODEL_DIR OUT.gguf [--type f32|bf16|q8_0|q4_0]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-TYPES = ("f32", "bf16", "q8_0")
+TYPES = ("f32", "bf16", "q8_0", "q4_0")
 LAYER_NAMES = {  # HF name inside model.layers.N -> GGUF name inside blk.N
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -135,7 +135,7 @@ def convert(model_dir: Path, out: Path, kind: str = "f32") -> Path:
         if config.get("sliding_window"):
             writer.add_sliding_window(config["sliding_window"])
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind])
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[kind])
     tokens, scores, types, special = vocabulary(model_dir, rows)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -152,7 +152,7 @@ def convert(model_dir: Path, out: Path, kind: str = "f32") -> Path:
         if kind == "f32" or array.ndim == 1:  # norms stay float32, as llama.cpp's converter keeps them
             writer.add_tensor(gguf_name(name), array.astype(np.float32))
             continue
-        qtype = gguf.GGMLQuantizationType.BF16 if kind == "bf16" else gguf.GGMLQuantizationType.Q8_0
+        qtype = getattr(gguf.GGMLQuantizationType, kind.upper())
         writer.add_tensor(gguf_name(name), gguf.quants.quantize(array, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -9,7 +9,9 @@ import json
 import re
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from lookinside.core.inside.predict import next_token
 from lookinside.core.model import gguf as gguf_files
 from lookinside.core.model.loading import load, load_config, load_tokenizer
 from lookinside.core.model.ollama import OllamaName, find_model, pulled_models
+from lookinside.core.model.packed import PACKED
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import NextTokenRequest
 from lookinside.tiny import ASSETS
@@ -54,7 +57,8 @@ def write_gguf(out: Path, qtype: str = "F32", architecture: str = "phi3", tensor
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_dimension_count(config["hidden_size"] // config["num_attention_heads"])
     writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "Q8_0" else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type({"Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                          "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}.get(qtype, gguf.LlamaFileType.ALL_F32))
     tokens = {**vocab["model"]["vocab"], **{t["content"]: t["id"] for t in vocab["added_tokens"]}}
     special = {t["content"] for t in vocab["added_tokens"] if t["special"]}
     ordered = sorted(tokens, key=tokens.get)
@@ -114,9 +118,9 @@ def ollama_store(root: Path, blob: Path, name: str = "tiny", tag: str = "latest"
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """tiny-f32.gguf and tiny-q8_0.gguf, written once."""
+    """tiny-f32.gguf, tiny-q8_0.gguf and tiny-q4_0.gguf, written once."""
     folder = tmp_path_factory.mktemp("gguf")
-    return {kind: write_gguf(folder / f"tiny-{kind.lower()}.gguf", kind) for kind in ("F32", "Q8_0")}
+    return {kind: write_gguf(folder / f"tiny-{kind.lower()}.gguf", kind) for kind in ("F32", "Q8_0", "Q4_0")}
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +154,139 @@ def test_q8_0_gguf_is_close_and_says_what_it_was(tiny, loaded):
     assert mine[0].token == " Paris"
     assert mine[0].prob == pytest.approx(theirs[0].prob, abs=1e-3)
     assert mine[0].prob != theirs[0].prob  # the weights really went through 8 bits
-    assert re.fullmatch(r"Q8_0 GGUF \(1\.\d MB\), dequantized to float32 \(4\.2 MB\)", lm.origin.describe())
+    assert re.fullmatch(r"Q8_0 GGUF \(1\.\d MB\), kept quantized in 1\.\d MB: int8 rows \(re-quantized from Q8_0\) "
+                        r"x17; int8 embedding \(Q8_0 as in the file\) x1; float32 activations", lm.origin.describe())
     assert lm.origin.describe() in lm.notes
+    dequantized = load(LoadSpec(model=str(lm.source), device="cpu", quantize="float"))
+    assert re.fullmatch(r"Q8_0 GGUF \(1\.\d MB\), dequantized to float32 \(4\.2 MB\)", dequantized.origin.describe())
+
+
+def packed_types(lm) -> Counter:
+    return Counter(type(m).__name__ for m in lm.model.modules() if isinstance(m, PACKED))
+
+
+def test_q4_0_gguf_is_kept_in_int4_at_about_its_file_size_and_says_paris(tiny, loaded, files):
+    lm = loaded["Q4_0"]
+    assert packed_types(lm) == {"Int4Linear": 17, "PackedEmbedding": 1}  # every matrix, the LM head too
+    assert not any(p.dtype != torch.float32 for p in lm.model.parameters())  # only norms are left as parameters
+    size = files["Q4_0"].stat().st_size
+    assert lm.origin.loaded_bytes < 1.3 * size, (lm.origin.loaded_bytes, size)
+    assert re.fullmatch(r"Q4_0 GGUF \(6\d\d\.\d kB\), kept quantized in \d+\.\d kB: int4 \(Q4_0 as in the file\) x17; "
+                        r"int4 embedding \(Q4_0 as in the file\) x1; float32 activations", lm.origin.describe())
+    assert top(lm)[0].token == " Paris"
+
+
+def test_kept_int4_computes_what_the_files_own_dequantized_weights_do(files):
+    """The values are the file's; only the scales (bfloat16, which the kernel takes) and the activations fed to the
+    matmuls (bfloat16) are rounded: the KL from the file's dequantized float32 weights stays small."""
+    kept = load(LoadSpec(model=str(files["Q4_0"]), device="cpu"))
+    float_ = load(LoadSpec(model=str(files["Q4_0"]), device="cpu", quantize="float"))
+    ids = kept.tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        a = torch.log_softmax(kept.model(ids).logits.float(), -1)
+        b = torch.log_softmax(float_.model(ids).logits.float(), -1)
+    kl = (b.exp() * (b - a)).sum(-1)  # (1, seq)
+    assert 0 < kl.max().item() < 1e-3
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
+def test_blocks_read_as_values_scales_and_zeros_equal_the_gguf_packages_dequantize(kind):
+    from gguf.quants import dequantize, quantize
+
+    from lookinside.core.model import ggml
+
+    weight = np.random.default_rng(0).standard_normal((48, 256)).astype(np.float32)
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    raw = quantize(weight, qtype)
+    if kind == "Q8_0":
+        values, scales = ggml.q8_0_blocks(raw)
+        mine = values.reshape(48, -1, 32) * scales[..., None]
+    else:
+        values, scales, zeros = ggml.int4_blocks(raw, kind)
+        mine = (values.reshape(48, -1, 32).astype(np.float32) - 8) * scales[..., None] + zeros[..., None]
+    assert np.array_equal(mine.reshape(48, 256), dequantize(raw, qtype))
+
+
+def test_q4_k_blocks_read_as_int4_groups_of_32_equal_the_gguf_packages_dequantize():
+    from gguf.quants import dequantize
+
+    from lookinside.core.model import ggml
+
+    raw = np.random.default_rng(1).integers(0, 256, (16, 144 * 2), dtype=np.uint8)  # 2 super-blocks a row
+    blocks = raw.reshape(-1, 144)
+    blocks[:, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)  # d and dmin: finite
+    blocks[:, 2:4] = np.frombuffer(np.float16(0.02).tobytes(), np.uint8)
+    values, scales, zeros = ggml.int4_blocks(raw, "Q4_K")
+    mine = (values.reshape(16, -1, 32).astype(np.float32) - 8) * scales[..., None] + zeros[..., None]
+    assert values.max() == 15 and scales.shape == (16, 16)
+    assert np.allclose(mine.reshape(16, 512), dequantize(raw, gguf.GGMLQuantizationType.Q4_K), rtol=0, atol=1e-6)
+
+
+def test_llamas_row_order_is_undone_on_the_packed_rows():
+    """llama.cpp stores llama's q and k rows interleaved per head; transformers' processor undoes that on floats.
+    The probe finds the same order, applied to int4 rows before packing."""
+    from gguf.quants import dequantize, quantize
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from lookinside.core.model import ggml
+    from lookinside.core.model.gguf_packed import _row_order
+
+    weight = np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)
+    raw = quantize(weight, gguf.GGMLQuantizationType.Q4_0)
+    tensor = SimpleNamespace(name="blk.0.attn_q.weight", shape=(64, 64), data=raw)
+    processor = LlamaTensorProcessor(config={"num_attention_heads": 4, "num_key_value_heads": 4})
+    order = _row_order(processor, tensor, {})
+    assert order is not None and sorted(order) == list(range(64)) and list(order) != list(range(64))
+    values, scales, zeros = (a[order] for a in ggml.int4_blocks(raw, "Q4_0"))
+    mine = ((values.reshape(64, -1, 32).astype(np.float32) - 8) * scales[..., None] + zeros[..., None]).reshape(64, 64)
+    theirs = processor.process(weights=dequantize(raw, gguf.GGMLQuantizationType.Q4_0), name=tensor.name).weights
+    assert np.array_equal(mine, theirs)
+    assert _row_order(processor, SimpleNamespace(name="blk.0.ffn_up.weight", shape=(64, 64)), {}) is None
+
+
+def test_five_bit_matrices_are_re_quantized_to_int8_and_say_so(tmp_path):
+    path = write_gguf(tmp_path / "tiny-q5_0.gguf", "F32", tensor_type="Q5_0")  # zero blocks: the layout is what counts
+    lm = load(LoadSpec(model=str(path), device="cpu"))
+    assert packed_types(lm) == {"Int8Linear": 17, "PackedEmbedding": 1}
+    assert "int8 rows (re-quantized from Q5_0) x17" in lm.origin.describe()
+    assert "int8 embedding (re-quantized from Q5_0) x1" in lm.origin.describe()
+
+
+def test_every_view_runs_on_a_gguf_kept_in_int4(files):
+    """The hooks see float activations: each view answers on the packed model as on the float one."""
+    model = ["--model", str(files["Q4_0"]), "--device", "cpu", "--json"]
+    text = "The capital of France is"
+    commands = [["next-token", text], ["tokens", text], ["forward", text], ["attention", text, "--layer", "1"],
+                ["lens", text], ["ablate", text, "--head", "0.1"], ["steer", text, "--add", " Berlin", "--layer", "2",
+                                                                   "-n", "3"],
+                ["patch", "--clean", text, "--corrupt", "The capital of Spain is"], ["generate", text, "-n", "4"]]
+    for command in commands:
+        result = runner.invoke(app, [*command, *model])
+        assert result.exit_code == 0, (command, result.output)
+        assert result.stdout.strip(), command
+
+
+def test_interventions_leave_the_packed_model_as_it_was(loaded):
+    lm = loaded["Q4_0"]
+    ids = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        before = lm.model(ids).logits
+    from lookinside.api import ablate, steer
+
+    ablate(lm, "The capital of France is", heads=["0.1", "1.2"])
+    steer(lm, "The capital of France is", add=" Berlin", layer=2, max_new_tokens=2)
+    with torch.inference_mode():
+        assert torch.equal(before, lm.model(ids).logits)
+
+
+def test_diff_against_a_q4_0_gguf(files):
+    text = "The capital of France is Paris. The capital of Germany is Berlin."
+    result = runner.invoke(app, ["diff", text, "--model", "tiny", "--against", str(files["Q4_0"]), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["b"]["how"] == "float32, sdpa, from Q4_0 GGUF"
+    assert 0 < report["summary"]["kl_mean"] < 0.05 and report["summary"]["same_top1"] >= 0.9
 
 
 def test_the_vocabulary_is_sized_by_the_embedding_not_the_token_list(files):
@@ -168,7 +303,7 @@ def test_cli_next_token_on_a_gguf_file(files):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["top"][0]["token"] == " Paris"
-    assert re.search(r"^Q8_0 GGUF \(1\.\d MB\), dequantized to float32 \(4\.2 MB\)$", result.stderr, re.MULTILINE)
+    assert re.search(r"^Q8_0 GGUF \(1\.\d MB\), kept quantized in 1\.\d MB: int8 rows ", result.stderr, re.MULTILINE)
 
 
 def test_recognised_by_its_magic_bytes_not_its_name(files, tmp_path):
@@ -270,10 +405,10 @@ def test_without_the_gguf_package_the_error_names_the_extra(files, monkeypatch):
 
 
 def test_quantize_and_random_weights_are_refused_for_a_gguf(files):
-    for spec in (LoadSpec(model=str(files["F32"]), quantize="int8"), LoadSpec(model=str(files["F32"]),
-                                                                              random_weights=True)):
-        with pytest.raises(errors.BadInput, match="a GGUF file is dequantized as it loads"):
-            load(spec)
+    with pytest.raises(errors.BadInput, match="a GGUF file keeps its own quantization"):
+        load(LoadSpec(model=str(files["F32"]), quantize="int8"))
+    with pytest.raises(errors.BadInput, match="a GGUF file brings its weights"):
+        load(LoadSpec(model=str(files["F32"]), random_weights=True))
 
 
 def test_diff_shows_what_the_quantization_costs_per_token(tmp_path):

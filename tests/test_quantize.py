@@ -1,18 +1,22 @@
-"""--quantize: int8 weights through torch's dynamic int8 matmuls on the CPU for real; torchao's and bitsandbytes'
-configs (GPU) checked by faking CUDA."""
+"""--quantize: int8 weights through torch's dynamic int8 matmuls and int4 / int8 weight-only layers on the CPU for
+real; torchao's and bitsandbytes' configs (GPU) checked by faking CUDA."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from lookinside.cli.app import app
 from lookinside.core.errors import BadInput, LookinsideError
 from lookinside.core.inside.diff import compare_sides, read_side
 from lookinside.core.inside.predict import next_token
 from lookinside.core.model import quantize
 from lookinside.core.model.loading import load
+from lookinside.core.model.packed import Int4Linear, Int8Linear
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import NextTokenRequest
 
@@ -45,7 +49,7 @@ def test_int8_still_says_paris_and_stays_close_to_float32(tiny, tiny_int8):
 
 
 def test_bitsandbytes_needs_cuda():
-    with pytest.raises(BadInput, match="needs a CUDA GPU .* use --quantize int8"):
+    with pytest.raises(BadInput, match="needs a CUDA GPU .* use --quantize int4 or int8"):
         load(LoadSpec(model="tiny", device="cpu", quantize="4bit"))
 
 
@@ -71,7 +75,7 @@ def test_a_load_where_nothing_was_converted_is_refused(tiny):
 
 
 def test_bad_kinds_and_random_weights_are_refused():
-    with pytest.raises(BadInput, match="--quantize must be one of int8, 8bit, 4bit"):
+    with pytest.raises(BadInput, match="--quantize must be one of int8, int8-weight, int8-dynamic, int4, 8bit, 4bit, float"):
         LoadSpec(model="tiny", quantize="2bit")
     with pytest.raises(BadInput, match="needs real weights"):
         LoadSpec(model="tiny", quantize="int8", random_weights=True)
@@ -125,3 +129,84 @@ def test_chats_stats_line_says_the_weights_are_int8(tiny_int8):
         conversation = Conversation(settings=ChatSettings(params=SamplingParams(temperature=0)))
         ChatRepl(tiny_int8, conversation, console, session, "plain").run()
     assert "int8 weights 1.5 MiB (from 4.0 MiB)" in console.file.getvalue()
+
+
+@pytest.fixture(scope="module")
+def weight_only():
+    return {kind: load(LoadSpec(model="tiny", device="cpu", quantize=kind)) for kind in ("int4", "int8-weight")}
+
+
+def kl_from_float(tiny, lm) -> tuple[float, float]:
+    """Mean KL from float32, and the share of positions whose top-1 agrees, over TEXT."""
+    ids = tiny.tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        a = torch.log_softmax(tiny.model(ids).logits.float(), -1)
+        b = torch.log_softmax(lm.model(ids).logits.float(), -1)
+    return (a.exp() * (a - b)).sum(-1).mean().item(), (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+
+
+@pytest.mark.parametrize(("kind", "layer", "bits"), [("int4", Int4Linear, 4), ("int8-weight", Int8Linear, 8)])
+def test_weight_only_kinds_pack_every_linear_layer_and_stay_close(tiny, weight_only, kind, layer, bits):
+    lm = weight_only[kind]
+    assert sum(isinstance(m, layer) for m in lm.model.modules()) == 17  # the LM head too
+    assert not any(isinstance(m, torch.nn.Linear) for m in lm.model.modules())
+    q = lm.quantized
+    assert q.kind == kind and q.converted == q.linear == 17 and q.method == quantize.WEIGHT_ONLY_METHOD
+    # float32 -> 4 or 8 bits for the linear weights; the float32 embedding (an eighth of the weights) stays
+    assert q.bytes_after < q.bytes_before * (0.3 if bits == 4 else 0.4)
+    assert next_token(lm, NextTokenRequest("The capital of France is", top_k=1)).top[0].token == " Paris"
+    kl, same = kl_from_float(tiny, lm)
+    assert 0 < kl < (0.05 if bits == 4 else 0.01) and same >= 0.9
+
+
+def test_int4_groups_round_trip_within_half_a_step():
+    weight = torch.randn(32, 128)
+    values, scales, zeros = quantize.int4_groups(weight, 32)
+    assert values.dtype == torch.uint8 and values.max() <= 15 and scales.shape == (32, 4)
+    back = (values.float().unflatten(-1, (4, 32)) - 8) * scales[..., None] + zeros[..., None]
+    assert ((back.flatten(-2) - weight).abs() <= scales.repeat_interleave(32, -1) / 2 + 1e-6).all()
+
+
+def test_a_shape_the_int4_kernel_cannot_take_falls_back_to_int8():
+    layer = quantize.packed_linear(torch.randn(24, 64), None, "int4", torch.device("cpu"))  # 24 rows: not 16k
+    assert isinstance(layer, Int8Linear)
+    x = torch.randn(2, 3, 64)
+    assert layer(x).shape == (2, 3, 24)
+
+
+def test_int8_is_the_faster_kind_on_the_cpu_and_the_others_are_reachable():
+    cpu = torch.device("cpu")
+    assert quantize.resolve_kind("int8", cpu) == quantize.CPU_INT8 == "int8-dynamic"
+    assert quantize.weight_only("int4", cpu) and quantize.weight_only("int8-weight", cpu)
+    assert quantize.dynamic_int8("int8-dynamic", cpu) and not quantize.weight_only("int8", cpu)
+    assert quantize.quantization_config("int4", cpu, torch.float32) is None
+    with pytest.raises(BadInput, match="--quantize int4 runs on the CPU or a CUDA GPU, not on mps"):
+        quantize.quantization_config("int4", torch.device("mps"), torch.float32)
+
+
+def test_diff_against_quantize_reports_kl_and_top1_for_each_kind():
+    runner = CliRunner()
+    for kind in ("int4", "int8-weight", "int8-dynamic"):
+        result = runner.invoke(app, ["diff", TEXT, "--model", "tiny", "--device", "cpu", "--against-quantize", kind,
+                                     "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["b"]["how"] == f"float32, sdpa, quantized {kind}"
+        assert 0 < report["summary"]["kl_mean"] < 0.05 and report["summary"]["same_top1"] >= 0.9
+
+
+def test_bench_with_int4_runs_on_the_cpu():
+    result = CliRunner().invoke(app, ["bench", "--model", "tiny", "--device", "cpu", "--quantize", "int4", "-n", "4",
+                                      "-r", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "int4" in result.output
+
+
+def test_compiled_int4_decodes_the_same_tokens_as_eager(weight_only):
+    from lookinside.core.bench.run import our_loop
+
+    lm = weight_only["int4"]
+    prompt = lm.tokenizer("The capital of France is").input_ids
+    eager = our_loop(lm, prompt, "static", 6)()
+    compiled = our_loop(lm, prompt, "static", 6, compile=True)()
+    assert compiled.token_ids == eager.token_ids

@@ -64,7 +64,8 @@ def _load_parameters() -> list[inspect.Parameter]:
             help="Per-device limits for --device-map, e.g. 0=20GiB,cpu=64GiB.")]),
         option("quantize", None, Annotated[Optional[str], typer.Option(
             "--quantize", metavar="KIND", rich_help_panel=MODEL_PANEL, show_default=False,
-            help="int8 (torchao: CPU and GPU) | 8bit | 4bit (bitsandbytes NF4: CUDA). Weights in low precision.")]),
+            help="int4 | int8 (CPU: int8-dynamic; GPU: torchao) | int8-weight | int8-dynamic | 8bit | 4bit "
+                 "(bitsandbytes NF4: CUDA) | float (a GGUF dequantized). Weights in low precision.")]),
         option("threads", None, Annotated[Optional[int], typer.Option(
             "--threads", metavar="N", rich_help_panel=MODEL_PANEL, show_default=False,
             help="CPU threads for torch (default: one per idle core, measured at load).")]),

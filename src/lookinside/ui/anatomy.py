@@ -133,7 +133,9 @@ def anatomy_view(anatomy: Anatomy) -> RenderableType:
     return Group(*parts, Text(), quantize_view(anatomy.quantized)) if anatomy.quantized else Group(*parts)
 
 
-QUANTIZE_NAMES = {"int8": "int8 weights (torchao)", "8bit": "8-bit (bitsandbytes)", "4bit": "4-bit NF4 (bitsandbytes)"}
+QUANTIZE_NAMES = {"int8": "int8 weights (torchao)", "8bit": "8-bit (bitsandbytes)", "4bit": "4-bit NF4 (bitsandbytes)",
+                  "int4": "int4 weights in groups of 32", "int8-weight": "int8 weight-only",
+                  "int8-dynamic": "int8 weights, dynamic int8 matmuls"}
 
 
 def quantize_view(estimate: Estimate) -> Text:

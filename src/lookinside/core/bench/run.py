@@ -74,8 +74,9 @@ def weight_bytes(model: torch.nn.Module) -> int:
     total = stored_bytes(model)
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if embed is not None and (output is None or getattr(output, "weight", None) is not embed.weight):
-        total -= embed.weight.numel() * embed.weight.element_size()  # a lookup reads one row, not the table
+    table = getattr(embed, "weight", None)
+    if embed is not None and (table is None or getattr(output, "weight", None) is not table):
+        total -= stored_bytes(embed)  # a lookup reads one row, not the table (packed or not)
     return total
 
 

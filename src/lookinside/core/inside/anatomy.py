@@ -251,4 +251,5 @@ def _positions(model: nn.Module, config: Any) -> tuple[str, dict[str, Any]]:
 def _tied(model: nn.Module) -> bool:
     inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return inp is not None and out is not None and inp.weight is out.weight
+    weight = getattr(inp, "weight", None)  # a packed table (a GGUF kept quantized) has none: never tied
+    return weight is not None and weight is getattr(out, "weight", None)

@@ -102,7 +102,7 @@ def run_diff(load: Callable[[LoadSpec], LM], a: LoadSpec, b: LoadSpec, text: str
 def describe(lm: LM, quantize: str | None = None) -> str:
     """What tells one side from the other: dtype, attention, quantization."""
     parts = [str(lm.dtype).removeprefix("torch."), lm.attn_implementation]
-    parts += [f"quantized {quantize}"] if quantize else []
+    parts += ["dequantized" if quantize == "float" else f"quantized {quantize}"] if quantize else []
     parts += [f"from {lm.origin.kind}"] if getattr(lm, "origin", None) else []
     return ", ".join(parts)
 

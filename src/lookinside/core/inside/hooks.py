@@ -65,9 +65,14 @@ def head_rows(model: nn.Module) -> int:
 
 
 def head_device(model: nn.Module) -> torch.device:
-    """Where the LM head computes: its weight's device (the CPU for a packed int8 head, which only runs there)."""
-    weight = getattr(find_lm_head(model), "weight", None)
-    return weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+    """Where the LM head computes: its weight's device, else its first buffer's (our int4 and int8 layers keep
+    their weights as buffers), else the CPU (a dynamic int8 head, which only runs there)."""
+    head = find_lm_head(model)
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device
+    buffer = next(head.buffers(recurse=False), None)
+    return buffer.device if buffer is not None else torch.device("cpu")
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +61,9 @@ class Dequantized:
 
     file_type: str  # Q8_0, Q4_K_M, F16...
     file_bytes: int
-    dtype: str  # what transformers dequantized them to
+    dtype: str  # what transformers dequantized them to; with `kept`, the activations' dtype
     loaded_bytes: int
+    kept: tuple[str, ...] = ()  # kept quantized: how each group of matrices was stored, e.g. "int4 x9 (Q4_0, exact)"
 
     @property
     def kind(self) -> str:
@@ -70,7 +71,11 @@ class Dequantized:
         return f"{self.file_type} GGUF"
 
     def describe(self) -> str:
-        """What it was and what it became: "Q8_0 GGUF (1.1 MB), dequantized to float32 (4.2 MB)"."""
+        """What it was and what it became: "Q8_0 GGUF (1.1 MB), dequantized to float32 (4.2 MB)", or
+        "Q4_0 GGUF (238.4 MB), kept quantized in 270.1 MB: int4 x10 (Q4_0 as in the file)..."."""
+        if self.kept:
+            return (f"{self.kind} ({_size(self.file_bytes)}), kept quantized in {_size(self.loaded_bytes)}: "
+                    f"{'; '.join(self.kept)}; {self.dtype} activations")
         return f"{self.kind} ({_size(self.file_bytes)}), dequantized to {self.dtype} ({_size(self.loaded_bytes)})"
 
 
@@ -225,23 +230,29 @@ def open_file(name: str) -> GgufFile | None:
 
 
 def load(spec: LoadSpec, file: GgufFile) -> LM:
-    """Model, tokenizer and chat template from a GGUF file, dequantized to the dtype `spec` resolves to."""
+    """Model, tokenizer and chat template from a GGUF file: its quantized matrices kept packed where the device
+    runs our packed layers (`load_packed`), else (and with `--quantize float`) dequantized to the dtype `spec`
+    resolves to."""
     from transformers import AutoModelForCausalLM
 
     from lookinside.core.model import loading
 
-    if spec.quantize or spec.random_weights:
-        flag = "--quantize" if spec.quantize else "--random-weights"
-        raise errors.BadInput(f"{flag} needs a Hugging Face checkpoint; a GGUF file is dequantized as it loads")
+    if spec.random_weights:
+        raise errors.BadInput("--random-weights needs a Hugging Face checkpoint; a GGUF file brings its weights")
+    if spec.quantize not in (None, "float"):
+        raise errors.BadInput(f"--quantize {spec.quantize}: a GGUF file keeps its own quantization (--quantize "
+                              "float dequantizes it as it loads)")
     device = loading.resolve_device(spec.device)
     dtype = loading.resolve_dtype(spec.dtype, device, _checkpoint_dtype(file))
+    if spec.quantize is None and device.type in ("cpu", "cuda") and quantized_matrices(file):
+        return load_packed(spec, file, device, dtype)
     with loading._hub_errors(spec.model), loading._memory_errors(spec.model, device), _transformers_progress():
         config = load_config(spec.model, file, spec.trust_remote_code)
         loading.check_causal_lm(spec.model, config)
         tokenizer = load_tokenizer(file, spec.trust_remote_code)
         model, info = AutoModelForCausalLM.from_pretrained(
             str(file.path.parent), gguf_file=file.path.name, config=config, output_loading_info=True,
-            **loading._load_kwargs(spec, device, dtype))
+            **loading._load_kwargs(replace(spec, quantize=None), device, dtype))
     notes = loading.check_loaded(spec.model, model, tokenizer, info)
     model.generation_config.eos_token_id = end_token_ids(model.generation_config.eos_token_id, tokenizer)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -249,6 +260,41 @@ def load(spec: LoadSpec, file: GgufFile) -> LM:
     origin = Dequantized(file.file_type, file.size, str(dtype).removeprefix("torch."), weights)
     return loading.LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype,
                       source=str(file.path), notes=(origin.describe(), *notes), origin=origin)
+
+
+def quantized_matrices(file: GgufFile) -> bool:
+    """True when some of the file's tensors are quantized (not F32, F16 or BF16): those are kept packed."""
+    from lookinside.core.model.ggml import FLOAT_TYPES
+
+    return any(kind not in FLOAT_TYPES for kind in file.tensor_types)
+
+
+def load_packed(spec: LoadSpec, file: GgufFile, device: torch.device, dtype: torch.dtype) -> LM:
+    """The model with its quantized matrices kept quantized (`core/model/gguf_packed.py`), the activations in
+    `dtype`; built with empty parameters and filled tensor by tensor, so memory grows only by what is kept."""
+    from transformers import AutoModelForCausalLM
+
+    from lookinside.core.model import gguf_packed, loading
+    from lookinside.core.model.quantize import stored_bytes
+
+    with loading._hub_errors(spec.model), loading._memory_errors(spec.model, device):
+        config = load_config(spec.model, file, spec.trust_remote_code)
+        loading.check_causal_lm(spec.model, config)
+        tokenizer = load_tokenizer(file, spec.trust_remote_code)
+        with gguf_packed.empty_parameters():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn,
+                                                     trust_remote_code=spec.trust_remote_code)
+        kept = gguf_packed.fill(model, file, device, dtype)
+    model.to(device)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise errors.CorruptWeights(f"the tokenizer of {spec.model!r} has {len(tokenizer):,} tokens but the model's "
+                                    f"embedding only {rows:,} rows")
+    model.generation_config.eos_token_id = end_token_ids(model.generation_config.eos_token_id, tokenizer)
+    model.eval()
+    origin = Dequantized(file.file_type, file.size, str(dtype).removeprefix("torch."), stored_bytes(model), kept)
+    return loading.LM(name=spec.model, model=model, tokenizer=tokenizer, device=device, dtype=dtype,
+                      source=str(file.path), notes=(origin.describe(),), origin=origin)
 
 
 def end_token_ids(eos: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -1,15 +1,17 @@
-"""Low-precision loading: int8 through torch's dynamic int8 matmuls (CPU) or torchao (GPU), 8-bit and 4-bit NF4
-through bitsandbytes (CUDA).
+"""Low-precision loading: on the CPU, int4 and int8 weight-only layers (torch's weight-only kernels) and int8
+through torch's dynamic int8 matmuls; on the GPU int4 and int8 weight-only layers, torchao's int8, and
+bitsandbytes' 8-bit and 4-bit NF4 (CUDA).
 
-On the CPU `--quantize int8` converts every linear layer (the output head too) after loading to torch's
-dynamically quantized int8 Linear (int8 weights per output channel, activations quantized per step, int8 x
-int8 matmuls in fbgemm/oneDNN): on the 2-layer Phi-3 shape it decoded about 3x faster than float32, where
-torchao's int8 weight-only layers (dequantized to float at every matmul) decoded about 7x slower
-(docs/benchmarks.md).
-It computes in float32, so the model is loaded in float32 first.
+The CPU kinds convert every linear layer (the output head too) after loading:
+- `int4`: weights in int4, groups of 32 along the input with a scale and a zero each (`core/model/packed.py`);
+- `int8-weight`: int8 weights with one scale per output row, multiplied with bfloat16 activations;
+- `int8-dynamic`: torch's dynamically quantized int8 Linear (activations quantized per step, int8 x int8
+  matmuls in fbgemm/oneDNN), computing in float32, so the model is loaded in float32 first;
+- `int8`: the faster of the two int8 kinds on this machine's measurements (`CPU_INT8`, docs/benchmarks.md).
+`float` keeps a model's weights as they are; for a GGUF file it means "dequantize to --dtype as it loads".
 
 `quantization_config` turns `--quantize` into transformers' config for `from_pretrained` (None for the
-CPU's int8, converted by `convert_after_loading`), or a
+kinds converted by `convert_after_loading`), or a
 one-line error naming the package to install or the device it needs. After loading,
 `quantization_facts` checks that it was applied (which linear weights are stored in the low
 precision, by their tensor and module types) and counts the bytes the weights take before and
@@ -29,8 +31,16 @@ from lookinside.core import errors
 if TYPE_CHECKING:
     import torch
 
-QUANTIZE = ("int8", "8bit", "4bit")
+from lookinside.core.model.spec import QUANTIZE
+
 PACKAGES = {"int8": "torchao", "8bit": "bitsandbytes", "4bit": "bitsandbytes"}
+# What --quantize int8 is on the CPU: the faster int8 kind. On the 2-layer Phi-3 shape, one thread, the dynamic
+# layers decoded 22.2 tokens/s against 12.6 weight-only (eager; 11.8 against 8.5 with --compile; docs/benchmarks.md).
+CPU_INT8 = "int8-dynamic"
+WEIGHT_ONLY = ("int4", "int8-weight")  # our own packed layers, on the CPU and on CUDA
+GROUP_SIZE = 32  # --quantize int4's group: 128 decoded no faster here and lost more (docs/benchmarks.md)
+DYNAMIC_METHOD = "torch dynamic int8 matmuls"
+WEIGHT_ONLY_METHOD = "torch weight-only kernels, bfloat16 activations"
 
 
 @dataclass(frozen=True)
@@ -50,13 +60,15 @@ class Quantized:
 
     def describe(self) -> str:
         """`int8 (torchao): 128 of 129 linear weights; weights 4.0 MiB -> 1.8 MiB`."""
-        return (f"--quantize {self.kind} ({self.method or PACKAGES[self.kind]}): {self.converted} of {self.linear} linear weights "
+        return (f"--quantize {self.kind} ({self.method or PACKAGES.get(self.kind, '')}): {self.converted} of {self.linear} linear weights "
                 f"converted; weights {_mib(self.bytes_before)} -> {_mib(self.bytes_after)}")
 
 
 # What each kind stores per converted weight: bits, and a float32 scale for every `block` weights
 # (int8: one per output row; bitsandbytes 4-bit: one absmax per 64 weights, without double quantization).
-STORAGE = {"int8": (8, None), "8bit": (8, None), "4bit": (4, 64)}
+# int4: a bfloat16 scale and zero per 32 weights, the bytes of one float32.
+STORAGE = {"int8": (8, None), "int8-weight": (8, None), "int8-dynamic": (8, None), "int4": (4, GROUP_SIZE),
+           "8bit": (8, None), "4bit": (4, 64)}
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,8 @@ def estimate(model: torch.nn.Module, kind: str) -> Estimate:
     """The footprint of `model`'s weights quantized as `kind` (works on the meta device: shapes only)."""
     import torch
 
+    if kind not in STORAGE:
+        raise errors.BadInput(f"--quantize {kind} keeps the weights as they are: there is no footprint to estimate")
     bits, block = STORAGE[kind]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
@@ -89,16 +103,25 @@ def estimate(model: torch.nn.Module, kind: str) -> Estimate:
     return Estimate(kind, converted, kept, converted * bits // 8, scales * 4, kept * 2)
 
 
-CPU_INT8 = "torch dynamic int8 matmuls"
+def resolve_kind(kind: str | None, device: torch.device) -> str | None:
+    """The kind `kind` means on `device`: `int8` on the CPU is `CPU_INT8`; `float` is no quantization."""
+    if kind == "float":
+        return None
+    return CPU_INT8 if kind == "int8" and device.type == "cpu" else kind
 
 
 def dynamic_int8(kind: str | None, device: torch.device) -> bool:
-    """True when `kind` is int8 on the CPU and torch has a quantized engine (fbgemm/x86 or qnnpack) to run it."""
-    if kind != "int8" or device.type != "cpu":
+    """True when `kind` is the dynamic int8 on the CPU and torch has a quantized engine (fbgemm/x86 or qnnpack)."""
+    if resolve_kind(kind, device) != "int8-dynamic" or device.type != "cpu":
         return False
     import torch
 
     return any(engine in torch.backends.quantized.supported_engines for engine in ("x86", "fbgemm", "qnnpack"))
+
+
+def weight_only(kind: str | None, device: torch.device) -> bool:
+    """True when `kind` is one of our packed weight-only kinds on a device that runs them (CPU, CUDA)."""
+    return resolve_kind(kind, device) in WEIGHT_ONLY and device.type in ("cpu", "cuda")
 
 
 def load_dtype(kind: str | None, device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -117,6 +140,9 @@ def convert_after_loading(kind: str | None, model: torch.nn.Module, device: torc
     it converted (2 threads). llama.cpp's q8_0 converts its output matrix as well. The logit lens calls the head as
     a module, which works the same on the converted one.
     """
+    if weight_only(kind, device):
+        to_weight_only(model, resolve_kind(kind, device) or "", device)
+        return
     if not dynamic_int8(kind, device):
         return
     import warnings
@@ -136,12 +162,15 @@ def quantization_config(kind: str, device: torch.device, dtype: torch.dtype) -> 
     """transformers' quantization config for `kind` (None: converted after loading), or a typed error."""
     if kind not in QUANTIZE:
         raise errors.BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {kind!r}")
-    if dynamic_int8(kind, device):
+    if kind == "float" or dynamic_int8(kind, device) or weight_only(kind, device):
         return None
+    if kind in ("int8-dynamic", *WEIGHT_ONLY):
+        where = "the CPU" if kind == "int8-dynamic" else "the CPU or a CUDA GPU"
+        raise errors.BadInput(f"--quantize {kind} runs on {where}, not on {device.type}; use --quantize int8")
     package = PACKAGES[kind]
     if kind in ("8bit", "4bit") and device.type != "cuda":
         raise errors.BadInput(f"--quantize {kind} uses bitsandbytes, which needs a CUDA GPU (this run is on "
-                              f"{device.type}); on the CPU use --quantize int8 (torchao)")
+                              f"{device.type}); on the CPU use --quantize int4 or int8")
     if importlib.util.find_spec(package) is None:
         raise errors.BadInput(f"--quantize {kind} needs the {package} package: pip install {package} "
                               "(or pip install 'lookinside[quantize]')")
@@ -162,22 +191,28 @@ def quantization_facts(kind: str, model: torch.nn.Module, dtype: torch.dtype) ->
     """Check that `kind` was applied to `model` (refuse a load where nothing was converted) and count bytes."""
     import torch
 
+    from lookinside.core.model.packed import PACKED_LINEAR
+
     dynamic = [m for m in model.modules() if _is_dynamic_int8(m)]
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)] + dynamic
+    packed = [m for m in model.modules() if isinstance(m, PACKED_LINEAR)]
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)] + dynamic + packed
     converted = sum(is_quantized(m) for m in linear)
     if converted == 0:
         raise errors.LookinsideError(f"--quantize {kind}: the model loaded, but none of its {len(linear)} linear "
                                      "weights was converted; refusing to show full-precision numbers as quantized")
     bits = torch.finfo(dtype).bits
-    float_params = sum(p.numel() for p in model.parameters()) + sum(_int8_numel(m) + _bias_numel(m) for m in dynamic)
-    return Quantized(kind, converted, len(linear), float_params * bits // 8, stored_bytes(model),
-                     CPU_INT8 if dynamic else "")
+    float_params = (sum(p.numel() for p in model.parameters()) + sum(_int8_numel(m) + _bias_numel(m) for m in dynamic)
+                    + sum(m.in_features * m.out_features for m in packed))
+    method = DYNAMIC_METHOD if dynamic else WEIGHT_ONLY_METHOD if packed else ""
+    return Quantized(kind, converted, len(linear), float_params * bits // 8, stored_bytes(model), method)
 
 
 def is_quantized(module: torch.nn.Module) -> bool:
     """True when a linear layer's weight is stored in a low precision (a torchao tensor or a bitsandbytes layer)."""
+    from lookinside.core.model.packed import PACKED
+
     name = type(module).__name__
-    if name in ("Linear8bitLt", "Linear4bit") or _is_dynamic_int8(module):
+    if name in ("Linear8bitLt", "Linear4bit") or _is_dynamic_int8(module) or isinstance(module, PACKED):
         return True
     weight = getattr(module, "weight", None)
     return weight is not None and hasattr(weight, "__tensor_flatten__") and weight.dtype.is_floating_point and any(
@@ -185,8 +220,11 @@ def is_quantized(module: torch.nn.Module) -> bool:
 
 
 def stored_bytes(model: torch.nn.Module) -> int:
-    """The bytes the parameters really take: the inner tensors of torchao's tensor subclasses, packed bitsandbytes data."""
-    total = 0
+    """The bytes the parameters really take: the inner tensors of torchao's tensor subclasses, packed bitsandbytes data,
+    our packed layers' buffers."""
+    from lookinside.core.model.packed import PACKED
+
+    total = sum(sum(b.nbytes for b in m.buffers(recurse=False)) for m in model.modules() if isinstance(m, PACKED))
     for parameter in model.parameters():
         inner = parameter.__tensor_flatten__()[0] if hasattr(parameter, "__tensor_flatten__") else None
         total += sum(getattr(parameter, name).nbytes for name in inner) if inner else parameter.nbytes
@@ -194,6 +232,65 @@ def stored_bytes(model: torch.nn.Module) -> int:
         if _is_dynamic_int8(module):  # its packed weights are no parameter: int8 values, a scale and zero per row
             total += _int8_numel(module) + module.out_features * 16 + _bias_numel(module) * 4
     return total
+
+
+def to_weight_only(model: torch.nn.Module, kind: str, device: torch.device) -> int:
+    """Every `nn.Linear` of `model`, the output head too, becomes an int4 or int8 packed layer; how many did.
+
+    An int4 layer whose shape the kernel cannot take (output rows not a multiple of 16, inputs not of the group
+    size) becomes int8 instead.
+    """
+    import torch
+
+    changed = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, torch.nn.Linear):  # nn.Linear and kernels.RowLinear
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, packed_linear(module.weight.data,
+                                                                                      module.bias, kind, device))
+        changed += 1
+    return changed
+
+
+def packed_linear(weight: torch.Tensor, bias: Any, kind: str, device: torch.device) -> torch.nn.Module:
+    """The packed layer of `kind` (int4 or int8-weight) for a float `weight` `(out, in)`."""
+    from lookinside.core.model.packed import Int4Linear, Int8Linear
+
+    if kind == "int4" and fits_int4(*weight.shape, GROUP_SIZE):
+        values, scales, zeros = int4_groups(weight, GROUP_SIZE)
+        return Int4Linear.from_values(values, scales, zeros, GROUP_SIZE, bias, device)
+    values, scales = int8_rows(weight)
+    return Int8Linear(values.to(device), scales.to(device), bias)
+
+
+def fits_int4(out_features: int, in_features: int, group_size: int) -> bool:
+    """True when the int4 kernels take a matrix of this shape."""
+    from lookinside.core.model.packed import INT4_ROWS
+
+    return out_features % INT4_ROWS == 0 and in_features % group_size == 0
+
+
+def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 in groups along the input: values 0..15, and per group a scale and a zero with
+    w ~ (q - 8) * scale + zero (the kernels' form), from each group's minimum and maximum.
+    # (out, in) -> (out, in), (out, in / group), (out, in / group)"""
+    import torch
+
+    groups = weight.float().unflatten(-1, (-1, group_size))  # (out, in / group, group)
+    low, high = groups.amin(-1), groups.amax(-1)  # (out, in / group)
+    scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+    values = ((groups - low[..., None]) / scales[..., None]).round().clamp(0, 15).to(torch.uint8)
+    return values.flatten(-2), scales, low + 8 * scales
+
+
+def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per output row.  # (out, in) -> (out, in), (out,)"""
+    import torch
+
+    w = weight.float()
+    scales = (w.abs().amax(-1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # (out,)
+    return (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8), scales
 
 
 def _is_dynamic_int8(module: torch.nn.Module) -> bool:

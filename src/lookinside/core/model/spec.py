@@ -11,7 +11,7 @@ DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
-QUANTIZE = ("int8", "8bit", "4bit")  # torchao int8 weights (CPU, GPU); bitsandbytes 8-bit and 4-bit NF4 (CUDA)
+QUANTIZE = ("int8", "int8-weight", "int8-dynamic", "int4", "8bit", "4bit", "float")  # core/model/quantize.py says each
 
 
 @dataclass(frozen=True)
