@@ -1,0 +1,195 @@
+"""What a chat through `llm serve` needs beyond the OpenAI routes, so it has every command it has here.
+
+- `POST /lookinside/v1/chat/fit`: a conversation (`system`, `messages`, `window`, `settings`, and the
+  `continuation` of /continue) fitted into the context by core/chat/conversation.fit, the same
+  call the model here makes: `{"ids", "dropped_turns", "dropped_tokens", "window"}`.
+- `POST /lookinside/v1/chat/count`: the tokens the conversation takes in the template (/tokens).
+- `POST /lookinside/v1/chat/steer`: `{add, subtract, layer, alpha}` -> the steer with its layer resolved
+  by the model (/steer), refused in one line as `llm steer` refuses it.
+- `POST /lookinside/v1/chat/reply`: fitted `ids`, `params`, `max_new_tokens` and an optional `steer`
+  -> the reply as it is made, one JSON object a line: `{"start": true}` once the request is
+  checked, then `{"step": <Step>, "texts": {id: text}}` per token (the texts of the token and its
+  alternatives, so /why and the journal read them without asking again), or `{"error": ...}`.
+  It runs the one token loop (core/decoding/generate.py), steered by steer.py's `steered` as a
+  chat here is, alone on the model's thread (the steer's hook must not reach other sequences).
+
+Every route is behind the same door as the others (JSON, key, Host, body size) and its limits:
+`max_new_tokens` within `--max-tokens`, the prompt and reply within the context, a 4xx in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from lookinside.core.chat.conversation import Conversation
+from lookinside.core.chat.defaults import ChatSettings
+from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.errors import BadInput
+from lookinside.core.inside.interventions.records import SteerSpec
+from lookinside.core.wire import from_wire, to_wire
+from lookinside.serve.app import _error_for, _json, cut_at_next_pass, read_json, run_while_connected, state_of
+from lookinside.serve.door import dumps
+from lookinside.serve.settings import ServeSettings
+from lookinside.serve.views import check_new_tokens
+from lookinside.serve.worker import Cancel, stream_on_model
+
+if TYPE_CHECKING:
+    from lookinside.core.model.loading import LM
+    from lookinside.core.records import Step
+
+ROLES = ("user", "assistant")
+
+
+async def fit_route(request: Request) -> Response:
+    """The conversation fitted into the context, as the model here fits it."""
+    from lookinside.core.chat.conversation import fit
+
+    state = state_of(request)
+    body = _object(await read_json(request, state.settings.max_body_bytes))
+    conversation, continuation = _conversation(body, state.settings, state.lm.context_length)
+    fitted = await run_while_connected(
+        request, lambda: fit(state.lm.tokenizer, conversation, state.lm.context_length, continuation))
+    return _json({"ids": fitted.ids, "dropped_turns": fitted.dropped_turns, "dropped_tokens": fitted.dropped_tokens,
+                  "window": conversation.window})
+
+
+async def count_route(request: Request) -> Response:
+    """The tokens the conversation takes in the chat template (0 when it is empty)."""
+    from lookinside.core.chat.conversation import count_tokens
+
+    state = state_of(request)
+    body = _object(await read_json(request, state.settings.max_body_bytes))
+    conversation, _ = _conversation(body, state.settings, state.lm.context_length)
+    count = await run_while_connected(request, lambda: count_tokens(state.lm.tokenizer, conversation))
+    return _json({"tokens": count})
+
+
+async def steer_route(request: Request) -> Response:
+    """The steer made on the served model: its layer resolved, refused in one line where `llm steer` refuses."""
+    from lookinside.core.inside.interventions.requests import check_alpha
+    from lookinside.core.inside.interventions.steer import steering
+
+    state = state_of(request)
+    body = _object(await read_json(request, state.settings.max_body_bytes))
+    add, subtract = _text(body, "add"), _text(body, "subtract", optional=True)
+    layer, alpha = _number(body, "layer", int), _number(body, "alpha", float)
+    check_alpha(alpha)
+    made = await run_while_connected(request, lambda: steering(state.lm, add, subtract, int(layer), alpha).spec)
+    return _json({"steer": to_wire(made)})
+
+
+async def reply_route(request: Request) -> Response:
+    """The reply to fitted ids, streamed a step a line (see the module's docstring)."""
+    state = state_of(request)
+    body = _object(await read_json(request, state.settings.max_body_bytes))
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise BadInput("ids must be the fitted prompt's token ids, a list of at least one integer")
+    params = from_wire(SamplingParams, body.get("params", {}), "params")
+    tokens = _max_new_tokens(body, state.settings, state.lm.context_length)
+    steer = from_wire(SteerSpec, body["steer"], "steer") if body.get("steer") is not None else None
+    lines = stream_on_model(state.worker, lambda emit, cancel: _reply(state.lm, ids, params, tokens, steer, emit,
+                                                                      cancel))
+    first = await lines.__anext__()  # {"start": true}, or the request's one-line refusal raised here, as a 4xx
+    return StreamingResponse(_ndjson(first, lines), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-cache"})
+
+
+def _reply(lm: LM, ids: list[int], params: SamplingParams, max_new_tokens: int, steer: SteerSpec | None,
+           emit: Callable[[Any], None], cancel: Cancel) -> None:
+    """On the model's thread: check the ids, then run (and steer) the one token loop, emitting each step."""
+    from lookinside.core.decoding.detokenize import token_text
+    from lookinside.core.decoding.generate import generate
+    from lookinside.core.decoding.prompting import check_fits
+    from lookinside.core.inside.interventions.steer import steered, steering
+    from lookinside.core.request import GenerationSettings
+    from lookinside.serve.openai_api import _check_ids
+
+    _check_ids(lm, ids)
+    check_fits(len(ids), lm.context_length, max_new_tokens)
+    with cut_at_next_pass(lm, cancel):  # a client that left stops the reply at its next forward pass
+        made = steering(lm, steer.add, steer.subtract, steer.depth, steer.alpha) if steer is not None else None
+        emit({"start": True})
+        stream = generate(lm, ids, params, GenerationSettings(max_new_tokens=max_new_tokens))
+        for step in steered(lm, stream, made) if made is not None else stream:
+            texts = {str(i): token_text(lm.tokenizer, i) for i in (step.token_id, *(i for i, _ in step.top))}
+            emit({"step": to_wire(step), "texts": texts})
+            if cancel:
+                return
+
+
+async def _ndjson(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    yield dumps(first) + b"\n"
+    try:
+        async for item in rest:
+            yield dumps(item) + b"\n"
+    except Exception as exc:  # noqa: BLE001 (after the 200 is sent, an error can only be one more line)
+        yield dumps(_error_for(exc).body()) + b"\n"
+
+
+# ---- the request's fields, each refused in one line
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadInput("the body must be a JSON object")
+    return body
+
+
+def _conversation(body: dict[str, Any], settings: ServeSettings, context: int) -> tuple[Conversation, str | None]:
+    """The conversation a chat client sent, and the reply it continues (None for a new reply)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise BadInput("messages must be a list of {role, content} objects")
+    for n, message in enumerate(messages):
+        if not (isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)):
+            raise BadInput(f"messages[{n}] must be an object with role (user or assistant) and content (text)")
+    window = body.get("window", 0)
+    if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= len(messages):
+        raise BadInput(f"window must be an integer in [0, {len(messages)}] (the first message still sent)")
+    if not isinstance(body.get("settings"), dict):
+        raise BadInput("settings must be the chat's settings object (params, max_new_tokens, trim)")
+    try:
+        chat = ChatSettings.from_json(body["settings"])
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"settings: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    _max_new_tokens({"max_new_tokens": chat.max_new_tokens}, settings, context)
+    system = _text(body, "system", optional=True)
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return Conversation(system, turns, chat, window), _text(body, "continuation", optional=True)
+
+
+def _max_new_tokens(body: dict[str, Any], settings: ServeSettings, context: int) -> int:
+    """A reply's length, within --max-tokens and leaving room in the context (as the view routes hold it)."""
+    tokens = _number(body, "max_new_tokens", int)
+    if tokens < 1:
+        raise BadInput(f"max_new_tokens must be at least 1, not {tokens}")
+    check_new_tokens(tokens, settings, context)
+    return int(tokens)
+
+
+def _text(body: dict[str, Any], name: str, optional: bool = False) -> Any:
+    value = body.get(name)
+    if (value is None and optional) or isinstance(value, str):
+        return value
+    raise BadInput(f"{name} must be text{' or null' if optional else ''}, not {str(value)[:40]}")
+
+
+def _number(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise BadInput(f"{name} must be {'a number' if kind is float else 'an integer'}, not {str(value)[:40]}")
+    return kind(value)
+
+
+def chat_routes() -> list[Route]:
+    """The routes to add to the app."""
+    return [Route("/lookinside/v1/chat/fit", fit_route, methods=["POST"]),
+            Route("/lookinside/v1/chat/count", count_route, methods=["POST"]),
+            Route("/lookinside/v1/chat/steer", steer_route, methods=["POST"]),
+            Route("/lookinside/v1/chat/reply", reply_route, methods=["POST"])]
