@@ -20,6 +20,7 @@ from rich.console import Console
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+from lookinside.core.backends.seam import as_backend  # noqa: E402
 from lookinside.core.backends.served import ServedBackend, connect  # noqa: E402
 from lookinside.core.errors import BadInput  # noqa: E402
 from lookinside.core.model.spec import LoadSpec  # noqa: E402
@@ -170,3 +171,26 @@ def test_the_chat_routes_need_the_key_when_the_server_has_one(tiny):
         assert status == 401
         backend = connect(live.url, "s3cret")
         assert chat(backend, f"/tokens{ENTER}", greedy_chat()).out.strip().endswith("the next reply may add up to 40")
+
+
+def test_a_steered_replys_steer_never_reaches_a_completion_made_between_its_steps(tiny, served):
+    from lookinside.core.chat.session import ChatSession
+    from lookinside.core.decoding.sampling import SamplingParams
+    from lookinside.core.request import GenerationSettings
+
+    def steered_reply(backend):
+        session = ChatSession(backend, greedy_chat())
+        session.set_steer("Japan", "France", 2, 4.0)
+        return session.send("What is the capital of France?")
+
+    def completion(backend) -> str:
+        stream = backend.generate("The capital of France is", SamplingParams(temperature=0),
+                                  GenerationSettings(max_new_tokens=3))
+        return "".join(step.text for step in stream)
+
+    reply = steered_reply(served)
+    first = next(iter(reply))  # the reply is mid-way: its next step is not asked for yet
+    alone = completion(served)  # answered now, by the batch, with no steer on the model
+    assert alone == completion(as_backend(tiny)) == " Paris."
+    here = [step.token_id for step in steered_reply(as_backend(tiny))]
+    assert [first.token_id, *(step.token_id for step in reply)] == here  # the steer came back for its own steps

@@ -11,7 +11,8 @@
   checked, then `{"step": <Step>, "texts": {id: text}}` per token (the texts of the token and its
   alternatives, so /why and the journal read them without asking again), or `{"error": ...}`.
   It runs the one token loop (core/decoding/generate.py), steered by steer.py's `steered` as a
-  chat here is, alone on the model's thread (the steer's hook must not reach other sequences).
+  chat here is, one step per job on the model's thread: the batch's sequences step in between,
+  and the steer's hook is on only while its own step computes, so it never reaches them.
 
 Every route is behind the same door as the others (JSON, key, Host, body size) and its limits:
 `max_new_tokens` within `--max-tokens`, the prompt and reply within the context, a 4xx in one line.
@@ -19,7 +20,8 @@ Every route is behind the same door as the others (JSON, key, Host, body size) a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -32,17 +34,18 @@ from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions.records import SteerSpec
 from lookinside.core.wire import from_wire, to_wire
-from lookinside.serve.app import _error_for, _json, cut_at_next_pass, read_json, run_while_connected, state_of
+from lookinside.serve.app import AppState, _error_for, _json, read_json, run_on_model, run_while_connected, state_of
 from lookinside.serve.door import dumps
 from lookinside.serve.settings import ServeSettings
 from lookinside.serve.views import check_new_tokens
-from lookinside.serve.worker import Cancel, stream_on_model
+from lookinside.serve.worker import QueueFull
 
 if TYPE_CHECKING:
     from lookinside.core.model.loading import LM
     from lookinside.core.records import Step
 
 ROLES = ("user", "assistant")
+BUSY_WAIT_S, BUSY_TRIES = 0.05, 600  # a reply's next step waits up to 30 s for a place in a full queue
 
 
 async def fit_route(request: Request) -> Response:
@@ -93,34 +96,64 @@ async def reply_route(request: Request) -> Response:
     params = from_wire(SamplingParams, body.get("params", {}), "params")
     tokens = _max_new_tokens(body, state.settings, state.lm.context_length)
     steer = from_wire(SteerSpec, body["steer"], "steer") if body.get("steer") is not None else None
-    lines = stream_on_model(state.worker, lambda emit, cancel: _reply(state.lm, ids, params, tokens, steer, emit,
-                                                                      cancel))
-    first = await lines.__anext__()  # {"start": true}, or the request's one-line refusal raised here, as a 4xx
-    return StreamingResponse(_ndjson(first, lines), media_type="application/x-ndjson",
+    reply = Reply(state.lm, ids, params, tokens, steer)
+    first = await run_while_connected(request, reply.start)  # a refusal is the request's 4xx, before any token
+    return StreamingResponse(_ndjson(first, _steps(state, reply)), media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-cache"})
 
 
-def _reply(lm: LM, ids: list[int], params: SamplingParams, max_new_tokens: int, steer: SteerSpec | None,
-           emit: Callable[[Any], None], cancel: Cancel) -> None:
-    """On the model's thread: check the ids, then run (and steer) the one token loop, emitting each step."""
-    from lookinside.core.decoding.detokenize import token_text
-    from lookinside.core.decoding.generate import generate
-    from lookinside.core.decoding.prompting import check_fits
-    from lookinside.core.inside.interventions.steer import steered, steering
-    from lookinside.core.request import GenerationSettings
-    from lookinside.serve.openai_api import _check_ids
+class Reply:
+    """A chat reply made one step per job on the model's thread, so the batch's sequences step in between (and a
+    steer's hook, on only while its own step computes, never reaches them)."""
 
-    _check_ids(lm, ids)
-    check_fits(len(ids), lm.context_length, max_new_tokens)
-    with cut_at_next_pass(lm, cancel):  # a client that left stops the reply at its next forward pass
-        made = steering(lm, steer.add, steer.subtract, steer.depth, steer.alpha) if steer is not None else None
-        emit({"start": True})
-        stream = generate(lm, ids, params, GenerationSettings(max_new_tokens=max_new_tokens))
-        for step in steered(lm, stream, made) if made is not None else stream:
-            texts = {str(i): token_text(lm.tokenizer, i) for i in (step.token_id, *(i for i, _ in step.top))}
-            emit({"step": to_wire(step), "texts": texts})
-            if cancel:
-                return
+    def __init__(self, lm: LM, ids: list[int], params: SamplingParams, max_new_tokens: int,
+                 steer: SteerSpec | None) -> None:
+        self.lm, self.ids, self.params, self.max_new_tokens, self.steer = lm, ids, params, max_new_tokens, steer
+        self.steps: Iterator[Step] = iter(())
+
+    def start(self) -> dict[str, Any]:
+        """Check the ids, make the steer, start the one token loop (steered as a chat here is)."""
+        from lookinside.core.decoding.generate import generate
+        from lookinside.core.decoding.prompting import check_fits
+        from lookinside.core.inside.interventions.steer import steered, steering
+        from lookinside.core.request import GenerationSettings
+        from lookinside.serve.openai_api import _check_ids
+
+        _check_ids(self.lm, self.ids)
+        check_fits(len(self.ids), self.lm.context_length, self.max_new_tokens)
+        steer = self.steer
+        made = steering(self.lm, steer.add, steer.subtract, steer.depth, steer.alpha) if steer is not None else None
+        stream = generate(self.lm, self.ids, self.params, GenerationSettings(max_new_tokens=self.max_new_tokens))
+        self.steps = steered(self.lm, stream, made) if made is not None else stream
+        return {"start": True}
+
+    def next(self) -> dict[str, Any] | None:
+        """The next step with its tokens' texts (for /why and the journal); None at the reply's end."""
+        from lookinside.core.decoding.detokenize import token_text
+
+        step = next(self.steps, None)
+        if step is None:
+            return None
+        ids = (step.token_id, *(i for i, _ in step.top))
+        return {"step": to_wire(step), "texts": {str(i): token_text(self.lm.tokenizer, i) for i in ids}}
+
+
+async def _steps(state: AppState, reply: Reply) -> AsyncIterator[dict[str, Any]]:
+    """Each step, one job each: a client that leaves cancels the awaited job, which stops at its forward pass."""
+    busy = 0
+    while True:
+        try:
+            item = await run_on_model(state, reply.next)
+        except QueueFull:  # every place taken for now: this reply waits its turn rather than fail mid-way
+            busy += 1
+            if busy > BUSY_TRIES:
+                raise
+            await asyncio.sleep(BUSY_WAIT_S)
+            continue
+        if item is None:
+            return
+        busy = 0
+        yield item
 
 
 async def _ndjson(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[bytes]:
