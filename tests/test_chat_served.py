@@ -194,3 +194,38 @@ def test_a_steered_replys_steer_never_reaches_a_completion_made_between_its_step
     assert alone == completion(as_backend(tiny)) == " Paris."
     here = [step.token_id for step in steered_reply(as_backend(tiny))]
     assert [first.token_id, *(step.token_id for step in reply)] == here  # the steer came back for its own steps
+
+
+DRIVE = """
+from lookinside.core.chat.conversation import Conversation
+from lookinside.core.chat.defaults import ChatSettings
+from lookinside.core.chat.session import ChatSession
+from lookinside.core.decoding.sampling import SamplingParams
+
+session = ChatSession(backend, Conversation(settings=ChatSettings(SamplingParams(temperature=0), max_new_tokens=3)))
+session.set_steer("Japan", "France", 2, 4.0)
+reply = session.send("What is the capital of Japan?")
+list(reply)
+first = session.finish(reply)
+reply = session.begin(continuation=True)
+list(reply)
+then = session.finish(reply)
+seen = [first.prompt_tokens, first.context_used, session.count_tokens(), then.prompt_tokens, then.context_used,
+        session.conversation.messages[-1]["content"]]
+"""
+
+
+def test_a_chat_through_the_server_imports_no_torch_or_transformers(server, tiny):
+    import os
+    import subprocess
+    import sys
+
+    code = f"from lookinside.core.backends.served import connect\nbackend = connect({server.url!r}, '')\n{DRIVE}print(seen)"
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=300,
+                         check=False, env={**os.environ, "LOOKINSIDE_API_KEY": "", "OPENAI_API_KEY": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    here: dict = {"backend": as_backend(tiny)}
+    exec(DRIVE, here)  # the same steered chat, /continue and /tokens with the model here
+    assert out.stdout.strip() == str(here["seen"])
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "transformers"}, imported & {"torch", "transformers"}
