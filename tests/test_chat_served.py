@@ -229,3 +229,33 @@ def test_a_chat_through_the_server_imports_no_torch_or_transformers(server, tiny
     assert out.stdout.strip() == str(here["seen"])
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert not imported & {"torch", "transformers"}, imported & {"torch", "transformers"}
+
+
+CHAT_BODIES = {
+    "fit": {"messages": [{"role": "user", "content": "hi"}], "window": 0, "continuation": None, "system": None,
+            "settings": {"params": {"temperature": 0}, "max_new_tokens": 4, "trim": True}},
+    "count": {"messages": [{"role": "user", "content": "hi"}], "window": 0, "system": "be brief",
+              "settings": {"params": {}, "max_new_tokens": 4}},
+    "steer": {"add": "Japan", "subtract": "France", "layer": 2, "alpha": 4.0},
+    "reply": {"ids": [1, 2, 3], "params": {"temperature": 0}, "max_new_tokens": 2,
+              "steer": {"add": "Japan", "subtract": None, "depth": 2, "alpha": 4.0}},
+}
+
+
+def test_extreme_values_in_every_field_of_every_chat_route_are_never_a_500(server):
+    extremes = [2**63 - 1, -(2**63), 1e308, -1e308, 5e-324, -1, 0, "", [], {}, None, True, [None], {"a": 1}]
+    statuses: dict[int, int] = {}
+    for route, body in CHAT_BODIES.items():
+        status, _ = post(server, route, body)
+        assert status == 200, route  # the body as a client sends it is answered
+        paths = [(k,) for k in body] + [(k, inner) for k, v in body.items() if isinstance(v, dict) for inner in v]
+        for path in paths:
+            for value in extremes:
+                changed = json.loads(json.dumps(body))
+                (changed if len(path) == 1 else changed[path[0]])[path[-1]] = value
+                status, answer = post(server, route, changed)
+                statuses[status] = statuses.get(status, 0) + 1
+                assert status < 500, (route, path, value, answer)
+                if status >= 400:
+                    assert "\n" not in answer["error"]["message"]
+    assert statuses.get(400, 0) > 50  # most are refused, each in one line

@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from lookinside.core.chat.conversation import Conversation
-from lookinside.core.chat.defaults import ChatSettings
+from lookinside.core.chat.defaults import DEFAULT_MAX_NEW_TOKENS, ChatSettings
 from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions.records import SteerSpec
@@ -54,7 +54,8 @@ async def fit_route(request: Request) -> Response:
 
     state = state_of(request)
     body = _object(await read_json(request, state.settings.max_body_bytes))
-    conversation, continuation = _conversation(body, state.settings, state.lm.context_length)
+    conversation, continuation = _conversation(body)
+    check_new_tokens(conversation.settings.max_new_tokens, state.settings, state.lm.context_length)
     fitted = await run_while_connected(
         request, lambda: fit(state.lm.tokenizer, conversation, state.lm.context_length, continuation))
     return _json({"ids": fitted.ids, "dropped_turns": fitted.dropped_turns, "dropped_tokens": fitted.dropped_tokens,
@@ -67,7 +68,7 @@ async def count_route(request: Request) -> Response:
 
     state = state_of(request)
     body = _object(await read_json(request, state.settings.max_body_bytes))
-    conversation, _ = _conversation(body, state.settings, state.lm.context_length)
+    conversation, _ = _conversation(body)
     count = await run_while_connected(request, lambda: count_tokens(state.lm.tokenizer, conversation))
     return _json({"tokens": count})
 
@@ -174,7 +175,7 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _conversation(body: dict[str, Any], settings: ServeSettings, context: int) -> tuple[Conversation, str | None]:
+def _conversation(body: dict[str, Any]) -> tuple[Conversation, str | None]:
     """The conversation a chat client sent, and the reply it continues (None for a new reply)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -185,13 +186,15 @@ def _conversation(body: dict[str, Any], settings: ServeSettings, context: int) -
     window = body.get("window", 0)
     if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= len(messages):
         raise BadInput(f"window must be an integer in [0, {len(messages)}] (the first message still sent)")
-    if not isinstance(body.get("settings"), dict):
+    raw = body.get("settings")
+    if not isinstance(raw, dict):
         raise BadInput("settings must be the chat's settings object (params, max_new_tokens, trim)")
-    try:
-        chat = ChatSettings.from_json(body["settings"])
-    except (ValueError, TypeError) as exc:
-        raise BadInput(f"settings: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    _max_new_tokens({"max_new_tokens": chat.max_new_tokens}, settings, context)
+    trim = raw.get("trim", True)
+    if not isinstance(trim, bool):
+        raise BadInput(f"settings.trim must be true or false, not {str(trim)[:40]}")
+    chat = ChatSettings(params=from_wire(SamplingParams, raw.get("params", {}), "settings.params"),
+                        max_new_tokens=_number({"max_new_tokens": raw.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)},
+                                               "max_new_tokens", int), trim=trim)
     system = _text(body, "system", optional=True)
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
     return Conversation(system, turns, chat, window), _text(body, "continuation", optional=True)
