@@ -259,3 +259,18 @@ def test_extreme_values_in_every_field_of_every_chat_route_are_never_a_500(serve
                 if status >= 400:
                     assert "\n" not in answer["error"]["message"]
     assert statuses.get(400, 0) > 50  # most are refused, each in one line
+
+
+def test_a_reply_the_server_stops_sending_keeps_what_came_as_cut(server, served):
+    from lookinside.core.backends.http import lines
+    from lookinside.core.errors import StreamBroken
+
+    body = {"ids": [1, 2, 3], "params": {"temperature": 0}, "max_new_tokens": 6}
+    answers = list(lines(served.root, "/lookinside/v1/chat/reply", None, body, 60))
+    assert answers[0] == {"start": True} and answers[-1]["step"]["finish"] is not None and len(answers) > 3
+    kept = []
+    with pytest.raises(StreamBroken, match="stopped sending before the reply ended"):
+        kept.extend(served._steps(iter(answers[1:-1])))  # the connection ends one step early
+    assert len(kept) == len(answers) - 2
+    with pytest.raises(StreamBroken, match="stopped the reply: the server is shutting down"):
+        list(served._steps(iter([answers[1], {"error": {"message": "the server is shutting down"}}])))

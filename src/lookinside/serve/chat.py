@@ -147,7 +147,7 @@ async def _steps(state: AppState, reply: Reply) -> AsyncIterator[dict[str, Any]]
             item = await run_on_model(state, reply.next)
         except QueueFull:  # every place taken for now: this reply waits its turn rather than fail mid-way
             busy += 1
-            if busy > BUSY_TRIES:
+            if busy > BUSY_TRIES or state.worker.closing.is_set():  # a server shutting down takes no more
                 raise
             await asyncio.sleep(BUSY_WAIT_S)
             continue

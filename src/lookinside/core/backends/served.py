@@ -171,12 +171,24 @@ class ServedBackend(Backend):
         return Stream(self._steps(answers), params)
 
     def _steps(self, answers: Iterator[Any]) -> Iterator[Step]:
-        for answer in answers:
-            if not isinstance(answer, dict) or "step" not in answer:
-                message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
-                raise errors.RemoteError(f"the server stopped the reply: {message or str(answer)[:80]}")
-            self._texts.update((int(i), str(text)) for i, text in answer.get("texts", {}).items())
-            yield self._read(Step, answer["step"], "reply")
+        """Each step the server sends; a reply that stops before its last step (finish set) is a StreamBroken, so the
+        chat keeps what came, marked as cut."""
+        last: Step | None = None
+        try:
+            for answer in answers:
+                if not isinstance(answer, dict) or "step" not in answer:
+                    message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
+                    raise errors.StreamBroken(f"the server at {self.root} stopped the reply: "
+                                              f"{message or str(answer)[:80]}")
+                self._texts.update((int(i), str(text)) for i, text in answer.get("texts", {}).items())
+                last = self._read(Step, answer["step"], "reply")
+                yield last
+        except errors.StreamBroken:
+            raise
+        except errors.RemoteError as exc:  # the connection went mid-reply
+            raise errors.StreamBroken(f"the server at {self.root} stopped sending mid-reply ({exc})") from None
+        if last is None or last.finish is None:
+            raise errors.StreamBroken(f"the server at {self.root} stopped sending before the reply ended")
 
     def _chat(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = call(self.root, f"{CHAT_PATH}/{route}", self.key, body, self.timeout_s)
