@@ -274,3 +274,17 @@ def test_a_reply_the_server_stops_sending_keeps_what_came_as_cut(server, served)
     assert len(kept) == len(answers) - 2
     with pytest.raises(StreamBroken, match="stopped the reply: the server is shutting down"):
         list(served._steps(iter([answers[1], {"error": {"message": "the server is shutting down"}}])))
+
+
+def test_the_peak_memory_a_cuda_server_sends_with_the_last_step_reaches_the_stats(server, served):
+    from lookinside.core.backends.http import lines
+
+    body = {"ids": [1, 2, 3], "params": {"temperature": 0}, "max_new_tokens": 4}
+    answers = list(lines(served.root, "/lookinside/v1/chat/reply", None, body, 60))
+    assert "peak_memory_bytes" not in answers[-1]  # a CPU server sends none, as a chat here shows none on the CPU
+    answers[-1]["peak_memory_bytes"] = 3 * 2**30  # what serve/chat.py adds on CUDA (no GPU here to make it)
+    served.start_reply()
+    list(served._steps(iter(answers[1:])))
+    assert served.resources().peak_memory_bytes == 3 * 2**30
+    served.start_reply()
+    assert served.resources().peak_memory_bytes is None

@@ -9,7 +9,8 @@
 - `POST /lookinside/v1/chat/reply`: fitted `ids`, `params`, `max_new_tokens` and an optional `steer`
   -> the reply as it is made, one JSON object a line: `{"start": true}` once the request is
   checked, then `{"step": <Step>, "texts": {id: text}}` per token (the texts of the token and its
-  alternatives, so /why and the journal read them without asking again), or `{"error": ...}`.
+  alternatives, so /why and the journal read them without asking again; on CUDA the last one also
+  has the reply's `peak_memory_bytes`), or `{"error": ...}`.
   It runs the one token loop (core/decoding/generate.py), steered by steer.py's `steered` as a
   chat here is, one step per job on the model's thread: the batch's sequences step in between,
   and the steer's hook is on only while its own step computes, so it never reaches them.
@@ -116,12 +117,14 @@ class Reply:
         """Check the ids, make the steer, start the one token loop (steered as a chat here is)."""
         from lookinside.core.decoding.generate import generate
         from lookinside.core.decoding.prompting import check_fits
+        from lookinside.core.decoding.timing import reset_peak_memory
         from lookinside.core.inside.interventions.steer import steered, steering
         from lookinside.core.request import GenerationSettings
         from lookinside.serve.openai_api import _check_ids
 
         _check_ids(self.lm, self.ids)
         check_fits(len(self.ids), self.lm.context_length, self.max_new_tokens)
+        reset_peak_memory(self.lm.device)  # CUDA: the reply's stats line shows its peak, as a chat here does
         steer = self.steer
         made = steering(self.lm, steer.add, steer.subtract, steer.depth, steer.alpha) if steer is not None else None
         stream = generate(self.lm, self.ids, self.params, GenerationSettings(max_new_tokens=self.max_new_tokens))
@@ -131,12 +134,16 @@ class Reply:
     def next(self) -> dict[str, Any] | None:
         """The next step with its tokens' texts (for /why and the journal); None at the reply's end."""
         from lookinside.core.decoding.detokenize import token_text
+        from lookinside.core.decoding.timing import peak_memory_bytes
 
         step = next(self.steps, None)
         if step is None:
             return None
         ids = (step.token_id, *(i for i, _ in step.top))
-        return {"step": to_wire(step), "texts": {str(i): token_text(self.lm.tokenizer, i) for i in ids}}
+        item = {"step": to_wire(step), "texts": {str(i): token_text(self.lm.tokenizer, i) for i in ids}}
+        if step.finish is not None and self.lm.device.type == "cuda":  # with the last step: the reply's peak (what
+            item["peak_memory_bytes"] = peak_memory_bytes(self.lm.device)  # ran beside it on the server included)
+        return item
 
 
 async def _steps(state: AppState, reply: Reply) -> AsyncIterator[dict[str, Any]]:

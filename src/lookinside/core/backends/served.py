@@ -68,6 +68,7 @@ class ServedBackend(Backend):
         samplers = info.get("samplers")  # the samplers that server takes (one of an older version lacks a new one)
         self.capabilities = replace(SERVED, samplers=frozenset(samplers) if isinstance(samplers, list) else None)
         self._texts: dict[int, str] = {}  # the texts of the ids a chat reply streamed, as the server sent them
+        self._peak: int | None = None  # the last reply's peak CUDA memory, as the server measured it
 
     @property
     def device(self) -> str:
@@ -181,6 +182,8 @@ class ServedBackend(Backend):
                     raise errors.StreamBroken(f"the server at {self.root} stopped the reply: "
                                               f"{message or str(answer)[:80]}")
                 self._texts.update((int(i), str(text)) for i, text in answer.get("texts", {}).items())
+                peak = answer.get("peak_memory_bytes")  # sent with the last step of a reply on CUDA
+                self._peak = peak if isinstance(peak, int) and not isinstance(peak, bool) else self._peak
                 last = self._read(Step, answer["step"], "reply")
                 yield last
         except errors.StreamBroken:
@@ -208,7 +211,8 @@ class ServedBackend(Backend):
         return self._texts[token_id] if token_id in self._texts else self.remote.token_text(token_id)
 
     def start_reply(self) -> None:
-        """Nothing to reset on this side."""
+        """Forget the last reply's peak memory (the server measures the next one's)."""
+        self._peak = None
 
     @property
     def generation_config(self) -> Any:
@@ -225,9 +229,9 @@ class ServedBackend(Backend):
                           attention=info.get("attention"))
 
     def resources(self) -> Resources:
-        """The server's threads and quantization, as it says (its peak memory is not visible from here)."""
+        """The server's threads and quantization, as it says, and on CUDA the last reply's peak memory there."""
         threads, quantized = self.info.get("threads"), self.info.get("quantized")
-        return Resources(threads=threads if isinstance(threads, int) else None,
+        return Resources(peak_memory_bytes=self._peak, threads=threads if isinstance(threads, int) else None,
                          quantized=quantized if isinstance(quantized, str) else None)
 
 
