@@ -487,14 +487,14 @@ def test_transformerlens_agrees():
     assert "patching resid" in result.stdout and "head sweep, mean" in result.stdout
 
 
-def test_chat_steer_needs_the_model_here():
-    from types import SimpleNamespace
-
+def test_chat_steer_needs_the_model_here_or_llm_serve():
+    from lookinside.core.backends.remote import RemoteBackend, RemoteSpec
     from lookinside.core.chat.conversation import Conversation
     from lookinside.core.chat.session import ChatSession
 
-    session = ChatSession(SimpleNamespace(name="served", weights=None), Conversation())  # a backend without a local model
-    with pytest.raises(BadInput, match="/steer needs the model here"):
+    vllm = RemoteBackend(None, RemoteSpec("http://127.0.0.1:9/v1", None, "m"), 512, owner="vllm")  # asks nothing
+    session = ChatSession(vllm, Conversation())  # a server that does not let us add to its residual stream
+    with pytest.raises(BadInput, match="/steer needs the model here or an `llm serve`: a vLLM server does not"):
         session.set_steer("Japan", None, 1, 4.0)
 
 

@@ -133,6 +133,7 @@ def cut_at_next_pass(lm: LM, cancel: Cancel) -> Iterator[None]:
 
 def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The app serving `lm` as `settings` say; `extra_routes` are added beside the built-in ones."""
+    from lookinside.serve.chat import chat_routes  # what a chat through the server needs: fit, count, steer, reply
     from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
     from lookinside.serve.web import is_page, web_routes  # the web inspector at /, drawn from those views
 
@@ -154,6 +155,7 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/lookinside/v1/info", info, methods=["GET"]),
         *view_routes(),
+        *chat_routes(),
         *web_routes(),
         *extra_routes,
     ]
@@ -167,12 +169,18 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
 
 def model_info(lm: LM, settings: ServeSettings) -> dict[str, Any]:
     """The served model's facts, as /lookinside/v1/info gives them."""
+    from lookinside.core.decoding.detokenize import token_text
+
     return {
         "lookinside": True, "version": __version__, "model": lm.name, "source": lm.source,
         "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device), "context_length": lm.context_length,
         "parameters": sum(p.numel() for p in lm.model.parameters()), "attention": lm.attn_implementation,
         "spec": json.loads(json.dumps(asdict(settings.spec))),
         "samplers": [f.name for f in FIELDS],  # a client refuses in one line a sampler this server lacks
+        "threads": lm.threads.count if lm.threads and lm.device.type == "cpu" else None,  # a chat's stats line
+        "quantized": lm.quantized.short() if lm.quantized else None,
+        "end_tokens": [[i, token_text(lm.tokenizer, i)] for i in lm.end_token_ids],  # chat's /show
+        "chat_template": getattr(lm.tokenizer, "chat_template", None),
         "limits": {"queue": settings.queue, "max_tokens": settings.max_tokens or lm.context_length,
                    "max_logprobs": settings.max_logprobs, "max_body_bytes": settings.max_body_bytes},
     }

@@ -54,9 +54,12 @@ def new_tokens(request: Any) -> tuple[int, int] | None:
 def check_cost(request: Any, settings: ServeSettings, context: int) -> None:
     """Refuse a view that would generate past --max-tokens per run, or more tokens than the context holds."""
     cost = new_tokens(request)
-    if cost is None:
-        return
-    runs, tokens = cost
+    if cost is not None:
+        check_new_tokens(cost[1], settings, context)
+
+
+def check_new_tokens(tokens: int, settings: ServeSettings, context: int) -> None:
+    """Refuse a run of `tokens` new tokens past --max-tokens, or one that leaves no room in the context."""
     limit = settings.max_tokens or context
     if tokens > limit:
         raise BadInput(f"max_new_tokens must be in [1, {limit}] on this server (--max-tokens), not {tokens}")

@@ -65,10 +65,10 @@ class ChatRepl(SlashCommands):
     def __init__(self, model: LM | Backend, conversation: Conversation, console: Console,
                  session: PromptSession[str] | None = None, mode: Mode = "markdown",
                  generate_fn: GenerateFn | None = None) -> None:
-        from lookinside.core.backends.seam import LocalBackend
+        from lookinside.core.backends.seam import Backend, LocalBackend
 
-        backend = model if hasattr(model, "stream") else LocalBackend(model, generate_fn)  # an LM has no stream()
-        self.chat = ChatSession(backend, conversation)  # type: ignore[arg-type]
+        backend = model if isinstance(model, Backend) else LocalBackend(model, generate_fn)
+        self.chat = ChatSession(backend, conversation)
         self.console = console
         self.session = session
         self.mode = mode

@@ -12,6 +12,7 @@ import http.client
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from lookinside.core import errors
@@ -61,6 +62,31 @@ def call(root: str, path: str, key: str | None, body: Any, timeout_s: float, opt
         if optional:
             return None
         raise errors.RemoteError(f"{root}{path} answered, but not with JSON") from None
+
+
+def lines(root: str, path: str, key: str | None, body: Any, timeout_s: float) -> Iterator[Any]:
+    """POST JSON to a route that answers one JSON object a line as it goes (a streamed chat reply); each object.
+
+    The request is sent when the iterator is first advanced; a refusal (4xx) and a server that does not answer
+    are `call`'s one-line errors; `timeout_s` bounds each wait for a line, not the whole answer.
+    """
+    request = urllib.request.Request(root + path, data=json.dumps(body, allow_nan=False).encode(), method="POST",
+                                     headers={"Accept": "application/x-ndjson", "Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+    except urllib.error.HTTPError as exc:
+        raise _refusal(root, exc) from None
+    except http.client.HTTPException as exc:
+        raise errors.RemoteError(f"the server at {root} cut its answer short ({type(exc).__name__})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise errors.RemoteError(f"nothing answers at {root} ({reason}): is the server running?") from None
+    except ValueError:
+        raise errors.RemoteError(f"{root}{path} answered a line that is not JSON") from None
 
 
 def _refusal(root: str, exc: urllib.error.HTTPError) -> errors.LookinsideError:

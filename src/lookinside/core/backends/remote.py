@@ -49,6 +49,7 @@ from lookinside.core.request import GenerationSettings, NextTokenRequest
 
 if TYPE_CHECKING:
     import openai
+    from lookinside.core.inside.interventions.records import SteerSpec
 
 KEY_ENVS = ("LOOKINSIDE_API_KEY", "OPENAI_API_KEY")
 TOP_ALTERNATIVES = 5
@@ -273,8 +274,9 @@ class RemoteBackend(Backend):
         template and counts; it refuses what does not fit."""
         return Fitted(ids=None, dropped_turns=0, dropped_tokens=0, messages=conversation.as_messages())
 
-    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
-        """The reply, streamed; `stream.seed` is the seed sent."""
+    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings,
+               steer: SteerSpec | None = None) -> Stream:
+        """The reply, streamed; `stream.seed` is the seed sent (a steer is refused before, by `steering`)."""
         params = params if params.greedy else params.seeded()
         return Stream(self._stream(None, fitted.messages, params, settings), params)
 

@@ -28,6 +28,8 @@ from lookinside.core.records import ModelFacts, Resources, Stream
 
 if TYPE_CHECKING:
     from lookinside.core.chat.conversation import Conversation, Fitted
+    from lookinside.core.inside.interventions.records import SteerSpec
+    from lookinside.core.inside.interventions.steer import Steering
     from lookinside.core.model.loading import LM
     from lookinside.core.records import NextToken, Step
     from lookinside.core.request import GenerationSettings, NextTokenRequest
@@ -108,9 +110,17 @@ class Backend(ABC):
         ...
 
     @abstractmethod
-    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
-        """The reply to a fitted prompt, one step per token; `stream.seed` is the seed in effect."""
+    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings,
+               steer: SteerSpec | None = None) -> Stream:
+        """The reply to a fitted prompt, one step per token, steered by `steer` (made by `steering`) if given;
+        `stream.seed` is the seed in effect."""
         ...
+
+    def steering(self, add: str, subtract: str | None, layer: int, alpha: float) -> SteerSpec:
+        """The steer chat's /steer asks for, its layer resolved by the model (one that needs the residual stream:
+        refused in one line by a backend that cannot add to it)."""
+        raise BadInput(f"/steer needs the model here or an `llm serve`: a {self.capabilities.kind} server does not "
+                       "let us add to its residual stream")
 
     @abstractmethod
     def count_tokens(self, conversation: Conversation) -> int | None:
@@ -160,6 +170,7 @@ class LocalBackend(Backend):
         self.context_length: int | None = lm.context_length
         self.generate_fn = generate_fn
         self.capabilities = LOCAL
+        self._steering: Steering | None = None  # the last steer made, vector and all (a chat steers every reply)
 
     @property
     def weights(self) -> LM:
@@ -194,14 +205,36 @@ class LocalBackend(Backend):
 
         return chat.fit(self.lm.tokenizer, conversation, self.lm.context_length, continuation)
 
-    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings) -> Stream:
-        """The one token loop, `core.decoding.generate.generate` (or the substitute given)."""
+    def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings,
+               steer: SteerSpec | None = None) -> Stream:
+        """The one token loop, `core.decoding.generate.generate` (or the substitute given), steered if asked."""
         from lookinside.core.decoding import generate
 
         if self.generate_fn is None:
-            return generate.generate(self.lm, fitted.ids or [], params, settings)
-        params = generate.with_seed(params)
-        return Stream(iter(self.generate_fn(self.lm, fitted.ids or [], params, settings)), params)
+            stream = generate.generate(self.lm, fitted.ids or [], params, settings)
+        else:
+            params = generate.with_seed(params)
+            stream = Stream(iter(self.generate_fn(self.lm, fitted.ids or [], params, settings)), params)
+        if steer is None:
+            return stream
+        from lookinside.core.inside.interventions.steer import steered
+
+        return steered(self.lm, stream, self.vector(steer))
+
+    def steering(self, add: str, subtract: str | None, layer: int, alpha: float) -> SteerSpec:
+        """The steering vector made here (kept for the replies that follow); its plain description."""
+        from lookinside.core.inside.interventions.steer import steering
+
+        self._steering = steering(self.lm, add, subtract, layer, alpha)
+        return self._steering.spec
+
+    def vector(self, steer: SteerSpec) -> Steering:
+        """The steering vector of `steer`: the one made last when it is that steer, else made again."""
+        from lookinside.core.inside.interventions.steer import steering
+
+        if self._steering is None or self._steering.spec != steer:
+            self._steering = steering(self.lm, steer.add, steer.subtract, steer.depth, steer.alpha)
+        return self._steering
 
     def count_tokens(self, conversation: Conversation) -> int | None:
         """Tokens through the local chat template."""

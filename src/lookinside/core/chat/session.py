@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lookinside.core import errors
 from lookinside.core.chat.conversation import Conversation, Fitted
@@ -30,6 +30,7 @@ from lookinside.core.request import GenerationSettings
 if TYPE_CHECKING:
     from lookinside.core.backends.seam import Backend
     from lookinside.core.decoding.prompting import Message
+    from lookinside.core.inside.interventions.records import SteerSpec
     from lookinside.core.records import Stream
 
 
@@ -88,7 +89,7 @@ class ChatSession:
     conversation: Conversation
     autosave: Path | None = None
     last_steps: list[Step] = field(default_factory=list)
-    steer: Any = None  # a core.inside.interventions.steer.Steering while /steer is on
+    steer: SteerSpec | None = None  # what /steer adds to every reply while it is on
     autosave_failed: str | None = None  # why autosave went off, said again when the user leaves
     _written: str | None = field(default=None, init=False, repr=False)  # the last state written to a file
 
@@ -120,11 +121,7 @@ class ChatSession:
         settings = GenerationSettings(max_new_tokens=self.conversation.settings.max_new_tokens)
         journal = self.open_journal(continues=previous is not None)
         self.backend.start_reply()
-        stream = self.backend.stream(fitted, self.conversation.settings.params, settings)
-        if self.steer is not None:
-            from lookinside.core.inside.interventions.steer import steered
-
-            stream = steered(self.backend.weights, stream, self.steer)  # set_steer refused a backend without weights
+        stream = self.backend.stream(fitted, self.conversation.settings.params, settings, self.steer)
         return Reply(fitted, stream, previous, journal=journal, token_text=self.backend.token_text)
 
     def finish(self, reply: Reply) -> ReplyStats | None:
@@ -154,13 +151,9 @@ class ChatSession:
     def set_steer(self, add: str, subtract: str | None, layer: int, alpha: float) -> str:
         """Steer every reply from now on (`/steer`): alpha x (stream of add - stream of subtract) at `layer`."""
         from lookinside.core.inside.interventions.requests import check_alpha
-        from lookinside.core.inside.interventions.steer import steering
 
-        lm = self.backend.weights
-        if lm is None:
-            raise errors.BadInput("/steer needs the model here: a server does not let us add to its residual stream")
         check_alpha(alpha)
-        self.steer = steering(lm, add, subtract, layer, alpha)
+        self.steer = self.backend.steering(add, subtract, layer, alpha)  # the model here, or the server's
         return self.steer.describe()
 
     def retry(self) -> Reply:

@@ -95,3 +95,23 @@ class SteerResult:
     unsteered: str
     steered: str
     shift: Shift
+
+
+@dataclass(frozen=True)
+class SteerSpec:
+    """A steer as plain data (what chat's /steer holds and sends to a server): add alpha x (stream of `add` minus
+    stream of `subtract`) at `depth` (0: entering block 0; i: leaving block i-1, already resolved by the model)."""
+
+    add: str
+    subtract: str | None
+    depth: int
+    alpha: float
+
+    def describe(self) -> str:
+        """One line for a stats line or a /steer reply."""
+        minus = f" - {self.subtract!r}" if self.subtract is not None else ""
+        return f"steer {self.alpha:g} x ({self.add!r}{minus}) at layer {self.depth}"
+
+    def label(self) -> str:
+        """A few words for the chat's stats line."""
+        return f"steer on (layer {self.depth}, alpha {self.alpha:g})"

@@ -25,7 +25,7 @@ from lookinside.core.decoding.prompting import check_top_k
 from lookinside.core.inside import passes
 from lookinside.core.inside.hooks import head_rows
 from lookinside.core.inside.interventions import hooks
-from lookinside.core.inside.interventions.records import SteerResult
+from lookinside.core.inside.interventions.records import SteerResult, SteerSpec
 from lookinside.core.inside.interventions.requests import resolve
 from lookinside.core.inside.interventions.shift import shift
 from lookinside.core.records import Step, Stream
@@ -46,14 +46,14 @@ class Steering:
     add: str
     subtract: str | None
 
+    @property
+    def spec(self) -> SteerSpec:
+        """The steer as plain data (no tensor): what a chat holds and a server is sent."""
+        return SteerSpec(self.add, self.subtract, self.depth, self.alpha)
+
     def describe(self) -> str:
         """One line for a stats line or a /steer reply."""
-        minus = f" - {self.subtract!r}" if self.subtract is not None else ""
-        return f"steer {self.alpha:g} x ({self.add!r}{minus}) at layer {self.depth}"
-
-    def label(self) -> str:
-        """A few words for the chat's stats line."""
-        return f"steer on (layer {self.depth}, alpha {self.alpha:g})"
+        return self.spec.describe()
 
 
 STEER_SIZE = 0.75  # |alpha x v| / |the prompt's stream| when --alpha is not given (scripts/steer_defaults.py)
