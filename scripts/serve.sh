@@ -22,7 +22,7 @@ free_port() {
     "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-alive() { [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; }
+. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # alive, wait_ready, stop
 
 start() {
     mkdir -p "$RUN"
@@ -38,35 +38,7 @@ start() {
         >"$RUN/server.log" 2>&1 &
     echo $! >"$RUN/pid"
     echo "$url" >"$RUN/url"
-    for _ in $(seq 1 600); do
-        if curl -fsS "${url%/v1}/health" >/dev/null 2>&1; then
-            log "ready"
-            echo "$url"
-            return
-        fi
-        if ! alive; then
-            log "the server exited; the end of its log:"
-            tail -n 30 "$RUN/server.log" >&2
-            rm -f "$RUN/pid"
-            exit 1
-        fi
-        sleep 0.2
-    done
-    log "not ready after 120 s; stopping it"
-    stop
-    exit 1
-}
-
-stop() {
-    if [ -f "$RUN/pid" ]; then
-        local pid
-        pid="$(cat "$RUN/pid")"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        rm -f "$RUN/pid"
-        log "stopped"
-    fi
+    wait_ready 120 curl -fsS "${url%/v1}/health"
 }
 
 case "${1:-}" in

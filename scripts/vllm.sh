@@ -28,6 +28,7 @@ MODEL_DIR="$ROOT/src/lookinside/tiny/assets"
 PYTHON="${PYTHON:-python3}"
 
 log() { echo "vllm.sh: $*" >&2; }
+. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # alive, wait_ready, stop
 
 works() {
     [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" >/dev/null 2>&1
@@ -59,7 +60,7 @@ free_port() {
 start() {
     prepare
     mkdir -p "$RUN"
-    if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
+    if alive; then
         log "already running: $(cat "$RUN/url")"
         cat "$RUN/url"
         return
@@ -77,35 +78,7 @@ start() {
         >"$RUN/server.log" 2>&1 &
     echo $! >"$RUN/pid"
     echo "$url" >"$RUN/url"
-    for _ in $(seq 1 600); do
-        if curl -fsS -H "Authorization: Bearer ${LOOKINSIDE_VLLM_API_KEY:-none}" "$url/models" >/dev/null 2>&1; then
-            log "ready"
-            echo "$url"
-            return
-        fi
-        if ! kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
-            log "the server exited; the end of its log:"
-            tail -n 30 "$RUN/server.log" >&2
-            rm -f "$RUN/pid"
-            exit 1
-        fi
-        sleep 1
-    done
-    log "not ready after 600 s; stopping it"
-    stop
-    exit 1
-}
-
-stop() {
-    if [ -f "$RUN/pid" ]; then
-        local pid
-        pid="$(cat "$RUN/pid")"
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-        rm -f "$RUN/pid"
-        log "stopped"
-    fi
+    wait_ready 600 curl -fsS -H "Authorization: Bearer ${LOOKINSIDE_VLLM_API_KEY:-none}" "$url/models"
 }
 
 case "${1:-}" in
