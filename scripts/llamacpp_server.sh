@@ -68,13 +68,13 @@ suite() {
         "$PYTHON" -m pytest -q -m remote tests/test_remote.py
 }
 
-if ! has_server; then
-    log "skipped: $SERVER_PYTHON has no llama_cpp.server (pip install 'llama-cpp-python[server]', or set LLAMACPP_PYTHON)"
-    exit 0
-fi
 case "${1:-}" in
-    "") suite ;;
-    start) start ;;
+    "" | start)
+        if ! has_server; then  # stop and url need no llama_cpp: a server started with LLAMACPP_PYTHON stops without it
+            log "skipped: $SERVER_PYTHON has no llama_cpp.server (pip install 'llama-cpp-python[server]', or set LLAMACPP_PYTHON)"
+            exit 0
+        fi
+        if [ -z "${1:-}" ]; then suite; else start; fi ;;
     stop) stop ;;
     url)
         if alive; then cat "$RUN/url"
