@@ -27,19 +27,11 @@ log() { echo "llamacpp_server.sh: $*" >&2; }
 
 has_server() { "$SERVER_PYTHON" -c "import llama_cpp.server.app" >/dev/null 2>&1; }
 
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # alive, wait_ready, stop
+. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # free_port, already_running, wait_ready, stop
 
 start() {
     mkdir -p "$RUN"
-    if alive; then
-        log "already running: $(cat "$RUN/url")"
-        cat "$RUN/url"
-        return
-    fi
+    already_running && return
     # written afresh each time (a few seconds), so it is never a stale copy of an older model or script
     "$PYTHON" "$ROOT/scripts/tiny_for_llamacpp.py" --gguf "$RUN/tiny.gguf.part" >/dev/null
     mv "$RUN/tiny.gguf.part" "$RUN/tiny.gguf"

@@ -18,19 +18,11 @@ PYTHON="${PYTHON:-python3}"
 
 log() { echo "serve.sh: $*" >&2; }
 
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # alive, wait_ready, stop
+. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # free_port, already_running, wait_ready, stop
 
 start() {
     mkdir -p "$RUN"
-    if alive; then
-        log "already running: $(cat "$RUN/url")"
-        cat "$RUN/url"
-        return
-    fi
+    already_running && return
     local port="${1:-$(free_port)}"
     local url="http://127.0.0.1:$port/v1"
     log "starting llm serve on $url (log: $RUN/server.log)"

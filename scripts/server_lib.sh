@@ -1,8 +1,19 @@
-# The part every server script shares (serve.sh, vllm.sh, llamacpp_server.sh source it): waiting for a
-# server it started to answer, and stopping it. The sourcing script sets RUN (the directory with the
-# server's pid, url and server.log) and defines log().
+# The part every server script shares (serve.sh, vllm.sh, llamacpp_server.sh source it): a free port, a server
+# already running, waiting for one it started to answer, and stopping it. The sourcing script sets RUN (the
+# directory with the server's pid, url and server.log), PYTHON, and defines log().
 
 alive() { [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; }
+
+# already_running: print the running server's URL and succeed, or fail when none runs
+already_running() {
+    alive || return 1
+    log "already running: $(cat "$RUN/url")"
+    cat "$RUN/url"
+}
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 # wait_ready SECONDS CHECK...: run CHECK (a command, e.g. curl of /health) every 0.2 s until it succeeds (then
 # print the URL), the server exits (the end of its log, exit 1) or SECONDS pass (stop it, exit 1)

@@ -28,7 +28,7 @@ MODEL_DIR="$ROOT/src/lookinside/tiny/assets"
 PYTHON="${PYTHON:-python3}"
 
 log() { echo "vllm.sh: $*" >&2; }
-. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # alive, wait_ready, stop
+. "$(dirname "${BASH_SOURCE[0]}")/server_lib.sh"  # free_port, already_running, wait_ready, stop
 
 works() {
     [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" >/dev/null 2>&1
@@ -53,18 +53,10 @@ prepare() {
     log "ready: $VENV"
 }
 
-free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 start() {
     prepare
     mkdir -p "$RUN"
-    if alive; then
-        log "already running: $(cat "$RUN/url")"
-        cat "$RUN/url"
-        return
-    fi
+    already_running && return
     local port="${1:-$(free_port)}"
     local url="http://127.0.0.1:$port/v1"
     log "starting vLLM on $url (log: $RUN/server.log)"
