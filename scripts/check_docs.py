@@ -120,30 +120,31 @@ def server_running() -> bool:
     return out.returncode == 0 and out.stdout.startswith("http")
 
 
-def environment(data_dir: Path | None = None) -> dict[str, str]:
-    """The commands' environment: 80 columns, offline, no colour; with `data_dir`, the served check's data directory
-    (whose `llm serve` they find), else none found (a `llm serve` left running would answer, and say so)."""
+def environment(data_dir: Path, served: bool = False) -> dict[str, str]:
+    """The commands' environment: 80 columns, offline, no colour, and `data_dir` for what they keep (never the user's
+    own); `served`: the served check's data directory, whose `llm serve` they find, else no server is looked for (a
+    `llm serve` left running would answer, and say so)."""
     env = {**os.environ, "COLUMNS": "80", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "TERM": "dumb",
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # LOOKINSIDE_API_KEY stays: README's remote example runs against CI's vLLM, which wants it (a server without a
     # key, like the served blocks' own, takes a request that carries one)
     for name in ("LOOKINSIDE_MODEL", "LOOKINSIDE_ENDPOINT", "LOOKINSIDE_NO_SERVER"):
         env.pop(name, None)
-    if data_dir is None:
+    env["LOOKINSIDE_DATA_DIR"] = str(data_dir)
+    if not served:
         env["LOOKINSIDE_NO_SERVER"] = "1"
-    else:
-        env["LOOKINSIDE_DATA_DIR"] = str(data_dir)
     return env
 
 
-def run(command: str, server: Server | None = None) -> list[str]:
+def run(command: str, scratch: Path, server: Server | None = None) -> list[str]:
     """The command's output (stdout and stderr, as a terminal user sees them) at 80 columns; with `server`, run
     against it, its URL and pid written as the pages write them."""
     command = re.sub(r"\s+#.*$", "", command)  # a trailing comment
     if server is not None:
         command = command.replace(SERVED_URL, server.url)
     script = f'llm() {{ "{sys.executable}" -m lookinside "$@"; }}\n{command}\n'
-    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=environment(server.data_dir if server else None),
+    env = environment(server.data_dir, served=True) if server else environment(scratch / "data")
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     text = out.stdout
     if server is not None:
@@ -171,10 +172,11 @@ class Server:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         log = data_dir / "serve.log"
+        command = [sys.executable, "-m", "lookinside", "serve", "--model", "tiny", "--host", "127.0.0.1", "--port",
+                   str(port)]
         with log.open("wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "lookinside", "serve", "--model", "tiny", "--host",
-                                        "127.0.0.1", "--port", str(port)], cwd=ROOT, env=environment(data_dir),
-                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(command, cwd=ROOT, env=environment(data_dir, served=True), stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         server = cls(process, f"http://127.0.0.1:{port}", data_dir)
         deadline = time.monotonic() + SERVE_START_S
         while time.monotonic() < deadline and process.poll() is None:
@@ -222,9 +224,9 @@ def _close(shown: str, got: str, tolerance: float | None = None) -> bool:
     return abs(a - b) <= max(unit * 1.0001, (tolerance or 0.0) * abs(a))
 
 
-def check(example: Example, server: Server | None = None) -> str | None:
+def check(example: Example, scratch: Path, server: Server | None = None) -> str | None:
     """None when the command still prints what the page shows; else where they part."""
-    got = run(example.command, server if example.served else None)
+    got = run(example.command, scratch, server if example.served else None)
     shown = [line for line in example.shown if line.strip() != "..."]
     if "..." in (line.strip() for line in example.shown):  # the page elides: compare the lines it shows, in order
         got = [line for line in got if any(same_line(s, line, example.tolerance) for s in shown)] or got
@@ -266,7 +268,7 @@ def main() -> int:
                     if example.served and server is None:
                         server = Server.start(Path(scratch))
                         print(f"      (llm serve --model tiny at {server.url}, pid {server.pid}, for the served blocks)")
-                    problem = check(example, server)
+                    problem = check(example, Path(scratch), server)
                     print(f"{'ok   ' if problem is None else 'DIFF '} {where}  {example.command}")
                     if problem:
                         print(f"      {problem}")
