@@ -2,31 +2,37 @@
 
 The browser tests drive Debian's chromium through Playwright for Python (never `playwright install`:
 nothing is downloaded) and skip where either is missing. Each view is opened from its address and
-its numbers are checked against the command's `--json`; the sampling controls' redraw is held to
-the core's formula (core/decoding/sampling.py) to 1e-6; every request the page makes must stay on
-127.0.0.1, and no console error may appear. Screenshots of every view at 1280x800 and at phone
-width go to $LOOKINSIDE_WEB_SHOTS (or the test's temporary directory).
+its numbers are checked against the view's record (core/wire.py's `to_wire`, what `llm NAME --json`
+prints), made here in-process through `li.NAME`; the sampling controls' redraw is held to the
+core's formula (core/decoding/sampling.py) to 1e-6. The page reads the view route's `record` and
+nothing else: a request for the old `?json=1` form is refused and fails the test. Every request
+the page makes must stay on 127.0.0.1, and no console error may appear. Screenshots of every view at 1280x800 and at phone
+width go to $LOOKINSIDE_TEST_WEB_SHOTS (or the test's temporary directory).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from lookinside.cli.app import app as cli_app  # noqa: E402
+import lookinside as li  # noqa: E402
 from lookinside.core.model.spec import LoadSpec  # noqa: E402
+from lookinside.core.records import Candidate, NextToken, Piece  # noqa: E402
+from lookinside.core.wire import from_wire, to_wire  # noqa: E402
 from lookinside.serve import web  # noqa: E402
 from lookinside.serve.app import create_app  # noqa: E402
 from lookinside.serve.settings import ServeSettings  # noqa: E402
@@ -35,18 +41,15 @@ from lookinside.ui.text import fmt_prob  # noqa: E402
 SPEC = LoadSpec(model="tiny", device="cpu")
 WEB = Path(web.__file__).parent / "web"
 PROMPT = "The capital of France is"
-runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 
 
-def run_json(*args: str) -> dict:
-    """`llm ARGS --model tiny --device cpu --json`, in this process."""
-    result = runner.invoke(cli_app, [*args, "--model", "tiny", "--device", "cpu", "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+def record(lm: Any, view: str, *args: Any, **options: Any) -> dict[str, Any]:
+    """The view's record as JSON, as the server sends it and `llm VIEW --json` prints it: `li.VIEW(lm, ...)` in this process."""
+    return to_wire(getattr(li, view.replace("-", "_"))(lm, *args, **options).record)
 
 
 # ---- the files and routes, without a browser
@@ -61,6 +64,15 @@ def test_the_page_is_small_and_loads_nothing_from_elsewhere():
             for scheme in ("http://", "https://", "//cdn", "@import"):
                 if scheme in line and "www.w3.org/2000/svg" not in line:
                     raise AssertionError(f"{name} reaches outside the server: {line.strip()}")
+
+
+def test_the_page_reads_the_record_and_never_the_old_json_answer():
+    """The view routes answer {"view", "record"}: the page asks without `?json=1` and reads no `.json` of an answer."""
+    for name in web.FILES:
+        text = (WEB / name).read_text()
+        assert "json=1" not in text, name
+        reads = [m.group(0) for m in re.finditer(r"[\w)\]]\.json\b(?!\s*\()", text)]  # `answer.json`, not `.json()`
+        assert not reads, (name, reads)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +127,7 @@ def _browser_or_skip():
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    path = Path(os.environ.get("LOOKINSIDE_WEB_SHOTS") or tmp_path_factory.mktemp("web-shots"))
+    path = Path(os.environ.get("LOOKINSIDE_TEST_WEB_SHOTS") or tmp_path_factory.mktemp("web-shots"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -133,7 +145,7 @@ class Page:
     """One browser tab on the server: every request it makes is recorded (and any not to the server refused)."""
 
     def __init__(self, browser, base: str, size: str = "desktop") -> None:
-        self.base, self.requests, self.errors = base, [], []
+        self.base, self.requests, self.errors, self.old_form = base, [], [], []
         self.context = browser.new_context(viewport=SIZES[size])
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
@@ -141,8 +153,12 @@ class Page:
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
 
     def _route(self, route) -> None:
+        url = urlsplit(route.request.url)
         self.requests.append(route.request.url)
-        if urlsplit(route.request.url).netloc == urlsplit(self.base).netloc:
+        if "json" in parse_qs(url.query):  # the page reads the record alone, never the old `?json=1` answer
+            self.old_form.append(route.request.url)
+            route.abort()
+        elif url.netloc == urlsplit(self.base).netloc:
             route.continue_()
         else:
             route.abort()
@@ -166,6 +182,7 @@ class Page:
     def close(self) -> None:
         outside = [u for u in self.requests if urlsplit(u).hostname != "127.0.0.1"]
         assert not outside, f"requests left 127.0.0.1: {outside}"
+        assert not self.old_form, f"the page asked for the old ?json=1 answer: {self.old_form}"
         assert not self.errors, f"console errors: {self.errors}"
         self.context.close()
 
@@ -197,7 +214,7 @@ def test_next_token_shows_the_commands_rows_and_the_sliders_redraw_with_the_core
 
     from lookinside.core.decoding.sampling import SamplingParams, build_processors
 
-    expected = run_json("next-token", PROMPT, "-k", "5")
+    expected = record(tiny, "next-token", PROMPT, top_k=5)
     tab.open(view="next-token", prompt=PROMPT, top_k=5)
     rows = tab.page.eval_on_selector_all("#next-table tbody tr", "rs => rs.map(r => [+r.dataset.id, "
                                          "r.cells[1].textContent, r.cells[4].textContent, +r.cells[4].dataset.prob])")
@@ -215,14 +232,15 @@ def test_next_token_shows_the_commands_rows_and_the_sliders_redraw_with_the_core
     assert int(tab.page.get_attribute("#panel", "data-redraws")) == redraws + 30
     assert tab.page.input_value("#c-temperature") == "0.7"
     assert "temperature=0.7" in tab.page.url  # the address holds the look
-    at_07 = run_json("next-token", PROMPT, "-k", "5", "--temperature", "0.7")
+    at_07 = record(tiny, "next-token", PROMPT, top_k=5, temperature=0.7)
     sampled = tab.page.eval_on_selector_all("#next-table td.tempered", "ts => ts.map(t => +t.dataset.prob)")
     for shown, c in zip(sampled, at_07["top"]):
         assert shown == pytest.approx(c["prob_at_temperature"], abs=1e-6)
 
     # top-k, top-p and min-p too, against transformers' warpers as the core builds them, on the whole vocabulary.
-    logits = torch.tensor([c["logit"] for c in run_json("next-token", PROMPT, "-k", "1024")["top"]])
-    ids = [c["id"] for c in run_json("next-token", PROMPT, "-k", "1024")["top"]]
+    whole = record(tiny, "next-token", PROMPT, top_k=1024)["top"]
+    logits = torch.tensor([c["logit"] for c in whole])
+    ids = [c["id"] for c in whole]
     for settings in ({"temperature": 1.7, "top_k": 40, "top_p": 0.9, "min_p": 0.01}, {"temperature": 1.9, "top_p": 0.5},
                      {"temperature": 0.0, "min_p": 0.2}):
         tab.js("(s => { for (const [k, v] of Object.entries(s)) { const e = document.getElementById('c-' + k); "
@@ -240,8 +258,8 @@ def test_next_token_shows_the_commands_rows_and_the_sliders_redraw_with_the_core
 
 
 @pytest.mark.slow
-def test_attention_draws_every_head_and_a_click_enlarges_one(tab):
-    expected = run_json("attention", PROMPT, "--layer", "1")
+def test_attention_draws_every_head_and_a_click_enlarges_one(tab, tiny):
+    expected = record(tiny, "attention", PROMPT, layer=1)
     tab.open(view="attention", prompt=PROMPT, layer=1)
     assert tab.page.locator(".head").count() == expected["heads"]
     tab.page.click(".head[data-head='2']")
@@ -256,14 +274,16 @@ def test_attention_draws_every_head_and_a_click_enlarges_one(tab):
     tab.page.focus(".head[data-head='3']")
     tab.page.keyboard.press("Enter")  # from the keyboard too
     assert tab.page.get_attribute("#enlarged", "data-head") == "3"
+    assert "layer 1, head 3: entropy " in tab.page.text_content("#enlarged h3")  # the record's summaries
+    assert f"{expected['summaries'][3]['self_token']:.2f}" in tab.page.text_content("#enlarged h3")
     tab.page.click("button[aria-pressed=false]:text-is('2')")  # another layer, drawn anew
     tab.page.wait_for_selector("#panel[data-state=drawn] h2:text('layer 2 of 4')", state="attached")
     assert "layer=2" in tab.page.url
 
 
 @pytest.mark.slow
-def test_lens_patch_ablate_show_the_commands_numbers(tab):
-    lens = run_json("lens", PROMPT, "--all-positions")
+def test_lens_patch_ablate_show_the_commands_numbers(tab, tiny):
+    lens = record(tiny, "lens", PROMPT, all_positions=True)
     tab.open(view="lens", prompt=PROMPT)
     assert "all_positions=true" in tab.page.url
     grid = [[c["prob"] for c in row] for row in lens["grid"]]
@@ -272,54 +292,70 @@ def test_lens_patch_ablate_show_the_commands_numbers(tab):
     tab.page.click("rect.cell[data-row='4'][data-col='3']")  # a click on a column reads that position
     tab.page.wait_for_selector("#panel[data-state=drawn] h2:text('at position 3')", state="attached")
     assert "position=3" in tab.page.url
-    at_3 = run_json("lens", PROMPT, "--all-positions", "--position", "3")
+    at_3 = record(tiny, "lens", PROMPT, all_positions=True, position=3)
     rows = tab.page.eval_on_selector_all("#panel table tbody tr",
                                          "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
     cell = lambda c: f"{c['token'].replace(' ', '␣', 1)} {fmt_prob(c['prob'])}"  # noqa: E731
-    assert [row[:4] for row in rows] == [[str(layer["layer"]), *map(cell, layer["top"])] for layer in at_3["layers"]]
+    assert [row[:4] for row in rows] == [[str(layer["layer"]), *map(cell, layer["top"])] for layer in at_3["rows"]]
+    lens_3 = li.lens(tiny, PROMPT, all_positions=True, position=3).record  # its properties, drawn by the page
+    assert f"top from layer {lens_3.first_top1} and settled from layer {lens_3.settled}" in tab.page.text_content("#panel")
 
-    patch = run_json("patch", "--clean", PROMPT, "--corrupt", "The capital of Italy is")
+    patch = li.patch(tiny, PROMPT, "The capital of Italy is").record
     tab.open(view="patch", clean=PROMPT, corrupt="The capital of Italy is")
-    assert tab.cells("rect.cell") == pytest.approx(by_cell(patch["prob"]), abs=1e-6)
+    assert tab.cells("rect.cell") == pytest.approx(by_cell(patch.prob), abs=1e-6)
+    rows = tab.page.eval_on_selector_all("svg.heatmap text.label[text-anchor=end]", "ts => ts.map(t => t.textContent)")
+    assert rows == list(patch.layer_names)
 
-    ablate = run_json("ablate", PROMPT, "--sweep", "heads")
+    ablate = record(tiny, "ablate", PROMPT, sweep="heads")
     tab.open(view="ablate", prompt=PROMPT, sweep="heads")
-    assert tab.cells("rect.cell") == pytest.approx(by_cell(ablate["sweep"]["prob"]), abs=1e-6)
+    assert tab.cells("rect.cell") == pytest.approx(by_cell(ablate["grid"]["values"]), abs=1e-6)
 
 
 @pytest.mark.slow
-def test_tokens_forward_steer_compare_inspect_show_the_commands_output(tab):
-    tokens = run_json("tokens", "Héllo 🙂")
+def test_tokens_forward_steer_compare_inspect_show_the_commands_output(tab, tiny):
+    tokens = record(tiny, "tokens", "Héllo 🙂")
     tab.open(view="tokens", text="Héllo 🙂")
     shown = tab.page.eval_on_selector_all("#panel table tbody tr", "rs => rs.map(r => +r.cells[1].textContent)")
     assert shown == [t["id"] for t in tokens["tokens"]]
 
-    forward = run_json("forward", PROMPT)
+    forward = li.forward(tiny, PROMPT).record
     tab.open(view="forward", prompt=PROMPT)
     drawn = tab.page.text_content("svg.forward")
-    assert "lm_head" in drawn and f"[{', '.join(map(str, forward['after'][-1]['output']))}]" in drawn
+    assert "lm_head" in drawn and f"[{', '.join(map(str, forward.after[-1].output_shape))}]" in drawn
+    note = tab.page.text_content("#panel p.note")  # ForwardPass.head_shapes, a property, drawn by the page
+    assert note.endswith(", ".join(f"{k} [{', '.join(map(str, v))}]" for k, v in forward.head_shapes.items()))
 
-    steer = run_json("steer", PROMPT, "--add", " Paris", "--layer", "1", "--max-new-tokens", "8")
+    steer = record(tiny, "steer", PROMPT, " Paris", layer=1, max_new_tokens=8)
     tab.open(view="steer", prompt=PROMPT, add=" Paris", layer=1, max_new_tokens=8)
     assert tab.page.text_content("pre[data-role=steered]") == steer["steered"]
     assert tab.page.text_content("pre[data-role=unsteered]") == steer["unsteered"]
 
-    compare = run_json("compare", PROMPT, "--seed", "7", "--samples", "2", "--max-new-tokens", "8")
+    compare = li.compare(tiny, PROMPT, seed=7, samples=2, max_new_tokens=8).record
     tab.open(view="compare", prompt=PROMPT, seed=7, samples=2, max_new_tokens=8)
     runs = tab.page.eval_on_selector_all("svg.tokens", "ss => ss.map(s => [...s.querySelectorAll('g.tok')]"
                                          ".map(g => g.dataset.text).join(''))")
-    assert runs == [compare["greedy"]["text"], *(s["text"] for s in compare["samples"])]
+    assert runs == [compare.greedy.text, *(s.text for s in compare.samples)]
+    # What Generation and Comparison derive (perplexity, finish, seeds, departs) the page derives the same way.
+    notes = tab.page.eval_on_selector_all("#panel .row h3 + p.note", "ps => ps.map(p => p.textContent)")
+    assert notes == [f"perplexity {g.perplexity:.3f}, {len(g.steps)} tokens, {g.finish}"
+                     for g in (compare.greedy, *compare.samples)]
+    names = tab.page.eval_on_selector_all("#panel .row h3", "hs => hs.map(h => h.textContent)")
+    assert names == ["greedy", *(f"sample {i + 1} (seed {seed})" for i, seed in enumerate(compare.seeds))]
+    marked = tab.page.eval_on_selector_all("svg.tokens", "ss => ss.map(s => [...s.querySelectorAll('g.tok')]"
+                                           ".findIndex(g => g.querySelector('rect.mark')))")
+    assert marked == [-1, *(-1 if compare.departs(s) is None else compare.departs(s) for s in compare.samples)]
     tab.page.hover("svg.tokens g.tok")
     assert '" Vienna" 9.4e-05' in tab.page.text_content("#panel .readout")
 
-    card = run_json("inspect")
+    card = record(tiny, "inspect")
     tab.open(view="inspect")
-    assert f"{card['parameters']:,}" in tab.page.text_content("#panel table")
+    assert f"{card['card']['parameters']:,}" in tab.page.text_content("#panel table")
+    assert tab.page.text_content("#panel details summary").startswith(f"(model): {card['tree']['kind']} · ")
 
 
 @pytest.mark.slow
-def test_each_panel_saves_its_picture_and_its_json(tab):
-    expected = run_json("patch", "--clean", PROMPT, "--corrupt", "The capital of Italy is")
+def test_each_panel_saves_its_picture_and_its_json(tab, tiny):
+    expected = record(tiny, "patch", PROMPT, "The capital of Italy is")
     tab.open(view="patch", clean=PROMPT, corrupt="The capital of Italy is")
     saved = {}
     for button in ("Save SVG", "Save PNG", "Save JSON"):
@@ -330,9 +366,30 @@ def test_each_panel_saves_its_picture_and_its_json(tab):
     assert saved["patch.png"].startswith(b"\x89PNG")
     svg = saved["patch.svg"].decode()
     assert svg.startswith("<svg") and "<style>" in svg and "0.9995" in svg  # the cells' labels, styled on their own
-    got = json.loads(saved["patch.json"])
+    got = json.loads(saved["patch.json"])  # the record, as the server sent it
+    assert set(got) == set(expected)
     assert by_cell(got["prob"]) == pytest.approx(by_cell(expected["prob"]), abs=1e-6)
-    assert got["target"] == expected["target"]
+    assert got["target"] == pytest.approx(expected["target"], abs=1e-6)
+    assert got["tokens"] == expected["tokens"] and got["clean_tokens"] == expected["clean_tokens"]
+
+
+@pytest.mark.slow
+def test_the_page_puts_back_the_non_finite_numbers_its_nulls_name(tab):
+    """api.js's withNonFinite is core/wire.py's from_wire for the page: the nulls' places, -Infinity, NaN, Infinity."""
+    record = NextToken(model="tiny", prompt="p", tokens=(Piece(0, 1, "<s>", "<s>", "special"),), shapes=None,
+                       top=[Candidate(1, 5, " a", 1.0, logit=-math.inf), Candidate(2, 6, " b", 0.0, logit=math.nan,
+                                                                            prob_at_temperature=math.inf)],
+                       temperature=None, context_length=None)
+    wire = to_wire({"next": record, "weights": {2: [[0.5, -math.inf]]}})
+    assert wire["nulls"] == {"next.top[0].logit": "-Infinity", "next.top[1].logit": "NaN",
+                             "next.top[1].prob_at_temperature": "Infinity", "weights.2[0][1]": "-Infinity"}
+    tab.open(view="tokens", text="a")
+    back = tab.page.evaluate("async w => (await import('/web/api.js')).withNonFinite(w)", wire)
+    nan_named = lambda x: json.loads(json.dumps(x).replace("NaN", '"NaN"'))  # noqa: E731  NaN == NaN, 1.0 == 1
+    assert nan_named(back) == nan_named(from_wire(Any, wire))
+    assert math.isnan(back["next"]["top"][1]["logit"]) and back["weights"]["2"][0][1] == -math.inf
+    assert "nulls" not in back and tab.page.evaluate("w => w.nulls !== undefined", wire)  # a copy: the wire form stays
+    assert tab.page.evaluate("async () => (await import('/web/api.js')).withNonFinite({a: 1}).a") == 1
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 // Talking to this page's own server, and only to it: relative URLs, JSON bodies sent as
 // application/json, the API key (when the server wants one) asked once and kept in this tab's
-// sessionStorage. Every failure becomes one line: the server's own error message.
+// sessionStorage. Every failure becomes one line: the server's own error message. A view's answer
+// is its record (core/wire.py's to_wire, what `llm NAME --json` prints), read here once.
 
 const KEY = "lookinside.key";
 
@@ -68,6 +69,32 @@ export async function api(path, body, signal) {
   const response = await send(path, body, signal);
   if (!response.ok) throw new Error(await errorLine(response));
   return response.json();
+}
+
+// How core/finite.py names a number JSON cannot hold, and its place: `top[0].logit`, `weights.2[5][4]`.
+const NON_FINITE = { NaN: NaN, Infinity: Infinity, "-Infinity": -Infinity };
+const STEP = /\[(\d+)\]|\.?([^.[]+)/g;  // core/wire.py's _STEP
+
+/** A record as it was before JSON: each null its "nulls" names put back as NaN or ±Infinity (core/wire.py's from_wire). */
+export function withNonFinite(record) {
+  if (!record || typeof record !== "object" || !record.nulls) return record;
+  const { nulls, ...data } = structuredClone(record);
+  for (const [place, what] of Object.entries(nulls)) {
+    const steps = [...place.matchAll(STEP)].map(([, index, key]) => (index !== undefined ? Number(index) : key));
+    const last = steps.pop();
+    const parent = steps.reduce((into, step) => (into == null ? into : into[step]), data);
+    if (parent != null && Object.hasOwn(NON_FINITE, what) && parent[last] === null) parent[last] = NON_FINITE[what];
+  }
+  return data;
+}
+
+/**
+ * A view of this server (POST /lookinside/v1/views/NAME): `record` is the view's record with its non-finite numbers
+ * put back, the one thing the panels read; `sent` is the record as the server sent it, strict JSON, which a panel saves.
+ */
+export async function view(name, body, signal) {
+  const answer = await api(`/lookinside/v1/views/${name}`, body, signal);
+  return { view: answer.view, record: withNonFinite(answer.record), sent: answer.record };
 }
 
 /** A streamed OpenAI route (server-sent events): yields each chunk's JSON. */

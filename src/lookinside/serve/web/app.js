@@ -1,9 +1,9 @@
 // The web inspector: the address names the view and its request's fields (the view route's JSON
 // names, a nested field such as `seed` by its own name), the form writes the address, and the
-// address is read into the JSON body sent to POST /lookinside/v1/views/<name>. So a look can be
-// reloaded and shared, and the numbers drawn are the command's.
+// address is read into the JSON body sent to POST /lookinside/v1/views/<name>, whose answer is the view's
+// record. So a look can be reloaded and shared, and the numbers drawn are the command's.
 
-import { api } from "./api.js";
+import { api, view } from "./api.js";
 import { h } from "./draw.js";
 import * as panels from "./panels.js";
 
@@ -23,7 +23,6 @@ const CONTROLS = ["top_p", "min_p", "sampler_top_k"];
 
 const $ = (id) => document.getElementById(id);
 let forms = {};
-let card = null;
 let current = null;  // the running request's AbortController
 const chatLog = [];
 
@@ -180,11 +179,11 @@ async function route() {
   showError("");
   busy(true);
   const shown = () => { if (window.lookinside.firstDrawMs === undefined) window.lookinside.firstDrawMs = performance.now(); };
-  const ctx = { body, query: q, card: loadCard, shown, chatLog,
+  const ctx = { body, query: q, shown, chatLog,
     go: (changes) => { history.pushState(null, "", edited(changes)); route(); },  // another look, drawn anew
     remember: (changes) => history.replaceState(null, "", edited(changes)) };
   try {
-    const answer = forms[name] ? await api(`/lookinside/v1/views/${name}?json=1`, body, controller.signal) : null;
+    const answer = forms[name] ? await view(name, body, controller.signal) : null;
     if (controller.signal.aborted) return;
     await DRAW[name](panel, answer, ctx);
     if (current !== controller) return;
@@ -208,11 +207,6 @@ function edited(changes) {
     if (input) input.value = v === null ? "" : String(v);
   }
   return `/?${now}`;
-}
-
-async function loadCard() {
-  if (card === null) card = (await api("/lookinside/v1/views/inspect?json=1", {})).json;
-  return card;
 }
 
 async function start() {

@@ -221,15 +221,15 @@ function pictureOf(panel) {
   return out;
 }
 
-/** The save buttons of a panel: its picture (pictureOf) as SVG or PNG, and its JSON. */
-export function saveBar(name, panel, json) {
+/** The save buttons of a panel: its picture (pictureOf) as SVG or PNG, and `data()` (a view's record) as JSON. */
+export function saveBar(name, panel, data) {
   const picture = () => pictureOf(panel);
   return h("div", { class: "save" },
     h("button", { type: "button", onclick: () => { const p = picture(); if (p) download(`${name}.svg`,
       new Blob([svgText(p)], { type: "image/svg+xml" })); } }, "Save SVG"),
     h("button", { type: "button", onclick: () => savePng(name, picture()) }, "Save PNG"),
     h("button", { type: "button", onclick: () => download(`${name}.json`,
-      new Blob([JSON.stringify(json(), null, 2)], { type: "application/json" })) }, "Save JSON"));
+      new Blob([JSON.stringify(data(), null, 2)], { type: "application/json" })) }, "Save JSON"));
 }
 
 function savePng(name, svg) {

@@ -1,9 +1,12 @@
 // One drawing per view: (panel element, the route's answer, context) -> the panel filled in.
-// `answer.json` is exactly what `llm NAME --json` prints; `answer.record` the record it came from.
+// `answer.record` is the view's record (core/records.py and the records it holds, by their field
+// names; api.js's `view` has put its non-finite numbers back), the one thing a panel reads;
+// `answer.sent` is the same record as the server sent it, which the panel's "Save JSON" writes.
 // Nothing here computes a number the server gave, except the sampling controls' redraw
-// (sampling.js, the core's formula).
+// (sampling.js, the core's formula); what a record derives in Python (a property such as
+// `Generation.perplexity` or `PatchResult.layer_names`) is derived here by the same rule.
 
-import { api, pieces, stream } from "./api.js";
+import { pieces, stream, view } from "./api.js";
 import { bars, h, heatmap, legend, prob, readout, s, saveBar, show, tokenRun } from "./draw.js";
 import { distribution } from "./sampling.js";
 
@@ -16,8 +19,9 @@ function chips(tokens) {
     show(t.piece ?? t.text), h("small", {}, String(t.id)))));
 }
 
-function head(title, name, panel, json) {
-  return [h("h2", {}, title), saveBar(name, panel, json)];
+/** The panel's title and its save buttons; `data` gives what "Save JSON" writes (a view's record as it was sent). */
+function head(title, name, panel, data) {
+  return [h("h2", {}, title), saveBar(name, panel, data)];
 }
 
 /** A probability short enough for a heat map's cell: 0.9995, 0.0123, 1e-8. */
@@ -37,13 +41,14 @@ function extent(matrix) {
 // ---- tokens
 
 export function tokens(panel, answer) {
-  const j = answer.json;
+  const j = answer.record;
   const out = readout();
   const items = j.tokens.map((t) => ({ text: t.piece, t: t.kind === "special" ? 0.1 : t.kind === "byte" ? 0.75 : 0.45,
     say: `#${t.index} id ${t.id} ${t.kind} piece ${JSON.stringify(t.piece)} text ${JSON.stringify(t.text)}` +
-      (t.byte !== undefined ? ` byte 0x${t.byte.toString(16).toUpperCase()}` : "") +
+      (t.byte !== null && t.byte !== undefined ? ` byte 0x${t.byte.toString(16).toUpperCase()}` : "") +
       (t.joined ? ` (the bytes so far make ${JSON.stringify(t.joined)})` : "") }));
-  panel.append(...head(`${j.count} tokens (vocabulary ${j.vocab_size.toLocaleString()})`, "tokens", panel, () => j),
+  panel.append(...head(`${j.tokens.length} tokens (vocabulary ${j.vocab_size.toLocaleString()})`, "tokens", panel,
+    () => answer.sent),
     tokenRun(items, { width: Math.min(900, panel.clientWidth || 900), out, label: "tokens" }), out,
     h("p", { class: "note" }, "colours: special tokens dark, text pieces middle, byte-fallback pieces light; "
       + "hover or focus a token for its id and bytes."),
@@ -64,7 +69,7 @@ function table(header, rows, numeric = []) {
 // ---- next token, with the sampling controls
 
 export async function nextToken(panel, answer, ctx) {
-  const j = answer.json;
+  const j = answer.record;
   const controls = h("div", { class: "controls", role: "group", "aria-label": "sampling controls" });
   const q = ctx.query;
   const init = { temperature: num(q.get("temperature"), 1), top_k: num(q.get("sampler_top_k"), 0),
@@ -99,7 +104,8 @@ export async function nextToken(panel, answer, ctx) {
       ? "num" : x ? "" : "barcell" }, x)))), tbody));
   const chart = h("div", { class: "chart" });
   const note = h("p", { class: "note" });
-  panel.append(...head(`Top ${j.top.length} next tokens after ${JSON.stringify(j.prompt)}`, "next-token", panel, () => j),
+  panel.append(...head(`Top ${j.top.length} next tokens after ${JSON.stringify(j.prompt)}`, "next-token", panel,
+    () => answer.sent),
     chips(j.tokens), h("p", { class: "note" }, j.shapes ? `shapes: ${Object.entries(j.shapes).map(([k, v]) =>
       `${k} [${v.join(", ")}]`).join(" → ")}` : "no shapes from this backend"),
     controls, note, h("div", { class: "row" }, tableEl, chart));
@@ -113,9 +119,9 @@ export async function nextToken(panel, answer, ctx) {
   let logits = null, index = new Map();
   if (vocab) {
     note.textContent = "reading the whole distribution for the controls…";
-    const all = await api("/lookinside/v1/views/next-token?json=1", { ...ctx.body, top_k: vocab, temperature: null });
-    logits = all.json.top.map((c) => c.logit);
-    all.json.top.forEach((c, i) => index.set(c.id, i));
+    const all = (await view("next-token", { ...ctx.body, top_k: vocab, temperature: null })).record;
+    logits = all.top.map((c) => c.logit);  // a masked token's -Infinity is back (api.js), so it keeps no mass
+    all.top.forEach((c, i) => index.set(c.id, i));
   }
   function redraw() {
     const t0 = performance.now();
@@ -168,19 +174,20 @@ function dflt(name) {
 // ---- the forward pass, as the chapter draws it
 
 export function forward(panel, answer) {
-  const j = answer.json;
+  const j = answer.record;
   const W = 620, boxH = 30, gap = 10;
   const items = [];
   const shape = (x) => `[${x.join(", ")}]`;
-  items.push({ kind: "box", name: "tokenizer", type: JSON.stringify(j.prompt).slice(0, 40), shape: shape(j.input_ids) });
-  for (const st of j.before) items.push({ kind: "box", name: st.path, type: st.module, shape: shape(st.output) });
+  items.push({ kind: "box", name: "tokenizer", type: JSON.stringify(j.prompt).slice(0, 40), shape: shape(j.input_shape) });
+  for (const st of j.before) items.push({ kind: "box", name: st.path, type: st.kind, shape: shape(st.output_shape) });
   for (const b of j.blocks) {
-    items.push({ kind: "open", name: `blocks ${b.first}–${b.last} (×${b.count}), each:`, n: b.stages.length });
-    for (const st of b.stages) items.push({ kind: "stage", name: st.path || "(the block)", type: st.module,
-      shape: `${shape(st.input)} → ${shape(st.output)}` });
+    items.push({ kind: "open", name: `blocks ${b.first}–${b.last} (×${b.last - b.first + 1}), each:`, n: b.stages.length });
+    for (const st of b.stages) items.push({ kind: "stage", name: st.path || "(the block)", type: st.kind,
+      shape: `${shape(st.input_shape)} → ${shape(st.output_shape)}` });
   }
-  for (const st of j.after) items.push({ kind: "box", name: st.path, type: st.module, shape: shape(st.output) });
-  items.push({ kind: "box", name: "logits", type: "next-token scores at every position", shape: shape(j.after.at(-1).output) });
+  for (const st of j.after) items.push({ kind: "box", name: st.path, type: st.kind, shape: shape(st.output_shape) });
+  items.push({ kind: "box", name: "logits", type: "next-token scores at every position",
+    shape: shape(j.after.at(-1).output_shape) });
   let y = 8;
   const svg = s("svg", { class: "forward picture", role: "img", "aria-label": "the forward pass, stage by stage" });
   let groupTop = null, groupLeft = 0;
@@ -209,19 +216,21 @@ export function forward(panel, answer) {
   svg.setAttribute("width", W);
   svg.setAttribute("height", y + 4);
   svg.setAttribute("viewBox", `0 0 ${W} ${y + 4}`);
-  const a = j.attention_heads;
-  panel.append(...head(`The forward pass of ${JSON.stringify(j.prompt)}`, "forward", panel, () => j), chips(j.tokens),
-    h("div", { class: "scroll" }, svg),
-    a ? h("p", { class: "note" }, `attention: ${a.heads} query heads, ${a.kv_heads} key/value heads of ${a.head_dim}; `
-      + Object.entries(a.shapes).map(([k, v]) => `${k} ${shape(v)}`).join(", ")) : "");
+  // Inside attention, per head: ForwardPass.head_shapes, from the config (no module returns these).
+  const [batch, n] = j.input_shape;
+  const heads = { queries: [batch, j.heads, n, j.head_dim], "keys, values": [batch, j.kv_heads, n, j.head_dim],
+    "scores, weights": [batch, j.heads, n, n] };
+  panel.append(...head(`The forward pass of ${JSON.stringify(j.prompt)}`, "forward", panel, () => answer.sent),
+    chips(j.tokens), h("div", { class: "scroll" }, svg),
+    h("p", { class: "note" }, `attention: ${j.heads} query heads, ${j.kv_heads} key/value heads of ${j.head_dim}; `
+      + Object.entries(heads).map(([k, v]) => `${k} ${shape(v)}`).join(", ")));
 }
 
 // ---- attention
 
-export async function attention(panel, answer, ctx) {
-  const j = answer.json;
-  const card = await ctx.card();
-  const window = card && card.sliding_window ? card.sliding_window : null;
+export function attention(panel, answer, ctx) {
+  const j = answer.record;
+  const window = j.sliding_window || null;
   const labels = j.tokens.map((t, i) => `${i} ${show(t.piece)}`);
   const masked = (q, k) => k > q || (window !== null && q - k >= window);
   const heads = Object.keys(j.weights).map(Number);
@@ -233,8 +242,9 @@ export async function attention(panel, answer, ctx) {
     for (const b of panel.querySelectorAll(".head")) b.setAttribute("aria-pressed", String(Number(b.dataset.head) === hd));
     big.dataset.head = String(hd);
     const sm = summaries.get(hd);
-    big.replaceChildren(h("h3", {}, `layer ${j.layer}, head ${hd}` + (sm ? `: entropy ${sm.entropy_bits.toFixed(2)} bits, `
-      + `first token ${sm.first_token.toFixed(2)}, previous token ${sm.previous_token.toFixed(2)}, self ${sm.self.toFixed(2)}` : "")),
+    big.replaceChildren(h("h3", {}, `layer ${j.layer}, head ${hd}` + (sm ? `: entropy ${sm.entropy.toFixed(2)} bits, `
+      + `first token ${sm.first_token.toFixed(2)}, previous token ${sm.previous_token.toFixed(2)}, self ${sm.self_token.toFixed(2)}`
+      : "")),
     h("div", { class: "scroll" }, heatmap({ matrix: j.weights[hd], rows: labels, cols: labels, t: (v) => v,
       cell: say(hd), masked, size: Math.max(22, Math.min(44, Math.floor(560 / labels.length))), out,
       title: `attention of layer ${j.layer} head ${hd}`, text: (v) => (labels.length <= 12 ? v.toFixed(2) : "") })),
@@ -252,17 +262,24 @@ export async function attention(panel, answer, ctx) {
     Array.from({ length: j.layers }, (_, l) => h("button", { type: "button", "aria-pressed": String(l === j.layer),
       onclick: () => ctx.go({ layer: l, head: null }) }, String(l))));
   panel.append(...head(`Attention of layer ${j.layer} of ${j.layers} (${j.heads} heads, ${j.kv_heads} key/value heads, `
-    + `${j.attention})`, "attention", panel, () => j), layers, h("p", { class: "note" }, "click a head (or Tab to it and press Enter) to enlarge it; hover a cell for its tokens and weight."),
+    + `${attentionKind(j.heads, j.kv_heads)})`, "attention", panel, () => answer.sent), layers,
+  h("p", { class: "note" }, "click a head (or Tab to it and press Enter) to enlarge it; hover a cell for its tokens and weight."),
   small, big);
   enlarge(j.head !== null && j.head !== undefined ? j.head : heads[0]);
+}
+
+/** MHA, MQA or GQA: core/records.py's attention_kind. */
+function attentionKind(heads, kvHeads) {
+  return kvHeads === heads ? "MHA" : kvHeads === 1 ? "MQA" : "GQA";
 }
 
 // ---- the logit lens
 
 export function lens(panel, answer, ctx) {
-  const j = answer.json;
+  const j = answer.record;
   const out = readout();
-  panel.append(...head(`The logit lens at position ${j.position} of ${JSON.stringify(j.prompt)}`, "lens", panel, () => j),
+  panel.append(...head(`The logit lens at position ${j.position} of ${JSON.stringify(j.prompt)}`, "lens", panel,
+    () => answer.sent),
     chips(j.tokens));
   if (j.grid) {
     const positions = j.tokens.map((t, i) => `${i} ${show(t.piece)}`);
@@ -273,26 +290,30 @@ export function lens(panel, answer, ctx) {
         cell: (l, p) => `layer ${l}, position ${positions[p]}: top ${JSON.stringify(j.grid[l][p].token)} ${prob(j.grid[l][p].prob)}`,
         text: (v, l, p) => show(j.grid[l][p].token).slice(0, 8) })), out, legend(0, 1, "top token's probability"));
   }
-  const k = j.layers[0].top.length;
+  // LogitLens.first_top1 and .settled: the first depth where the answer is on top, and the one from which it stays there.
+  const onTop = j.rows.map((row) => row.top[0].id === j.answer.id);
+  const firstTop1 = j.rows[onTop.indexOf(true)]?.layer ?? null;
+  const settled = onTop.at(-1) ? j.rows[onTop.lastIndexOf(false) + 1].layer : null;
+  const k = j.rows[0].top.length;
   panel.append(h("h3", {}, `position ${j.position}: each layer's top ${k}` + (j.answer ? `; the answer ${show(j.answer.token)} `
-    + `(${prob(j.answer.prob)}) is top from layer ${j.first_top1_layer} and settled from layer ${j.settled_layer}` : "")),
-  table(["layer", ...Array.from({ length: k }, (_, i) => `#${i + 1}`), "answer prob", "rank"], j.layers.map((L) => [
+    + `(${prob(j.answer.prob)}) is top from layer ${firstTop1} and settled from layer ${settled}` : "")),
+  table(["layer", ...Array.from({ length: k }, (_, i) => `#${i + 1}`), "answer prob", "rank"], j.rows.map((L) => [
     L.layer, ...L.top.map((c) => `${show(c.token)} ${prob(c.prob)}`), prob(L.answer_prob), L.answer_rank]), [0]));
 }
 
 // ---- interventions
 
 export function ablate(panel, answer) {
-  const j = answer.json;
+  const j = answer.record;
   const out = readout();
-  panel.append(...head(`Ablation (${j.mode}) of ${JSON.stringify(j.prompt)}`, "ablate", panel, () => j), chips(j.tokens),
-    h("p", {}, `unablated top token ${show(j.top.token)} at ${prob(j.top.prob)}`));
-  if (j.sweep) {
-    const m = j.sweep.prob;
+  panel.append(...head(`Ablation (${j.mode}) of ${JSON.stringify(j.prompt)}`, "ablate", panel, () => answer.sent),
+    chips(j.tokens), h("p", {}, `unablated top token ${show(j.top.token)} at ${prob(j.top.prob)}`));
+  if (j.grid) {
+    const g = j.grid, m = g.values;
     const [lo, hi] = extent(m);
-    panel.append(h("h3", {}, `P(${show(j.top.token)}) with each ${j.sweep.kind === "heads" ? "head" : "layer's part"} removed`),
-      h("div", { class: "scroll" }, heatmap({ matrix: m, rows: j.sweep.rows, cols: j.sweep.columns, t: range(lo, hi), size: 56,
-        out, title: "ablation sweep", cell: (r, c) => `${j.sweep.rows[r]}, ${j.sweep.columns[c]} removed: P(${show(j.top.token)}) = `
+    panel.append(h("h3", {}, `P(${show(j.top.token)}) with each ${j.sweep === "heads" ? "head" : "layer's part"} removed`),
+      h("div", { class: "scroll" }, heatmap({ matrix: m, rows: g.rows, cols: g.columns, t: range(lo, hi), size: 56,
+        out, title: "ablation sweep", cell: (r, c) => `${g.rows[r]}, ${g.columns[c]} removed: P(${show(j.top.token)}) = `
           + `${prob(m[r][c])} (${(m[r][c] - j.top.prob >= 0 ? "+" : "")}${(m[r][c] - j.top.prob).toFixed(4)})`,
         text: brief })), out, legend(prob(lo), prob(hi), `P(${show(j.top.token)})`));
   }
@@ -308,25 +329,26 @@ function shiftTables(panel, shift, a, b) {
 }
 
 export function patch(panel, answer) {
-  const j = answer.json;
+  const j = answer.record;
   const out = readout();
   const positions = j.tokens.map((t, i) => `${i} ${show(t.piece)}`);
+  // PatchResult.layer_names: what each row of `prob` is (for resid, row 0 is the embeddings' output).
+  const layers = j.prob.map((_, i) => (j.part !== "resid" ? `block ${i} ${j.part}` : i ? `block ${i - 1}` : "embeddings"));
   const [lo, hi] = extent(j.prob);
   panel.append(...head(`Patching ${j.part}: clean ${JSON.stringify(j.clean)} into corrupt ${JSON.stringify(j.corrupt)}`,
-    "patch", panel, () => j),
+    "patch", panel, () => answer.sent),
   h("p", {}, `P(${show(j.target.token)}): clean ${prob(j.clean_prob)}, corrupt ${prob(j.corrupt_prob)}; each cell: the `
     + "corrupt run with the clean run's activation at that layer and position put back."),
-  h("div", { class: "scroll" }, heatmap({ matrix: j.prob, rows: j.layers, cols: positions, t: range(lo, hi), size: 52, out,
+  h("div", { class: "scroll" }, heatmap({ matrix: j.prob, rows: layers, cols: positions, t: range(lo, hi), size: 52, out,
     title: "activation patching", text: brief,
-    cell: (l, p) => `${j.layers[l]}, position ${positions[p]} patched: P(${show(j.target.token)}) = ${prob(j.prob[l][p])}` })),
+    cell: (l, p) => `${layers[l]}, position ${positions[p]} patched: P(${show(j.target.token)}) = ${prob(j.prob[l][p])}` })),
   out, legend(prob(lo), prob(hi), `P(${show(j.target.token)})`));
 }
 
 export function steer(panel, answer) {
-  const j = answer.json;
-  const out = readout();
+  const j = answer.record;
   panel.append(...head(`Steering at layer ${j.layer}: +${JSON.stringify(j.add)}${j.subtract ? ` −${JSON.stringify(j.subtract)}`
-    : ""}, alpha ${j.alpha}`, "steer", panel, () => j),
+    : ""}, alpha ${j.alpha}`, "steer", panel, () => answer.sent),
   h("p", { class: "note" }, `the direction's norm ${j.norm.toFixed(2)}; the prompt ${JSON.stringify(j.prompt)}`),
   h("div", { class: "row" }, h("div", {}, h("h3", {}, "unsteered"), h("pre", { class: "rendered", "data-role": "unsteered" }, j.unsteered)),
     h("div", {}, h("h3", {}, "steered"), h("pre", { class: "rendered", "data-role": "steered" }, j.steered))));
@@ -351,24 +373,46 @@ async function runners(steps) {
   return steps.map((st) => st.top.map(([, p]) => `${JSON.stringify(texts[i++])} ${prob(p)}`).join(", "));
 }
 
+/** Generation.perplexity: exp(-mean log-probability of the tokens), infinite once that mean is below -700. */
+function perplexity(steps) {
+  if (!steps.length) return 1;
+  const mean = steps.reduce((sum, st) => sum + Math.log(st.prob), 0) / steps.length;
+  return mean > -700 ? Math.exp(-mean) : Infinity;
+}
+
+/** Generation.finish: why a run ended. */
+function finish(run) {
+  return run.interrupted ? "interrupted" : run.steps.length ? run.steps.at(-1).finish : null;
+}
+
+/** Comparison.departs: the index of the first new token where `run` differs from greedy (null: identical). */
+function departs(greedy, run) {
+  const a = greedy.steps.map((st) => st.token_id), b = run.steps.map((st) => st.token_id);
+  const i = a.findIndex((id, k) => k >= b.length || b[k] !== id);
+  return i >= 0 ? i : a.length === b.length ? null : a.length;
+}
+
 export async function compare(panel, answer, ctx) {
-  const j = answer.json, rec = answer.record;
-  if (ctx.body.params === undefined || ctx.body.params.seed === undefined) ctx.remember({ seed: j.settings.seed });
+  const j = answer.record;
+  if (ctx.body.params === undefined || ctx.body.params.seed === undefined) ctx.remember({ seed: j.params.seed });
   const out = readout();
   const wide = (panel.clientWidth || 1100) >= 900;  // side by side on a wide screen, one under another on a phone
   const w = wide ? 380 : Math.min(900, (panel.clientWidth || 390) - 10);
   const columns = h("div", { class: "row" });
-  const runs = [["greedy", rec.greedy, j.greedy], ...rec.samples.map((g, i) => [`sample ${i + 1} (seed ${j.samples[i].seed})`, g, j.samples[i]])];
-  panel.append(...head(`Greedy against sampled: ${JSON.stringify(j.prompt)}`, "compare", panel, () => j),
-    h("p", { class: "note" }, `sampling: ${Object.entries(j.settings).map(([k, v]) => `${k} ${v}`).join(", ")}. `
+  const seed = (i) => (j.params.seed ?? 0) + i;  // Comparison.seeds: base, base + 1, ...
+  const runs = [["greedy", j.greedy, null],
+    ...j.samples.map((g, i) => [`sample ${i + 1} (seed ${seed(i)})`, g, departs(j.greedy, g)])];
+  const settings = { ...j.params, max_new_tokens: j.settings.max_new_tokens, samples: j.samples.length };
+  panel.append(...head(`Greedy against sampled: ${JSON.stringify(j.prompt)}`, "compare", panel, () => answer.sent),
+    h("p", { class: "note" }, `sampling: ${Object.entries(settings).map(([k, v]) => `${k} ${v}`).join(", ")}. `
       + "Each token is coloured by its probability under the raw distribution; hover or focus it for its rank and runners-up. "
       + "A sample's first token that differs from greedy is outlined."));
-  for (const [name, gen, js] of runs) {
+  for (const [name, gen, at] of runs) {
     const why = await runners(gen.steps);
-    const items = gen.steps.map((st, i) => ({ text: st.text, t: st.prob, prob: st.prob, mark: js.departs_at === i,
+    const items = gen.steps.map((st, i) => ({ text: st.text, t: st.prob, prob: st.prob, mark: at === i,
       say: `${name}, token ${i}: ${JSON.stringify(st.text)} (id ${st.token_id}) p ${prob(st.prob)} rank ${st.rank}; runners-up: ${why[i]}` }));
-    columns.append(h("div", {}, h("h3", {}, name), h("p", { class: "note" }, `perplexity ${js.perplexity.toFixed(3)}, `
-      + `${gen.steps.length} tokens, ${js.finish}`), tokenRun(items, { width: w, out, label: name })));
+    columns.append(h("div", {}, h("h3", {}, name), h("p", { class: "note" }, `perplexity ${perplexity(gen.steps).toFixed(3)}, `
+      + `${gen.steps.length} tokens, ${finish(gen)}`), tokenRun(items, { width: w, out, label: name })));
   }
   panel.append(columns, out, legend(0, 1, "probability of the token"));
 }
@@ -376,17 +420,19 @@ export async function compare(panel, answer, ctx) {
 // ---- the architecture card
 
 export function inspect(panel, answer) {
-  const j = answer.json;
-  const plain = Object.entries(j).filter(([, v]) => v === null || typeof v !== "object");
-  const nested = Object.entries(j).filter(([k, v]) => v !== null && typeof v === "object" && k !== "modules");
+  const j = answer.record.card;
+  const fields = Object.entries(j);
+  if (answer.record.quantized) fields.push(["quantized", answer.record.quantized]);  // with `quantize`: that footprint
+  const plain = fields.filter(([, v]) => v === null || typeof v !== "object");
+  const nested = fields.filter(([, v]) => v !== null && typeof v === "object");
   const tree = (m) => h("details", { open: m.name === "" || m.name === "model" || m.name === "layers" },
-    h("summary", {}, `${m.name || "(model)"}: ${m.type}${m.repeat ? ` ×${m.repeat}` : ""} · ${m.parameters.toLocaleString()} parameters`
-      + (m.detail ? ` (${m.detail})` : "")), ...(m.children || []).map(tree));
+    h("summary", {}, `${m.name || "(model)"}: ${m.kind}${m.repeat > 1 ? ` ×${m.repeat}` : ""} · `
+      + `${m.parameters.toLocaleString()} parameters${m.detail ? ` (${m.detail})` : ""}`), ...m.children.map(tree));
   const value = (v) => (v === null ? "–" : Number.isInteger(v) ? v.toLocaleString() : String(v));
-  panel.append(...head(`${j.architecture} (${j.model})`, "inspect", panel, () => j), card(j),
+  panel.append(...head(`${j.architecture} (${j.model})`, "inspect", panel, () => answer.sent), card(j),
     h("div", { class: "row" }, table(["field", "value"], [...plain.map(([k, v]) => [k, value(v)]),
       ...nested.map(([k, v]) => [k, Object.entries(v).map(([a, b]) => `${a} ${value(b)}`).join(", ")])]),
-    h("div", {}, h("h3", {}, "module tree"), j.modules ? tree(j.modules) : "")));
+    h("div", {}, h("h3", {}, "module tree"), tree(answer.record.tree))));
 }
 
 /** The architecture as the chapter draws it: embeddings, N blocks (attention and feed-forward), norm, LM head. */
@@ -426,9 +472,9 @@ export async function bench(panel, _answer, ctx) {
   const modes = ["dynamic", "none"];
   const series = [];
   for (const cache of modes) {
-    const a = await api("/lookinside/v1/views/compare?json=1", { prompt: ctx.body.prompt ?? "The capital of France is", samples: 1,
+    const { record } = await view("compare", { prompt: ctx.body.prompt ?? "The capital of France is", samples: 1,
       params: { temperature: 0.0001, seed: 0 }, settings: { max_new_tokens: n, cache, ignore_eos: true } });
-    series.push({ cache, ms: a.record.greedy.steps.map((st) => 1000 * st.seconds) });
+    series.push({ cache, ms: record.greedy.steps.map((st) => 1000 * st.seconds) });
   }
   const W = 640, H = 270, L = 50, B = 30;
   const decode = series.flatMap((x) => x.ms.slice(1));
