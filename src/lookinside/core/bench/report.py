@@ -115,7 +115,7 @@ class ModeResult(StepTimes):
     peak_memory_bytes: int
     speed_of_light: SpeedOfLight | None = None
 
-    DERIVED = (*StepTimes.DERIVED, "cached", "ttft_s", "decode_s", "decode_tok_s")
+    DERIVED = (*StepTimes.DERIVED, "cached", "ttft_s", "decode_tokens", "decode_s", "decode_tok_s")
 
     @property
     def cached(self) -> bool:
@@ -126,6 +126,11 @@ class ModeResult(StepTimes):
     def ttft_s(self) -> float:
         """Median time to the first token (the prompt's prefill plus choosing one token)."""
         return statistics.median(first_token_seconds(row) or 0.0 for row in self.step_seconds)
+
+    @property
+    def decode_tokens(self) -> int:
+        """The tokens after the first, which `decode_s` times: decode_tok_s x decode_s = decode_tokens."""
+        return self.new_tokens - 1
 
     @property
     def decode_s(self) -> float:
