@@ -1,6 +1,6 @@
 """The `bench` views: header, the cache on/off table, speed of light, a latency chart, the sweep.
 
-Pure functions from a `BenchReport` to Rich renderables (or to a JSON-ready dict);
+Pure functions from a `BenchReport` to Rich renderables (its JSON is the record itself, core/wire.py);
 the chart is drawn with characters only, so it reads the same in a pipe.
 """
 

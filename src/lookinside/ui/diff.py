@@ -1,6 +1,6 @@
 """The `diff` views: the summary, KL by position as a chart, the text coloured by KL, the worst positions.
 
-Pure functions from a `Diff` to Rich renderables, or to a JSON-ready dict.
+Pure functions from a `Diff` to Rich renderables (its JSON is the record itself, core/wire.py).
 """
 
 from __future__ import annotations

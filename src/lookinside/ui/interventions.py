@@ -1,4 +1,4 @@
-"""The intervention views: `ablate`, `patch` and `steer`, each a record -> Rich renderable and -> JSON dict.
+"""The intervention views: `ablate`, `patch` and `steer`, each a record -> Rich renderable.
 
 Heat maps carry a shade glyph beside (or instead of) each number, so they still read in plain
 text (a pipe, a file, NO_COLOR); past `NUMBERS_UP_TO` columns a cell is the glyph alone.
