@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-TIMES = ("seconds", "ttft_s", "decode_tok_s")  # Step.seconds, and Generation's derived ttft_s and decode_tok_s
+TIMES = ("seconds", "ttft_s", "decode_tok_s", "total_s")  # Step.seconds, and what Generation works out from them
 
 
 def untimed(data: Any) -> Any:

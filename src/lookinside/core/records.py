@@ -121,7 +121,7 @@ class Generation:
     seed: int | None = None
     interrupted: bool = False
 
-    DERIVED = ("text", "token_ids", "finish", "mean_logprob", "perplexity", "ttft_s", "decode_tok_s")
+    DERIVED = ("text", "token_ids", "finish", "mean_logprob", "perplexity", "ttft_s", "decode_tok_s", "total_s")
 
     @property
     def token_ids(self) -> list[int]:
@@ -157,6 +157,11 @@ class Generation:
     def decode_tok_s(self) -> float | None:
         """Tokens per second after the first (None with fewer than two tokens)."""
         return decode_rate([s.seconds for s in self.steps])
+
+    @property
+    def total_s(self) -> float:
+        """The whole run's time: the prefill and every step."""
+        return sum(s.seconds for s in self.steps)
 
     @property
     def perplexity(self) -> float:
