@@ -134,3 +134,21 @@ def test_no_hand_written_json_reshaper_is_left():
              if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.endswith("_json")
              and node.name not in allowed]
     assert found == []
+
+
+def test_a_transcript_is_the_conversation_as_to_wire_writes_it(tmp_path):
+    from lookinside.core.chat.conversation import Conversation
+    from lookinside.core.chat.transcripts import read_transcript, write_transcript
+
+    conversation = Conversation(system="Be brief.")
+    conversation.add("user", "Hi")
+    conversation.add("assistant", "Hello.", tokens=[["Hello", 0.5, 1, [], "Hello"], [".", 0.25, 3, [], "."]])
+    saved = json.loads(write_transcript(conversation, tmp_path / "t.json", "tiny").read_text())
+    assert saved == {"version": 2, "model": "tiny", **as_json(to_wire(conversation))}
+    back, model = read_transcript(tmp_path / "t.json")
+    assert model == "tiny" and back.messages == conversation.messages and back.system == "Be brief."
+
+
+def test_vllms_minus_9999_lives_in_the_openai_routes_alone():
+    holders = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if "9999" in path.read_text())
+    assert holders == ["serve/openai_api.py"]
