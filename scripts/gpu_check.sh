@@ -116,7 +116,7 @@ for label, args in configs.items():
     share = light.get("share")
     over |= share is not None and share > 1
     print(f"| {label} | {run['decode_tok_s']:.1f} | {light.get('achieved_gbs') or 0:.1f} | "
-          f"{'n/a' if share is None else f'{share:.0%}'} ({light.get('bandwidth_source')}) |")
+          f"{'n/a' if share is None else f'{share:.0%}'} ({(light.get('bandwidth') or {}).get('source')}) |")
     for note in report.get("notes", []):
         if "--compile" in note and "failed" in note:
             print(f"  note: {note}")

@@ -18,6 +18,8 @@ from lookinside.cli.app import app
 from lookinside.core.errors import BadInput, NotACausalLM
 from lookinside.tiny import ASSETS
 
+from .wire_checks import TIMES, untimed
+
 PROMPT = "The capital of France is"
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -62,7 +64,9 @@ def test_import_lookinside_imports_no_torch():
     (lambda lm: li.inspect(lm), ["inspect"]),
 ], ids=["next-token", "compare", "tokens", "forward", "attention", "lens", "inspect"])
 def test_to_dict_is_the_commands_json(lm, call, command):
-    assert same(call(lm).to_dict()) == cli_json(*command)
+    ours = same(call(lm).to_dict())
+    assert untimed(ours) == untimed(cli_json(*command))
+    assert (ours != untimed(ours)) == (command[0] == "compare")  # only compare generates, and times its steps
 
 
 def test_diff_is_the_commands_json(lm):
@@ -83,11 +87,11 @@ def test_generate_steps_then_the_whole_run_as_generate_json(lm):
     first = next(iter(running))
     assert repr(running).startswith(f"Generating(tiny, {PROMPT!r}, 1 steps so far)")
     result = running.result()
-    assert result.steps[0] is first and result.seed == 3
+    assert result.run.steps[0] is first and result.run.seed == 3 and result.prompt == PROMPT
     ours, theirs = same(result.to_dict()), cli_json("generate", PROMPT, "-t", "0.8", "--seed", "3", "-n", "10")
-    untimed = [[without(step, "seconds") for step in data["steps"]] for data in (ours, theirs)]
-    assert untimed[0] == untimed[1] and set(ours["timing"]) == set(theirs["timing"])
-    assert without(ours, "timing", "steps") == without(theirs, "timing", "steps")
+    assert untimed(ours) == untimed(theirs) and ours["run"]["steps"]
+    assert set(ours["run"]) == set(theirs["run"]) >= set(TIMES[1:])
+    assert all(str(i) in ours["pieces"] for step in ours["run"]["steps"] for i, _ in step["top"])
 
 
 def test_bench_has_the_commands_json_fields(lm):
@@ -98,7 +102,7 @@ def test_bench_has_the_commands_json_fields(lm):
 
 def test_bench_takes_the_commands_prompt_length_and_sweep(lm):
     result = li.bench(lm, prompt_tokens=7, sweep="2,4", warmup=0, repeat=1, cache=True, reference=False)
-    assert result.to_dict()["sweep"]["lengths"] == [2, 4]
+    assert [line["lengths"] for line in result.to_dict()["sweep"]] == [[2, 4]] * len(result.sweep)
     assert {run.prompt_tokens for run in result.all_runs} == {7} and len(result.all_runs) == 2
     with pytest.raises(BadInput, match="--sweep needs at least two lengths"):
         li.bench(lm, sweep="8")

@@ -24,7 +24,8 @@ from lookinside.core.model.hardware import known_gpu
 from lookinside.core.model.loading import load
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import BenchSettings, parse_sweep
-from lookinside.ui.bench import bench_json, bench_view, latency_chart, size, span
+from lookinside.core.wire import to_wire
+from lookinside.ui.bench import bench_view, latency_chart, size, span
 
 from .conftest import small_config
 
@@ -149,8 +150,8 @@ def test_unknown_gpu_note_reaches_the_json_and_the_view(tiny, monkeypatch):
     monkeypatch.setattr(bench, "resolve_bandwidth",
                         lambda device, given: real(fake_gpu(monkeypatch, "NVIDIA Mystery 9000"), given))
     report = run_bench(tiny, BenchSettings(new_tokens=3, warmup=0, repeat=1, threads=1, modes=("dynamic",), reference=False))
-    assert any("Mystery 9000" in note for note in bench_json(report)["notes"])
-    light = bench_json(report)["runs"][0]["speed_of_light"]
+    assert any("Mystery 9000" in note for note in to_wire(report)["notes"])
+    light = to_wire(report)["runs"][0]["speed_of_light"]
     assert light["share"] is None and light["achieved_gbs"] > 0
     assert "Mystery 9000" in render(bench_view(report))
 
@@ -212,9 +213,9 @@ def test_measured_cache_matches_the_config(report, tiny):
 
 
 def test_json_fields_present_and_consistent(report):
-    data = json.loads(json.dumps(bench_json(report)))
+    data = json.loads(json.dumps(to_wire(report)))
     assert {"runs", "speedup", "same_tokens", "header", "reference"} <= data.keys()
-    assert [r["cache"] for r in data["runs"]] == [True, False]
+    assert [r["cached"] for r in data["runs"]] == [True, False] and data["runs"][1]["cache"] == "none"
     for run in data["runs"]:
         assert run["new_tokens"] == N and run["prompt_tokens"] > 0
         total = run["total_s"]
@@ -308,7 +309,7 @@ def test_cli_json_both_modes():
     result = run_cli("--new-tokens", "4", "--warmup", "1", "--repeat", "1", "--json", "--no-reference")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert [r["cache"] for r in data["runs"]] == [True, False]
+    assert [r["cache"] for r in data["runs"]] == ["dynamic", "none"]
     assert all(r["new_tokens"] == 4 and len(r["token_ids"]) == 4 for r in data["runs"])
     assert data["same_tokens"] is True and data["speedup"] > 0 and data["reference"] is None
 
@@ -317,9 +318,9 @@ def test_cli_no_cache_runs_one_mode():
     result = run_cli("--no-cache", "-n", "3", "--warmup", "0", "--repeat", "1", "--json", "--threads", "1")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert [r["cache"] for r in data["runs"]] == [False]
+    assert [r["cached"] for r in data["runs"]] == [False]
     assert data["speedup"] is None and data["same_tokens"] is None
-    assert data["reference"]["cache"] is False and data["header"]["threads"] == 1
+    assert data["reference"]["cache"] == "none" and data["header"]["threads"] == 1
 
 
 def test_cli_view_shows_table_chart_and_verdict():
@@ -391,5 +392,5 @@ def test_a_noisy_report_warns_in_the_view_and_the_json(report):
     noisy = replace(report, noise=("the cached runs of 6 tokens differ by 2.0x",))
     text = render(bench_view(noisy))
     assert "machine looks busy" in text and "--repeat 7" in text
-    assert bench_json(noisy)["noisy"] is True and bench_json(noisy)["noise"] == list(noisy.noise)
-    assert bench_json(replace(report, noise=()))["noisy"] is False
+    assert to_wire(noisy)["noisy"] is True and to_wire(noisy)["noise"] == list(noisy.noise)
+    assert to_wire(replace(report, noise=()))["noisy"] is False

@@ -17,6 +17,8 @@ from lookinside.core.records import first_difference
 from lookinside.core.request import CompareRequest, GenerationSettings
 from lookinside.ui.compare import compare_view
 
+from .wire_checks import untimed
+
 ANSI = re.compile(r"\x1b\[")
 runner = CliRunner()
 
@@ -37,26 +39,29 @@ def test_json_has_greedy_and_seeded_samples():
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     greedy, samples = data["greedy"], data["samples"]
-    assert greedy["text"].startswith(" Paris") and "seed" not in greedy
-    assert len(samples) == 3 and [s["seed"] for s in samples] == [42, 43, 44]
+    assert greedy["text"].startswith(" Paris") and greedy["seed"] is None
+    assert len(samples) == 3 and [s["seed"] for s in samples] == data["seeds"] == [42, 43, 44]
     for entry in [greedy, *samples]:
-        assert len(entry["token_ids"]) == len(entry["logprobs"]) >= 1
-        assert all(lp <= 0 for lp in entry["logprobs"])
-        assert entry["mean_logprob"] == pytest.approx(sum(entry["logprobs"]) / len(entry["logprobs"]))
-    for sample in samples:
-        departs = sample["departs_at"]
+        logprobs = [step["logprob"] for step in entry["steps"]]
+        assert len(entry["token_ids"]) == len(logprobs) >= 1 and all(lp <= 0 for lp in logprobs)
+        assert entry["token_ids"] == [step["token_id"] for step in entry["steps"]]
+        assert entry["mean_logprob"] == pytest.approx(sum(logprobs) / len(logprobs))
+        assert entry["text"] == "".join(step["text"] for step in entry["steps"])
+    assert len(data["departs_at"]) == 3
+    for sample, departs in zip(samples, data["departs_at"]):
         assert departs is None or sample["token_ids"][:departs] == greedy["token_ids"][:departs]
-    assert data["settings"]["temperature"] == 1.5 and data["settings"]["top_k"] == 0
-    assert data["settings"]["seed"] == 42 and data["settings"]["samples"] == 3
+        assert departs is None or sample["token_ids"][departs] != greedy["token_ids"][departs]
+    assert data["params"]["temperature"] == 1.5 and data["params"]["top_k"] == 0
+    assert data["params"]["seed"] == 42 and data["settings"]["max_new_tokens"] == 12
 
 
 def test_the_same_seed_gives_the_same_json_and_an_unset_seed_is_shown():
     # one thread: the default follows the idle cores, and another count sums in another order (1e-6 apart)
     args = ("Write an email to Sarah", "--model", "tiny", "--threads", "1", "--json", "-n", "16", "-s", "2", "-t", "2")
     first = json.loads(run(*args, "--seed", "7").stdout)
-    assert json.loads(run(*args, "--seed", "7").stdout)["samples"] == first["samples"]
+    assert untimed(json.loads(run(*args, "--seed", "7").stdout)["samples"]) == untimed(first["samples"])
     free = json.loads(run(*args).stdout)
-    base = free["settings"]["seed"]
+    base = free["params"]["seed"]
     assert isinstance(base, int) and [s["seed"] for s in free["samples"]] == [base, base + 1]
     again = json.loads(run(*args, "--seed", str(base)).stdout)
     assert [s["token_ids"] for s in again["samples"]] == [s["token_ids"] for s in free["samples"]]
@@ -65,8 +70,9 @@ def test_the_same_seed_gives_the_same_json_and_an_unset_seed_is_shown():
 def test_temperature_zero_samples_are_the_greedy_run():
     data = json.loads(run("Write an email to Sarah", "--model", "tiny", "--json", "-t", "0", "-n", "8",
                           "--seed", "9", "-s", "2").stdout)
-    assert [s["seed"] for s in data["samples"]] == [9, 10]
-    assert all(s["token_ids"] == data["greedy"]["token_ids"] and s["departs_at"] is None for s in data["samples"])
+    assert data["seeds"] == [9, 10] and [s["seed"] for s in data["samples"]] == [None, None]  # greedy: no sampler
+    assert all(s["token_ids"] == data["greedy"]["token_ids"] for s in data["samples"])
+    assert data["departs_at"] == [None, None]
 
 
 def test_view_shows_runs_seeds_stats_and_settings():

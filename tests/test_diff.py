@@ -82,8 +82,10 @@ def test_the_command_prints_the_report_and_json(tmp_path):
     path.write_text(TEXT)
     result = runner.invoke(app, ["diff", "--file", str(path), "--model", "tiny", "--against-attn", "eager", "--json"])
     data = json.loads(result.output)
-    assert data["a"]["how"] == "float32, sdpa" and data["b"]["how"] == "float32, eager"
-    assert data["summary"]["same_top1"] == 1.0 and len(data["positions"]) == data["tokens"] - 1
+    assert data["how_a"] == "float32, sdpa" and data["how_b"] == "float32, eager"
+    assert data["same_top1"] == 1.0 and len(data["positions"]) == data["tokens"] - 1
+    assert data["worst_at"][0] == max(data["positions"], key=lambda p: p["kl"])["index"]
+    assert data["perplexity_change"] == pytest.approx(data["perplexity_b"] / data["perplexity_a"] - 1)
 
 
 @pytest.mark.parametrize(("args", "message"), [

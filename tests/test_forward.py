@@ -114,9 +114,10 @@ def test_cli_json():
     result = runner.invoke(app, ["forward", PROMPT, "--model", "tiny", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["input_ids"] == [1, 6] and data["blocks"][0]["count"] == 4
-    assert data["after"][-1] == {"path": "lm_head", "module": "Linear", "input": [1, 6, 128], "output": [1, 6, 1024]}
-    assert data["attention_heads"]["kv_heads"] == 2
+    assert data["input_shape"] == [1, 6] and data["blocks"][0]["count"] == 4
+    assert data["after"][-1] == {"path": "lm_head", "kind": "Linear", "input_shape": [1, 6, 128],
+                                 "output_shape": [1, 6, 1024], "layer": None}
+    assert data["kv_heads"] == 2 and data["head_shapes"]["keys, values"] == [1, 2, 6, 32]
 
 
 def test_cli_empty_prompt():

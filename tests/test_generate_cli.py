@@ -26,26 +26,29 @@ def test_a_greedy_completion_is_plain_text():
 
 def test_json_has_the_text_ids_logprobs_finish_seed_and_timing():
     data = json.loads(gen("The capital of Japan is", "-t", "0.7", "--seed", "5", "--json").output)
-    assert data["text"].startswith(" Tokyo") and data["finish"] == "eos" and data["seed"] == 5
-    assert data["token_ids"] == [s["token_id"] for s in data["steps"]]
-    step = data["steps"][0]
-    assert step["token"] == " Tokyo" and step["rank"] == 1 and step["logprob"] < 0 and len(step["top"]) == 5
-    assert data["timing"]["ttft_s"] > 0
+    run = data["run"]
+    assert run["text"].startswith(" Tokyo") and run["finish"] == "eos" and run["seed"] == 5
+    assert run["token_ids"] == [s["token_id"] for s in run["steps"]] and run["prompt_ids"][0] == 1
+    step = run["steps"][0]
+    assert data["pieces"][str(step["token_id"])] == " Tokyo" and step["rank"] == 1 and step["logprob"] < 0
+    assert len(step["top"]) == 5 and all(str(i) in data["pieces"] for i, _ in step["top"])
+    assert run["ttft_s"] > 0 and data["unavailable"] == {} and data["model"] == "tiny"
     again = json.loads(gen("The capital of Japan is", "-t", "0.7", "--seed", "5", "--json").output)
-    assert again["token_ids"] == data["token_ids"]  # the seed repeats the run
+    assert again["run"]["token_ids"] == run["token_ids"]  # the seed repeats the run
 
 
-def test_jsonl_is_one_line_per_token_then_a_summary():
+def test_jsonl_is_one_line_per_token_then_the_whole_record():
     lines = [json.loads(line) for line in gen("The capital of Japan is", "-t", "0", "--jsonl").output.splitlines()]
     assert [line["index"] for line in lines[:-1]] == list(range(len(lines) - 1))
-    assert lines[-1]["done"] is True and lines[-1]["token_ids"] == [line["token_id"] for line in lines[:-1]]
+    assert lines[-1]["run"]["steps"] == lines[:-1]  # each line is the step as the record holds it
+    assert lines[-1]["run"]["token_ids"] == [line["token_id"] for line in lines[:-1]]
 
 
 def test_stop_strings_cut_the_text_and_ignore_eos_runs_to_the_limit():
     data = json.loads(gen("The capital of France is", "-t", "0", "--stop", ".", "--json").output)
-    assert data["text"] == " Paris" and data["finish"] == "stop"
+    assert data["run"]["text"] == " Paris" and data["run"]["finish"] == "stop"
     data = json.loads(gen("The capital of France is", "-t", "0", "--ignore-eos", "-n", "9", "--json").output)
-    assert len(data["token_ids"]) == 9 and data["finish"] == "length"
+    assert len(data["run"]["token_ids"]) == 9 and data["run"]["finish"] == "length"
 
 
 def test_compare_takes_stop_and_ignore_eos():

@@ -149,10 +149,11 @@ def test_cli_json_fields():
     result = runner.invoke(app, ["inspect", "--model", "tiny", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert {k: data[k] for k in ("layers", "hidden_size", "heads", "kv_heads", "attention", "vocab_size")} == {
+    card = data["card"]
+    assert {k: card[k] for k in ("layers", "hidden_size", "heads", "kv_heads", "attention", "vocab_size")} == {
         "layers": 4, "hidden_size": 128, "heads": 4, "kv_heads": 2, "attention": "GQA", "vocab_size": 1024}
-    assert data["parameters"] == sum(_params(data["modules"]["children"]))
-    assert data["modules"]["type"] == "Phi3ForCausalLM"
+    assert card["parameters"] == sum(_params(data["tree"]["children"]))
+    assert data["tree"]["kind"] == "Phi3ForCausalLM" and data["quantized"] is None
 
 
 def _params(children):

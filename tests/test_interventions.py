@@ -318,7 +318,7 @@ def run_json(*args: str) -> dict:
 def test_patch_json_and_api_agree(tiny):
     data = run_json("patch", "--clean", CLEAN, "--corrupt", CORRUPT)
     assert data == li.patch(tiny, CLEAN, CORRUPT).to_dict()
-    assert data["target"]["token"] == " Paris" and data["layers"][0] == "embeddings"
+    assert data["target"]["token"] == " Paris" and data["layer_names"][0] == "embeddings"
     assert len(data["prob"]) == tiny.config.num_hidden_layers + 1 and len(data["prob"][0]) == len(data["tokens"])
     assert data["prob"][-1][-1] == pytest.approx(data["clean_prob"], abs=1e-6) and data["corrupt_prob"] < 0.01
 
@@ -326,7 +326,8 @@ def test_patch_json_and_api_agree(tiny):
 def test_ablate_json_and_api_agree(tiny):
     data = run_json("ablate", CLEAN, "--sweep", "heads", "--mode", "mean")
     assert data == li.ablate(tiny, CLEAN, sweep="heads", mode="mean").to_dict()
-    assert data["shift"] is None and len(data["sweep"]["prob"]) == tiny.config.num_hidden_layers
+    assert data["shift"] is None and data["sweep"] == "heads"
+    assert len(data["grid"]["values"]) == len(data["grid"]["rows"]) == tiny.config.num_hidden_layers
     single = run_json("ablate", CLEAN, "--head", "0.1", "--head", "1.2", "-k", "3")
     assert single == li.ablate(tiny, CLEAN, heads=["0.1", (1, 2)], top_k=3).to_dict()
     assert single["ablated"] == ["head 0.1", "head 1.2"] and len(single["shift"]["after"]) == 3

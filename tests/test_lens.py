@@ -105,9 +105,10 @@ def test_cli_grid_and_json():
     result = runner.invoke(app, ["lens", PROMPT, "--model", "tiny", "--all-positions", "--json", "-k", "2"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["answer"]["token"] == " Paris" and len(data["layers"]) == 5
-    assert len(data["layers"][0]["top"]) == 2 and len(data["grid"]) == 5 and len(data["grid"][0]) == 6
-    assert data["first_top1_layer"] == next(r["layer"] for r in data["layers"] if r["answer_rank"] == 1)
+    assert data["answer"]["token"] == " Paris" and len(data["rows"]) == 5
+    assert len(data["rows"][0]["top"]) == 2 and len(data["grid"]) == 5 and len(data["grid"][0]) == 6
+    assert data["first_top1"] == next(r["layer"] for r in data["rows"] if r["answer_rank"] == 1)
+    assert data["settled"] >= data["first_top1"] and data["rows"][data["settled"]]["top"][0]["token"] == " Paris"
 
 
 def test_cli_grid_view():

@@ -51,7 +51,8 @@ def test_json_has_the_documented_fields():
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["model"] == "tiny" and data["prompt"] == "The capital of France is"
-    assert data["tokens"][0] == {"id": 1, "text": "<s>"} and len(data["tokens"]) == 6
+    assert data["tokens"][0] == {"index": 0, "id": 1, "piece": "<s>", "text": "<s>", "kind": "special", "byte": None,
+                                 "joined": None} and len(data["tokens"]) == 6 and data["unavailable"] == {}
     assert data["shapes"] == {"input_ids": [1, 6], "hidden_states": [1, 6, 128], "logits": [1, 6, 1024]}
     assert [t["rank"] for t in data["top"]] == [1, 2, 3, 4]
     first = data["top"][0]

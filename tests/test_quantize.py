@@ -89,7 +89,7 @@ def test_inspect_estimates_phi3_minis_4bit_footprint_from_the_config():
     result = CliRunner().invoke(app, ["inspect", "--quantize", "4bit", "--json"])
     import json
 
-    estimate = json.loads(result.output)["quantize_estimate"]
+    estimate = json.loads(result.output)["quantized"]
     # 32 blocks of 113,246,208 linear weights at 4 bits, an fp32 absmax per 64 of them; embeddings and head at 16 bits.
     assert estimate["converted_params"] == 32 * 113_246_208 and estimate["kept_params"] == 197_200_896
     assert estimate["total_bytes"] == 3_623_878_656 // 2 + 3_623_878_656 // 64 * 4 + 197_200_896 * 2
@@ -191,8 +191,8 @@ def test_diff_against_quantize_reports_kl_and_top1_for_each_kind():
                                      "--json"])
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
-        assert report["b"]["how"] == f"float32, sdpa, quantized {kind}"
-        assert 0 < report["summary"]["kl_mean"] < 0.05 and report["summary"]["same_top1"] >= 0.9
+        assert report["how_b"] == f"float32, sdpa, quantized {kind}"
+        assert 0 < report["mean_kl"] < 0.05 and report["same_top1"] >= 0.9
 
 
 def test_bench_with_int4_runs_on_the_cpu():

@@ -104,7 +104,7 @@ def test_next_token_json_says_what_a_server_cannot_give():
     data = json.loads(result.stdout)
     assert data["top"][0]["token"] == " Paris"
     if served_by_lookinside():  # the whole view, from the server
-        assert data["top"][0]["logit"] > 10 and data["shapes"]["logits"] == [1, 6, 1024] and "unavailable" not in data
+        assert data["top"][0]["logit"] > 10 and data["shapes"]["logits"] == [1, 6, 1024] and data["unavailable"] == {}
     else:
         assert data["top"][0]["logit"] is None and data["shapes"] is None
         assert "shapes" in data["unavailable"] and "logit" in data["unavailable"]
@@ -117,11 +117,11 @@ def test_chat_streams_a_reply_and_compare_draws_the_runs(tmp_path, monkeypatch):
     compared = runner.invoke(app, ["compare", "The capital of France is", "--endpoint", ENDPOINT, "--seed", "5",
                                    "-n", "12", "--json"])
     data = json.loads(compared.stdout)
-    assert data["greedy"]["text"].startswith(" Paris") and [s["seed"] for s in data["samples"]] == [5, 6, 7]
+    assert data["greedy"]["text"].startswith(" Paris") and data["seeds"] == [5, 6, 7]
     if served_by_lookinside():  # compare runs on the server: the model's own ids
-        assert data["greedy"]["token_ids"][0] == 635 and "unavailable" not in data
-    else:
-        assert data["greedy"]["token_ids"] is None and "token_ids" in data["unavailable"]
+        assert data["greedy"]["token_ids"][0] == 635 and data["unavailable"] == {}
+    else:  # the ids are lookinside's own, and the record says so
+        assert "token_ids" in data["unavailable"] and "prompt_ids" in data["unavailable"]
 
 
 def test_generate_streams_the_same_greedy_text_as_here(tiny32):
@@ -131,7 +131,8 @@ def test_generate_streams_the_same_greedy_text_as_here(tiny32):
     data = json.loads(result.stdout)
     here = local_compare.compare(tiny32, CompareRequest("The capital of France is", settings=GenerationSettings(
         max_new_tokens=8), samples=1)).greedy
-    assert data["text"] == here.text and data["token_ids"] is None and "token_ids" in data["unavailable"]
+    assert data["run"]["text"] == here.text and "token_ids" in data["unavailable"]
+    assert [data["pieces"][str(i)] for i in data["run"]["token_ids"]][:1] == [" Paris"]
     plain = runner.invoke(app, ["generate", "The capital of France is", "--endpoint", ENDPOINT, "-t", "0", "-n", "8"])
     assert plain.exit_code == 0 and plain.stdout == here.text + "\n", plain.output
 
@@ -148,8 +149,8 @@ def test_bench_times_the_stream_and_the_prefix_cache(server):
         assert all(len(row) == 16 for row in data["step_seconds"])  # vLLM ignores end tokens when told
     else:
         assert all(2 <= len(row) <= 16 for row in data["step_seconds"]) and "exact_length" in data["unavailable"]
-    assert data["prefix_cache"]["prompt_tokens"] > 200 and data["kv_cache_switch"] is None
-    assert data["prefix_cache"]["prompt_tokens"] < 512 * 0.8  # fitted to the 512-token context
+    assert data["prefix"]["prompt_tokens"] > 200 and "kv_cache_switch" in data["unavailable"]
+    assert data["prefix"]["prompt_tokens"] < 512 * 0.8  # fitted to the 512-token context
     if server.context_length is None:  # llama-cpp-python: refused a longer prompt, said its context; the bench says so
         assert "(a context of 512 tokens, its refusal said): the prompt was fitted to" in \
             data["unavailable"]["context_length"]

@@ -285,8 +285,9 @@ def test_generate_streams_from_a_server_with_the_ids_left_out():
         assert text.exit_code == 0 and text.stdout.strip(), text.output
         data = llm("generate", "hi", "--chat", "--endpoint", url, "--api-key", "sekret-key-123", "--json")
     payload = __import__("json").loads(data.stdout)
-    assert payload["text"] == text.stdout.rstrip("\n") and payload["token_ids"] is None
-    assert payload["steps"][0]["token"] and payload["steps"][0]["token_id"] is None
+    run = payload["run"]
+    assert run["text"] == text.stdout.rstrip("\n") and set(payload["unavailable"]) == {"token_ids", "prompt_ids"}
+    assert payload["pieces"][str(run["steps"][0]["token_id"])]  # the ids are lookinside's: their texts come along
 
 
 def test_continue_is_refused_by_a_chat_server_from_its_capabilities():

@@ -22,6 +22,7 @@ from lookinside.serve.settings import ServeSettings  # noqa: E402
 from lookinside.views import VIEWS  # noqa: E402
 
 from .test_serve import LiveServer  # noqa: E402
+from .wire_checks import untimed  # noqa: E402
 
 PROMPT = "The capital of France is"
 runner = CliRunner()
@@ -62,7 +63,7 @@ def same_threads(tiny) -> str:
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_each_view_through_the_server_is_the_commands_json_here(server, tiny, name):
     here = llm(*COMMANDS[name], "--model", "tiny", "--device", "cpu", "--no-server", "--threads", same_threads(tiny))
-    assert llm(*COMMANDS[name], "--endpoint", server.url) == here
+    assert untimed(llm(*COMMANDS[name], "--endpoint", server.url)) == untimed(here)
 
 
 def test_the_route_answers_with_the_commands_json_and_the_record(server):
@@ -73,7 +74,7 @@ def test_the_route_answers_with_the_commands_json_and_the_record(server):
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         answer = json.loads(response.read())
-    assert set(answer) == {"view", "record"}  # one form on the wire: the record; its --json is made from it
+    assert set(answer) == {"view", "record"}  # one form on the wire: the record, which is also its --json
     assert answer["view"] == "next-token" and answer["record"]["top"][0]["token"] == " Paris"
     assert answer["record"]["shapes"]["logits"] == [1, 6, 1024] and answer["record"]["top"][0]["id"] == 635
 
@@ -157,9 +158,9 @@ def test_a_record_whose_server_does_not_answer_is_passed_over_and_the_command_ru
 def test_bench_and_generate_stream_from_the_server(server):
     bench = llm("bench", "--endpoint", server.url, "-n", "6", "--repeat", "1", "--warmup", "0")
     assert bench["decode_tok_s"] > 0 and all(len(row) == 6 for row in bench["step_seconds"])
-    assert bench["prefix_cache"]["prompt_tokens"] > 100 and bench["server"] == "lookinside"
+    assert bench["prefix"]["prompt_tokens"] > 100 and bench["server"] == "lookinside"
     generated = llm("generate", PROMPT, "--endpoint", server.url, "-t", "0", "-n", "4")
-    assert generated["text"].startswith(" Paris")
+    assert generated["run"]["text"].startswith(" Paris") and generated["model"] == "tiny"
 
 
 def test_a_warm_look_through_the_server_imports_no_torch_transformers_or_openai(server, tmp_path, monkeypatch):

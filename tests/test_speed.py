@@ -15,7 +15,7 @@ from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.model import bandwidth
 from lookinside.core.request import BenchSettings, GenerationSettings
-from lookinside.ui.bench import bench_json
+from lookinside.core.wire import to_wire
 
 GREEDY = SamplingParams(temperature=0)
 N = 24
@@ -217,8 +217,8 @@ def test_bench_json_has_a_filled_speed_of_light_share_on_the_cpu(tiny, tmp_path,
     monkeypatch.setattr(bandwidth, "triad_gbs", lambda: pytest.fail("the cached number must be used"))
     report = run_bench(tiny, BenchSettings(new_tokens=4, warmup=0, repeat=1, threads=1, modes=("dynamic",),
                                            reference=False))
-    light = bench_json(report)["runs"][0]["speed_of_light"]
-    assert light["bandwidth_gbs"] == 20.0 and light["bandwidth_source"].startswith("measured: triad, 1 thread")
+    light = to_wire(report)["runs"][0]["speed_of_light"]
+    assert light["bandwidth"]["gbs"] == 20.0 and light["bandwidth"]["source"].startswith("measured: triad, 1 thread")
     assert 0 < light["share"] == pytest.approx(light["achieved_gbs"] / 20.0)
 
 

@@ -76,8 +76,9 @@ def test_cli_json():
     result = runner.invoke(app, ["tokens", f"a {EMOJI}", "--model", "tiny", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["count"] == len(data["tokens"]) and data["chat"] is False
-    assert data["tokens"][0] == {"index": 0, "id": 1, "piece": "<s>", "text": "<s>", "kind": "special"}
+    assert data["chat"] is False and data["rendered"] is None and data["vocab_size"] == 980  # the tokenizer's, not the embedding's 1,024
+    assert data["tokens"][0] == {"index": 0, "id": 1, "piece": "<s>", "text": "<s>", "kind": "special", "byte": None,
+                                 "joined": None}
     assert [t["byte"] for t in data["tokens"] if t["kind"] == "byte"] == list(EMOJI.encode())
     assert data["tokens"][-1]["joined"] == EMOJI
 

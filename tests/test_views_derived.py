@@ -49,7 +49,7 @@ def test_a_required_option_left_out_is_its_own_line():
 
 def test_inspect_takes_a_loaded_model_or_a_models_name_and_quantize_as_a_keyword(tiny):
     by_name = li.inspect("tiny", quantize="int8").to_dict()
-    assert by_name["layers"] == li.inspect(tiny).to_dict()["layers"] and "quantize_estimate" in by_name
+    assert by_name["card"]["layers"] == li.inspect(tiny).to_dict()["card"]["layers"] and by_name["quantized"]
 
 
 @pytest.mark.parametrize("name", sorted(VIEWS))

@@ -5,7 +5,7 @@
     li.next_token(lm, "The capital of France is")
 
 Each function returns a `Result`: the core record (its fields read through, e.g. `result.top`),
-`.to_dict()` equal to the command's `--json`, drawn by Rich in a terminal (`rich.print(result)`)
+`.to_dict()` the record as JSON values (core/wire.py's `to_wire`, what the command's `--json` prints), drawn by Rich in a terminal (`rich.print(result)`)
 and as HTML in Jupyter. Mistakes raise the project's typed errors (`lookinside.core.errors`),
 each with the one-line message the command would print; nothing here exits the interpreter.
 """
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from lookinside.core import arguments, errors
 from lookinside.core.backends.seam import as_backend
 from lookinside.core.chat.defaults import ChatRequest
-from lookinside.core.finite import json_safe
-from lookinside.core.records import Generation
+from lookinside.core.records import Completion, Generation
 from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.request import BenchSettings, GenerationSettings, build, knobs, modes_for, parse_sweep, whole
+from lookinside.core.wire import to_wire
 from lookinside.views import VIEWS, View
 
 if TYPE_CHECKING:
@@ -40,20 +40,20 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Result(Generic[T]):
-    """A view's result: `record` (the core dataclass), its Rich view and its JSON, as the command draws them."""
+    """A view's result: `record` (the core dataclass) and its Rich view, as the command draws it."""
 
     record: T
     view: Callable[[T], RenderableType]
-    json: Callable[[T], dict[str, Any]]
 
     @classmethod
     def of(cls, view: View, record: Any) -> Result[Any]:
-        """The result of a view (lookinside.views), drawn and serialised as its command does."""
-        return cls(record, view.draw, view.json)
+        """The result of a view (lookinside.views), drawn as its command draws it."""
+        return cls(record, view.draw)
 
     def to_dict(self) -> dict[str, Any]:
-        """What the command's --json prints, as a dict: a NaN or infinity is None, said in "nulls" (core/finite.py)."""
-        return json_safe(self.json(self.record))
+        """The record as JSON values (core/wire.py), what the command's --json prints: a NaN or infinity is None,
+        said in "nulls" (core/finite.py)."""
+        return to_wire(self.record)
 
     def __rich__(self) -> RenderableType:
         return self.view(self.record)
@@ -179,15 +179,13 @@ class Generating:
             self.run.steps.append(step)
             yield step
 
-    def result(self) -> Result[Generation]:
-        """Generate what is left and return the whole run (`llm generate --json`'s object)."""
+    def result(self) -> Result[Completion]:
+        """Generate what is left and return the whole run (`llm generate --json`'s record: `.run`, `.pieces`)."""
         from lookinside.ui.compare import run_text  # Rich: only when a result is drawn
-        from lookinside.ui.generate import generation_json
 
         for _ in self:
             pass
-        source = self.source
-        return Result(self.run, lambda run: run_text(run, None, source.prompt), lambda run: generation_json(run, source))
+        return Result(self.source.completion(self.run), lambda done: run_text(done.run, None, done.prompt))
 
 
 def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (),
@@ -229,19 +227,19 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
     here = backend.weights
     if here is None or not backend.capabilities.kv_cache_switch:
         from lookinside.core.bench.stream import stream_bench  # Rich's ui.bench beside it
-        from lookinside.ui.bench import remote_bench_json, remote_bench_view
+        from lookinside.ui.bench import remote_bench_view
 
-        return Result(stream_bench(backend, settings), remote_bench_view, remote_bench_json)
+        return Result(stream_bench(backend, settings), remote_bench_view)
     from lookinside.core.bench.run import run_bench  # torch
-    from lookinside.ui.bench import bench_json, bench_view
+    from lookinside.ui.bench import bench_view
 
-    return Result(run_bench(here, settings, here.notes), bench_view, bench_json)
+    return Result(run_bench(here, settings, here.notes), bench_view)
 
 
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
     from lookinside.core.inside import diff as core_diff  # torch
-    from lookinside.ui.diff import diff_json, diff_view
+    from lookinside.ui.diff import diff_view
 
     for side in (a, b):
         arguments.lm(side, "diff")
@@ -249,7 +247,7 @@ def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     whole("--top-k", top_k, low=1)
     sides = [core_diff.read_side(lm, text, core_diff.describe(lm)) for lm in (a, b)]
     core_diff.check_same_vocabulary(*sides)
-    return Result(core_diff.compare_sides(sides[0], sides[1], top_k), diff_view, diff_json)
+    return Result(core_diff.compare_sides(sides[0], sides[1], top_k), diff_view)
 
 
 def _view_function(name: str) -> Callable[..., Result[Any]]:

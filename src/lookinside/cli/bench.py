@@ -58,7 +58,7 @@ def bench(
     from lookinside.cli.loading import load_here
     from lookinside.core.errors import BadInput
     from lookinside.core.request import BenchSettings, modes_for, parse_sweep
-    from lookinside.ui.bench import bench_json, bench_view, tell_progress
+    from lookinside.ui.bench import bench_view, tell_progress
     from lookinside.ui.console import show
 
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens,
@@ -72,13 +72,13 @@ def bench(
             raise BadInput(f"{', '.join(given)} need the model here: a server keeps its own KV cache and weights")
         from lookinside.cli.backends import open_backend
         from lookinside.core.bench.stream import stream_bench
-        from lookinside.ui.bench import remote_bench_json, remote_bench_view
+        from lookinside.ui.bench import remote_bench_view
 
         report = stream_bench(open_backend(spec, remote), settings, progress=tell_progress)
-        show(report, remote_bench_view, remote_bench_json, as_json=json, keep=keep)
+        show(report, remote_bench_view, as_json=json, keep=keep)
         return
     from lookinside.core.bench.run import run_bench
 
     lm = load_here(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)
-    show(report, bench_view, bench_json, as_json=json, keep=keep)
+    show(report, bench_view, as_json=json, keep=keep)

@@ -52,11 +52,11 @@ def diff(
     from lookinside.core.inside import diff as core_diff
     from lookinside.core.request import whole
     from lookinside.ui.console import show
-    from lookinside.ui.diff import diff_json, diff_view
+    from lookinside.ui.diff import diff_view
 
     whole("--top-k", top_k, low=1)
     text = text_or_file(text, file)
     other = replace(spec, model=against or spec.model, dtype=against_dtype or spec.dtype,
                     attn=against_attn or spec.attn, quantize=against_quantize or spec.quantize)
     result = core_diff.run_diff(load_here, spec, other, text, top_k=top_k, chunked=chunked)
-    show(result, diff_view, diff_json, as_json=json, keep=keep)
+    show(result, diff_view, as_json=json, keep=keep)

@@ -38,7 +38,7 @@ def generate(
     ignore_eos: IgnoreEosOpt = False,
     chat: ChatOpt = False,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object when done.")] = False,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per token as it streams.")] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON line per step as it streams, then the record.")] = False,
     compile: Annotated[bool, typer.Option(
         "--compile", help="Decode with a torch.compile'd step over a static cache (compiles first; pays off "
         "for small models and long runs: docs/benchmarks.md).")] = False,
@@ -50,8 +50,8 @@ def generate(
     """Continue a prompt and stream the completion (the model's sampling defaults, your flags on top).
 
     Plain text goes to stdout as it is generated, and a stats line to stderr when it is a terminal; --json prints the
-    text, token ids, per-token log-probabilities, ranks and alternatives, the finish reason, the
-    seed and the timing; --jsonl one line per token, then a summary line.
+    record: the run (text, token ids, per-token probabilities, log-probabilities, ranks and alternatives, the finish
+    reason, the seed and the timing) and the text of each token id; --jsonl one line per step, then that record.
     """
     from lookinside.cli.backends import open_backend
     from lookinside.cli.inputs import text_or_file

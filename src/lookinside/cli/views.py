@@ -77,7 +77,7 @@ def show_record(view: View, record: Any, as_json: bool, keep: Keep) -> None:
     """Print the record as the view draws it, or its JSON; keep SVG/HTML copies."""
     from lookinside.ui.console import show  # Rich: not for `llm --help`
 
-    show(record, view.draw, view.json, as_json=as_json, keep=keep)
+    show(record, view.draw, as_json=as_json, keep=keep)
 
 
 def _cli_type(knob: Knob) -> Any:

@@ -1,7 +1,8 @@
 """The results the views draw, as plain data: nothing here imports torch.
 
 Every backend (this process, or a server: core/backends/seam.py) returns these, and each view in
-ui/ is a function of one of them. Two records describe a token: `Piece`, a token of the
+ui/ is a function of one of them. Their JSON is core/wire.py's `to_wire`: the fields, then the
+worked-out values each record names in `DERIVED` (properties, so a number is computed once, here). Two records describe a token: `Piece`, a token of the
 input (id, vocabulary piece, text, kind), and `Candidate`, a token the model might produce
 next (rank, id, text, probability).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,6 +88,8 @@ class Step:
     finish: Finish | None = None
     stop: str | int | None = None  # what stopped it with finish "stop": the stop string, or the stop token's id
 
+    DERIVED = ("logprob",)  # written into the JSON beside the fields (core/wire.py)
+
     @property
     def logprob(self) -> float:
         """Natural log of `prob`."""
@@ -117,6 +120,8 @@ class Generation:
     steps: list[Step] = field(default_factory=list)
     seed: int | None = None
     interrupted: bool = False
+
+    DERIVED = ("text", "token_ids", "finish", "mean_logprob", "perplexity", "ttft_s", "decode_tok_s", "total_s")
 
     @property
     def token_ids(self) -> list[int]:
@@ -154,9 +159,32 @@ class Generation:
         return decode_rate([s.seconds for s in self.steps])
 
     @property
+    def total_s(self) -> float:
+        """The whole run's time: the prefill and every step."""
+        return sum(s.seconds for s in self.steps)
+
+    @property
     def perplexity(self) -> float:
         """exp(-mean log-probability)."""
         return math.exp(-self.mean_logprob) if self.mean_logprob > -700 else float("inf")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """`llm generate`'s record: the run, what made it, and the token text of every id it names."""
+
+    model: str
+    prompt: str
+    run: Generation
+    pieces: dict[int, str]  # each id in the run (its tokens and their alternatives) -> the token's text
+    unavailable: dict[str, str] = field(default_factory=dict)  # what a server could not give, and why
+
+    @classmethod
+    def of(cls, model: str, prompt: str, run: Generation, token_text: Callable[[int], str],
+           unavailable: dict[str, str] | None = None) -> Completion:
+        """The record of `run`, each id it names spelt by `token_text` (the backend's)."""
+        ids = sorted({i for step in run.steps for i in (step.token_id, *(t for t, _ in step.top))})
+        return cls(model, prompt, run, {i: token_text(i) for i in ids}, unavailable or {})
 
 
 def gather(stream: Stream, prompt_ids: Sequence[int] = ()) -> Generation:
@@ -203,10 +231,17 @@ class Comparison:
     samples: list[Generation]
     unavailable: dict[str, str] = field(default_factory=dict)  # what a server could not give, and why
 
+    DERIVED = ("seeds", "departs_at")
+
     @property
     def seeds(self) -> list[int]:
         """Each sample's seed: base, base + 1, ... (shown even at temperature 0, where it has no effect)."""
         return [(self.params.seed or 0) + i for i in range(len(self.samples))]
+
+    @property
+    def departs_at(self) -> list[int | None]:
+        """Per sample, the index of its first token that differs from the greedy run's (None: the same run)."""
+        return [self.departs(run) for run in self.samples]
 
     def departs(self, run: Generation) -> int | None:
         """Index of the first new token where `run` differs from the greedy run (None: identical)."""
@@ -272,6 +307,8 @@ class LayerRun:
     last: int
     stages: tuple[Stage, ...]  # those of block `first`
 
+    DERIVED = ("count",)
+
     @property
     def count(self) -> int:
         """How many blocks the run stands for."""
@@ -292,6 +329,8 @@ class ForwardPass:
     heads: int
     kv_heads: int
     head_dim: int
+
+    DERIVED = ("head_shapes",)
 
     @property
     def head_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -331,6 +370,8 @@ class AttentionMaps:
     summaries: tuple[HeadSummary, ...]
     sliding_window: int | None
 
+    DERIVED = ("attention", "uniform_entropy")
+
     @property
     def attention(self) -> str:
         """MHA, MQA or GQA."""
@@ -369,6 +410,8 @@ class LogitLens:
     rows: tuple[LensRow, ...]  # depths 0..layers
     grid: tuple[tuple[Candidate, ...], ...] | None  # [depth][position] top-1, with --all-positions
     norm: str | None  # the final norm's class, None if the model has none we could find
+
+    DERIVED = ("first_top1", "settled")
 
     @property
     def first_top1(self) -> int | None:
@@ -490,6 +533,9 @@ class Diff:
     continuation_b: str
     parts_at: int | None  # index of the first generated token where the greedy continuations differ
 
+    DERIVED = ("mean_kl", "median_kl", "p99_kl", "max_kl", "same_top1", "perplexity_a", "perplexity_b",
+               "perplexity_change", "worst_at")
+
     @property
     def kls(self) -> list[float]:
         """KL(A || B) at every position."""
@@ -530,6 +576,16 @@ class Diff:
     def perplexity_b(self) -> float:
         """The same under B."""
         return math.exp(-statistics.fmean(p.logprob_b for p in self.positions))
+
+    @property
+    def perplexity_change(self) -> float:
+        """How much B's perplexity differs from A's, as a share of A's (+0.01: 1% higher)."""
+        return self.perplexity_b / self.perplexity_a - 1
+
+    @property
+    def worst_at(self) -> list[int]:
+        """The indices of the positions `worst()` lists, largest KL first."""
+        return [p.index for p in self.worst()]
 
     def worst(self, n: int = WORST) -> list[Position]:
         """The `n` positions where the models differ most, largest KL first."""

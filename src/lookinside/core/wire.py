@@ -1,8 +1,13 @@
 """Records and requests to strict JSON and back, by their dataclass fields: one codec for every view.
 
-`to_wire` turns a frozen dataclass (and what it holds: tuples, lists, dicts, nested dataclasses)
-into JSON values; `from_wire` rebuilds it from its type hints, so a client draws a server's
-answer with the same view as a local one. A number that is not finite follows the one rule of
+`to_wire` turns a dataclass (and what it holds: tuples, lists, dicts, nested dataclasses) into
+JSON values; `from_wire` rebuilds it from its type hints, so a client draws a server's answer
+with the same view as a local one. It is the only serialiser of a record: `llm VIEW --json`,
+`.to_dict()` of the Python API, the server's view answers and the transcripts all print what it
+makes. A record's numbers that are worked out from its fields (a run's text, its perplexity, a
+diff's mean KL) are properties named in the record's `DERIVED`: `to_wire` writes them after the
+fields, so a reader of the JSON need not redo the sum, and `from_wire` drops them, since the
+rebuilt record works them out again from the same fields. A number that is not finite follows the one rule of
 every JSON lookinside writes (core/finite.py): it is null, and a top-level "nulls" object says
 where and what it was (`{"nulls": {"top[0].logit": "-Infinity"}}`); `from_wire` puts it back.
 (The OpenAI routes alone keep vLLM's own convention: serve/openai_api.py's NEG_INF.) A request
@@ -33,9 +38,15 @@ def to_wire(value: Any) -> Any:
     return json_safe(_plain(value))
 
 
+def derived(kind: type) -> tuple[str, ...]:
+    """The names of `kind`'s worked-out values that its JSON carries beside its fields (its `DERIVED`)."""
+    return getattr(kind, "DERIVED", ())
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return fields | {name: _plain(getattr(value, name)) for name in derived(type(value))}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -89,7 +100,7 @@ def _dataclass(kind: type, data: Any, where: str) -> Any:
         raise _unfit(kind, data, where)
     hints = _hints(kind)
     fields = {f.name: f for f in dataclasses.fields(kind) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields) - set(derived(kind)))  # a derived value is worked out again
     if unknown:
         raise BadInput(f"{_at(where)}unknown field {unknown[0]!r} (known: {', '.join(fields)})")
     values = {name: from_wire(hints[name], data[name], f"{where}.{name}".lstrip(".")) for name in fields

@@ -1,9 +1,8 @@
 """Every lookinside view as a route: `POST /lookinside/v1/views/<name>` with the request's fields as JSON.
 
-The answer is `{"view", "record"}`: the record itself (core/wire.py), which `llm <name> --endpoint`
-and `li.connect` draw, and turn into `--json`, with the same view as a local run. With `?json=1`
-(what the web inspector asks) it also holds `json`, exactly what `llm <name> --json` prints. The
-routes are read from lookinside.views.VIEWS, so a view added there is served with no code here. `GET /lookinside/v1/views` lists them.
+The answer is `{"view", "record"}`: the record itself (core/wire.py), which `llm <name> --endpoint`,
+`li.connect` and the web inspector draw with the same view as a local run; it is also exactly what
+`llm <name> --json` prints. The routes are read from lookinside.views.VIEWS, so a view added there is served with no code here. `GET /lookinside/v1/views` lists them.
 
 A view is held to the server's limits as the OpenAI routes are: the tokens each of its runs
 generates at most `--max-tokens` (compare's greedy run and every sample, steer's two runs), and
@@ -26,7 +25,7 @@ from lookinside.core.wire import from_wire
 from lookinside.serve.app import _json, read_json, run_while_connected, state_of
 from lookinside.serve.openai_api import ApiError
 from lookinside.serve.settings import ServeSettings
-from lookinside.views import VIEWS, answer_json
+from lookinside.views import VIEWS, answer_record
 
 
 async def answer_view(request: Request) -> Response:
@@ -35,10 +34,9 @@ async def answer_view(request: Request) -> Response:
     if name not in VIEWS:
         raise ApiError(f"no view {name!r}; the views are {', '.join(sorted(VIEWS))}", status=404, kind="not_found")
     body = await read_json(request, state.settings.max_body_bytes)
-    if isinstance(body, dict):  # anything else is refused by answer_json, in one line
+    if isinstance(body, dict):  # anything else is refused by answer_record, in one line
         check_cost(from_wire(VIEWS[name].request, body), state.settings, state.lm.context_length)
-    with_json = request.query_params.get("json") == "1"  # the web page: the command's --json beside the record
-    return _json(await run_while_connected(request, lambda: answer_json(state.lm, name, body, with_json)))
+    return _json(await run_while_connected(request, lambda: answer_record(state.lm, name, body)))
 
 
 def new_tokens(request: Any) -> tuple[int, int] | None:

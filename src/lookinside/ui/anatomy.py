@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -153,23 +152,3 @@ def quantize_view(estimate: Estimate) -> Text:
     text.append(f"  weights in all          {human_bytes(estimate.total_bytes)}", style="bold")
     text.append(f" (against {human_bytes(2 * (estimate.converted_params + estimate.kept_params))} in bf16/fp16)")
     return text
-
-
-def _tree_json(node: ModuleNode) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": node.name, "type": node.kind, "parameters": node.parameters}
-    if node.detail:
-        data["detail"] = node.detail
-    if node.repeat > 1:
-        data["repeat"] = node.repeat
-    if node.tied_to:
-        data["tied_to"] = node.tied_to
-    if node.children:
-        data["children"] = [_tree_json(c) for c in node.children]
-    return data
-
-
-def anatomy_json(anatomy: Anatomy) -> dict[str, Any]:
-    """The card's fields at the top level, and the tree under `modules`."""
-    quantized = asdict(anatomy.quantized) | {"total_bytes": anatomy.quantized.total_bytes} if anatomy.quantized else None
-    return asdict(anatomy.card) | {"modules": _tree_json(anatomy.tree)} | ({"quantize_estimate": quantized}
-                                                                          if quantized else {})

@@ -7,7 +7,7 @@ so the map still reads in plain text (a pipe, a file, NO_COLOR).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.color import Color
 from rich.columns import Columns
@@ -154,24 +154,3 @@ def attention_view(maps: AttentionMaps) -> RenderableType:
         parts.append(Text(f"{len(maps.tokens)} tokens: too many for small maps; pick one with --head", style="dim"))
     parts += [summary_table(maps), Text("one head in full: --head N", style="dim")]
     return Group(*parts)
-
-
-def attention_json(maps: AttentionMaps) -> dict[str, Any]:
-    """The maps as JSON: weights[head][query][key] for the heads shown, and every head's summary."""
-    return {
-        "model": maps.model,
-        "prompt": maps.prompt,
-        "layer": maps.layer,
-        "layers": maps.layers,
-        "heads": maps.heads,
-        "kv_heads": maps.kv_heads,
-        "attention": maps.attention,
-        "head": maps.head,
-        "tokens": [{"id": t.id, "piece": t.piece} for t in maps.tokens],
-        "weights": {str(h): [list(row) for row in rows] for h, rows in maps.weights.items()},
-        "summaries": [
-            {"head": s.head, "entropy_bits": s.entropy, "first_token": s.first_token,
-             "previous_token": s.previous_token, "self": s.self_token}
-            for s in maps.summaries
-        ],
-    }

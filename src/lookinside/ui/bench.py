@@ -1,6 +1,6 @@
 """The `bench` views: header, the cache on/off table, speed of light, a latency chart, the sweep.
 
-Pure functions from a `BenchReport` to Rich renderables (or to a JSON-ready dict);
+Pure functions from a `BenchReport` to Rich renderables (its JSON is the record itself, core/wire.py);
 the chart is drawn with characters only, so it reads the same in a pipe.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -259,68 +259,6 @@ def bench_view(report: BenchReport) -> RenderableType:
     return Group(*parts)
 
 
-def _spread(spread: Any) -> dict[str, float]:
-    return {"median": spread.median, "min": spread.min, "max": spread.max}
-
-
-def run_json(run: ModeResult) -> dict[str, Any]:
-    """One mode's numbers; decode_tok_s x decode_s = decode_tokens = new_tokens - 1."""
-    light = run.speed_of_light
-    return {
-        "cache": run.cached,
-        "cache_kind": run.cache,
-        "new_tokens": run.new_tokens,
-        "prompt_tokens": run.prompt_tokens,
-        "total_s": _spread(run.total_s),
-        "ttft_s": run.ttft_s,
-        "decode_tokens": run.new_tokens - 1,
-        "decode_s": run.decode_s,
-        "decode_tok_s": run.decode_tok_s,
-        "itl_p50_s": run.itl_p50_s,
-        "itl_p90_s": run.itl_p90_s,
-        "kv_cache_bytes": run.kv_cache_bytes,
-        "kv_cache_measured_bytes": run.kv_cache_measured_bytes,
-        "peak_memory_bytes": run.peak_memory_bytes,
-        "deterministic": run.deterministic,
-        "speed_of_light": None if light is None else {
-            "bytes_per_token": light.bytes_per_token,
-            "achieved_gbs": light.achieved_gbs,
-            "bandwidth_gbs": light.bandwidth.gbs,
-            "bandwidth_source": light.bandwidth.source,
-            "best_tok_s": light.best_tok_s,
-            "share": light.share,
-        },
-        "token_ids": list(run.token_ids),
-        "step_seconds": [list(row) for row in run.step_seconds],
-    }
-
-
-def bench_json(report: BenchReport) -> dict[str, Any]:
-    """The report for machines: header, runs (one per mode), speedup, same_tokens, reference, sweep, notes."""
-    from dataclasses import asdict
-
-    ref = report.reference
-    return {
-        "header": asdict(report.header),
-        "runs": [run_json(run) for run in report.runs],
-        "speedup": report.speedup,
-        "same_tokens": report.same_tokens,
-        "reference": None if ref is None else {
-            "cache": ref.cache != "none", "cache_kind": ref.cache, "new_tokens": ref.new_tokens,
-            "total_s": _spread(ref.total_s), "tok_s": ref.tok_s, "same_tokens": ref.same_tokens,
-        },
-        "sweep": None if not report.sweep else {
-            "lengths": list(report.sweep[0].lengths),
-            "modes": [{"cache": line.cache != "none", "cache_kind": line.cache, "total_s_median": list(line.medians),
-                       "slope": line.slope, "slope_last": line.slope_last} for line in report.sweep],
-        },
-        "notes": list(report.notes),
-        "warnings": list(report.warnings),
-        "noisy": report.noisy,
-        "noise": list(report.noise),
-    }
-
-
 def noise_warning(report: BenchReport) -> Text:
     """Why the numbers look disturbed, and what to try."""
     repeat = max(2 * len(report.runs[0].step_seconds), 7)
@@ -368,21 +306,3 @@ def remote_bench_view(report: RemoteBenchReport) -> RenderableType:
                           style="yellow"))
     parts += [Text(f"no {what.replace('_', ' ')}: {why}", style="dim") for what, why in report.unavailable.items()]
     return Group(*parts)
-
-
-def remote_bench_json(report: RemoteBenchReport) -> dict[str, Any]:
-    """The remote bench for machines; what a server cannot give is null, with the reason under `unavailable`."""
-    prefix = report.prefix
-    return {
-        "model": report.model, "endpoint": report.endpoint, "server": report.server,
-        "new_tokens": report.new_tokens,
-        "total_s": _spread(report.total_s), "ttft_s": _spread(report.ttft_s), "decode_tok_s": report.decode_tok_s,
-        "itl_p50_s": report.itl_p50_s, "itl_p90_s": report.itl_p90_s,
-        "prefix_cache": None if prefix is None else {
-            "prompt_tokens": prefix.prompt_tokens, "cold_s": list(prefix.cold_s), "warm_s": list(prefix.warm_s),
-            "speedup": prefix.speedup},
-        "bursts": report.bursts,
-        "kv_cache_switch": None, "peak_memory_bytes": None, "speed_of_light": None,
-        "unavailable": report.unavailable,
-        "step_seconds": [list(row) for row in report.step_seconds],
-    }

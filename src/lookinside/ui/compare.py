@@ -8,7 +8,7 @@ stays a pure function of the comparison.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
@@ -119,40 +119,6 @@ def compare_view(result: Comparison) -> RenderableType:
 def prompt_tail(prompt: str, limit: int = 40) -> str:
     """The end of a plain prompt, shown dim before each continuation so it reads as a sentence."""
     return prompt if len(prompt) <= limit else "…" + prompt[-limit:]
-
-
-def compare_json(result: Comparison) -> dict[str, Any]:
-    """The comparison as the documented JSON object."""
-    return {
-        "model": result.model,
-        "prompt": result.prompt,
-        "chat": result.chat,
-        "prompt_ids": result.prompt_ids if "prompt_ids" not in result.unavailable else None,
-        "settings": {**result.params.to_json(), "max_new_tokens": result.settings.max_new_tokens, "samples": len(result.samples)},
-        "greedy": run_json(result.greedy, ids="token_ids" not in result.unavailable),
-        "samples": [run_json(run, result.departs(run), seed, ids="token_ids" not in result.unavailable)
-                    for run, seed in zip(result.samples, result.seeds)],
-        **({"unavailable": result.unavailable} if result.unavailable else {}),
-    }
-
-
-def run_json(run: Generation, departs: int | None = None, seed: int | None = None, ids: bool = True) -> dict[str, Any]:
-    """One run: text, ids (None where a server gave none), per-token log-probs and probabilities, its summary."""
-    data: dict[str, Any] = {"seed": seed} if seed is not None else {}
-    data |= {
-        "text": run.text,
-        "token_ids": run.token_ids if ids else None,
-        "deltas": [step.text for step in run.steps],
-        "logprobs": run.logprobs,
-        "probs": [step.prob for step in run.steps],
-        "ranks": [step.rank for step in run.steps],
-        "mean_logprob": run.mean_logprob,
-        "perplexity": run.perplexity,
-        "finish": run.finish,
-    }
-    if seed is not None:
-        data["departs_at"] = departs  # index into token_ids; null when the run equals the greedy one
-    return data
 
 
 def _number(x: float) -> str:

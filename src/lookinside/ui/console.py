@@ -25,11 +25,11 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def show(result: Any, view: Callable[[Any], RenderableType], to_json: Callable[[Any], Any], as_json: bool,
-         keep: Any = None) -> None:
-    """A command's result on stdout: its view, or with `as_json` its JSON; `keep` (cli.options.Keep) saves copies."""
+def show(result: Any, view: Callable[[Any], RenderableType], as_json: bool, keep: Any = None) -> None:
+    """A command's record on stdout: its view, or with `as_json` the record as JSON (`print_json`); `keep`
+    (cli.options.Keep) saves copies."""
     if as_json:
-        print_json(to_json(result))
+        print_json(result)
     else:
         stdout_console().print(view(result))
     if keep is not None and (keep.svg or keep.html):
@@ -56,8 +56,10 @@ def recorded(renderable: RenderableType, width: int = 100) -> Console:
     return console
 
 
-def print_json(data: Any) -> None:
-    """One strict JSON document on stdout, never coloured: NaN and infinity are null, said in "nulls" (core/finite.py)."""
+def print_json(data: Any, indent: int | None = 2) -> None:
+    """A record (or plain data) as one strict JSON document on stdout, made by core/wire.py's `to_wire`, never
+    coloured: NaN and infinity are null, said in "nulls" (core/finite.py)."""
     from lookinside.core.finite import dumps
+    from lookinside.core.wire import to_wire
 
-    sys.stdout.write(dumps(data, indent=2) + "\n")
+    sys.stdout.write(dumps(to_wire(data), indent=indent) + "\n")

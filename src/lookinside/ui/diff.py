@@ -1,12 +1,12 @@
 """The `diff` views: the summary, KL by position as a chart, the text coloured by KL, the worst positions.
 
-Pure functions from a `Diff` to Rich renderables, or to a JSON-ready dict.
+Pure functions from a `Diff` to Rich renderables (its JSON is the record itself, core/wire.py).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -16,7 +16,7 @@ from rich.text import Text
 from lookinside.ui.text import fmt_prob, visible
 
 if TYPE_CHECKING:
-    from lookinside.core.inside.diff import Diff, Position
+    from lookinside.core.inside.diff import Diff
 
 # KL in nats: what each colour means. Below 0.001 the two are the same for any practical purpose.
 KL_LEVELS = ((1e-3, "green"), (1e-2, "yellow"), (1e-1, "dark_orange"), (math.inf, "red"))
@@ -132,27 +132,3 @@ def continuations(diff: Diff) -> Text:
 
 def _said(continuation: str) -> str:
     return repr(continuation) if continuation else "(an end token at once: the model thinks the text is finished)"
-
-
-def position_json(p: Position) -> dict[str, Any]:
-    """One position for machines."""
-    return {"index": p.index, "token": p.token, "next_token": p.next_token, "kl": p.kl, "same_top1": p.same_top1,
-            "top_overlap": p.top_overlap, "logprob_a": p.logprob_a, "logprob_b": p.logprob_b,
-            "top_a": [list(t) for t in p.top_a], "top_b": [list(t) for t in p.top_b]}
-
-
-def diff_json(diff: Diff) -> dict[str, Any]:
-    """The whole diff for machines."""
-    return {
-        "a": {"model": diff.model_a, "how": diff.how_a, "perplexity": diff.perplexity_a,
-              "continuation": diff.continuation_a},
-        "b": {"model": diff.model_b, "how": diff.how_b, "perplexity": diff.perplexity_b,
-              "continuation": diff.continuation_b},
-        "tokens": diff.tokens, "chunk": diff.chunk, "top_k": diff.top_k,
-        "summary": {"kl_mean": diff.mean_kl, "kl_median": diff.median_kl, "kl_p99": diff.p99_kl,
-                    "kl_max": diff.max_kl, "same_top1": diff.same_top1,
-                    "perplexity_change": diff.perplexity_b / diff.perplexity_a - 1},
-        "continuations_part_at": diff.parts_at,
-        "worst": [p.index for p in diff.worst()],
-        "positions": [position_json(p) for p in diff.positions],
-    }

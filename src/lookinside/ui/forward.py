@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -76,29 +76,3 @@ def forward_view(result: ForwardPass) -> RenderableType:
     legend = Text("[batch, tokens, features]; the last stage scores every vocabulary entry at every position",
                   style="dim")
     return Group(header, table, legend)
-
-
-def _stage_json(stage: Stage) -> dict[str, Any]:
-    return {"path": stage.path, "module": stage.kind, "input": _list(stage.input_shape),
-            "output": _list(stage.output_shape)}
-
-
-def _list(shape: tuple[int, ...] | None) -> list[int] | None:
-    return None if shape is None else list(shape)
-
-
-def forward_json(result: ForwardPass) -> dict[str, Any]:
-    """The forward pass as JSON: stages before, inside (per run of identical blocks) and after the stack."""
-    return {
-        "model": result.model,
-        "prompt": result.prompt,
-        "tokens": [{"id": t.id, "piece": t.piece} for t in result.tokens],
-        "input_ids": list(result.input_shape),
-        "before": [_stage_json(s) for s in result.before],
-        "blocks": [{"first": r.first, "last": r.last, "count": r.count, "stages": [_stage_json(s) for s in r.stages]}
-                   for r in result.blocks],
-        "after": [_stage_json(s) for s in result.after],
-        "attention_heads": {"heads": result.heads, "kv_heads": result.kv_heads, "head_dim": result.head_dim,
-                            "shapes": {k: list(v) for k, v in result.head_shapes.items()}},
-    }
-

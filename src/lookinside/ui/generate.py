@@ -1,5 +1,8 @@
 """`llm generate`'s output: the completion streamed as plain text, one JSON object, or one JSON line per token.
 
+The JSON is the records' own (core/wire.py): `--json` prints the `Completion`; `--jsonl` prints each
+`Step` on a line as it comes, then the `Completion` on one line.
+
 Text goes to stdout as it is generated, flushed at every token, so a pipe sees it live; the
 stats line goes to stderr, so `llm generate ... > out.txt` keeps only the completion.
 """
@@ -9,16 +12,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from lookinside.core.decoding.compare import NO_IDS, NO_PROMPT_IDS
 from lookinside.core.finite import dumps
-from lookinside.core.records import Generation
+from lookinside.core.records import Completion, Generation
+from lookinside.core.wire import to_wire
 
 if TYPE_CHECKING:
-    from lookinside.core.records import Step, Stream
+    from lookinside.core.records import Stream
 
 Output = Literal["text", "json", "jsonl"]
-NO_IDS = "the server names tokens by their text, not by the model's ids"
 
 
 @dataclass(frozen=True)
@@ -35,30 +39,10 @@ class Source:
         """True when the ids are the model's own."""
         return self.prompt_ids is not None
 
-
-def step_json(step: Step, source: Source) -> dict[str, Any]:
-    """One generated token for machines: id, piece, text delta, log-probability, rank, the top alternatives."""
-    def token_id(i: int) -> int | None:
-        return i if source.ids else None
-
-    return {
-        "index": step.index, "token_id": token_id(step.token_id), "token": source.token_text(step.token_id),
-        "text": step.text, "logprob": step.logprob, "rank": step.rank,
-        "top": [{"token_id": token_id(i), "token": source.token_text(i), "prob": p} for i, p in step.top],
-        "seconds": step.seconds, "finish": step.finish,
-    }
-
-
-def generation_json(run: Generation, source: Source) -> dict[str, Any]:
-    """The whole completion: text, ids, per-token detail, why it ended, the seed and the timing."""
-    return {
-        "model": source.model, "prompt": source.prompt,
-        "prompt_tokens": len(run.prompt_ids) if source.ids else None, "text": run.text,
-        "token_ids": run.token_ids if source.ids else None, "finish": run.finish, "seed": run.seed,
-        "timing": {"ttft_s": run.ttft_s, "decode_tok_s": run.decode_tok_s, "total_s": sum(s.seconds for s in run.steps)},
-        "steps": [step_json(s, source) for s in run.steps],
-        **({} if source.ids else {"unavailable": {"token_ids": NO_IDS, "prompt_tokens": NO_IDS}}),
-    }
+    def completion(self, run: Generation) -> Completion:
+        """The record of `run` (`llm generate --json`): a server's ids said to be lookinside's own in `unavailable`."""
+        unavailable = {} if self.ids else {"token_ids": NO_IDS, "prompt_ids": NO_PROMPT_IDS}
+        return Completion.of(self.model, self.prompt, run, self.token_text, unavailable)
 
 
 def stream_out(stream: Stream, source: Source, output: Output) -> Generation:
@@ -71,16 +55,13 @@ def stream_out(stream: Stream, source: Source, output: Output) -> Generation:
                 sys.stdout.write(step.text)
                 sys.stdout.flush()
             elif output == "jsonl":
-                sys.stdout.write(dumps(step_json(step, source)) + "\n")
+                sys.stdout.write(dumps(to_wire(step)) + "\n")
                 sys.stdout.flush()
     except KeyboardInterrupt:
         stream.close()
         run.interrupted = True
-    if output == "json":
-        sys.stdout.write(dumps(generation_json(run, source), indent=2) + "\n")
-    elif output == "jsonl":
-        summary = {k: v for k, v in generation_json(run, source).items() if k != "steps"}
-        sys.stdout.write(dumps({"done": True, **summary}) + "\n")
+    if output in ("json", "jsonl"):  # --jsonl ends with the whole record on one line
+        sys.stdout.write(dumps(to_wire(source.completion(run)), indent=2 if output == "json" else None) + "\n")
     elif output == "text":
         sys.stdout.write("\n")
     sys.stdout.flush()  # before the stats line on stderr

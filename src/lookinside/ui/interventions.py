@@ -1,4 +1,4 @@
-"""The intervention views: `ablate`, `patch` and `steer`, each a record -> Rich renderable and -> JSON dict.
+"""The intervention views: `ablate`, `patch` and `steer`, each a record -> Rich renderable.
 
 Heat maps carry a shade glyph beside (or instead of) each number, so they still read in plain
 text (a pipe, a file, NO_COLOR); past `NUMBERS_UP_TO` columns a cell is the glyph alone.
@@ -7,7 +7,7 @@ text (a pipe, a file, NO_COLOR); past `NUMBERS_UP_TO` columns a cell is the glyp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.color import Color
 from rich.console import Group, RenderableType
@@ -139,23 +139,6 @@ def patch_view(result: PatchResult) -> RenderableType:
                  baselines, Text(), patch_map(result), note, patch_verdict(result))
 
 
-def patch_json(result: PatchResult) -> dict[str, Any]:
-    """`prob[layer][position]`: for resid, layer 0 is the embeddings' output and layer i the output of block i-1."""
-    return {
-        "model": result.model,
-        "clean": result.clean,
-        "corrupt": result.corrupt,
-        "part": result.part,
-        "target": {"id": result.target.id, "token": result.target.token},
-        "clean_prob": result.clean_prob,
-        "corrupt_prob": result.corrupt_prob,
-        "tokens": [{"id": t.id, "piece": t.piece} for t in result.tokens],
-        "clean_tokens": [{"id": t.id, "piece": t.piece} for t in result.clean_tokens],
-        "layers": list(result.layer_names),
-        "prob": [list(row) for row in result.prob],
-    }
-
-
 # ---- before and after
 
 
@@ -185,24 +168,6 @@ def shift_line(shift: Shift) -> Text:
         (visible(shift.top.token), "bold green"),
         (f" {fmt_prob(shift.top.prob)} → {fmt_prob(shift.top_after_prob)} ({shift.change:+.4f}), rank 1 → "
          + str(shift.top_after_rank), ""))
-
-
-def shift_json(shift: Shift) -> dict[str, Any]:
-    """Both tables, the KL divergence and the top token's change."""
-    return {
-        "before": [_candidate_json(c) for c in shift.before],
-        "after": [_candidate_json(c) for c in shift.after],
-        "kl": shift.kl,
-        **({"kl_note": shift.kl_note} if shift.kl_note else {}),
-        "top": _candidate_json(shift.top),
-        "top_after_prob": shift.top_after_prob,
-        "top_after_rank": shift.top_after_rank,
-        "top_change": shift.change,
-    }
-
-
-def _candidate_json(c: Candidate) -> dict[str, Any]:
-    return {"rank": c.rank, "id": c.id, "token": c.token, "prob": c.prob, "logit": c.logit}
 
 
 # ---- ablate
@@ -245,22 +210,6 @@ def ablate_view(result: AblationResult) -> RenderableType:
     return Group(*parts)
 
 
-def ablate_json(result: AblationResult) -> dict[str, Any]:
-    """The ablation as JSON: `shift` for a single ablation, `sweep` (prob[row][column]) for a sweep."""
-    grid = result.grid
-    return {
-        "model": result.model,
-        "prompt": result.prompt,
-        "tokens": [{"id": t.id, "piece": t.piece} for t in result.tokens],
-        "mode": result.mode,
-        "ablated": list(result.ablated),
-        "top": _candidate_json(result.top),
-        "shift": None if result.shift is None else shift_json(result.shift),
-        "sweep": None if grid is None else {"kind": result.sweep, "rows": list(grid.rows),
-                                            "columns": list(grid.columns), "prob": [list(r) for r in grid.values]},
-    }
-
-
 # ---- steer
 
 
@@ -280,20 +229,3 @@ def steer_view(result: SteerResult) -> RenderableType:
         Text("v: the residual stream at the last position of each text; layer 0 is the embeddings' output, "
              "layer i the stream after block i-1", style="dim"),
         runs, Text(), shift_table(result.shift, "unsteered", "steered"), shift_line(result.shift))
-
-
-def steer_json(result: SteerResult) -> dict[str, Any]:
-    """The steer as JSON: both continuations and the next-token shift."""
-    return {
-        "model": result.model,
-        "prompt": result.prompt,
-        "add": result.add,
-        "subtract": result.subtract,
-        "layer": result.layer,
-        "alpha": result.alpha,
-        "norm": result.norm,
-        "seed": result.seed,
-        "unsteered": result.unsteered,
-        "steered": result.steered,
-        "shift": shift_json(result.shift),
-    }

@@ -90,27 +90,3 @@ def lens_view(result: LogitLens) -> RenderableType:
     if result.grid is not None:
         parts += [Text(), lens_grid(result)]
     return Group(*parts)
-
-
-def _guess_json(guess: Candidate) -> dict[str, Any]:
-    return {"id": guess.id, "token": guess.token, "prob": guess.prob}
-
-
-def lens_json(result: LogitLens) -> dict[str, Any]:
-    """The lens as JSON: a row per layer (0 = embeddings), and the grid with --all-positions."""
-    return {
-        "model": result.model,
-        "prompt": result.prompt,
-        "position": result.position,
-        "tokens": [{"id": t.id, "piece": t.piece} for t in result.tokens],
-        "norm": result.norm,
-        "answer": _guess_json(result.answer),
-        "first_top1_layer": result.first_top1,
-        "settled_layer": result.settled,
-        "layers": [
-            {"layer": r.layer, "top": [_guess_json(g) for g in r.top], "answer_prob": r.answer_prob,
-             "answer_rank": r.answer_rank}
-            for r in result.rows
-        ],
-        "grid": None if result.grid is None else [[_guess_json(g) for g in row] for row in result.grid],
-    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -79,22 +79,3 @@ def next_token_view(result: NextToken) -> RenderableType:
         parts += [Text("forward pass", style="dim"), shapes_grid(result.shapes)]
     parts += [*unavailable_lines(result.unavailable), Text(), top_table(result)]
     return Group(*parts)
-
-
-def next_token_json(result: NextToken) -> dict[str, Any]:
-    """The result as the documented JSON object."""
-    return {
-        "model": result.model,
-        "prompt": result.prompt,
-        "context_length": result.context_length,
-        "tokens": [{"id": t.id if "ids" not in result.unavailable else None, "text": t.piece} for t in result.tokens],
-        "shapes": result.shapes,
-        "temperature": result.temperature,
-        **({"unavailable": result.unavailable} if result.unavailable else {}),
-        "top": [
-            {"rank": c.rank, "id": c.id if "ids" not in result.unavailable else None, "token": c.token, "prob": c.prob,
-             "logit": c.logit}
-            | ({"prob_at_temperature": c.prob_at_temperature} if c.prob_at_temperature is not None else {})
-            for c in result.top
-        ],
-    }

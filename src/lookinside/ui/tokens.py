@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -70,24 +70,3 @@ def tokens_view(result: Tokenization) -> RenderableType:
               Text("␣ space  ↵ newline  ⇥ tab  0xNN a byte-fallback piece (→ the character a run spells)",
                    style="dim")]
     return Group(*parts)
-
-
-def tokens_json(result: Tokenization) -> dict[str, Any]:
-    """The tokenization as JSON: one object per token."""
-    def token(t: Piece) -> dict[str, Any]:
-        data: dict[str, Any] = {"index": t.index, "id": t.id, "piece": t.piece, "text": t.text, "kind": t.kind}
-        if t.byte is not None:
-            data["byte"] = t.byte
-        if t.joined is not None:
-            data["joined"] = t.joined
-        return data
-
-    return {
-        "model": result.model,
-        "text": result.text,
-        "chat": result.chat,
-        "rendered": result.rendered,
-        "count": len(result.tokens),
-        "vocab_size": result.vocab_size,
-        "tokens": [token(t) for t in result.tokens],
-    }

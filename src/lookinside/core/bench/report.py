@@ -72,6 +72,8 @@ class StepTimes:
 
     step_seconds: tuple[tuple[float, ...], ...]
 
+    DERIVED: tuple[str, ...] = ("total_s", "itl_p50_s", "itl_p90_s")  # written into the JSON (core/wire.py)
+
     @property
     def totals(self) -> list[float]:
         """Each repeat's total time: the first token plus every later step."""
@@ -113,6 +115,8 @@ class ModeResult(StepTimes):
     peak_memory_bytes: int
     speed_of_light: SpeedOfLight | None = None
 
+    DERIVED = (*StepTimes.DERIVED, "cached", "ttft_s", "decode_tokens", "decode_s", "decode_tok_s")
+
     @property
     def cached(self) -> bool:
         """True when the run kept a KV cache (dynamic or static)."""
@@ -122,6 +126,11 @@ class ModeResult(StepTimes):
     def ttft_s(self) -> float:
         """Median time to the first token (the prompt's prefill plus choosing one token)."""
         return statistics.median(first_token_seconds(row) or 0.0 for row in self.step_seconds)
+
+    @property
+    def decode_tokens(self) -> int:
+        """The tokens after the first, which `decode_s` times: decode_tok_s x decode_s = decode_tokens."""
+        return self.new_tokens - 1
 
     @property
     def decode_s(self) -> float:
@@ -148,6 +157,8 @@ class ReferenceRun:
     totals: tuple[float, ...]
     same_tokens: bool  # its ids equal ours
 
+    DERIVED = ("total_s", "tok_s")
+
     @property
     def total_s(self) -> Spread:
         """Total time over the repeats."""
@@ -166,6 +177,8 @@ class SweepLine:
     cache: CacheKind
     lengths: tuple[int, ...]
     medians: tuple[float, ...]
+
+    DERIVED = ("slope", "slope_last")
 
     @property
     def slope(self) -> float:
@@ -208,6 +221,8 @@ class BenchReport:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()  # results that cannot be true (above the bandwidth)
     noise: tuple[str, ...] = ()  # why these numbers look disturbed by other load (empty: they look steady)
+
+    DERIVED = ("speedup", "same_tokens", "noisy")
 
     @property
     def noisy(self) -> bool:
@@ -286,6 +301,8 @@ class PrefixCache:
     cold_s: tuple[float, ...]  # one-token requests, each with a prompt the server had not seen
     warm_s: tuple[float, ...]  # the same prompts again
 
+    DERIVED = ("speedup",)
+
     @property
     def speedup(self) -> float | None:
         """Median cold time over median warm time."""
@@ -304,6 +321,8 @@ class RemoteBenchReport(StepTimes):
     step_seconds: tuple[tuple[float, ...], ...]  # one row per timed stream; step 0 is time to first token
     prefix: PrefixCache | None
     unavailable: dict[str, str]
+
+    DERIVED = (*StepTimes.DERIVED, "ttft_s", "decode_tok_s", "bursts")
 
     @property
     def ttft_s(self) -> Spread:

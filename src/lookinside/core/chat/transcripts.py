@@ -21,6 +21,7 @@ from lookinside.core.chat.journal import fold
 from lookinside.core.chat.transcript_fields import checked
 from lookinside.core.files import write_atomically
 from lookinside.core.finite import dumps
+from lookinside.core.wire import to_wire
 
 TRANSCRIPT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -28,14 +29,9 @@ READABLE_VERSIONS = (1, 2)
 
 def write_transcript(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
     """Write the transcript as JSON atomically: a crash leaves the old file or the new one, never half."""
-    data = {
-        "version": TRANSCRIPT_VERSION,
-        "model": model,
-        "system": conversation.system,
-        "messages": conversation.messages,
-        "window": conversation.window,
-        "settings": conversation.settings.to_json(),
-    }
+    # the conversation as every record is written (core/wire.py): system, messages, settings (with where the
+    # sampling defaults came from, which the reader leaves aside: a loaded chat's come from its transcript), window
+    data = {"version": TRANSCRIPT_VERSION, "model": model, **to_wire(conversation)}
     path = path.expanduser()
     write_atomically(path, dumps(data, indent=2) + "\n", make_parents)  # strict JSON: a NaN is null, said in "nulls"
     return path

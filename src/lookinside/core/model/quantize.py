@@ -82,6 +82,8 @@ class Estimate:
     scale_bytes: int
     kept_bytes: int
 
+    DERIVED = ("total_bytes",)  # written into the JSON beside the fields (core/wire.py)
+
     @property
     def total_bytes(self) -> int:
         """Everything the weights take."""

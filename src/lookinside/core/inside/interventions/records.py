@@ -22,6 +22,8 @@ class Shift:
     top_after_prob: float  # the original top token's probability after
     top_after_rank: int  # and its rank after (1 = still on top)
 
+    DERIVED = ("change",)  # written into the JSON beside the fields (core/wire.py)
+
     @property
     def top(self) -> Candidate:
         """The original top token (before the intervention)."""
@@ -71,6 +73,8 @@ class PatchResult:
     corrupt_prob: float
     part: str  # resid | attn | mlp
     prob: tuple[tuple[float, ...], ...]  # [layer][position]; for resid layer 0 = embeddings, i = after block i-1
+
+    DERIVED = ("layer_names",)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
