@@ -29,11 +29,11 @@ import torch
 
 from lookinside.core.decoding.generate import generate
 from lookinside.core.decoding.prompting import encode_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.decoding.timing import now
 from lookinside.core.model.loading import LM, load, load_config_offline
 from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
 from lookinside.core.request import GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.tiny import ASSETS
 
 PROMPT = "Write an email to Sarah to apologize for the tragic gardening mishap. Explain how it happened."

@@ -20,8 +20,8 @@ import pytest
 from lookinside.core.decoding.batch import Batch, Batcher, Work, capacity, decode_together
 from lookinside.core.decoding.generate import collect
 from lookinside.core.decoding.prompting import encode_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.request import CompareRequest, GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 
 PROMPTS = ["The capital of France is", "Once upon a time", "The capital of Japan is a city called", "Hello",
            "2 + 2 ="]

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from lookinside.cli.app import app
 from lookinside.core.chat.conversation import Conversation
 from lookinside.core.chat.defaults import ChatSettings
-from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.ui.repl import CUT_NOTE, LEAVE_HINT, ChatRepl, SlashCompleter, make_session
 from lookinside.ui.stream import StreamPrinter, Tail, split_finished
 

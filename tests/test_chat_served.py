@@ -121,9 +121,9 @@ def test_a_sampled_reply_with_a_seed_is_the_same_through_the_server(tiny, served
 
 
 def test_trimming_through_the_server_drops_the_turns_it_drops_here(tiny, served):
-    from lookinside.core.chat.defaults import ChatSettings
     from lookinside.core.chat.conversation import Conversation
-    from lookinside.core.decoding.sampling import SamplingParams
+    from lookinside.core.chat.defaults import ChatSettings
+    from lookinside.core.sampling_params import SamplingParams
 
     def long_chat() -> Conversation:
         return Conversation(settings=ChatSettings(params=SamplingParams(temperature=0), max_new_tokens=60))
@@ -175,8 +175,8 @@ def test_the_chat_routes_need_the_key_when_the_server_has_one(tiny):
 
 def test_a_steered_replys_steer_never_reaches_a_completion_made_between_its_steps(tiny, served):
     from lookinside.core.chat.session import ChatSession
-    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.request import GenerationSettings
+    from lookinside.core.sampling_params import SamplingParams
 
     def steered_reply(backend):
         session = ChatSession(backend, greedy_chat())
@@ -200,7 +200,7 @@ DRIVE = """
 from lookinside.core.chat.conversation import Conversation
 from lookinside.core.chat.defaults import ChatSettings
 from lookinside.core.chat.session import ChatSession
-from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.sampling_params import SamplingParams
 
 session = ChatSession(backend, Conversation(settings=ChatSettings(SamplingParams(temperature=0), max_new_tokens=3)))
 session.set_steer("Japan", "France", 2, 4.0)

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core.decoding.compare import compare
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.records import first_difference
 from lookinside.core.request import CompareRequest, GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.ui.compare import compare_view
 
 from .wire_checks import untimed

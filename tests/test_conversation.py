@@ -15,8 +15,8 @@ from lookinside.core.chat import defaults, transcripts
 from lookinside.core.chat import stats as reply
 from lookinside.core.chat.conversation import Conversation, fit
 from lookinside.core.chat.defaults import ChatSettings, chat_defaults, chat_settings
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput, ContextOverflow
+from lookinside.core.sampling_params import SamplingParams
 
 
 def long_chat(turns: int, system: str | None = "Answer briefly.", **settings) -> Conversation:

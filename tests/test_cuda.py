@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from lookinside.core.decoding.generate import collect
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.decoding.timing import peak_memory_bytes, reset_peak_memory
 from lookinside.core.model.loading import load
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import GenerationSettings, NextTokenRequest
+from lookinside.core.sampling_params import SamplingParams
 
 pytestmark = [
     pytest.mark.cuda,

@@ -7,9 +7,9 @@ import torch
 
 from lookinside.core.decoding.generate import collect, generate
 from lookinside.core.decoding.prompting import encode_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput, ContextOverflow
 from lookinside.core.request import GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 
 from .conftest import random_model_dir, small_config
 

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 import lookinside as li
 from lookinside.cli.app import app
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions import ablate as core_ablate
 from lookinside.core.inside.interventions import hooks
 from lookinside.core.inside.interventions import patch as core_patch
 from lookinside.core.inside.interventions import steer as core_steer
 from lookinside.core.inside.interventions.requests import AblateRequest, PatchRequest, SteerRequest, parse_head
+from lookinside.core.sampling_params import SamplingParams
 
 from . import reference_forward as ref
 from .conftest import random_model_dir, small_config

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lookinside.core import errors
-from lookinside.core.model import loading
+from lookinside.core.model import loaded, loading
 from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec, parse_max_memory
 from lookinside.tiny import ASSETS
 
@@ -25,12 +25,12 @@ def fake_cuda(monkeypatch, capability):
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert loading.resolve_device("auto").type == "cpu"
+    assert loaded.resolve_device("auto").type == "cpu"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert loading.resolve_device("auto").type == "mps"
+    assert loaded.resolve_device("auto").type == "mps"
     fake_cuda(monkeypatch, (8, 0))
-    assert loading.resolve_device("auto").type == "cuda"
-    assert loading.resolve_device("cuda:1") == torch.device("cuda:1")
+    assert loaded.resolve_device("auto").type == "cuda"
+    assert loaded.resolve_device("cuda:1") == torch.device("cuda:1")
 
 
 @pytest.mark.parametrize(
@@ -39,35 +39,35 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
 )
 def test_auto_dtype_on_cuda_follows_bf16_support(monkeypatch, capability, expected):
     fake_cuda(monkeypatch, capability)
-    assert loading.resolve_dtype("auto", torch.device("cuda")) == expected
+    assert loaded.resolve_dtype("auto", torch.device("cuda")) == expected
 
 
 def test_auto_dtype_off_cuda_and_explicit_dtype():
-    assert loading.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert loading.resolve_dtype("auto", torch.device("mps")) == torch.float16
-    assert loading.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert loaded.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert loaded.resolve_dtype("auto", torch.device("mps")) == torch.float16
+    assert loaded.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
 def test_auto_dtype_on_the_cpu_keeps_a_bf16_checkpoint_where_the_cpu_has_bf16(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: True)
-    assert loading.resolve_dtype("auto", cpu, torch.bfloat16) == torch.bfloat16
-    assert loading.resolve_dtype("auto", cpu, torch.float32) == torch.float32  # tiny: never converted down
-    assert loading.resolve_dtype("auto", cpu, torch.float16) == torch.float32
-    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: False)
-    assert loading.resolve_dtype("auto", cpu, torch.bfloat16) == torch.float32  # emulated bf16 is slow
+    monkeypatch.setattr(loaded, "cpu_has_bf16", lambda: True)
+    assert loaded.resolve_dtype("auto", cpu, torch.bfloat16) == torch.bfloat16
+    assert loaded.resolve_dtype("auto", cpu, torch.float32) == torch.float32  # tiny: never converted down
+    assert loaded.resolve_dtype("auto", cpu, torch.float16) == torch.float32
+    monkeypatch.setattr(loaded, "cpu_has_bf16", lambda: False)
+    assert loaded.resolve_dtype("auto", cpu, torch.bfloat16) == torch.float32  # emulated bf16 is slow
 
 
 def test_cuda_asked_for_but_absent(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(errors.DeviceUnavailable, match="--device cuda"):
-        loading.resolve_device("cuda")
+        loaded.resolve_device("cuda")
 
 
 def test_cuda_index_past_the_last_gpu(monkeypatch):
     fake_cuda(monkeypatch, (8, 0))
     with pytest.raises(errors.DeviceUnavailable, match="only 2 CUDA GPUs"):
-        loading.resolve_device("cuda:5")
+        loaded.resolve_device("cuda:5")
 
 
 def test_spec_refuses_unknown_device_dtype_and_attention():
@@ -129,8 +129,8 @@ def test_unknown_hub_id_is_model_not_found():
     from huggingface_hub.errors import HFValidationError
 
     wrapped = OSError("bad/id is not a local folder and is not a valid model identifier")
-    assert isinstance(loading._translate("bad/id", wrapped), errors.ModelNotFound)
-    assert isinstance(loading._translate("x", HFValidationError("Repo id must ...")), errors.ModelNotFound)
+    assert isinstance(loaded.translate("bad/id", wrapped), errors.ModelNotFound)
+    assert isinstance(loaded.translate("x", HFValidationError("Repo id must ...")), errors.ModelNotFound)
 
 
 def test_not_a_causal_lm(tmp_path):
@@ -161,12 +161,12 @@ def test_out_of_memory_while_loading(monkeypatch):
 
 
 def test_gpu_loads_go_straight_to_the_device():
-    kwargs = loading._load_kwargs(LoadSpec(), torch.device("cuda"), torch.bfloat16)
+    kwargs = loaded.load_kwargs(LoadSpec(), torch.device("cuda"), torch.bfloat16)
     assert kwargs["device_map"] == {"": torch.device("cuda")}
     assert kwargs["dtype"] == torch.bfloat16 and kwargs["trust_remote_code"] is False
-    spread = loading._load_kwargs(LoadSpec(device_map="auto", max_memory={0: "1GiB"}), torch.device("cuda"), torch.float16)
+    spread = loaded.load_kwargs(LoadSpec(device_map="auto", max_memory={0: "1GiB"}), torch.device("cuda"), torch.float16)
     assert spread["device_map"] == "auto" and spread["max_memory"] == {0: "1GiB"}
-    assert "device_map" not in loading._load_kwargs(LoadSpec(), torch.device("cpu"), torch.float32)
+    assert "device_map" not in loaded.load_kwargs(LoadSpec(), torch.device("cpu"), torch.float32)
 
 
 def test_phi3_mini_config_is_carried_for_offline_use():

@@ -1,5 +1,5 @@
 """The new-sampler recipe (docs/architecture.md), tried for real: a copy of lookinside with one more sampler
-in core/decoding/sampling.py and nothing else. It works through `llm serve`, and a server without it (this
+in core/sampling_params.py and nothing else. It works through `llm serve`, and a server without it (this
 checkout's) refuses it in one line, read from what the server says it takes (`Capabilities.samplers`)."""
 
 from __future__ import annotations
@@ -18,21 +18,18 @@ PROMPT = "The capital of France is"
 
 
 def _with_typical_p(tmp_path: Path) -> Path:
-    """A copy of the package whose sampling.py has typical-p: its field, its SamplingParams entry, its processor."""
+    """A copy of the package whose sampling_params.py has typical-p: its field (naming its processor) and its
+    SamplingParams entry."""
     copy = tmp_path / "src"
     shutil.copytree(SRC / "lookinside", copy / "lookinside", ignore=shutil.ignore_patterns("__pycache__"))
-    path = copy / "lookinside" / "core" / "decoding" / "sampling.py"
+    path = copy / "lookinside" / "core" / "sampling_params.py"
     text = path.read_text()
     edits = [
         ('                  "> 0 (1 turns it off)", lambda v: v > 0, off=1.0, sampling_only=False),\n)',
          '                  "> 0 (1 turns it off)", lambda v: v > 0, off=1.0, sampling_only=False),\n'
          '    SamplingField("typical_p", float, 1.0, "--typical-p", "Keep the locally typical tokens (1: off).",\n'
-         '                  "in (0, 1] (1 turns it off)", lambda v: 0 < v <= 1, off=1.0),\n)'),
+         '                  "in (0, 1] (1 turns it off)", lambda v: 0 < v <= 1, off=1.0, processor="TypicalLogitsWarper"),\n)'),
         ("    repetition_penalty: float = 1.0\n\n", "    repetition_penalty: float = 1.0\n    typical_p: float = 1.0\n\n"),
-        ("    if params.min_p > 0:\n        processors.append(MinPLogitsWarper(params.min_p))\n",
-         "    if params.min_p > 0:\n        processors.append(MinPLogitsWarper(params.min_p))\n"
-         "    if params.typical_p < 1:\n        from transformers import TypicalLogitsWarper\n\n"
-         "        processors.append(TypicalLogitsWarper(params.typical_p))\n"),
     ]
     for old, new in edits:
         assert text.count(old) == 1, f"the recipe's anchor moved: {old!r}"

@@ -17,9 +17,9 @@ from starlette.testclient import TestClient
 
 from lookinside.core.decoding.generate import collect
 from lookinside.core.decoding.prompting import encode_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.serve import openai_api as oa
 from lookinside.serve.app import create_app
 from lookinside.serve.settings import ServeSettings

@@ -118,7 +118,7 @@ def test_chats_stats_line_says_the_weights_are_int8(tiny_int8):
 
     from lookinside.core.chat.conversation import Conversation
     from lookinside.core.chat.defaults import ChatSettings
-    from lookinside.core.decoding.sampling import SamplingParams
+    from lookinside.core.sampling_params import SamplingParams
     from lookinside.ui.repl import ChatRepl, make_session
 
     console = Console(file=io.StringIO(), width=200)

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from lookinside.cli.app import app
 from lookinside.core.decoding import compare as local_compare
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.inside import predict
 from lookinside.core.request import CompareRequest, GenerationSettings, NextTokenRequest
+from lookinside.core.sampling_params import SamplingParams
 
 ENDPOINT = os.environ.get("LOOKINSIDE_TEST_ENDPOINT")
 pytestmark = [pytest.mark.remote,

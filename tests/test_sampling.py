@@ -9,15 +9,9 @@ import torch
 
 from lookinside.core.decoding.generate import pick, prefill
 from lookinside.core.decoding.prompting import encode_prompt
-from lookinside.core.decoding.sampling import (
-    FIELDS,
-    SamplingParams,
-    build_processors,
-    logits_to_probs,
-    request_fields,
-    top_candidates,
-)
+from lookinside.core.decoding.sampling import build_processors, logits_to_probs, top_candidates
 from lookinside.core.errors import BadInput
+from lookinside.core.sampling_params import FIELDS, SamplingParams, request_fields
 
 
 @pytest.mark.parametrize(
@@ -125,7 +119,7 @@ def test_top_k_and_top_p_draw_only_from_the_kept_set():
     assert observed[2:].sum() == 0 and observed[1] > 0
 
 
-# ---- one description per field: every layer reads core.decoding.sampling.FIELDS
+# ---- one description per field: every layer reads core.sampling_params.FIELDS
 
 @pytest.fixture(scope="module")
 def cli_options():

@@ -30,11 +30,11 @@ from starlette.testclient import TestClient
 from lookinside.cli.app import app as cli_app
 from lookinside.core.decoding.generate import collect
 from lookinside.core.decoding.prompting import encode_messages
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.inside import predict
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import GenerationSettings, NextTokenRequest
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.serve import registry
 from lookinside.serve.app import create_app
 from lookinside.serve.settings import ServeSettings

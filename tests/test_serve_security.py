@@ -282,8 +282,8 @@ def test_a_malformed_body_is_a_4xx_in_one_line(server, label, path, body):
 def test_extreme_values_in_every_field_of_every_view_are_never_a_500(server):
     from dataclasses import fields
 
-    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.request import GenerationSettings
+    from lookinside.core.sampling_params import SamplingParams
     from lookinside.views import VIEWS
 
     base = {"prompt": "hi", "text": "hi", "add": "love", "clean": "The capital of France",

@@ -11,8 +11,8 @@ from lookinside.core.backends.seam import LocalBackend
 from lookinside.core.chat.conversation import Conversation
 from lookinside.core.chat.defaults import ChatSettings
 from lookinside.core.chat.session import ChatSession
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
+from lookinside.core.sampling_params import SamplingParams
 
 
 @pytest.fixture

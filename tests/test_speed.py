@@ -11,10 +11,10 @@ from lookinside.core.bench.run import run_bench
 from lookinside.core.decoding.compiled import MIN_CACHE, Compiled, cache_length
 from lookinside.core.decoding.generate import collect
 from lookinside.core.decoding.prompting import encode_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.model import bandwidth
 from lookinside.core.request import BenchSettings, GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.core.wire import to_wire
 
 GREEDY = SamplingParams(temperature=0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from lookinside.core.decoding.generate import collect
 from lookinside.core.decoding.prompting import encode_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.model.loading import load
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.tiny.corpus import APOLOGY_PROMPTS, CAPITALS, build_corpus
 from lookinside.tiny.train import CHAT_TOKENS, build
 

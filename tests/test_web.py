@@ -212,7 +212,8 @@ def tab(browser, server):
 def test_next_token_shows_the_commands_rows_and_the_sliders_redraw_with_the_cores_formula(tab, tiny):
     import torch
 
-    from lookinside.core.decoding.sampling import SamplingParams, build_processors
+    from lookinside.core.decoding.sampling import build_processors
+    from lookinside.core.sampling_params import SamplingParams
 
     expected = record(tiny, "next-token", PROMPT, top_k=5)
     tab.open(view="next-token", prompt=PROMPT, top_k=5)

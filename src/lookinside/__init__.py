@@ -18,10 +18,10 @@ __all__ += ["ablate", "patch", "steer"]  # docs/interventions.md
 
 
 def __getattr__(name: str) -> Any:
-    from lookinside.views import VIEWS
+    from lookinside.views import VIEWS  # deferred: views and the API (`import lookinside` starts every `llm`)
 
     if name in __all__ or name.replace("_", "-") in VIEWS:  # every view is a function, li.next_token and the rest
-        from lookinside import api
+        from lookinside import api  # deferred: as above
 
         return getattr(api, name)
     raise AttributeError(f"module 'lookinside' has no attribute {name!r}")

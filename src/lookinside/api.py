@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lookinside.core import arguments, errors
 from lookinside.core.backends.seam import as_backend
+from lookinside.core.backends.served import connect as open_server
+from lookinside.core.bench.stream import stream_bench
 from lookinside.core.chat.defaults import ChatRequest
-from lookinside.core.records import Completion, Generation
 from lookinside.core.model.spec import DEFAULT_MODEL, LoadSpec
+from lookinside.core.records import Completion, Generation
 from lookinside.core.request import BenchSettings, GenerationSettings, build, knobs, modes_for, parse_sweep, whole
 from lookinside.core.wire import to_wire
 from lookinside.views import VIEWS, View
@@ -191,12 +193,12 @@ class Generating:
 def generate(lm: LM | Backend, prompt: str, *, max_new_tokens: int = 128, stop: tuple[str, ...] = (),
              ignore_eos: bool = False, chat: bool = False, **sampling: Any) -> Generating:
     """A completion, step by step (`llm generate`): the model's sampling defaults, your keywords on top."""
-    from lookinside.ui.generate import Source  # Rich (ui/): not for `import lookinside`
-
     arguments.view(lm, prompt, "generate")
     backend = as_backend(lm)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop), ignore_eos=ignore_eos)
     params = ChatRequest(sampling, max_new_tokens).settings(backend.generation_config).params
+    from lookinside.ui.generate import Source  # deferred: rich (ui/), not for `import lookinside`
+
     source = Source(backend.name, prompt, backend.prompt_ids(prompt, chat), backend.token_text)
     return Generating(source, backend.generate(prompt, params, settings, chat))
 
@@ -206,8 +208,6 @@ def connect(url: str, *, api_key: str | None = None, model: str | None = None) -
 
     `api_key` defaults to $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY. Nothing is loaded here, and no torch imported.
     """
-    from lookinside.core.backends.served import connect as open_server  # urllib and the openai client on use
-
     return open_server(url, api_key, model)
 
 
@@ -226,7 +226,6 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
     backend = as_backend(lm)
     here = backend.weights
     if here is None or not backend.capabilities.kv_cache_switch:
-        from lookinside.core.bench.stream import stream_bench  # Rich's ui.bench beside it
         from lookinside.ui.bench import remote_bench_view
 
         return Result(stream_bench(backend, settings), remote_bench_view)

@@ -16,15 +16,15 @@ from lookinside.cli.views import Extra
 
 def _check(png: Path | None) -> None:
     if png is not None:
-        from lookinside.ui import attention_png
+        from lookinside.ui import attention_png  # deferred: rich
 
         attention_png.require_pillow()
 
 
 def _write(maps: Any, png: Path | None) -> None:
     if png is not None:
-        from lookinside.ui import attention_png
-        from lookinside.ui.console import stderr_console
+        from lookinside.ui import attention_png  # deferred: rich
+        from lookinside.ui.console import stderr_console  # deferred: rich
 
         attention_png.save_png(maps, png)
         stderr_console().print(f"wrote {png}", style="dim", markup=False)

@@ -5,8 +5,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from lookinside.cli.backends import open_backend
+from lookinside.cli.loading import load_here
 from lookinside.cli.options import MODEL_PANEL, JsonOpt, Keep, Remote, keep_options, model_options, remote_options
+from lookinside.core.errors import BadInput
 from lookinside.core.model.spec import LoadSpec
+from lookinside.core.request import BenchSettings, modes_for, parse_sweep
 
 BENCH_PANEL = "Benchmark"
 
@@ -55,11 +59,8 @@ def bench(
     remote: Remote,
 ) -> None:
     """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
-    from lookinside.cli.loading import load_here
-    from lookinside.core.errors import BadInput
-    from lookinside.core.request import BenchSettings, modes_for, parse_sweep
     from lookinside.ui.bench import bench_view, tell_progress
-    from lookinside.ui.console import show
+    from lookinside.ui.console import show  # deferred: rich
 
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens,
                              modes=modes_for(cache, modes), warmup=warmup, repeat=repeat, sweep=parse_sweep(sweep),
@@ -70,14 +71,13 @@ def bench(
         given = [flag for flag, used in local_only.items() if used]
         if given:
             raise BadInput(f"{', '.join(given)} need the model here: a server keeps its own KV cache and weights")
-        from lookinside.cli.backends import open_backend
-        from lookinside.core.bench.stream import stream_bench
+        from lookinside.core.bench.stream import stream_bench  # deferred: bench/report.py, 8 ms (llm --help)
         from lookinside.ui.bench import remote_bench_view
 
         report = stream_bench(open_backend(spec, remote), settings, progress=tell_progress)
         show(report, remote_bench_view, as_json=json, keep=keep)
         return
-    from lookinside.core.bench.run import run_bench
+    from lookinside.core.bench.run import run_bench  # deferred: torch
 
     lm = load_here(replace(spec, random_weights=random_weights, layers=layers))
     report = run_bench(lm, settings, lm.notes, random_weights=random_weights, progress=tell_progress)

@@ -7,25 +7,24 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lookinside.cli.inputs import text_argument
+from lookinside.cli.backends import open_backend
+from lookinside.cli.inputs import read_stdin, text_argument
 from lookinside.cli.options import (
     MaxNewTokensOpt,
     Remote,
-    _adding,  # the option-group decorator of options.py, so the sampling flags stay declared once, there
-    _sampling_parameters,
     model_options,
     remote_options,
+    sampling_options,
 )
+from lookinside.core.chat.conversation import Conversation
 from lookinside.core.chat.defaults import ChatRequest
+from lookinside.core.errors import BadInput
 from lookinside.core.model.spec import LoadSpec
-
-# The sampling flags arrive as one typed, checked value (bad values fail before the model loads).
-chat_sampling_options = _adding("request", _sampling_parameters, lambda given: ChatRequest(overrides=given))
 
 
 @model_options
 @remote_options
-@chat_sampling_options
+@sampling_options
 def chat(
     question: Annotated[Optional[str], typer.Argument(
         metavar="[MESSAGE]", help="Answer this one message and exit (piped input is added below it).",
@@ -51,14 +50,10 @@ def chat(
 
     --resume and --load go on with the model the conversation was held with, unless --model says another.
     """
-    from lookinside.cli.backends import open_backend
-    from lookinside.cli.inputs import read_stdin
-    from lookinside.core.chat.conversation import Conversation
-    from lookinside.core.chat.transcripts import continued
-    from lookinside.core.errors import BadInput
-    from lookinside.core.paths import last_session, new_chat_file
-    from lookinside.ui.console import stdout_console
-    from lookinside.ui.repl import ChatRepl, make_session
+    from lookinside.core.chat.transcripts import continued  # deferred: tempfile (llm --help)
+    from lookinside.core.paths import last_session, new_chat_file  # deferred: platformdirs (llm --help)
+    from lookinside.ui.console import stdout_console  # deferred: rich
+    from lookinside.ui.repl import ChatRepl, make_session  # deferred: rich
 
     request = replace(request, max_new_tokens=max_new_tokens, trim=not no_trim)
     if load is not None and resume:

@@ -5,9 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from lookinside.cli.inputs import text_argument
+from lookinside.cli.inputs import text_argument, text_or_file
+from lookinside.cli.loading import load_here
 from lookinside.cli.options import FileOpt, JsonOpt, Keep, keep_options, model_options
 from lookinside.core.model.spec import LoadSpec
+from lookinside.core.request import whole
 
 AGAINST = "Against (B)"
 TextArg = Annotated[Optional[str], typer.Argument(
@@ -47,11 +49,8 @@ def diff(
     --against-dtype / --against-attn / --against-quantize. Both read the same token ids (teacher forcing), one model
     in memory at a time.
     """
-    from lookinside.cli.inputs import text_or_file
-    from lookinside.cli.loading import load_here
-    from lookinside.core.inside import diff as core_diff
-    from lookinside.core.request import whole
-    from lookinside.ui.console import show
+    from lookinside.core.inside import diff as core_diff  # deferred: torch
+    from lookinside.ui.console import show  # deferred: rich
     from lookinside.ui.diff import diff_view
 
     whole("--top-k", top_k, low=1)

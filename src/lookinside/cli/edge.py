@@ -29,7 +29,7 @@ OUTPUT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EBADF: "it is closed", 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: message` on stderr and exit with `code`."""
-    from lookinside.ui.console import stderr_console  # Rich is not needed until something fails
+    from lookinside.ui.console import stderr_console  # deferred: Rich is not needed until something fails
 
     console = stderr_console()
     console.print("[bold red]error:[/] ", end="")

@@ -1,11 +1,14 @@
 """`llm generate`: one completion, streamed; plain text, --json or --jsonl."""
 
 import sys
-from typing import Annotated, Any, Optional
+from dataclasses import replace
+from typing import Annotated, Optional
 
 import typer
 
-from lookinside.cli.inputs import text_argument
+from lookinside.cli.backends import open_backend
+from lookinside.cli.edge import EXIT_INTERRUPTED, fail
+from lookinside.cli.inputs import text_argument, text_or_file
 from lookinside.cli.options import (
     SAMPLING_PANEL,
     ChatOpt,
@@ -16,7 +19,11 @@ from lookinside.cli.options import (
     remote_options,
     sampling_options,
 )
+from lookinside.core.chat.defaults import ChatRequest
+from lookinside.core.errors import BadInput
 from lookinside.core.model.spec import LoadSpec
+from lookinside.core.request import GenerationSettings
+from lookinside.ui.generate import Source, stats_line, stream_out
 
 PromptText = Annotated[Optional[str], typer.Argument(
     metavar="[PROMPT]", help="The text to continue (- reads stdin; one trailing newline is dropped).", show_default=False, callback=text_argument)]
@@ -44,7 +51,7 @@ def generate(
         "for small models and long runs: docs/benchmarks.md).")] = False,
     *,
     spec: LoadSpec,
-    sampling: dict[str, Any],
+    request: ChatRequest,
     remote: Remote,
 ) -> None:
     """Continue a prompt and stream the completion (the model's sampling defaults, your flags on top).
@@ -53,18 +60,12 @@ def generate(
     record: the run (text, token ids, per-token probabilities, log-probabilities, ranks and alternatives, the finish
     reason, the seed and the timing) and the text of each token id; --jsonl one line per step, then that record.
     """
-    from lookinside.cli.backends import open_backend
-    from lookinside.cli.inputs import text_or_file
-    from lookinside.core.chat.defaults import ChatRequest
-    from lookinside.core.errors import BadInput
-    from lookinside.core.request import GenerationSettings
-    from lookinside.ui.console import stderr_console
-    from lookinside.ui.generate import Source, stats_line, stream_out
+    from lookinside.ui.console import stderr_console  # deferred: rich
 
     if json and jsonl:
         raise BadInput("--json and --jsonl: choose one")
     text = text_or_file(prompt, file)
-    request = ChatRequest(sampling, max_new_tokens)  # bad values fail before loading
+    request = replace(request, max_new_tokens=max_new_tokens)  # checked again: bad values fail before loading
     config = GenerationSettings(max_new_tokens=max_new_tokens, stop_strings=tuple(stop or ()), ignore_eos=ignore_eos,
                                 compile=compile)
     backend = open_backend(spec, remote)
@@ -75,13 +76,12 @@ def generate(
     run = stream_out(backend.generate(text, params, config, chat), source,
                      "json" if json else "jsonl" if jsonl else "text")
     if compile:
-        from lookinside.core.decoding.compiled import Compiled
+        from lookinside.core.decoding.compiled import Compiled  # deferred: torch
 
         if note := Compiled.for_model(backend.weights).note:
             stderr_console().print(f"note: {note}", highlight=False, markup=False)
     if not (json or jsonl) and sys.stderr is not None and sys.stderr.isatty():
         stderr_console().print(f"[dim]{stats_line(run)}[/]", highlight=False)
     if run.interrupted:  # what came is printed (in the JSON too, finish "interrupted"); the exit code says it was cut
-        from lookinside.cli.edge import EXIT_INTERRUPTED, fail
 
         fail(f"interrupted after {len(run.steps)} tokens; the output above stops there", EXIT_INTERRUPTED)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from lookinside.cli.edge import interrupt_held
+from lookinside.ui.progress import loaded_lines, loading_line
+
 if TYPE_CHECKING:
     from lookinside.core.model.loading import LM
     from lookinside.core.model.spec import LoadSpec
@@ -16,15 +19,12 @@ if TYPE_CHECKING:
 
 def load_here(spec: LoadSpec) -> LM:
     """Load the model `spec` names, telling the user what is happening."""
-    from lookinside.cli.edge import interrupt_held
-
     with interrupt_held():  # a Ctrl-C inside torch's import would abort the process: it waits for the import's end
         import transformers
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-        from lookinside.core.model.loading import load
-    from lookinside.ui.console import stderr_console
-    from lookinside.ui.progress import loaded_lines, loading_line
+        from lookinside.core.model.loading import load  # deferred: torch
+    from lookinside.ui.console import stderr_console  # deferred: rich
 
     transformers.logging.set_verbosity_error()
     show = sys.stderr.isatty() and spec.model != "tiny"

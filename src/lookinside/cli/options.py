@@ -3,8 +3,9 @@
 A command decorated with `model_options` declares `spec: LoadSpec` and receives the
 --model/--device/--dtype/--attn/--device-map/--max-memory/--quantize/--threads/--trust-remote-code
 options already checked and bundled. One decorated with `sampling_options` declares
-`sampling: dict` and receives the --temperature/--top-k/--top-p/--min-p/
---repetition-penalty/--seed values the user gave (absent ones left out).
+`request: ChatRequest` and receives the --temperature/--top-k/--top-p/--min-p/
+--repetition-penalty/--seed values the user gave, checked (absent ones are the model's defaults, laid under
+them once the model is known). `option_group` makes such a decorator from a list of parameters.
 """
 
 import functools
@@ -16,10 +17,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lookinside.cli.inputs import text_argument
-from lookinside.core.decoding.sampling import FIELDS, SamplingField
-from lookinside.core.request import CHAT_HELP
+from lookinside.cli.inputs import text_or_file
+from lookinside.core.chat.defaults import ChatRequest
 from lookinside.core.model.spec import ATTENTIONS, DEFAULT_MODEL, DEVICES, DTYPES, LoadSpec, parse_max_memory
+from lookinside.core.request import CHAT_HELP
+from lookinside.core.sampling_params import FIELDS, SamplingField
 
 MODEL_PANEL = "Model"
 SAMPLING_PANEL = "Sampling"
@@ -76,7 +78,7 @@ def _load_parameters() -> list[inspect.Parameter]:
 
 
 def _sampling_parameters() -> list[inspect.Parameter]:
-    """One option per field of core.decoding.sampling.FIELDS (so a new sampler needs no edit here)."""
+    """One option per field of core.sampling_params.FIELDS (so a new sampler needs no edit here)."""
     def option(f: SamplingField) -> inspect.Parameter:
         flag = typer.Option(f.flag, *f.shorts, help=f.help, rich_help_panel=SAMPLING_PANEL, show_default=False)
         return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -85,8 +87,8 @@ def _sampling_parameters() -> list[inspect.Parameter]:
     return [option(f) for f in FIELDS]
 
 
-def _adding(target: str, parameters: Callable[[], list[inspect.Parameter]],
-            build: Callable[[dict[str, Any]], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def option_group(target: str, parameters: Callable[[], list[inspect.Parameter]],
+                 build: Callable[[dict[str, Any]], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A decorator that adds `parameters` to a command and hands it `target=build(their values)`."""
     names = tuple(p.name for p in parameters())
 
@@ -111,11 +113,11 @@ def _load_spec(chosen: dict[str, Any]) -> LoadSpec:
                     max_memory=parse_max_memory(max_memory) if max_memory else None)
 
 
-model_options = _adding("spec", _load_parameters, _load_spec)
+model_options = option_group("spec", _load_parameters, _load_spec)
 model_options.__doc__ = "Give a command the loading options; it receives them as `spec: LoadSpec`."
-sampling_options = _adding("sampling", _sampling_parameters,
-                           lambda chosen: {name: value for name, value in chosen.items() if value is not None})
-sampling_options.__doc__ = "Give a command the sampling options; it receives those given as `sampling: dict`."
+# The sampling flags arrive as one typed, checked value (bad values fail before the model loads).
+sampling_options = option_group("request", _sampling_parameters, lambda given: ChatRequest(overrides=given))
+sampling_options.__doc__ = "Give a command the sampling options; it receives those given as `request: ChatRequest`."
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def _keep_parameters() -> list[inspect.Parameter]:
             option("html", "Also save the view as an HTML page, colours kept.")]
 
 
-keep_options = _adding("keep", _keep_parameters, lambda chosen: Keep(**chosen))
+keep_options = option_group("keep", _keep_parameters, lambda chosen: Keep(**chosen))
 keep_options.__doc__ = "Give a view command --svg and --html; it receives them as `keep: Keep`."
 
 
@@ -170,15 +172,13 @@ def _remote_parameters() -> list[inspect.Parameter]:
     ]
 
 
-remote_options = _adding("remote", _remote_parameters, lambda chosen: Remote(**chosen))
+remote_options = option_group("remote", _remote_parameters, lambda chosen: Remote(**chosen))
 remote_options.__doc__ = "Give a command --endpoint and --api-key; it receives them as `remote: Remote`."
 
 
 
 def file_option(argument: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command `--file PATH` as the other way to pass its text `argument` (exactly one of the two)."""
-    from lookinside.cli.inputs import text_or_file
-
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn)
         extra = inspect.Parameter("file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FileOpt)

@@ -4,8 +4,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from lookinside.cli.loading import load_here
 from lookinside.cli.options import model_options
+from lookinside.core.errors import BadInput
 from lookinside.core.model.spec import LoadSpec
+from lookinside.serve.settings import ServeSettings, origins_from_env
 
 SERVER_PANEL = "Server"
 
@@ -51,22 +54,17 @@ def serve(
 
     Commands with the same model options then use this server (--no-server runs them here).
     """
-    from lookinside.serve.settings import ServeSettings, origins_from_env
-
     settings = ServeSettings(spec=spec, host=host, port=port, api_key=api_key, queue=queue, max_tokens=max_tokens,
                              max_logprobs=max_logprobs, max_body_bytes=max_body,
                              allow_origins=(*(allow_origin or ()), *origins_from_env()),
                              allow_hosts=tuple(allow_host or ()), read_timeout_s=read_timeout,
                              max_connections=max_connections, debug=debug)
     try:
-        from lookinside.serve import server
+        from lookinside.serve import server  # deferred: uvicorn
     except ImportError:
-        from lookinside.core.errors import BadInput
-
         raise BadInput('llm serve needs starlette and uvicorn: pip install "lookinside[serve]"') from None
-    from lookinside.cli.loading import load_here
-    from lookinside.serve.web import open_in_browser
-    from lookinside.ui.console import stderr_console
+    from lookinside.serve.web import open_in_browser  # deferred: starlette
+    from lookinside.ui.console import stderr_console  # deferred: rich
 
     sock = server.bind(settings)
     lm = load_here(spec)

@@ -22,6 +22,7 @@ import typer
 
 from lookinside.cli.backends import open_backend, open_server
 from lookinside.cli.inputs import text_argument
+from lookinside.cli.loading import load_here
 from lookinside.cli.options import (
     SAMPLING_PANEL,
     JsonOpt,
@@ -32,6 +33,7 @@ from lookinside.cli.options import (
     model_options,
     remote_options,
 )
+from lookinside.core.decoding.tokens import TokenizerOnly
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.request import Knob, build, knobs
 from lookinside.views import View
@@ -54,20 +56,18 @@ def open_for(view: View, spec: LoadSpec, remote: Remote, request: Any) -> Any:
     if view.needs == "model":
         return open_backend(spec, remote)
     if view.needs == "tokenizer":
-        from lookinside.core.decoding.tokens import TokenizerOnly  # transformers, and torch: only for a load here
-        from lookinside.core.model.loading import load_tokenizer
+        from lookinside.core.model.loading import load_tokenizer  # deferred: torch
 
         return TokenizerOnly(spec.model, load_tokenizer(spec))
     if view.needs == "config":
-        from lookinside.core.inside.anatomy import on_meta  # torch and transformers, for the meta device
+        from lookinside.core.inside.anatomy import on_meta  # deferred: torch and transformers, for the meta device
 
         return on_meta(spec)
-    from lookinside.cli.loading import load_here  # torch, via the loader
 
     if view.prepare is not None:  # only when nothing else answers: it reads the config, and may import torch
         spec, note = view.prepare(spec, request)
         if note:
-            from lookinside.ui.console import stderr_console  # Rich: not for `llm --help`
+            from lookinside.ui.console import stderr_console  # deferred: Rich: not for `llm --help`
 
             stderr_console().print(f"note: {note}", style="dim", markup=False)
     return load_here(spec)
@@ -75,7 +75,7 @@ def open_for(view: View, spec: LoadSpec, remote: Remote, request: Any) -> Any:
 
 def show_record(view: View, record: Any, as_json: bool, keep: Keep) -> None:
     """Print the record as the view draws it, or its JSON; keep SVG/HTML copies."""
-    from lookinside.ui.console import show  # Rich: not for `llm --help`
+    from lookinside.ui.console import show  # deferred: Rich: not for `llm --help`
 
     show(record, view.draw, as_json=as_json, keep=keep)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -58,8 +59,6 @@ def write_atomically(path: Path, text: str, make_parents: bool = False) -> None:
 
 
 def _write_stdout(text: str) -> None:
-    import sys
-
     if sys.stdout is None:
         raise errors.BadInput("cannot write to standard output: it is closed")
     sys.stdout.write(text)

@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lookinside.core.decoding.sampling import SamplingParams
-from lookinside.core.model.quantize import Estimate
 from lookinside.core.request import GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 
 Finish = Literal["eos", "length", "stop"]
 WORST = 10  # positions a diff lists where the two models differ most
@@ -478,6 +477,25 @@ class Architecture:
     parameters: int = 0
     weight_bytes: dict[str, int] = field(default_factory=dict)  # per dtype
     kv_bytes_per_token: dict[str, int] = field(default_factory=dict)  # per dtype, all layers, K and V
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The weights' footprint under `kind`, from the shapes alone: what is converted, what stays 16-bit."""
+
+    kind: str
+    converted_params: int  # in the decoder's linear layers
+    kept_params: int  # embeddings, the LM head, norms: kept at 16 bits, as the loaders do
+    converted_bytes: int
+    scale_bytes: int
+    kept_bytes: int
+
+    DERIVED = ("total_bytes",)  # written into the JSON beside the fields (core/wire.py)
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything the weights take."""
+        return self.converted_bytes + self.scale_bytes + self.kept_bytes
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, Literal, Optional
 
-from lookinside.core.decoding.prompting import check_prompt
-from lookinside.core.decoding.sampling import FIELDS, SamplingParams
 from lookinside.core.errors import BadInput, EmptyPrompt
-from lookinside.core.model.spec import QUANTIZE
-from lookinside.core.model.threads import check_threads
+from lookinside.core.rules import check_prompt, check_quantize, check_threads
+from lookinside.core.sampling_params import FIELDS, SamplingParams
 
 CacheKind = Literal["dynamic", "static", "none"]
 CACHE_KINDS: tuple[CacheKind, ...] = ("dynamic", "static", "none")
@@ -295,8 +293,7 @@ class InspectRequest:
     quantize: str | None = from_spec("quantize")
 
     def __post_init__(self) -> None:
-        if self.quantize is not None and self.quantize not in QUANTIZE:
-            raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
+        check_quantize(self.quantize)
 
 
 # The book's chapter 3 experiment: this prompt, 100 new tokens, cache on and off.

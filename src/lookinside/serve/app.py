@@ -17,14 +17,11 @@ import asyncio
 import hashlib
 import hmac
 import json
-import logging
-import math
 import os
-import secrets
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,110 +31,37 @@ from starlette.routing import BaseRoute, Route
 
 from lookinside import __version__
 from lookinside.core import errors
-from lookinside.core.decoding.sampling import FIELDS
+from lookinside.core.decoding.detokenize import token_text
+from lookinside.core.sampling_params import FIELDS
 from lookinside.serve import openai_api as oa
-from lookinside.serve.door import WHOAMI_PATH, Door, unexpected
+from lookinside.serve.chat import chat_routes  # what a chat through the server needs: fit, count, steer, reply
+from lookinside.serve.door import WHOAMI_PATH, Door
 from lookinside.serve.door import dumps as _dumps
 from lookinside.serve.door import json_response as _json
 from lookinside.serve.openai_api import ApiError
+from lookinside.serve.routing import (
+    AppState,
+    cut_when,
+    disconnected,
+    error_for,
+    read_json,
+    run_on_model,  # noqa: F401 (docs/serve.md: a route added later imports it from here)
+    state_of,
+)
 from lookinside.serve.settings import ServeSettings
-from lookinside.serve.worker import Cancel, Cut, ModelWorker, QueueFull, ServerStopping, stream_on_model
+from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
+from lookinside.serve.web import is_page, web_routes  # the web inspector at /, drawn from those views
+from lookinside.serve.worker import Cut, ModelWorker, QueueFull, stream_on_model
 
 if TYPE_CHECKING:
     from lookinside.core.model.loading import LM
 
-T = TypeVar("T")
-log = logging.getLogger("lookinside.serve")
 RETRY_AFTER_S = 1
-MAX_DEPTH = 32  # JSON nesting: the deepest request (a chat message's content parts) needs 5
-LARGEST_INT = 2**63  # a number no field takes beyond: seeds are 64-bit, and torch's integers too
-
-
-@dataclass
-class AppState:
-    """What every route shares: the model, the settings, the one worker, and the model's facts."""
-
-    lm: LM
-    settings: ServeSettings
-    worker: ModelWorker
-    info: dict[str, Any]
-    nonce: bytes = field(default_factory=lambda: secrets.token_bytes(16), repr=False)  # in the record; never sent
-    tokens_generated: int = 0  # counted on the model's thread as each token is made: a cut generation shows here
-
-    def counted(self, emit: oa.Emit) -> oa.Emit:
-        """`emit`, counting each generated token on its way."""
-        def emit_counted(item: Any) -> None:
-            if isinstance(item, oa.Scored):
-                self.tokens_generated += 1
-            emit(item)
-
-        return emit_counted
-
-    @property
-    def model_id(self) -> str:
-        """The name the API serves the model under (`tiny`, a Hub id, a directory)."""
-        return self.lm.name
-
-
-def state_of(request: Request) -> AppState:
-    """The app's shared state, from inside a route."""
-    return request.app.state.lookinside
-
-
-async def run_on_model(state: AppState, job: Callable[[], T]) -> T:
-    """Run `job` on the model's thread through the bounded queue; a full queue is answered 503 by the app.
-
-    The job is cut at its next forward pass when the awaiting task is cancelled or the server stops.
-    """
-    cancel = state.worker.cancel()
-    future = state.worker.submit(lambda: _cut_when(state.lm, cancel, job))
-    try:
-        return await asyncio.wrap_future(future)
-    finally:
-        cancel.set()  # a job still running (its caller left) stops at its next forward pass
-        future.cancel()
-
-
-async def run_while_connected(request: Request, job: Callable[[], T]) -> T:
-    """`run_on_model`, cut at its next forward pass if the client disconnects first (answered 499)."""
-    running = asyncio.ensure_future(run_on_model(state_of(request), job))
-    leaving = asyncio.ensure_future(_disconnected(request))
-    done, _ = await asyncio.wait({running, leaving}, return_when=asyncio.FIRST_COMPLETED)
-    if running in done:
-        leaving.cancel()
-        return running.result()
-    running.cancel()
-    raise ApiError("the client disconnected", status=499, kind="client_closed_request")
-
-
-def _cut_when(lm: LM, cancel: Cancel, job: Callable[[], T]) -> T:
-    """`job()`, with a hook that raises `Cut` before any forward pass once `cancel` is set (removed after)."""
-    with cut_at_next_pass(lm, cancel):
-        return job()
-
-
-@contextmanager
-def cut_at_next_pass(lm: LM, cancel: Cancel) -> Iterator[None]:
-    """While inside, every forward pass of the model first checks `cancel`: a view, a sweep or a generation all
-    stop at their next step, whichever loop runs them."""
-    def check(module: Any, args: Any) -> None:
-        if cancel:
-            raise ServerStopping() if cancel.stopping else Cut()
-
-    handle = lm.model.register_forward_pre_hook(check)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The app serving `lm` as `settings` say; `extra_routes` are added beside the built-in ones."""
-    from lookinside.serve.chat import chat_routes  # what a chat through the server needs: fit, count, steer, reply
-    from lookinside.serve.views import view_routes  # every lookinside view, read from lookinside.views
-    from lookinside.serve.web import is_page, web_routes  # the web inspector at /, drawn from those views
-
-    from lookinside.core.model.loading import use_threads  # loading imports torch; the app needs it anyway
+    from lookinside.core.model.loading import use_threads  # deferred: torch (the app needs it anyway)
 
     # The model's thread count, chosen at load, on the model's own thread: each thread has its own count.
     state = AppState(lm, settings, ModelWorker(settings.queue, lambda: use_threads(lm)), model_info(lm, settings))
@@ -169,8 +93,6 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
 
 def model_info(lm: LM, settings: ServeSettings) -> dict[str, Any]:
     """The served model's facts, as /lookinside/v1/info gives them."""
-    from lookinside.core.decoding.detokenize import token_text
-
     return {
         "lookinside": True, "version": __version__, "model": lm.name, "source": lm.source,
         "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device), "context_length": lm.context_length,
@@ -260,7 +182,7 @@ class _Started:
 
 
 async def _start(state: AppState, job: Callable[[oa.Emit, Any], None]) -> _Started:
-    items = stream_on_model(state.worker, lambda emit, cancel: _cut_when(state.lm, cancel, lambda: job(emit, cancel)))
+    items = stream_on_model(state.worker, lambda emit, cancel: cut_when(state.lm, cancel, lambda: job(emit, cancel)))
     try:
         first = await items.__anext__()
     except StopAsyncIteration:
@@ -278,19 +200,13 @@ async def _gather(started: _Started) -> oa.Answer:
 async def _gather_while_connected(request: Request, started: _Started) -> oa.Answer:
     """The whole reply; if the client disconnects first, its generation stops at the next token."""
     gathering = asyncio.ensure_future(_gather(started))
-    leaving = asyncio.ensure_future(_disconnected(request))
+    leaving = asyncio.ensure_future(disconnected(request))
     done, _ = await asyncio.wait({gathering, leaving}, return_when=asyncio.FIRST_COMPLETED)
     if gathering in done:
         leaving.cancel()
         return gathering.result()
     gathering.cancel()  # leaves the job's stream, which sets its cancel flag
     raise ApiError("the client disconnected", status=499, kind="client_closed_request")
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone (the body is read by then, so only a disconnect can come)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _completion_chunks(request: oa.CompletionRequest, started: _Started, model: str,
@@ -330,69 +246,13 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
             async for chunk in chunks:
                 yield b"data: " + _dumps(chunk) + b"\n\n"
         except Exception as exc:  # noqa: BLE001 (after the 200 is sent, an error can only be one more event)
-            yield b"data: " + _dumps(_error_for(exc).body()) + b"\n\n"
+            yield b"data: " + _dumps(error_for(exc).body()) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 # ---- requests
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refused past `limit` bytes (before reading it all) or when it is not JSON."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise _too_large(limit)
-    try:
-        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ApiError(f"the body is nested more than {MAX_DEPTH} deep") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(f"the body is not JSON ({str(exc).splitlines()[0]})") from None
-    check_values(data)
-    return data
-
-
-def check_values(data: Any) -> None:
-    """Refuse what no field takes: nesting past MAX_DEPTH, text that is not Unicode (a lone surrogate), an integer
-    of 64 bits or more (walked without recursion, so a deep body cannot overflow the stack)."""
-    pending: list[tuple[Any, int]] = [(data, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if isinstance(value, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise ApiError(f"the body is nested more than {MAX_DEPTH} deep")
-            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-            pending.extend((item, depth + 1) for item in items)
-        elif isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(f"the body holds text that is not Unicode (a lone surrogate, {value[:20]!r}...)") from None
-        elif isinstance(value, int) and not isinstance(value, bool) and not -LARGEST_INT <= value < LARGEST_INT:
-            raise ApiError(f"the body holds the number {str(value)[:30]}, past what any field takes (64 bits)")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:30]} is past the largest number a field takes")
-    return value
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(f"the request body is over this server's limit of {limit:,} bytes", status=413,
-                    kind="request_too_large")
 
 
 def _check_model(state: AppState, model: str | None) -> None:
@@ -403,32 +263,13 @@ def _check_model(state: AppState, model: str | None) -> None:
 # ---- errors: one line each, never a traceback
 
 
-def _error_for(exc: BaseException, debug: bool = False) -> ApiError:
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, ServerStopping):
-        return ApiError("the server is shutting down: the job was cut", status=503, kind="server_shutting_down")
-    if isinstance(exc, Cut):
-        return ApiError("the client disconnected", status=499, kind="client_closed_request")
-    if isinstance(exc, QueueFull):
-        return ApiError(f"the server is busy: {exc}; retry in a moment", status=503, kind="server_busy")
-    if isinstance(exc, errors.BadInput):
-        return ApiError(str(exc), status=400)
-    if isinstance(exc, errors.LookinsideError):  # the request, on this model, cannot be answered (an intervention
-        return ApiError(str(exc), status=422, kind="unprocessable_request")  # that overflows it), not a bug
-    if errors.is_out_of_memory(exc):
-        return ApiError("the server ran out of memory on this request: try a shorter prompt or fewer tokens",
-                        status=507, kind="server_error")
-    return unexpected(exc, debug)
-
-
 async def _api_error(request: Request, exc: Exception) -> Response:
-    error = _error_for(exc, state_of(request).settings.debug)
+    error = error_for(exc, state_of(request).settings.debug)
     return _json(error.body(), error.status)
 
 
 async def _queue_full(request: Request, exc: Exception) -> Response:
-    error = _error_for(exc)
+    error = error_for(exc)
     return _json(error.body(), error.status, {"Retry-After": str(RETRY_AFTER_S)})
 
 

@@ -29,14 +29,20 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from lookinside.core.chat.conversation import Conversation
+from lookinside.core.chat.conversation import Conversation, count_tokens, fit
 from lookinside.core.chat.defaults import DEFAULT_MAX_NEW_TOKENS, ChatSettings
-from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.decoding.detokenize import token_text
+from lookinside.core.decoding.prompting import check_fits
 from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions.records import SteerSpec
+from lookinside.core.inside.interventions.requests import check_alpha
+from lookinside.core.request import GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 from lookinside.core.wire import from_wire, to_wire
-from lookinside.serve.app import AppState, _error_for, _json, read_json, run_on_model, run_while_connected, state_of
 from lookinside.serve.door import dumps
+from lookinside.serve.door import json_response as _json
+from lookinside.serve.openai_api import check_ids
+from lookinside.serve.routing import AppState, error_for, read_json, run_on_model, run_while_connected, state_of
 from lookinside.serve.settings import ServeSettings
 from lookinside.serve.views import check_new_tokens
 from lookinside.serve.worker import QueueFull
@@ -51,8 +57,6 @@ BUSY_WAIT_S, BUSY_TRIES = 0.05, 600  # a reply's next step waits up to 30 s for 
 
 async def fit_route(request: Request) -> Response:
     """The conversation fitted into the context, as the model here fits it."""
-    from lookinside.core.chat.conversation import fit
-
     state = state_of(request)
     body = _object(await read_json(request, state.settings.max_body_bytes))
     conversation, continuation = _conversation(body)
@@ -65,8 +69,6 @@ async def fit_route(request: Request) -> Response:
 
 async def count_route(request: Request) -> Response:
     """The tokens the conversation takes in the chat template (0 when it is empty)."""
-    from lookinside.core.chat.conversation import count_tokens
-
     state = state_of(request)
     body = _object(await read_json(request, state.settings.max_body_bytes))
     conversation, _ = _conversation(body)
@@ -76,8 +78,7 @@ async def count_route(request: Request) -> Response:
 
 async def steer_route(request: Request) -> Response:
     """The steer made on the served model: its layer resolved, refused in one line where `llm steer` refuses."""
-    from lookinside.core.inside.interventions.requests import check_alpha
-    from lookinside.core.inside.interventions.steer import steering
+    from lookinside.core.inside.interventions.steer import steering  # deferred: torch
 
     state = state_of(request)
     body = _object(await read_json(request, state.settings.max_body_bytes))
@@ -115,14 +116,11 @@ class Reply:
 
     def start(self) -> dict[str, Any]:
         """Check the ids, make the steer, start the one token loop (steered as a chat here is)."""
-        from lookinside.core.decoding.generate import generate
-        from lookinside.core.decoding.prompting import check_fits
-        from lookinside.core.decoding.timing import reset_peak_memory
-        from lookinside.core.inside.interventions.steer import steered, steering
-        from lookinside.core.request import GenerationSettings
-        from lookinside.serve.openai_api import _check_ids
+        from lookinside.core.decoding.generate import generate  # deferred: torch
+        from lookinside.core.decoding.timing import reset_peak_memory  # deferred: torch
+        from lookinside.core.inside.interventions.steer import steered, steering  # deferred: torch
 
-        _check_ids(self.lm, self.ids)
+        check_ids(self.lm, self.ids)
         check_fits(len(self.ids), self.lm.context_length, self.max_new_tokens)
         reset_peak_memory(self.lm.device)  # CUDA: the reply's stats line shows its peak, as a chat here does
         steer = self.steer
@@ -133,8 +131,7 @@ class Reply:
 
     def next(self) -> dict[str, Any] | None:
         """The next step with its tokens' texts (for /why and the journal); None at the reply's end."""
-        from lookinside.core.decoding.detokenize import token_text
-        from lookinside.core.decoding.timing import peak_memory_bytes
+        from lookinside.core.decoding.timing import peak_memory_bytes  # deferred: torch
 
         step = next(self.steps, None)
         if step is None:
@@ -170,7 +167,7 @@ async def _ndjson(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         async for item in rest:
             yield dumps(item) + b"\n"
     except Exception as exc:  # noqa: BLE001 (after the 200 is sent, an error can only be one more line)
-        yield dumps(_error_for(exc).body()) + b"\n"
+        yield dumps(error_for(exc).body()) + b"\n"
 
 
 # ---- the request's fields, each refused in one line

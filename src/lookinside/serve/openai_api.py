@@ -26,8 +26,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.decoding.sampling import FIELD, SamplingParams
+from lookinside.core.decoding.detokenize import decode, token_text
+from lookinside.core.decoding.prompting import check_fits, encode_messages, encode_prompt
 from lookinside.core.request import GenerationSettings
+from lookinside.core.sampling_params import FIELD, SamplingParams
 
 if TYPE_CHECKING:
     import torch
@@ -382,9 +384,6 @@ def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, 
     The decoding itself is the returned `Work`, which the worker adds to the batch; its Prologue and then
     one Scored per token are emitted from there (None: nothing to decode, the Prologue is already out).
     """
-    from lookinside.core.decoding.detokenize import decode
-    from lookinside.core.decoding.prompting import encode_prompt
-
     sampling, want = request.sampling, request.logprobs
     max_tokens = _max_tokens(lm, sampling, settings, 0)
     prompts, choices = [], []
@@ -393,7 +392,7 @@ def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, 
             ids, text = encode_prompt(lm.tokenizer, prompt), prompt
         else:
             ids = list(prompt)
-            _check_ids(lm, ids)
+            check_ids(lm, ids)
             text = decode(lm.tokenizer, ids) if request.echo else ""
         _check_fits(lm, ids, max_tokens)
         echoed, prompt_logprobs = _prompt_pass(lm, ids, sampling, want, request.echo, chat=False)
@@ -405,8 +404,6 @@ def completion_job(lm: LM, request: CompletionRequest, settings: ServeSettings, 
 
 def chat_job(lm: LM, request: ChatBody, settings: ServeSettings, emit: Emit, cancel: Cancel) -> Work | None:
     """Set up a chat completion on the model's thread, through the model's chat template (see completion_job)."""
-    from lookinside.core.decoding.prompting import encode_messages
-
     ids = encode_messages(lm.tokenizer, list(request.messages))
     sampling = request.sampling
     max_tokens = _max_tokens(lm, sampling, settings, len(ids))
@@ -431,8 +428,6 @@ def _max_tokens(lm: LM, sampling: Sampling, settings: ServeSettings, prompt_leng
 
 
 def _check_fits(lm: LM, ids: list[int], max_tokens: int) -> None:
-    from lookinside.core.decoding.prompting import check_fits
-
     check_fits(len(ids), lm.context_length, max_tokens)
 
 
@@ -530,8 +525,6 @@ def _vllm_prompt_logprobs(lm: LM, ids: list[int], logp: torch.Tensor,
     """vLLM's prompt_logprobs: per prompt token (the first: null) its id -> logprob, rank, decoded text; and the n best."""
     import torch
 
-    from lookinside.core.decoding.detokenize import token_text
-
     out: list[dict[str, dict[str, Any]] | None] = [None]
     if len(ids) < 2:
         return out
@@ -548,7 +541,8 @@ def _vllm_prompt_logprobs(lm: LM, ids: list[int], logp: torch.Tensor,
     return out
 
 
-def _check_ids(lm: LM, ids: list[int]) -> None:
+def check_ids(lm: LM, ids: list[int]) -> None:
+    """Refuse, as the request's 400, a prompt id outside the model's vocabulary (chat's routes check theirs too)."""
     from lookinside.core.inside.hooks import head_rows
 
     vocab = head_rows(lm.model)
@@ -558,8 +552,6 @@ def _check_ids(lm: LM, ids: list[int]) -> None:
 
 
 def _namer(lm: LM, as_ids: bool) -> Callable[[int], str]:
-    from lookinside.core.decoding.detokenize import token_text
-
     return (lambda i: f"token_id:{i}") if as_ids else (lambda i: token_text(lm.tokenizer, i))
 
 

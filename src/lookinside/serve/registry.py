@@ -20,16 +20,22 @@ record is found: every command asks `find_server` before loading a model, so it 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.client
 import json
 import os
 import re
+import secrets
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lookinside.core.model.spec import LoadSpec
 from lookinside.core.paths import data_dir
+from lookinside.serve.settings import is_loopback
 
 NO_SERVER_ENV = "LOOKINSIDE_NO_SERVER"
 # LoadSpec fields that do not change what the model computes: a server loaded with other ones still matches.
@@ -74,10 +80,6 @@ class ServerRecord:
 
 def loopback_url(url: str) -> tuple[str, int]:
     """(host, port) of an http URL on a loopback address; ValueError otherwise (a record must not send us away)."""
-    from urllib.parse import urlsplit
-
-    from lookinside.serve.settings import is_loopback
-
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -260,11 +262,6 @@ def find_server(spec: LoadSpec) -> tuple[ServerRecord | None, list[str]]:
 def prove(record: ServerRecord, timeout_s: float = 2.0) -> str | None:
     """None when the server at the record's URL proves it is the recorded one (its pid, an HMAC of a fresh challenge
     under the record's nonce); else why not ("" when nothing listens there)."""
-    import hashlib
-    import hmac
-    import http.client
-    import secrets
-
     host, port = loopback_url(record.url)
     challenge = secrets.token_hex(16)
     connection = http.client.HTTPConnection(host, port, timeout=timeout_s)

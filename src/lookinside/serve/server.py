@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -56,7 +57,7 @@ def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[s
 
     `on_ready(url)` is called once the server listens (`llm serve --open` opens the web inspector there).
     """
-    from lookinside.serve.app import create_app
+    from lookinside.serve.app import create_app  # deferred: starlette
 
     port = sock.getsockname()[1]
     settings = ServeSettings(**{**_fields(settings), "port": port})
@@ -124,8 +125,6 @@ class _Server(uvicorn.Server):
 
 
 def _fields(settings: ServeSettings) -> dict[str, Any]:
-    from dataclasses import fields
-
     return {f.name: getattr(settings, f.name) for f in fields(settings)}
 
 

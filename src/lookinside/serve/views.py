@@ -22,8 +22,9 @@ from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions.requests import SteerRequest
 from lookinside.core.request import CompareRequest
 from lookinside.core.wire import from_wire
-from lookinside.serve.app import _json, read_json, run_while_connected, state_of
+from lookinside.serve.door import json_response as _json
 from lookinside.serve.openai_api import ApiError
+from lookinside.serve.routing import read_json, run_while_connected, state_of
 from lookinside.serve.settings import ServeSettings
 from lookinside.views import VIEWS, answer_record
 

@@ -14,8 +14,10 @@ server.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
+import webbrowser
 from importlib import resources
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -23,8 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lookinside.serve.app import _json, read_json, run_on_model, state_of
+from lookinside.core.decoding.detokenize import token_text
+from lookinside.serve.door import json_response as _json
 from lookinside.serve.openai_api import ApiError
+from lookinside.serve.routing import read_json, run_on_model, state_of
 from lookinside.views import VIEWS
 
 # The page's own files, by the name it asks for; nothing else is served from the folder.
@@ -118,8 +122,6 @@ async def pieces(request: Request) -> Response:
         raise ApiError(f"token id {bad} is outside this model's vocabulary of {vocab:,}", param="ids")
 
     def texts() -> list[str]:
-        from lookinside.core.decoding.detokenize import token_text
-
         return [token_text(state.lm.tokenizer, i) if i < known else "" for i in ids]
 
     return _json({"texts": await run_on_model(state, texts)})
@@ -132,9 +134,6 @@ def page_url(api_url: str) -> str:
 
 def open_in_browser(api_url: str) -> None:
     """Open the inspector in the user's browser (`llm serve --open`); where there is none, say the address."""
-    import sys
-    import webbrowser
-
     url = page_url(api_url)
     if not webbrowser.open(url):
         print(f"no browser to open here: the web inspector is at {url}", file=sys.stderr)

@@ -10,9 +10,11 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from lookinside.core.model.quantize import STORAGE
+
 if TYPE_CHECKING:
     from lookinside.core.inside.anatomy import Anatomy, Architecture, ModuleNode
-    from lookinside.core.model.quantize import Estimate
+    from lookinside.core.records import Estimate
 
 LINEAR = re.compile(r"in_features=(\d+), out_features=(\d+), bias=(True|False)")
 PLAIN_ROPE = {("rope_type", "default"), ("partial_rotary_factor", 1.0)}  # not worth a word on the card
@@ -139,8 +141,6 @@ QUANTIZE_NAMES = {"int8": "int8 weights (torchao)", "8bit": "8-bit (bitsandbytes
 
 def quantize_view(estimate: Estimate) -> Text:
     """The footprint under --quantize, with its arithmetic."""
-    from lookinside.core.model.quantize import STORAGE
-
     bits, block = STORAGE[estimate.kind]
     scales = f"one float32 scale per {block} weights" if block else "one float32 scale per output row"
     text = Text()

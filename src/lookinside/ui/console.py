@@ -14,6 +14,10 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 
+from lookinside.core.files import write_atomically
+from lookinside.core.finite import dumps
+from lookinside.core.wire import to_wire
+
 
 def stdout_console() -> Console:
     """Where results go."""
@@ -38,8 +42,6 @@ def show(result: Any, view: Callable[[Any], RenderableType], as_json: bool, keep
 
 def save_view(renderable: RenderableType, svg: Path | None, html: Path | None, width: int = 100) -> None:
     """Draw `renderable` on a recording console and write it as SVG and/or HTML, each atomically or not at all."""
-    from lookinside.core.files import write_atomically
-
     console = recorded(renderable, width)
     if svg:
         write_atomically(svg.expanduser(), console.export_svg(title="lookinside", clear=False))
@@ -59,7 +61,4 @@ def recorded(renderable: RenderableType, width: int = 100) -> Console:
 def print_json(data: Any, indent: int | None = 2) -> None:
     """A record (or plain data) as one strict JSON document on stdout, made by core/wire.py's `to_wire`, never
     coloured: NaN and infinity are null, said in "nulls" (core/finite.py)."""
-    from lookinside.core.finite import dumps
-    from lookinside.core.wire import to_wire
-
     sys.stdout.write(dumps(to_wire(data), indent=indent) + "\n")

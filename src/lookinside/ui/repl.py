@@ -19,6 +19,7 @@ from prompt_toolkit import PromptSession
 from rich.console import Console
 
 from lookinside.core import errors
+from lookinside.core.backends.seam import Backend, LocalBackend
 from lookinside.core.chat.conversation import Conversation
 from lookinside.core.chat.session import ChatSession, Reply, survivable
 from lookinside.core.paths import new_chat_file
@@ -65,8 +66,6 @@ class ChatRepl(SlashCommands):
     def __init__(self, model: LM | Backend, conversation: Conversation, console: Console,
                  session: PromptSession[str] | None = None, mode: Mode = "markdown",
                  generate_fn: GenerateFn | None = None) -> None:
-        from lookinside.core.backends.seam import Backend, LocalBackend
-
         backend = model if isinstance(model, Backend) else LocalBackend(model, generate_fn)
         self.chat = ChatSession(backend, conversation)
         self.console = console

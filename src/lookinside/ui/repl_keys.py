@@ -149,7 +149,7 @@ def quiet_keys() -> Iterator[None]:
     Only echo and line buffering go off: Ctrl-C still sends SIGINT, which stops the reply.
     """
     try:
-        import termios
+        import termios  # deferred: POSIX only (its ImportError is caught below)
 
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd) if os.isatty(fd) else None

@@ -18,6 +18,7 @@ reason. Every failure is a `RemoteError` with one line that never contains the A
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -29,12 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
 from lookinside.core.backends import remote_guard as guard
-from lookinside.core.backends.http import server_root
+from lookinside.core.backends.http import call, server_root
 from lookinside.core.backends.seam import Backend, Capabilities
 from lookinside.core.backends.server_kind import LLAMA_CPP, LLAMA_CPP_PYTHON, UNKNOWN, VLLM, ServerKind, detect
 from lookinside.core.chat.conversation import Conversation, Fitted
 from lookinside.core.decoding.prompting import chat_messages
-from lookinside.core.decoding.sampling import FIELDS, SamplingParams, request_fields
 from lookinside.core.records import (
     Candidate,
     Finish,
@@ -46,9 +46,11 @@ from lookinside.core.records import (
     Stream,
 )
 from lookinside.core.request import GenerationSettings, NextTokenRequest
+from lookinside.core.sampling_params import FIELDS, SamplingParams, request_fields
 
 if TYPE_CHECKING:
     import openai
+
     from lookinside.core.inside.interventions.records import SteerSpec
 
 KEY_ENVS = ("LOOKINSIDE_API_KEY", "OPENAI_API_KEY")
@@ -248,8 +250,6 @@ class RemoteBackend(Backend):
 
         vLLM and llama-server answer POST /tokenize (`prompt` and `content`), llama-cpp-python /extras/tokenize (`input`).
         """
-        from lookinside.core.backends.http import call
-
         root = server_root(self.spec.base_url)
         for path, name in (("/tokenize", "prompt"), ("/tokenize", "content"), ("/extras/tokenize", "input")):
             try:
@@ -557,8 +557,6 @@ def _translated(spec: RemoteSpec, streaming: bool = False, timed: bool = True) -
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """The HTTP library's own error class (httpx, or httpx2 in newer openai clients), which streams raise bare."""
-    import importlib
-
     for name in ("httpx2", "httpx"):
         try:
             return (importlib.import_module(name).HTTPError,)

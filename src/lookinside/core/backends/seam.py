@@ -22,9 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lookinside.core.decoding.sampling import FIELD, SamplingParams
+from lookinside.core.chat import conversation as chat
+from lookinside.core.decoding.detokenize import token_text
+from lookinside.core.decoding.prompting import encode_prompt
 from lookinside.core.errors import BadInput
 from lookinside.core.records import ModelFacts, Resources, Stream
+from lookinside.core.sampling_params import FIELD, SamplingParams
 
 if TYPE_CHECKING:
     from lookinside.core.chat.conversation import Conversation, Fitted
@@ -179,14 +182,12 @@ class LocalBackend(Backend):
 
     def next_token(self, request: NextTokenRequest) -> NextToken:
         """`core.inside.predict.next_token` on the local model."""
-        from lookinside.core.inside import predict
+        from lookinside.core.inside import predict  # deferred: torch
 
         return predict.next_token(self.lm, request)
 
     def prompt_ids(self, prompt: str, chat: bool = False) -> list[int]:
         """The local tokenizer's ids (through the chat template with `chat`)."""
-        from lookinside.core.decoding.prompting import encode_prompt
-
         return encode_prompt(self.lm.tokenizer, prompt, chat=chat)
 
     def prompt_tokens(self, prompt: str) -> int:
@@ -195,20 +196,18 @@ class LocalBackend(Backend):
 
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
         """The one token loop over the encoded prompt."""
-        from lookinside.core.decoding import generate
+        from lookinside.core.decoding import generate  # deferred: torch
 
         return generate.generate(self.lm, self.prompt_ids(prompt, chat), params, settings)
 
     def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
         """`core.chat.conversation.fit` with the local tokenizer and context."""
-        from lookinside.core.chat import conversation as chat
-
         return chat.fit(self.lm.tokenizer, conversation, self.lm.context_length, continuation)
 
     def stream(self, fitted: Fitted, params: SamplingParams, settings: GenerationSettings,
                steer: SteerSpec | None = None) -> Stream:
         """The one token loop, `core.decoding.generate.generate` (or the substitute given), steered if asked."""
-        from lookinside.core.decoding import generate
+        from lookinside.core.decoding import generate  # deferred: torch
 
         if self.generate_fn is None:
             stream = generate.generate(self.lm, fitted.ids or [], params, settings)
@@ -217,20 +216,20 @@ class LocalBackend(Backend):
             stream = Stream(iter(self.generate_fn(self.lm, fitted.ids or [], params, settings)), params)
         if steer is None:
             return stream
-        from lookinside.core.inside.interventions.steer import steered
+        from lookinside.core.inside.interventions.steer import steered  # deferred: torch
 
         return steered(self.lm, stream, self.vector(steer))
 
     def steering(self, add: str, subtract: str | None, layer: int, alpha: float) -> SteerSpec:
         """The steering vector made here (kept for the replies that follow); its plain description."""
-        from lookinside.core.inside.interventions.steer import steering
+        from lookinside.core.inside.interventions.steer import steering  # deferred: torch
 
         self._steering = steering(self.lm, add, subtract, layer, alpha)
         return self._steering.spec
 
     def vector(self, steer: SteerSpec) -> Steering:
         """The steering vector of `steer`: the one made last when it is that steer, else made again."""
-        from lookinside.core.inside.interventions.steer import steering
+        from lookinside.core.inside.interventions.steer import steering  # deferred: torch
 
         if self._steering is None or self._steering.spec != steer:
             self._steering = steering(self.lm, steer.add, steer.subtract, steer.depth, steer.alpha)
@@ -238,19 +237,15 @@ class LocalBackend(Backend):
 
     def count_tokens(self, conversation: Conversation) -> int | None:
         """Tokens through the local chat template."""
-        from lookinside.core.chat import conversation as chat
-
         return chat.count_tokens(self.lm.tokenizer, conversation)
 
     def token_text(self, token_id: int) -> str:
         """The local tokenizer's text for the id."""
-        from lookinside.core.decoding.detokenize import token_text
-
         return token_text(self.lm.tokenizer, token_id)
 
     def start_reply(self) -> None:
         """Reset CUDA's peak-memory counter, so the stats show this reply's peak."""
-        from lookinside.core.decoding.timing import reset_peak_memory
+        from lookinside.core.decoding.timing import reset_peak_memory  # deferred: torch
 
         if self.lm.device.type == "cuda":
             reset_peak_memory(self.lm.device)
@@ -272,7 +267,7 @@ class LocalBackend(Backend):
 
     def resources(self) -> Resources:
         """Peak CUDA memory, torch's CPU threads, and the quantization, as they apply to this device."""
-        from lookinside.core.decoding.timing import peak_memory_bytes
+        from lookinside.core.decoding.timing import peak_memory_bytes  # deferred: torch
 
         lm = self.lm
         return Resources(

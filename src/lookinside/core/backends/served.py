@@ -15,17 +15,20 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
+from lookinside.core.backends import remote
 from lookinside.core.backends.http import call, lines, server_root
 from lookinside.core.backends.seam import Backend, Capabilities
+from lookinside.core.chat.conversation import Fitted
 from lookinside.core.inside.interventions.records import SteerSpec
-from lookinside.core.records import ModelFacts, NextToken, Resources, Step, Stream
+from lookinside.core.records import ModelFacts, NextToken, Resources, Step, Stream, Tokenization
+from lookinside.core.request import TokensRequest
 from lookinside.core.wire import from_wire, to_wire
 
 if TYPE_CHECKING:
     from lookinside.core.backends.remote import RemoteBackend
     from lookinside.core.chat.conversation import Conversation, Fitted
-    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.request import GenerationSettings, NextTokenRequest
+    from lookinside.core.sampling_params import SamplingParams
 
 SERVED = Capabilities(kv_cache_switch=False, kind="lookinside")
 CHAT_PATH = "/lookinside/v1/chat"  # fit, count, steer, reply: what a chat needs beyond the OpenAI routes
@@ -43,8 +46,6 @@ def connect(endpoint: str, api_key: str | None = None, model: str | None = None)
 
     The key defaults to $LOOKINSIDE_API_KEY, then $OPENAI_API_KEY; `model` names a served model (None: the only one).
     """
-    from lookinside.core.backends import remote
-
     spec = remote.RemoteSpec(endpoint, api_key or remote.api_key_from_env(), model)
     info = probe(spec.base_url, spec.api_key, spec.timeout_s)
     if info is None:
@@ -110,11 +111,9 @@ class ServedBackend(Backend):
     @cached_property
     def remote(self) -> RemoteBackend:
         """The server's OpenAI-compatible side (imports the openai client on first use)."""
-        from lookinside.core.backends.remote import RemoteSpec, connect
-
-        remote = connect(RemoteSpec(self.root + "/v1", self.key, self.name))
-        remote.capabilities = replace(remote.capabilities, samplers=self.capabilities.samplers)  # what the server said
-        return remote
+        backend = remote.connect(remote.RemoteSpec(self.root + "/v1", self.key, self.name))
+        backend.capabilities = replace(backend.capabilities, samplers=self.capabilities.samplers)  # what the server said
+        return backend
 
     def prompt_ids(self, prompt: str, chat: bool = False) -> None:
         """None: a completion streamed through the OpenAI API names its tokens by their text, so its ids here would
@@ -128,9 +127,6 @@ class ServedBackend(Backend):
 
     def prompt_tokens(self, prompt: str) -> int:
         """How many tokens the served model makes of `prompt`, from the server's tokens view."""
-        from lookinside.core.records import Tokenization
-        from lookinside.core.request import TokensRequest
-
         return len(self.ask("tokens", TokensRequest(prompt), Tokenization).tokens)
 
     def generate(self, prompt: str, params: SamplingParams, settings: GenerationSettings, chat: bool = False) -> Stream:
@@ -141,8 +137,6 @@ class ServedBackend(Backend):
 
     def fit(self, conversation: Conversation, continuation: str | None = None) -> Fitted:
         """The conversation fitted by the server as it is here (oldest turns dropped: the window moves here too)."""
-        from lookinside.core.chat.conversation import Fitted
-
         answer = self._chat("fit", _conversation(conversation, continuation))
         conversation.window = int(answer["window"])
         return Fitted(ids=[int(i) for i in answer["ids"]], dropped_turns=int(answer["dropped_turns"]),

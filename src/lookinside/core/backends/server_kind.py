@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lookinside.core import errors
-from lookinside.core.decoding.sampling import FIELDS
 from lookinside.core.backends.http import call, server_root
+from lookinside.core.sampling_params import FIELDS
 
 VLLM, LLAMA_CPP, LLAMA_CPP_PYTHON, OLLAMA, UNKNOWN = "vLLM", "llama.cpp", "llama-cpp-python", "Ollama", "unknown"
 LOOKINSIDE = "lookinside"  # `llm serve`: vLLM's dialect (ids on request, the same extra fields)
 PROBE_TIMEOUT_S = 5.0
 VLLM_MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
-# The request fields beyond OpenAI's (core.decoding.sampling's "extra" ones, and ignore_eos) as each server names them.
+# The request fields beyond OpenAI's (core.sampling_params's "extra" ones, and ignore_eos) as each server names them.
 EXTRA_FIELDS = {
     VLLM: {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty", "ignore_eos": "ignore_eos"},
     # `llm serve` reads every sampler of FIELDS by its own name (serve/openai_api.py), a new one included

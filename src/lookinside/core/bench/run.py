@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,15 +31,17 @@ from lookinside.core.bench.report import (
 )
 from lookinside.core.decoding.generate import collect, make_cache, prefill
 from lookinside.core.decoding.prompting import check_fits, encode_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.decoding.timing import now, peak_memory_bytes, reset_peak_memory, reset_peak_rss
+from lookinside.core.model.bandwidth import cpu_bandwidth
 from lookinside.core.model.hardware import GB, known_gpu, known_names
+from lookinside.core.model.quantize import stored_bytes
 from lookinside.core.request import (
     DEFAULT_PROMPT,
     BenchSettings,
     CacheKind,
     GenerationSettings,
 )
+from lookinside.core.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -69,8 +71,6 @@ def measured_cache_bytes(lm: LM, ids: list[int], kind: CacheKind = "dynamic", ma
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of weights one decode step reads: all the weights as stored (the packed int8 ones of the CPU's
     `--quantize int8` too, which are no parameters) but an untied input-embedding table."""
-    from lookinside.core.model.quantize import stored_bytes
-
     total = stored_bytes(model)
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -86,8 +86,6 @@ def resolve_bandwidth(device: torch.device, given_gbs: float | None) -> Bandwidt
     if given_gbs is not None:
         return Bandwidth(given_gbs, "--bandwidth")
     if device.type == "cpu":
-        from lookinside.core.model.bandwidth import cpu_bandwidth
-
         measured, cached = cpu_bandwidth(device_name(device), torch.get_num_threads())
         return Bandwidth(measured.gbs, measured.source(cached))
     if device.type != "cuda":
@@ -103,8 +101,6 @@ def resolve_bandwidth(device: torch.device, given_gbs: float | None) -> Bandwidt
 
 def measure_again(device: torch.device) -> Bandwidth:
     """The CPU's bandwidth measured now, the larger of it and the cached one kept."""
-    from lookinside.core.model.bandwidth import cpu_bandwidth
-
     measured, _ = cpu_bandwidth(device_name(device), torch.get_num_threads(), again=True)
     return Bandwidth(measured.gbs, measured.source(False) + ", measured again: a decode read faster")
 
@@ -328,9 +324,7 @@ def _run_bench(
 def compiled_settings(lm: LM, settings: BenchSettings, prompt_tokens: int) -> tuple[BenchSettings, tuple[str, ...]]:
     """With --compile the cached modes run the compiled step over a static cache (so "dynamic" becomes "static"),
     after at least one warm-up run, which pays for the compiling."""
-    from dataclasses import replace
-
-    from lookinside.core.decoding.compiled import compile_mode, run_cache_length
+    from lookinside.core.decoding.compiled import compile_mode, run_cache_length  # deferred: torch
 
     modes = tuple(dict.fromkeys("static" if m != "none" else m for m in settings.modes))
     length = run_cache_length(lm.config, prompt_tokens + max(settings.lengths), lm.context_length)
@@ -351,7 +345,7 @@ def compile_outcome(lm: LM, settings: BenchSettings, warm: dict[str, int]) -> tu
     """A note when compiling failed (the runs were eager), or when the step compiled again during the timed runs."""
     if not settings.compile:
         return ()
-    from lookinside.core.decoding.compiled import Compiled
+    from lookinside.core.decoding.compiled import Compiled  # deferred: torch
 
     compiled = Compiled.for_model(lm)
     if compiled.note:
@@ -366,6 +360,4 @@ def _label(key: str) -> str:
 
 
 def _with_light(lm: LM, run: ModeResult, bandwidth: Bandwidth) -> ModeResult:
-    from dataclasses import replace
-
     return replace(run, speed_of_light=speed_of_light(lm, run, bandwidth))

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lookinside.core.bench.report import PrefixCache, RemoteBenchReport
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.records import gather
 from lookinside.core.request import DEFAULT_PROMPT, BenchSettings, GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from lookinside.core.backends.seam import Backend

@@ -8,13 +8,13 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.decoding.sampling import FIELD, FIELDS, SamplingParams
 from lookinside.core.request import new_tokens
+from lookinside.core.sampling_params import FIELD, FIELDS, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
@@ -83,7 +83,8 @@ def chat_defaults(generation_config: GenerationConfig | None,
     try:
         return SamplingParams.from_json({**chosen, "repetition_penalty": penalty, **given}), source
     except errors.BadInput as exc:  # the user's values were checked before: this is the file's mistake
-        from lookinside.core.model.checks import generation_config_error
+        from lookinside.core.model.checks import generation_config_error  # deferred: logging (llm --help)
+
 
         raise generation_config_error(exc) from None
 

@@ -24,6 +24,7 @@ from lookinside.core.chat.conversation import Conversation, Fitted
 from lookinside.core.chat.journal import Journal, journal_path, remove_stale, token_record
 from lookinside.core.chat.stats import ReplyStats, reply_stats
 from lookinside.core.chat.transcripts import read_transcript, write_transcript
+from lookinside.core.inside.interventions.requests import check_alpha
 from lookinside.core.records import Step
 from lookinside.core.request import GenerationSettings
 
@@ -150,8 +151,6 @@ class ChatSession:
 
     def set_steer(self, add: str, subtract: str | None, layer: int, alpha: float) -> str:
         """Steer every reply from now on (`/steer`): alpha x (stream of add - stream of subtract) at `layer`."""
-        from lookinside.core.inside.interventions.requests import check_alpha
-
         check_alpha(alpha)
         self.steer = self.backend.steering(add, subtract, layer, alpha)  # the model here, or the server's
         return self.steer.describe()

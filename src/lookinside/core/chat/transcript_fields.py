@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lookinside.core import errors
+from lookinside.core.sampling_params import FIELD
 
 ROLES = ("user", "assistant")
 
@@ -88,8 +89,6 @@ def _check_token(token: Any, where: str, bad: Any) -> None:
 
 
 def _check_settings(settings: dict[str, Any], bad: Any) -> None:
-    from lookinside.core.decoding.sampling import FIELD
-
     params = settings.get("params", {})
     if not isinstance(params, dict):
         raise bad("settings.params", f"must be an object, not {_short(params)}")

@@ -42,9 +42,9 @@ from lookinside.core.records import Generation, Step
 if TYPE_CHECKING:
     from transformers import DynamicCache
 
-    from lookinside.core.decoding.sampling import SamplingParams
     from lookinside.core.model.loading import LM
     from lookinside.core.request import GenerationSettings
+    from lookinside.core.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -240,9 +240,9 @@ def _batchable(lm: LM) -> bool:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    from lookinside.core.decoding.generate import _forward_parameters
+    from lookinside.core.decoding.step import forward_parameters
 
-    takes = _forward_parameters(type(lm.model))
+    takes = forward_parameters(type(lm.model))
     if not {"attention_mask", "position_ids"} <= takes:
         return False
     try:

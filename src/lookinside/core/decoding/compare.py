@@ -30,10 +30,10 @@ def compare(model: Backend | LM, request: CompareRequest) -> Comparison:
     greedy_params = request.params.updated(temperature=0.0, seed=None)
     every = (greedy_params, *request.sample_params())
     settings = request.settings
-    if backend.capabilities.insides and settings.cache == "dynamic" and not settings.compile:  # the weights are here: .lm
-        from lookinside.core.decoding.batch import decode_together
+    if (here := backend.weights) is not None and settings.cache == "dynamic" and not settings.compile:
+        from lookinside.core.decoding.batch import decode_together  # deferred: torch
 
-        runs = decode_together(backend.lm, backend.prompt_ids(request.prompt, request.chat), every, settings)
+        runs = decode_together(here, backend.prompt_ids(request.prompt, request.chat), every, settings)
     else:
         runs = [gather(backend.generate(request.prompt, params, settings, request.chat)) for params in every]
     prompt_ids = backend.prompt_ids(request.prompt, request.chat) if backend.capabilities.ids else None

@@ -16,11 +16,14 @@ model is not compiled again in this process.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
+from lookinside.core.decoding.step import cache_argument, observation
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, StaticCache
@@ -57,8 +60,6 @@ def windowless(config: PretrainedConfig, length: int) -> PretrainedConfig:
     transformers' sliding-window cache layers count positions in a Python int, which torch.compile bakes
     into the graph (a recompilation at every step); a window longer than the run changes nothing anyway.
     """
-    import copy
-
     window = sliding_window(config)
     if window is None or length > window:
         return config
@@ -161,8 +162,6 @@ class Compiled:
         if self.failed:
             return eager()
         if self.step is None:
-            from lookinside.core.decoding.generate import cache_argument
-
             self._cache_kwarg = cache_argument(self.lm.model)  # read here: inspect.signature does not trace
             self.step = torch.compile(self._forward, fullgraph=True, dynamic=False, **compile_options(self.lm.device))
         try:
@@ -175,9 +174,7 @@ class Compiled:
         return logits.clone() if self.lm.device.type == "cuda" else logits
 
     def observation(self, logits: torch.Tensor, token: torch.Tensor, checked: bool = False) -> torch.Tensor:
-        """generate.observation compiled too: a dozen small ops over the vocabulary become one kernel call."""
-        from lookinside.core.decoding.generate import observation
-
+        """step.observation compiled too: a dozen small ops over the vocabulary become one kernel call."""
         if self.failed:
             return observation(logits, token)
         if self._observe is None:

@@ -17,7 +17,6 @@ concrete seed, known from the stream (`stream.seed`) before the first step.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -28,19 +27,18 @@ import torch
 from lookinside.core.decoding.compiled import Compiled
 from lookinside.core.decoding.detokenize import IncrementalDecoder, StopStrings
 from lookinside.core.decoding.prompting import check_fits
-from lookinside.core.decoding.sampling import SamplingParams, build_processors, sample
+from lookinside.core.decoding.sampling import build_processors, sample
+from lookinside.core.decoding.step import TOP_ALTERNATIVES, cache_argument, observation
 from lookinside.core.decoding.timing import now
 from lookinside.core.finite import check_logits
 from lookinside.core.records import Finish, Generation, Step, Stream
 from lookinside.core.request import CacheKind, GenerationSettings
+from lookinside.core.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from transformers import Cache, LogitsProcessorList
 
     from lookinside.core.model.loading import LM
-
-TOP_ALTERNATIVES = 5
-
 
 def generate(
     lm: LM, prompt_ids: list[int], params: SamplingParams, settings: GenerationSettings = GenerationSettings(),
@@ -264,36 +262,11 @@ def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_
     return int(packed[0]), math.exp(packed[1]), int(packed[2]), top
 
 
-def observation(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_ALTERNATIVES) -> torch.Tensor:
-    """[token, log p, rank, top ids..., top log ps...] as one float64 row (compiled with the step under --compile).
-
-    # (vocab,), (1,) -> (3 + 2k,)
-    """
-    # log p = logit - logsumexp: one reduction over the vocab instead of a whole log-softmax tensor.
-    logits = logits.float()  # (vocab,)
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (1,)
-    chosen = logits[token]  # (1,)
-    rank = (logits > chosen).sum().unsqueeze(0) + 1  # (1,)
-    top_logits, top_ids = logits.topk(min(alternatives, logits.shape[-1]))  # (k,), (k,)
-    chosen, top_logp = chosen - lse, top_logits - lse  # (1,), (k,)
-    return torch.cat([token.double(), chosen.double(), rank.double(), top_ids.double(), top_logp.double()])
-
-
 def _forward(lm: LM, ids: torch.Tensor, cache: Cache | None) -> torch.Tensor:
     kwargs = {cache_argument(lm.model): cache} if cache is not None else {}
     out = lm.model(input_ids=ids, use_cache=cache is not None, logits_to_keep=1, **kwargs)
     # With an accelerate device map the head may sit on another device than the ids; bring it home.
     return out.logits[:, -1, :].float().to(ids.device)  # (1, vocab)
-
-
-@functools.cache
-def _forward_parameters(forward_type: type) -> frozenset[str]:
-    return frozenset(inspect.signature(forward_type.forward).parameters)
-
-
-def cache_argument(model: torch.nn.Module) -> str:
-    """`cache` in newer transformers 5 releases, `past_key_values` before them and in remote code."""
-    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
 
 
 def _generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:

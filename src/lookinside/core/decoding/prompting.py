@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lookinside.core import errors
+from lookinside.core.rules import check_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,12 +36,6 @@ def encode_messages(
     """Token ids of a rendered conversation (the template itself places any BOS)."""
     text = render_chat(tokenizer, messages, add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def check_prompt(prompt: str) -> None:
-    """Refuse an empty prompt (callers do this before loading a model, too)."""
-    if not prompt.strip():
-        raise errors.EmptyPrompt('the prompt is empty: give some text, e.g. "The capital of France is"')
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:

@@ -15,15 +15,16 @@ import torch
 from torch import nn
 
 from lookinside.core import errors
-from lookinside.core.model.loading import context_length, load_config_offline
+from lookinside.core.model.loaded import context_length
+from lookinside.core.model.loading import load_config_offline
 from lookinside.core.model.quantize import estimate
 from lookinside.core.records import Anatomy, Architecture, ModuleNode, attention_kind  # noqa: F401  (the records live there)
+from lookinside.core.request import InspectRequest
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
     from lookinside.core.model.spec import LoadSpec
-    from lookinside.core.request import InspectRequest
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SILENT = (nn.Dropout, nn.Identity)  # no weights and no effect at inference: left out of the tree
@@ -45,8 +46,6 @@ def on_meta(spec: LoadSpec) -> OnMeta:
 
 def inspect_model(spec: LoadSpec) -> Anatomy:
     """The anatomy of `spec.model` from its config alone, with --quantize's footprint when asked."""
-    from lookinside.core.request import InspectRequest
-
     return anatomy_for(on_meta(spec), InspectRequest(spec.quantize))
 
 

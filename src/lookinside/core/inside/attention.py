@@ -37,7 +37,7 @@ def eager_spec(spec: LoadSpec) -> tuple[LoadSpec, str | None]:
 
 def precheck(spec: LoadSpec, request: AttentionRequest) -> None:
     """Check --layer and --head against the config before the weights are loaded."""
-    from lookinside.core.model.loading import load_config_offline
+    from lookinside.core.model.loading import load_config_offline  # deferred: torch
 
     config = load_config_offline(spec.model, trust_remote_code=spec.trust_remote_code)
     request.resolved(config.num_hidden_layers, config.num_attention_heads)

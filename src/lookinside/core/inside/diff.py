@@ -21,11 +21,12 @@ import torch
 from lookinside.core import errors
 from lookinside.core.decoding.detokenize import token_text
 from lookinside.core.decoding.generate import collect
-from lookinside.core.decoding.prompting import check_fits, check_prompt
-from lookinside.core.decoding.sampling import SamplingParams
+from lookinside.core.decoding.prompting import check_fits
 from lookinside.core.inside.hooks import head_rows
 from lookinside.core.records import WORST, Diff, Position, first_difference  # noqa: F401  (the records live there)
 from lookinside.core.request import GenerationSettings
+from lookinside.core.rules import check_prompt
+from lookinside.core.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -28,6 +28,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from logging.handlers import BufferingHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -211,8 +212,6 @@ def generation_config_error(exc: errors.BadInput) -> errors.BadInput:
 @contextmanager
 def held(logger_name: str = "transformers") -> Iterator[Callable[[], None]]:
     """Hold what `logger_name` logs in the block; the function it yields prints it (call it once the config passed)."""
-    from logging.handlers import BufferingHandler
-
     logger = logging.getLogger(logger_name)
     handlers, propagate = logger.handlers[:], logger.propagate
     buffer = BufferingHandler(capacity=1000)

@@ -13,16 +13,19 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
+from lookinside.core.model.ollama import find_model
+from lookinside.core.model.quantize import stored_bytes
 
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-    from lookinside.core.model.loading import LM
+    from lookinside.core.model.loaded import LM
     from lookinside.core.model.spec import LoadSpec
 
 MAGIC = b"GGUF"
@@ -94,8 +97,6 @@ def locate(name: str) -> Path | None:
     A `.gguf` name that is missing or not a GGUF file is an error here, not a Hub id further on.
     """
     if name.startswith(OLLAMA_PREFIX):
-        from lookinside.core.model.ollama import find_model
-
         path = find_model(name.removeprefix(OLLAMA_PREFIX))
     else:
         path = Path(name).expanduser()
@@ -143,8 +144,6 @@ def check_supported(file: GgufFile, label: str) -> None:
     readable = dequantizable_types()
     unreadable = [name for name in file.tensor_types if name not in readable]
     if unreadable:
-        from importlib.metadata import version
-
         raise UnsupportedGguf(
             f"{label}: tensors of type {', '.join(unreadable)} cannot be dequantized by gguf {version('gguf')}; "
             f"it reads {', '.join(sorted(readable))}: use a file quantized to one of those (Q8_0, Q4_K_M...) "
@@ -235,30 +234,30 @@ def load(spec: LoadSpec, file: GgufFile) -> LM:
     resolves to."""
     from transformers import AutoModelForCausalLM
 
-    from lookinside.core.model import loading
+    from lookinside.core.model import loaded
 
     if spec.random_weights:
         raise errors.BadInput("--random-weights needs a Hugging Face checkpoint; a GGUF file brings its weights")
     if spec.quantize not in (None, "float"):
         raise errors.BadInput(f"--quantize {spec.quantize}: a GGUF file keeps its own quantization (--quantize "
                               "float dequantizes it as it loads)")
-    device = loading.resolve_device(spec.device)
-    dtype = loading.resolve_dtype(spec.dtype, device, _checkpoint_dtype(file))
+    device = loaded.resolve_device(spec.device)
+    dtype = loaded.resolve_dtype(spec.dtype, device, _checkpoint_dtype(file))
     if spec.quantize is None and device.type in ("cpu", "cuda") and quantized_matrices(file):
         return load_packed(spec, file, device, dtype)
-    with loading._hub_errors(spec.model), loading._memory_errors(spec.model, device), _transformers_progress():
+    with loaded.hub_errors(spec.model), loaded.memory_errors(spec.model, device), _transformers_progress():
         config = load_config(spec.model, file, spec.trust_remote_code)
-        loading.check_causal_lm(spec.model, config)
+        loaded.check_causal_lm(spec.model, config)
         tokenizer = load_tokenizer(file, spec.trust_remote_code)
         model, info = AutoModelForCausalLM.from_pretrained(
             str(file.path.parent), gguf_file=file.path.name, config=config, output_loading_info=True,
-            **loading._load_kwargs(replace(spec, quantize=None), device, dtype))
-    notes = loading.check_loaded(spec.model, model, tokenizer, info)
+            **loaded.load_kwargs(replace(spec, quantize=None), device, dtype))
+    notes = loaded.check_loaded(spec.model, model, tokenizer, info)
     model.generation_config.eos_token_id = end_token_ids(model.generation_config.eos_token_id, tokenizer)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     model.eval()
     origin = Dequantized(file.file_type, file.size, str(dtype).removeprefix("torch."), weights)
-    return loading.LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype,
+    return loaded.LM(name=spec.model, model=model, tokenizer=tokenizer, device=model.device, dtype=dtype,
                       source=str(file.path), notes=(origin.describe(), *notes), origin=origin)
 
 
@@ -274,12 +273,11 @@ def load_packed(spec: LoadSpec, file: GgufFile, device: torch.device, dtype: tor
     `dtype`; built with empty parameters and filled tensor by tensor, so memory grows only by what is kept."""
     from transformers import AutoModelForCausalLM
 
-    from lookinside.core.model import gguf_packed, loading
-    from lookinside.core.model.quantize import stored_bytes
+    from lookinside.core.model import gguf_packed, loaded
 
-    with loading._hub_errors(spec.model), loading._memory_errors(spec.model, device):
+    with loaded.hub_errors(spec.model), loaded.memory_errors(spec.model, device):
         config = load_config(spec.model, file, spec.trust_remote_code)
-        loading.check_causal_lm(spec.model, config)
+        loaded.check_causal_lm(spec.model, config)
         tokenizer = load_tokenizer(file, spec.trust_remote_code)
         with gguf_packed.empty_parameters():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn,
@@ -293,7 +291,7 @@ def load_packed(spec: LoadSpec, file: GgufFile, device: torch.device, dtype: tor
     model.generation_config.eos_token_id = end_token_ids(model.generation_config.eos_token_id, tokenizer)
     model.eval()
     origin = Dequantized(file.file_type, file.size, str(dtype).removeprefix("torch."), stored_bytes(model), kept)
-    return loading.LM(name=spec.model, model=model, tokenizer=tokenizer, device=device, dtype=dtype,
+    return loaded.LM(name=spec.model, model=model, tokenizer=tokenizer, device=device, dtype=dtype,
                       source=str(file.path), notes=(origin.describe(),), origin=origin)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from lookinside.core import errors
 from lookinside.core.model import ggml
+from lookinside.core.model.quantize import fits_int4, int4_groups, int8_rows
 
 if TYPE_CHECKING:
     import torch
@@ -99,7 +100,6 @@ def _linear(tensor: Any, kind: str, rows: Any, bias: Any, device: torch.device) 
     import torch
 
     from lookinside.core.model.packed import Int4Linear, Int8Linear
-    from lookinside.core.model.quantize import fits_int4, int4_groups, int8_rows
 
     in_features, out_features = (int(n) for n in tensor.shape)  # ggml's order: the row's length first
     if kind in ggml.EXACT_INT4 and fits_int4(out_features, in_features, ggml.GROUP):

@@ -31,7 +31,10 @@ from lookinside.core import errors
 if TYPE_CHECKING:
     import torch
 
-from lookinside.core.model.spec import QUANTIZE
+import warnings
+
+from lookinside.core.records import Estimate
+from lookinside.core.rules import QUANTIZE
 
 PACKAGES = {"int8": "torchao", "8bit": "bitsandbytes", "4bit": "bitsandbytes"}
 # What --quantize int8 is on the CPU: the faster int8 kind. On the 2-layer Phi-3 shape, one thread, the dynamic
@@ -69,25 +72,6 @@ class Quantized:
 # int4: a bfloat16 scale and zero per 32 weights, the bytes of one float32.
 STORAGE = {"int8": (8, None), "int8-weight": (8, None), "int8-dynamic": (8, None), "int4": (4, GROUP_SIZE),
            "8bit": (8, None), "4bit": (4, 64)}
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """The weights' footprint under `kind`, from the shapes alone: what is converted, what stays 16-bit."""
-
-    kind: str
-    converted_params: int  # in the decoder's linear layers
-    kept_params: int  # embeddings, the LM head, norms: kept at 16 bits, as the loaders do
-    converted_bytes: int
-    scale_bytes: int
-    kept_bytes: int
-
-    DERIVED = ("total_bytes",)  # written into the JSON beside the fields (core/wire.py)
-
-    @property
-    def total_bytes(self) -> int:
-        """Everything the weights take."""
-        return self.converted_bytes + self.scale_bytes + self.kept_bytes
 
 
 def estimate(model: torch.nn.Module, kind: str) -> Estimate:
@@ -147,7 +131,6 @@ def convert_after_loading(kind: str | None, model: torch.nn.Module, device: torc
         return
     if not dynamic_int8(kind, device):
         return
-    import warnings
 
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic

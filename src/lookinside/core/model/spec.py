@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lookinside.core.errors import BadInput
-from lookinside.core.model.threads import check_threads
+from lookinside.core.model.ollama import OllamaName
+from lookinside.core.rules import check_quantize, check_threads
 
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
-QUANTIZE = ("int8", "int8-weight", "int8-dynamic", "int4", "8bit", "4bit", "float")  # core/model/quantize.py says each
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,11 @@ class LoadSpec:
         if not self.model.strip():
             raise BadInput("--model is empty: give a Hub id, a local directory, a GGUF file, ollama:NAME, or tiny")
         if self.model.startswith("ollama:"):  # a malformed name is refused before anything loads
-            from lookinside.core.model.ollama import OllamaName
 
             OllamaName.parse(self.model.removeprefix("ollama:"))
         if self.layers is not None and self.layers < 1:
             raise BadInput(f"--layers must be at least 1, not {self.layers}")
-        if self.quantize is not None and self.quantize not in QUANTIZE:
-            raise BadInput(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
+        check_quantize(self.quantize)
         if self.quantize is not None and self.random_weights:
             raise BadInput("--quantize needs real weights to convert; drop --random-weights")
         check_threads(self.threads)

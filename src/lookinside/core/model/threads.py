@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from lookinside.core.errors import BadInput
+from lookinside.core.rules import check_threads
 
-PROC_STAT = Path("/proc/stat")
 SAMPLE_SECONDS = 0.1
 # Past a few threads a core, torch's threads only wait for each other; far past it the OpenMP runtime
 # cannot start them at all and prints its own line ("libgomp: Thread creation failed") instead of ours.
@@ -33,12 +32,6 @@ class ThreadChoice:
     def describe(self) -> str:
         """`2 threads (auto: 2 of 2 cores idle)`."""
         return f"{self.count} thread{'s' * (self.count != 1)} ({self.reason})"
-
-
-def check_threads(requested: object) -> None:
-    """The one rule for --threads (LoadSpec, BenchSettings, here): None, or a whole number >= 1."""
-    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 1):
-        raise BadInput(f"--threads must be a whole number >= 1, not {requested!r}")
 
 
 def choose_threads(requested: int | None, cores: int | None = None, idle: float | None = None) -> ThreadChoice:

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from lookinside.core.decoding.prompting import check_prompt
-from lookinside.core.decoding.sampling import SamplingParams
 from lookinside.core.errors import BadInput
 from lookinside.core.request import CHAT_HELP, REQUIRED, group, new_tokens, option, text, whole
+from lookinside.core.rules import check_prompt
+from lookinside.core.sampling_params import SamplingParams
 
 Part = Literal["attn", "mlp", "block"]
 PARTS: tuple[Part, ...] = ("attn", "mlp", "block")
