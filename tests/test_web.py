@@ -5,7 +5,8 @@ nothing is downloaded) and skip where either is missing. Each view is opened fro
 its numbers are checked against the view's record (core/wire.py's `to_wire`, what `llm NAME --json`
 prints), made here in-process through `li.NAME`; the sampling controls' redraw is held to the
 core's formula (core/decoding/sampling.py) to 1e-6. The page reads the view route's `record` and
-nothing else: a request for the old `?json=1` form is refused and fails the test. Every request
+nothing else: a request for the old `?json=1` form is refused and fails the test; what a record works
+out in Python (its class's DERIVED) is shown as the record gives it, never worked out again in the page. Every request
 the page makes must stay on 127.0.0.1, and no console error may appear. Screenshots of every view at 1280x800 and at phone
 width go to $LOOKINSIDE_TEST_WEB_SHOTS (or the test's temporary directory).
 """
@@ -44,6 +45,7 @@ PROMPT = "The capital of France is"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
+VIEWS = "/lookinside/v1/views/"  # + a view's name: its route
 SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 
 
@@ -144,8 +146,9 @@ def server(tmp_path_factory):
 class Page:
     """One browser tab on the server: every request it makes is recorded (and any not to the server refused)."""
 
-    def __init__(self, browser, base: str, size: str = "desktop") -> None:
+    def __init__(self, browser, base: str, size: str = "desktop", rewrite: dict[str, Any] | None = None) -> None:
         self.base, self.requests, self.errors, self.old_form = base, [], [], []
+        self.rewrite = rewrite or {}  # view name -> a function of its record: what the page gets instead
         self.context = browser.new_context(viewport=SIZES[size])
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
@@ -158,6 +161,11 @@ class Page:
         if "json" in parse_qs(url.query):  # the page reads the record alone, never the old `?json=1` answer
             self.old_form.append(route.request.url)
             route.abort()
+        elif url.netloc == urlsplit(self.base).netloc and url.path.removeprefix(VIEWS) in self.rewrite:
+            response = route.fetch()
+            answer = response.json()
+            answer["record"] = self.rewrite[url.path.removeprefix(VIEWS)](answer["record"])
+            route.fulfill(response=response, json=answer)
         elif url.netloc == urlsplit(self.base).netloc:
             route.continue_()
         else:
@@ -263,6 +271,7 @@ def test_attention_draws_every_head_and_a_click_enlarges_one(tab, tiny):
     expected = record(tiny, "attention", PROMPT, layer=1)
     tab.open(view="attention", prompt=PROMPT, layer=1)
     assert tab.page.locator(".head").count() == expected["heads"]
+    assert tab.page.text_content("#panel h2").endswith(f"key/value heads, {expected['attention']})")
     tab.page.click(".head[data-head='2']")
     assert tab.page.get_attribute("#enlarged", "data-head") == "2"
     assert tab.page.get_attribute(".head[data-head='2']", "aria-pressed") == "true"
@@ -276,6 +285,7 @@ def test_attention_draws_every_head_and_a_click_enlarges_one(tab, tiny):
     tab.page.keyboard.press("Enter")  # from the keyboard too
     assert tab.page.get_attribute("#enlarged", "data-head") == "3"
     assert "layer 1, head 3: entropy " in tab.page.text_content("#enlarged h3")  # the record's summaries
+    assert f"bits (uniform {expected['uniform_entropy']:.2f})" in tab.page.text_content("#enlarged h3")
     assert f"{expected['summaries'][3]['self_token']:.2f}" in tab.page.text_content("#enlarged h3")
     tab.page.click("button[aria-pressed=false]:text-is('2')")  # another layer, drawn anew
     tab.page.wait_for_selector("#panel[data-state=drawn] h2:text('layer 2 of 4')", state="attached")
@@ -298,14 +308,14 @@ def test_lens_patch_ablate_show_the_commands_numbers(tab, tiny):
                                          "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
     cell = lambda c: f"{c['token'].replace(' ', '␣', 1)} {fmt_prob(c['prob'])}"  # noqa: E731
     assert [row[:4] for row in rows] == [[str(layer["layer"]), *map(cell, layer["top"])] for layer in at_3["rows"]]
-    lens_3 = li.lens(tiny, PROMPT, all_positions=True, position=3).record  # its properties, drawn by the page
-    assert f"top from layer {lens_3.first_top1} and settled from layer {lens_3.settled}" in tab.page.text_content("#panel")
+    settled = f"top from layer {at_3['first_top1']} and settled from layer {at_3['settled']}"  # the record's values
+    assert settled in tab.page.text_content("#panel")
 
-    patch = li.patch(tiny, PROMPT, "The capital of Italy is").record
+    patch = record(tiny, "patch", PROMPT, "The capital of Italy is")
     tab.open(view="patch", clean=PROMPT, corrupt="The capital of Italy is")
-    assert tab.cells("rect.cell") == pytest.approx(by_cell(patch.prob), abs=1e-6)
+    assert tab.cells("rect.cell") == pytest.approx(by_cell(patch["prob"]), abs=1e-6)
     rows = tab.page.eval_on_selector_all("svg.heatmap text.label[text-anchor=end]", "ts => ts.map(t => t.textContent)")
-    assert rows == list(patch.layer_names)
+    assert rows == patch["layer_names"]
 
     ablate = record(tiny, "ablate", PROMPT, sweep="heads")
     tab.open(view="ablate", prompt=PROMPT, sweep="heads")
@@ -319,32 +329,25 @@ def test_tokens_forward_steer_compare_inspect_show_the_commands_output(tab, tiny
     shown = tab.page.eval_on_selector_all("#panel table tbody tr", "rs => rs.map(r => +r.cells[1].textContent)")
     assert shown == [t["id"] for t in tokens["tokens"]]
 
-    forward = li.forward(tiny, PROMPT).record
+    forward = record(tiny, "forward", PROMPT)
     tab.open(view="forward", prompt=PROMPT)
     drawn = tab.page.text_content("svg.forward")
-    assert "lm_head" in drawn and f"[{', '.join(map(str, forward.after[-1].output_shape))}]" in drawn
-    note = tab.page.text_content("#panel p.note")  # ForwardPass.head_shapes, a property, drawn by the page
-    assert note.endswith(", ".join(f"{k} [{', '.join(map(str, v))}]" for k, v in forward.head_shapes.items()))
+    assert "lm_head" in drawn and f"[{', '.join(map(str, forward['after'][-1]['output_shape']))}]" in drawn
+    assert f"(×{forward['blocks'][0]['count']}), each:" in drawn
+    note = tab.page.text_content("#panel p.note")  # the record's head_shapes
+    assert note.endswith(", ".join(f"{k} [{', '.join(map(str, v))}]" for k, v in forward["head_shapes"].items()))
 
     steer = record(tiny, "steer", PROMPT, " Paris", layer=1, max_new_tokens=8)
     tab.open(view="steer", prompt=PROMPT, add=" Paris", layer=1, max_new_tokens=8)
     assert tab.page.text_content("pre[data-role=steered]") == steer["steered"]
     assert tab.page.text_content("pre[data-role=unsteered]") == steer["unsteered"]
 
-    compare = li.compare(tiny, PROMPT, seed=7, samples=2, max_new_tokens=8).record
+    compare = record(tiny, "compare", PROMPT, seed=7, samples=2, max_new_tokens=8)
     tab.open(view="compare", prompt=PROMPT, seed=7, samples=2, max_new_tokens=8)
+    assert compare_shown(tab) == compare_of(compare)
     runs = tab.page.eval_on_selector_all("svg.tokens", "ss => ss.map(s => [...s.querySelectorAll('g.tok')]"
                                          ".map(g => g.dataset.text).join(''))")
-    assert runs == [compare.greedy.text, *(s.text for s in compare.samples)]
-    # What Generation and Comparison derive (perplexity, finish, seeds, departs) the page derives the same way.
-    notes = tab.page.eval_on_selector_all("#panel .row h3 + p.note", "ps => ps.map(p => p.textContent)")
-    assert notes == [f"perplexity {g.perplexity:.3f}, {len(g.steps)} tokens, {g.finish}"
-                     for g in (compare.greedy, *compare.samples)]
-    names = tab.page.eval_on_selector_all("#panel .row h3", "hs => hs.map(h => h.textContent)")
-    assert names == ["greedy", *(f"sample {i + 1} (seed {seed})" for i, seed in enumerate(compare.seeds))]
-    marked = tab.page.eval_on_selector_all("svg.tokens", "ss => ss.map(s => [...s.querySelectorAll('g.tok')]"
-                                           ".findIndex(g => g.querySelector('rect.mark')))")
-    assert marked == [-1, *(-1 if compare.departs(s) is None else compare.departs(s) for s in compare.samples)]
+    assert runs == [compare["greedy"]["text"], *(s["text"] for s in compare["samples"])]
     tab.page.hover("svg.tokens g.tok")
     assert '" Vienna" 9.4e-05' in tab.page.text_content("#panel .readout")
 
@@ -352,6 +355,65 @@ def test_tokens_forward_steer_compare_inspect_show_the_commands_output(tab, tiny
     tab.open(view="inspect")
     assert f"{card['card']['parameters']:,}" in tab.page.text_content("#panel table")
     assert tab.page.text_content("#panel details summary").startswith(f"(model): {card['tree']['kind']} · ")
+
+
+def compare_of(j: dict[str, Any]) -> dict[str, list]:
+    """What the compare panel should show of a record: each run's heading, its note and its outlined token."""
+    runs = [j["greedy"], *j["samples"]]
+    return {"names": ["greedy", *(f"sample {i + 1} (seed {seed})" for i, seed in enumerate(j["seeds"]))],
+            "notes": [f"perplexity {g['perplexity']:.3f}, {len(g['steps'])} tokens, {g['finish']}" for g in runs],
+            "marked": [-1, *(-1 if at is None else at for at in j["departs_at"])]}
+
+
+def compare_shown(tab: Page) -> dict[str, list]:
+    """What the compare panel shows: each run's heading, its note and its outlined token (-1: none)."""
+    return {"names": tab.page.eval_on_selector_all("#panel .row h3", "hs => hs.map(h => h.textContent)"),
+            "notes": tab.page.eval_on_selector_all("#panel .row h3 + p.note", "ps => ps.map(p => p.textContent)"),
+            "marked": tab.page.eval_on_selector_all("svg.tokens", "ss => ss.map(s => [...s.querySelectorAll('g.tok')]"
+                                                    ".findIndex(g => g.querySelector('rect.mark')))")}
+
+
+@pytest.mark.slow
+def test_the_page_shows_what_the_record_worked_out_and_works_out_none_of_it(browser, server):
+    """Each value a record carries from its class's DERIVED is read, not worked out again: the test changes each one on
+    its way to the page (and only it, so a page with its own rule would show the true value), and the page shows it."""
+    def changed(**values: Any):
+        return lambda r: {**r, **{k: (v(r) if callable(v) else v) for k, v in values.items()}}
+
+    tab = Page(browser, server, rewrite={
+        "lens": changed(first_top1=97, settled=98),
+        "patch": changed(layer_names=lambda r: [f"row {i}" for i in range(len(r["prob"]))]),
+        "forward": changed(head_shapes={"queries": [9, 8, 7, 6]},
+                           blocks=lambda r: [{**b, "count": 77} for b in r["blocks"]]),
+        "attention": changed(attention="XQA", uniform_entropy=7.25),
+        "ablate": changed(shift=lambda r: {**r["shift"], "change": 0.125, "top_after_rank": 42}),
+        "compare": changed(seeds=[101, 102], departs_at=[2, None],
+                           greedy=lambda r: {**r["greedy"], "perplexity": 11.25, "finish": "finished"},
+                           samples=lambda r: [{**g, "perplexity": 12.5 + i, "finish": f"finish{i}"}
+                                              for i, g in enumerate(r["samples"])])})
+    try:
+        tab.open(view="lens", prompt=PROMPT)
+        assert "top from layer 97 and settled from layer 98" in tab.page.text_content("#panel")
+        tab.open(view="patch", clean=PROMPT, corrupt="The capital of Italy is")
+        rows = tab.page.eval_on_selector_all("svg.heatmap text.label[text-anchor=end]",
+                                             "ts => ts.map(t => t.textContent)")
+        assert rows and rows == [f"row {i}" for i in range(len(rows))]
+        tab.open(view="forward", prompt=PROMPT)
+        assert "(×77), each:" in tab.page.text_content("svg.forward")
+        assert tab.page.text_content("#panel p.note").endswith("; queries [9, 8, 7, 6]")
+        tab.open(view="attention", prompt=PROMPT, layer=1)
+        assert tab.page.text_content("#panel h2").endswith("key/value heads, XQA)")
+        assert "bits (uniform 7.25)" in tab.page.text_content("#enlarged h3")
+        tab.open(view="ablate", prompt=PROMPT, heads="0.1")
+        assert tab.page.text_content("#panel p[data-role=shift]").endswith("(+0.1250), rank 1 → 42")
+        tab.open(view="compare", prompt=PROMPT, seed=7, samples=2, max_new_tokens=8)
+        shown = compare_shown(tab)
+        assert shown["names"] == ["greedy", "sample 1 (seed 101)", "sample 2 (seed 102)"]
+        assert [n.split(",")[0] for n in shown["notes"]] == [f"perplexity {p}" for p in ("11.250", "12.500", "13.500")]
+        assert [n.split(", ")[-1] for n in shown["notes"]] == ["finished", "finish0", "finish1"]
+        assert shown["marked"] == [-1, 2, -1]
+    finally:
+        tab.close()
 
 
 @pytest.mark.slow

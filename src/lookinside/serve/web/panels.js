@@ -3,8 +3,9 @@
 // names; api.js's `view` has put its non-finite numbers back), the one thing a panel reads;
 // `answer.sent` is the same record as the server sent it, which the panel's "Save JSON" writes.
 // Nothing here computes a number the server gave, except the sampling controls' redraw
-// (sampling.js, the core's formula); what a record derives in Python (a property such as
-// `Generation.perplexity` or `PatchResult.layer_names`) is derived here by the same rule.
+// (sampling.js, the core's formula): what a record works out in Python (a property named in its
+// class's DERIVED, such as `Generation.perplexity` or `PatchResult.layer_names`) travels in the
+// record beside its fields, and is read here, never worked out again.
 
 import { pieces, stream, view } from "./api.js";
 import { bars, h, heatmap, legend, prob, readout, s, saveBar, show, tokenRun } from "./draw.js";
@@ -15,8 +16,7 @@ export const timings = window.lookinside = window.lookinside || { redrawMs: [] }
 
 function chips(tokens) {
   return h("div", { class: "chips", "aria-label": "the prompt's tokens" }, tokens.map((t) => h("span",
-    { class: `chip ${t.kind || (/^<.*>$/.test(t.piece || t.text) ? "special" : "")}` },
-    show(t.piece ?? t.text), h("small", {}, String(t.id)))));
+    { class: `chip ${t.kind}` }, show(t.piece), h("small", {}, String(t.id)))));
 }
 
 /** The panel's title and its save buttons; `data` gives what "Save JSON" writes (a view's record as it was sent). */
@@ -181,7 +181,7 @@ export function forward(panel, answer) {
   items.push({ kind: "box", name: "tokenizer", type: JSON.stringify(j.prompt).slice(0, 40), shape: shape(j.input_shape) });
   for (const st of j.before) items.push({ kind: "box", name: st.path, type: st.kind, shape: shape(st.output_shape) });
   for (const b of j.blocks) {
-    items.push({ kind: "open", name: `blocks ${b.first}–${b.last} (×${b.last - b.first + 1}), each:`, n: b.stages.length });
+    items.push({ kind: "open", name: `blocks ${b.first}–${b.last} (×${b.count}), each:`, n: b.stages.length });
     for (const st of b.stages) items.push({ kind: "stage", name: st.path || "(the block)", type: st.kind,
       shape: `${shape(st.input_shape)} → ${shape(st.output_shape)}` });
   }
@@ -216,14 +216,10 @@ export function forward(panel, answer) {
   svg.setAttribute("width", W);
   svg.setAttribute("height", y + 4);
   svg.setAttribute("viewBox", `0 0 ${W} ${y + 4}`);
-  // Inside attention, per head: ForwardPass.head_shapes, from the config (no module returns these).
-  const [batch, n] = j.input_shape;
-  const heads = { queries: [batch, j.heads, n, j.head_dim], "keys, values": [batch, j.kv_heads, n, j.head_dim],
-    "scores, weights": [batch, j.heads, n, n] };
   panel.append(...head(`The forward pass of ${JSON.stringify(j.prompt)}`, "forward", panel, () => answer.sent),
     chips(j.tokens), h("div", { class: "scroll" }, svg),
     h("p", { class: "note" }, `attention: ${j.heads} query heads, ${j.kv_heads} key/value heads of ${j.head_dim}; `
-      + Object.entries(heads).map(([k, v]) => `${k} ${shape(v)}`).join(", ")));
+      + Object.entries(j.head_shapes).map(([k, v]) => `${k} ${shape(v)}`).join(", ")));
 }
 
 // ---- attention
@@ -242,8 +238,8 @@ export function attention(panel, answer, ctx) {
     for (const b of panel.querySelectorAll(".head")) b.setAttribute("aria-pressed", String(Number(b.dataset.head) === hd));
     big.dataset.head = String(hd);
     const sm = summaries.get(hd);
-    big.replaceChildren(h("h3", {}, `layer ${j.layer}, head ${hd}` + (sm ? `: entropy ${sm.entropy.toFixed(2)} bits, `
-      + `first token ${sm.first_token.toFixed(2)}, previous token ${sm.previous_token.toFixed(2)}, self ${sm.self_token.toFixed(2)}`
+    big.replaceChildren(h("h3", {}, `layer ${j.layer}, head ${hd}` + (sm ? `: entropy ${sm.entropy.toFixed(2)} bits `
+      + `(uniform ${j.uniform_entropy.toFixed(2)}), first token ${sm.first_token.toFixed(2)}, previous token ${sm.previous_token.toFixed(2)}, self ${sm.self_token.toFixed(2)}`
       : "")),
     h("div", { class: "scroll" }, heatmap({ matrix: j.weights[hd], rows: labels, cols: labels, t: (v) => v,
       cell: say(hd), masked, size: Math.max(22, Math.min(44, Math.floor(560 / labels.length))), out,
@@ -262,15 +258,10 @@ export function attention(panel, answer, ctx) {
     Array.from({ length: j.layers }, (_, l) => h("button", { type: "button", "aria-pressed": String(l === j.layer),
       onclick: () => ctx.go({ layer: l, head: null }) }, String(l))));
   panel.append(...head(`Attention of layer ${j.layer} of ${j.layers} (${j.heads} heads, ${j.kv_heads} key/value heads, `
-    + `${attentionKind(j.heads, j.kv_heads)})`, "attention", panel, () => answer.sent), layers,
+    + `${j.attention})`, "attention", panel, () => answer.sent), layers,
   h("p", { class: "note" }, "click a head (or Tab to it and press Enter) to enlarge it; hover a cell for its tokens and weight."),
   small, big);
   enlarge(j.head !== null && j.head !== undefined ? j.head : heads[0]);
-}
-
-/** MHA, MQA or GQA: core/records.py's attention_kind. */
-function attentionKind(heads, kvHeads) {
-  return kvHeads === heads ? "MHA" : kvHeads === 1 ? "MQA" : "GQA";
 }
 
 // ---- the logit lens
@@ -290,13 +281,9 @@ export function lens(panel, answer, ctx) {
         cell: (l, p) => `layer ${l}, position ${positions[p]}: top ${JSON.stringify(j.grid[l][p].token)} ${prob(j.grid[l][p].prob)}`,
         text: (v, l, p) => show(j.grid[l][p].token).slice(0, 8) })), out, legend(0, 1, "top token's probability"));
   }
-  // LogitLens.first_top1 and .settled: the first depth where the answer is on top, and the one from which it stays there.
-  const onTop = j.rows.map((row) => row.top[0].id === j.answer.id);
-  const firstTop1 = j.rows[onTop.indexOf(true)]?.layer ?? null;
-  const settled = onTop.at(-1) ? j.rows[onTop.lastIndexOf(false) + 1].layer : null;
   const k = j.rows[0].top.length;
   panel.append(h("h3", {}, `position ${j.position}: each layer's top ${k}` + (j.answer ? `; the answer ${show(j.answer.token)} `
-    + `(${prob(j.answer.prob)}) is top from layer ${firstTop1} and settled from layer ${settled}` : "")),
+    + `(${prob(j.answer.prob)}) is top from layer ${j.first_top1} and settled from layer ${j.settled}` : "")),
   table(["layer", ...Array.from({ length: k }, (_, i) => `#${i + 1}`), "answer prob", "rank"], j.rows.map((L) => [
     L.layer, ...L.top.map((c) => `${show(c.token)} ${prob(c.prob)}`), prob(L.answer_prob), L.answer_rank]), [0]));
 }
@@ -321,19 +308,20 @@ export function ablate(panel, answer) {
 }
 
 function shiftTables(panel, shift, a, b) {
-  const before = shift.before || [], after = shift.after || [];
+  const { before, after } = shift;
   panel.append(h("div", { class: "row" },
     h("div", {}, h("h3", {}, a), table(["#", "token", "prob"], before.map((c) => [c.rank, show(c.token), prob(c.prob)]), [0, 2])),
     h("div", {}, h("h3", {}, b), table(["#", "token", "prob"], after.map((c) => [c.rank, show(c.token), prob(c.prob)]), [0, 2]))),
-  shift.kl !== undefined && shift.kl !== null ? h("p", { class: "note" }, `KL(before ‖ after) = ${shift.kl.toFixed(4)} nats`) : "");
+  h("p", { class: "note", "data-role": "shift" }, `KL(before ‖ after) = ${shift.kl !== null ? `${shift.kl.toFixed(4)} nats`
+    : `none (${shift.kl_note})`}; ${show(before[0].token)} ${prob(before[0].prob)} → ${prob(shift.top_after_prob)} `
+    + `(${shift.change >= 0 ? "+" : ""}${shift.change.toFixed(4)}), rank 1 → ${shift.top_after_rank}`));
 }
 
 export function patch(panel, answer) {
   const j = answer.record;
   const out = readout();
   const positions = j.tokens.map((t, i) => `${i} ${show(t.piece)}`);
-  // PatchResult.layer_names: what each row of `prob` is (for resid, row 0 is the embeddings' output).
-  const layers = j.prob.map((_, i) => (j.part !== "resid" ? `block ${i} ${j.part}` : i ? `block ${i - 1}` : "embeddings"));
+  const layers = j.layer_names;  // what each row of `prob` is (for resid, row 0 is the embeddings' output)
   const [lo, hi] = extent(j.prob);
   panel.append(...head(`Patching ${j.part}: clean ${JSON.stringify(j.clean)} into corrupt ${JSON.stringify(j.corrupt)}`,
     "patch", panel, () => answer.sent),
@@ -373,25 +361,6 @@ async function runners(steps) {
   return steps.map((st) => st.top.map(([, p]) => `${JSON.stringify(texts[i++])} ${prob(p)}`).join(", "));
 }
 
-/** Generation.perplexity: exp(-mean log-probability of the tokens), infinite once that mean is below -700. */
-function perplexity(steps) {
-  if (!steps.length) return 1;
-  const mean = steps.reduce((sum, st) => sum + Math.log(st.prob), 0) / steps.length;
-  return mean > -700 ? Math.exp(-mean) : Infinity;
-}
-
-/** Generation.finish: why a run ended. */
-function finish(run) {
-  return run.interrupted ? "interrupted" : run.steps.length ? run.steps.at(-1).finish : null;
-}
-
-/** Comparison.departs: the index of the first new token where `run` differs from greedy (null: identical). */
-function departs(greedy, run) {
-  const a = greedy.steps.map((st) => st.token_id), b = run.steps.map((st) => st.token_id);
-  const i = a.findIndex((id, k) => k >= b.length || b[k] !== id);
-  return i >= 0 ? i : a.length === b.length ? null : a.length;
-}
-
 export async function compare(panel, answer, ctx) {
   const j = answer.record;
   if (ctx.body.params === undefined || ctx.body.params.seed === undefined) ctx.remember({ seed: j.params.seed });
@@ -399,9 +368,8 @@ export async function compare(panel, answer, ctx) {
   const wide = (panel.clientWidth || 1100) >= 900;  // side by side on a wide screen, one under another on a phone
   const w = wide ? 380 : Math.min(900, (panel.clientWidth || 390) - 10);
   const columns = h("div", { class: "row" });
-  const seed = (i) => (j.params.seed ?? 0) + i;  // Comparison.seeds: base, base + 1, ...
   const runs = [["greedy", j.greedy, null],
-    ...j.samples.map((g, i) => [`sample ${i + 1} (seed ${seed(i)})`, g, departs(j.greedy, g)])];
+    ...j.samples.map((g, i) => [`sample ${i + 1} (seed ${j.seeds[i]})`, g, j.departs_at[i]])];
   const settings = { ...j.params, max_new_tokens: j.settings.max_new_tokens, samples: j.samples.length };
   panel.append(...head(`Greedy against sampled: ${JSON.stringify(j.prompt)}`, "compare", panel, () => answer.sent),
     h("p", { class: "note" }, `sampling: ${Object.entries(settings).map(([k, v]) => `${k} ${v}`).join(", ")}. `
@@ -411,8 +379,8 @@ export async function compare(panel, answer, ctx) {
     const why = await runners(gen.steps);
     const items = gen.steps.map((st, i) => ({ text: st.text, t: st.prob, prob: st.prob, mark: at === i,
       say: `${name}, token ${i}: ${JSON.stringify(st.text)} (id ${st.token_id}) p ${prob(st.prob)} rank ${st.rank}; runners-up: ${why[i]}` }));
-    columns.append(h("div", {}, h("h3", {}, name), h("p", { class: "note" }, `perplexity ${perplexity(gen.steps).toFixed(3)}, `
-      + `${gen.steps.length} tokens, ${finish(gen)}`), tokenRun(items, { width: w, out, label: name })));
+    columns.append(h("div", {}, h("h3", {}, name), h("p", { class: "note" }, `perplexity ${gen.perplexity.toFixed(3)}, `
+      + `${gen.steps.length} tokens, ${gen.finish}`), tokenRun(items, { width: w, out, label: name })));
   }
   panel.append(columns, out, legend(0, 1, "probability of the token"));
 }
@@ -474,7 +442,8 @@ export async function bench(panel, _answer, ctx) {
   for (const cache of modes) {
     const { record } = await view("compare", { prompt: ctx.body.prompt ?? "The capital of France is", samples: 1,
       params: { temperature: 0.0001, seed: 0 }, settings: { max_new_tokens: n, cache, ignore_eos: true } });
-    series.push({ cache, ms: record.greedy.steps.map((st) => 1000 * st.seconds) });
+    const run = record.greedy;
+    series.push({ cache, ms: run.steps.map((st) => 1000 * st.seconds), ttftMs: 1000 * run.ttft_s });
   }
   const W = 640, H = 270, L = 50, B = 30;
   const decode = series.flatMap((x) => x.ms.slice(1));
@@ -498,7 +467,7 @@ export async function bench(panel, _answer, ctx) {
   });
   const median = (a) => { const b = [...a].sort((p, q) => p - q); return b[Math.floor(b.length / 2)]; };
   panel.append(...head(`Step time per position, ${n} new tokens`, "bench", panel, () => ({ prompt: ctx.body.prompt, series })), svg,
-    h("p", { class: "note" }, series.map((x) => `cache ${x.cache}: first token (with the prefill) ${x.ms[0].toFixed(1)} ms, `
+    h("p", { class: "note" }, series.map((x) => `cache ${x.cache}: first token (with the prefill) ${x.ttftMs.toFixed(1)} ms, `
       + `then median ${median(x.ms.slice(1)).toFixed(2)} ms per token`).join("; ") + ". The times are the server's, device-"
       + "synchronised, from the one token loop (the compare view's record); `llm bench` times the same loop with warm-up and repeats."));
 }
