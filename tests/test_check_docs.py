@@ -70,7 +70,7 @@ def test_a_served_block_runs_against_a_real_llm_serve_it_starts_and_stops(tmp_pa
                     "tiny\n```\n")
     server = check_docs.Server.start(tmp_path)
     try:
-        problems = [check_docs.check(e, server) for e in check_docs.examples(page)]
+        problems = [check_docs.check(e, tmp_path, server) for e in check_docs.examples(page)]
     finally:
         server.stop()
     assert problems == [None, None]
