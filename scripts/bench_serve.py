@@ -103,16 +103,16 @@ def running(server: str, transformers_python: str) -> Iterator[tuple[str, str | 
                 process.wait(60)
     elif server == "transformers":
         port = free_port()
-        log = tempfile.TemporaryFile()
-        process = subprocess.Popen([transformers_python, "-m", "transformers.cli.transformers", "serve", str(TINY),
-                                    *TRANSFORMERS_FLAGS, "--host", "127.0.0.1", "--port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(f"http://127.0.0.1:{port}/health", process, 300, "transformers serve")
-            yield f"http://127.0.0.1:{port}/v1", str(TINY), False
-        finally:
-            process.terminate()
-            process.wait(60)
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen([transformers_python, "-m", "transformers.cli.transformers", "serve",
+                                        str(TINY), *TRANSFORMERS_FLAGS, "--host", "127.0.0.1", "--port", str(port)],
+                                       stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_until(f"http://127.0.0.1:{port}/health", process, 300, "transformers serve")
+                yield f"http://127.0.0.1:{port}/v1", str(TINY), False
+            finally:
+                process.terminate()
+                process.wait(60)
     elif server == "vllm":
         with tempfile.TemporaryDirectory() as run:
             env = {**os.environ, "LOOKINSIDE_VLLM_RUN": run}
