@@ -281,9 +281,12 @@ def draw(probs: torch.Tensor, generators: Seq[torch.Generator | None]) -> torch.
     (its fast path for one sample); so can a batch, with one fill per generator and one division and argmax for
     all (tests/test_batch.py holds it to torch.multinomial). # (rows, vocab) -> (rows,)
     """
-    noise = torch.stack([torch.empty(probs.shape[-1], dtype=probs.dtype, device=g.device if g else probs.device)
-                         .exponential_(1, generator=g).to(probs.device) for g in generators])  # (rows, vocab)
-    return (probs / noise).argmax(-1)
+    devices = {g.device for g in generators if g is not None}
+    home = devices.pop() if len(devices) == 1 else probs.device  # an mps model's generators are on the CPU
+    noise = torch.empty(probs.shape, dtype=probs.dtype, device=home)  # (rows, vocab)
+    for row, generator in zip(noise, generators):
+        row.exponential_(1, generator=generator)
+    return (probs / noise.to(probs.device)).argmax(-1)
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
