@@ -74,6 +74,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, a minute to exit, then SIGKILL: the next server must not find this one on the cores."""
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_until(url: str, process: subprocess.Popen | None, seconds: float, what: str) -> None:
     """Until GET `url` answers 200; exit with `what`'s log line if the process dies or time runs out."""
     deadline = time.monotonic() + seconds
@@ -99,8 +109,7 @@ def running(server: str, transformers_python: str) -> Iterator[tuple[str, str | 
             try:
                 yield url, None, True
             finally:
-                process.terminate()
-                process.wait(60)
+                stop(process)
     elif server == "transformers":
         port = free_port()
         with tempfile.TemporaryFile() as log:
@@ -111,8 +120,7 @@ def running(server: str, transformers_python: str) -> Iterator[tuple[str, str | 
                 wait_until(f"http://127.0.0.1:{port}/health", process, 300, "transformers serve")
                 yield f"http://127.0.0.1:{port}/v1", str(TINY), False
             finally:
-                process.terminate()
-                process.wait(60)
+                stop(process)
     elif server == "vllm":
         with tempfile.TemporaryDirectory() as run:
             env = {**os.environ, "LOOKINSIDE_VLLM_RUN": run}
@@ -314,8 +322,7 @@ def main() -> None:
                 overhead(url, args.runs * 8)
                 many_clients(url, counts, args.requests, args.tokens, None, True)
             finally:
-                process.terminate()
-                process.wait(60)
+                stop(process)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
