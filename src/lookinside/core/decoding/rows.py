@@ -116,9 +116,10 @@ _LINEARS: weakref.WeakKeyDictionary[torch.nn.Module, list[torch.nn.Linear]] = we
 
 
 def _linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    """The model's plain linear layers (a quantized layer has kernels of its own), found once per model."""
+    """The model's plain linear layers, found once per model: not a quantized layer (it has kernels of its own), nor
+    one whose forward something else has replaced (accelerate's offloading hooks), which is left as it is."""
     if model not in _LINEARS:
-        _LINEARS[model] = [m for m in model.modules() if type(m) is torch.nn.Linear]
+        _LINEARS[model] = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__]
     return _LINEARS[model]
 
 
