@@ -6,12 +6,17 @@
    round trip against the core called directly in this process (serve.openai_api.completion_job).
 3. Many clients: total tokens/s, time to first token and inter-token latency (p50, p99) of streamed
    completions (32 tokens, sampled, each client its own seed) with 1, 4, 16 and 32 clients at once.
-   With --url it measures that server instead (e.g. `transformers serve --continuous-batching`) on
-   the same prompts, with --model as the request's model and --no-eos-field for a server without
-   vLLM's ignore_eos (the length is then asked through transformers' generation_config).
+   `--servers llm,transformers,vllm` measures each server in turn on the same model and prompts,
+   `--rounds` times, each started before its measurement and stopped after it (an idle server
+   still takes a share of the cores): `llm serve --model tiny`; `transformers serve` with
+   continuous batching (its Python from --transformers-python: it needs fastapi); vLLM's CPU build
+   (scripts/vllm.sh). With --url it measures a server already running instead, with --model as the
+   request's model and --no-eos-field for a server without vLLM's ignore_eos (the length is then
+   asked through transformers' generation_config).
 
     python scripts/bench_serve.py [--runs 7] [--requests 8] [--tokens 32] [--clients 1,4,16,32]
-    python scripts/bench_serve.py --only-clients [--url URL --model NAME --no-eos-field]
+    python scripts/bench_serve.py --only-clients [--servers llm,transformers,vllm] [--rounds 2]
+    python scripts/bench_serve.py --only-clients --url URL [--model NAME --no-eos-field]
 """
 
 from __future__ import annotations
@@ -25,12 +30,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
 
 PROMPT = "The capital of France is"
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "src" / "lookinside" / "tiny" / "assets"  # the tiny model's directory, as the other servers load it
+# transformers serve's default paged cache took 14 GB on this 2-core machine and was killed by the OOM killer:
+# a bounded one (128 blocks of 32 tokens: 32 sequences of 128) is plenty for 32 clients of 6 + 32 tokens.
+TRANSFORMERS_FLAGS = ["--continuous-batching", "--cb-num-blocks", "128", "--cb-block-size", "32",
+                      "--cb-max-batch-tokens", "512", "--device", "cpu", "--dtype", "float32"]
 
 
 def start_server(data: Path) -> tuple[subprocess.Popen, str]:
@@ -51,6 +64,76 @@ def start_server(data: Path) -> tuple[subprocess.Popen, str]:
             sys.exit(f"llm serve exited: {process.stderr.read()}")
         time.sleep(0.1)
     sys.exit("llm serve did not start within 300 s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, a minute to exit, then SIGKILL: the next server must not find this one on the cores."""
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_until(url: str, process: subprocess.Popen | None, seconds: float, what: str) -> None:
+    """Until GET `url` answers 200; exit with `what`'s log line if the process dies or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process is not None and process.poll() is not None:
+            sys.exit(f"{what} exited before it answered")
+        time.sleep(0.2)
+    sys.exit(f"{what} did not answer within {seconds:.0f} s")
+
+
+@contextmanager
+def running(server: str, transformers_python: str) -> Iterator[tuple[str, str | None, bool]]:
+    """Start `server` (llm, transformers, vllm) on 127.0.0.1; yield (its /v1 URL, the model to ask for, whether
+    it takes ignore_eos); stop it after."""
+    if server == "llm":
+        with tempfile.TemporaryDirectory() as tmp:
+            process, url = start_server(Path(tmp))
+            try:
+                yield url, None, True
+            finally:
+                stop(process)
+    elif server == "transformers":
+        port = free_port()
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen([transformers_python, "-m", "transformers.cli.transformers", "serve",
+                                        str(TINY), *TRANSFORMERS_FLAGS, "--host", "127.0.0.1", "--port", str(port)],
+                                       stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_until(f"http://127.0.0.1:{port}/health", process, 300, "transformers serve")
+                yield f"http://127.0.0.1:{port}/v1", str(TINY), False
+            finally:
+                stop(process)
+    elif server == "vllm":
+        with tempfile.TemporaryDirectory() as run:
+            env = {**os.environ, "LOOKINSIDE_VLLM_RUN": run}
+            script = str(ROOT / "scripts" / "vllm.sh")
+            started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, check=False)
+            if started.returncode != 0:
+                sys.exit(f"vLLM did not start: {started.stderr.strip().splitlines()[-1:]}")
+            try:
+                yield started.stdout.strip().splitlines()[-1], "tiny", True
+            finally:
+                subprocess.run([script, "stop"], env=env, capture_output=True, check=False)
+    else:
+        sys.exit(f"unknown server {server!r}: llm, transformers or vllm")
 
 
 def wall(args: list[str], env: dict[str, str]) -> float:
@@ -187,12 +270,27 @@ def throughput(url: str, clients: int, requests: int, tokens: int, model: str | 
 
 
 def many_clients(url: str, counts: list[int], requests: int, tokens: int, model: str | None,
-                 eos_field: bool) -> None:
+                 eos_field: bool) -> dict[int, float]:
     throughput(url, 4, 1, tokens, model, eos_field)  # warm-up: not counted
     print("streamed completions, clients at once:")
     rates = {n: throughput(url, n, requests, tokens, model, eos_field) for n in counts}
     if 1 in rates and 16 in rates:
         print(f"  16 clients / 1 client: {rates[16] / rates[1]:.1f}x the tokens/s (goal >= 4x)")
+    return rates
+
+
+def rounds(servers: list[str], times: int, counts: list[int], requests: int, tokens: int,
+           transformers_python: str) -> None:
+    """Each server in turn, `times` rounds: started, measured at every client count, stopped."""
+    table: dict[str, list[dict[int, float]]] = {s: [] for s in servers}
+    for number in range(1, times + 1):
+        for server in servers:
+            with running(server, transformers_python) as (url, model, eos_field):
+                print(f"== {server}, round {number} ({url}; load average {os.getloadavg()[0]:.1f})")
+                table[server].append(many_clients(url, counts, requests, tokens, model, eos_field))
+    print("tokens/s per round (" + ", ".join(f"{n} clients" for n in counts) + "):")
+    for server, measured in table.items():
+        print(f"  {server:>12}: " + "   ".join(" / ".join(f"{r[n]:.0f}" for n in counts) for r in measured))
 
 
 def main() -> None:
@@ -205,22 +303,26 @@ def main() -> None:
     parser.add_argument("--url", help="measure this running server (its /v1 URL) instead of starting llm serve")
     parser.add_argument("--model", help="the request's model field (for --url)")
     parser.add_argument("--no-eos-field", action="store_true", help="the server has no ignore_eos (for --url)")
+    parser.add_argument("--servers", default="llm", help="with --only-clients: llm, transformers, vllm, comma-separated")
+    parser.add_argument("--rounds", type=int, default=1, help="with --servers: measure each server this many times")
+    parser.add_argument("--transformers-python", default=sys.executable,
+                        help="the Python that runs transformers serve (it needs fastapi)")
     args = parser.parse_args()
     counts = [int(n) for n in args.clients.split(",")]
     print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
     if args.url:
         many_clients(args.url.rstrip("/"), counts, args.requests, args.tokens, args.model, not args.no_eos_field)
+    elif args.only_clients:
+        rounds(args.servers.split(","), args.rounds, counts, args.requests, args.tokens, args.transformers_python)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             process, url = start_server(Path(tmp))
             try:
-                if not args.only_clients:
-                    command_wall_times(Path(tmp), url, args.runs)
-                    overhead(url, args.runs * 8)
+                command_wall_times(Path(tmp), url, args.runs)
+                overhead(url, args.runs * 8)
                 many_clients(url, counts, args.requests, args.tokens, None, True)
             finally:
-                process.terminate()
-                process.wait(60)
+                stop(process)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

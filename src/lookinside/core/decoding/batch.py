@@ -1,31 +1,36 @@
 """Many sequences decoded together: one forward pass per step for all of them (continuous batching).
 
 `Batch` holds the sequences that decode now. `join` prefills a prompt alone (one forward pass
-for one or several sequences that share it) and adds its sequences; `step` runs ONE forward pass
-over every sequence that goes on and gives each its next `Step`; a sequence that finished, or that
-`leave` was called for, is out of the next step. Sequences join and leave between any two steps.
+for one or several sequences that share it; `join_many` one pass per prompt length) and adds its
+sequences; `step` runs ONE forward pass over every sequence that goes on and gives each its next
+`Step`; a sequence that finished, or that `leave` was called for, is out of the next step.
+Sequences join and leave between any two steps.
 
 Each sequence is a `generate.Sequence`, the single loop's own per-token state: its processors,
 its own seeded `torch.Generator`, its stops and its decoder; so a sequence's tokens are the ones it
-gets alone (greedy identical, a seeded sample drawn from its own generator), and its
-log-probabilities equal to float error (tests/test_batch.py holds them to 1e-5).
+gets alone (greedy identical, a seeded sample drawn from its own generator). Rows that share a
+sampler go through its processors together and draw in one division (`pick_rows`, `draw`).
 
 The batch keeps one transformers `DynamicCache` whose rows are the sequences, left-padded to the
-longest: the padding is masked out by the attention mask and each row gets its own position ids,
-so a row sees exactly its own tokens. A joining sequence's prefilled cache is padded into it; a
-leaving row is cut out and columns of padding no row needs are dropped. Models whose cache is not
-a plain one (sliding windows, remote code without masks or position ids) decode one at a time:
-`capacity` says how many may share a step.
+longest, and gives each row its own position ids. On the CPU each row is computed as it is alone
+(core/decoding/rows.py: its own matrix products, attention over its own keys), so its
+log-probabilities are bit for bit the ones alone; elsewhere the padding is masked out, equal to
+float error (tests/test_batch.py holds both to 1e-5). A joining sequence's prefilled cache is
+padded in; a leaving row is cut out and columns of padding no row needs are dropped. Models whose
+cache is not a plain one (sliding windows, remote code without masks or position ids) decode one at
+a time: `capacity` says how many may share a step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence as Seq
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lookinside.core.decoding import rows
 from lookinside.core.decoding.generate import (
     TOP_ALTERNATIVES,
     Sequence,
@@ -64,13 +69,12 @@ class Member:
 
     sequence: Sequence
     params: SamplingParams  # with the seed in effect
-    cache: DynamicCache | None  # its own prefilled cache until it is padded into the batch's
+    cache: DynamicCache | None  # its prefill's cache until its row is padded into the batch's
     logits: torch.Tensor | None  # (1, vocab) the next token's logits, when known
     started: float  # when the work for its next step began
     left: bool = False
     tag: Any = None  # the caller's: what the member belongs to
-    row: int = 0  # its row in `cache` (a prefill of several prompts)
-    skip: int = 0  # the left padding of that row, not its own
+    row: int = 0  # its row in `cache` (a prefill of several prompts of one length)
 
     @property
     def seed(self) -> int | None:
@@ -86,7 +90,9 @@ class Batch:
         self.members: list[Member] = []  # in the order they joined
         self._rows: list[Member] = []  # the members whose keys and values are rows of `_cache`, in row order
         self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # (rows, width) 1 where a row has a token, 0 for left padding
+        self._starts: list[int] = []  # each row's left padding: the column of `_cache` where its own tokens start
+        self._width = 0  # the columns of `_cache`
+        self._alone = rows.applies(lm)  # each row computed as alone (core/decoding/rows.py), else a masked step
 
     def __len__(self) -> int:
         return sum(not m.left for m in self.members)
@@ -97,39 +103,41 @@ class Batch:
         return self.join_many([Prompt(prompt_ids, params, settings, alternatives, tags)])
 
     def join_many(self, prompts: Seq[Prompt]) -> list[Member]:
-        """Prefill several prompts in one forward pass (left-padded to the longest) and add their sequences."""
-        from transformers import DynamicCache
-
+        """Prefill several prompts (one forward pass for those of one length) and add their sequences."""
         for prompt in prompts:
             check_fits(len(prompt.ids), self.lm.context_length, prompt.settings.max_new_tokens)
-        width = max(len(p.ids) for p in prompts)
-        with torch.inference_mode():
-            start = now(self.lm.device)
-            cache = DynamicCache(config=self.lm.config)
-            ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.lm.device)  # (prompts, width)
-            mask = torch.zeros_like(ids)  # (prompts, width)
-            for row, prompt in enumerate(prompts):
-                ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids, dtype=torch.long)
-                mask[row, width - len(prompt.ids) :] = 1
-            if bool(mask.all()):  # one length: the single loop's own unmasked prefill
-                logits = prefill(self.lm, ids, cache)  # (prompts, vocab)
-            else:
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (prompts, width)
-                out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                    logits_to_keep=1, **{cache_argument(self.lm.model): cache})
-                logits = out.logits[:, -1, :].float().to(ids.device)  # (prompts, vocab)
-            check_logits(self.lm, logits)
+        lengths: dict[int, list[int]] = {}  # prompt length -> the prompts of that length, in order
+        for k, prompt in enumerate(prompts):
+            lengths.setdefault(len(prompt.ids), []).append(k)
+        prefilled: dict[int, tuple[DynamicCache, torch.Tensor, int, float]] = {}  # prompt -> cache, logits, row, start
+        for group in lengths.values():
+            cache, logits, start = self._prefill([prompts[k].ids for k in group])
+            for row, k in enumerate(group):
+                prefilled[k] = (cache, logits, row, start)
         joined = []
-        for row, prompt in enumerate(prompts):
+        for k, prompt in enumerate(prompts):
+            cache, logits, row, start = prefilled[k]
             for i, p in enumerate(prompt.params):
                 p = with_seed(p)
                 sequence = Sequence(self.lm, prompt.ids, p, settings=prompt.settings, alternatives=prompt.alternatives)
                 # The members of one prefill share its cache: padding a row into the batch copies it.
                 joined.append(Member(sequence, p, cache, logits[row : row + 1], start,
-                                     tag=prompt.tags[i] if prompt.tags else None, row=row,
-                                     skip=width - len(prompt.ids)))
+                                     tag=prompt.tags[i] if prompt.tags else None, row=row))
         self.members.extend(joined)
         return joined
+
+    def _prefill(self, prompts: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, float]:
+        """One forward pass over prompts of one length, each row as alone where `rows` applies: cache, logits, start."""
+        from transformers import DynamicCache
+
+        with torch.inference_mode():
+            start = now(self.lm.device)
+            cache = DynamicCache(config=self.lm.config)
+            ids = torch.tensor(prompts, dtype=torch.long, device=self.lm.device)  # (prompts, seq)
+            with rows.alone(self.lm, [0] * len(prompts)) if self._alone and len(prompts) > 1 else nullcontext():
+                logits = prefill(self.lm, ids, cache)  # (prompts, vocab)
+            check_logits(self.lm, logits)
+        return cache, logits, start
 
     def leave(self, member: Member) -> None:
         """Take `member` out: it is in no forward pass after this."""
@@ -138,14 +146,15 @@ class Batch:
     def step(self) -> list[tuple[Member, Step]]:
         """One forward pass for every sequence that goes on, then each one's next token."""
         self._settle()
-        if self._rows:
-            self._forward()
-        members = [m for m in self.members if not m.left]
+        logits = self._forward() if self._rows else None  # (rows, vocab)
+        fresh = [m for m in self.members if not m.left and m.cache is not None]  # joined since the last step
+        members = [*self._rows, *fresh]
         if not members:
             return []
         with torch.inference_mode():
-            logits = torch.cat([m.logits for m in members if m.logits is not None])  # (rows, vocab)
-            tokens = torch.cat([m.sequence.pick(m.logits) for m in members if m.logits is not None])  # (rows,)
+            parts = ([logits] if logits is not None else []) + [m.logits for m in fresh if m.logits is not None]
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts)  # (members, vocab)
+            tokens = pick_rows([m.sequence for m in members], logits)  # (members,)
             seen = observe_rows(logits, tokens, max(m.sequence.alternatives for m in members))  # one copy to the host
         out = []
         for member, (token_id, prob, rank, top) in zip(members, seen):
@@ -168,13 +177,13 @@ class Batch:
 
     def _select(self, kept: list[int]) -> None:
         self._rows = [self._rows[i] for i in kept]
-        if not kept or self._cache is None or self._mask is None:
-            self._rows, self._cache, self._mask = [], None, None
+        if not kept or self._cache is None:
+            self._rows, self._cache, self._starts, self._width = [], None, [], 0
             return
-        index = torch.tensor(kept, device=self._mask.device)
-        mask = self._mask.index_select(0, index)  # (rows, width)
-        first = int(mask.any(0).nonzero()[0])  # padding that every row has on its left is dropped
-        self._mask = mask[:, first:]
+        starts = [self._starts[i] for i in kept]
+        first = min(starts)  # padding that every row has on its left is dropped
+        self._starts, self._width = [s - first for s in starts], self._width - first
+        index = torch.tensor(kept, device=self.lm.device)
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[:, :, first:]  # (rows, heads, seq, dim)
             layer.values = layer.values.index_select(0, index.to(layer.values.device))[:, :, first:]
@@ -182,44 +191,102 @@ class Batch:
     def _pad_in(self, member: Member) -> None:
         cache, member.cache = member.cache, None
         assert cache is not None
-        row, skip = member.row, member.skip
-        length = cache.get_seq_length() - skip
-        if self._cache is None or self._mask is None:
+        row = member.row
+        length = cache.get_seq_length()
+        if self._cache is None:
             from transformers import DynamicCache
 
             self._cache = DynamicCache(config=self.lm.config)
             for mine, theirs in zip(self._cache.layers, cache.layers):  # a cache of its own: a prefill's members share
                 mine.lazy_initialization(theirs.keys, theirs.values)
-                mine.keys = theirs.keys[row : row + 1, :, skip:]  # (1, heads, seq, dim)
-                mine.values = theirs.values[row : row + 1, :, skip:]
-            self._mask = torch.ones((1, length), dtype=torch.long, device=self.lm.device)
-            self._rows = [member]
+                mine.keys = theirs.keys[row : row + 1]  # (1, heads, seq, dim)
+                mine.values = theirs.values[row : row + 1]
+            self._rows, self._starts, self._width = [member], [0], length
             return
-        width = self._mask.shape[1]
-        grow, pad = max(0, length - width), max(0, width - length)
-        self._mask = torch.cat([_left_pad(self._mask, grow, -1),
-                                _left_pad(torch.ones((1, length), dtype=torch.long, device=self._mask.device), pad, -1)])
+        grow, pad = max(0, length - self._width), max(0, self._width - length)
         for mine, theirs in zip(self._cache.layers, cache.layers):
-            keys, values = theirs.keys[row : row + 1, :, skip:], theirs.values[row : row + 1, :, skip:]
+            keys, values = theirs.keys[row : row + 1], theirs.values[row : row + 1]
             mine.keys = torch.cat([_left_pad(mine.keys, grow, -2), _left_pad(keys, pad, -2)])
             mine.values = torch.cat([_left_pad(mine.values, grow, -2), _left_pad(values, pad, -2)])
+        self._starts = [s + grow for s in self._starts] + [pad]
+        self._width = max(self._width, length)
         self._rows.append(member)
 
-    def _forward(self) -> None:
-        assert self._cache is not None and self._mask is not None
-        rows = self._rows
+    def _forward(self) -> torch.Tensor:
+        """One token for every row: the next token's logits of each.  # (rows, vocab)"""
+        assert self._cache is not None
+        rows_now = self._rows
         with torch.inference_mode():
             start = now(self.lm.device)
-            ids = torch.stack([m.sequence.last.reshape(1) for m in rows])  # (rows, 1)
-            positions = torch.tensor([[m.sequence.n + m.sequence.index - 1] for m in rows], device=ids.device)  # (rows, 1)
-            self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)  # (rows, width + 1)
-            # Rows of one length need no mask: the model then runs the single loop's unmasked attention.
-            padded = {"attention_mask": self._mask, "position_ids": positions} if not bool(self._mask.all()) else {}
-            out = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1,
-                                **{cache_argument(self.lm.model): self._cache}, **padded)
+            ids = torch.stack([m.sequence.last.reshape(1) for m in rows_now])  # (rows, 1)
+            positions = torch.tensor([[m.sequence.n + m.sequence.index - 1] for m in rows_now],
+                                     device=ids.device)  # (rows, 1)
+            self._width += 1
+            step = {"input_ids": ids, "position_ids": positions, "use_cache": True, "logits_to_keep": 1,
+                    cache_argument(self.lm.model): self._cache}
+            if self._alone:
+                with rows.alone(self.lm, self._starts):
+                    out = self.lm.model(**step)
+            elif any(self._starts):  # the masked step: rows of one length need no mask, as the single loop has none
+                columns = torch.arange(self._width, device=ids.device)  # (width,)
+                starts = torch.tensor(self._starts, device=ids.device).unsqueeze(-1)  # (rows, 1)
+                out = self.lm.model(**step, attention_mask=(columns >= starts).long())  # mask: (rows, width)
+            else:
+                out = self.lm.model(**step)
             logits = out.logits[:, -1, :].float().to(ids.device)  # (rows, vocab)
-        for i, member in enumerate(rows):
-            member.logits, member.started = logits[i : i + 1], start
+        for member in rows_now:
+            member.started = start
+        return logits
+
+
+def pick_rows(sequences: Seq[Sequence], logits: torch.Tensor) -> torch.Tensor:
+    """Each sequence's next token from its row of `logits`, as its own `pick` would give it; kept in its ids.
+
+    Rows with one `shared` sampler go through its processors together, and a sampled row draws from its own
+    generator what `torch.multinomial` draws from it (`draw`); a row whose processors read its ids picks alone.
+    # (rows, vocab) -> (rows,)
+    """
+    tokens = torch.empty(len(sequences), dtype=torch.long, device=logits.device)  # (rows,)
+    groups: dict[SamplingParams, list[int]] = {}
+    for i, sequence in enumerate(sequences):
+        if sequence.shared is None:
+            tokens[i : i + 1] = sequence.pick(logits[i : i + 1])
+        else:
+            groups.setdefault(sequence.shared, []).append(i)
+    for shared, index in groups.items():
+        first = sequences[index[0]]
+        whole = len(index) == len(sequences)
+        scores = logits if whole else logits[torch.tensor(index, device=logits.device)]  # (group, vocab)
+        for processor in first.processors:  # they read no ids (`shared`), so one call serves every row
+            scores = processor(first.ids, scores)
+        if shared.greedy:
+            chosen = scores.argmax(-1)  # (group,)
+        else:
+            chosen = draw(torch.softmax(scores, dim=-1), [sequences[i].generator for i in index])  # (group,)
+        if whole:
+            tokens = chosen
+        else:
+            tokens[torch.tensor(index, device=logits.device)] = chosen
+    for i, sequence in enumerate(sequences):
+        if sequence.shared is not None:
+            sequence.keep(tokens[i : i + 1])
+    return tokens
+
+
+def draw(probs: torch.Tensor, generators: Seq[torch.Generator | None]) -> torch.Tensor:
+    """One token per row, row i drawn from `generators[i]`: what `torch.multinomial(probs[i:i+1], 1, generator=...)`
+    draws, and the generator left in the same state.
+
+    torch.multinomial draws one sample as argmax(p / q) with q ~ Exp(1) filled from the generator over the row
+    (its fast path for one sample); so can a batch, with one fill per generator and one division and argmax for
+    all (tests/test_batch.py holds it to torch.multinomial). # (rows, vocab) -> (rows,)
+    """
+    devices = {g.device for g in generators if g is not None}
+    home = devices.pop() if len(devices) == 1 else probs.device  # an mps model's generators are on the CPU
+    noise = torch.empty(probs.shape, dtype=probs.dtype, device=home)  # (rows, vocab)
+    for row, generator in zip(noise, generators):
+        row.exponential_(1, generator=generator)
+    return (probs / noise.to(probs.device)).argmax(-1)
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -134,9 +135,14 @@ class Sequence:
         self.generator = _generator(params, lm.device)
         self.ends = frozenset() if settings.ignore_eos else frozenset(lm.end_token_ids)
         self.stop_ids = frozenset(settings.stop_token_ids)
-        if settings.min_new_tokens and (self.ends or self.stop_ids):
+        held = bool(settings.min_new_tokens and (self.ends or self.stop_ids))  # end tokens held back for a while
+        if held:
             self.processors.insert(0, _min_new_tokens(self.n, settings.min_new_tokens, self.ends | self.stop_ids,
                                                       lm.device))
+        # Sequences with one `shared` key run the same processors, which read no ids (a repetition penalty and
+        # min_new_tokens read this sequence's own): a batch applies them to all their rows at once.
+        reads_ids = params.repetition_penalty != 1 or held
+        self.shared: SamplingParams | None = None if reads_ids else replace(params, seed=None)
         self.decoder = IncrementalDecoder(lm.tokenizer, context=prompt_ids, skip_special=settings.skip_special_tokens)
         self.stops = StopStrings(settings.stop_strings, include=settings.include_stop_string)
         with torch.inference_mode():
@@ -160,7 +166,10 @@ class Sequence:
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token from `logits` (1, vocab) by this sequence's sampler, kept in its ids; left on the device."""
-        token = pick(logits, self.ids, self.processors, self.generator)  # (1,)
+        return self.keep(pick(logits, self.ids, self.processors, self.generator))  # (1,)
+
+    def keep(self, token: torch.Tensor) -> torch.Tensor:
+        """`token` (1,), picked for this sequence (by `pick`, or by a batch for several), as its next id."""
         self.buffer[:, self.n + self.index] = token
         self.last = token
         return token
