@@ -36,7 +36,7 @@ from lookinside.core.decoding.prompting import check_fits
 from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions.records import SteerSpec
 from lookinside.core.inside.interventions.requests import check_alpha
-from lookinside.core.request import GenerationSettings
+from lookinside.core.request import GenerationSettings, new_tokens
 from lookinside.core.sampling_params import SamplingParams
 from lookinside.core.wire import from_wire, to_wire
 from lookinside.serve.door import dumps
@@ -197,8 +197,8 @@ def _conversation(body: dict[str, Any]) -> tuple[Conversation, str | None]:
     if not isinstance(trim, bool):
         raise BadInput(f"settings.trim must be true or false, not {str(trim)[:40]}")
     chat = ChatSettings(params=from_wire(SamplingParams, raw.get("params", {}), "settings.params"),
-                        max_new_tokens=_number({"max_new_tokens": raw.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)},
-                                               "max_new_tokens", int), trim=trim)
+                        max_new_tokens=new_tokens(raw.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
+                                                  "settings.max_new_tokens"), trim=trim)
     system = _text(body, "system", optional=True)
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
     return Conversation(system, turns, chat, window), _text(body, "continuation", optional=True)
@@ -206,11 +206,9 @@ def _conversation(body: dict[str, Any]) -> tuple[Conversation, str | None]:
 
 def _max_new_tokens(body: dict[str, Any], settings: ServeSettings, context: int) -> int:
     """A reply's length, within --max-tokens and leaving room in the context (as the view routes hold it)."""
-    tokens = _number(body, "max_new_tokens", int)
-    if tokens < 1:
-        raise BadInput(f"max_new_tokens must be at least 1, not {tokens}")
+    tokens = new_tokens(body.get("max_new_tokens"))
     check_new_tokens(tokens, settings, context)
-    return int(tokens)
+    return tokens
 
 
 def _text(body: dict[str, Any], name: str, optional: bool = False) -> Any:

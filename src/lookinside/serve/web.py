@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from lookinside.core.backends.http import server_root
 from lookinside.core.decoding.detokenize import token_text
 from lookinside.serve.door import json_response as _json
 from lookinside.serve.openai_api import ApiError
@@ -129,7 +130,7 @@ async def pieces(request: Request) -> Response:
 
 def page_url(api_url: str) -> str:
     """The inspector's address for a server whose API is at `api_url` (`http://127.0.0.1:8765/v1` -> `.../`)."""
-    return api_url.removesuffix("/v1") + "/"
+    return server_root(api_url) + "/"
 
 
 def open_in_browser(api_url: str) -> None:

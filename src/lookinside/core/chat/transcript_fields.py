@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lookinside.core import errors
+from lookinside.core.request import new_tokens
 from lookinside.core.sampling_params import FIELD
 
 ROLES = ("user", "assistant")
@@ -98,9 +99,10 @@ def _check_settings(settings: dict[str, Any], bad: Any) -> None:
                 FIELD[name].check(value)
             except errors.BadInput as exc:
                 raise bad(f"settings.params.{name}", f"is wrong: {exc}") from None
-    new = settings.get("max_new_tokens", 1)
-    if isinstance(new, bool) or not isinstance(new, int) or new < 1:
-        raise bad("settings.max_new_tokens", f"must be a whole number >= 1, not {new!r}")
+    try:
+        new_tokens(settings.get("max_new_tokens", 1))
+    except errors.BadInput:
+        raise bad("settings.max_new_tokens", f"must be a whole number >= 1, not {settings['max_new_tokens']!r}") from None
     if "trim" in settings and not isinstance(settings["trim"], bool):
         raise bad("settings.trim", f"must be true or false, not {settings['trim']!r}")
 
