@@ -62,14 +62,14 @@ class Result(Generic[T]):
 
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the terminal's picture as HTML, colours kept."""
-        from lookinside.ui.console import recorded  # Rich: only when a result is drawn
+        from lookinside.ui.console import recorded  # deferred: rich: only when a result is drawn
 
         return recorded(self.view(self.record)).export_html(
             inline_styles=True, code_format="<pre style=\"font-family:monospace\">{code}</pre>")
 
     def save(self, path: str | Path) -> Path:
         """Write the picture to `path` as the command's --svg or --html does (by its suffix), atomically."""
-        from lookinside.ui.console import save_view  # Rich: only when a result is drawn
+        from lookinside.ui.console import save_view  # deferred: rich: only when a result is drawn
 
         target = Path(path)
         kind = target.suffix.lower()
@@ -94,7 +94,7 @@ def load(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto
          device_map: str | None = None, max_memory: dict[int | str, str] | None = None, quantize: str | None = None,
          threads: int | None = None, trust_remote_code: bool = False) -> LM:
     """Load a model as the command line does (`tiny`, a Hub id, a directory, a GGUF file or `ollama:NAME`)."""
-    from lookinside.core.model import loading  # torch and transformers: only when a model loads
+    from lookinside.core.model import loading  # deferred: torch and transformers: only when a model loads
 
     model = arguments.model_name(model)
     with loading.progress(bars=model != "tiny"):  # the tiny model loads in a blink: no bar in a notebook's output
@@ -112,7 +112,7 @@ def wrap(model: Any, tokenizer: Any, name: str | None = None) -> LM:
     """
     import torch  # wrap() is handed a torch model: torch is there already
 
-    from lookinside.core.model.loading import LM
+    from lookinside.core.model.loading import LM  # deferred: torch
 
     _check_causal_lm(model)
     _check_tokenizer_fits(tokenizer, model.get_input_embeddings().weight.shape[0])
@@ -183,7 +183,7 @@ class Generating:
 
     def result(self) -> Result[Completion]:
         """Generate what is left and return the whole run (`llm generate --json`'s record: `.run`, `.pieces`)."""
-        from lookinside.ui.compare import run_text  # Rich: only when a result is drawn
+        from lookinside.ui.compare import run_text  # deferred: rich: only when a result is drawn
 
         for _ in self:
             pass
@@ -226,19 +226,19 @@ def bench(lm: LM | Backend, *, new_tokens: int = 100, warmup: int = 1, repeat: i
     backend = as_backend(lm)
     here = backend.weights
     if here is None or not backend.capabilities.kv_cache_switch:
-        from lookinside.ui.bench import remote_bench_view
+        from lookinside.ui.bench import remote_bench_view  # deferred: rich
 
         return Result(stream_bench(backend, settings), remote_bench_view)
-    from lookinside.core.bench.run import run_bench  # torch
-    from lookinside.ui.bench import bench_view
+    from lookinside.core.bench.run import run_bench  # deferred: torch
+    from lookinside.ui.bench import bench_view  # deferred: rich
 
     return Result(run_bench(here, settings, here.notes), bench_view)
 
 
 def diff(a: LM, b: LM, text: str, *, top_k: int = 10) -> Result[Any]:
     """What B changes in A's predictions over `text`, token by token (`llm diff`, with both models loaded here)."""
-    from lookinside.core.inside import diff as core_diff  # torch
-    from lookinside.ui.diff import diff_view
+    from lookinside.core.inside import diff as core_diff  # deferred: torch
+    from lookinside.ui.diff import diff_view  # deferred: rich
 
     for side in (a, b):
         arguments.lm(side, "diff")
@@ -277,7 +277,7 @@ def _view_function(name: str) -> Callable[..., Result[Any]]:
             raise errors.BadInput(f"{fn}(): {exc}") from None
         lm = values.pop("lm")
         if view.needs == "config" and isinstance(lm, str):  # a model's name: its config, on the meta device
-            from lookinside.core.inside.anatomy import on_meta  # torch and transformers (the meta device)
+            from lookinside.core.inside.anatomy import on_meta  # deferred: torch and transformers (the meta device)
 
             lm = on_meta(LoadSpec(model=arguments.model_name(lm)))
         else:

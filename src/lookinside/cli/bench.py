@@ -59,7 +59,7 @@ def bench(
     remote: Remote,
 ) -> None:
     """Time generation with and without the KV cache: totals, first token, tokens/s, memory, speed of light."""
-    from lookinside.ui.bench import bench_view, tell_progress
+    from lookinside.ui.bench import bench_view, tell_progress  # deferred: rich
     from lookinside.ui.console import show  # deferred: rich
 
     settings = BenchSettings(new_tokens=new_tokens, prompt=prompt, prompt_tokens=prompt_tokens,
@@ -72,7 +72,7 @@ def bench(
         if given:
             raise BadInput(f"{', '.join(given)} need the model here: a server keeps its own KV cache and weights")
         from lookinside.core.bench.stream import stream_bench  # deferred: bench/report.py, 8 ms (llm --help)
-        from lookinside.ui.bench import remote_bench_view
+        from lookinside.ui.bench import remote_bench_view  # deferred: rich
 
         report = stream_bench(open_backend(spec, remote), settings, progress=tell_progress)
         show(report, remote_bench_view, as_json=json, keep=keep)

@@ -51,7 +51,7 @@ def diff(
     """
     from lookinside.core.inside import diff as core_diff  # deferred: torch
     from lookinside.ui.console import show  # deferred: rich
-    from lookinside.ui.diff import diff_view
+    from lookinside.ui.diff import diff_view  # deferred: rich
 
     whole("--top-k", top_k, low=1)
     text = text_or_file(text, file)

@@ -39,7 +39,7 @@ def lm(value: Any, fn: str, runs: bool = True) -> Any:
     """`value` if it is an LM from li.load() or li.wrap() (with weights, when the function `runs` the model)."""
     if isinstance(value, Backend):  # a server from li.connect(), or a model here behind the seam
         return value
-    from lookinside.core.model.loading import LM  # imports torch: only for a model, never for li.connect()'s backend
+    from lookinside.core.model.loading import LM  # deferred: torch, only for a model (never for li.connect()'s backend)
 
     if isinstance(value, str):
         raise errors.BadInput(f"{fn}() takes a model from li.load(), li.wrap() or li.connect(), not the string "

@@ -416,7 +416,7 @@ def chat_job(lm: LM, request: ChatBody, settings: ServeSettings, emit: Emit, can
 
 def run_here(lm: LM, work: Work | None) -> None:
     """Decode a job's `Work` to its end on this thread, alone (scripts and tests; the server batches it)."""
-    from lookinside.core.decoding.batch import Batcher
+    from lookinside.core.decoding.batch import Batcher  # deferred: torch
 
     if work is not None:
         Batcher(lm, work.size).run(work)
@@ -434,7 +434,7 @@ def _check_fits(lm: LM, ids: list[int], max_tokens: int) -> None:
 def _decode(lm: LM, prompts: list[list[int]], choices: list[Choice], sampling: Sampling, max_tokens: int,
             want: int | None, emit: Emit, cancel: Cancel, chat: bool) -> Work | None:
     """The Work that decodes `best_of` sequences per prompt and emits the `n` choices of each."""
-    from lookinside.core.decoding.batch import Work
+    from lookinside.core.decoding.batch import Work  # deferred: torch
 
     base = sampling.params if sampling.params.greedy else sampling.params.seeded()
     prologue = Prologue(tuple(choices), sum(len(ids) for ids in prompts), base.seed if not base.greedy else None)
@@ -499,7 +499,7 @@ def _prompt_logp(lm: LM, ids: list[int]) -> torch.Tensor:
     """Each prompt position's log-probabilities of the next token.  # (n-1, vocab)"""
     import torch
 
-    from lookinside.core.inside import passes
+    from lookinside.core.inside import passes  # deferred: torch
 
     out = passes.forward(lm, ids)
     return torch.log_softmax(out.logits[0, :-1].float(), dim=-1)  # (n-1, vocab): position i predicts token i+1
@@ -543,7 +543,7 @@ def _vllm_prompt_logprobs(lm: LM, ids: list[int], logp: torch.Tensor,
 
 def check_ids(lm: LM, ids: list[int]) -> None:
     """Refuse, as the request's 400, a prompt id outside the model's vocabulary (chat's routes check theirs too)."""
-    from lookinside.core.inside.hooks import head_rows
+    from lookinside.core.inside.hooks import head_rows  # deferred: torch
 
     vocab = head_rows(lm.model)
     bad = next((i for i in ids if not 0 <= i < vocab), None)

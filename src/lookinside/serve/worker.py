@@ -196,7 +196,7 @@ class ModelWorker:
                 continue
             if joining:
                 if self._batcher is None:
-                    from lookinside.core.decoding.batch import Batcher
+                    from lookinside.core.decoding.batch import Batcher  # deferred: torch
 
                     self._batcher = Batcher(joining[0].lm, self.batch)
                 self._batcher.add_all(joining)  # their prompts prefilled in one forward pass
@@ -217,7 +217,7 @@ class ModelWorker:
         finally:
             self._running = False
         future.set_result(result)
-        from lookinside.core.decoding.batch import Work  # torch: imported once a job has run
+        from lookinside.core.decoding.batch import Work  # deferred: torch: imported once a job has run
 
         return result if isinstance(result, Work) and result.lm is not None else None
 
@@ -253,7 +253,7 @@ def stream_on_model(worker: ModelWorker, job: Callable[[Callable[[Any], None], C
             emit(_Raised(exc))
             emit(_DONE)
             return None
-        from lookinside.core.decoding.batch import Work
+        from lookinside.core.decoding.batch import Work  # deferred: torch
 
         if isinstance(result, Work):  # the stream ends when the batch has decoded the work
             result.on_done = functools.partial(_finish, result.on_done, emit, cancel)

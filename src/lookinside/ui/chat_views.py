@@ -92,7 +92,7 @@ class WhyRow:
 
 def transcript_view(conversation: Conversation, model: str) -> Group:
     """The whole conversation as /export draws it in HTML: each reply's tokens coloured by their probability."""
-    from lookinside.ui.compare import legend
+    from lookinside.ui.compare import legend  # deferred: rich
 
     parts: list[RenderableType] = [Text.assemble(("Chat with ", "bold"), (model, "bold cyan")),
                         Text(f"Settings: {conversation.settings.params.describe()}, "

@@ -233,8 +233,8 @@ def saved_why_rows(message: dict[str, Any]) -> list[WhyRow]:
 
 def export_picture(conversation: Conversation, path: Path, model: str, make_parents: bool = False) -> Path:
     """Write the conversation as HTML or SVG (by the suffix), replies coloured by token probability, atomically."""
-    from lookinside.ui.chat_views import transcript_view
-    from lookinside.ui.console import save_view
+    from lookinside.ui.chat_views import transcript_view  # deferred: rich
+    from lookinside.ui.console import save_view  # deferred: rich
 
     if make_parents:
         try:

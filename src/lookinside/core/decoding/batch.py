@@ -307,7 +307,7 @@ def _batchable(lm: LM) -> bool:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    from lookinside.core.decoding.step import forward_parameters
+    from lookinside.core.decoding.step import forward_parameters  # deferred: torch
 
     takes = forward_parameters(type(lm.model))
     if not {"attention_mask", "position_ids"} <= takes:
@@ -323,7 +323,7 @@ def decode_together(lm: LM, prompt_ids: list[int], params: Seq[SamplingParams], 
                     alternatives: int = TOP_ALTERNATIVES) -> list[Generation]:
     """Several runs of one prompt after one prefill, decoded as one batch; each run as `collect` gives it alone."""
     if capacity(lm, len(params)) < len(params):
-        from lookinside.core.decoding.generate import collect
+        from lookinside.core.decoding.generate import collect  # deferred: torch
 
         return [collect(lm, prompt_ids, p, settings) for p in params]
     batch = Batch(lm)
