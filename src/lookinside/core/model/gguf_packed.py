@@ -8,7 +8,7 @@ Each matrix becomes (`core/model/packed.py`):
   scales); any other type (Q5_K, Q6_K...) dequantized and re-quantized the same way, the 2- and 3-bit ones
   and 4-bit codebooks to int4 groups of 32 instead;
 - the token embedding: a packed table whose lookup dequantizes only the rows it reads (4-bit types and Q8_0
-  exactly as in the file, other types re-quantized to int8 groups of 32);
+  exactly as in the file, Q4_0 and Q8_0 in the file's own bytes; other types re-quantized to int8 groups of 32);
 - float matrices, norms and biases: float tensors at the activations' dtype.
 transformers' own tables name the tensors (`get_gguf_hf_weights_map`) and undo llama.cpp's row order for an
 architecture's attention (its `TensorProcessor`); a processor that does more than reorder rows sends that
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -214,8 +215,6 @@ def give_back_freed_memory() -> None:
     """Hand the loading's freed heap back to the system, so the resident size says what the model keeps: the
     readers' parsed metadata (gguf's per-field objects, transformers' vocabulary lists) may sit in cycles until a
     collection, and glibc keeps freed arenas until asked (`malloc_trim`; elsewhere a no-op)."""
-    import gc
-
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
