@@ -279,6 +279,9 @@ def load_packed(spec: LoadSpec, file: GgufFile, device: torch.device, dtype: tor
         config = load_config(spec.model, file, spec.trust_remote_code)
         loaded.check_causal_lm(spec.model, config)
         tokenizer = load_tokenizer(file, spec.trust_remote_code)
+        # The metadata just parsed three times (the whole vocabulary each time) is garbage now: handed back
+        # before the weights are read, its pages are not left scattered under them.
+        gguf_packed.give_back_freed_memory()
         with gguf_packed.empty_parameters():
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn,
                                                      trust_remote_code=spec.trust_remote_code)
@@ -291,8 +294,9 @@ def load_packed(spec: LoadSpec, file: GgufFile, device: torch.device, dtype: tor
     model.generation_config.eos_token_id = end_token_ids(model.generation_config.eos_token_id, tokenizer)
     model.eval()
     origin = Dequantized(file.file_type, file.size, str(dtype).removeprefix("torch."), stored_bytes(model), kept)
+    gguf_packed.give_back_freed_memory()  # the unpacked values and the vocabulary's lists: the model is what stays
     return loaded.LM(name=spec.model, model=model, tokenizer=tokenizer, device=device, dtype=dtype,
-                      source=str(file.path), notes=(origin.describe(),), origin=origin)
+                     source=str(file.path), notes=(origin.describe(),), origin=origin)
 
 
 def end_token_ids(eos: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:

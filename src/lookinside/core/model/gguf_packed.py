@@ -8,7 +8,7 @@ Each matrix becomes (`core/model/packed.py`):
   scales); any other type (Q5_K, Q6_K...) dequantized and re-quantized the same way, the 2- and 3-bit ones
   and 4-bit codebooks to int4 groups of 32 instead;
 - the token embedding: a packed table whose lookup dequantizes only the rows it reads (4-bit types and Q8_0
-  exactly as in the file, other types re-quantized to int8 groups of 32);
+  exactly as in the file, Q4_0 and Q8_0 in the file's own bytes; other types re-quantized to int8 groups of 32);
 - float matrices, norms and biases: float tensors at the activations' dtype.
 transformers' own tables name the tensors (`get_gguf_hf_weights_map`) and undo llama.cpp's row order for an
 architecture's attention (its `TensorProcessor`); a processor that does more than reorder rows sends that
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,6 @@ def fill(model: PreTrainedModel, file: GgufFile, device: torch.device, dtype: to
         kept[_place(model, f"{head_name}.weight", tied_source, processor, names, device, dtype)] += 1
     del reader, tensor, tied_source  # the file's mapping goes with the last view of it
     _check_filled(model, file)
-    _give_back_freed_memory()
     return tuple(f"{how} x{count}" for how, count in kept.most_common() if how)
 
 
@@ -123,17 +123,17 @@ def _embedding(tensor: Any, kind: str, rows: Any, dtype: torch.dtype) -> tuple[t
     raw = np.asarray(tensor.data)
     if kind in ggml.EXACT_INT4:
         values, scales, zeros = (torch.from_numpy(np.ascontiguousarray(a[rows])) for a in ggml.int4_blocks(raw, kind))
-        table = PackedEmbedding.from_values(values, scales, zeros - 8 * scales, 4, dtype)
+        offsets = None if kind == "Q4_0" else zeros - 8 * scales  # Q4_0's groups are symmetric: its own 18 bytes
+        table = PackedEmbedding.from_values(values, scales, offsets, 4, dtype)
         return table, f"int4 embedding ({kind} as in the file)"
     if kind == "Q8_0":
         values, scales = (torch.from_numpy(np.ascontiguousarray(a[rows])) for a in ggml.q8_0_blocks(raw))
-        return PackedEmbedding.from_values(values, scales, torch.zeros_like(scales), 8, dtype), \
-            "int8 embedding (Q8_0 as in the file)"
+        return PackedEmbedding.from_values(values, scales, None, 8, dtype), "int8 embedding (Q8_0 as in the file)"
     weight = torch.from_numpy(np.ascontiguousarray(ggml.dequantize(tensor)[rows]))  # (rows, dim)
     groups = weight.unflatten(-1, (-1, ggml.GROUP))
     scales = (groups.abs().amax(-1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
     values = (groups / scales[..., None]).round().clamp(-127, 127).flatten(-2)
-    return PackedEmbedding.from_values(values, scales, torch.zeros_like(scales), 8, dtype), \
+    return PackedEmbedding.from_values(values, scales, None, 8, dtype), \
         f"int8 embedding (re-quantized from {kind})"
 
 
@@ -211,7 +211,10 @@ def empty_parameters() -> Iterator[None]:
         torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _give_back_freed_memory() -> None:
-    """Hand the dequantizing's freed heap back to the system, so the resident size says what the model keeps."""
+def give_back_freed_memory() -> None:
+    """Hand the loading's freed heap back to the system, so the resident size says what the model keeps: the
+    readers' parsed metadata (gguf's per-field objects, transformers' vocabulary lists) may sit in cycles until a
+    collection, and glibc keeps freed arenas until asked (`malloc_trim`; elsewhere a no-op)."""
+    gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -90,28 +90,34 @@ class Int8Linear(nn.Module):
 
 class PackedEmbedding(nn.Module):
     """An embedding table in groups of int4 (two to a byte) or int8 values, each group `w = q * scale + offset`;
-    a lookup dequantizes only the rows it reads."""
+    a lookup dequantizes only the rows it reads.
 
-    def __init__(self, values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int,
+    Without `offsets` the groups are symmetric, `w = (q - 8) * scale` for 4 bits and `q * scale` for 8 (Q4_0,
+    Q8_0): the table then takes the file's own bytes. Scales and offsets are float16 where that holds them
+    exactly (the file's float16 `d`), else float32."""
+
+    def __init__(self, values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int,
                  dtype: torch.dtype) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = values.shape[0], values.shape[1] * (2 if bits == 4 else 1)
         self.bits, self.dtype = bits, dtype
         self.group_size = self.embedding_dim // scales.shape[1]
+        self.center = 8 if bits == 4 else 0  # the value a symmetric group maps to 0
         self.register_buffer("values", values)  # (rows, dim / 2) uint8 for 4 bits, (rows, dim) int8 for 8
-        self.register_buffer("scales", scales)  # (rows, dim / group) float32
-        self.register_buffer("offsets", offsets)  # (rows, dim / group) float32
+        self.register_buffer("scales", scales)  # (rows, dim / group) float16 or float32
+        self.register_buffer("offsets", offsets)  # (rows, dim / group) like scales, or None: symmetric
 
     @classmethod
-    def from_values(cls, values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int,
+    def from_values(cls, values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int,
                     dtype: torch.dtype) -> PackedEmbedding:
-        """From values `(rows, dim)` (0..15 for 4 bits, -128..127 for 8) and per-group scales and offsets."""
+        """From values `(rows, dim)` (0..15 for 4 bits, -128..127 for 8) and per-group scales and offsets (None:
+        symmetric)."""
         if bits == 4:
             q = values.to(torch.uint8)
             values = q[:, ::2] | (q[:, 1::2] << 4)  # (rows, dim / 2)
         else:
             values = values.to(torch.int8)
-        return cls(values, scales.float(), offsets.float(), bits, dtype)
+        return cls(values, _smallest_exact(scales), None if offsets is None else _smallest_exact(offsets), bits, dtype)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The dequantized rows of `ids`.  # (...) -> (..., dim)"""
@@ -119,7 +125,11 @@ class PackedEmbedding(nn.Module):
         if self.bits == 4:
             q = torch.stack([q & 0x0F, q >> 4], dim=-1).flatten(-2)  # (..., dim)
         groups = q.to(torch.float32).unflatten(-1, (-1, self.group_size))  # (..., dim / group, group)
-        w = groups * F.embedding(ids, self.scales)[..., None] + F.embedding(ids, self.offsets)[..., None]
+        scales = F.embedding(ids, self.scales).float()[..., None]  # (..., dim / group, 1)
+        if self.offsets is None:
+            w = (groups - self.center) * scales
+        else:
+            w = groups * scales + F.embedding(ids, self.offsets).float()[..., None]
         return w.flatten(-2).to(self.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (...) -> (..., dim)
@@ -127,6 +137,13 @@ class PackedEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int{self.bits}, group_size={self.group_size}"
+
+
+def _smallest_exact(x: torch.Tensor) -> torch.Tensor:
+    """`x` as float16 when that holds every value exactly (a GGUF's float16 scales), else as float32."""
+    x = x.float()
+    half = x.half()
+    return half if torch.equal(half.float(), x) else x
 
 
 PACKED_LINEAR = (Int4Linear, Int8Linear)
