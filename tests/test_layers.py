@@ -207,6 +207,14 @@ def test_an_import_inside_a_function_defers_a_heavy_module():
                        "`# deferred: WHAT` where they must stay):\n" + "\n".join(light))
 
 
+def test_an_import_of_ours_inside_a_function_says_what_it_defers():
+    """`import torch` says what it defers; `from lookinside.core.inside import diff` does not, so its line does."""
+    heavy = heavy_modules()
+    unsaid = [f"{i.module}:{i.line} imports {i.target} (deferring {heavy.get(i.target, 'nothing heavy')})"
+              for i in graph().imports if i.in_function and i.target.startswith("lookinside") and not i.comment]
+    assert not unsaid, "say `# deferred: WHAT` on these lines:\n" + "\n".join(unsaid)
+
+
 def test_no_module_reaches_for_another_modules_private_names():
     """`from lookinside.x import _name`, or `module._name` on an imported lookinside module: a name another module
     needs is public (and documented) where it is defined."""

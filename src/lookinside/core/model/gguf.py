@@ -234,7 +234,7 @@ def load(spec: LoadSpec, file: GgufFile) -> LM:
     resolves to."""
     from transformers import AutoModelForCausalLM
 
-    from lookinside.core.model import loaded
+    from lookinside.core.model import loaded  # deferred: torch
 
     if spec.random_weights:
         raise errors.BadInput("--random-weights needs a Hugging Face checkpoint; a GGUF file brings its weights")
@@ -263,7 +263,7 @@ def load(spec: LoadSpec, file: GgufFile) -> LM:
 
 def quantized_matrices(file: GgufFile) -> bool:
     """True when some of the file's tensors are quantized (not F32, F16 or BF16): those are kept packed."""
-    from lookinside.core.model.ggml import FLOAT_TYPES
+    from lookinside.core.model.ggml import FLOAT_TYPES  # deferred: numpy
 
     return any(kind not in FLOAT_TYPES for kind in file.tensor_types)
 
@@ -273,7 +273,7 @@ def load_packed(spec: LoadSpec, file: GgufFile, device: torch.device, dtype: tor
     `dtype`; built with empty parameters and filled tensor by tensor, so memory grows only by what is kept."""
     from transformers import AutoModelForCausalLM
 
-    from lookinside.core.model import gguf_packed, loaded
+    from lookinside.core.model import gguf_packed, loaded  # deferred: numpy, torch
 
     with loaded.hub_errors(spec.model), loaded.memory_errors(spec.model, device):
         config = load_config(spec.model, file, spec.trust_remote_code)

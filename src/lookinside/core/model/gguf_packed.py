@@ -99,7 +99,7 @@ def _linear(tensor: Any, kind: str, rows: Any, bias: Any, device: torch.device) 
     """The packed linear layer for a quantized matrix, and how it was kept."""
     import torch
 
-    from lookinside.core.model.packed import Int4Linear, Int8Linear
+    from lookinside.core.model.packed import Int4Linear, Int8Linear  # deferred: torch
 
     in_features, out_features = (int(n) for n in tensor.shape)  # ggml's order: the row's length first
     if kind in ggml.EXACT_INT4 and fits_int4(out_features, in_features, ggml.GROUP):
@@ -118,7 +118,7 @@ def _embedding(tensor: Any, kind: str, rows: Any, dtype: torch.dtype) -> tuple[t
     """The packed embedding table for a quantized matrix, and how it was kept."""
     import torch
 
-    from lookinside.core.model.packed import PackedEmbedding
+    from lookinside.core.model.packed import PackedEmbedding  # deferred: torch
 
     raw = np.asarray(tensor.data)
     if kind in ggml.EXACT_INT4:

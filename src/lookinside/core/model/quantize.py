@@ -176,7 +176,7 @@ def quantization_facts(kind: str, model: torch.nn.Module, dtype: torch.dtype) ->
     """Check that `kind` was applied to `model` (refuse a load where nothing was converted) and count bytes."""
     import torch
 
-    from lookinside.core.model.packed import PACKED_LINEAR
+    from lookinside.core.model.packed import PACKED_LINEAR  # deferred: torch
 
     dynamic = [m for m in model.modules() if _is_dynamic_int8(m)]
     packed = [m for m in model.modules() if isinstance(m, PACKED_LINEAR)]
@@ -194,7 +194,7 @@ def quantization_facts(kind: str, model: torch.nn.Module, dtype: torch.dtype) ->
 
 def is_quantized(module: torch.nn.Module) -> bool:
     """True when a linear layer's weight is stored in a low precision (a torchao tensor or a bitsandbytes layer)."""
-    from lookinside.core.model.packed import PACKED
+    from lookinside.core.model.packed import PACKED  # deferred: torch
 
     name = type(module).__name__
     if name in ("Linear8bitLt", "Linear4bit") or _is_dynamic_int8(module) or isinstance(module, PACKED):
@@ -207,7 +207,7 @@ def is_quantized(module: torch.nn.Module) -> bool:
 def stored_bytes(model: torch.nn.Module) -> int:
     """The bytes the parameters really take: the inner tensors of torchao's tensor subclasses, packed bitsandbytes data,
     our packed layers' buffers."""
-    from lookinside.core.model.packed import PACKED
+    from lookinside.core.model.packed import PACKED  # deferred: torch
 
     total = sum(sum(b.nbytes for b in m.buffers(recurse=False)) for m in model.modules() if isinstance(m, PACKED))
     for parameter in model.parameters():
@@ -240,7 +240,7 @@ def to_weight_only(model: torch.nn.Module, kind: str, device: torch.device) -> i
 
 def packed_linear(weight: torch.Tensor, bias: Any, kind: str, device: torch.device) -> torch.nn.Module:
     """The packed layer of `kind` (int4 or int8-weight) for a float `weight` `(out, in)`."""
-    from lookinside.core.model.packed import Int4Linear, Int8Linear
+    from lookinside.core.model.packed import Int4Linear, Int8Linear  # deferred: torch
 
     if kind == "int4" and fits_int4(*weight.shape, GROUP_SIZE):
         values, scales, zeros = int4_groups(weight, GROUP_SIZE)
@@ -251,7 +251,7 @@ def packed_linear(weight: torch.Tensor, bias: Any, kind: str, device: torch.devi
 
 def fits_int4(out_features: int, in_features: int, group_size: int) -> bool:
     """True when the int4 kernels take a matrix of this shape."""
-    from lookinside.core.model.packed import INT4_ROWS
+    from lookinside.core.model.packed import INT4_ROWS  # deferred: torch
 
     return out_features % INT4_ROWS == 0 and in_features % group_size == 0
 
@@ -296,7 +296,7 @@ def _int8_linear() -> type:
     import torch
     from torch.ao.nn.quantized.dynamic import Linear
 
-    from lookinside.core.model import kernels
+    from lookinside.core.model import kernels  # deferred: torch
 
     full = _cpu_has_vnni()
 
