@@ -19,7 +19,7 @@ from functools import cache
 from typing import Any, Literal, Optional
 
 from lookinside.core.errors import BadInput, EmptyPrompt
-from lookinside.core.rules import check_prompt, check_quantize, check_threads
+from lookinside.core.rules import check_prompt, check_quantize, check_threads, new_tokens
 from lookinside.core.sampling_params import FIELDS, SamplingParams
 
 CacheKind = Literal["dynamic", "static", "none"]
@@ -134,13 +134,6 @@ def whole(name: str, value: object, low: int | None = None) -> None:
         raise BadInput(f"{name} must be a whole number, not {value!r}")
     if low is not None and value < low:
         raise BadInput(f"{name} must be {'a positive number' if low == 1 else f'at least {low}'}, not {value}")
-
-
-def new_tokens(value: object, name: str = "max_new_tokens") -> int:
-    """The one rule for how many tokens to generate: a whole number, at least 1 (every command, /set, the API)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInput(f"{name} must be a whole number >= 1, not {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from lookinside.core.decoding.prompting import check_fits
 from lookinside.core.errors import BadInput
 from lookinside.core.inside.interventions.records import SteerSpec
 from lookinside.core.inside.interventions.requests import check_alpha
-from lookinside.core.request import GenerationSettings, new_tokens
+from lookinside.core.request import GenerationSettings
+from lookinside.core.rules import new_tokens
 from lookinside.core.sampling_params import SamplingParams
 from lookinside.core.wire import from_wire, to_wire
 from lookinside.serve.door import dumps

@@ -40,7 +40,7 @@ async def answer_view(request: Request) -> Response:
     return _json(await run_while_connected(request, lambda: answer_record(state.lm, name, body)))
 
 
-def new_tokens(request: Any) -> tuple[int, int] | None:
+def generated(request: Any) -> tuple[int, int] | None:
     """(runs, tokens each run may generate) for a view that generates; None for one forward pass or a sweep
     (whose passes are fixed by the model's shape, and their length by the context)."""
     if isinstance(request, CompareRequest):
@@ -52,7 +52,7 @@ def new_tokens(request: Any) -> tuple[int, int] | None:
 
 def check_cost(request: Any, settings: ServeSettings, context: int) -> None:
     """Refuse a view that would generate past --max-tokens per run, or more tokens than the context holds."""
-    cost = new_tokens(request)
+    cost = generated(request)
     if cost is not None:
         check_new_tokens(cost[1], settings, context)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from lookinside.core import errors
-from lookinside.core.request import new_tokens
+from lookinside.core.rules import new_tokens
 from lookinside.core.sampling_params import FIELD, FIELDS, SamplingParams
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lookinside.core import errors
-from lookinside.core.request import new_tokens
+from lookinside.core.rules import new_tokens
 from lookinside.core.sampling_params import FIELD
 
 ROLES = ("user", "assistant")

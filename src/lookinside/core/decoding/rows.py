@@ -73,7 +73,10 @@ def alone(lm: LM, starts: list[int]) -> Iterator[None]:
 
 
 def _row_by_row(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`self(x)` with each row of the batch multiplied on its own, as a batch of one does.  # (rows, seq, in) -> (rows, seq, out)"""
+    """`self(x)` with each row of the batch multiplied on its own, as a batch of one does.
+
+    # (rows, seq, in) -> (rows, seq, out)
+    """
     if x.dim() != 3 or x.shape[0] == 1:
         return torch.nn.functional.linear(x, self.weight, self.bias)
     if x.shape[1] > 1:  # a prefill: a batched product of several rows each is not what each makes alone (measured)

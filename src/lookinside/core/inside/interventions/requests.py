@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lookinside.core.errors import BadInput
-from lookinside.core.request import CHAT_HELP, REQUIRED, group, new_tokens, option, text, whole
+from lookinside.core.request import CHAT_HELP, REQUIRED, group, option, text, whole
+from lookinside.core.rules import new_tokens
 from lookinside.core.rules import check_prompt
 from lookinside.core.sampling_params import SamplingParams
 
