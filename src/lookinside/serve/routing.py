@@ -33,12 +33,6 @@ MAX_DEPTH = 32  # JSON nesting: the deepest request (a chat message's content pa
 LARGEST_INT = 2**63  # a number no field takes beyond: seeds are 64-bit, and torch's integers too
 
 
-MAX_DEPTH = 32  # JSON nesting: the deepest request (a chat message's content parts) needs 5
-
-
-LARGEST_INT = 2**63  # a number no field takes beyond: seeds are 64-bit, and torch's integers too
-
-
 @dataclass
 class AppState:
     """What every route shares: the model, the settings, the one worker, and the model's facts."""

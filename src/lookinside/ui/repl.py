@@ -29,7 +29,7 @@ from lookinside.ui.repl_keys import COMMANDS, PROMPT, SlashCompleter, make_sessi
 from lookinside.ui.stream import Mode, StreamPrinter
 
 if TYPE_CHECKING:
-    from lookinside.core.backends.seam import Backend, GenerateFn
+    from lookinside.core.backends.seam import GenerateFn
     from lookinside.core.model.loading import LM
 
 __all__ = ["BROKEN_NOTE", "COMMANDS", "CUT_NOTE", "LEAVE_HINT", "ChatRepl", "SlashCompleter", "make_session"]

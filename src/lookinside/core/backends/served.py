@@ -26,7 +26,7 @@ from lookinside.core.wire import from_wire, to_wire
 
 if TYPE_CHECKING:
     from lookinside.core.backends.remote import RemoteBackend
-    from lookinside.core.chat.conversation import Conversation, Fitted
+    from lookinside.core.chat.conversation import Conversation
     from lookinside.core.request import GenerationSettings, NextTokenRequest
     from lookinside.core.sampling_params import SamplingParams
 
