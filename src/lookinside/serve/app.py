@@ -64,7 +64,8 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
     from lookinside.core.model.loading import use_threads  # deferred: torch (the app needs it anyway)
 
     # The model's thread count, chosen at load, on the model's own thread: each thread has its own count.
-    state = AppState(lm, settings, ModelWorker(settings.queue, lambda: use_threads(lm)), model_info(lm, settings))
+    worker = ModelWorker(settings.queue, lambda streaming: use_threads(lm, streaming))
+    state = AppState(lm, settings, worker, model_info(lm, settings))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -102,9 +102,12 @@ def _deliver(delivery: list[tuple[asyncio.Queue[Any], Any]]) -> None:
 class ModelWorker:
     """One thread that runs jobs in the order they came, with at most `size` waiting."""
 
-    def __init__(self, size: int, setup: Callable[[], None] | None = None, batch: int = BATCH) -> None:
+    def __init__(self, size: int, threads: Callable[[bool], None] | None = None, batch: int = BATCH) -> None:
         self.size, self.batch = size, batch
-        self._setup = setup  # run first on the thread: torch's thread count is the calling thread's own
+        # Sets torch's thread count on the model thread (the count is each thread's own): threads(False) before
+        # a job, threads(True) before the batch's work, while the event loop streams its tokens.
+        self._threads = threads
+        self._streaming: bool | None = None  # the count set now
         self.closing = threading.Event()
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue(maxsize=size)
         self._running = False  # a job is running now
@@ -166,8 +169,7 @@ class ModelWorker:
             self.outbox.flush()
 
     def _loop(self) -> None:
-        if self._setup is not None:
-            self._setup()
+        self._use_threads(streaming=False)
         joining: list[Work] = []  # jobs' Work taken since the last step: prefilled together before it
         while True:
             self.outbox.flush()  # what the last job or step emitted, before anything waits
@@ -190,10 +192,12 @@ class ModelWorker:
             if item is None:
                 return
             if item is not _NOTHING:
+                self._use_threads(streaming=False)
                 work = self._start(*item)  # every waiting job that fits is taken before the next step
                 if work is not None:
                     joining.append(work)
                 continue
+            self._use_threads(streaming=True)
             if joining:
                 if self._batcher is None:
                     from lookinside.core.decoding.batch import Batcher  # deferred: torch
@@ -203,6 +207,11 @@ class ModelWorker:
                 joining = []
             if self._batcher is not None and len(self._batcher):
                 self._batcher.step()
+
+    def _use_threads(self, streaming: bool) -> None:
+        if self._threads is not None and self._streaming is not streaming:
+            self._threads(streaming)
+            self._streaming = streaming
 
     def _start(self, job: Callable[[], Any], future: Future[Any]) -> Work | None:
         """Run `job` now; the Work it returns (to decode in the batch), else None."""

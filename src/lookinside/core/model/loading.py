@@ -178,10 +178,11 @@ def set_threads(requested: int | None) -> ThreadChoice:
     return choice
 
 
-def use_threads(lm: LM) -> None:
-    """Run torch's CPU kernels on this thread with the count chosen when `lm` was loaded (the count is per thread)."""
+def use_threads(lm: LM, streaming: bool = False) -> None:
+    """Run torch's CPU kernels on this thread with the count chosen when `lm` was loaded (the count is per thread);
+    `streaming`: the count for a server's batched decoding (`ThreadChoice.streaming`)."""
     if lm.threads is not None:
-        torch.set_num_threads(lm.threads.count)
+        torch.set_num_threads(lm.threads.streaming() if streaming else lm.threads.count)
 
 
 def _random_lm(spec: LoadSpec, source: str, config: PretrainedConfig, device: torch.device, dtype: torch.dtype) -> LM:
