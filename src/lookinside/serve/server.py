@@ -63,8 +63,11 @@ def serve(lm: LM, settings: ServeSettings, sock: socket.socket, say: Callable[[s
     settings = ServeSettings(**{**_fields(settings), "port": port})
     app = create_app(lm, settings)
     app.state.lookinside.info["started"] = time.time()
+    # asyncio's own loop, even where uvloop is installed: its socket writes let go of the GIL, which the model's
+    # thread needs between its kernels; uvloop writes holding it, and 16 and 32 streaming clients got 0.8-0.9x
+    # the tokens/s (tiny, docs/serve.md).
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.grace_s,
-                            lifespan="on", server_header=False, **protocol_options(settings))
+                            lifespan="on", server_header=False, loop="asyncio", **protocol_options(settings))
     quiet_logs()
     server = _Server(config, app, lm, settings, say)
     server.on_ready = on_ready
