@@ -206,6 +206,34 @@ def test_a_batcher_reports_every_sequence_and_ends_each_work(tiny):
     assert sorted(seen) == [(n, i) for n in range(3) for i in range(4)] and done == [None]
 
 
+def test_the_model_thread_decodes_with_one_core_fewer_and_runs_jobs_with_all(tiny):
+    """A batch streams while it decodes: its steps take `ThreadChoice.streaming()`, a job (a view) the load's count."""
+    from dataclasses import replace
+
+    import torch
+
+    from lookinside.core.model.loading import use_threads
+    from lookinside.core.model.threads import ThreadChoice
+    from lookinside.serve.worker import ModelWorker
+
+    lm = replace(tiny, threads=ThreadChoice(2, "auto: 2 of 2 cores idle", auto=True))
+    worker = ModelWorker(4, lambda streaming: use_threads(lm, streaming))
+    try:
+        ids = encode_prompt(tiny.tokenizer, "Hello")
+        during_steps, finished = [], threading.Event()
+        work = Work([(ids, [SamplingParams(temperature=0)], GenerationSettings(max_new_tokens=3, ignore_eos=True), 1)],
+                    lambda number, step: during_steps.append(torch.get_num_threads()) or True,
+                    on_done=lambda error: finished.set(), lm=lm)
+        assert worker.submit(lambda: work).result(timeout=120) is work
+        assert finished.wait(120)
+        in_a_job = worker.submit(torch.get_num_threads).result(timeout=120)
+    finally:
+        worker.close()
+    assert during_steps == [1, 1, 1] and in_a_job == 2
+    assert ThreadChoice(2, "--threads").streaming() == 2  # a count the user gave is kept while streaming too
+    assert ThreadChoice(1, "auto: 1 of 2 cores idle", auto=True).streaming() == 1
+
+
 # ---- the server
 
 
