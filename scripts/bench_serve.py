@@ -291,6 +291,11 @@ def rounds(servers: list[str], times: int, counts: list[int], requests: int, tok
     print("tokens/s per round (" + ", ".join(f"{n} clients" for n in counts) + "):")
     for server, measured in table.items():
         print(f"  {server:>12}: " + "   ".join(" / ".join(f"{r[n]:.0f}" for n in counts) for r in measured))
+    if "llm" in table:  # the goal: ahead of each other server at every client count, in every round
+        for server in (s for s in servers if s != "llm"):
+            ratios = [" / ".join(f"{ours[n] / theirs[n]:.2f}" for n in counts)
+                      for ours, theirs in zip(table["llm"], table[server])]
+            print(f"  llm / {server}: " + "   ".join(ratios))
 
 
 def main() -> None:
