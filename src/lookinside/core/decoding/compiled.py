@@ -226,11 +226,12 @@ class Compiled:
         # side effect: dynamo reads "eager" while it traces and, after each call, writes back the model's own value;
         # the eager model never sees it.
         config = self.lm.model.config
-        held = config._attn_implementation_internal
-        if self.lm.device.type == "cpu" and held == "sdpa":
+        swap = self.lm.device.type == "cpu" and getattr(config, "_attn_implementation_internal", None) == "sdpa"
+        if swap:
             config._attn_implementation_internal = "eager"
         out = self.lm.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
-        config._attn_implementation_internal = held
+        if swap:
+            config._attn_implementation_internal = "sdpa"
         return out.logits[:, -1, :].float()  # (1, vocab)
 
 
