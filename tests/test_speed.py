@@ -163,27 +163,6 @@ def test_the_compiled_step_leaves_the_models_attention_as_it_was(compiled_tiny):
     assert after == attention
 
 
-def test_a_failure_of_the_fused_step_falls_back_to_eager_with_one_note(tiny, monkeypatch):
-    real = torch.compile
-
-    def broken_greedy(fn, **kwargs):
-        if getattr(fn, "__name__", "") != "_forward_greedy":
-            return real(fn, **kwargs)
-
-        def step(*a, **k):
-            raise RuntimeError("inductor: out of memory\nmore detail")
-        return step
-
-    monkeypatch.setattr(torch, "compile", broken_greedy)
-    lm = _fresh_lm()
-    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
-    compiled = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
-    eager = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
-    note = Compiled.for_model(lm).note
-    assert compiled.token_ids == eager.token_ids and len(compiled.steps) == N
-    assert note and "out of memory" in note and "eagerly" in note and "\n" not in note
-
-
 def test_a_stream_still_running_does_not_share_its_cache(compiled_tiny):
     lm = compiled_tiny
     from lookinside.core.decoding.generate import generate
@@ -197,20 +176,29 @@ def test_a_stream_still_running_does_not_share_its_cache(compiled_tiny):
     assert head + rest == second.token_ids
 
 
-def test_a_failed_compile_falls_back_to_eager_with_one_note(tiny, monkeypatch):
-    def broken(*args, **kwargs):
+@pytest.mark.parametrize("broken, message", [
+    (None, "no working C compiler found"),  # every compiled function: the observation fails first
+    ("_forward_greedy", "out of memory"),  # the fused greedy step alone
+])
+def test_a_failed_compile_falls_back_to_eager_with_one_note(tiny, monkeypatch, broken, message):
+    real = torch.compile
+
+    def compile_(fn, *args, **kwargs):
+        if broken is not None and getattr(fn, "__name__", "") != broken:
+            return real(fn, *args, **kwargs)
+
         def step(*a, **k):
-            raise RuntimeError("inductor: no working C compiler found\nmore detail")
+            raise RuntimeError(f"inductor: {message}\nmore detail")
         return step
 
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", compile_)
     lm = _fresh_lm()
     prompt = encode_prompt(lm.tokenizer, "The capital of France is")
     compiled = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
     eager = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
     note = Compiled.for_model(lm).note
-    assert compiled.token_ids == eager.token_ids
-    assert note and "no working C compiler" in note and "eagerly" in note and "\n" not in note
+    assert compiled.token_ids == eager.token_ids and len(compiled.steps) == N
+    assert note and message in note and "eagerly" in note and "\n" not in note
 
 
 def test_compile_without_the_cache_is_refused():
