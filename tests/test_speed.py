@@ -113,6 +113,56 @@ def test_sampled_compiled_run_equals_the_eager_one(compiled_tiny):
     assert compiled.token_ids == eager.token_ids
 
 
+def test_a_greedy_compiled_step_picks_and_observes_in_one_call(compiled_tiny, monkeypatch):
+    """Greedy without processors: one compiled call a token (the step, the argmax, the observation), none apart."""
+    lm = compiled_tiny
+    held = Compiled.for_model(lm)
+    calls = {"greedy": 0, "step": 0}
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(held, "_greedy", counted("greedy", held._greedy))
+    if held.step is not None:
+        monkeypatch.setattr(held, "step", counted("step", held.step))
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    run = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
+    eager = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    assert calls == {"greedy": N - 1, "step": 0}  # the first token comes from the eager prefill
+    assert run.token_ids == eager.token_ids
+    for ours, theirs in zip(run.steps, eager.steps):
+        assert ours.top[0][0] == theirs.top[0][0] and ours.rank == theirs.rank == 1
+        assert ours.prob == pytest.approx(theirs.prob, rel=1e-4, abs=1e-6)
+
+
+def test_a_greedy_run_with_a_penalty_keeps_two_calls_and_equals_eager(compiled_tiny):
+    """A repetition penalty picks from processed scores, so the token is picked outside the compiled step."""
+    lm = compiled_tiny
+    prompt = encode_prompt(lm.tokenizer, "Once upon a time")
+    params = SamplingParams(temperature=0, repetition_penalty=1.5)
+    eager = collect(lm, prompt, params, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    compiled = collect(lm, prompt, params, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
+    plain = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
+    assert compiled.token_ids == eager.token_ids != plain.token_ids  # the penalty really changed the path
+    assert Compiled.for_model(lm).step is not None
+    for ours, theirs in zip(compiled.steps, eager.steps):
+        assert ours.prob == pytest.approx(theirs.prob, rel=1e-4, abs=1e-6) and ours.rank == theirs.rank
+
+
+def test_the_compiled_step_leaves_the_models_attention_as_it_was(compiled_tiny):
+    """The step is traced with eager attention on the CPU; the model itself keeps its own (SDPA) before and after."""
+    lm = compiled_tiny
+    attention = {module.config._attn_implementation for module in lm.model.modules() if hasattr(module, "config")}
+    assert attention == {"sdpa"}
+    prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=8, ignore_eos=True, compile=True))
+    after = {module.config._attn_implementation for module in lm.model.modules() if hasattr(module, "config")}
+    assert after == attention
+
+
 def test_a_stream_still_running_does_not_share_its_cache(compiled_tiny):
     lm = compiled_tiny
     from lookinside.core.decoding.generate import generate
@@ -126,20 +176,29 @@ def test_a_stream_still_running_does_not_share_its_cache(compiled_tiny):
     assert head + rest == second.token_ids
 
 
-def test_a_failed_compile_falls_back_to_eager_with_one_note(tiny, monkeypatch):
-    def broken(*args, **kwargs):
+@pytest.mark.parametrize("broken, message", [
+    (None, "no working C compiler found"),  # every compiled function: the observation fails first
+    ("_forward_greedy", "out of memory"),  # the fused greedy step alone
+])
+def test_a_failed_compile_falls_back_to_eager_with_one_note(tiny, monkeypatch, broken, message):
+    real = torch.compile
+
+    def compile_(fn, *args, **kwargs):
+        if broken is not None and getattr(fn, "__name__", "") != broken:
+            return real(fn, *args, **kwargs)
+
         def step(*a, **k):
-            raise RuntimeError("inductor: no working C compiler found\nmore detail")
+            raise RuntimeError(f"inductor: {message}\nmore detail")
         return step
 
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", compile_)
     lm = _fresh_lm()
     prompt = encode_prompt(lm.tokenizer, "The capital of France is")
     compiled = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
     eager = collect(tiny, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
     note = Compiled.for_model(lm).note
-    assert compiled.token_ids == eager.token_ids
-    assert note and "no working C compiler" in note and "eagerly" in note and "\n" not in note
+    assert compiled.token_ids == eager.token_ids and len(compiled.steps) == N
+    assert note and message in note and "eagerly" in note and "\n" not in note
 
 
 def test_compile_without_the_cache_is_refused():

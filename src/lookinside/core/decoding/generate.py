@@ -103,21 +103,29 @@ def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gener
         start = now(lm.device)
         logits = prefill(lm, sequence.ids, cache)  # (1, vocab)
         check_logits(lm, logits)  # NaN weights or a bad epsilon: one line, never a table of nan
+    packer = (functools.partial(compiled.observation, checked=False)
+              if compiled is not None and alternatives == TOP_ALTERNATIVES else None)
+    # A greedy run without processors under --compile picks its token inside the compiled step (greedy_step).
+    fused = packer is not None and cache is not None and sequence.plain_greedy
+    picked: list[float] | None = None  # the fused step's token's observation row, on the host
     while True:
-        packer = (functools.partial(compiled.observation, checked=sequence.index > 0)
-                  if compiled is not None and alternatives == TOP_ALTERNATIVES else None)
-        step = sequence.advance(logits, start, packer)
+        step = sequence.advance(logits, start, packer) if picked is None else sequence.record(*unpack(picked), start)
         yield step
         if step.finish is not None:
             return
         start = time.perf_counter()  # the consumer's time between steps is not the model's
         with torch.inference_mode():
-            ids = sequence.ids  # (1, seq so far)
             if compiled is not None and cache is not None:
-                logits = compiled.decode(sequence.last.view(1, 1), cache, lambda: decode_one_token(lm, ids, cache),
-                                         sequence.index > 1)
+                eager = lambda: decode_one_token(lm, sequence.ids, cache)  # noqa: E731 - only when compiling failed
+                if fused:
+                    token, row = compiled.greedy_step(sequence.last.view(1, 1), cache, eager, sequence.index > 1)
+                    sequence.keep(token)
+                    picked = row.tolist()  # one device -> host copy
+                else:
+                    packer = functools.partial(compiled.observation, checked=True)
+                    logits = compiled.decode(sequence.last.view(1, 1), cache, eager, sequence.index > 1)
             else:
-                logits = decode_one_token(lm, ids, cache)
+                logits = decode_one_token(lm, sequence.ids, cache)
 
 
 class Sequence:
@@ -150,6 +158,11 @@ class Sequence:
             self.buffer = torch.empty((1, self.n + settings.max_new_tokens), dtype=torch.long, device=lm.device)
             self.buffer[0, : self.n] = torch.tensor(prompt_ids, dtype=torch.long)  # (1, seq)
         self.last = self.buffer[0, self.n - 1 : self.n]  # (1,) the newest token, as the next forward pass feeds it
+
+    @property
+    def plain_greedy(self) -> bool:
+        """True when the next token is the raw logits' argmax: greedy, and no processor (penalty, min length)."""
+        return self.generator is None and not self.processors
 
     @property
     def ids(self) -> torch.Tensor:
@@ -265,7 +278,11 @@ def _observe(logits: torch.Tensor, token: torch.Tensor, alternatives: int = TOP_
              ) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
     """The token, its raw probability and rank, and the top alternatives, in one copy to the host."""
     # float64 holds every token id exactly; one .tolist() is one device sync instead of a dozen .item()s.
-    packed = (packer(logits, token) if packer else observation(logits, token, alternatives)).tolist()
+    return unpack((packer(logits, token) if packer else observation(logits, token, alternatives)).tolist())
+
+
+def unpack(packed: list[float]) -> tuple[int, float, int, tuple[tuple[int, float], ...]]:
+    """step.observation's row, on the host: the token, its probability and rank, the top alternatives."""
     k = (len(packed) - 3) // 2
     top = tuple((int(i), math.exp(lp)) for i, lp in zip(packed[3 : 3 + k], packed[3 + k :]))
     return int(packed[0]), math.exp(packed[1]), int(packed[2]), top
