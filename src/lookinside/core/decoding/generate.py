@@ -116,7 +116,7 @@ def _loop(lm: LM, prompt_ids: list[int], params: SamplingParams, settings: Gener
         start = time.perf_counter()  # the consumer's time between steps is not the model's
         with torch.inference_mode():
             if compiled is not None and cache is not None:
-                eager = lambda: decode_one_token(lm, sequence.ids, cache)  # noqa: E731 - only when compiling failed
+                eager = lambda: decode_one_token(lm, sequence.ids, cache)  # called only when compiling failed
                 if fused:
                     token, row = compiled.greedy_step(sequence.last.view(1, 1), cache, eager, sequence.index > 1)
                     sequence.keep(token)
