@@ -12,8 +12,7 @@ be the start of a stop string, so a stop string never reaches the screen.
 from __future__ import annotations
 
 import re
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -76,23 +75,8 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     return "".join(decoder.push(i) for i in ids) + decoder.flush()
 
 
-_TEXTS: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()  # tokenizer -> id -> text
-
-
 def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
-    """The text one token stands for, with its leading space; a lone byte piece as `<0xF0>`.
-
-    Kept per tokenizer once worked out: a server names every token it streams, and each name is two calls
-    into the tokenizer (about 7 of the 240 us its model thread spends per token in a batch of 32).
-    """
-    texts = _TEXTS.setdefault(tokenizer, {})
-    text = texts.get(token_id)
-    if text is None:
-        text = texts[token_id] = _token_text(tokenizer, token_id)
-    return text
-
-
-def _token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
+    """The text one token stands for, with its leading space; a lone byte piece as `<0xF0>`."""
     piece = tokenizer.convert_ids_to_tokens(token_id)
     if isinstance(piece, str) and BYTE_PIECE.match(piece):
         return piece
