@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from lookinside.core.decoding.batch import Batcher, Work
+    from lookinside.serve.decoder import Decoder
 
 T = TypeVar("T")
 _DONE = object()
@@ -102,7 +103,8 @@ def _deliver(delivery: list[tuple[asyncio.Queue[Any], Any]]) -> None:
 class ModelWorker:
     """One thread that runs jobs in the order they came, with at most `size` waiting."""
 
-    def __init__(self, size: int, threads: Callable[[bool], None] | None = None, batch: int = BATCH) -> None:
+    def __init__(self, size: int, threads: Callable[[bool], None] | None = None, batch: int = BATCH,
+                 beside: Callable[[Callable[[], None], int], Decoder | None] | None = None) -> None:
         self.size, self.batch = size, batch
         # Sets torch's thread count on the model thread (the count is each thread's own): threads(False) before
         # a job, threads(True) before the batch's work, while the event loop streams its tokens.
@@ -113,6 +115,8 @@ class ModelWorker:
         self._running = False  # a job is running now
         self._batcher: Batcher | None = None  # made from the first Work: it needs the model
         self.outbox = Outbox()  # what jobs and steps emit, handed to the event loop after each
+        # `beside(flush, batch)`: the batch decodes in a process of its own (serve/decoder.py), started here.
+        self.decoder = beside(self.outbox.flush, batch) if beside is not None else None
         self._thread = threading.Thread(target=self._run, name="lookinside-model", daemon=True)
         self._thread.start()
 
@@ -124,6 +128,8 @@ class ModelWorker:
     @property
     def decoding(self) -> int:
         """Sequences in the batch now."""
+        if self.decoder is not None:
+            return self.decoder.open
         return len(self._batcher) if self._batcher is not None else 0
 
     @property
@@ -160,17 +166,49 @@ class ModelWorker:
             self._jobs.put_nowait(None)
         except queue.Full:
             pass
+        if self.decoder is not None:
+            self.decoder.wake()
         self._thread.join(timeout_s)
+        if self.decoder is not None:
+            self.decoder.close(timeout_s)
 
     def _run(self) -> None:
         try:
-            self._loop()
+            carried = self._beside(self.decoder) if self.decoder is not None else []
+            if carried is not None:
+                self._loop(carried)
         finally:
             self.outbox.flush()
 
-    def _loop(self) -> None:
+    def _beside(self, decoder: Decoder) -> list[Work] | None:
+        """Run jobs while the decoder's process decodes their Works; None once stopped, or, if that process has
+        gone, the Works it did not take (they decode on this thread)."""
         self._use_threads(streaming=False)
-        joining: list[Work] = []  # jobs' Work taken since the last step: prefilled together before it
+        carried: list[Work] = []
+        while decoder.alive:
+            self.outbox.flush()
+            decoder.wait_for_room(self.closing)
+            item = self._jobs.get()
+            with decoder.paused():  # every job that waits and fits runs in one pause, as the loop here takes them
+                while item is not None:
+                    work = self._start(*item)
+                    if work is not None:
+                        (decoder.add if decoder.alive else carried.append)(work)
+                    if decoder.open >= decoder.size:
+                        break
+                    try:
+                        item = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+            if item is None:
+                decoder.cut(ServerStopping())
+                return None
+        self.decoder = None  # the works it had were told why; what comes next decodes on this thread
+        return carried
+
+    def _loop(self, joining: list[Work]) -> None:
+        self._use_threads(streaming=False)
+        # joining: jobs' Work taken since the last step, prefilled together before it
         while True:
             self.outbox.flush()  # what the last job or step emitted, before anything waits
             batcher = self._batcher
