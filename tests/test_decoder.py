@@ -67,9 +67,13 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def stream_until(server, events: int, tokens: int = 400):
-    """A streamed completion, open after its first `events` chunks: (response, lines, chunks seen)."""
-    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": tokens, "ignore_eos": True, "stream": True}
+def stream_until(server, events: int, tokens: int = 400, n: int = 1):
+    """A streamed completion of `n` samples, open after its first `events` chunks: (response, lines, chunks seen).
+
+    16 samples of 400 tokens take seconds to decode, so the generation is still running when a test's next
+    request comes (the server does not wait for the client to read)."""
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": tokens, "ignore_eos": True, "stream": True,
+            "n": n, "temperature": 1.0, "seed": 0}
     context = httpx.stream("POST", server.url + "/completions", json=body, timeout=120)
     response = context.__enter__()
     lines = response.iter_lines()
@@ -86,9 +90,9 @@ def stream_until(server, events: int, tokens: int = 400):
 def test_a_job_runs_while_the_decoding_process_waits(beside):
     worker = beside.state.worker
     pid = worker.decoder.pid
-    context, lines, _ = stream_until(beside, 3)
+    context, lines, _ = stream_until(beside, 3, n=16)
     try:
-        assert worker.decoding == 1
+        assert worker.decoding == 16
 
         def job() -> tuple[int, int]:
             before = cpu_ticks(pid)
@@ -97,8 +101,37 @@ def test_a_job_runs_while_the_decoding_process_waits(beside):
 
         before, after = worker.submit(job).result(timeout=120)
         assert after == before  # paused between two steps for the whole job
+        assert worker.decoding == 16  # with its sequences still to decode
         more = (line for line in lines if line.startswith("data: "))
         assert len([line for line, _ in zip(more, range(5))]) == 5  # and decoding again after it
+    finally:
+        context.__exit__(None, None, None)
+
+
+def test_only_what_runs_the_model_pauses_the_decoding_process(beside):
+    decoder = beside.state.worker.decoder
+    root = beside.url.removesuffix("/v1")
+
+    def complete(**fields) -> None:
+        body = {"model": "tiny", "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0, **fields}
+        assert httpx.post(beside.url + "/completions", json=body, timeout=120).status_code == 200
+
+    complete()
+    deadline = time.monotonic() + 120
+    while decoder._idle_at != decoder._sent and time.monotonic() < deadline:  # the child says it has nothing to do
+        time.sleep(0.01)
+    before = decoder.pauses
+    view = httpx.post(root + "/lookinside/v1/views/next-token", json={"prompt": "Hello", "top_k": 1}, timeout=120)
+    assert view.status_code == 200 and decoder.pauses == before  # nothing decoding: nothing to pause
+    context, lines, _ = stream_until(beside, 3, n=16)  # (lines kept: a dropped iterator closes the stream)
+    try:
+        complete()  # set up only: its prompt encoded and checked
+        assert decoder.pauses == before
+        complete(echo=True, logprobs=1)  # its prompt scored: a forward pass
+        assert decoder.pauses == before + 1
+        view = httpx.post(root + "/lookinside/v1/views/next-token", json={"prompt": "Hello", "top_k": 1}, timeout=120)
+        assert view.status_code == 200 and decoder.pauses == before + 2
+        assert beside.state.worker.decoding == 16  # the generation ran throughout
     finally:
         context.__exit__(None, None, None)
 

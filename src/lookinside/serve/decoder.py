@@ -8,13 +8,17 @@ two processes read the same bytes; the child runs the `Batch`, and sends every s
 one message. The server keeps everything else: the routes, the jobs that set a generation up,
 and each `Work`'s callbacks, which a relay thread calls as the steps arrive.
 
-A job (a view, a prompt scored for echo, a chat step) still runs alone: the model's thread pauses
-the child between two steps before it and resumes it after (`paused`). A sequence whose client
-left is dropped by the child at its next step but one (the message crosses a step in flight).
+A job (a view, a chat step) still runs alone: the model's thread pauses the child between two steps
+before it and resumes it after (`holding`), unless the child has had nothing to decode since the
+last work it was sent. A completion's job pauses it only if it runs the model (to score an echoed
+prompt), at its first forward pass: setting a generation up (its prompt encoded and checked) needs
+no pause. A sequence whose client left is dropped by the child at its next step but one (the
+message crosses a step in flight).
 
 Messages, parent to child: ("work", wid, prompts), ("leave", wid, number), ("pause",), ("resume",),
 ("cut",), ("stop",); child to parent: ("ready", pid) or ("failed", error) at start, ("started", wid, seeds),
-("steps", [(wid, number, step), ...]), ("ended", wid, error), ("paused",), ("idle", last wid received). An error crosses pickled, as bytes.
+("steps", [(wid, number, step), ...]), ("ended", wid, error), ("paused",), ("idle", the last wid received).
+An error crosses pickled, as bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from lookinside.core.model.quantize import WEIGHT_ONLY
 from lookinside.serve.openai_api import ApiError
 
 if TYPE_CHECKING:
@@ -51,7 +56,7 @@ def why_not(lm: LM) -> str | None:
     """Why `lm` cannot decode in a process of its own (None: it can)."""
     if lm.device.type != "cpu":
         return f"the model is on {lm.device.type}: only a CPU model's weights are shared with a process"
-    if lm.quantized is not None:
+    if lm.quantized is not None and lm.quantized.kind not in WEIGHT_ONLY:  # fbgemm's packed int8 is no tensor
         return f"its --quantize {lm.quantized.kind} layers hold weights a process cannot share"
     if type(lm.model).__module__.startswith("transformers_modules"):
         return "the model's code came with it (--trust-remote-code): a process could not import it"
@@ -81,7 +86,11 @@ class Decoder:
         self._next = 0
         self._stopped = threading.Event()  # the child said it waits (paused)
         self._idle_at = -1  # the last work the child had been sent when it last said it had nothing to do
-        self._holding: list[Any] | None = None  # inside `paused`: the work messages to send at its end
+        self._sent = -1  # the last work sent to the child
+        self._holding: list[Any] | None = None  # inside `holding`: the work messages to send at its end
+        self._pausing = False  # inside `holding`: the child was paused
+        self.pauses = 0  # how many times the child was paused for a job
+        self._lm = lm
         self._dead: BaseException | None = None
         context = mp.get_context("spawn")  # a fork would copy torch's thread pool in a state it cannot use
         self._inbox, child_out = context.Pipe(duplex=False)
@@ -149,28 +158,47 @@ class Decoder:
             self._holding.append(message)
         else:
             self._send(message)
+            self._sent = wid
 
     @contextmanager
-    def paused(self) -> Iterator[None]:
-        """Nothing decodes inside: the child waits between two steps (or has had nothing to do since it was sent
-        the last work) until the block ends; the works added inside are sent at its end, to be prefilled together."""
-        pause = self._dead is None and self._idle_at != self._next - 1
-        if pause:
-            self._stopped.clear()
-            self._send(("pause",))
-            while not self._stopped.wait(0.5):  # the relay sets it when the child says it waits
-                if self._dead is not None:
-                    break
-        self._holding = []
+    def holding(self) -> Iterator[Callable[[], None]]:
+        """Inside, the works added are held, to be sent at the block's end (and prefilled together); the block
+        calls the `pause` it is given before it runs the model, and the child, if paused, resumes at its end."""
+        self._holding, self._pausing = [], False
         try:
-            yield
+            yield self._pause
         finally:
             held, self._holding = self._holding, None
             if self._dead is None:
                 for message in held:
                     self._send(message)
-                if pause:
+                    self._sent = message[1]
+                if self._pausing:
                     self._send(("resume",))
+            self._pausing = False
+
+    def _pause(self) -> None:
+        """The child waits between two steps from now to the end of the hold; nothing to do if it has had nothing
+        to decode since the last work it was sent."""
+        if self._pausing or self._dead is not None or self._idle_at == self._sent:
+            return
+        self._stopped.clear()
+        self._send(("pause",))
+        while not self._stopped.wait(0.5):  # the relay sets it when the child says it waits
+            if self._dead is not None:
+                return
+        self._pausing = True
+        self.pauses += 1
+
+    @contextmanager
+    def pausing_at_forward(self, pause: Callable[[], None]) -> Iterator[None]:
+        """Inside, the model's first forward pass calls `pause` (a completion's job runs the model only to score
+        its prompt, for echo or prompt_logprobs)."""
+        handle = self._lm.model.register_forward_pre_hook(lambda module, args: pause())
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def cut(self, error: BaseException) -> None:
         """Every work ends now with `error`; the child drops its sequences."""
