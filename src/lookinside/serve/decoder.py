@@ -214,10 +214,7 @@ class Decoder:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the child (killed if it has not ended after `timeout_s`)."""
-        try:
-            self._send(("stop",))
-        except (OSError, ValueError):
-            pass
+        self._send(("stop",))
         self.process.join(timeout_s)
         if self.process.is_alive():
             self.process.kill()
@@ -225,8 +222,12 @@ class Decoder:
         self._outbox.close()
 
     def _send(self, message: Any) -> None:
+        """Send `message` to the child; if it has gone, the relay thread tells its works (nothing to do here)."""
         with self._send_lock:
-            self._outbox.send(message)
+            try:
+                self._outbox.send(message)
+            except (OSError, ValueError):  # a broken pipe, or one closed by `close`
+                pass
 
     def _receive(self) -> None:
         """The relay thread: each message from the child, handed to its works, then to the event loop."""
@@ -250,7 +251,8 @@ class Decoder:
                 elif kind == "ended":
                     self._end(message[1], _error(message[2]))
             self._flush()
-        code = self.process.exitcode if not self.process.is_alive() else None
+        self.process.join(READY_S)  # its pipe closes as it exits: the exit code is a moment away
+        code = self.process.exitcode
         self._dead = DecoderGone(f"the decoding process ended (exit code {code})")
         self._stopped.set()
         with self._lock:
