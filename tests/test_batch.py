@@ -240,13 +240,15 @@ def test_the_model_thread_decodes_with_one_core_fewer_and_runs_jobs_with_all(tin
 httpx = pytest.importorskip("httpx2")
 
 
-@pytest.fixture(scope="module")
-def live(tiny):
+@pytest.fixture(scope="module", params=["thread", "process"])
+def live(tiny, request):
+    """A live server whose batch decodes on the model's thread, then one whose batch decodes in its own process."""
     from lookinside.core.model.spec import LoadSpec
     from lookinside.serve.settings import ServeSettings
     from tests.test_serve import LiveServer
 
-    with LiveServer(tiny, ServeSettings(spec=LoadSpec(model="tiny", device="cpu"))) as server:
+    with LiveServer(tiny, ServeSettings(spec=LoadSpec(model="tiny", device="cpu"), decoder=request.param)) as server:
+        assert (server.state.worker.decoder is not None) == (request.param == "process")
         yield server
 
 

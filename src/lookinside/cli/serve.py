@@ -45,6 +45,10 @@ def serve(
         help="Open connections; past it the oldest one not being answered is closed.")] = 256,
     debug: Annotated[bool, typer.Option("--debug", rich_help_panel=SERVER_PANEL,
                                         help="Log an unexpected error's traceback, not only its one line.")] = False,
+    decoder: Annotated[str, typer.Option(
+        "--decoder", metavar="WHERE", rich_help_panel=SERVER_PANEL,
+        help="Where the batch decodes: process (its own, sharing the weights; more tokens/s with many clients), "
+             "thread (the model's), or auto (process where the model can share its weights: on the CPU).")] = "auto",
     open_page: Annotated[bool, typer.Option("--open", rich_help_panel=SERVER_PANEL,
                                             help="Open the web inspector (at /) in the browser.")] = False,
     *,
@@ -58,7 +62,7 @@ def serve(
                              max_logprobs=max_logprobs, max_body_bytes=max_body,
                              allow_origins=(*(allow_origin or ()), *origins_from_env()),
                              allow_hosts=tuple(allow_host or ()), read_timeout_s=read_timeout,
-                             max_connections=max_connections, debug=debug)
+                             max_connections=max_connections, debug=debug, decoder=decoder)
     try:
         from lookinside.serve import server  # deferred: uvicorn
     except ImportError:

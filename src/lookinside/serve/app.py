@@ -55,6 +55,7 @@ from lookinside.serve.worker import Cut, ModelWorker, QueueFull, stream_on_model
 
 if TYPE_CHECKING:
     from lookinside.core.model.loading import LM
+    from lookinside.serve.decoder import Decoder
 
 RETRY_AFTER_S = 1
 
@@ -64,8 +65,10 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
     from lookinside.core.model.loading import use_threads  # deferred: torch (the app needs it anyway)
 
     # The model's thread count, chosen at load, on the model's own thread: each thread has its own count.
-    worker = ModelWorker(settings.queue, lambda streaming: use_threads(lm, streaming))
-    state = AppState(lm, settings, worker, model_info(lm, settings))
+    facts = model_info(lm, settings)
+    worker = ModelWorker(settings.queue, lambda streaming: use_threads(lm, streaming),
+                         beside=beside(lm, settings, lambda where: facts.update(decoder=where)))
+    state = AppState(lm, settings, worker, facts)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -90,6 +93,40 @@ def create_app(lm: LM, settings: ServeSettings, extra_routes: Sequence[BaseRoute
     app.state.lookinside = state
     app.add_middleware(Door, settings=settings, also_open=is_page)  # type: ignore[arg-type]
     return app
+
+
+def beside(lm: LM, settings: ServeSettings,
+           say: Callable[[str], None]) -> Callable[[Callable[[], None], int], Decoder | None] | None:
+    """What starts the decoder's process when the batch decodes in one (`settings.decoder`); None: on the thread.
+    `say` is told where the batch decodes, and why where "auto" chose the thread.
+
+    "process" where the model cannot share its weights, or where the process fails to start, is refused in one
+    line; "auto" then stays on the thread."""
+    if settings.decoder == "thread":
+        say("thread")
+        return None
+    from lookinside.serve.decoder import Decoder, DecoderGone, why_not  # deferred: torch
+
+    def refused(reason: str) -> None:
+        if settings.decoder == "process":
+            raise errors.BadInput(f"--decoder process: {reason}")
+        say(f"thread ({reason})")
+
+    reason = why_not(lm)
+    if reason is not None:
+        refused(reason)
+        return None
+
+    def start(flush: Callable[[], None], size: int) -> Decoder | None:
+        try:
+            decoder = Decoder(lm, size, flush)
+        except DecoderGone as exc:
+            refused(exc.message)
+            return None
+        say(f"process (pid {decoder.pid})")
+        return decoder
+
+    return start
 
 
 def model_info(lm: LM, settings: ServeSettings) -> dict[str, Any]:

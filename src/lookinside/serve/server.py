@@ -104,6 +104,11 @@ class _Server(uvicorn.Server):
             self.record_path = write_record(record)
         except RegistryError as exc:
             self.say(f"note: not recorded, so commands will not find this server: {exc}")
+        if state.worker.decoder is not None:
+            self.say(f"the batch decodes in a process of its own (pid {state.worker.decoder.pid}), sharing the "
+                     "model's weights")
+        elif (where := state.info.get("decoder", "thread")) != "thread":
+            self.say(f"the batch decodes on the model's {where}")  # and why "auto" chose it
         locked = " (an API key is required)" if self.settings.api_key else ""
         self.say(f"serving {self.lm.name} at {self.settings.url}{locked}; pid {os.getpid()}; Ctrl-C stops it")
         if self.on_ready is not None:

@@ -16,6 +16,7 @@ MAX_LOGPROBS = 20  # vLLM's default --max-logprobs, so a client sees the same li
 KEY_ENV = "LOOKINSIDE_SERVE_KEY"
 ORIGINS_ENV = "LOOKINSIDE_ORIGINS"  # comma-separated origins a browser page may call the server from, as OLLAMA_ORIGINS
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+DECODERS = ("auto", "process", "thread")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class ServeSettings:
     read_timeout_s: float = 10.0  # a request's headers and body must arrive within this from its first byte
     max_connections: int = 256  # open connections; past it the oldest that is not being answered is closed
     debug: bool = False  # log an unexpected error's traceback, not only its one line
+    # Where the batch decodes: "thread" (the model's thread), "process" (a process of its own, serve/decoder.py) or
+    # "auto" (a process where the model can share its weights with one: `llm serve`'s default).
+    decoder: str = "thread"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,6 +60,8 @@ class ServeSettings:
         object.__setattr__(self, "allow_hosts", tuple(h.strip().lower() for h in self.allow_hosts if h.strip()))
         if not 0 < self.read_timeout_s <= 3600:
             raise BadInput(f"--read-timeout must be in (0, 3600] seconds, not {self.read_timeout_s}")
+        if self.decoder not in DECODERS:
+            raise BadInput(f"--decoder must be one of {', '.join(DECODERS)}, not {self.decoder!r}")
         if not 8 <= self.max_connections <= 65536:
             raise BadInput(f"--max-connections must be in [8, 65536], not {self.max_connections}")
 

@@ -7,6 +7,9 @@ sequence in the batch, so concurrent completions share forward passes while a vi
 runs alone between two steps. Jobs are taken while the batch has room (`batch` sequences).
 A generating job is handed a `Cancel`, which it checks between tokens: a client that went away,
 or the server shutting down, stops it, and frees its place in the batch, at the next step.
+With a `Decoder` (serve/decoder.py, `llm serve --decoder process`), the batch decodes in a process
+of its own instead: the thread only runs jobs, pausing that process around them, and hands it the
+Works; their steps come back through the decoder's relay thread.
 `run_on_model` awaits any job from an async route; `stream_on_model` carries the items a job
 emits, one by one, to an async iterator (a streamed reply). What the thread emits is handed to the
 event loop in one wake-up after each job and each step (`Outbox`), not one per token: 16 streams
@@ -21,10 +24,12 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from lookinside.core.decoding.batch import Batcher, Work
+    from lookinside.serve.decoder import Decoder
 
 T = TypeVar("T")
 _DONE = object()
@@ -102,17 +107,20 @@ def _deliver(delivery: list[tuple[asyncio.Queue[Any], Any]]) -> None:
 class ModelWorker:
     """One thread that runs jobs in the order they came, with at most `size` waiting."""
 
-    def __init__(self, size: int, threads: Callable[[bool], None] | None = None, batch: int = BATCH) -> None:
+    def __init__(self, size: int, threads: Callable[[bool], None] | None = None, batch: int = BATCH,
+                 beside: Callable[[Callable[[], None], int], Decoder | None] | None = None) -> None:
         self.size, self.batch = size, batch
         # Sets torch's thread count on the model thread (the count is each thread's own): threads(False) before
         # a job, threads(True) before the batch's work, while the event loop streams its tokens.
         self._threads = threads
         self._streaming: bool | None = None  # the count set now
         self.closing = threading.Event()
-        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue(maxsize=size)
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any], bool] | None] = queue.Queue(maxsize=size)
         self._running = False  # a job is running now
         self._batcher: Batcher | None = None  # made from the first Work: it needs the model
         self.outbox = Outbox()  # what jobs and steps emit, handed to the event loop after each
+        # `beside(flush, batch)`: the batch decodes in a process of its own (serve/decoder.py), started here.
+        self.decoder = beside(self.outbox.flush, batch) if beside is not None else None
         self._thread = threading.Thread(target=self._run, name="lookinside-model", daemon=True)
         self._thread.start()
 
@@ -124,6 +132,8 @@ class ModelWorker:
     @property
     def decoding(self) -> int:
         """Sequences in the batch now."""
+        if self.decoder is not None:
+            return self.decoder.open
         return len(self._batcher) if self._batcher is not None else 0
 
     @property
@@ -135,13 +145,16 @@ class ModelWorker:
         """A fresh cancel flag, also set when the worker closes."""
         return Cancel(self.closing)
 
-    def submit(self, job: Callable[[], T]) -> Future[T]:
-        """Queue `job`; its future. Raises QueueFull at once when `size` jobs already wait."""
+    def submit(self, job: Callable[[], T], light: bool = False) -> Future[T]:
+        """Queue `job`; its future. Raises QueueFull at once when `size` jobs already wait.
+
+        `light`: the job sets a generation up and runs the model only for a prompt's scores, so a decoding
+        process is paused only if it does (at its first forward pass), not around it."""
         if self.closing.is_set():
             raise QueueFull("the server is shutting down")
         future: Future[T] = Future()
         try:
-            self._jobs.put_nowait((job, future))
+            self._jobs.put_nowait((job, future, light))
         except queue.Full:
             raise QueueFull(f"{self.size} requests are already waiting for the model") from None
         return future
@@ -160,17 +173,53 @@ class ModelWorker:
             self._jobs.put_nowait(None)
         except queue.Full:
             pass
+        if self.decoder is not None:
+            self.decoder.wake()
         self._thread.join(timeout_s)
+        if self.decoder is not None:
+            self.decoder.close(timeout_s)
 
     def _run(self) -> None:
         try:
-            self._loop()
+            carried = self._beside(self.decoder) if self.decoder is not None else []
+            if carried is not None:
+                self._loop(carried)
         finally:
             self.outbox.flush()
 
-    def _loop(self) -> None:
+    def _beside(self, decoder: Decoder) -> list[Work] | None:
+        """Run jobs while the decoder's process decodes their Works; None once stopped, or, if that process has
+        gone, the Works it did not take (they decode on this thread)."""
         self._use_threads(streaming=False)
-        joining: list[Work] = []  # jobs' Work taken since the last step: prefilled together before it
+        carried: list[Work] = []
+        while decoder.alive:
+            self.outbox.flush()
+            decoder.wait_for_room(self.closing)
+            item = self._jobs.get()
+            with decoder.holding() as pause:  # every job that waits and fits runs in one hold, as the loop here
+                while item is not None:  # takes them
+                    job, future, light = item
+                    if not light:
+                        pause()
+                    with decoder.pausing_at_forward(pause) if light else nullcontext():
+                        work = self._start(job, future)
+                    if work is not None:
+                        (decoder.add if decoder.alive else carried.append)(work)
+                    if decoder.open >= decoder.size:
+                        break
+                    try:
+                        item = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+            if item is None:
+                decoder.cut(ServerStopping())
+                return None
+        self.decoder = None  # the works it had were told why; what comes next decodes on this thread
+        return carried
+
+    def _loop(self, joining: list[Work]) -> None:
+        self._use_threads(streaming=False)
+        # joining: jobs' Work taken since the last step, prefilled together before it
         while True:
             self.outbox.flush()  # what the last job or step emitted, before anything waits
             batcher = self._batcher
@@ -193,7 +242,7 @@ class ModelWorker:
                 return
             if item is not _NOTHING:
                 self._use_threads(streaming=False)
-                work = self._start(*item)  # every waiting job that fits is taken before the next step
+                work = self._start(*item[:2])  # every waiting job that fits is taken before the next step
                 if work is not None:
                     joining.append(work)
                 continue
@@ -270,7 +319,7 @@ def stream_on_model(worker: ModelWorker, job: Callable[[Callable[[Any], None], C
         emit(_DONE)
         return result
 
-    future = worker.submit(run)
+    future = worker.submit(run, light=True)
     return _drain(items, cancel, future)
 
 
