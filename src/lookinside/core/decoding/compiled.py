@@ -242,7 +242,7 @@ class Compiled:
                     self.note = f"--compile: compiling failed ({_first_line(exc)}); decoding eagerly instead"
                 else:
                     # CUDA graphs write their outputs into the same memory at the next replay: keep this step's copies.
-                    return token.clone(), row.clone()
+                    return (token.clone(), row.clone()) if self.lm.device.type == "cuda" else (token, row)
         logits = eager()  # (1, vocab)
         token = logits.argmax(-1)  # (1,)
         return token, observation(logits[0], token)
@@ -267,6 +267,7 @@ class Compiled:
             self.note = f"--compile: compiling failed ({_first_line(exc)}); decoding eagerly instead"
             return None
         run.replay = run.offer(self._seen, ids, (token, row), self.lm.model)
+        self._seen = None  # the run keeps what it needs; the model's tensors are not held here past it
         return token, row
 
     def _capture(self, graph: torch.fx.GraphModule, inputs: list[Any]) -> Callable[..., Any]:
@@ -344,7 +345,7 @@ class _Run:
     """One run's state for its replay: the last guarded call's inputs, and the replay once two calls agreed."""
 
     cache: StaticCache
-    last: tuple[Any, ...] | None = None  # the graph and its inputs at the last guarded step, the ids left out
+    last: tuple[Any, ...] | None = None  # the graph and its inputs at the last guarded step, None for the ids
     replay: Replay | None = None
 
     def offer(self, seen: tuple[Callable[..., Any], tuple[Any, ...], Any] | None, ids: torch.Tensor,
@@ -360,7 +361,7 @@ class _Run:
         if len(at) != 1 or not same_out:
             self.last = None
             return None
-        now = (graph, at[0], *(arg for i, arg in enumerate(args) if i != at[0]))
+        now = (graph, *args[: at[0]], None, *args[at[0] + 1 :])  # None where the ids go
         agreed = self.last is not None and len(now) == len(self.last) and all(a is b for a, b in zip(now, self.last))
         self.last = now
         if not agreed or _hooked(model):
