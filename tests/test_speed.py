@@ -129,9 +129,11 @@ def test_a_greedy_compiled_step_picks_and_observes_in_one_call(compiled_tiny, mo
     if held.step is not None:
         monkeypatch.setattr(held, "step", counted("step", held.step))
     prompt = encode_prompt(lm.tokenizer, "The capital of France is")
+    replays = held.replays
     run = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True, compile=True))
     eager = collect(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=N, ignore_eos=True))
-    assert calls == {"greedy": N - 1, "step": 0}  # the first token comes from the eager prefill
+    # the first token comes from the eager prefill; two steps through dynamo's guards, then the graph replayed
+    assert calls == {"greedy": 2, "step": 0} and held.replays - replays == N - 3
     assert run.token_ids == eager.token_ids
     for ours, theirs in zip(run.steps, eager.steps):
         assert ours.top[0][0] == theirs.top[0][0] and ours.rank == theirs.rank == 1
