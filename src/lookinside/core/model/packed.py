@@ -1,16 +1,15 @@
 """Linear and embedding layers whose weights stay packed in int4 or int8, computing with float activations.
 
 `Int4Linear` holds int4 weights in groups along the input (one scale and one zero per group, llama.cpp's Q4_0,
-Q4_1 and Q4_K as they are), `Int8Linear` int8 weights with one scale per output row; both multiply with torch's
-weight-only kernels (`aten._weight_int4pack_mm_for_cpu`, `aten._weight_int8pack_mm` on the CPU, what gpt-fast and
-torchao call there). Those kernels are fast only with bfloat16 activations: on this project's EPYC (AVX512-BF16)
-one 16384 x 3072 matrix took 2.8-3.2 ms in int4 and 5.1 ms in int8 with a bfloat16 row, 87-165 ms and 45 ms with
-a float32 or float16 one (one thread). So a layer rounds its input row to bfloat16, multiplies, and hands back its
-model's dtype: hooks before and after it see the model's float activations.
-
-`PackedEmbedding` keeps an embedding table in the same groups and dequantizes only the rows a lookup reads.
-On the GPU the int4 layer uses the CUDA kernel (`aten._weight_int4pack_mm`, bfloat16 only) and the int8 layer
-gpt-fast's `F.linear(x, w.to(x.dtype)) * scales`, which torch.compile fuses.
+Q4_1 and Q4_K as they are), `Int8Linear` int8 weights with one scale per output row. On a CPU with AVX512-VNNI
+the int4 layer multiplies with lookinside's own kernel (`core/model/int4_kernel.py`: the input rounded to int8 per
+32 values inside it, integer dot products, as llama.cpp's q4_0), which read one 16384 x 3072 matrix about twice as
+fast as torch's (docs/benchmarks.md); elsewhere with torch's weight-only kernels (`aten._weight_int4pack_mm_for_cpu`,
+`aten._weight_int8pack_mm` on the CPU, what gpt-fast and torchao call there). Those are fast only with bfloat16
+activations: on this project's EPYC (AVX512-BF16) one 16384 x 3072 matrix took 2.8-3.2 ms in int4 and 5.1 ms in
+int8 with a bfloat16 row, 87-165 ms and 45 ms with a float32 or float16 one (one thread). So their layers round the
+input row to bfloat16. Every layer hands back its model's dtype: hooks before and after it see the model's float
+activations.
 """
 
 from __future__ import annotations
