@@ -30,6 +30,7 @@ namespace {
 constexpr int64_t GROUP = 32;
 constexpr int64_t BLOCK = 16;  // groups per block: one 32-bit lane each
 constexpr int ROWS = 4;  // output rows per tile: the activation registers are loaded once for them
+constexpr int COLS_MAX = 4;  // activation rows at once: each unpacked weight register serves them all
 #ifndef PREFETCH
 #define PREFETCH 16384  // bytes ahead in the weights' stream: 16 KB measured best here (docs/benchmarks.md)
 #endif
@@ -85,16 +86,19 @@ void quantize_rows(const float* x, int64_t m_rows, int64_t k, int8_t* xq, float*
     }
 }
 
-// One tile of ROWS output rows times one quantized activation row.
-template <bool F32, bool OFFSETS>
-inline void tile_times_row(const uint8_t* tile, int64_t k, const int8_t* xq, const float* scales, const float* sums,
-                           float* y, bool prefetch) {
+// One tile of ROWS output rows times COLS quantized activation rows (a prefill's, or a batch's): each weight
+// register is unpacked once for all of them. Every output is the same sequence of operations whatever COLS is, so
+// a row's numbers do not depend on the rows beside it.
+template <bool F32, bool OFFSETS, int COLS>
+inline void tile_times_rows(const uint8_t* tile, int64_t k, const int8_t* xq, const float* scales, const float* sums,
+                            int64_t padded, float* y, int64_t n, bool prefetch) {
     const int64_t groups = k / GROUP;
     const void* d = tile + ROWS * k / 2;
     const void* m = static_cast<const uint8_t*>(d) + ROWS * groups * (F32 ? 4 : 2);
     const __m512i nibble = _mm512_set1_epi8(0x0F);
-    __m512 acc[ROWS];
-    for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
+    __m512 acc[ROWS][COLS];
+    for (int r = 0; r < ROWS; ++r)
+        for (int c = 0; c < COLS; ++c) acc[r][c] = _mm512_setzero_ps();
     const uint8_t* q = tile;
     const uint8_t* ahead = tile + PREFETCH;
     for (int64_t g = 0; g < groups; g += BLOCK) {
@@ -102,8 +106,6 @@ inline void tile_times_row(const uint8_t* tile, int64_t k, const int8_t* xq, con
         const int64_t bytes = 4 * count;  // of one register's worth, per row
         const __mmask64 keep = count == BLOCK ? ~0ULL : (1ULL << bytes) - 1;
         const __mmask16 lanes = count == BLOCK ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
-        const int8_t* xb = xq + g * GROUP;
-        const __m512 dx = _mm512_loadu_ps(scales + g), sx = _mm512_loadu_ps(sums + g);
         if (prefetch) {  // the tile's bytes, its scales included, fetched PREFETCH ahead at the pace they are read
             const int64_t step = ROWS * count * (GROUP / 2 + (F32 ? 4 : 2) * (OFFSETS ? 2 : 1));
             for (int64_t line = 0; line < step; line += 64)
@@ -111,24 +113,34 @@ inline void tile_times_row(const uint8_t* tile, int64_t k, const int8_t* xq, con
             ahead += step;
         }
         for (int r = 0; r < ROWS; ++r) {
-            __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+            __m512i low[4], high[4];
             for (int j = 0; j < 4; ++j) {
                 const __m512i b = _mm512_maskz_loadu_epi8(keep, q + (r * 4 + j) * bytes);
-                even = _mm512_dpbusd_epi32(even, _mm512_and_si512(b, nibble), _mm512_loadu_si512(xb + j * 64));
-                odd = _mm512_dpbusd_epi32(odd, _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble),
-                                          _mm512_loadu_si512(xb + (j + 4) * 64));
+                low[j] = _mm512_and_si512(b, nibble);
+                high[j] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nibble);
             }
-            const __m512 dot = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), dx);  // dx_g * dot_g
             const __m512 w = load16<F32>(d, r * groups + g, lanes);
-            if constexpr (OFFSETS) {
-                acc[r] = _mm512_fmadd_ps(dot, w, _mm512_fmadd_ps(load16<F32>(m, r * groups + g, lanes), sx, acc[r]));
-            } else {  // m = -8 d
-                acc[r] = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.0f), sx, dot), w, acc[r]);
+            for (int c = 0; c < COLS; ++c) {
+                const int8_t* xb = xq + c * padded * GROUP + g * GROUP;
+                const __m512 dx = _mm512_loadu_ps(scales + c * padded + g), sx = _mm512_loadu_ps(sums + c * padded + g);
+                __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+                for (int j = 0; j < 4; ++j) {
+                    even = _mm512_dpbusd_epi32(even, low[j], _mm512_loadu_si512(xb + j * 64));
+                    odd = _mm512_dpbusd_epi32(odd, high[j], _mm512_loadu_si512(xb + (j + 4) * 64));
+                }
+                const __m512 dot = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), dx);  // dx_g dot_g
+                if constexpr (OFFSETS) {
+                    acc[r][c] = _mm512_fmadd_ps(dot, w, _mm512_fmadd_ps(load16<F32>(m, r * groups + g, lanes), sx,
+                                                                         acc[r][c]));
+                } else {  // m = -8 d
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.0f), sx, dot), w, acc[r][c]);
+                }
             }
         }
         q += ROWS * 4 * bytes;
     }
-    for (int r = 0; r < ROWS; ++r) y[r] = _mm512_reduce_add_ps(acc[r]);
+    for (int c = 0; c < COLS; ++c)
+        for (int r = 0; r < ROWS; ++r) y[c * n + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 template <bool F32, bool OFFSETS>
@@ -140,9 +152,18 @@ void linear(const float* x, int64_t m_rows, int64_t k, int64_t n, const uint8_t*
     const int64_t count = n / ROWS, tile_bytes = tile_size(k, F32, OFFSETS);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < count; ++t) {
-        for (int64_t r = 0; r < m_rows; ++r) {  // the tile stays in L1 for the next activation row
-            tile_times_row<F32, OFFSETS>(tiles + t * tile_bytes, k, xq.data() + r * padded * GROUP,
-                                         scales.data() + r * padded, sums.data() + r * padded, y + r * n + t * ROWS, r == 0);
+        for (int64_t r = 0; r < m_rows; r += COLS_MAX) {  // the tile stays in L1 for the next activation rows
+            const uint8_t* tile = tiles + t * tile_bytes;
+            const int8_t* q = xq.data() + r * padded * GROUP;
+            const float* dx = scales.data() + r * padded;
+            const float* sx = sums.data() + r * padded;
+            float* out = y + r * n + t * ROWS;
+            switch (m_rows - r < COLS_MAX ? m_rows - r : COLS_MAX) {
+                case 1: tile_times_rows<F32, OFFSETS, 1>(tile, k, q, dx, sx, padded, out, n, r == 0); break;
+                case 2: tile_times_rows<F32, OFFSETS, 2>(tile, k, q, dx, sx, padded, out, n, r == 0); break;
+                case 3: tile_times_rows<F32, OFFSETS, 3>(tile, k, q, dx, sx, padded, out, n, r == 0); break;
+                default: tile_times_rows<F32, OFFSETS, COLS_MAX>(tile, k, q, dx, sx, padded, out, n, r == 0); break;
+            }
         }
     }
 }
