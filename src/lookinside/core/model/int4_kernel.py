@@ -3,9 +3,9 @@ integer dot products (int4_kernel.cpp, where the layout is described), as llama.
 
 torch's own CPU int4 kernel (`aten._weight_int4pack_mm_for_cpu`) unpacks the weights to bfloat16 and multiplies
 in bfloat16; this one read one 16384 x 3072 matrix twice as fast on this project's EPYC (docs/benchmarks.md).
-The C++ file is compiled once with g++ (about 1.5 s) into a folder of this user's cache and loaded with ctypes:
-a plain shared library built in 0.9 s where a torch C++ extension took 21-26 s, and its OpenMP threads are
-torch's own (the same libgomp), their count passed in from `torch.get_num_threads()` on every call.
+The C++ file is compiled once with g++ into a folder of this user's cache and loaded with ctypes: a plain shared
+library built in 0.9 s here where a torch C++ extension took 21-26 s, and its OpenMP threads are torch's own (the
+same libgomp), their count passed in from `torch.get_num_threads()` on every call.
 
 `state()` says whether it is usable here, and `method()` says so in words for the loading line: where the CPU
 lacks AVX512-VNNI, g++ is missing, the build fails, the cache folder is not this user's alone, or
