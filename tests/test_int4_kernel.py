@@ -272,3 +272,10 @@ def test_pack_lays_values_out_as_the_kernel_reads_them(kernel):
         byte = int(row[j * 64 + 4 * l + t])
         assert byte & 0x0F == v[0, 32 * l + 4 * j + t] and byte >> 4 == v[0, 32 * l + 4 * (j + 4) + t]
     assert torch.equal(tiles[0, 1024:1024 + 32].view(torch.float16), scales[0].half())
+
+
+@needs_kernel
+def test_a_missing_source_is_one_line(fresh_state, monkeypatch, tmp_path):
+    monkeypatch.setattr(int4_kernel, "SOURCE", tmp_path / "int4_kernel.cpp")
+    assert int4_kernel.state().reason.startswith(f"its source {tmp_path / 'int4_kernel.cpp'} cannot be read (")
+    assert "not lookinside's AVX512-VNNI int4 kernel: its source" in int4_kernel.method()

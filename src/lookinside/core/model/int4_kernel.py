@@ -106,7 +106,10 @@ def cpu_flags() -> set[str]:
 
 def load(folder: Path) -> KernelState:
     """The kernel from `folder` (made 0700 if missing), compiled into it first when it is not there."""
-    source = SOURCE.read_bytes()
+    try:
+        source = SOURCE.read_bytes()
+    except OSError as exc:
+        raise KernelUnavailable(f"its source {SOURCE} cannot be read ({exc.strerror or exc})") from None
     digest = hashlib.sha256(source + "\0".join(FLAGS).encode()).hexdigest()[:16]
     checked_folder(folder)
     path = folder / f"int4_kernel-{digest}.so"
