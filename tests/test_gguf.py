@@ -22,6 +22,7 @@ from lookinside.cli.app import app
 from lookinside.core import errors
 from lookinside.core.inside.predict import next_token
 from lookinside.core.model import gguf as gguf_files
+from lookinside.core.model import int4_kernel
 from lookinside.core.model.loading import load, load_config, load_tokenizer
 from lookinside.core.model.ollama import OllamaName, find_model, pulled_models
 from lookinside.core.model.packed import PACKED
@@ -172,13 +173,15 @@ def test_q4_0_gguf_is_kept_in_int4_at_about_its_file_size_and_says_paris(tiny, l
     size = files["Q4_0"].stat().st_size
     assert lm.origin.loaded_bytes < 1.3 * size, (lm.origin.loaded_bytes, size)
     assert re.fullmatch(r"Q4_0 GGUF \(6\d\d\.\d kB\), kept quantized in \d+\.\d kB: int4 \(Q4_0 as in the file\) x17; "
-                        r"int4 embedding \(Q4_0 as in the file\) x1; float32 activations", lm.origin.describe())
+                        r"int4 embedding \(Q4_0 as in the file\) x1; int4 layers: [^;]+; float32 activations",
+                        lm.origin.describe())
     assert top(lm)[0].token == " Paris"
 
 
 def test_kept_int4_computes_what_the_files_own_dequantized_weights_do(files):
-    """The values are the file's; only the scales (bfloat16, which the kernel takes) and the activations fed to the
-    matmuls (bfloat16) are rounded: the KL from the file's dequantized float32 weights stays small."""
+    """The values are the file's; only the activations fed to the matmuls are rounded (to int8 per 32 in
+    lookinside's int4 kernel, as llama.cpp does: its own KL from the float32 weights on this text reached 3.5e-3;
+    to bfloat16 in torch's, with the scales too): the KL from the file's dequantized float32 weights stays small."""
     kept = load(LoadSpec(model=str(files["Q4_0"]), device="cpu"))
     float_ = load(LoadSpec(model=str(files["Q4_0"]), device="cpu", quantize="float"))
     ids = kept.tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt").input_ids
@@ -186,7 +189,7 @@ def test_kept_int4_computes_what_the_files_own_dequantized_weights_do(files):
         a = torch.log_softmax(kept.model(ids).logits.float(), -1)
         b = torch.log_softmax(float_.model(ids).logits.float(), -1)
     kl = (b.exp() * (b - a)).sum(-1)  # (1, seq)
-    assert 0 < kl.max().item() < 1e-3
+    assert 0 < kl.max().item() < (5e-3 if int4_kernel.available() else 1e-3)
     assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 

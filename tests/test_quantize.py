@@ -14,7 +14,7 @@ from lookinside.cli.app import app
 from lookinside.core.errors import BadInput, LookinsideError
 from lookinside.core.inside.diff import compare_sides, read_side
 from lookinside.core.inside.predict import next_token
-from lookinside.core.model import quantize
+from lookinside.core.model import int4_kernel, quantize
 from lookinside.core.model.loading import load
 from lookinside.core.model.packed import Int4Linear, Int8Linear
 from lookinside.core.model.spec import LoadSpec
@@ -151,7 +151,8 @@ def test_weight_only_kinds_pack_every_linear_layer_and_stay_close(tiny, weight_o
     assert sum(isinstance(m, layer) for m in lm.model.modules()) == 17  # the LM head too
     assert not any(isinstance(m, torch.nn.Linear) for m in lm.model.modules())
     q = lm.quantized
-    assert q.kind == kind and q.converted == q.linear == 17 and q.method == quantize.WEIGHT_ONLY_METHOD
+    assert q.kind == kind and q.converted == q.linear == 17
+    assert q.method == (int4_kernel.method() if kind == "int4" else quantize.WEIGHT_ONLY_METHOD)
     # float32 -> 4 or 8 bits for the linear weights; the float32 embedding (an eighth of the weights) stays
     assert q.bytes_after < q.bytes_before * (0.3 if bits == 4 else 0.4)
     assert next_token(lm, NextTokenRequest("The capital of France is", top_k=1)).top[0].token == " Paris"

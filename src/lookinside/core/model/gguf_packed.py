@@ -3,7 +3,8 @@ filled one tensor at a time from the memory-mapped file, so no float copy of the
 
 Each matrix becomes (`core/model/packed.py`):
 - a Q4_0, Q4_1 or Q4_K linear weight: an int4 layer in groups of 32, its values as in the file
-  (`core/model/ggml.py`); the scales and zeros are rounded to bfloat16, which the kernel takes;
+  (`core/model/ggml.py`); in lookinside's int4 kernel (on a CPU with AVX512-VNNI) its scales and offsets as in
+  the file too (float16, float32 for Q4_K's products), in torch's rounded to bfloat16;
 - a Q8_0 linear weight: an int8 layer re-quantized to one scale per row (the int8 kernel has no per-block
   scales); any other type (Q5_K, Q6_K...) dequantized and re-quantized the same way, the 2- and 3-bit ones
   and 4-bit codebooks to int4 groups of 32 instead;
@@ -28,7 +29,7 @@ import numpy as np
 
 from lookinside.core import errors
 from lookinside.core.model import ggml
-from lookinside.core.model.quantize import fits_int4, int4_groups, int8_rows
+from lookinside.core.model.quantize import fits_int4, int4_groups, int8_rows, packed_method
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +68,16 @@ def fill(model: PreTrainedModel, file: GgufFile, device: torch.device, dtype: to
         kept[_place(model, f"{head_name}.weight", tied_source, processor, names, device, dtype)] += 1
     del reader, tensor, tied_source  # the file's mapping goes with the last view of it
     _check_filled(model, file)
-    return tuple(f"{how} x{count}" for how, count in kept.most_common() if how)
+    counted = tuple(f"{how} x{count}" for how, count in kept.most_common() if how)
+    return (*counted, *_int4_method(model))
+
+
+def _int4_method(model: torch.nn.Module) -> tuple[str, ...]:
+    """What the int4 layers multiply with on the CPU (lookinside's kernel, or torch's and why), when there are any."""
+    from lookinside.core.model.packed import Int4Linear  # deferred: torch
+
+    int4 = [module for module in model.modules() if isinstance(module, Int4Linear)]
+    return (f"int4 layers: {packed_method(int4)}",) if int4 and not int4[0].packed.is_cuda else ()
 
 
 def _place(model: PreTrainedModel, name: str, tensor: Any, processor: Any, names: dict[str, str],

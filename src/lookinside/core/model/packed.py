@@ -1,16 +1,15 @@
 """Linear and embedding layers whose weights stay packed in int4 or int8, computing with float activations.
 
 `Int4Linear` holds int4 weights in groups along the input (one scale and one zero per group, llama.cpp's Q4_0,
-Q4_1 and Q4_K as they are), `Int8Linear` int8 weights with one scale per output row; both multiply with torch's
-weight-only kernels (`aten._weight_int4pack_mm_for_cpu`, `aten._weight_int8pack_mm` on the CPU, what gpt-fast and
-torchao call there). Those kernels are fast only with bfloat16 activations: on this project's EPYC (AVX512-BF16)
-one 16384 x 3072 matrix took 2.8-3.2 ms in int4 and 5.1 ms in int8 with a bfloat16 row, 87-165 ms and 45 ms with
-a float32 or float16 one (one thread). So a layer rounds its input row to bfloat16, multiplies, and hands back its
-model's dtype: hooks before and after it see the model's float activations.
-
-`PackedEmbedding` keeps an embedding table in the same groups and dequantizes only the rows a lookup reads.
-On the GPU the int4 layer uses the CUDA kernel (`aten._weight_int4pack_mm`, bfloat16 only) and the int8 layer
-gpt-fast's `F.linear(x, w.to(x.dtype)) * scales`, which torch.compile fuses.
+Q4_1 and Q4_K as they are), `Int8Linear` int8 weights with one scale per output row. On a CPU with AVX512-VNNI
+the int4 layer multiplies with lookinside's own kernel (`core/model/int4_kernel.py`: the input rounded to int8 per
+32 values inside it, integer dot products, as llama.cpp's q4_0), which read one 16384 x 3072 matrix about twice as
+fast as torch's (docs/benchmarks.md); elsewhere with torch's weight-only kernels (`aten._weight_int4pack_mm_for_cpu`,
+`aten._weight_int8pack_mm` on the CPU, what gpt-fast and torchao call there). Those are fast only with bfloat16
+activations: on this project's EPYC (AVX512-BF16) one 16384 x 3072 matrix took 2.8-3.2 ms in int4 and 5.1 ms in
+int8 with a bfloat16 row, 87-165 ms and 45 ms with a float32 or float16 one (one thread). So their layers round the
+input row to bfloat16. Every layer hands back its model's dtype: hooks before and after it see the model's float
+activations.
 """
 
 from __future__ import annotations
@@ -19,21 +18,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lookinside.core.model import int4_kernel
+
 COMPUTE = torch.bfloat16  # the weight-only kernels' activation dtype (see the module docstring)
 INT4_ROWS = 16  # the CPU int4 packing wants output rows in multiples of 16
 CUDA_INNER_K_TILES = 8
 
 
 class Int4Linear(nn.Module):
-    """`y = x W^T + b` with W in int4: w = (q - 8) * scale + zero, one (scale, zero) per `group_size` inputs."""
+    """`y = x W^T + b` with W in int4: w = (q - 8) * scale + zero, one (scale, zero) per `group_size` inputs.
+
+    On a CPU with AVX512-VNNI the weights are kept in the tiles of lookinside's kernel (`core/model/int4_kernel.py`:
+    the activations rounded to int8 per group, integer dot products), else in torch's own layout."""
 
     def __init__(self, in_features: int, out_features: int, group_size: int, packed: torch.Tensor,
-                 scales_and_zeros: torch.Tensor, bias: nn.Parameter | None = None) -> None:
+                 scales_and_zeros: torch.Tensor | None, bias: nn.Parameter | None = None,
+                 scales_f32: bool = False, offsets: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        self.register_buffer("packed", packed)  # the kernel's own layout
-        self.register_buffer("scales_and_zeros", scales_and_zeros)  # (in / group, out, 2), bfloat16
+        self.register_buffer("packed", packed)  # the kernel's own layout: torch's, or int4_kernel's tiles
+        self.register_buffer("scales_and_zeros", scales_and_zeros)  # (in / group, out, 2), bfloat16; None in tiles
         self.bias = bias
+        self.tiled = scales_and_zeros is None  # int4_kernel's tiles, which hold the scales and offsets
+        self.scales_f32, self.offsets = scales_f32, offsets  # the tiles' scales in float32; asymmetric groups
 
     @classmethod
     def from_values(cls, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
@@ -41,6 +48,8 @@ class Int4Linear(nn.Module):
         """From int4 values 0..15 `(out, in)` and per-group `scales`, `zeros` `(out, in / group)`."""
         out_features, in_features = values.shape
         device = device or torch.device("cpu")
+        if device.type == "cpu" and int4_kernel.fits(out_features, in_features, group_size) and int4_kernel.available():
+            return cls._tiled(values, scales, zeros, bias)
         if device.type == "cuda":
             q = values.to(device, torch.int32)
             pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # (out, in / 2), as the CUDA packing reads them
@@ -50,19 +59,42 @@ class Int4Linear(nn.Module):
         table = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()  # (in / group, out, 2)
         return cls(in_features, out_features, group_size, packed, table.to(device, COMPUTE), bias)
 
+    @classmethod
+    def _tiled(cls, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               bias: nn.Parameter | None) -> Int4Linear:
+        """In int4_kernel's tiles: w = d q + m with d = scale, m = zero - 8 scale; a symmetric group (zero 0,
+        Q4_0's) stores no m; d and m in float16 where that holds them exactly (a GGUF's own), else float32."""
+        out_features, in_features = values.shape
+        symmetric = not bool(zeros.any())
+        offsets = None if symmetric else zeros.double() - 8 * scales.double()
+        half = [_smallest_exact(t) for t in (scales, offsets) if t is not None]
+        dtype = torch.float16 if all(t.dtype == torch.float16 for t in half) else torch.float32
+        d, m = scales.to(dtype), None if offsets is None else offsets.to(dtype)
+        tiles = int4_kernel.pack(values, d, m)
+        return cls(in_features, out_features, int4_kernel.GROUP, tiles, None, bias, dtype == torch.float32,
+                   not symmetric)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        rows = x.reshape(-1, self.in_features).to(COMPUTE)
-        if self.packed.is_cuda:
-            y = torch.ops.aten._weight_int4pack_mm(rows, self.packed, self.group_size, self.scales_and_zeros)
+        if self.tiled:
+            rows = x.reshape(-1, self.in_features)  # (rows, in)
+            multiply = int4_kernel.int4_linear if torch.compiler.is_compiling() else int4_kernel.linear
+            y = multiply(rows, self.packed, self.out_features, self.scales_f32, self.offsets).to(x.dtype)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
-        y = y.to(x.dtype)
+            rows = x.reshape(-1, self.in_features).to(COMPUTE)
+            if self.packed.is_cuda:
+                y = torch.ops.aten._weight_int4pack_mm(rows, self.packed, self.group_size, self.scales_and_zeros)
+            else:
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size,
+                                                               self.scales_and_zeros)
+            y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4, group_size={self.group_size}"
+        kernel = ", int8 activations (AVX512-VNNI)" if self.tiled else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int4, "
+                f"group_size={self.group_size}{kernel}")
 
 
 class Int8Linear(nn.Module):
