@@ -76,7 +76,7 @@ class Decoder:
     def __init__(self, lm: LM, size: int, flush: Callable[[], None]) -> None:
         import torch.multiprocessing as mp  # deferred: torch; its pickler sends tensors as shared memory
 
-        from lookinside.core.decoding.batch import capacity
+        from lookinside.core.decoding.batch import capacity  # deferred: torch
 
         self.size = capacity(lm, size)
         self._flush = flush  # hands what the callbacks emitted to the event loop, after each message
@@ -357,7 +357,7 @@ def _child(inbox: Connection, outbox: Connection) -> None:
         signal.signal(number, signal.SIG_IGN)  # pipe): a Ctrl-C to the terminal's group must not end it first
     try:
         from lookinside.core.decoding.batch import Batcher  # deferred: torch, imported in the child
-        from lookinside.core.model.loading import use_threads
+        from lookinside.core.model.loading import use_threads  # deferred: torch
 
         lm = inbox.recv()
         use_threads(lm, streaming=True)
@@ -377,7 +377,7 @@ BIG = 1 << 20  # the child takes what the parent sends: the parent keeps the bat
 
 def _decode(batcher: Batcher, inbox: Connection, outbox: Connection) -> None:
     """The child's loop: take what the parent sent, prefill the new works together, one step, send its steps."""
-    from lookinside.core.decoding.batch import Work
+    from lookinside.core.decoding.batch import Work  # deferred: torch
 
     works: dict[int, Work] = {}
     waiting: list[Work] = []  # received, not yet prefilled
