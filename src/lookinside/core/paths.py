@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -16,6 +17,16 @@ def data_dir() -> Path:
     if os.environ.get("LOOKINSIDE_DATA_DIR"):
         return Path(os.environ["LOOKINSIDE_DATA_DIR"]).expanduser()
     return Path(user_data_dir("lookinside", appauthor=False))
+
+
+def not_ours_alone(info: os.stat_result, subject: str = "it", fix: str = "chmod go-w it") -> str | None:
+    """Why a file or folder (its `os.stat_result`) is not this user's alone to write, said of `subject`; None when
+    it is. The project's rule for anything it reads as trusted or runs: another user could have planted it."""
+    if info.st_uid != os.geteuid():
+        return f"{subject} belongs to uid {info.st_uid}, not to you"
+    if info.st_mode & 0o022:
+        return f"others can write to {subject} (mode {stat.S_IMODE(info.st_mode):o}); {fix}"
+    return None
 
 
 def chats_dir() -> Path:

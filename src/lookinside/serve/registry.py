@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lookinside.core.model.spec import LoadSpec
-from lookinside.core.paths import data_dir
+from lookinside.core.paths import data_dir, not_ours_alone
 from lookinside.serve.settings import is_loopback
 
 NO_SERVER_ENV = "LOOKINSIDE_NO_SERVER"
@@ -120,12 +120,7 @@ def open_folder(create: bool = False) -> int | None:
         return None
     except OSError as exc:
         raise RegistryError(f"{folder} is not a directory of this user's ({exc.strerror or exc})") from None
-    info = os.fstat(fd)
-    problem = None
-    if info.st_uid != os.geteuid():
-        problem = f"it belongs to uid {info.st_uid}, not to you"
-    elif info.st_mode & 0o022:
-        problem = f"others can write to it (mode {stat.S_IMODE(info.st_mode):o}); chmod 700 it"
+    problem = not_ours_alone(os.fstat(fd), fix="chmod 700 it")
     if problem:
         os.close(fd)
         raise RegistryError(f"the server records in {folder} are not used: {problem}")

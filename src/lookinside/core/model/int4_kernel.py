@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 
+from lookinside.core.paths import not_ours_alone
+
 SOURCE = Path(__file__).with_name("int4_kernel.cpp")
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
          "-mavx512vnni", "-mf16c", "-mfma")
@@ -159,11 +161,9 @@ def checked_file(path: Path) -> None:
 
 def refuse_shared(path: Path, info: os.stat_result, what: str) -> None:
     """Refuse `path` when another user owns it or can write to it (the project's rule for anything it runs)."""
-    if info.st_uid != os.geteuid():
-        raise KernelUnavailable(f"the {what} {path} belongs to uid {info.st_uid}, not to you")
-    if info.st_mode & 0o022:
-        raise KernelUnavailable(f"others can write to the {what} {path} (mode {stat.S_IMODE(info.st_mode):o}); "
-                                "chmod go-w it")
+    problem = not_ours_alone(info, subject=f"the {what} {path}")
+    if problem:
+        raise KernelUnavailable(problem)
 
 
 def compile_into(folder: Path, path: Path) -> None:

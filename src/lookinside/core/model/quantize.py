@@ -272,7 +272,8 @@ def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
     w ~ (q - 8) * scale + zero (the kernels' form), from each group's minimum and maximum.
 
     The scale and the minimum are rounded to float16 first (where that keeps them finite and the scale above 0),
-    so that the int4 kernel keeps them in 2 bytes each, as a GGUF's: 18 bytes per 32 weights read instead of 24.
+    so that the int4 kernel keeps them in 2 bytes each, as a GGUF's: 20 bytes per 32 weights read instead of 24
+    (a symmetric Q4_0 group, which stores no minimum, takes 18).
     # (out, in) -> (out, in), (out, in / group), (out, in / group)"""
     import torch
 
