@@ -1,0 +1,144 @@
+"""Where one decode step's time goes (a measurement, not a test): the matrix products against the rest of the step.
+
+It loads a model as `llm bench` does (`--quantize`, `--threads`, a GGUF file kept quantized), decodes greedy tokens
+with the single loop, and reports per decode step (the prefill left out):
+
+- the whole step, as `llm bench` times it;
+- the matrix products: every linear layer's forward (the LM head included), timed by hooks around each call;
+- the rest of the step: the step minus the products, then split by torch's profiler (a second run) into each
+  aten op outside the products (self time) and what is left, which is Python (transformers' eager code, the
+  loop's own).
+
+The first run has no profiler (only the hooks, two clock reads per layer); the profiler's own cost per op inflates
+the second run's ops, so their per-step times are shown beside its step time.
+
+    python scripts/profile_step.py --model DIR --quantize int4 --threads 1,2
+    python scripts/profile_step.py --model FILE.gguf --threads 2 --tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import time
+
+import torch
+
+PRODUCTS = "lookinside.products"  # the profiler's name for a linear layer's call
+
+
+def products_of(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's matrix products: its leaf modules named like a linear layer (nn.Linear and the quantized ones)."""
+    return [m for m in model.modules() if not list(m.children()) and type(m).__name__.endswith("Linear")]
+
+
+class Timer:
+    """Hooks on `modules` that add up the wall time of their calls, and mark each call for the profiler."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._started = 0.0
+        self._mark: torch.profiler.record_function | None = None
+        self._handles = [h for m in modules for h in (m.register_forward_pre_hook(self._pre),
+                                                       m.register_forward_hook(self._post))]
+
+    def _pre(self, module: torch.nn.Module, args: object) -> None:
+        self._mark = torch.profiler.record_function(PRODUCTS)
+        self._mark.__enter__()
+        self._started = time.perf_counter()
+
+    def _post(self, module: torch.nn.Module, args: object, out: object) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.calls += 1
+        if self._mark is not None:
+            self._mark.__exit__(None, None, None)
+            self._mark = None
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def decode_steps(lm: object, prompt: list[int], tokens: int, timer: Timer | None = None,
+                 during: object = None) -> list[float]:
+    """Greedy decoding of `tokens` tokens; each decode step's seconds (the first, the prefill's, left out). After
+    the prefill `timer` is reset, and `during`, a context manager, entered (and left after the last step)."""
+    from contextlib import nullcontext
+
+    from lookinside.core.bench.run import GREEDY
+    from lookinside.core.decoding.generate import generate
+    from lookinside.core.request import GenerationSettings
+
+    stream = iter(generate(lm, prompt, GREEDY, GenerationSettings(max_new_tokens=tokens, ignore_eos=True)))
+    next(stream)
+    if timer is not None:
+        timer.reset()
+    with during if during is not None else nullcontext():
+        return [step.seconds for step in stream]
+
+
+def outside_products(prof: torch.profiler.profile) -> collections.Counter[str]:
+    """Self time (µs) of every aten op that is not inside a linear layer's call, by name."""
+    spent: collections.Counter[str] = collections.Counter()
+    for event in prof.events():
+        if event.name == PRODUCTS or not event.name.startswith("aten::"):
+            continue
+        parent, inside = event.cpu_parent, False
+        while parent is not None:
+            if parent.name == PRODUCTS:
+                inside = True
+                break
+            parent = parent.cpu_parent
+        if not inside:
+            spent[event.name] += event.self_cpu_time_total
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a model folder or a GGUF file")
+    parser.add_argument("--quantize", default=None)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--ops", type=int, default=12, help="how many ops to list")
+    args = parser.parse_args()
+
+    from transformers.utils import logging
+
+    from lookinside.core.model.loading import load
+    from lookinside.core.model.spec import LoadSpec
+
+    logging.disable_progress_bar()
+    lm = load(LoadSpec(model=args.model, device="cpu", dtype=args.dtype, quantize=args.quantize))
+    prompt = list(range(100, 100 + args.prompt_tokens))
+    timer = Timer(products_of(lm.model))
+    print(f"{args.model}, --quantize {args.quantize}, {args.tokens} greedy tokens after {args.prompt_tokens}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        decode_steps(lm, prompt, 8)  # warm-up
+        steps = decode_steps(lm, prompt, args.tokens, timer)
+        n = len(steps)
+        step_ms, products_ms, calls = 1000 * sum(steps) / n, 1000 * timer.seconds / n, timer.calls // n
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        profiled = decode_steps(lm, prompt, args.tokens, during=prof)
+        spent = outside_products(prof)
+        ops_ms = sum(spent.values()) / 1000 / len(profiled)
+        print(f"\n{threads} thread(s): step {step_ms:.2f} ms ({1000 / step_ms:.1f} tokens/s); products {products_ms:.2f} ms "
+              f"({calls} calls a step); the rest {step_ms - products_ms:.2f} ms")
+        print(f"  profiled run: step {1000 * sum(profiled) / len(profiled):.2f} ms; aten ops outside the products "
+              f"{ops_ms:.2f} ms a step:")
+        for name, us in spent.most_common(args.ops):
+            print(f"    {name:<48} {us / len(profiled) / 1000:6.3f} ms")
+    timer.remove()
+
+
+if __name__ == "__main__":
+    main()
