@@ -29,8 +29,12 @@ PRODUCTS = "lookinside.products"  # the profiler's name for a linear layer's cal
 
 
 def products_of(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's matrix products: its leaf modules named like a linear layer (nn.Linear and the quantized ones)."""
-    return [m for m in model.modules() if not list(m.children()) and type(m).__name__.endswith("Linear")]
+    """The model's matrix products: the modules named like a linear layer (nn.Linear, torch's dynamic int8 one, ours),
+    none inside another."""
+    def linear(module: torch.nn.Module) -> bool:
+        return type(module).__name__.endswith("Linear")
+
+    return [m for m in model.modules() if linear(m) and not any(linear(c) for c in m.modules() if c is not m)]
 
 
 class Timer:
