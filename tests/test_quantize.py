@@ -160,6 +160,18 @@ def test_weight_only_kinds_pack_every_linear_layer_and_stay_close(tiny, weight_o
     assert 0 < kl < (0.05 if bits == 4 else 0.01) and same >= 0.9
 
 
+def test_a_quantized_model_counts_the_parameters_of_its_float_checkpoint(tiny, tiny_int8, weight_only):
+    # the packed layers hold their weights as buffers and fbgemm's int8 as packed data: none is a parameter
+    float_count = sum(p.numel() for p in tiny.model.parameters())
+    for lm in (tiny_int8, *weight_only.values()):
+        assert sum(p.numel() for p in lm.model.parameters()) < float_count / 2
+        assert quantize.parameter_count(lm.model) == quantize.parameter_count(tiny.model) == float_count
+    result = CliRunner().invoke(app, ["bench", "--model", "tiny", "--device", "cpu", "--quantize", "int4", "-n", "4",
+                                      "-r", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["header"]["parameters"] == float_count
+
+
 def test_int4_groups_round_trip_within_half_a_step():
     weight = torch.randn(32, 128)
     values, scales, zeros = quantize.int4_groups(weight, 32)

@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 from lookinside import __version__
 from lookinside.core import errors
 from lookinside.core.decoding.detokenize import token_text
+from lookinside.core.model.quantize import parameter_count
 from lookinside.core.sampling_params import FIELDS
 from lookinside.serve import openai_api as oa
 from lookinside.serve.chat import chat_routes  # what a chat through the server needs: fit, count, steer, reply
@@ -134,7 +135,7 @@ def model_info(lm: LM, settings: ServeSettings) -> dict[str, Any]:
     return {
         "lookinside": True, "version": __version__, "model": lm.name, "source": lm.source,
         "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device), "context_length": lm.context_length,
-        "parameters": sum(p.numel() for p in lm.model.parameters()), "attention": lm.attn_implementation,
+        "parameters": parameter_count(lm.model), "attention": lm.attn_implementation,
         "spec": json.loads(json.dumps(asdict(settings.spec))),
         "samplers": [f.name for f in FIELDS],  # a client refuses in one line a sampler this server lacks
         "threads": lm.threads.count if lm.threads and lm.device.type == "cpu" else None,  # a chat's stats line

@@ -26,6 +26,7 @@ from lookinside.core.chat import conversation as chat
 from lookinside.core.decoding.detokenize import token_text
 from lookinside.core.decoding.prompting import encode_prompt
 from lookinside.core.errors import BadInput
+from lookinside.core.model.quantize import parameter_count
 from lookinside.core.records import ModelFacts, Resources, Stream
 from lookinside.core.sampling_params import FIELD, SamplingParams
 
@@ -259,7 +260,7 @@ class LocalBackend(Backend):
         """Name, size, dtype, device, attention, context, end tokens and chat template of the loaded model."""
         lm = self.lm
         return ModelFacts(
-            name=lm.name, source=lm.source, parameters=sum(p.numel() for p in lm.model.parameters()),
+            name=lm.name, source=lm.source, parameters=parameter_count(lm.model),
             dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device), context_length=lm.context_length,
             attention=lm.attn_implementation, end_tokens=[(i, self.token_text(i)) for i in lm.end_token_ids],
             chat_template=getattr(lm.tokenizer, "chat_template", None),

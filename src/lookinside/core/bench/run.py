@@ -34,7 +34,7 @@ from lookinside.core.decoding.prompting import check_fits, encode_prompt
 from lookinside.core.decoding.timing import now, peak_memory_bytes, reset_peak_memory, reset_peak_rss
 from lookinside.core.model.bandwidth import cpu_bandwidth
 from lookinside.core.model.hardware import GB, known_gpu, known_names
-from lookinside.core.model.quantize import stored_bytes
+from lookinside.core.model.quantize import parameter_count, stored_bytes
 from lookinside.core.request import (
     DEFAULT_PROMPT,
     BenchSettings,
@@ -226,7 +226,7 @@ def describe(lm: LM, random_weights: bool = False, threads_reason: str | None = 
 
     return BenchHeader(
         model=lm.name,
-        parameters=sum(p.numel() for p in lm.model.parameters()),
+        parameters=parameter_count(lm.model),
         device=str(lm.device),
         device_name=device_name(lm.device),
         dtype=str(lm.dtype).removeprefix("torch."),

@@ -186,10 +186,25 @@ def quantization_facts(kind: str, model: torch.nn.Module, dtype: torch.dtype) ->
         raise errors.LookinsideError(f"--quantize {kind}: the model loaded, but none of its {len(linear)} linear "
                                      "weights was converted; refusing to show full-precision numbers as quantized")
     bits = torch.finfo(dtype).bits
-    float_params = (sum(p.numel() for p in model.parameters()) + sum(_int8_numel(m) + _bias_numel(m) for m in dynamic)
-                    + sum(m.in_features * m.out_features for m in packed))
+    float_params = parameter_count(model)
     method = DYNAMIC_METHOD if dynamic else packed_method(packed) if packed else ""
     return Quantized(kind, converted, len(linear), float_params * bits // 8, stored_bytes(model), method)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """The model's parameters as its float checkpoint counts them: a quantized layer's weights by their shape, where
+    they are buffers (our packed layers) or packed data (fbgemm's int8), not parameters."""
+    from lookinside.core.model.packed import PACKED_LINEAR, PackedEmbedding  # deferred: torch
+
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        if _is_dynamic_int8(module):
+            total += _int8_numel(module) + _bias_numel(module)
+        elif isinstance(module, PACKED_LINEAR):  # a bias stays a parameter, counted above
+            total += module.in_features * module.out_features
+        elif isinstance(module, PackedEmbedding):
+            total += module.num_embeddings * module.embedding_dim
+    return total
 
 
 def packed_method(layers: list[torch.nn.Module]) -> str:
