@@ -7,14 +7,15 @@
 3. Many clients: total tokens/s, time to first token and inter-token latency (p50, p99) of streamed
    completions (32 tokens, sampled, each client its own seed) with 1, 4, 16 and 32 clients at once.
    `--servers llm,transformers,vllm` measures each server in turn on the same model and prompts,
-   `--rounds` times, each started before its measurement and stopped after it (an idle server
-   still takes a share of the cores): `llm serve --model tiny`; `transformers serve` with
-   continuous batching (its Python from --transformers-python: it needs fastapi); vLLM's CPU build
-   (scripts/vllm.sh). With --url it measures a server already running instead, with --model as the
+   `--rounds` times (in one order, then the other), each started before its measurement and stopped
+   after it (an idle server still takes a share of the cores): `llm serve --model tiny`; `transformers
+   serve` with continuous batching (its Python from --transformers-python: it needs fastapi); vLLM's
+   CPU build (scripts/vllm.sh). Each client count streams at least `--total` tokens (fewer clients
+   make more requests each). With --url it measures a server already running instead, with --model as the
    request's model and --no-eos-field for a server without vLLM's ignore_eos (the length is then
    asked through transformers' generation_config).
 
-    python scripts/bench_serve.py [--runs 7] [--requests 8] [--tokens 32] [--clients 1,4,16,32]
+    python scripts/bench_serve.py [--runs 7] [--requests 8] [--total 2048] [--tokens 32] [--clients 1,4,16,32]
     python scripts/bench_serve.py --only-clients [--servers llm,transformers,vllm] [--rounds 2]
     python scripts/bench_serve.py --only-clients --url URL [--model NAME --no-eos-field]
 """
@@ -277,25 +278,32 @@ def throughput(url: str, clients: int, requests: int, tokens: int, model: str | 
     return made / seconds
 
 
+def per_client(requests: int, total: int, clients: int, tokens: int) -> int:
+    """Requests per client: `requests`, or more where `clients` of them would stream fewer than `total` tokens in all
+    (one client's 8 x 32 tokens last about a second, and a second of this shared VM swings between two speeds)."""
+    return max(requests, -(-total // (clients * tokens)))
+
+
 def many_clients(url: str, counts: list[int], requests: int, tokens: int, model: str | None,
-                 eos_field: bool) -> dict[int, float]:
+                 eos_field: bool, total: int = 0) -> dict[int, float]:
     throughput(url, 4, 1, tokens, model, eos_field)  # warm-up: not counted
     print("streamed completions, clients at once:")
-    rates = {n: throughput(url, n, requests, tokens, model, eos_field) for n in counts}
+    rates = {n: throughput(url, n, per_client(requests, total, n, tokens), tokens, model, eos_field) for n in counts}
     if 1 in rates and 16 in rates:
         print(f"  16 clients / 1 client: {rates[16] / rates[1]:.1f}x the tokens/s (goal >= 4x)")
     return rates
 
 
 def rounds(servers: list[str], times: int, counts: list[int], requests: int, tokens: int,
-           transformers_python: str) -> None:
-    """Each server in turn, `times` rounds: started, measured at every client count, stopped."""
+           transformers_python: str, total: int = 0) -> None:
+    """Each server in turn, `times` rounds: started, measured at every client count, stopped. The servers take
+    turns in one order, then in the other, so that neither always runs first on a machine whose speed drifts."""
     table: dict[str, list[dict[int, float]]] = {s: [] for s in servers}
     for number in range(1, times + 1):
-        for server in servers:
+        for server in servers if number % 2 else servers[::-1]:
             with running(server, transformers_python) as (url, model, eos_field):
                 print(f"== {server}, round {number} ({url}; load average {os.getloadavg()[0]:.1f})")
-                table[server].append(many_clients(url, counts, requests, tokens, model, eos_field))
+                table[server].append(many_clients(url, counts, requests, tokens, model, eos_field, total))
     print("tokens/s per round (" + ", ".join(f"{n} clients" for n in counts) + "):")
     for server, measured in table.items():
         print(f"  {server:>12}: " + "   ".join(" / ".join(f"{r[n]:.0f}" for n in counts) for r in measured))
@@ -304,12 +312,18 @@ def rounds(servers: list[str], times: int, counts: list[int], requests: int, tok
             ratios = [" / ".join(f"{ours[n] / theirs[n]:.2f}" for n in counts)
                       for ours, theirs in zip(table["llm"], table[server])]
             print(f"  llm / {server}: " + "   ".join(ratios))
+            for n in counts:
+                each = [ours[n] / theirs[n] for ours, theirs in zip(table["llm"], table[server])]
+                print(f"  {n:>2} clients: llm / {server} median {statistics.median(each):.2f} "
+                      f"(min {min(each):.2f}, max {max(each):.2f}); ahead in {sum(r > 1 for r in each)} of {len(each)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--requests", type=int, default=8, help="requests per client")
+    parser.add_argument("--requests", type=int, default=8, help="requests per client (at least)")
+    parser.add_argument("--total", type=int, default=2048,
+                        help="with fewer clients, more requests each, so that every count streams this many tokens")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--clients", default="1,4,16,32", help="client counts, comma-separated")
     parser.add_argument("--only-clients", action="store_true", help="measure many clients only (part 3)")
@@ -324,16 +338,18 @@ def main() -> None:
     counts = [int(n) for n in args.clients.split(",")]
     print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
     if args.url:
-        many_clients(args.url.rstrip("/"), counts, args.requests, args.tokens, args.model, not args.no_eos_field)
+        many_clients(args.url.rstrip("/"), counts, args.requests, args.tokens, args.model, not args.no_eos_field,
+                     args.total)
     elif args.only_clients:
-        rounds(args.servers.split(","), args.rounds, counts, args.requests, args.tokens, args.transformers_python)
+        rounds(args.servers.split(","), args.rounds, counts, args.requests, args.tokens, args.transformers_python,
+               args.total)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             process, url = start_server(Path(tmp))
             try:
                 command_wall_times(Path(tmp), url, args.runs)
                 overhead(url, args.runs * 8)
-                many_clients(url, counts, args.requests, args.tokens, None, True)
+                many_clients(url, counts, args.requests, args.tokens, None, True, args.total)
             finally:
                 stop(process)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
