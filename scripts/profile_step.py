@@ -38,7 +38,7 @@ PRODUCT_OPS = {"lookinside::int4_linear", "quantized::linear_dynamic", "aten::_w
 
 def products_of(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's matrix products: the modules named like a linear layer (nn.Linear, torch's dynamic int8 one, ours),
-    none inside another."""
+    the innermost only, so that a wrapper and the layer it holds are not timed twice."""
     def linear(module: torch.nn.Module) -> bool:
         return type(module).__name__.endswith("Linear")
 
