@@ -150,14 +150,15 @@ def test_a_decoding_process_that_dies_ends_its_streams_in_one_line_and_the_serve
     assert rest[-1] == "data: [DONE]"
     error = json.loads(rest[-2].removeprefix("data: "))["error"]
     assert error["message"].startswith("the decoding process ended") and error["type"] == "server_error"
+    def ask() -> httpx.Response:
+        body = {"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0}
+        return httpx.post(beside.url + "/completions", json=body, timeout=120)
+
     deadline = time.monotonic() + 120
     while worker.decoder is not None and time.monotonic() < deadline:  # the model's thread takes over
-        answer = httpx.post(beside.url + "/completions", json={"prompt": "The capital of France is", "max_tokens": 1,
-                                                               "temperature": 0}, timeout=120)
-        if answer.status_code == 200:
+        if ask().status_code == 200:
             break
-    answer = httpx.post(beside.url + "/completions", json={"prompt": "The capital of France is", "max_tokens": 1,
-                                                           "temperature": 0}, timeout=120)
+    answer = ask()
     assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == " Paris"
     assert worker.decoder is None
 
